@@ -1,0 +1,80 @@
+//! Sovereign clouds: which Entra authority and which Power BI resource belong together.
+//!
+//! A token for the wrong cloud's resource is useless, and a tenant in the US Government cloud is
+//! "not found" by the public authority, so the pair is chosen by one name rather than two URLs
+//! that can drift apart. Values from the Power BI national-clouds documentation (reference §7).
+
+use serde::Deserialize;
+
+/// A Power BI cloud.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// Commercial Power BI.
+    #[default]
+    Public,
+    /// US Government Community Cloud: commercial Entra, government Power BI.
+    Gcc,
+    /// US GCC High (DoDCON endpoints).
+    Gcchigh,
+    /// US Department of Defense.
+    Dod,
+    /// China, operated by 21Vianet.
+    China,
+}
+
+impl Cloud {
+    /// The Entra authority host, without a trailing slash.
+    pub fn authority_host(self) -> &'static str {
+        match self {
+            Cloud::Public | Cloud::Gcc => "https://login.microsoftonline.com",
+            Cloud::Gcchigh | Cloud::Dod => "https://login.microsoftonline.us",
+            Cloud::China => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// The Power BI App ID URI (v1 `resource`; v2 scope is this plus `/.default`).
+    pub fn power_bi_resource(self) -> &'static str {
+        match self {
+            Cloud::Public => "https://analysis.windows.net/powerbi/api",
+            Cloud::Gcc => "https://analysis.usgovcloudapi.net/powerbi/api",
+            Cloud::Gcchigh => "https://high.analysis.usgovcloudapi.net/powerbi/api",
+            Cloud::Dod => "https://mil.analysis.usgovcloudapi.net/powerbi/api",
+            Cloud::China => "https://analysis.chinacloudapi.cn/powerbi/api",
+        }
+    }
+
+    /// The Power BI REST API root consumers call with the token.
+    pub fn power_bi_api_root(self) -> &'static str {
+        match self {
+            Cloud::Public => "https://api.powerbi.com/",
+            Cloud::Gcc => "https://api.powerbigov.us/",
+            Cloud::Gcchigh => "https://api.high.powerbigov.us/",
+            Cloud::Dod => "https://api.mil.powerbigov.us/",
+            Cloud::China => "https://api.powerbi.cn/",
+        }
+    }
+
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cloud::Public => "public",
+            Cloud::Gcc => "gcc",
+            Cloud::Gcchigh => "gcchigh",
+            Cloud::Dod => "dod",
+            Cloud::China => "china",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcc_uses_commercial_entra_but_government_power_bi() {
+        assert_eq!(Cloud::Gcc.authority_host(), Cloud::Public.authority_host());
+        assert_ne!(Cloud::Gcc.power_bi_resource(), Cloud::Public.power_bi_resource());
+        assert!(Cloud::Dod.power_bi_resource().starts_with("https://mil."));
+    }
+}

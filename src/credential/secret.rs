@@ -1,0 +1,151 @@
+//! Client secrets, referenced by where they live rather than written in the config.
+//!
+//! The source is read at every refresh: a Kubernetes Secret volume, a Vault Agent template or a
+//! systemd credential can rotate the secret and the next refresh uses it, without a restart.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Largest secret file we read; anything bigger is a wrong path, not a secret.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Where a client secret is read from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretSource {
+    /// An environment variable of the daemon's process.
+    Env(String),
+    /// A file; one trailing newline is trimmed.
+    File(PathBuf),
+    /// A systemd credential (`LoadCredential=name:…`), read from `$CREDENTIALS_DIRECTORY/name`.
+    Systemd(String),
+    /// A secret held in memory, for configurations built in code (`demo`, tests). A config file
+    /// cannot express it: secrets are never written in the file.
+    #[serde(skip)]
+    Inline(SecretString),
+}
+
+impl PartialEq for SecretSource {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        match (self, other) {
+            (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
+            (SecretSource::File(a), SecretSource::File(b)) => a == b,
+            (SecretSource::Systemd(a), SecretSource::Systemd(b)) => a == b,
+            (SecretSource::Inline(a), SecretSource::Inline(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for SecretSource {}
+
+/// A secret could not be read. Says where it looked, never what it found.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The env var is not set (or not valid UTF-8).
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    /// The env var or file is empty.
+    #[error("{0} is empty")]
+    Empty(String),
+    /// The file could not be read.
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is far larger than any secret.
+    #[error("secret file {0} is larger than 64 KiB; is the path right?")]
+    TooLarge(PathBuf),
+    /// `{ systemd = … }` used outside a unit with `LoadCredential=`.
+    #[error("CREDENTIALS_DIRECTORY is not set; systemd credential {0:?} needs LoadCredential= in the unit")]
+    NoCredentialsDirectory(String),
+}
+
+impl SecretSource {
+    /// Reads the secret now.
+    ///
+    /// # Errors
+    /// The source is missing, unreadable or empty.
+    pub fn read(&self) -> Result<SecretString, CredentialError> {
+        match self {
+            SecretSource::Env(name) => {
+                let value =
+                    std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.clone()))?;
+                if value.is_empty() {
+                    return Err(CredentialError::Empty(format!("environment variable {name}")));
+                }
+                Ok(SecretString::from(value))
+            }
+            SecretSource::File(path) => read_file(path.clone()),
+            SecretSource::Systemd(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                    .ok_or_else(|| CredentialError::NoCredentialsDirectory(name.clone()))?;
+                read_file(PathBuf::from(dir).join(name))
+            }
+            SecretSource::Inline(secret) => Ok(secret.clone()),
+        }
+    }
+}
+
+fn read_file(path: PathBuf) -> Result<SecretString, CredentialError> {
+    let file = std::fs::File::open(&path).map_err(|source| CredentialError::File {
+        path: path.clone(),
+        source,
+    })?;
+    let mut text = String::new();
+    file.take(MAX_SECRET_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|source| CredentialError::File {
+            path: path.clone(),
+            source,
+        })?;
+    if text.len() as u64 > MAX_SECRET_BYTES {
+        return Err(CredentialError::TooLarge(path));
+    }
+    let trimmed = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text);
+    if trimmed.is_empty() {
+        return Err(CredentialError::Empty(format!("secret file {}", path.display())));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn file_is_trimmed_and_reread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "first\n").unwrap();
+        let source = SecretSource::File(path.clone());
+        assert_eq!(source.read().unwrap().expose_secret(), "first");
+        std::fs::write(&path, "second\r\n").unwrap();
+        assert_eq!(source.read().unwrap().expose_secret(), "second");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(source.read(), Err(CredentialError::Empty(_))));
+    }
+
+    #[test]
+    fn errors_name_the_source_not_the_value() {
+        let err = SecretSource::Env("POWERBI_TOKEND_TEST_UNSET_VAR".into())
+            .read()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable POWERBI_TOKEND_TEST_UNSET_VAR is not set"
+        );
+        let err = SecretSource::File("/nonexistent/secret".into()).read().unwrap_err();
+        assert!(err.to_string().starts_with("cannot read secret file /nonexistent/secret"));
+    }
+}

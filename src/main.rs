@@ -1,0 +1,209 @@
+//! The `powerbi-tokend` binary: command line, logging, signals. Everything else is the library.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tracing_subscriber::EnvFilter;
+
+use powerbi_tokend::config::{self, LogFormat};
+use powerbi_tokend::{Control, check, demo, once, run};
+
+/// Exit code for a bad command line or configuration (clap uses 2 for usage errors too).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a runtime failure.
+const EXIT_FAILURE: u8 = 1;
+
+/// Keeps Microsoft Entra ID tokens for the Power BI REST API fresh for many tenants.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format: text (default) or json. Overrides `log_format` in the config. Filter with RUST_LOG.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+    Run(ConfigArg),
+    /// Fetch every tenant's token once, write all sinks, exit 0 if all succeeded, else 1.
+    Once(ConfigArg),
+    /// Validate the configuration and every referenced secret without contacting Entra; exit 2 on problems.
+    Check(ConfigArg),
+    /// Run end to end against a built-in simulated Entra ID; tokens go to ./demo-tokens/.
+    Demo {
+        /// Admin HTTP address for the demo.
+        #[arg(long, default_value = config::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short, env = "POWERBI_TOKEND_CONFIG", default_value = "config.toml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for every TLS user in the process, before anything builds a client.
+    // An error means a provider is already installed, which is just as good.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("powerbi-tokend: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check(args) => {
+            init_logging(cli.log_format.unwrap_or_default());
+            match check(&args.config) {
+                Ok(config) => {
+                    println!(
+                        "{}: OK, {} tenant(s), every secret readable",
+                        config.path.display(),
+                        config.tenants.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("{err}");
+                    eprintln!("{} problem(s) found", err.problems.len());
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Once(args) => {
+            let Some(config) = load(&args.config, cli.log_format) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            match once(&config).await {
+                Ok(outcomes) => {
+                    let mut failed = 0;
+                    for outcome in &outcomes {
+                        if let Err(err) = &outcome.result {
+                            failed += 1;
+                            eprintln!(
+                                "{}: {} {} {}: {}",
+                                outcome.tenant,
+                                err.class,
+                                err.reason,
+                                err.aadsts_code().unwrap_or_else(|| "-".to_owned()),
+                                err.message
+                            );
+                        }
+                    }
+                    if failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        eprintln!("{failed} of {} tenant(s) failed", outcomes.len());
+                        ExitCode::from(EXIT_FAILURE)
+                    }
+                }
+                Err(err) => {
+                    eprintln!("powerbi-tokend: {err}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        Command::Run(args) => {
+            let control = match signals() {
+                Ok(control) => control,
+                Err(err) => return fatal(err),
+            };
+            let Some(config) = load(&args.config, cli.log_format) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            match run(config, control).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fatal(err.into()),
+            }
+        }
+        Command::Demo { listen } => {
+            let control = match signals() {
+                Ok(control) => control,
+                Err(err) => return fatal(err),
+            };
+            init_logging(cli.log_format.unwrap_or_default());
+            match demo::run(listen, control).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fatal(err.into()),
+            }
+        }
+    }
+}
+
+/// Loads the config and starts logging in the configured format; prints problems and returns
+/// `None` on a bad config.
+fn load(path: &std::path::Path, cli_format: Option<LogFormat>) -> Option<config::Config> {
+    match config::load(path) {
+        Ok(config) => {
+            init_logging(cli_format.unwrap_or(config.daemon.log_format));
+            Some(config)
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            None
+        }
+    }
+}
+
+fn fatal(err: anyhow::Error) -> ExitCode {
+    eprintln!("powerbi-tokend: {err:#}");
+    ExitCode::from(EXIT_FAILURE)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Registers signal handlers (early, so an early SIGHUP cannot kill the process) and turns
+/// signals into control messages. A second SIGTERM/SIGINT exits at once.
+fn signals() -> anyhow::Result<mpsc::Receiver<Control>> {
+    // SIGTERM: systemd and Kubernetes ask for a graceful stop.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot register SIGTERM")?;
+    // SIGINT: Ctrl-C in a terminal behaves like SIGTERM.
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot register SIGINT")?;
+    // SIGHUP: `systemctl reload` and operators ask for a config reload.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot register SIGHUP")?;
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut stopping = false;
+        loop {
+            let code = tokio::select! {
+                _ = terminate.recv() => 143,
+                _ = interrupt.recv() => 130,
+                _ = hangup.recv() => {
+                    let _ = sender.send(Control::Reload).await;
+                    continue;
+                }
+            };
+            if stopping {
+                eprintln!("powerbi-tokend: second signal, exiting at once");
+                std::process::exit(code);
+            }
+            stopping = true;
+            let _ = sender.send(Control::Shutdown).await;
+        }
+    });
+    Ok(receiver)
+}

@@ -1,0 +1,272 @@
+//! The file sink: a consumer never sees a partial, empty or missing file, nor a wider mode.
+//!
+//! Each write creates a temp file in the target's directory (so the rename cannot cross file
+//! systems) with the final mode from the first instant, writes it, fsyncs it, renames it over the
+//! target, and fsyncs the directory so the rename survives a power cut. A reader opening the path
+//! gets either the old file or the new one, whole. A crash between create and rename leaves a temp
+//! file named `.<file>.tmp-*`; those are removed at start-up.
+//!
+//! A symlink at the target path is replaced, not followed: the token never lands somewhere the
+//! path did not say.
+
+use secrecy::ExposeSecret;
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{FileFormat, FileSinkConfig, TenantConfig};
+use crate::token::AccessToken;
+
+/// Makes temp names unique within the process; the pid makes them unique across processes.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes one tenant's token to one path.
+#[derive(Clone, Debug)]
+pub struct FileSink {
+    /// Target path, format and mode.
+    config: FileSinkConfig,
+}
+
+/// What went wrong writing the file; names the path and the OS error.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {step}: {source}")]
+pub struct FileSinkError {
+    /// The target file.
+    pub path: PathBuf,
+    /// Which step failed (create directory, create temp file, write, fsync, rename).
+    pub step: &'static str,
+    /// The OS error (ENOSPC, EACCES, EROFS…).
+    pub source: io::Error,
+}
+
+impl FileSink {
+    /// A sink for one configured path.
+    pub fn new(config: FileSinkConfig) -> Self {
+        FileSink { config }
+    }
+
+    /// The target path.
+    pub fn path(&self) -> &Path {
+        &self.config.path
+    }
+
+    /// Renders and writes the token.
+    ///
+    /// # Errors
+    /// Any step of the atomic write failed; the previous file is untouched.
+    pub async fn write(&self, tenant: &TenantConfig, token: &AccessToken) -> Result<(), FileSinkError> {
+        let contents = render(self.config.format, tenant, token);
+        let path = self.config.path.clone();
+        let mode = self.config.mode;
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&target, contents.expose_secret().as_bytes(), mode))
+            .await
+            .unwrap_or_else(|join| {
+                Err(FileSinkError {
+                    path,
+                    step: "write task",
+                    source: io::Error::other(join.to_string()),
+                })
+            })
+    }
+
+    /// Reads back a json token file written for the same tenant, client and resource.
+    pub async fn read_existing(&self, tenant: &TenantConfig) -> Option<AccessToken> {
+        if self.config.format != FileFormat::Json {
+            return None;
+        }
+        let bytes = tokio::fs::read(&self.config.path).await.ok()?;
+        parse_existing(&bytes, tenant)
+    }
+
+    /// Removes `.<file>.tmp-*` leftovers next to the target.
+    pub async fn clean_up(&self) {
+        let path = self.config.path.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_stale_temps(&path)).await;
+    }
+}
+
+/// The file contents, held as a secret because they contain the token.
+fn render(format: FileFormat, tenant: &TenantConfig, token: &AccessToken) -> secrecy::SecretString {
+    match format {
+        FileFormat::Raw => token.secret.clone(),
+        FileFormat::Json => {
+            let expires_at = chrono::DateTime::from_timestamp(token.expires_on, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            let mut text = serde_json::json!({
+                "access_token": token.secret.expose_secret(),
+                "token_type": token.token_type,
+                "expires_on": token.expires_on,
+                "expires_at": expires_at,
+                "issued_on": token.issued_on,
+                "tenant": tenant.name,
+                "tenant_id": tenant.tenant_id,
+                "client_id": tenant.client_id,
+                "resource": tenant.resource,
+            })
+            .to_string();
+            text.push('\n');
+            secrecy::SecretString::from(text)
+        }
+    }
+}
+
+/// The json fields warm start needs.
+#[derive(serde::Deserialize)]
+struct ExistingFile {
+    access_token: secrecy::SecretString,
+    token_type: Option<String>,
+    expires_on: i64,
+    issued_on: i64,
+    tenant_id: String,
+    client_id: String,
+    resource: String,
+}
+
+fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
+    let file: ExistingFile = serde_json::from_slice(bytes).ok()?;
+    let same = file.tenant_id == tenant.tenant_id
+        && file.client_id == tenant.client_id
+        && file.resource == tenant.resource;
+    (same && file.expires_on > file.issued_on).then(|| AccessToken {
+        secret: file.access_token,
+        token_type: file.token_type.unwrap_or_else(|| "Bearer".to_owned()),
+        issued_on: file.issued_on,
+        expires_on: file.expires_on,
+        refresh_in: None,
+    })
+}
+
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    format!(".{name}.tmp-")
+}
+
+/// Creates a temp file with `mode`, writes, fsyncs, renames over `path`, fsyncs the directory.
+///
+/// # Errors
+/// The failing step and OS error; the temp file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileSinkError> {
+    let fail = |step: &'static str| {
+        move |source: io::Error| FileSinkError {
+            path: path.to_owned(),
+            step,
+            source,
+        }
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(fail("create directory"))?;
+    let temp = dir.join(format!(
+        "{}{}-{}",
+        temp_prefix(path),
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(fail("create temp file"))?;
+        // The umask may have narrowed the mode; set it exactly (never wider than configured).
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(fail("set mode"))?;
+        file.write_all(contents).map_err(fail("write"))?;
+        file.sync_all().map_err(fail("fsync"))?;
+        drop(file);
+        std::fs::rename(&temp, path).map_err(fail("rename"))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+        return result;
+    }
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail("fsync directory"))
+}
+
+/// Removes temp files an interrupted write left next to `path`.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let prefix = temp_prefix(path);
+    let Some(dir) = path.parent() else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix)
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn mode_is_exact_and_parents_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/token.json");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(dir.path().join("a/b")).unwrap().mode() & 0o777, 0o700);
+        // An outside chmod does not survive the next write.
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, b"two", 0o640).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        std::fs::write(dir.path().join(".t.json.tmp-123-4"), "x").unwrap();
+        std::fs::write(dir.path().join(".other.json.tmp-1-1"), "x").unwrap();
+        std::fs::write(&path, "keep").unwrap();
+        assert_eq!(remove_stale_temps(&path), 1);
+        assert!(dir.path().join(".other.json.tmp-1-1").exists());
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn failure_leaves_old_file_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        write_atomic(&path, b"old", 0o600).unwrap();
+        // A directory where the file should be: rename fails.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), "x").unwrap();
+        let err = write_atomic(&blocked, b"new", 0o600).unwrap_err();
+        assert_eq!(err.step, "rename");
+        assert_eq!(remove_stale_temps(&blocked), 0);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    }
+
+    #[test]
+    fn symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "untouched").unwrap();
+        let path = dir.path().join("t.json");
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        write_atomic(&path, b"token", 0o600).unwrap();
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"untouched");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+    }
+}

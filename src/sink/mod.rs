@@ -1,0 +1,63 @@
+//! Where tokens go.
+//!
+//! A sink receives every new token of a tenant. A failed write is a refresh failure of class
+//! `sink`: the tenant retries with backoff, and whatever the sink held before stays intact.
+//! Sinks are a closed enum rather than trait objects: the set is small and known, dispatch needs
+//! no boxing of futures, and each variant can still keep its own state.
+
+pub mod file;
+
+use crate::config::{SinkConfig, TenantConfig};
+use crate::error::{ErrorClass, Reason, RefreshError};
+use crate::token::AccessToken;
+
+pub use file::FileSink;
+
+/// A configured destination for one tenant's token.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    /// An atomically replaced file.
+    File(FileSink),
+}
+
+impl Sink {
+    /// Builds the sink from its configuration.
+    pub fn from_config(config: &SinkConfig) -> Sink {
+        match config {
+            SinkConfig::File(file) => Sink::File(FileSink::new(file.clone())),
+        }
+    }
+
+    /// Writes a token.
+    ///
+    /// # Errors
+    /// A `sink` class error naming the destination and the OS error.
+    pub async fn write(&self, tenant: &TenantConfig, token: &AccessToken) -> Result<(), RefreshError> {
+        match self {
+            Sink::File(file) => file.write(tenant, token).await.map_err(|err| {
+                RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
+            }),
+        }
+    }
+
+    /// A token this sink already holds for this tenant, if it can be trusted at start-up.
+    pub async fn read_existing(&self, tenant: &TenantConfig) -> Option<AccessToken> {
+        match self {
+            Sink::File(file) => file.read_existing(tenant).await,
+        }
+    }
+
+    /// Removes leftovers of an interrupted write (temp files from a crash).
+    pub async fn clean_up(&self) {
+        match self {
+            Sink::File(file) => file.clean_up().await,
+        }
+    }
+
+    /// For logs and `/status`: where the token goes.
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::File(file) => format!("file:{}", file.path().display()),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! What every tenant is doing right now: the one place `/status`, the metrics and `once` read.
+//!
+//! Each tenant task owns a [`TenantStatus`] behind a mutex and updates it after every attempt;
+//! readers take a snapshot. Time-dependent facts (time to expiry, "expired") are computed when
+//! read, so nothing has to tick.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use crate::error::{ErrorClass, RefreshError};
+use crate::schedule::system_to_unix_f64;
+
+/// A tenant's state, as shown in `/status` and the `tenants` gauge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantState {
+    /// No attempt has finished yet.
+    Pending,
+    /// The last attempt succeeded.
+    Healthy,
+    /// The last attempt failed transiently; the token in place (if any) is still valid.
+    Retrying,
+    /// The last attempt failed permanently (bad secret, app not in tenant…), whatever the token.
+    Misconfigured,
+    /// The last attempt failed transiently and the token we hold has expired.
+    Expired,
+}
+
+impl TenantState {
+    /// Every state, for gauges that must show zero counts too.
+    pub const ALL: [TenantState; 5] = [
+        TenantState::Pending,
+        TenantState::Healthy,
+        TenantState::Retrying,
+        TenantState::Misconfigured,
+        TenantState::Expired,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantState::Pending => "pending",
+            TenantState::Healthy => "healthy",
+            TenantState::Retrying => "retrying",
+            TenantState::Misconfigured => "misconfigured",
+            TenantState::Expired => "expired",
+        }
+    }
+}
+
+/// The mutable record of one tenant.
+#[derive(Clone, Debug, Default)]
+pub struct TenantStatus {
+    /// Unix seconds the current token expires (the newest one written, or warm-started).
+    pub expires_on: Option<i64>,
+    /// When the next attempt is planned.
+    pub next_refresh: Option<SystemTime>,
+    /// Last successful refresh including every sink write.
+    pub last_success: Option<SystemTime>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// The most recent failure, cleared on success.
+    pub last_error: Option<RefreshError>,
+    /// Whether at least one attempt (or a warm start) has completed: readiness.
+    pub first_attempt_done: bool,
+    /// Whether the last attempt failed (as opposed to: no attempt yet, or success).
+    pub failing: bool,
+}
+
+impl TenantStatus {
+    /// The state at `now`.
+    pub fn state(&self, now: SystemTime) -> TenantState {
+        if !self.first_attempt_done {
+            return TenantState::Pending;
+        }
+        if !self.failing {
+            return TenantState::Healthy;
+        }
+        if self.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent) {
+            return TenantState::Misconfigured;
+        }
+        let expired = self
+            .expires_on
+            .is_some_and(|exp| system_to_unix_f64(now) >= exp as f64);
+        if expired {
+            TenantState::Expired
+        } else {
+            TenantState::Retrying
+        }
+    }
+}
+
+/// A shared handle to one tenant's status.
+pub type StatusHandle = Arc<Mutex<TenantStatus>>;
+
+/// Locks a status, recovering from a poisoned lock: the data is plain values, always consistent.
+pub fn lock(status: &StatusHandle) -> MutexGuard<'_, TenantStatus> {
+    status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// All tenants' status handles by name.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    /// Name → handle; a BTreeMap so `/status` lists tenants in a stable order.
+    tenants: Arc<Mutex<BTreeMap<String, StatusHandle>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    fn map(&self) -> MutexGuard<'_, BTreeMap<String, StatusHandle>> {
+        self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds (or returns the existing) handle for a tenant.
+    pub fn insert(&self, name: &str) -> StatusHandle {
+        self.map().entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Forgets a tenant that left the configuration.
+    pub fn remove(&self, name: &str) {
+        self.map().remove(name);
+    }
+
+    /// A copy of every tenant's status, in name order.
+    pub fn snapshot(&self) -> Vec<(String, TenantStatus)> {
+        let handles: Vec<(String, StatusHandle)> =
+            self.map().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        handles
+            .into_iter()
+            .map(|(name, handle)| (name, lock(&handle).clone()))
+            .collect()
+    }
+
+    /// Number of tenants.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether there are no tenants.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Reason;
+    use std::time::Duration;
+
+    #[test]
+    fn state_machine() {
+        let now = SystemTime::now();
+        let in_an_hour = system_to_unix_f64(now + Duration::from_secs(3600)) as i64;
+        let mut s = TenantStatus::default();
+        assert_eq!(s.state(now), TenantState::Pending);
+        s.first_attempt_done = true;
+        s.expires_on = Some(in_an_hour);
+        assert_eq!(s.state(now), TenantState::Healthy);
+        s.failing = true;
+        s.last_error = Some(RefreshError::local(ErrorClass::Transient, Reason::Network, "x"));
+        assert_eq!(s.state(now), TenantState::Retrying);
+        s.last_error = Some(RefreshError::local(ErrorClass::Permanent, Reason::InvalidClient, "x"));
+        assert_eq!(s.state(now), TenantState::Misconfigured);
+        assert_eq!(s.state(now + Duration::from_secs(3601)), TenantState::Misconfigured);
+        s.last_error = Some(RefreshError::local(ErrorClass::Throttled, Reason::Throttled, "x"));
+        assert_eq!(s.state(now + Duration::from_secs(3601)), TenantState::Expired);
+        s.expires_on = None;
+        assert_eq!(s.state(now), TenantState::Retrying);
+    }
+}

@@ -1,0 +1,314 @@
+//! The per-tenant refresh loop.
+//!
+//! One task per tenant, shaped like mini-redis' purge task: sleep until the next planned instant
+//! or until cancelled, do one attempt, plan the next one. Tenants share nothing but the HTTP
+//! connection pool and a semaphore that caps concurrent token requests, so one broken or slow
+//! tenant never delays another.
+//!
+//! Cancellation is honoured while sleeping and while waiting for the semaphore, but not during an
+//! attempt: an attempt that has started (request sent, sink being written) runs to completion, so
+//! shutdown never abandons a half-done write. The supervisor bounds that wait with a grace period.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::TokenClient;
+use crate::config::{DaemonConfig, TenantConfig};
+use crate::error::{ErrorClass, RefreshError};
+use crate::schedule;
+use crate::sink::Sink;
+use crate::status::{self, StatusHandle};
+use crate::token::AccessToken;
+
+/// Retry knobs, copied from the daemon config.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Backoff floor.
+    pub backoff_min: Duration,
+    /// Backoff ceiling.
+    pub backoff_max: Duration,
+    /// Interval between attempts while a tenant is misconfigured.
+    pub permanent_retry_interval: Duration,
+}
+
+impl From<&DaemonConfig> for RetryPolicy {
+    fn from(daemon: &DaemonConfig) -> Self {
+        RetryPolicy {
+            backoff_min: daemon.backoff_min,
+            backoff_max: daemon.backoff_max,
+            permanent_retry_interval: daemon.permanent_retry_interval,
+        }
+    }
+}
+
+/// What a tenant task needs from the daemon.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The HTTP client (shared pool).
+    pub client: TokenClient,
+    /// Caps token requests in flight across all tenants.
+    pub limiter: Arc<Semaphore>,
+    /// Retry knobs.
+    pub policy: RetryPolicy,
+    /// Hook called after every finished attempt (metrics); `None` in `once` and tests.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Receives the outcome of every attempt, e.g. to update metrics.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// An attempt finished; `duration` is the token request's latency (None if none was sent).
+    fn attempt(&self, tenant: &str, result: Result<(), &RefreshError>, duration: Option<Duration>);
+}
+
+/// One tenant's refresher.
+pub struct Tenant {
+    /// The tenant's settings (immutable; a changed tenant gets a new task).
+    config: Arc<TenantConfig>,
+    /// Where its tokens go, built once.
+    sinks: Vec<Sink>,
+    /// Process-wide pieces.
+    shared: Shared,
+    /// Shown by `/status` and the metrics.
+    status: StatusHandle,
+    /// Stable jitter of this tenant, as a fraction of the lifetime.
+    jitter_offset: f64,
+    /// A token fetched but not yet written to every sink (a sink failed): written again before
+    /// asking Entra for another one.
+    unwritten: Option<AccessToken>,
+    /// Failures in a row, for the backoff exponent.
+    failures: u32,
+}
+
+impl Tenant {
+    /// A refresher for one tenant.
+    pub fn new(config: Arc<TenantConfig>, shared: Shared, status: StatusHandle) -> Self {
+        let sinks = config.sinks.iter().map(Sink::from_config).collect();
+        let jitter_offset = schedule::tenant_jitter(&config.name, config.jitter);
+        Tenant {
+            config,
+            sinks,
+            shared,
+            status,
+            jitter_offset,
+            unwritten: None,
+            failures: 0,
+        }
+    }
+
+    /// Runs until `cancel` fires: warm start, then refresh forever.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut next = self.start_up().await;
+        loop {
+            let cron = self
+                .config
+                .schedule
+                .as_ref()
+                .and_then(|s| schedule::cron_next(&s.cron, SystemTime::now()));
+            let wake = cron.map_or(next, |c| c.min(next));
+            status::lock(&self.status).next_refresh = Some(wake);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = sleep_until(wake) => {}
+            }
+            let permit = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                permit = self.shared.limiter.clone().acquire_owned() => permit,
+            };
+            // From here on the attempt runs to completion, even if cancelled meanwhile.
+            next = self.attempt(permit.ok()).await;
+        }
+    }
+
+    /// Removes crash leftovers and adopts a still-fresh token from disk. Returns the first wake-up.
+    async fn start_up(&mut self) -> SystemTime {
+        for sink in &self.sinks {
+            sink.clean_up().await;
+        }
+        let now = SystemTime::now();
+        for sink in &self.sinks {
+            let Some(token) = sink.read_existing(&self.config).await else {
+                continue;
+            };
+            let point = schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset);
+            if schedule::warm_token_usable(point, now) {
+                tracing::info!(
+                    tenant = %self.config.name,
+                    expires_on = token.expires_on,
+                    next_refresh = %humantime::format_rfc3339_seconds(point),
+                    "warm start: reusing the token on disk"
+                );
+                let mut status = status::lock(&self.status);
+                status.expires_on = Some(token.expires_on);
+                status.first_attempt_done = true;
+                return point;
+            }
+        }
+        now
+    }
+
+    /// One attempt: fetch (unless a fetched token still awaits its write), write every sink,
+    /// record the outcome. Returns when to wake next.
+    async fn attempt(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> SystemTime {
+        let now = SystemTime::now();
+        let reuse = self.unwritten.take().filter(|token| {
+            now < schedule::refresh_point(token, self.config.refresh_at, self.jitter_offset)
+        });
+        let mut request_duration = None;
+        let token = match reuse {
+            Some(token) => {
+                drop(permit);
+                Ok(token)
+            }
+            None => {
+                let started = std::time::Instant::now();
+                let fetched = self.shared.client.fetch(&self.config).await;
+                request_duration = Some(started.elapsed());
+                drop(permit);
+                fetched
+            }
+        };
+        let result = match token {
+            Ok(token) => match self.write_sinks(&token).await {
+                Ok(()) => Ok(token),
+                Err(err) => {
+                    self.unwritten = Some(token);
+                    Err(err)
+                }
+            },
+            Err(err) => Err(err),
+        };
+        if let Some(observer) = &self.shared.observer {
+            observer.attempt(&self.config.name, result.as_ref().map(|_| ()), request_duration);
+        }
+        match result {
+            Ok(token) => self.succeeded(token),
+            Err(err) => self.failed(err),
+        }
+    }
+
+    async fn write_sinks(&self, token: &AccessToken) -> Result<(), RefreshError> {
+        for sink in &self.sinks {
+            sink.write(&self.config, token).await?;
+        }
+        Ok(())
+    }
+
+    fn succeeded(&mut self, token: AccessToken) -> SystemTime {
+        let point = schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset);
+        let recovered = self.failures > 0;
+        self.failures = 0;
+        {
+            let mut status = status::lock(&self.status);
+            status.expires_on = Some(token.expires_on);
+            status.last_success = Some(SystemTime::now());
+            status.consecutive_failures = 0;
+            status.last_error = None;
+            status.failing = false;
+            status.first_attempt_done = true;
+        }
+        tracing::info!(
+            tenant = %self.config.name,
+            expires_at = %humantime::format_rfc3339_seconds(schedule::unix_to_system(token.expires_on)),
+            next_refresh = %humantime::format_rfc3339_seconds(point),
+            fingerprint = %token.fingerprint(),
+            recovered,
+            "token refreshed"
+        );
+        point
+    }
+
+    fn failed(&mut self, err: RefreshError) -> SystemTime {
+        self.failures = self.failures.saturating_add(1);
+        let policy = self.shared.policy;
+        let delay = match err.class {
+            ErrorClass::Permanent => policy.permanent_retry_interval,
+            ErrorClass::Transient | ErrorClass::Throttled | ErrorClass::Sink => schedule::backoff(
+                self.failures - 1,
+                policy.backoff_min,
+                policy.backoff_max,
+                fastrand::f64(),
+            ),
+        };
+        let delay = schedule::respect_retry_after(delay, err.retry_after);
+        let was_permanent = {
+            let mut status = status::lock(&self.status);
+            let was = status.failing
+                && status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent);
+            status.consecutive_failures = self.failures;
+            status.last_error = Some(err.clone());
+            status.failing = true;
+            status.first_attempt_done = true;
+            was
+        };
+        log_failure(&self.config.name, &err, delay, self.failures, was_permanent);
+        SystemTime::now() + delay
+    }
+}
+
+/// One line per failure with everything needed to open a support case; ERROR only when a tenant
+/// enters the permanent state, so a misconfigured tenant does not flood the log.
+fn log_failure(tenant: &str, err: &RefreshError, retry_in: Duration, failures: u32, was_permanent: bool) {
+    let aadsts = err.aadsts_code().unwrap_or_default();
+    let trace_id = err.trace_id.as_deref().unwrap_or("");
+    let correlation_id = err.correlation_id.as_deref().unwrap_or("");
+    let status = err.status.unwrap_or(0);
+    let retry_in = humantime::format_duration(Duration::from_secs(retry_in.as_secs())).to_string();
+    let class = err.class.as_str();
+    let reason = err.reason.as_str();
+    let message = err.message.as_str();
+    macro_rules! emit {
+        ($level:ident, $text:literal) => {
+            tracing::$level!(
+                tenant, class, reason, aadsts = %aadsts, status, trace_id, correlation_id,
+                retry_in = %retry_in, consecutive_failures = failures, error = message, $text
+            )
+        };
+    }
+    match err.class {
+        ErrorClass::Permanent if !was_permanent => {
+            emit!(error, "refresh failed: configuration problem, retrying slowly until fixed")
+        }
+        ErrorClass::Permanent => emit!(info, "refresh still failing: configuration problem"),
+        _ => emit!(warn, "refresh failed, will retry"),
+    }
+}
+
+/// Sleeps until a wall-clock instant (immediately if it has passed).
+async fn sleep_until(when: SystemTime) {
+    let delay = when
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(delay).await;
+}
+
+/// Outcome of `once` for one tenant.
+#[derive(Debug)]
+pub struct OnceOutcome {
+    /// Tenant name.
+    pub tenant: String,
+    /// Ok, or why not.
+    pub result: Result<(), RefreshError>,
+}
+
+/// Fetches and writes one token for one tenant, without scheduling (the `once` command).
+pub async fn refresh_once(config: Arc<TenantConfig>, shared: Shared) -> OnceOutcome {
+    let status = StatusHandle::default();
+    let mut tenant = Tenant::new(config.clone(), shared.clone(), status.clone());
+    for sink in &tenant.sinks {
+        sink.clean_up().await;
+    }
+    let permit = shared.limiter.clone().acquire_owned().await.ok();
+    tenant.attempt(permit).await;
+    let last_error = status::lock(&status).last_error.clone();
+    OnceOutcome {
+        tenant: config.name.clone(),
+        result: match last_error {
+            Some(err) => Err(err),
+            None => Ok(()),
+        },
+    }
+}
