@@ -72,12 +72,11 @@ impl TokenClient {
                 path: path.clone(),
                 source,
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
-                ClientError::CaPem {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| ClientError::CaPem {
                     path: path.clone(),
                     message: err.to_string(),
-                }
-            })?;
+                })?;
             if certs.is_empty() {
                 return Err(ClientError::CaPem {
                     path: path.clone(),
@@ -121,7 +120,10 @@ impl TokenClient {
                 .iter()
                 .map(|(key, value)| (*key, value.expose_secret())),
         );
-        debug_assert!(matches!(tenant.credential, CredentialConfig::ClientSecret(_)));
+        debug_assert!(matches!(
+            tenant.credential,
+            CredentialConfig::ClientSecret(_)
+        ));
 
         let response = self
             .http

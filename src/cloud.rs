@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn gcc_uses_commercial_entra_but_government_power_bi() {
         assert_eq!(Cloud::Gcc.authority_host(), Cloud::Public.authority_host());
-        assert_ne!(Cloud::Gcc.power_bi_resource(), Cloud::Public.power_bi_resource());
+        assert_ne!(
+            Cloud::Gcc.power_bi_resource(),
+            Cloud::Public.power_bi_resource()
+        );
         assert!(Cloud::Dod.power_bi_resource().starts_with("https://mil."));
     }
 }

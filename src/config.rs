@@ -423,7 +423,11 @@ struct Loader<'a> {
 impl<'a> Loader<'a> {
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     fn problem(&mut self, offset: Option<usize>, key: impl Into<Option<String>>, message: String) {
@@ -459,13 +463,10 @@ impl<'a> Loader<'a> {
                         return None;
                     };
                     let mut table = table.clone();
-                    let Some(unknown) = table
+                    let unknown = table
                         .keys()
                         .find(|k| Some(k.span()) == err.span())
-                        .cloned()
-                    else {
-                        return None;
-                    };
+                        .cloned()?;
                     table.remove(&unknown);
                     value = Spanned::new(span, DeValue::Table(table));
                 }
@@ -502,7 +503,10 @@ impl<'a> Loader<'a> {
                     Some(parsed) => {
                         for (present, name) in [
                             (parsed.name.as_ref().map(|s| s.span().start), "name"),
-                            (parsed.tenant_id.as_ref().map(|s| s.span().start), "tenant_id"),
+                            (
+                                parsed.tenant_id.as_ref().map(|s| s.span().start),
+                                "tenant_id",
+                            ),
                         ] {
                             if let Some(offset) = present {
                                 self.problem(
@@ -532,8 +536,7 @@ impl<'a> Loader<'a> {
                     };
                     for (index, item) in items.iter().enumerate() {
                         let offset = item.span().start;
-                        match self.section::<RawTenant>(item.clone(), &format!("tenant[{index}]"))
-                        {
+                        match self.section::<RawTenant>(item.clone(), &format!("tenant[{index}]")) {
                             Some(parsed) => tenants.push((offset, parsed)),
                             None => sections_ok = false,
                         }
@@ -593,7 +596,12 @@ impl<'a> Loader<'a> {
         })
     }
 
-    fn duration(&mut self, raw: Option<Spanned<String>>, key: &str, default: Duration) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        raw: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Option<Duration> {
         let Some(raw) = raw else { return Some(default) };
         match humantime::parse_duration(raw.get_ref()) {
             Ok(duration) if !duration.is_zero() => Some(duration),
@@ -621,14 +629,25 @@ impl<'a> Loader<'a> {
                     self.problem(
                         Some(value.span().start),
                         "daemon.max_concurrent_requests".to_owned(),
-                        format!("expected a whole number from 1 to 10000, got {}", value.get_ref()),
+                        format!(
+                            "expected a whole number from 1 to 10000, got {}",
+                            value.get_ref()
+                        ),
                     );
                     None
                 }
             },
         };
-        let connect_timeout = self.duration(raw.connect_timeout, "connect_timeout", defaults.connect_timeout);
-        let request_timeout = self.duration(raw.request_timeout, "request_timeout", defaults.request_timeout);
+        let connect_timeout = self.duration(
+            raw.connect_timeout,
+            "connect_timeout",
+            defaults.connect_timeout,
+        );
+        let request_timeout = self.duration(
+            raw.request_timeout,
+            "request_timeout",
+            defaults.request_timeout,
+        );
         let backoff_min_offset = raw.backoff_min.as_ref().map(|s| s.span().start);
         let backoff_min = self.duration(raw.backoff_min, "backoff_min", defaults.backoff_min);
         let backoff_max = self.duration(raw.backoff_max, "backoff_max", defaults.backoff_max);
@@ -637,20 +656,24 @@ impl<'a> Loader<'a> {
             "permanent_retry_interval",
             defaults.permanent_retry_interval,
         );
-        let shutdown_grace = self.duration(raw.shutdown_grace, "shutdown_grace", defaults.shutdown_grace);
-        if let (Some(min), Some(max)) = (backoff_min, backoff_max) {
-            if min > max {
-                self.problem(
-                    backoff_min_offset,
-                    "daemon.backoff_min".to_owned(),
-                    format!(
-                        "backoff_min ({}) must not exceed backoff_max ({})",
-                        humantime::format_duration(min),
-                        humantime::format_duration(max)
-                    ),
-                );
-                return None;
-            }
+        let shutdown_grace = self.duration(
+            raw.shutdown_grace,
+            "shutdown_grace",
+            defaults.shutdown_grace,
+        );
+        if let (Some(min), Some(max)) = (backoff_min, backoff_max)
+            && min > max
+        {
+            self.problem(
+                backoff_min_offset,
+                "daemon.backoff_min".to_owned(),
+                format!(
+                    "backoff_min ({}) must not exceed backoff_max ({})",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+            return None;
         }
         let ca_file = raw.ca_file.map(|ca| {
             let offset = ca.span().start;
@@ -698,7 +721,11 @@ impl<'a> Loader<'a> {
 
         let name = match &raw.name {
             None => {
-                self.problem(Some(offset), here("name"), "missing; every [[tenant]] needs a unique name".to_owned());
+                self.problem(
+                    Some(offset),
+                    here("name"),
+                    "missing; every [[tenant]] needs a unique name".to_owned(),
+                );
                 None
             }
             Some(name) => {
@@ -726,7 +753,11 @@ impl<'a> Loader<'a> {
 
         let tenant_id = match &raw.tenant_id {
             None => {
-                self.problem(Some(offset), here("tenant_id"), "missing; expected the tenant's GUID or verified domain".to_owned());
+                self.problem(
+                    Some(offset),
+                    here("tenant_id"),
+                    "missing; expected the tenant's GUID or verified domain".to_owned(),
+                );
                 None
             }
             Some(id) => {
@@ -734,13 +765,22 @@ impl<'a> Loader<'a> {
                     self.problem(
                         Some(id.span().start),
                         here("tenant_id"),
-                        format!("expected a GUID or a domain such as contoso.onmicrosoft.com, got {:?}", id.get_ref()),
+                        format!(
+                            "expected a GUID or a domain such as contoso.onmicrosoft.com, got {:?}",
+                            id.get_ref()
+                        ),
                     );
-                } else if matches!(id.get_ref().to_ascii_lowercase().as_str(), "common" | "organizations" | "consumers") {
+                } else if matches!(
+                    id.get_ref().to_ascii_lowercase().as_str(),
+                    "common" | "organizations" | "consumers"
+                ) {
                     self.problem(
                         Some(id.span().start),
                         here("tenant_id"),
-                        format!("{:?} cannot issue app-only tokens; use the customer's tenant ID", id.get_ref()),
+                        format!(
+                            "{:?} cannot issue app-only tokens; use the customer's tenant ID",
+                            id.get_ref()
+                        ),
                     );
                 }
                 Some(id.get_ref().clone())
@@ -754,13 +794,20 @@ impl<'a> Loader<'a> {
                 None
             }
             Some(id) if id.get_ref().trim().is_empty() => {
-                self.problem(Some(id.span().start), here("client_id"), "must not be empty".to_owned());
+                self.problem(
+                    Some(id.span().start),
+                    here("client_id"),
+                    "must not be empty".to_owned(),
+                );
                 None
             }
             Some(id) => Some(id.get_ref().clone()),
         };
 
-        let secret = raw.client_secret.as_ref().or(defaults.client_secret.as_ref());
+        let secret = raw
+            .client_secret
+            .as_ref()
+            .or(defaults.client_secret.as_ref());
         let credential_line = secret.map(|s| self.line_of(s.span().start));
         let credential = match secret {
             None if self.defaults_broken => None,
@@ -775,13 +822,19 @@ impl<'a> Loader<'a> {
             Some(secret) => match secret.get_ref() {
                 RawSecret::Reference(source) => {
                     let source = match source {
-                        SecretSource::File(path) => SecretSource::File(self.resolve_path(path.clone())),
+                        SecretSource::File(path) => {
+                            SecretSource::File(self.resolve_path(path.clone()))
+                        }
                         other => other.clone(),
                     };
-                    if self.verify_credentials {
-                        if let Err(err) = source.read() {
-                            self.problem(Some(secret.span().start), here("client_secret"), err.to_string());
-                        }
+                    if self.verify_credentials
+                        && let Err(err) = source.read()
+                    {
+                        self.problem(
+                            Some(secret.span().start),
+                            here("client_secret"),
+                            err.to_string(),
+                        );
                     }
                     Some(CredentialConfig::ClientSecret(source))
                 }
@@ -797,7 +850,11 @@ impl<'a> Loader<'a> {
         };
 
         let cloud = raw.cloud.or(defaults.cloud).unwrap_or_default();
-        let authority_host = match raw.authority_host.as_ref().or(defaults.authority_host.as_ref()) {
+        let authority_host = match raw
+            .authority_host
+            .as_ref()
+            .or(defaults.authority_host.as_ref())
+        {
             None => Some(cloud.authority_host().to_owned()),
             Some(host) => match check_authority_host(host.get_ref()) {
                 Ok(normalised) => Some(normalised),
@@ -837,9 +894,8 @@ impl<'a> Loader<'a> {
         let refresh_at = refresh_at_raw.map(|v| *v.get_ref()).unwrap_or(0.5);
         let jitter = jitter_raw.map(|v| *v.get_ref()).unwrap_or(0.1);
         let fraction_offset = refresh_at_raw.or(jitter_raw).map(|v| v.span().start);
-        let fractions_ok = (0.0..0.5).contains(&jitter)
-            && refresh_at - jitter > 0.0
-            && refresh_at + jitter < 1.0;
+        let fractions_ok =
+            (0.0..0.5).contains(&jitter) && refresh_at - jitter > 0.0 && refresh_at + jitter < 1.0;
         if !fractions_ok {
             self.problem(
                 fraction_offset,
@@ -857,7 +913,11 @@ impl<'a> Loader<'a> {
                 None
             }
             Some(sinks) if sinks.get_ref().is_empty() => {
-                self.problem(Some(sinks.span().start), here("sinks"), "is empty; a tenant needs at least one sink".to_owned());
+                self.problem(
+                    Some(sinks.span().start),
+                    here("sinks"),
+                    "is empty; a tenant needs at least one sink".to_owned(),
+                );
                 None
             }
             Some(sinks) => {
@@ -877,7 +937,11 @@ impl<'a> Loader<'a> {
                                 },
                             };
                             if path.trim().is_empty() {
-                                self.problem(Some(offset), here("sinks.path"), "must not be empty".to_owned());
+                                self.problem(
+                                    Some(offset),
+                                    here("sinks.path"),
+                                    "must not be empty".to_owned(),
+                                );
                                 continue;
                             }
                             let expanded = path.replace("{name}", name.as_deref().unwrap_or(""));
@@ -1016,9 +1080,9 @@ fn parse_mode(mode: &RawMode) -> Result<u32, String> {
 /// `https://host[:port]`, or `http://` for loopback only; returns the host without trailing slash.
 fn check_authority_host(raw: &str) -> Result<String, String> {
     let trimmed = raw.trim().trim_end_matches('/');
-    let (scheme, rest) = trimmed
-        .split_once("://")
-        .ok_or_else(|| format!("expected a URL such as https://login.microsoftonline.com, got {raw:?}"))?;
+    let (scheme, rest) = trimmed.split_once("://").ok_or_else(|| {
+        format!("expected a URL such as https://login.microsoftonline.com, got {raw:?}")
+    })?;
     if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
         return Err(format!(
             "expected scheme and host only (e.g. https://login.microsoftonline.com), got {raw:?}"
@@ -1030,7 +1094,9 @@ fn check_authority_host(raw: &str) -> Result<String, String> {
         "http" => Err(format!(
             "{raw:?} uses http; credentials are only sent over https (http is allowed for loopback hosts only)"
         )),
-        other => Err(format!("unsupported scheme {other:?} in {raw:?}; expected https")),
+        other => Err(format!(
+            "unsupported scheme {other:?} in {raw:?}; expected https"
+        )),
     }
 }
 
@@ -1039,7 +1105,9 @@ fn is_loopback_authority(authority: &str) -> bool {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        authority.rsplit_once(':').map_or(authority, |(host, _)| host)
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
     };
     host.eq_ignore_ascii_case("localhost")
         || IpAddr::from_str(host).is_ok_and(|ip| ip.is_loopback())
@@ -1100,7 +1168,10 @@ tenant_id = "contoso.onmicrosoft.com"
             tenant.token_url(),
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
         );
-        assert_eq!(tenant.scope(), "https://analysis.windows.net/powerbi/api/.default");
+        assert_eq!(
+            tenant.scope(),
+            "https://analysis.windows.net/powerbi/api/.default"
+        );
         assert_eq!(
             tenant.sinks,
             vec![SinkConfig::File(FileSinkConfig {
@@ -1115,13 +1186,15 @@ tenant_id = "contoso.onmicrosoft.com"
 
     #[test]
     fn tenant_overrides_defaults_and_cloud_picks_pair() {
-        let text = format!(
-            "{MINIMAL}cloud = \"dod\"\napi = \"v1\"\nrefresh_at = 0.7\njitter = 0.05\n"
-        );
+        let text =
+            format!("{MINIMAL}cloud = \"dod\"\napi = \"v1\"\nrefresh_at = 0.7\njitter = 0.05\n");
         let config = parse_ok(&text);
         let tenant = &config.tenants[0];
         assert_eq!(tenant.authority_host, "https://login.microsoftonline.us");
-        assert_eq!(tenant.resource, "https://mil.analysis.usgovcloudapi.net/powerbi/api");
+        assert_eq!(
+            tenant.resource,
+            "https://mil.analysis.usgovcloudapi.net/powerbi/api"
+        );
         assert_eq!(
             tenant.token_url(),
             "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/token"
@@ -1145,9 +1218,16 @@ tenant_id = "contoso.onmicrosoft.com"
         ] {
             let text = format!("{MINIMAL}authority_host = {host:?}\n");
             let result = parse(&text, Path::new("c.toml"));
-            assert_eq!(result.is_ok(), ok, "{host}: {:?}", result.err().map(|e| e.to_string()));
+            assert_eq!(
+                result.is_ok(),
+                ok,
+                "{host}: {:?}",
+                result.err().map(|e| e.to_string())
+            );
         }
-        let err = parse_err(&format!("{MINIMAL}authority_host = \"http://login.example.com\"\n"));
+        let err = parse_err(&format!(
+            "{MINIMAL}authority_host = \"http://login.example.com\"\n"
+        ));
         assert!(err.to_string().contains("only sent over https"), "{err}");
     }
 
@@ -1172,9 +1252,15 @@ tenant_id = "b.example.com"
         let lines: Vec<Option<usize>> = err.problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, vec![Some(5), Some(10), Some(12)], "{err}");
         let shown = err.to_string();
-        assert!(shown.contains("/etc/powerbi-tokend/config.toml:5: defaults: unknown field `colour`"), "{shown}");
+        assert!(
+            shown.contains("/etc/powerbi-tokend/config.toml:5: defaults: unknown field `colour`"),
+            "{shown}"
+        );
         assert!(shown.contains("invalid cron expression"), "{shown}");
-        assert!(shown.contains("duplicate tenant name \"a\" (first defined on line 7)"), "{shown}");
+        assert!(
+            shown.contains("duplicate tenant name \"a\" (first defined on line 7)"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -1193,7 +1279,10 @@ tenant_id = "b.example.com"
 "#;
         let err = parse_err(text);
         assert_eq!(err.problems.len(), 1, "{err}");
-        assert!(err.to_string().contains("which tenant \"a\" also writes"), "{err}");
+        assert!(
+            err.to_string().contains("which tenant \"a\" also writes"),
+            "{err}"
+        );
         assert_eq!(err.problems[0].line, Some(9));
     }
 
@@ -1201,7 +1290,11 @@ tenant_id = "b.example.com"
     fn literal_secret_is_rejected() {
         let text = MINIMAL.replace("{ env = \"SECRET\" }", "\"hunter2\"");
         let err = parse_err(&text);
-        assert!(err.to_string().contains("secrets are not written in the config file"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("secrets are not written in the config file"),
+            "{err}"
+        );
         assert!(!err.to_string().contains("hunter2"));
     }
 
@@ -1210,7 +1303,10 @@ tenant_id = "b.example.com"
         let text = MINIMAL.replace("/tmp/t/{name}.json", "tokens/{name}.json");
         let config = parse_ok(&text);
         let SinkConfig::File(file) = &config.tenants[0].sinks[0];
-        assert_eq!(file.path, PathBuf::from("/etc/powerbi-tokend/tokens/contoso.json"));
+        assert_eq!(
+            file.path,
+            PathBuf::from("/etc/powerbi-tokend/tokens/contoso.json")
+        );
     }
 
     #[test]
@@ -1221,7 +1317,10 @@ tenant_id = "b.example.com"
         assert!(parse_mode(&RawMode::Text("4755".into())).is_err());
         assert!(parse_mode(&RawMode::Text("rw".into())).is_err());
         let err = parse_err(&format!("{MINIMAL}refresh_at = 0.95\n"));
-        assert!(err.to_string().contains("strictly between 0 and 1"), "{err}");
+        assert!(
+            err.to_string().contains("strictly between 0 and 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1232,7 +1331,10 @@ tenant_id = "b.example.com"
         let config = parse_ok(&text);
         assert_eq!(config.daemon.max_concurrent_requests, 4);
         assert_eq!(config.daemon.backoff_max, Duration::from_secs(120));
-        assert_eq!(config.daemon.permanent_retry_interval, Duration::from_secs(3600));
+        assert_eq!(
+            config.daemon.permanent_retry_interval,
+            Duration::from_secs(3600)
+        );
         let err = parse_err(&format!("[daemon]\nbackoff_min = \"soon\"\n{MINIMAL}"));
         assert_eq!(err.problems[0].line, Some(2), "{err}");
     }
@@ -1244,6 +1346,9 @@ tenant_id = "b.example.com"
         assert!(is_domain("contoso.onmicrosoft.com"));
         assert!(!is_domain("bad domain"));
         let err = parse_err(&MINIMAL.replace("contoso.onmicrosoft.com", "common"));
-        assert!(err.to_string().contains("cannot issue app-only tokens"), "{err}");
+        assert!(
+            err.to_string().contains("cannot issue app-only tokens"),
+            "{err}"
+        );
     }
 }

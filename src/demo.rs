@@ -48,8 +48,18 @@ fn random_secret(tag: &str) -> String {
 pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -> Config {
     let specs = [
         ("contoso", "contoso.onmicrosoft.com", ApiVersion::V2, true),
-        ("fabrikam", "7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60", ApiVersion::V1, true),
-        ("northwind", "northwind.onmicrosoft.com", ApiVersion::V2, false),
+        (
+            "fabrikam",
+            "7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60",
+            ApiVersion::V1,
+            true,
+        ),
+        (
+            "northwind",
+            "northwind.onmicrosoft.com",
+            ApiVersion::V2,
+            false,
+        ),
     ];
     let tenants = specs
         .iter()
@@ -116,7 +126,10 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
 ///
 /// # Errors
 /// The simulator or the daemon could not start.
-pub async fn run(listen: std::net::SocketAddr, control: mpsc::Receiver<Control>) -> Result<(), DemoError> {
+pub async fn run(
+    listen: std::net::SocketAddr,
+    control: mpsc::Receiver<Control>,
+) -> Result<(), DemoError> {
     let sim = SimEntra::start().await?;
     let dir = PathBuf::from(DEMO_DIR);
     let config = demo_config(&sim, dir.clone(), listen);

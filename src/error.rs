@@ -325,7 +325,12 @@ mod tests {
         let cases = [
             (401, "invalid_client", 7000215, Reason::InvalidClient),
             (401, "invalid_client", 7000222, Reason::InvalidClient),
-            (400, "unauthorized_client", 700016, Reason::UnauthorizedClient),
+            (
+                400,
+                "unauthorized_client",
+                700016,
+                Reason::UnauthorizedClient,
+            ),
             (400, "invalid_request", 90002, Reason::TenantNotFound),
             (400, "invalid_request", 900023, Reason::TenantNotFound),
             (400, "invalid_resource", 500011, Reason::InvalidResource),
@@ -355,17 +360,22 @@ mod tests {
         assert_eq!(err.class, ErrorClass::Transient);
         let err = classify(400, &entra_body("invalid_request", 90055), None);
         assert_eq!(err.class, ErrorClass::Throttled);
-        let err = classify(
-            429,
-            b"Too Many Requests",
-            Some(Duration::from_secs(60)),
+        let err = classify(429, b"Too Many Requests", Some(Duration::from_secs(60)));
+        assert_eq!(
+            (err.class, err.reason),
+            (ErrorClass::Throttled, Reason::Throttled)
         );
-        assert_eq!((err.class, err.reason), (ErrorClass::Throttled, Reason::Throttled));
         assert_eq!(err.retry_after, Some(Duration::from_secs(60)));
         let err = classify(500, b"", None);
-        assert_eq!((err.class, err.reason), (ErrorClass::Transient, Reason::ServerError));
+        assert_eq!(
+            (err.class, err.reason),
+            (ErrorClass::Transient, Reason::ServerError)
+        );
         let err = classify(408, b"", None);
-        assert_eq!((err.class, err.reason), (ErrorClass::Transient, Reason::Timeout));
+        assert_eq!(
+            (err.class, err.reason),
+            (ErrorClass::Transient, Reason::Timeout)
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// `RefreshError` carries Entra's diagnostics (about 150 bytes). It is returned at most once per
+// refresh attempt, so boxing it would only add an allocation to every failure.
+#![allow(clippy::result_large_err)]
 
 pub mod client;
 pub mod cloud;
@@ -81,6 +84,7 @@ fn shared_for(config: &Config) -> Result<Shared, ClientError> {
 pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result<(), RunError> {
     let registry = Registry::new();
     let mut supervisor = Supervisor::new(shared_for(&config)?, registry.clone());
+    sink::clean_up(&config.tenants).await;
     let started = supervisor.reconcile(&config.tenants, false).await;
     tracing::info!(
         tenants = started.added.len(),
@@ -88,7 +92,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
         "powerbi-tokend started"
     );
     if config.tenants.is_empty() {
-        tracing::warn!("the configuration has no [[tenant]]; nothing to refresh until a reload adds one");
+        tracing::warn!(
+            "the configuration has no [[tenant]]; nothing to refresh until a reload adds one"
+        );
     }
     let mut config = config;
     while let Some(message) = control.recv().await {
@@ -102,7 +108,9 @@ pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result
     if supervisor.shutdown(grace).await {
         tracing::info!("shutdown complete");
     } else {
-        tracing::warn!("shutdown grace period elapsed with refreshes still in flight; their files were not replaced");
+        tracing::warn!(
+            "shutdown grace period elapsed with refreshes still in flight; their files were not replaced"
+        );
     }
     Ok(())
 }
@@ -113,7 +121,10 @@ async fn reload(config: &mut Config, supervisor: &mut Supervisor) {
         Ok(new) => new,
         Err(err) => {
             for line in err.to_string().lines() {
-                tracing::error!(problem = line, "reload rejected; the previous configuration stays in effect");
+                tracing::error!(
+                    problem = line,
+                    "reload rejected; the previous configuration stays in effect"
+                );
             }
             return;
         }
@@ -150,6 +161,7 @@ async fn reload(config: &mut Config, supervisor: &mut Supervisor) {
 /// Only set-up failures; per-tenant failures are in the outcomes.
 pub async fn once(config: &Config) -> Result<Vec<OnceOutcome>, RunError> {
     let shared = shared_for(config)?;
+    sink::clean_up(&config.tenants).await;
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in &config.tenants {
         tasks.spawn(tenant::refresh_once(tenant.clone(), shared.clone()));

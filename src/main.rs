@@ -46,7 +46,12 @@ enum Command {
 #[derive(Args)]
 struct ConfigArg {
     /// Configuration file.
-    #[arg(long, short, env = "POWERBI_TOKEND_CONFIG", default_value = "config.toml")]
+    #[arg(
+        long,
+        short,
+        env = "POWERBI_TOKEND_CONFIG",
+        default_value = "config.toml"
+    )]
     config: PathBuf,
 }
 
@@ -55,7 +60,13 @@ fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process, before anything builds a client.
     // An error means a provider is already installed, which is just as good.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // File writes run on the blocking pool; 64 threads keep thousands of simultaneous first
+    // writes from spawning hundreds of threads (tokio's default cap is 512).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("powerbi-tokend: cannot start the async runtime: {err}");

@@ -119,9 +119,18 @@ mod tests {
     #[test]
     fn refresh_at_half_life_plus_jitter() {
         let t = token(1_000_000, 3600, None);
-        assert_eq!(refresh_point(&t, 0.5, 0.0), unix_to_system(1_000_000 + 1800));
-        assert_eq!(refresh_point(&t, 0.5, 0.1), unix_to_system(1_000_000 + 2160));
-        assert_eq!(refresh_point(&t, 0.5, -0.1), unix_to_system(1_000_000 + 1440));
+        assert_eq!(
+            refresh_point(&t, 0.5, 0.0),
+            unix_to_system(1_000_000 + 1800)
+        );
+        assert_eq!(
+            refresh_point(&t, 0.5, 0.1),
+            unix_to_system(1_000_000 + 2160)
+        );
+        assert_eq!(
+            refresh_point(&t, 0.5, -0.1),
+            unix_to_system(1_000_000 + 1440)
+        );
     }
 
     #[test]
@@ -135,7 +144,9 @@ mod tests {
     #[test]
     fn jitter_is_stable_bounded_and_spread() {
         assert_eq!(tenant_jitter("contoso", 0.1), tenant_jitter("contoso", 0.1));
-        let values: Vec<f64> = (0..1000).map(|i| tenant_jitter(&format!("tenant-{i}"), 0.1)).collect();
+        let values: Vec<f64> = (0..1000)
+            .map(|i| tenant_jitter(&format!("tenant-{i}"), 0.1))
+            .collect();
         assert!(values.iter().all(|v| (-0.1..=0.1).contains(v)));
         let below = values.iter().filter(|v| **v < 0.0).count();
         assert!((400..600).contains(&below), "{below} of 1000 below zero");
@@ -159,15 +170,27 @@ mod tests {
         assert_eq!(backoff(3, min, max, 1.0), Duration::from_secs(8));
         assert_eq!(backoff(3, min, max, 0.0), min);
         assert_eq!(backoff(20, min, max, 1.0), max);
-        assert_eq!(backoff(u32::MAX, min, max, 0.5), min + (max - min).mul_f64(0.5));
+        assert_eq!(
+            backoff(u32::MAX, min, max, 0.5),
+            min + (max - min).mul_f64(0.5)
+        );
     }
 
     #[test]
     fn retry_after_is_never_undercut() {
         let server = Some(Duration::from_secs(60));
-        assert_eq!(respect_retry_after(Duration::from_secs(2), server), Duration::from_secs(60));
-        assert_eq!(respect_retry_after(Duration::from_secs(90), server), Duration::from_secs(90));
-        assert_eq!(respect_retry_after(Duration::from_secs(2), None), Duration::from_secs(2));
+        assert_eq!(
+            respect_retry_after(Duration::from_secs(2), server),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            respect_retry_after(Duration::from_secs(90), server),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            respect_retry_after(Duration::from_secs(2), None),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]
@@ -177,7 +200,10 @@ mod tests {
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
         let later = now + Duration::from_secs(120);
         let date = httpdate::fmt_http_date(later);
-        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(&date, now),
+            Some(Duration::from_secs(120))
+        );
         // RFC 850 and asctime forms are still valid HTTP-dates.
         assert_eq!(
             parse_retry_after("Thursday, 01-Jan-26 00:02:00 GMT", now),
@@ -198,10 +224,16 @@ mod tests {
         let cron = crate::config::parse_cron("0 0 6 * * *").unwrap();
         // 2026-01-01T00:00:00Z -> 06:00 the same day
         let now = unix_to_system(1_767_225_600);
-        assert_eq!(cron_next(&cron, now), Some(unix_to_system(1_767_225_600 + 6 * 3600)));
+        assert_eq!(
+            cron_next(&cron, now),
+            Some(unix_to_system(1_767_225_600 + 6 * 3600))
+        );
         // exactly at an activation -> the next day's
         let at = unix_to_system(1_767_225_600 + 6 * 3600);
-        assert_eq!(cron_next(&cron, at), Some(unix_to_system(1_767_225_600 + 30 * 3600)));
+        assert_eq!(
+            cron_next(&cron, at),
+            Some(unix_to_system(1_767_225_600 + 30 * 3600))
+        );
         let five_fields = crate::config::parse_cron("*/15 * * * *").unwrap();
         assert_eq!(
             cron_next(&five_fields, unix_to_system(1_767_225_600 + 1)),

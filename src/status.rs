@@ -97,7 +97,9 @@ pub type StatusHandle = Arc<Mutex<TenantStatus>>;
 
 /// Locks a status, recovering from a poisoned lock: the data is plain values, always consistent.
 pub fn lock(status: &StatusHandle) -> MutexGuard<'_, TenantStatus> {
-    status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    status
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// All tenants' status handles by name.
@@ -114,7 +116,9 @@ impl Registry {
     }
 
     fn map(&self) -> MutexGuard<'_, BTreeMap<String, StatusHandle>> {
-        self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tenants
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds (or returns the existing) handle for a tenant.
@@ -129,8 +133,11 @@ impl Registry {
 
     /// A copy of every tenant's status, in name order.
     pub fn snapshot(&self) -> Vec<(String, TenantStatus)> {
-        let handles: Vec<(String, StatusHandle)> =
-            self.map().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let handles: Vec<(String, StatusHandle)> = self
+            .map()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         handles
             .into_iter()
             .map(|(name, handle)| (name, lock(&handle).clone()))
@@ -164,13 +171,31 @@ mod tests {
         s.expires_on = Some(in_an_hour);
         assert_eq!(s.state(now), TenantState::Healthy);
         s.failing = true;
-        s.last_error = Some(RefreshError::local(ErrorClass::Transient, Reason::Network, "x"));
+        s.last_error = Some(RefreshError::local(
+            ErrorClass::Transient,
+            Reason::Network,
+            "x",
+        ));
         assert_eq!(s.state(now), TenantState::Retrying);
-        s.last_error = Some(RefreshError::local(ErrorClass::Permanent, Reason::InvalidClient, "x"));
+        s.last_error = Some(RefreshError::local(
+            ErrorClass::Permanent,
+            Reason::InvalidClient,
+            "x",
+        ));
         assert_eq!(s.state(now), TenantState::Misconfigured);
-        assert_eq!(s.state(now + Duration::from_secs(3601)), TenantState::Misconfigured);
-        s.last_error = Some(RefreshError::local(ErrorClass::Throttled, Reason::Throttled, "x"));
-        assert_eq!(s.state(now + Duration::from_secs(3601)), TenantState::Expired);
+        assert_eq!(
+            s.state(now + Duration::from_secs(3601)),
+            TenantState::Misconfigured
+        );
+        s.last_error = Some(RefreshError::local(
+            ErrorClass::Throttled,
+            Reason::Throttled,
+            "x",
+        ));
+        assert_eq!(
+            s.state(now + Duration::from_secs(3601)),
+            TenantState::Expired
+        );
         s.expires_on = None;
         assert_eq!(s.state(now), TenantState::Retrying);
     }

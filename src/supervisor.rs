@@ -73,7 +73,11 @@ impl Supervisor {
 
     /// Makes the running set match `tenants`. With `restart_all`, running tenants are restarted
     /// even when unchanged (new daemon-wide knobs); warm start keeps them from refetching.
-    pub async fn reconcile(&mut self, tenants: &[Arc<TenantConfig>], restart_all: bool) -> Reconciled {
+    pub async fn reconcile(
+        &mut self,
+        tenants: &[Arc<TenantConfig>],
+        restart_all: bool,
+    ) -> Reconciled {
         let mut result = Reconciled::default();
         let wanted: HashMap<&str, &Arc<TenantConfig>> =
             tenants.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -135,7 +139,9 @@ impl Supervisor {
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.root.cancel();
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }
 

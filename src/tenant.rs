@@ -118,16 +118,15 @@ impl Tenant {
                 () = cancel.cancelled() => return,
                 permit = self.shared.limiter.clone().acquire_owned() => permit,
             };
-            // From here on the attempt runs to completion, even if cancelled meanwhile.
-            next = self.attempt(permit.ok()).await;
+            // From here on the attempt runs to completion, even if cancelled meanwhile. Boxed so
+            // that a sleeping tenant's future stays small: only attempts in flight pay for the
+            // HTTP and file-write state, which matters with thousands of tenants.
+            next = Box::pin(self.attempt(permit.ok())).await;
         }
     }
 
-    /// Removes crash leftovers and adopts a still-fresh token from disk. Returns the first wake-up.
+    /// Adopts a still-fresh token from disk (warm start). Returns the first wake-up.
     async fn start_up(&mut self) -> SystemTime {
-        for sink in &self.sinks {
-            sink.clean_up().await;
-        }
         let now = SystemTime::now();
         for sink in &self.sinks {
             let Some(token) = sink.read_existing(&self.config).await else {
@@ -182,7 +181,11 @@ impl Tenant {
             Err(err) => Err(err),
         };
         if let Some(observer) = &self.shared.observer {
-            observer.attempt(&self.config.name, result.as_ref().map(|_| ()), request_duration);
+            observer.attempt(
+                &self.config.name,
+                result.as_ref().map(|_| ()),
+                request_duration,
+            );
         }
         match result {
             Ok(token) => self.succeeded(token),
@@ -251,7 +254,13 @@ impl Tenant {
 
 /// One line per failure with everything needed to open a support case; ERROR only when a tenant
 /// enters the permanent state, so a misconfigured tenant does not flood the log.
-fn log_failure(tenant: &str, err: &RefreshError, retry_in: Duration, failures: u32, was_permanent: bool) {
+fn log_failure(
+    tenant: &str,
+    err: &RefreshError,
+    retry_in: Duration,
+    failures: u32,
+    was_permanent: bool,
+) {
     let aadsts = err.aadsts_code().unwrap_or_default();
     let trace_id = err.trace_id.as_deref().unwrap_or("");
     let correlation_id = err.correlation_id.as_deref().unwrap_or("");
@@ -270,7 +279,10 @@ fn log_failure(tenant: &str, err: &RefreshError, retry_in: Duration, failures: u
     }
     match err.class {
         ErrorClass::Permanent if !was_permanent => {
-            emit!(error, "refresh failed: configuration problem, retrying slowly until fixed")
+            emit!(
+                error,
+                "refresh failed: configuration problem, retrying slowly until fixed"
+            )
         }
         ErrorClass::Permanent => emit!(info, "refresh still failing: configuration problem"),
         _ => emit!(warn, "refresh failed, will retry"),
@@ -298,9 +310,6 @@ pub struct OnceOutcome {
 pub async fn refresh_once(config: Arc<TenantConfig>, shared: Shared) -> OnceOutcome {
     let status = StatusHandle::default();
     let mut tenant = Tenant::new(config.clone(), shared.clone(), status.clone());
-    for sink in &tenant.sinks {
-        sink.clean_up().await;
-    }
     let permit = shared.limiter.clone().acquire_owned().await.ok();
     tenant.attempt(permit).await;
     let last_error = status::lock(&status).last_error.clone();

@@ -98,7 +98,8 @@ fn number_or_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
 /// A `bad_response` error when the body is not JSON, lacks `access_token`, or gives no usable
 /// expiry.
 pub fn parse_token_response(body: &[u8], received_at: i64) -> Result<AccessToken, RefreshError> {
-    let bad = |message: String| RefreshError::local(ErrorClass::Transient, Reason::BadResponse, message);
+    let bad =
+        |message: String| RefreshError::local(ErrorClass::Transient, Reason::BadResponse, message);
     let response: TokenResponse = serde_json::from_slice(body).map_err(|err| {
         bad(format!(
             "token endpoint answered 200 with a body that is not a token response ({err}): {}",
@@ -114,7 +115,7 @@ pub fn parse_token_response(body: &[u8], received_at: i64) -> Result<AccessToken
         (None, Some(expires_in)) => received_at.saturating_add(expires_in),
         (None, None) => {
             return Err(bad(
-                "token response has neither expires_in nor expires_on".to_owned(),
+                "token response has neither expires_in nor expires_on".to_owned()
             ));
         }
     };
@@ -188,7 +189,12 @@ mod tests {
         ];
         for body in cases {
             let err = parse_token_response(body, NOW).unwrap_err();
-            assert_eq!(err.reason, Reason::BadResponse, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                err.reason,
+                Reason::BadResponse,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
             assert_eq!(err.class, ErrorClass::Transient);
         }
     }

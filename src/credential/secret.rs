@@ -34,7 +34,9 @@ impl PartialEq for SecretSource {
             (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
             (SecretSource::File(a), SecretSource::File(b)) => a == b,
             (SecretSource::Systemd(a), SecretSource::Systemd(b)) => a == b,
-            (SecretSource::Inline(a), SecretSource::Inline(b)) => a.expose_secret() == b.expose_secret(),
+            (SecretSource::Inline(a), SecretSource::Inline(b)) => {
+                a.expose_secret() == b.expose_secret()
+            }
             _ => false,
         }
     }
@@ -63,7 +65,9 @@ pub enum CredentialError {
     #[error("secret file {0} is larger than 64 KiB; is the path right?")]
     TooLarge(PathBuf),
     /// `{ systemd = … }` used outside a unit with `LoadCredential=`.
-    #[error("CREDENTIALS_DIRECTORY is not set; systemd credential {0:?} needs LoadCredential= in the unit")]
+    #[error(
+        "CREDENTIALS_DIRECTORY is not set; systemd credential {0:?} needs LoadCredential= in the unit"
+    )]
     NoCredentialsDirectory(String),
 }
 
@@ -78,7 +82,9 @@ impl SecretSource {
                 let value =
                     std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.clone()))?;
                 if value.is_empty() {
-                    return Err(CredentialError::Empty(format!("environment variable {name}")));
+                    return Err(CredentialError::Empty(format!(
+                        "environment variable {name}"
+                    )));
                 }
                 Ok(SecretString::from(value))
             }
@@ -113,7 +119,10 @@ fn read_file(path: PathBuf) -> Result<SecretString, CredentialError> {
         .or_else(|| text.strip_suffix('\n'))
         .unwrap_or(&text);
     if trimmed.is_empty() {
-        return Err(CredentialError::Empty(format!("secret file {}", path.display())));
+        return Err(CredentialError::Empty(format!(
+            "secret file {}",
+            path.display()
+        )));
     }
     Ok(SecretString::from(trimmed.to_owned()))
 }
@@ -145,7 +154,12 @@ mod tests {
             err.to_string(),
             "environment variable POWERBI_TOKEND_TEST_UNSET_VAR is not set"
         );
-        let err = SecretSource::File("/nonexistent/secret".into()).read().unwrap_err();
-        assert!(err.to_string().starts_with("cannot read secret file /nonexistent/secret"));
+        let err = SecretSource::File("/nonexistent/secret".into())
+            .read()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read secret file /nonexistent/secret")
+        );
     }
 }

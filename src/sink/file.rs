@@ -10,6 +10,7 @@
 //! path did not say.
 
 use secrecy::ExposeSecret;
+use std::collections::{HashMap, HashSet};
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -56,20 +57,26 @@ impl FileSink {
     ///
     /// # Errors
     /// Any step of the atomic write failed; the previous file is untouched.
-    pub async fn write(&self, tenant: &TenantConfig, token: &AccessToken) -> Result<(), FileSinkError> {
+    pub async fn write(
+        &self,
+        tenant: &TenantConfig,
+        token: &AccessToken,
+    ) -> Result<(), FileSinkError> {
         let contents = render(self.config.format, tenant, token);
         let path = self.config.path.clone();
         let mode = self.config.mode;
         let target = path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&target, contents.expose_secret().as_bytes(), mode))
-            .await
-            .unwrap_or_else(|join| {
-                Err(FileSinkError {
-                    path,
-                    step: "write task",
-                    source: io::Error::other(join.to_string()),
-                })
+        tokio::task::spawn_blocking(move || {
+            write_atomic(&target, contents.expose_secret().as_bytes(), mode)
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(FileSinkError {
+                path,
+                step: "write task",
+                source: io::Error::other(join.to_string()),
             })
+        })
     }
 
     /// Reads back a json token file written for the same tenant, client and resource.
@@ -79,12 +86,6 @@ impl FileSink {
         }
         let bytes = tokio::fs::read(&self.config.path).await.ok()?;
         parse_existing(&bytes, tenant)
-    }
-
-    /// Removes `.<file>.tmp-*` leftovers next to the target.
-    pub async fn clean_up(&self) {
-        let path = self.config.path.clone();
-        let _ = tokio::task::spawn_blocking(move || remove_stale_temps(&path)).await;
     }
 }
 
@@ -141,7 +142,10 @@ fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
 }
 
 fn temp_prefix(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     format!(".{name}.tmp-")
 }
 
@@ -196,17 +200,31 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileS
         .map_err(fail("fsync directory"))
 }
 
-/// Removes temp files an interrupted write left next to `path`.
-pub fn remove_stale_temps(path: &Path) -> usize {
-    let prefix = temp_prefix(path);
-    let Some(dir) = path.parent() else { return 0 };
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+/// Removes temp files interrupted writes left next to any of `paths`; returns how many.
+///
+/// Each directory is read once, so ten thousand tenants sharing a directory cost one scan.
+pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
+    let mut prefixes: HashMap<&Path, Vec<String>> = HashMap::new();
+    for path in paths {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        prefixes.entry(dir).or_default().push(temp_prefix(path));
+    }
     let mut removed = 0;
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix)
-            && std::fs::remove_file(entry.path()).is_ok()
-        {
-            removed += 1;
+    for (dir, prefixes) in prefixes {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let prefixes: HashSet<&str> = prefixes.iter().map(String::as_str).collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // ".<file>.tmp-<pid>-<n>": everything up to and including "tmp-" is the prefix.
+            let is_ours = name
+                .rfind(".tmp-")
+                .is_some_and(|at| prefixes.contains(&name[..at + ".tmp-".len()]));
+            if is_ours && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
         }
     }
     removed
@@ -224,7 +242,10 @@ mod tests {
         write_atomic(&path, b"one", 0o600).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"one");
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(dir.path().join("a/b")).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("a/b")).unwrap().mode() & 0o777,
+            0o700
+        );
         // An outside chmod does not survive the next write.
         std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
         write_atomic(&path, b"two", 0o640).unwrap();
@@ -238,7 +259,7 @@ mod tests {
         std::fs::write(dir.path().join(".t.json.tmp-123-4"), "x").unwrap();
         std::fs::write(dir.path().join(".other.json.tmp-1-1"), "x").unwrap();
         std::fs::write(&path, "keep").unwrap();
-        assert_eq!(remove_stale_temps(&path), 1);
+        assert_eq!(remove_stale_temps(std::slice::from_ref(&path)), 1);
         assert!(dir.path().join(".other.json.tmp-1-1").exists());
         assert_eq!(std::fs::read(&path).unwrap(), b"keep");
     }
@@ -254,7 +275,7 @@ mod tests {
         std::fs::write(blocked.join("x"), "x").unwrap();
         let err = write_atomic(&blocked, b"new", 0o600).unwrap_err();
         assert_eq!(err.step, "rename");
-        assert_eq!(remove_stale_temps(&blocked), 0);
+        assert_eq!(remove_stale_temps(&[blocked]), 0);
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
     }
 
@@ -267,6 +288,11 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
         write_atomic(&path, b"token", 0o600).unwrap();
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"untouched");
-        assert!(!std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

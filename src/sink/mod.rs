@@ -7,6 +7,8 @@
 
 pub mod file;
 
+use std::sync::Arc;
+
 use crate::config::{SinkConfig, TenantConfig};
 use crate::error::{ErrorClass, Reason, RefreshError};
 use crate::token::AccessToken;
@@ -32,7 +34,11 @@ impl Sink {
     ///
     /// # Errors
     /// A `sink` class error naming the destination and the OS error.
-    pub async fn write(&self, tenant: &TenantConfig, token: &AccessToken) -> Result<(), RefreshError> {
+    pub async fn write(
+        &self,
+        tenant: &TenantConfig,
+        token: &AccessToken,
+    ) -> Result<(), RefreshError> {
         match self {
             Sink::File(file) => file.write(tenant, token).await.map_err(|err| {
                 RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
@@ -47,17 +53,26 @@ impl Sink {
         }
     }
 
-    /// Removes leftovers of an interrupted write (temp files from a crash).
-    pub async fn clean_up(&self) {
-        match self {
-            Sink::File(file) => file.clean_up().await,
-        }
-    }
-
     /// For logs and `/status`: where the token goes.
     pub fn describe(&self) -> String {
         match self {
             Sink::File(file) => format!("file:{}", file.path().display()),
         }
+    }
+}
+
+/// Removes leftovers of interrupted writes (temp files from a crash) next to every configured
+/// file, reading each directory once however many tenants write into it.
+pub async fn clean_up(tenants: &[Arc<TenantConfig>]) {
+    let paths: Vec<std::path::PathBuf> = tenants
+        .iter()
+        .flat_map(|tenant| tenant.sinks.iter())
+        .map(|SinkConfig::File(file)| file.path.clone())
+        .collect();
+    let removed = tokio::task::spawn_blocking(move || file::remove_stale_temps(&paths))
+        .await
+        .unwrap_or(0);
+    if removed > 0 {
+        tracing::info!(removed, "removed temp files left by an interrupted write");
     }
 }

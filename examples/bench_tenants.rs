@@ -1,0 +1,173 @@
+//! Benchmark: the release daemon against the simulated Entra ID with many tenants.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --example bench_tenants -- [TENANTS] [IDLE_SECONDS]
+//! ```
+//!
+//! Starts the simulator in this process, writes a config with TENANTS tenants (default 10000),
+//! starts `target/release/powerbi-tokend run` as a child and reports, for the child alone:
+//! the time from spawn until every token file exists, its peak RSS (VmHWM), and the CPU seconds it
+//! uses over IDLE_SECONDS (default 60) of idling afterwards. Tokens live one hour, so no refresh
+//! falls into the idle window.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
+
+const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
+const SECRET: &str = "bench-secret-value";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let tenants: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(10_000);
+    let idle: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(60);
+    let binary = daemon_binary()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let sim = runtime.block_on(SimEntra::start())?;
+    for i in 0..tenants {
+        sim.add_tenant(
+            &format!("t{i}.example.com"),
+            SimTenant::new(
+                SimApp {
+                    client_id: CLIENT_ID.to_owned(),
+                    secret: SECRET.to_owned(),
+                    secret_expired: false,
+                },
+                Duration::from_secs(3600),
+            ),
+        );
+    }
+    let work = tempfile::tempdir()?;
+    let tokens = work.path().join("tokens");
+    let config = work.path().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(&sim.authority_host(), &tokens, tenants),
+    )?;
+
+    println!("tenants: {tenants}, binary: {}", binary.display());
+    let started = Instant::now();
+    let mut child = Command::new(&binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("BENCH_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let pid = child.id();
+    loop {
+        if count_tokens(&tokens) >= tenants {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("daemon exited early: {status}").into());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err("not all token files were written within 300 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let all_written = started.elapsed();
+    let rss_after_start = read_status_kib(pid, "VmRSS:")?;
+    let cpu_start = cpu_seconds(pid)?;
+    let requests_before_idle = sim.total_requests();
+    std::thread::sleep(Duration::from_secs(idle));
+    let cpu_idle = cpu_seconds(pid)? - cpu_start;
+    let peak_rss = read_status_kib(pid, "VmHWM:")?;
+    let requests_during_idle = sim.total_requests() - requests_before_idle;
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()?;
+    let exit = child.wait()?;
+
+    println!(
+        "all {tenants} token files written after: {:.2} s",
+        all_written.as_secs_f64()
+    );
+    println!("token requests served: {requests_before_idle} (+{requests_during_idle} while idle)");
+    println!(
+        "RSS after start-up: {:.1} MiB",
+        rss_after_start as f64 / 1024.0
+    );
+    println!("peak RSS (VmHWM): {:.1} MiB", peak_rss as f64 / 1024.0);
+    println!("CPU over {idle} s idle: {cpu_idle:.3} s");
+    println!("exit after SIGTERM: {exit}");
+    drop(runtime);
+    Ok(())
+}
+
+fn daemon_binary() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    // target/release/examples/bench_tenants -> target/release/powerbi-tokend
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory")?;
+    let binary = dir.join("powerbi-tokend");
+    if !binary.exists() {
+        return Err(format!(
+            "{} not found; run `cargo build --release` first",
+            binary.display()
+        )
+        .into());
+    }
+    Ok(binary)
+}
+
+fn config_text(authority: &str, tokens: &Path, tenants: usize) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[defaults]\nauthority_host = \"{authority}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"BENCH_SECRET\" }}\nsinks = [ {{ type = \"file\", path = \"{}/{{name}}.json\" }} ]\n",
+        tokens.display()
+    );
+    for i in 0..tenants {
+        text.push_str(&format!(
+            "\n[[tenant]]\nname = \"t{i}\"\ntenant_id = \"t{i}.example.com\"\n"
+        ));
+    }
+    text
+}
+
+fn count_tokens(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn read_status_kib(pid: u32, key: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .ok_or_else(|| format!("{key} missing from /proc/{pid}/status"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("malformed status line")?
+        .parse()?)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn std::error::Error>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').ok_or("malformed stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let hz = Command::new("getconf").arg("CLK_TCK").output()?;
+    let hz: f64 = String::from_utf8(hz.stdout)?.trim().parse()?;
+    Ok(ticks as f64 / hz)
+}

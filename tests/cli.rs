@@ -1,0 +1,364 @@
+//! The binary: subcommands, exit codes, signals, and what it prints (never a secret or token).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use powerbi_tokend::sim::{SimApp, SimEntra};
+
+const BIN: &str = env!("CARGO_BIN_EXE_powerbi-tokend");
+
+fn kill(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the child to exit, without blocking the runtime the simulator runs on.
+async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn config_file(dir: &Path, authority: &str, tenants: &[(&str, &str, &str)]) -> std::path::PathBuf {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[daemon]\nbackoff_min = \"100ms\"\nbackoff_max = \"200ms\"\n\n[defaults]\nauthority_host = \"{authority}\"\nclient_id = \"{CLIENT_ID}\"\nsinks = [ {{ type = \"file\", path = \"tokens/{{name}}.json\" }} ]\n"
+    );
+    for (name, tenant_id, secret_env) in tenants {
+        text.push_str(&format!(
+            "\n[[tenant]]\nname = \"{name}\"\ntenant_id = \"{tenant_id}\"\nclient_secret = {{ env = \"{secret_env}\" }}\n"
+        ));
+    }
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn help_on_every_subcommand() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["once", "--help"],
+        &["check", "--help"],
+        &["demo", "--help"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{args:?}"
+        );
+    }
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_prints_every_problem_with_lines_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"[defaults]
+client_id = "00000000-0000-0000-0000-000000000001"
+sinks = [ { type = "file", path = "/tmp/pbi/{name}.json" } ]
+
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.onmicrosoft.com"
+client_secret = { env = "POWERBI_TOKEND_TEST_PRESENT" }
+colour = "blue"
+
+[[tenant]]
+name = "fabrikam"
+tenant_id = "fabrikam.onmicrosoft.com"
+client_secret = { env = "POWERBI_TOKEND_TEST_MISSING" }
+schedule = "0 0 25 * * *"
+
+[[tenant]]
+name = "contoso"
+tenant_id = "other.onmicrosoft.com"
+client_secret = { env = "POWERBI_TOKEND_TEST_PRESENT" }
+"#;
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("POWERBI_TOKEND_TEST_PRESENT", "x")
+        .env_remove("POWERBI_TOKEND_TEST_MISSING")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:9: tenant[0]: unknown field `colour`"),
+        format!(
+            "{file}:14: tenant \"fabrikam\": client_secret: environment variable POWERBI_TOKEND_TEST_MISSING is not set"
+        ),
+        format!(
+            "{file}:15: tenant \"fabrikam\": schedule: invalid cron expression \"0 0 25 * * *\""
+        ),
+        format!(
+            "{file}:17: tenant \"contoso\": name: duplicate tenant name \"contoso\" (first defined on line 5)"
+        ),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn check_accepts_the_shipped_example_when_secrets_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "x\n").unwrap();
+    let text = example.replace(
+        "/run/secrets/powerbi-tokend/client-secret",
+        &secret.display().to_string(),
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("CONTOSO_CLIENT_SECRET", "y")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["check"])
+        .env("POWERBI_TOKEND_CONFIG", &path)
+        .env_remove("CONTOSO_CLIENT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "POWERBI_TOKEND_CONFIG is honoured"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exits_0_when_all_succeed_and_1_naming_each_failure() {
+    init();
+    let sim = SimEntra::start().await.unwrap();
+    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3600));
+    register(&sim, "fabrikam.onmicrosoft.com", Duration::from_secs(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let good = [
+        ("contoso", "contoso.onmicrosoft.com", "GOOD_SECRET"),
+        ("fabrikam", "fabrikam.onmicrosoft.com", "GOOD_SECRET"),
+    ];
+    let path = config_file(dir.path(), &sim.authority_host(), &good);
+    let mut child = Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&path)
+        .env("GOOD_SECRET", SECRET)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(dir.path().join("tokens/contoso.json").exists());
+    assert!(dir.path().join("tokens/fabrikam.json").exists());
+
+    // northwind's secret is wrong, and a tenant that does not exist.
+    register(&sim, "northwind.onmicrosoft.com", Duration::from_secs(3600));
+    sim.set_app(
+        "northwind.onmicrosoft.com",
+        SimApp {
+            client_id: CLIENT_ID.to_owned(),
+            secret: "other".to_owned(),
+            secret_expired: false,
+        },
+    );
+    let mixed = [
+        ("contoso", "contoso.onmicrosoft.com", "GOOD_SECRET"),
+        ("northwind", "northwind.onmicrosoft.com", "GOOD_SECRET"),
+        ("ghost", "ghost.onmicrosoft.com", "GOOD_SECRET"),
+    ];
+    let path = config_file(dir.path(), &sim.authority_host(), &mixed);
+    let stderr_path = dir.path().join("stderr");
+    let mut child = Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&path)
+        .env("GOOD_SECRET", SECRET)
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(1));
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        stderr.contains("northwind: permanent invalid_client AADSTS7000215"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ghost: permanent tenant_not_found AADSTS90002"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("contoso:"), "{stderr}");
+    assert!(stderr.contains("2 of 3 tenant(s) failed"), "{stderr}");
+    assert!(!stderr.contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exits_0_on_sigterm_and_never_logs_a_secret_or_token_at_trace() {
+    init();
+    let sim = SimEntra::start().await.unwrap();
+    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3600));
+    register(&sim, "northwind.onmicrosoft.com", Duration::from_secs(3600));
+    sim.set_app(
+        "northwind.onmicrosoft.com",
+        SimApp {
+            client_id: CLIENT_ID.to_owned(),
+            secret: "other".to_owned(),
+            secret_expired: false,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(
+        dir.path(),
+        &sim.authority_host(),
+        &[
+            ("contoso", "contoso.onmicrosoft.com", "THE_SECRET"),
+            ("northwind", "northwind.onmicrosoft.com", "THE_SECRET"),
+        ],
+    );
+    for format in ["text", "json"] {
+        let log = dir.path().join(format!("log.{format}"));
+        let token_path = dir.path().join("tokens/contoso.json");
+        let _ = std::fs::remove_file(&token_path);
+        let mut child = Command::new(BIN)
+            .args(["run", "--log-format", format, "--config"])
+            .arg(&path)
+            .env("THE_SECRET", SECRET)
+            .env("RUST_LOG", "trace")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("contoso's token", Duration::from_secs(10), || {
+            token_path.exists()
+        })
+        .await;
+        wait_for(
+            "northwind's failure in the log",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("AADSTS7000215")
+            },
+        )
+        .await;
+        kill(&child, "TERM");
+        let status = wait_exit(&mut child, Duration::from_secs(5)).await;
+        assert_eq!(status.code(), Some(0), "{format}");
+        let logs = std::fs::read_to_string(&log).unwrap();
+        let token = token_in(&token_path).unwrap();
+        assert!(
+            logs.lines().count() > 20,
+            "trace logging produced too little: {logs}"
+        );
+        assert!(
+            !logs.contains(SECRET),
+            "the secret appears in the {format} log"
+        );
+        assert!(
+            !logs.contains(&token),
+            "the token appears in the {format} log"
+        );
+        // The signature part alone must not appear either.
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(
+            !logs.contains(signature),
+            "part of the token appears in the {format} log"
+        );
+        assert!(logs.contains("token refreshed"), "{logs}");
+    }
+}
+
+#[test]
+fn run_with_a_bad_config_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[[tenant]]\nname = \"x\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tenant_id: missing"));
+    let out = Command::new(BIN)
+        .args(["run", "--config", "/nonexistent/config.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let contoso = dir.path().join("demo-tokens/contoso.json");
+    let fabrikam = dir.path().join("demo-tokens/fabrikam.json");
+    wait_for(
+        "the healthy demo tenants' files",
+        Duration::from_secs(5),
+        || contoso.exists() && fabrikam.exists(),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_for("northwind's AADSTS7000215", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("AADSTS7000215")
+    })
+    .await;
+    assert!(!dir.path().join("demo-tokens/northwind.json").exists());
+    let life = read_json(&contoso).unwrap();
+    let lifetime = life["expires_on"].as_i64().unwrap() - life["issued_on"].as_i64().unwrap();
+    assert_eq!(lifetime, 120);
+    kill(&child, "INT");
+    let stopping = Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        stopping.elapsed()
+    );
+}

@@ -1,0 +1,276 @@
+//! The token request and the classification of every answer, against the simulated Entra ID.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, SystemTime};
+
+use powerbi_tokend::client::{TokenClient, USER_AGENT};
+use powerbi_tokend::config::{ApiVersion, DaemonConfig, TenantConfig};
+use powerbi_tokend::error::{ErrorClass, Reason, RefreshError};
+use powerbi_tokend::sim::{Behavior, RetryAfter, SimEntra};
+
+async fn setup() -> (SimEntra, TenantConfig, TokenClient) {
+    init();
+    let sim = SimEntra::start().await.unwrap();
+    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3599));
+    let dir = std::env::temp_dir();
+    let tenant = tenant(&sim, "contoso", "contoso.onmicrosoft.com", &dir);
+    let daemon = DaemonConfig {
+        request_timeout: Duration::from_millis(1500),
+        ..DaemonConfig::default()
+    };
+    (sim, tenant, TokenClient::new(&daemon).unwrap())
+}
+
+fn form_value(form: &[(String, String)], key: &str) -> Option<String> {
+    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+}
+
+#[tokio::test]
+async fn v2_request_shape_and_numeric_response() {
+    let (sim, tenant, client) = setup().await;
+    let token = client.fetch(&tenant).await.unwrap();
+    assert_eq!(token.lifetime(), Duration::from_secs(3599));
+    let request = sim.last_request("contoso.onmicrosoft.com").unwrap();
+    assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V2);
+    assert_eq!(
+        form_value(&request.form, "grant_type").as_deref(),
+        Some("client_credentials")
+    );
+    assert_eq!(
+        form_value(&request.form, "client_id").as_deref(),
+        Some(CLIENT_ID)
+    );
+    assert_eq!(
+        form_value(&request.form, "scope").as_deref(),
+        Some("https://analysis.windows.net/powerbi/api/.default")
+    );
+    assert_eq!(form_value(&request.form, "resource"), None);
+    let agent = request
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+        .map(|(_, v)| v.clone());
+    assert_eq!(agent.as_deref(), Some(USER_AGENT));
+    assert!(USER_AGENT.starts_with("powerbi-tokend/"));
+}
+
+#[tokio::test]
+async fn v1_request_shape_and_string_response() {
+    let (sim, mut tenant, client) = setup().await;
+    tenant.api = ApiVersion::V1;
+    let before = powerbi_tokend::client::unix_now();
+    let token = client.fetch(&tenant).await.unwrap();
+    let request = sim.last_request("contoso.onmicrosoft.com").unwrap();
+    assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V1);
+    assert_eq!(
+        form_value(&request.form, "resource").as_deref(),
+        Some("https://analysis.windows.net/powerbi/api")
+    );
+    assert_eq!(form_value(&request.form, "scope"), None);
+    // v1 sends expires_on as a string; it is used as the expiry.
+    assert!(
+        (token.expires_on - (before + 3599)).abs() <= 2,
+        "{}",
+        token.expires_on
+    );
+}
+
+async fn failure(behavior: Behavior) -> RefreshError {
+    let (sim, tenant, client) = setup().await;
+    sim.set_behavior("contoso.onmicrosoft.com", behavior);
+    client.fetch(&tenant).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn permanent_entra_errors() {
+    for (code, reason) in [
+        (7000215, Reason::InvalidClient),
+        (7000222, Reason::InvalidClient),
+        (700016, Reason::UnauthorizedClient),
+        (90002, Reason::TenantNotFound),
+        (900023, Reason::TenantNotFound),
+    ] {
+        let err = failure(Behavior::Aadsts(code)).await;
+        assert_eq!(err.class, ErrorClass::Permanent, "AADSTS{code}: {err:?}");
+        assert_eq!(err.reason, reason, "AADSTS{code}");
+        assert_eq!(err.aadsts_code(), Some(format!("AADSTS{code}")));
+        assert!(
+            err.trace_id.is_some() && err.correlation_id.is_some(),
+            "{err:?}"
+        );
+        assert!(
+            err.message.starts_with(&format!("AADSTS{code}:")),
+            "{}",
+            err.message
+        );
+    }
+}
+
+#[tokio::test]
+async fn real_validation_errors_from_the_simulator() {
+    // Wrong secret, validated by the simulator rather than injected.
+    let (sim, tenant, client) = setup().await;
+    sim.set_app(
+        "contoso.onmicrosoft.com",
+        powerbi_tokend::sim::SimApp {
+            client_id: CLIENT_ID.to_owned(),
+            secret: "rotated".to_owned(),
+            secret_expired: false,
+        },
+    );
+    let err = client.fetch(&tenant).await.unwrap_err();
+    assert_eq!(
+        (err.status, err.aadsts_code().as_deref()),
+        (Some(401), Some("AADSTS7000215"))
+    );
+    assert!(!err.message.contains(SECRET));
+    // Unknown tenant.
+    let mut unknown = tenant.clone();
+    unknown.tenant_id = "nobody.example.com".to_owned();
+    let err = client.fetch(&unknown).await.unwrap_err();
+    assert_eq!(
+        (err.class, err.reason),
+        (ErrorClass::Permanent, Reason::TenantNotFound)
+    );
+}
+
+#[tokio::test]
+async fn throttling_with_retry_after_in_seconds_and_as_a_date() {
+    let err = failure(Behavior::Throttle {
+        retry_after: RetryAfter::Seconds(60),
+        plain_text: true,
+    })
+    .await;
+    assert_eq!(
+        (err.class, err.reason),
+        (ErrorClass::Throttled, Reason::Throttled)
+    );
+    assert_eq!(err.retry_after, Some(Duration::from_secs(60)));
+    assert_eq!(err.status, Some(429));
+
+    let at = SystemTime::now() + Duration::from_secs(120);
+    let err = failure(Behavior::Throttle {
+        retry_after: RetryAfter::HttpDate(at),
+        plain_text: false,
+    })
+    .await;
+    assert_eq!(err.class, ErrorClass::Throttled);
+    let waited = err.retry_after.unwrap();
+    assert!(
+        waited > Duration::from_secs(115) && waited <= Duration::from_secs(120),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn transient_answers() {
+    let err = failure(Behavior::ServerError {
+        status: 500,
+        json: false,
+    })
+    .await;
+    assert_eq!(
+        (err.class, err.reason, err.retry_after),
+        (ErrorClass::Transient, Reason::ServerError, None)
+    );
+    let err = failure(Behavior::ServerError {
+        status: 503,
+        json: true,
+    })
+    .await;
+    assert_eq!(
+        (err.class, err.reason),
+        (ErrorClass::Transient, Reason::ServerError)
+    );
+    let err = failure(Behavior::TemporarilyUnavailable).await;
+    assert_eq!(
+        (err.class, err.reason),
+        (ErrorClass::Transient, Reason::ServerError)
+    );
+}
+
+#[tokio::test]
+async fn bad_responses() {
+    for behavior in [
+        Behavior::Html,
+        Behavior::Truncated,
+        Behavior::Oversized(200_000),
+    ] {
+        let err = failure(behavior.clone()).await;
+        assert_eq!(
+            (err.class, err.reason),
+            (ErrorClass::Transient, Reason::BadResponse),
+            "{behavior:?}: {err:?}"
+        );
+    }
+    let err = failure(Behavior::Oversized(200_000)).await;
+    assert!(
+        err.message.contains("larger than 65536 bytes"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test]
+async fn timeouts_and_refused_connections() {
+    let err = failure(Behavior::Hang).await;
+    assert_eq!(
+        (err.class, err.reason),
+        (ErrorClass::Transient, Reason::Timeout),
+        "{err:?}"
+    );
+
+    let (_sim, mut tenant, client) = setup().await;
+    // A port nobody listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    tenant.authority_host = format!("http://127.0.0.1:{port}");
+    let err = client.fetch(&tenant).await.unwrap_err();
+    assert_eq!(
+        (err.class, err.reason),
+        (ErrorClass::Transient, Reason::Network),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (sim, mut tenant, client) = setup().await;
+    // A server that redirects every request to the simulator's token endpoint.
+    let target = tenant.token_url();
+    let app = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    tenant.authority_host = format!("http://{addr}");
+    let err = client.fetch(&tenant).await.unwrap_err();
+    assert_eq!(err.status, Some(307));
+    assert_eq!(
+        sim.request_count("contoso.onmicrosoft.com"),
+        0,
+        "the redirect was followed"
+    );
+}
+
+#[tokio::test]
+async fn body_cap_is_configurable() {
+    let (_sim, tenant, client) = setup().await;
+    // A real token response is about 1-2 KiB: a 100-byte cap rejects it.
+    let err = client
+        .with_max_response_bytes(100)
+        .fetch(&tenant)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, Reason::BadResponse);
+}

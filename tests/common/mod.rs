@@ -1,0 +1,110 @@
+//! Shared test helpers: a simulated Entra ID plus configurations built in code.
+#![allow(dead_code)]
+
+use secrecy::SecretString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use powerbi_tokend::cloud::Cloud;
+use powerbi_tokend::config::{
+    ApiVersion, Config, CredentialConfig, DaemonConfig, FileFormat, FileSinkConfig, ServerConfig,
+    SinkConfig, TenantConfig,
+};
+use powerbi_tokend::credential::SecretSource;
+use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
+
+pub const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
+pub const SECRET: &str = "s3cr3t~VALUE~that-must-never-be-logged";
+
+/// Installs the process-wide rustls provider (the binary does this in main).
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Registers a tenant with the simulator whose app accepts `SECRET`.
+pub fn register(sim: &SimEntra, tenant_id: &str, lifetime: Duration) {
+    sim.add_tenant(
+        tenant_id,
+        SimTenant::new(
+            SimApp {
+                client_id: CLIENT_ID.to_owned(),
+                secret: SECRET.to_owned(),
+                secret_expired: false,
+            },
+            lifetime,
+        ),
+    );
+}
+
+/// A tenant configured in code against the simulator, writing `<dir>/<name>.json`.
+pub fn tenant(sim: &SimEntra, name: &str, tenant_id: &str, dir: &Path) -> TenantConfig {
+    TenantConfig {
+        name: name.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        client_id: CLIENT_ID.to_owned(),
+        credential: CredentialConfig::ClientSecret(SecretSource::Inline(SecretString::from(
+            SECRET,
+        ))),
+        cloud: Cloud::Public,
+        authority_host: sim.authority_host(),
+        api: ApiVersion::V2,
+        resource: Cloud::Public.power_bi_resource().to_owned(),
+        refresh_at: 0.5,
+        jitter: 0.0,
+        sinks: vec![SinkConfig::File(FileSinkConfig {
+            path: dir.join(format!("{name}.json")),
+            format: FileFormat::Json,
+            mode: 0o600,
+        })],
+        schedule: None,
+        line: None,
+        credential_line: None,
+    }
+}
+
+/// Daemon knobs with fast retries, for tests.
+pub fn fast_daemon() -> DaemonConfig {
+    DaemonConfig {
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+        permanent_retry_interval: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(5),
+        ..DaemonConfig::default()
+    }
+}
+
+pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
+    Config {
+        path: PathBuf::from("<test>"),
+        server: ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            watch_config: false,
+        },
+        daemon,
+        tenants: tenants.into_iter().map(Arc::new).collect(),
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The json token file, parsed, if it exists.
+pub fn read_json(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The access token in a json token file.
+pub fn token_in(path: &Path) -> Option<String> {
+    read_json(path).and_then(|v| v["access_token"].as_str().map(str::to_owned))
+}
