@@ -158,18 +158,16 @@ impl Tenant {
         });
         let mut request_duration = None;
         let token = match reuse {
-            Some(token) => {
-                drop(permit);
-                Ok(token)
-            }
+            Some(token) => Ok(token),
             None => {
                 let started = std::time::Instant::now();
                 let fetched = self.shared.client.fetch(&self.config).await;
                 request_duration = Some(started.elapsed());
-                drop(permit);
                 fetched
             }
         };
+        // The permit is held through the sink writes: when the disk is slower than Entra,
+        // tenants wait before fetching rather than piling up fetched tokens in memory.
         let result = match token {
             Ok(token) => match self.write_sinks(&token).await {
                 Ok(()) => Ok(token),
@@ -180,6 +178,7 @@ impl Tenant {
             },
             Err(err) => Err(err),
         };
+        drop(permit);
         if let Some(observer) = &self.shared.observer {
             observer.attempt(
                 &self.config.name,
