@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use powerbi_tokend::sim::{SimApp, SimEntra};
+use powerbi_tokend::sim::SimEntra;
 
 const BIN: &str = env!("CARGO_BIN_EXE_powerbi-tokend");
 
@@ -188,14 +188,7 @@ async fn once_exits_0_when_all_succeed_and_1_naming_each_failure() {
 
     // northwind's secret is wrong, and a tenant that does not exist.
     register(&sim, "northwind.onmicrosoft.com", Duration::from_secs(3600));
-    sim.set_app(
-        "northwind.onmicrosoft.com",
-        SimApp {
-            client_id: CLIENT_ID.to_owned(),
-            secret: "other".to_owned(),
-            secret_expired: false,
-        },
-    );
+    reject_secret(&sim, "northwind.onmicrosoft.com");
     let mixed = [
         ("contoso", "contoso.onmicrosoft.com", "GOOD_SECRET"),
         ("northwind", "northwind.onmicrosoft.com", "GOOD_SECRET"),
@@ -232,14 +225,7 @@ async fn run_exits_0_on_sigterm_and_never_logs_a_secret_or_token_at_trace() {
     let sim = SimEntra::start().await.unwrap();
     register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3600));
     register(&sim, "northwind.onmicrosoft.com", Duration::from_secs(3600));
-    sim.set_app(
-        "northwind.onmicrosoft.com",
-        SimApp {
-            client_id: CLIENT_ID.to_owned(),
-            secret: "other".to_owned(),
-            secret_expired: false,
-        },
-    );
+    reject_secret(&sim, "northwind.onmicrosoft.com");
     let dir = tempfile::tempdir().unwrap();
     let path = config_file(
         dir.path(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use powerbi_tokend::config::{ApiVersion, FileFormat, FileSinkConfig, SinkConfig};
-use powerbi_tokend::sim::{Behavior, RetryAfter, SimApp, SimEntra};
+use powerbi_tokend::sim::{Behavior, RetryAfter, SimApp};
 use powerbi_tokend::{Control, run};
 
 /// Starts `run` in the background; returns the control sender and the task.
@@ -31,10 +31,7 @@ async fn stop(sender: mpsc::Sender<Control>, task: tokio::task::JoinHandle<()>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_json_contract_and_refreshes_at_half_life() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3));
+    let Fixture { sim, dir } = fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3)).await;
     register(
         &sim,
         "7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60",
@@ -123,10 +120,8 @@ async fn writes_json_contract_and_refreshes_at_half_life() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3600));
+    let Fixture { sim, dir } =
+        fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3600)).await;
     let contoso = tenant(&sim, "contoso", "contoso.onmicrosoft.com", dir.path());
     let path = dir.path().join("contoso.json");
 
@@ -170,20 +165,13 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_retries_slowly_and_recovers_without_restart() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "bad.example.com", Duration::from_secs(3600));
-    register(&sim, "good.example.com", Duration::from_secs(3600));
+    let Fixture { sim, dir } = fixture(
+        &["bad.example.com", "good.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
     // Entra knows a different secret than the one configured.
-    sim.set_app(
-        "bad.example.com",
-        SimApp {
-            client_id: CLIENT_ID.to_owned(),
-            secret: "another-secret".to_owned(),
-            secret_expired: false,
-        },
-    );
+    reject_secret(&sim, "bad.example.com");
     let bad = tenant(&sim, "bad", "bad.example.com", dir.path());
     let good = tenant(&sim, "good", "good.example.com", dir.path());
     let mut daemon = fast_daemon();
@@ -211,14 +199,7 @@ async fn permanent_failure_retries_slowly_and_recovers_without_restart() {
     assert!(!dir.path().join("bad.json").exists());
 
     // Someone fixes the secret in Entra: picked up at the next slow retry, no restart.
-    sim.set_app(
-        "bad.example.com",
-        SimApp {
-            client_id: CLIENT_ID.to_owned(),
-            secret: SECRET.to_owned(),
-            secret_expired: false,
-        },
-    );
+    set_secret(&sim, "bad.example.com", SECRET);
     wait_for("bad's token after the fix", Duration::from_secs(4), || {
         dir.path().join("bad.json").exists()
     })
@@ -228,10 +209,7 @@ async fn permanent_failure_retries_slowly_and_recovers_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_back_off_and_keep_the_old_token() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(2));
+    let Fixture { sim, dir } = fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(2)).await;
     let path = dir.path().join("contoso.json");
     let (control, task) = start(config(
         vec![tenant(
@@ -275,10 +253,8 @@ async fn transient_failures_back_off_and_keep_the_old_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_never_undercut() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3600));
+    let Fixture { sim, dir } =
+        fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3600)).await;
     sim.push_script(
         "contoso.onmicrosoft.com",
         [Behavior::Throttle {
@@ -314,10 +290,8 @@ async fn retry_after_is_never_undercut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_failure_is_retried_without_refetching() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3600));
+    let Fixture { sim, dir } =
+        fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3600)).await;
     // The parent "directory" is a regular file: every write fails (ENOTDIR), even as root.
     let blocker = dir.path().join("blocked");
     std::fs::write(&blocker, "not a directory").unwrap();
@@ -342,10 +316,8 @@ async fn sink_failure_is_retried_without_refetching() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_schedule_forces_extra_refreshes() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3600));
+    let Fixture { sim, dir } =
+        fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3600)).await;
     let mut contoso = tenant(&sim, "contoso", "contoso.onmicrosoft.com", dir.path());
     let expression = "* * * * * *";
     contoso.schedule = Some(powerbi_tokend::config::CronSchedule {
@@ -363,11 +335,11 @@ async fn cron_schedule_forces_extra_refreshes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_tenant_does_not_delay_others_and_shutdown_is_bounded() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "slow.example.com", Duration::from_secs(3600));
-    register(&sim, "fast.example.com", Duration::from_secs(3600));
+    let Fixture { sim, dir } = fixture(
+        &["slow.example.com", "fast.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
     sim.set_behavior("slow.example.com", Behavior::Hang);
     let mut daemon = fast_daemon();
     daemon.max_concurrent_requests = 1;
@@ -400,10 +372,8 @@ async fn a_hanging_tenant_does_not_delay_others_and_shutdown_is_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_an_in_flight_refresh_finish() {
-    init();
-    let sim = SimEntra::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3600));
+    let Fixture { sim, dir } =
+        fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3600)).await;
     sim.set_behavior(
         "contoso.onmicrosoft.com",
         Behavior::Slow(Duration::from_millis(700)),

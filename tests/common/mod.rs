@@ -108,3 +108,38 @@ pub fn read_json(path: &Path) -> Option<serde_json::Value> {
 pub fn token_in(path: &Path) -> Option<String> {
     read_json(path).and_then(|v| v["access_token"].as_str().map(str::to_owned))
 }
+
+/// A simulator with the given tenants registered, and a temp dir for token files.
+pub struct Fixture {
+    pub sim: SimEntra,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn fixture(tenant_ids: &[&str], lifetime: Duration) -> Fixture {
+    init();
+    let sim = SimEntra::start().await.unwrap();
+    for tenant_id in tenant_ids {
+        register(&sim, tenant_id, lifetime);
+    }
+    Fixture {
+        sim,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Makes the simulated Entra ID know a different secret for the tenant's app than `SECRET`.
+pub fn reject_secret(sim: &SimEntra, tenant_id: &str) {
+    set_secret(sim, tenant_id, "a-different-secret");
+}
+
+/// Sets the secret the simulated Entra ID expects for the tenant's app.
+pub fn set_secret(sim: &SimEntra, tenant_id: &str, secret: &str) {
+    sim.set_app(
+        tenant_id,
+        SimApp {
+            client_id: CLIENT_ID.to_owned(),
+            secret: secret.to_owned(),
+            secret_expired: false,
+        },
+    );
+}
