@@ -202,6 +202,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Reload when the config file changes, in addition to SIGHUP.
     pub watch_config: bool,
+    /// How often `watch_config` compares the file's content hash.
+    pub watch_interval: Duration,
 }
 
 /// Process-wide knobs.
@@ -265,6 +267,7 @@ pub struct Config {
 struct RawServer {
     listen: Option<Spanned<String>>,
     watch_config: Option<bool>,
+    watch_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -593,9 +596,12 @@ impl<'a> Loader<'a> {
                 }
             },
         };
+        let watch_interval =
+            self.duration(raw.watch_interval, "server.watch_interval", Duration::from_secs(5))?;
         Some(ServerConfig {
             listen,
             watch_config: raw.watch_config.unwrap_or(false),
+            watch_interval,
         })
     }
 
@@ -611,7 +617,7 @@ impl<'a> Loader<'a> {
             _ => {
                 self.problem(
                     Some(raw.span().start),
-                    format!("daemon.{key}"),
+                    if key.contains('.') { key.to_owned() } else { format!("daemon.{key}") },
                     format!(
                         "expected a positive duration such as \"5s\", \"2m\" or \"1h 30m\", got {:?}",
                         raw.get_ref()

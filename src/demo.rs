@@ -112,6 +112,7 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
         server: ServerConfig {
             listen,
             watch_config: false,
+            watch_interval: Duration::from_secs(5),
         },
         daemon: DaemonConfig {
             permanent_retry_interval: Duration::from_secs(60),

@@ -16,6 +16,8 @@
 //! * [`tenant`]: the per-tenant loop; [`supervisor`] starts, stops and reconciles those loops.
 //! * [`sink`]: where tokens are written (atomic files).
 //! * [`status`]: each tenant's current state, read by `once` and the admin endpoints.
+//! * [`metrics`] and [`http`]: Prometheus metrics and the admin server (`/metrics`, `/healthz`,
+//!   `/readyz`, `/status`).
 //! * [`sim`]: a simulated Entra ID for `demo`, the tests and the benchmark.
 //! * [`demo`]: the self-contained demonstration.
 //!
@@ -34,6 +36,8 @@ pub mod config;
 pub mod credential;
 pub mod demo;
 pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod schedule;
 pub mod sim;
 pub mod sink;
@@ -42,14 +46,18 @@ pub mod supervisor;
 pub mod tenant;
 pub mod token;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, TokenClient};
 use crate::config::Config;
+use crate::http::AdminState;
+use crate::metrics::Metrics;
 use crate::status::Registry;
 use crate::supervisor::Supervisor;
-use crate::tenant::{OnceOutcome, RetryPolicy, Shared};
+use crate::tenant::{Observer, OnceOutcome, RetryPolicy, Shared};
 
 /// Messages from the process (signals) to the running daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,93 +74,214 @@ pub enum RunError {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The admin address could not be bound.
+    #[error("cannot listen on {addr} ([server] listen): {source}")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The metrics could not be registered.
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
-fn shared_for(config: &Config) -> Result<Shared, ClientError> {
+fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Shared, ClientError> {
     Ok(Shared {
         client: TokenClient::new(&config.daemon)?,
         limiter: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         policy: RetryPolicy::from(&config.daemon),
-        observer: None,
+        observer,
     })
+}
+
+/// A running daemon: tenant tasks plus the admin server.
+pub struct Daemon {
+    /// The configuration in effect (replaced by successful reloads).
+    config: Config,
+    /// Owns the tenant tasks.
+    supervisor: Supervisor,
+    /// Counters, histograms and scrape-time gauges.
+    metrics: Arc<Metrics>,
+    /// Where the admin server actually listens (`listen` may say port 0).
+    admin_addr: SocketAddr,
+    /// Cancelled when shutdown begins: `/healthz` turns 503.
+    stopping: CancellationToken,
+    /// Stops the admin server last, so it can be scraped while tenants finish.
+    admin_stop: CancellationToken,
+    /// The admin server task.
+    admin_task: tokio::task::JoinHandle<()>,
+    /// Hash of the config file's bytes, for `watch_config`.
+    config_hash: Option<u64>,
+}
+
+impl Daemon {
+    /// Binds the admin server, cleans up crash leftovers and starts every tenant.
+    ///
+    /// # Errors
+    /// The admin address cannot be bound, or the HTTP client cannot be built.
+    pub async fn start(config: Config) -> Result<Daemon, RunError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let registry = Registry::new();
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| RunError::Listen {
+                addr: config.server.listen,
+                source,
+            })?;
+        let admin_addr = listener.local_addr().map_err(|source| RunError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+        let stopping = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(http::serve(
+            listener,
+            AdminState {
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+                stopping: stopping.clone(),
+            },
+            admin_stop.clone(),
+        ));
+        tracing::info!(addr = %admin_addr, "admin server listening");
+        let observer: Arc<dyn Observer> = metrics.clone();
+        let mut supervisor = Supervisor::new(shared_for(&config, Some(observer))?, registry);
+        sink::clean_up(&config.tenants).await;
+        let started = supervisor.reconcile(&config.tenants, false).await;
+        tracing::info!(
+            tenants = started.added.len(),
+            config = %config.path.display(),
+            "powerbi-tokend started"
+        );
+        if config.tenants.is_empty() {
+            tracing::warn!("the configuration has no [[tenant]]; nothing to refresh until a reload adds one");
+        }
+        let config_hash = file_hash(&config.path);
+        Ok(Daemon {
+            config,
+            supervisor,
+            metrics,
+            admin_addr,
+            stopping,
+            admin_stop,
+            admin_task,
+            config_hash,
+        })
+    }
+
+    /// Where the admin server listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Runs until [`Control::Shutdown`] arrives (or the channel closes), then shuts down.
+    ///
+    /// # Errors
+    /// None today; the signature leaves room for fatal runtime conditions.
+    pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> Result<(), RunError> {
+        let mut watch = self
+            .config
+            .server
+            .watch_config
+            .then(|| tokio::time::interval(self.config.server.watch_interval));
+        loop {
+            let tick = async {
+                match watch.as_mut() {
+                    Some(interval) => {
+                        interval.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = control.recv() => match message {
+                    Some(Control::Reload) => self.reload("SIGHUP").await,
+                    Some(Control::Shutdown) | None => break,
+                },
+                () = tick => {
+                    let hash = file_hash(&self.config.path);
+                    if hash.is_some() && hash != self.config_hash {
+                        self.config_hash = hash;
+                        self.reload("file change").await;
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Re-reads the config file; a bad file keeps the running configuration.
+    pub async fn reload(&mut self, trigger: &str) {
+        let new = match config::load(&self.config.path) {
+            Ok(new) => new,
+            Err(err) => {
+                self.metrics.reload(false);
+                for line in err.to_string().lines() {
+                    tracing::error!(trigger, problem = line, "reload rejected; the previous configuration stays in effect");
+                }
+                return;
+            }
+        };
+        if new.server.listen != self.config.server.listen {
+            tracing::warn!("[server] listen changes take effect after a restart");
+        }
+        let restart_all = new.daemon != self.config.daemon;
+        if restart_all {
+            let observer: Arc<dyn Observer> = self.metrics.clone();
+            match shared_for(&new, Some(observer)) {
+                // Every task must pick up the new knobs, so all restart; warm start keeps healthy
+                // tenants from refetching.
+                Ok(shared) => self.supervisor.set_shared(shared),
+                Err(err) => {
+                    self.metrics.reload(false);
+                    tracing::error!(trigger, error = %err, "reload rejected; the previous configuration stays in effect");
+                    return;
+                }
+            }
+        }
+        sink::clean_up(&new.tenants).await;
+        let result = self.supervisor.reconcile(&new.tenants, restart_all).await;
+        self.metrics.reload(true);
+        tracing::info!(
+            trigger,
+            added = ?result.added,
+            removed = ?result.removed,
+            changed = ?result.changed,
+            unchanged = result.unchanged,
+            "configuration reloaded"
+        );
+        self.config_hash = file_hash(&new.path);
+        self.config = new;
+    }
+
+    async fn shutdown(self) {
+        let grace = self.config.daemon.shutdown_grace;
+        self.stopping.cancel();
+        tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new refreshes, waiting for those in flight");
+        if self.supervisor.shutdown(grace).await {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!("shutdown grace period elapsed with refreshes still in flight; their files were not replaced");
+        }
+        self.admin_stop.cancel();
+        let _ = self.admin_task.await;
+    }
+}
+
+/// A hash of a file's bytes (following symlinks, so a ConfigMap's `..data` swap is seen).
+fn file_hash(path: &std::path::Path) -> Option<u64> {
+    std::fs::read(path).ok().map(|bytes| token::fnv1a(&bytes))
 }
 
 /// Runs the daemon until a [`Control::Shutdown`] arrives (or the channel closes).
 ///
 /// # Errors
 /// Only set-up failures; refresh failures are handled per tenant and never end the daemon.
-pub async fn run(config: Config, mut control: mpsc::Receiver<Control>) -> Result<(), RunError> {
-    let registry = Registry::new();
-    let mut supervisor = Supervisor::new(shared_for(&config)?, registry.clone());
-    sink::clean_up(&config.tenants).await;
-    let started = supervisor.reconcile(&config.tenants, false).await;
-    tracing::info!(
-        tenants = started.added.len(),
-        config = %config.path.display(),
-        "powerbi-tokend started"
-    );
-    if config.tenants.is_empty() {
-        tracing::warn!(
-            "the configuration has no [[tenant]]; nothing to refresh until a reload adds one"
-        );
-    }
-    let mut config = config;
-    while let Some(message) = control.recv().await {
-        match message {
-            Control::Shutdown => break,
-            Control::Reload => reload(&mut config, &mut supervisor).await,
-        }
-    }
-    let grace = config.daemon.shutdown_grace;
-    tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new refreshes, waiting for those in flight");
-    if supervisor.shutdown(grace).await {
-        tracing::info!("shutdown complete");
-    } else {
-        tracing::warn!(
-            "shutdown grace period elapsed with refreshes still in flight; their files were not replaced"
-        );
-    }
-    Ok(())
-}
-
-/// Re-reads the config file; a bad file keeps the running configuration.
-async fn reload(config: &mut Config, supervisor: &mut Supervisor) {
-    let new = match config::load(&config.path) {
-        Ok(new) => new,
-        Err(err) => {
-            for line in err.to_string().lines() {
-                tracing::error!(
-                    problem = line,
-                    "reload rejected; the previous configuration stays in effect"
-                );
-            }
-            return;
-        }
-    };
-    if new.server != config.server {
-        tracing::warn!("[server] changes take effect after a restart");
-    }
-    let restart_all = new.daemon != config.daemon;
-    if restart_all {
-        match shared_for(&new) {
-            // Every task must pick up the new knobs, so all restart; warm start keeps healthy
-            // tenants from refetching.
-            Ok(shared) => supervisor.set_shared(shared),
-            Err(err) => {
-                tracing::error!(error = %err, "reload rejected; the previous configuration stays in effect");
-                return;
-            }
-        }
-    }
-    let result = supervisor.reconcile(&new.tenants, restart_all).await;
-    tracing::info!(
-        added = ?result.added,
-        removed = ?result.removed,
-        changed = ?result.changed,
-        unchanged = result.unchanged,
-        "configuration reloaded"
-    );
-    *config = new;
+pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(), RunError> {
+    Daemon::start(config).await?.run(control).await
 }
 
 /// Fetches every tenant's token once and writes every sink (the `once` command).
@@ -160,7 +289,7 @@ async fn reload(config: &mut Config, supervisor: &mut Supervisor) {
 /// # Errors
 /// Only set-up failures; per-tenant failures are in the outcomes.
 pub async fn once(config: &Config) -> Result<Vec<OnceOutcome>, RunError> {
-    let shared = shared_for(config)?;
+    let shared = shared_for(config, None)?;
     sink::clean_up(&config.tenants).await;
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in &config.tenants {

@@ -67,6 +67,8 @@ pub struct TenantStatus {
     pub first_attempt_done: bool,
     /// Whether the last attempt failed (as opposed to: no attempt yet, or success).
     pub failing: bool,
+    /// The tenant's task ended with a panic: the process is unhealthy.
+    pub task_panicked: bool,
 }
 
 impl TenantStatus {

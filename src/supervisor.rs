@@ -6,7 +6,9 @@
 //! cancelled and awaited before the new one starts (so two tasks never write one file), and an
 //! unchanged tenant is not touched at all — it keeps its token and its schedule.
 
+use futures_util::FutureExt;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::TenantConfig;
-use crate::status::Registry;
+use crate::status::{self, Registry};
 use crate::tenant::{Shared, Tenant};
 
 /// A running tenant task.
@@ -92,6 +94,9 @@ impl Supervisor {
                 stop(running).await;
             }
             self.registry.remove(&name);
+            if let Some(observer) = &self.shared.observer {
+                observer.tenant_removed(&name);
+            }
             result.removed.push(name);
         }
         for tenant in tenants {
@@ -116,9 +121,26 @@ impl Supervisor {
 
     fn start(&mut self, config: Arc<TenantConfig>) {
         let status = self.registry.insert(&config.name);
+        if let Some(observer) = &self.shared.observer {
+            observer.tenant_started(&config.name);
+        }
         let cancel = self.root.child_token();
-        let tenant = Tenant::new(config.clone(), self.shared.clone(), status);
-        let task = self.tracker.spawn(tenant.run(cancel.clone()));
+        let tenant = Tenant::new(config.clone(), self.shared.clone(), status.clone());
+        let name = config.name.clone();
+        let run = AssertUnwindSafe(tenant.run(cancel.clone())).catch_unwind();
+        let task = self.tracker.spawn(async move {
+            // A panic is a bug; it must not take other tenants down, and it must be visible:
+            // `/healthz` turns 503 so the process gets restarted.
+            if let Err(panic) = run.await {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                status::lock(&status).task_panicked = true;
+                tracing::error!(tenant = %name, panic = %message, "refresh task panicked");
+            }
+        });
         self.running.insert(
             config.name.clone(),
             Running {

@@ -56,8 +56,12 @@ pub struct Shared {
     pub observer: Option<Arc<dyn Observer>>,
 }
 
-/// Receives the outcome of every attempt, e.g. to update metrics.
+/// Receives tenant lifecycle events and the outcome of every attempt (the metrics).
 pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// A tenant task starts (at start-up or because a reload added or changed it).
+    fn tenant_started(&self, tenant: &str);
+    /// A tenant left the configuration: forget its series.
+    fn tenant_removed(&self, tenant: &str);
     /// An attempt finished; `duration` is the token request's latency (None if none was sent).
     fn attempt(&self, tenant: &str, result: Result<(), &RefreshError>, duration: Option<Duration>);
 }

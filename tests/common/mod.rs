@@ -81,6 +81,7 @@ pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
         server: ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             watch_config: false,
+            watch_interval: Duration::from_secs(5),
         },
         daemon,
         tenants: tenants.into_iter().map(Arc::new).collect(),

@@ -1,0 +1,214 @@
+//! The admin HTTP server (`[server] listen`, default 127.0.0.1:9464).
+//!
+//! * `GET /metrics` — Prometheus text exposition; per-tenant gauges are computed at scrape time.
+//! * `GET /healthz` — 200 while the runtime answers and no tenant task has died; 503 once
+//!   shutdown has begun or if a tenant task panicked (restart the process).
+//! * `GET /readyz` — 200 once every tenant has finished its first attempt (or warm-started) and
+//!   no sink is failing to write. A tenant's *authentication* failure does not make the daemon
+//!   unready: an unready pod drops out of Prometheus' Kubernetes service discovery, and the alerts
+//!   about that very failure would go blind.
+//! * `GET /status` — JSON, one entry per tenant: state, expiry, next refresh, last success,
+//!   consecutive failures and the last error with Entra's AADSTS code, trace and correlation IDs.
+//!   Never a secret or a token.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ErrorClass;
+use crate::metrics::Metrics;
+use crate::schedule::{system_to_unix_f64, unix_to_system};
+use crate::status::{Registry, TenantState, TenantStatus};
+
+/// What the handlers read.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// Every tenant's status.
+    pub registry: Registry,
+    /// The metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins: `/healthz` turns 503.
+    pub stopping: CancellationToken,
+}
+
+/// The router; separate from serving so tests can drive it without a socket.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, stop: CancellationToken) {
+    let app = router(state);
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %err, "admin server failed");
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let body = state.metrics.render(&state.registry);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz(State(state): State<AdminState>) -> Response {
+    if state.stopping.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let dead: Vec<String> = state
+        .registry
+        .snapshot()
+        .into_iter()
+        .filter(|(_, status)| status.task_panicked)
+        .map(|(name, _)| name)
+        .collect();
+    if dead.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("refresh task died for: {}\n", dead.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+/// `/readyz` body.
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    /// Tenants whose first attempt has not finished.
+    pending: Vec<String>,
+    /// Tenants whose last attempt could not write a sink.
+    sink_failing: Vec<String>,
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let mut readiness = Readiness {
+        ready: true,
+        pending: Vec::new(),
+        sink_failing: Vec::new(),
+    };
+    for (name, status) in state.registry.snapshot() {
+        if !status.first_attempt_done {
+            readiness.pending.push(name);
+        } else if status.failing
+            && status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Sink)
+        {
+            readiness.sink_failing.push(name);
+        }
+    }
+    readiness.ready = readiness.pending.is_empty() && readiness.sink_failing.is_empty();
+    let code = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness)).into_response()
+}
+
+/// One tenant in `/status`.
+#[derive(Serialize)]
+pub struct TenantView {
+    /// Configured name.
+    pub name: String,
+    /// pending | healthy | retrying | misconfigured | expired.
+    pub state: TenantState,
+    /// RFC 3339 expiry of the current token.
+    pub expires_at: Option<String>,
+    /// Seconds left at the time of the request (negative once expired).
+    pub time_to_expiry_seconds: Option<f64>,
+    /// RFC 3339 time of the next planned attempt.
+    pub next_refresh_at: Option<String>,
+    /// RFC 3339 time of the last success.
+    pub last_success_at: Option<String>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// The most recent failure, if the tenant is failing.
+    pub last_error: Option<ErrorView>,
+}
+
+/// A failure in `/status`: what Microsoft support asks for, never a secret.
+#[derive(Serialize)]
+pub struct ErrorView {
+    /// transient | throttled | permanent | sink.
+    pub class: &'static str,
+    /// The metric reason label.
+    pub reason: &'static str,
+    /// `AADSTSnnnn`, when Entra sent one.
+    pub aadsts: Option<String>,
+    /// HTTP status of the token endpoint's answer.
+    pub http_status: Option<u16>,
+    /// First line of Entra's description, or the transport error.
+    pub message: String,
+    /// Entra trace ID.
+    pub trace_id: Option<String>,
+    /// Entra correlation ID.
+    pub correlation_id: Option<String>,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// Builds the `/status` entry of one tenant at `now`.
+pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView {
+    TenantView {
+        state: status.state(now),
+        expires_at: status.expires_on.map(|e| rfc3339(unix_to_system(e))),
+        time_to_expiry_seconds: status
+            .expires_on
+            .map(|e| (e as f64 - system_to_unix_f64(now)).round()),
+        next_refresh_at: status.next_refresh.map(rfc3339),
+        last_success_at: status.last_success.map(rfc3339),
+        consecutive_failures: status.consecutive_failures,
+        last_error: status
+            .last_error
+            .as_ref()
+            .filter(|_| status.failing)
+            .map(|err| ErrorView {
+                class: err.class.as_str(),
+                reason: err.reason.as_str(),
+                aadsts: err.aadsts_code(),
+                http_status: err.status,
+                message: err.message.clone(),
+                trace_id: err.trace_id.clone(),
+                correlation_id: err.correlation_id.clone(),
+            }),
+        name,
+    }
+}
+
+/// `/status` body.
+#[derive(Serialize)]
+struct StatusBody {
+    tenants: Vec<TenantView>,
+}
+
+async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
+    let now = SystemTime::now();
+    Json(StatusBody {
+        tenants: state
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|(name, status)| view(name, &status, now))
+            .collect(),
+    })
+}
