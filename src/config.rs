@@ -596,8 +596,11 @@ impl<'a> Loader<'a> {
                 }
             },
         };
-        let watch_interval =
-            self.duration(raw.watch_interval, "server.watch_interval", Duration::from_secs(5))?;
+        let watch_interval = self.duration(
+            raw.watch_interval,
+            "server.watch_interval",
+            Duration::from_secs(5),
+        )?;
         Some(ServerConfig {
             listen,
             watch_config: raw.watch_config.unwrap_or(false),

@@ -61,7 +61,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, stop: C
 async fn metrics(State(state): State<AdminState>) -> Response {
     let body = state.metrics.render(&state.registry);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()

@@ -156,7 +156,9 @@ impl Daemon {
             "powerbi-tokend started"
         );
         if config.tenants.is_empty() {
-            tracing::warn!("the configuration has no [[tenant]]; nothing to refresh until a reload adds one");
+            tracing::warn!(
+                "the configuration has no [[tenant]]; nothing to refresh until a reload adds one"
+            );
         }
         let config_hash = file_hash(&config.path);
         Ok(Daemon {
@@ -220,7 +222,11 @@ impl Daemon {
             Err(err) => {
                 self.metrics.reload(false);
                 for line in err.to_string().lines() {
-                    tracing::error!(trigger, problem = line, "reload rejected; the previous configuration stays in effect");
+                    tracing::error!(
+                        trigger,
+                        problem = line,
+                        "reload rejected; the previous configuration stays in effect"
+                    );
                 }
                 return;
             }
@@ -264,7 +270,9 @@ impl Daemon {
         if self.supervisor.shutdown(grace).await {
             tracing::info!("shutdown complete");
         } else {
-            tracing::warn!("shutdown grace period elapsed with refreshes still in flight; their files were not replaced");
+            tracing::warn!(
+                "shutdown grace period elapsed with refreshes still in flight; their files were not replaced"
+            );
         }
         self.admin_stop.cancel();
         let _ = self.admin_task.await;

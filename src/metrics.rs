@@ -7,8 +7,8 @@
 //! fleet of ten thousand tenants costs one histogram, not ten thousand.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, GaugeVec,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -51,21 +51,24 @@ impl Metrics {
     /// Only on a programming error (duplicate or invalid metric names).
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
-            let metric = GaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
-        let int_gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let metric = GaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let int_gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
         let metrics = Metrics {
             token_expiry: gauge(
                 "powerbi_tokend_token_expiry_timestamp_seconds",
@@ -140,16 +143,19 @@ impl Metrics {
             registry,
         };
         let build_info = IntGaugeVec::new(
-            Opts::new("powerbi_tokend_build_info", "Always 1; the version is the label."),
+            Opts::new(
+                "powerbi_tokend_build_info",
+                "Always 1; the version is the label.",
+            ),
             &["version"],
         )?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         metrics.registry.register(Box::new(build_info))?;
-        metrics
-            .registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
@@ -169,7 +175,12 @@ impl Metrics {
         let _serial = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let now = SystemTime::now();
         let now_unix = system_to_unix_f64(now);
-        for vec in [&self.token_expiry, &self.time_to_expiry, &self.next_refresh, &self.last_success] {
+        for vec in [
+            &self.token_expiry,
+            &self.time_to_expiry,
+            &self.next_refresh,
+            &self.last_success,
+        ] {
             vec.reset();
         }
         self.consecutive_failures.reset();
@@ -178,16 +189,22 @@ impl Metrics {
         for (name, status) in tenants.snapshot() {
             let labels = [name.as_str()];
             if let Some(expires_on) = status.expires_on {
-                self.token_expiry.with_label_values(&labels).set(expires_on as f64);
+                self.token_expiry
+                    .with_label_values(&labels)
+                    .set(expires_on as f64);
                 self.time_to_expiry
                     .with_label_values(&labels)
                     .set(expires_on as f64 - now_unix);
             }
             if let Some(next) = status.next_refresh {
-                self.next_refresh.with_label_values(&labels).set(system_to_unix_f64(next));
+                self.next_refresh
+                    .with_label_values(&labels)
+                    .set(system_to_unix_f64(next));
             }
             if let Some(success) = status.last_success {
-                self.last_success.with_label_values(&labels).set(system_to_unix_f64(success));
+                self.last_success
+                    .with_label_values(&labels)
+                    .set(system_to_unix_f64(success));
             }
             self.consecutive_failures
                 .with_label_values(&labels)
@@ -234,9 +251,14 @@ impl Observer for Metrics {
             self.refresh_duration.observe(duration.as_secs_f64());
         }
         match result {
-            Ok(()) => self.refresh_total.with_label_values(&[tenant, "success"]).inc(),
+            Ok(()) => self
+                .refresh_total
+                .with_label_values(&[tenant, "success"])
+                .inc(),
             Err(err) => {
-                self.refresh_total.with_label_values(&[tenant, "failure"]).inc();
+                self.refresh_total
+                    .with_label_values(&[tenant, "failure"])
+                    .inc();
                 self.refresh_failures
                     .with_label_values(&[tenant, err.reason.as_str()])
                     .inc();

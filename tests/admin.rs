@@ -1,0 +1,443 @@
+//! The admin server, metrics and live reload, against a running in-process daemon.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use powerbi_tokend::sim::{Behavior, SimEntra};
+use powerbi_tokend::{Control, Daemon, config};
+
+/// A config file on disk (so reloads can re-read it) with secrets in a file.
+struct Files {
+    config: PathBuf,
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(dir: &Path) -> Files {
+        std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+        Files {
+            config: dir.join("config.toml"),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Writes the config with these (name, tenant_id, extra lines) tenants.
+    fn write(&self, sim: &SimEntra, tenants: &[(&str, &str, &str)]) {
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nwatch_config = true\nwatch_interval = \"100ms\"\n\n[daemon]\nbackoff_min = \"100ms\"\nbackoff_max = \"300ms\"\n\n[defaults]\nauthority_host = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"secret\" }}\nsinks = [ {{ type = \"file\", path = \"tokens/{{name}}.json\" }} ]\n",
+            sim.authority_host()
+        );
+        for (name, tenant_id, extra) in tenants {
+            text.push_str(&format!(
+                "\n[[tenant]]\nname = \"{name}\"\ntenant_id = \"{tenant_id}\"\n{extra}\n"
+            ));
+        }
+        // Replace atomically, like a ConfigMap update, so the watcher never reads half a file.
+        let temp = self.dir.join(".config.toml.new");
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, &self.config).unwrap();
+    }
+
+    fn token(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("tokens/{name}.json"))
+    }
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+struct Running {
+    addr: std::net::SocketAddr,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(files: &Files) -> Running {
+    let config = config::load(&files.config).unwrap();
+    let daemon = Daemon::start(config).await.unwrap();
+    let addr = daemon.admin_addr();
+    let (control, receiver) = mpsc::channel(4);
+    let task = tokio::spawn(async move { daemon.run(receiver).await.unwrap() });
+    Running {
+        addr,
+        control,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.control.send(Control::Shutdown).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_status_and_probes() {
+    let Fixture { sim, dir } = fixture(
+        &["good.example.com", "bad.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    reject_secret(&sim, "bad.example.com");
+    let files = Files::new(dir.path());
+    files.write(
+        &sim,
+        &[
+            ("good", "good.example.com", ""),
+            ("bad", "bad.example.com", ""),
+        ],
+    );
+    let daemon = start(&files).await;
+    wait_for("both first attempts", Duration::from_secs(5), || {
+        files.token("good").exists() && sim.request_count("bad.example.com") >= 1
+    })
+    .await;
+
+    // /readyz: an auth failure does not make the daemon unready.
+    let ready = async {
+        loop {
+            let (code, body) = get(daemon.addr, "/readyz").await;
+            if code == 200 {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let body = tokio::time::timeout(Duration::from_secs(5), ready)
+        .await
+        .expect("ready");
+    assert!(body.contains("\"ready\":true"), "{body}");
+    assert_eq!(get(daemon.addr, "/healthz").await.0, 200);
+
+    let (code, metrics) = get(daemon.addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for tenant in ["good", "bad"] {
+        for name in [
+            "powerbi_tokend_next_refresh_timestamp_seconds",
+            "powerbi_tokend_consecutive_failures",
+        ] {
+            let series = format!("{name}{{tenant=\"{tenant}\"}}");
+            assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+        }
+        assert!(metrics.contains(&format!(
+            "powerbi_tokend_refresh_total{{result=\"failure\",tenant=\"{tenant}\"}}"
+        )));
+        assert!(metrics.contains(&format!(
+            "powerbi_tokend_refresh_total{{result=\"success\",tenant=\"{tenant}\"}}"
+        )));
+    }
+    for series in [
+        "powerbi_tokend_token_expiry_timestamp_seconds{tenant=\"good\"}",
+        "powerbi_tokend_token_time_to_expiry_seconds{tenant=\"good\"}",
+        "powerbi_tokend_last_success_timestamp_seconds{tenant=\"good\"}",
+        "powerbi_tokend_refresh_failures_total{reason=\"invalid_client\",tenant=\"bad\"} 1",
+        "powerbi_tokend_consecutive_failures{tenant=\"bad\"} 1",
+        "powerbi_tokend_tenant_state{state=\"healthy\",tenant=\"good\"} 1",
+        "powerbi_tokend_tenant_state{state=\"misconfigured\",tenant=\"bad\"} 1",
+        "powerbi_tokend_tenants{state=\"healthy\"} 1",
+        "powerbi_tokend_tenants{state=\"misconfigured\"} 1",
+        "powerbi_tokend_tenants{state=\"expired\"} 0",
+        "powerbi_tokend_refresh_duration_seconds_count 2",
+        "powerbi_tokend_config_reloads_total{result=\"failure\"} 0",
+        "powerbi_tokend_build_info{version=\"",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    // A tenant without a token has no expiry series (absent, not zero).
+    assert!(!metrics.contains("powerbi_tokend_token_expiry_timestamp_seconds{tenant=\"bad\"}"));
+
+    // Time to expiry is computed at scrape time.
+    let first = sample(
+        &metrics,
+        "powerbi_tokend_token_time_to_expiry_seconds{tenant=\"good\"}",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, later) = get(daemon.addr, "/metrics").await;
+    let second = sample(
+        &later,
+        "powerbi_tokend_token_time_to_expiry_seconds{tenant=\"good\"}",
+    )
+    .unwrap();
+    assert!(
+        second < first - 1.0 && second > first - 2.0,
+        "{first} then {second}"
+    );
+
+    // /status: the failing tenant carries Entra's diagnostics.
+    let (code, body) = get(daemon.addr, "/status").await;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let tenants = status["tenants"].as_array().unwrap();
+    let bad = tenants.iter().find(|t| t["name"] == "bad").unwrap();
+    assert_eq!(bad["state"], "misconfigured");
+    assert_eq!(bad["consecutive_failures"], 1);
+    assert_eq!(bad["last_error"]["class"], "permanent");
+    assert_eq!(bad["last_error"]["reason"], "invalid_client");
+    assert_eq!(bad["last_error"]["aadsts"], "AADSTS7000215");
+    assert!(bad["last_error"]["trace_id"].is_string());
+    assert!(bad["last_error"]["correlation_id"].is_string());
+    assert!(bad["next_refresh_at"].is_string());
+    let good = tenants.iter().find(|t| t["name"] == "good").unwrap();
+    assert_eq!(good["state"], "healthy");
+    assert!(good["expires_at"].is_string() && good["last_success_at"].is_string());
+    assert!(good["last_error"].is_null());
+
+    // Never a secret or a token in any endpoint.
+    let token = token_in(&files.token("good")).unwrap();
+    for path in ["/status", "/metrics", "/readyz", "/healthz"] {
+        let (_, body) = get(daemon.addr, path).await;
+        assert!(!body.contains(SECRET), "secret in {path}");
+        assert!(!body.contains(&token), "token in {path}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_first_attempts_and_fails_on_sink_errors() {
+    let Fixture { sim, dir } = fixture(
+        &["slow.example.com", "disk.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    sim.set_behavior(
+        "slow.example.com",
+        Behavior::Slow(Duration::from_millis(800)),
+    );
+    let files = Files::new(dir.path());
+    // disk's token directory is a regular file: every write fails.
+    std::fs::write(dir.path().join("blocked"), "x").unwrap();
+    files.write(
+        &sim,
+        &[
+            ("slow", "slow.example.com", ""),
+            (
+                "disk",
+                "disk.example.com",
+                "sinks = [ { type = \"file\", path = \"blocked/{name}.json\" } ]",
+            ),
+        ],
+    );
+    let daemon = start(&files).await;
+    let (code, body) = get(daemon.addr, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("\"pending\":[") && body.contains("slow"),
+        "{body}"
+    );
+    wait_for("slow's token", Duration::from_secs(5), || {
+        files.token("slow").exists()
+    })
+    .await;
+    let (code, body) = get(daemon.addr, "/readyz").await;
+    assert_eq!(
+        code, 503,
+        "a sink that cannot be written makes the daemon unready"
+    );
+    assert!(body.contains("\"sink_failing\":[\"disk\"]"), "{body}");
+    std::fs::remove_file(dir.path().join("blocked")).unwrap();
+    let ready = async {
+        while get(daemon.addr, "/readyz").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), ready)
+        .await
+        .expect("ready after the disk is fixed");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_removes_changes_and_rejects_bad_files() {
+    let Fixture { sim, dir } = fixture(
+        &[
+            "keep.example.com",
+            "gone.example.com",
+            "change.example.com",
+            "new.example.com",
+        ],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let files = Files::new(dir.path());
+    files.write(
+        &sim,
+        &[
+            ("keep", "keep.example.com", ""),
+            ("gone", "gone.example.com", ""),
+            ("change", "change.example.com", ""),
+        ],
+    );
+    let mut config = config::load(&files.config).unwrap();
+    // Reloads in this test are explicit (SIGHUP); the watcher has its own test.
+    let mut server = config.server.clone();
+    server.watch_config = false;
+    config.server = server;
+    let daemon = Daemon::start(config).await.unwrap();
+    let addr = daemon.admin_addr();
+    let (control, receiver) = mpsc::channel(4);
+    let task = tokio::spawn(async move { daemon.run(receiver).await.unwrap() });
+    wait_for("three tokens", Duration::from_secs(5), || {
+        ["keep", "gone", "change"]
+            .iter()
+            .all(|n| files.token(n).exists())
+    })
+    .await;
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(metrics.contains("tenant=\"gone\""));
+
+    // An invalid file: everything keeps running, the failure is counted.
+    std::fs::write(&files.config, "[[tenant]]\nname = 5\n").unwrap();
+    control.send(Control::Reload).await.unwrap();
+    let failed = async {
+        loop {
+            let (_, metrics) = get(addr, "/metrics").await;
+            if metrics.contains("powerbi_tokend_config_reloads_total{result=\"failure\"} 1") {
+                break metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let metrics = tokio::time::timeout(Duration::from_secs(5), failed)
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("powerbi_tokend_config_last_reload_successful 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tenant=\"gone\""),
+        "a rejected reload must not remove tenants"
+    );
+
+    // Valid: gone removed, new added, change gets another app; keep untouched.
+    let other_app = "99999999-8888-7777-6666-555555555555";
+    sim.set_app(
+        "change.example.com",
+        powerbi_tokend::sim::SimApp {
+            client_id: other_app.to_owned(),
+            secret: SECRET.to_owned(),
+            secret_expired: false,
+        },
+    );
+    files.write(
+        &sim,
+        &[
+            ("keep", "keep.example.com", ""),
+            (
+                "change",
+                "change.example.com",
+                &format!("client_id = \"{other_app}\""),
+            ),
+            ("new", "new.example.com", ""),
+        ],
+    );
+    control.send(Control::Reload).await.unwrap();
+    wait_for("new's token", Duration::from_secs(5), || {
+        files.token("new").exists()
+    })
+    .await;
+    wait_for(
+        "change's token for the other app",
+        Duration::from_secs(5),
+        || read_json(&files.token("change")).is_some_and(|j| j["client_id"] == other_app),
+    )
+    .await;
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        !metrics.contains("tenant=\"gone\""),
+        "removed tenant's series remain:\n{metrics}"
+    );
+    assert!(metrics.contains("powerbi_tokend_config_reloads_total{result=\"success\"} 1"));
+    assert!(metrics.contains("powerbi_tokend_config_last_reload_successful 1"));
+    assert!(
+        metrics.contains("powerbi_tokend_tenants{state=\"healthy\"} 3"),
+        "{metrics}"
+    );
+    // Unchanged tenants were not refetched; the changed one was, once.
+    assert_eq!(sim.request_count("keep.example.com"), 1);
+    assert_eq!(sim.request_count("change.example.com"), 2);
+    assert_eq!(sim.request_count("gone.example.com"), 1);
+    let (_, status) = get(addr, "/status").await;
+    assert!(!status.contains("\"gone\""));
+
+    control.send(Control::Shutdown).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_config_follows_a_configmap_symlink_swap() {
+    let Fixture { sim, dir } = fixture(
+        &["a.example.com", "b.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    // The Kubernetes layout: config.toml -> ..data/config.toml, ..data -> ..2026_1 (swapped).
+    let root = dir.path();
+    std::fs::write(root.join("secret"), format!("{SECRET}\n")).unwrap();
+    let staging = Files {
+        config: root.join("staging.toml"),
+        dir: root.to_owned(),
+    };
+    let publish = |version: &str, tenants: &[(&str, &str, &str)]| {
+        staging.write(&sim, tenants);
+        let data = root.join(version);
+        std::fs::create_dir(&data).unwrap();
+        std::fs::rename(&staging.config, data.join("config.toml")).unwrap();
+        let link = root.join("..data_tmp");
+        std::os::unix::fs::symlink(version, &link).unwrap();
+        std::fs::rename(&link, root.join("..data")).unwrap();
+    };
+    publish("..v1", &[("a", "a.example.com", "")]);
+    std::os::unix::fs::symlink("..data/config.toml", root.join("config.toml")).unwrap();
+    let files = Files {
+        config: root.join("config.toml"),
+        dir: root.to_owned(),
+    };
+    let daemon = start(&files).await;
+    wait_for("a's token", Duration::from_secs(5), || {
+        files.token("a").exists()
+    })
+    .await;
+    publish(
+        "..v2",
+        &[("a", "a.example.com", ""), ("b", "b.example.com", "")],
+    );
+    wait_for("b's token after the swap", Duration::from_secs(5), || {
+        files.token("b").exists()
+    })
+    .await;
+    assert_eq!(sim.request_count("a.example.com"), 1);
+    daemon.stop().await;
+}

@@ -1,0 +1,268 @@
+//! The alerting loop with the real tools: promtool checks the exposition and the rule tests, and
+//! a real Prometheus server scrapes the daemon and evaluates the shipped alert expressions.
+//!
+//! These need `promtool` and `prometheus` (Debian package `prometheus`). Outside CI a missing
+//! program skips the test with a loud message; with CI=true it fails.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use powerbi_tokend::sim::SimEntra;
+use powerbi_tokend::{Control, Daemon};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The program's path, or `None` (after a loud message) when it is missing outside CI.
+fn program(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is not installed, and CI=true: .ci/run must install the prometheus package"
+        );
+        eprintln!("\n*** SKIPPING: {name} is not installed (apt-get install prometheus) ***\n");
+    }
+    found
+}
+
+struct Running {
+    addr: std::net::SocketAddr,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A daemon with one healthy tenant and one whose secret Entra rejects.
+async fn daemon_with_good_and_bad(sim: &SimEntra, dir: &Path) -> Running {
+    reject_secret(sim, "bad.example.com");
+    let config = config(
+        vec![
+            tenant(sim, "good", "good.example.com", dir),
+            tenant(sim, "bad", "bad.example.com", dir),
+        ],
+        fast_daemon(),
+    );
+    let daemon = Daemon::start(config).await.unwrap();
+    let addr = daemon.admin_addr();
+    let (control, receiver) = mpsc::channel(4);
+    let task = tokio::spawn(async move { daemon.run(receiver).await.unwrap() });
+    wait_for("both first attempts", Duration::from_secs(5), || {
+        dir.join("good.json").exists() && sim.request_count("bad.example.com") >= 1
+    })
+    .await;
+    Running {
+        addr,
+        control,
+        task,
+    }
+}
+
+async fn http_get(url: &str) -> Option<String> {
+    let client = reqwest::Client::builder().no_proxy().build().ok()?;
+    let response = client.get(url).send().await.ok()?;
+    response.text().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_check_metrics_finds_nothing() {
+    let Some(promtool) = program("promtool") else {
+        return;
+    };
+    let Fixture { sim, dir } = fixture(
+        &["good.example.com", "bad.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let daemon = daemon_with_good_and_bad(&sim, dir.path()).await;
+    let metrics = http_get(&format!("http://{}/metrics", daemon.addr))
+        .await
+        .unwrap();
+    assert!(metrics.contains("powerbi_tokend_refresh_failures_total"));
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{findings}"
+    );
+    assert!(
+        findings.trim().is_empty(),
+        "promtool check metrics reported:\n{findings}"
+    );
+    daemon.control.send(Control::Shutdown).await.unwrap();
+    daemon.task.await.unwrap();
+}
+
+#[test]
+fn shipped_rules_pass_promtool() {
+    let Some(promtool) = program("promtool") else {
+        return;
+    };
+    let out = Command::new(&promtool)
+        .args(["check", "rules", "deploy/prometheus/alerts.yml"])
+        .current_dir(REPO)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = Command::new(&promtool)
+        .args(["test", "rules", "deploy/prometheus/alerts_test.yml"])
+        .current_dir(REPO)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool test rules failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The shipped rules with every `for:` shortened to 2s; expressions untouched.
+fn rules_with_short_for() -> String {
+    let shipped =
+        std::fs::read_to_string(Path::new(REPO).join("deploy/prometheus/alerts.yml")).unwrap();
+    shipped
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("for:") {
+                format!("{}for: 2s", &line[..line.len() - trimmed.len()])
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Kills the Prometheus server when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_fires_refresh_failing_for_the_bad_tenant_only() {
+    let Some(prometheus) = program("prometheus") else {
+        return;
+    };
+    let Fixture { sim, dir } = fixture(
+        &["good.example.com", "bad.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let tokens = dir.path().join("tokens");
+    let daemon = daemon_with_good_and_bad(&sim, &tokens).await;
+
+    let rules = dir.path().join("alerts.yml");
+    std::fs::write(&rules, rules_with_short_for()).unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: powerbi-tokend\n    static_configs:\n      - targets: ['{}']\n",
+            rules.display(),
+            daemon.addr
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _server = KillOnDrop(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    let url = format!("http://127.0.0.1:{port}/api/v1/alerts");
+    let start = Instant::now();
+    let alerts = loop {
+        if let Some(body) = http_get(&url).await {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let alerts = value["data"]["alerts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let firing_for_bad = alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "PowerBITokendRefreshFailing"
+                    && a["labels"]["tenant"] == "bad"
+                    && a["state"] == "firing"
+            });
+            if firing_for_bad {
+                break alerts;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let log =
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+            panic!(
+                "PowerBITokendRefreshFailing did not fire for tenant bad within 90 s; Prometheus log:\n{log}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let about_good: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["labels"]["tenant"] == "good")
+        .collect();
+    assert!(
+        about_good.is_empty(),
+        "alerts for the healthy tenant: {about_good:?}"
+    );
+    // The misconfiguration alert names the bad tenant too.
+    assert!(
+        alerts.iter().any(|a| {
+            a["labels"]["alertname"] == "PowerBITokendTenantMisconfigured"
+                && a["labels"]["tenant"] == "bad"
+        }),
+        "{alerts:?}"
+    );
+    daemon.control.send(Control::Shutdown).await.unwrap();
+    daemon.task.await.unwrap();
+}
