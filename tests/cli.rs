@@ -348,3 +348,50 @@ async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
         stopping.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let Fixture { sim, dir } = fixture(
+        &["contoso.onmicrosoft.com", "fabrikam.onmicrosoft.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let one = [("contoso", "contoso.onmicrosoft.com", "THE_SECRET")];
+    let path = config_file(dir.path(), &sim.authority_host(), &one);
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("THE_SECRET", SECRET)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("contoso's token", Duration::from_secs(10), || {
+        dir.path().join("tokens/contoso.json").exists()
+    })
+    .await;
+    let two = [
+        ("contoso", "contoso.onmicrosoft.com", "THE_SECRET"),
+        ("fabrikam", "fabrikam.onmicrosoft.com", "THE_SECRET"),
+    ];
+    config_file(dir.path(), &sim.authority_host(), &two);
+    kill(&child, "HUP");
+    wait_for(
+        "fabrikam's token after SIGHUP",
+        Duration::from_secs(10),
+        || dir.path().join("tokens/fabrikam.json").exists(),
+    )
+    .await;
+    assert_eq!(
+        sim.request_count("contoso.onmicrosoft.com"),
+        1,
+        "unchanged tenant refetched"
+    );
+    kill(&child, "TERM");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("configuration reloaded"), "{logs}");
+}
