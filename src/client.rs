@@ -7,17 +7,23 @@
 //! * plain HTTP is refused by config validation except for loopback (the simulator, tests);
 //! * `HTTPS_PROXY`/`NO_PROXY` are honoured (reqwest reads them); extra CAs come from `ca_file`.
 
+use base64::Engine;
 use secrecy::ExposeSecret;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{ApiVersion, CredentialConfig, DaemonConfig, TenantConfig};
-use crate::credential;
+use crate::config::{
+    ApiVersion, ClientAuth, DaemonConfig, ManagedIdentitySource, OAuth2Config, TenantConfig,
+};
+use crate::credential::{Credential, CredentialError};
 use crate::error::{self, ErrorClass, Reason, RefreshError};
 use crate::schedule::parse_retry_after;
 use crate::token::{AccessToken, parse_token_response};
 
 /// Largest response body we read from a token endpoint. Real ones are a few KiB.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// How long IMDS may answer 410 (being updated) before we give up on this attempt.
+const IMDS_GONE_WINDOW: Duration = Duration::from_secs(70);
 
 /// The `User-Agent` we send, so Entra sign-in logs and proxies can tell who called.
 pub const USER_AGENT: &str = concat!("powerbi-tokend/", env!("CARGO_PKG_VERSION"));
@@ -53,6 +59,8 @@ pub struct TokenClient {
     http: reqwest::Client,
     /// Body cap; a field so tests can lower it.
     max_response_bytes: usize,
+    /// The instance metadata service's token URL (overridable for tests).
+    imds_endpoint: String,
 }
 
 impl TokenClient {
@@ -88,6 +96,7 @@ impl TokenClient {
         Ok(TokenClient {
             http: builder.build()?,
             max_response_bytes: MAX_RESPONSE_BYTES,
+            imds_endpoint: daemon.imds_endpoint.clone(),
         })
     }
 
@@ -101,10 +110,35 @@ impl TokenClient {
     ///
     /// # Errors
     /// A classified [`RefreshError`]; never one that contains the secret.
-    pub async fn fetch(&self, tenant: &TenantConfig) -> Result<AccessToken, RefreshError> {
-        let credential = credential::form_for(&tenant.credential).map_err(|err| {
-            RefreshError::local(ErrorClass::Permanent, Reason::Credential, err.to_string())
-        })?;
+    pub async fn fetch(
+        &self,
+        tenant: &TenantConfig,
+        credential: &mut Credential,
+    ) -> Result<AccessToken, RefreshError> {
+        let result = if let Credential::ManagedIdentity(source) = credential {
+            let source = source.clone();
+            self.managed_identity(tenant, &source).await
+        } else if let Some(oauth2) = &tenant.oauth2 {
+            self.oauth2(tenant, oauth2, credential).await
+        } else {
+            self.entra(tenant, credential).await
+        };
+        if let Err(err) = &result {
+            credential.after_failure(err);
+        }
+        result
+    }
+
+    /// Entra's token endpoint (v1 or v2) with a secret or an assertion.
+    async fn entra(
+        &self,
+        tenant: &TenantConfig,
+        credential: &mut Credential,
+    ) -> Result<AccessToken, RefreshError> {
+        let token_url = tenant.token_url();
+        let fields = credential
+            .form(&tenant.client_id, &token_url)
+            .map_err(credential_error)?;
         let target = match tenant.api {
             ApiVersion::V2 => ("scope", tenant.scope()),
             ApiVersion::V1 => ("resource", tenant.resource.clone()),
@@ -115,21 +149,137 @@ impl TokenClient {
             (target.0, &target.1),
         ];
         form.extend(
-            credential
-                .fields
+            fields
                 .iter()
                 .map(|(key, value)| (*key, value.expose_secret())),
         );
-        debug_assert!(matches!(
-            tenant.credential,
-            CredentialConfig::ClientSecret(_)
-        ));
+        let request = self.http.post(token_url).form(&form);
+        self.send(request).await
+    }
 
-        let response = self
-            .http
-            .post(tenant.token_url())
+    /// A generic OAuth 2.0 server (RFC 6749 §4.4), secret in the body or in HTTP Basic.
+    async fn oauth2(
+        &self,
+        tenant: &TenantConfig,
+        oauth2: &OAuth2Config,
+        credential: &mut Credential,
+    ) -> Result<AccessToken, RefreshError> {
+        let Credential::Secret { source, .. } = credential else {
+            return Err(credential_error(CredentialError::NotForm));
+        };
+        let secret = source.read().map_err(credential_error)?;
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+        if let Some(scope) = &oauth2.scope {
+            form.push(("scope", scope));
+        }
+        if let Some(audience) = &oauth2.audience {
+            form.push(("audience", audience));
+        }
+        let mut request = self.http.post(&oauth2.token_url);
+        match oauth2.auth {
+            ClientAuth::ClientSecretPost => {
+                form.push(("client_id", &tenant.client_id));
+                form.push(("client_secret", secret.expose_secret()));
+            }
+            ClientAuth::ClientSecretBasic => {
+                // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
+                let credentials = format!(
+                    "{}:{}",
+                    form_urlencoded::byte_serialize(tenant.client_id.as_bytes())
+                        .collect::<String>(),
+                    form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
+                        .collect::<String>()
+                );
+                let mut value = reqwest::header::HeaderValue::try_from(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(credentials)
+                ))
+                .map_err(|_| {
+                    RefreshError::local(
+                        ErrorClass::Permanent,
+                        Reason::Credential,
+                        "the client secret cannot be sent in an HTTP header",
+                    )
+                })?;
+                value.set_sensitive(true);
+                request = request.header(reqwest::header::AUTHORIZATION, value);
+            }
+        }
+        self.send(request.form(&form)).await
+    }
+
+    /// Azure managed identity: IMDS or App Service, with IMDS' retry rule for 410 (the
+    /// metadata service is being updated and answers again within 70 seconds).
+    async fn managed_identity(
+        &self,
+        tenant: &TenantConfig,
+        source: &ManagedIdentitySource,
+    ) -> Result<AccessToken, RefreshError> {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let mut query: Vec<(&str, &str)> = vec![("resource", &tenant.resource)];
+            if !tenant.client_id.is_empty() {
+                query.push(("client_id", &tenant.client_id));
+            }
+            let request = match source {
+                ManagedIdentitySource::Imds => {
+                    query.push(("api-version", "2018-02-01"));
+                    self.http
+                        .get(&self.imds_endpoint)
+                        .header("Metadata", "true")
+                }
+                ManagedIdentitySource::AppService { endpoint, header } => {
+                    query.push(("api-version", "2019-08-01"));
+                    let secret = header.read().map_err(credential_error)?;
+                    let mut value = reqwest::header::HeaderValue::try_from(secret.expose_secret())
+                        .map_err(|_| {
+                            RefreshError::local(
+                                ErrorClass::Permanent,
+                                Reason::Credential,
+                                "IDENTITY_HEADER cannot be sent in an HTTP header",
+                            )
+                        })?;
+                    value.set_sensitive(true);
+                    self.http.get(endpoint).header("X-IDENTITY-HEADER", value)
+                }
+            };
+            let (status, body, retry_after) = self.exchange(request.query(&query)).await?;
+            if status == 200 {
+                return parse_token_response(&body, unix_now());
+            }
+            if status == 410 && started.elapsed() + delay <= IMDS_GONE_WINDOW {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                continue;
+            }
+            let mut err = error::classify(status, &body, retry_after);
+            if matches!(status, 404 | 410) {
+                // IMDS answers these while it is being updated: retry, not reconfigure.
+                err.class = ErrorClass::Transient;
+                err.reason = Reason::ServerError;
+            }
+            return Err(err);
+        }
+    }
+
+    /// Sends a token request and turns the answer into a token or a classified error.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<AccessToken, RefreshError> {
+        let (status, body, retry_after) = self.exchange(request).await?;
+        if status == 200 {
+            parse_token_response(&body, unix_now())
+        } else {
+            Err(error::classify(status, &body, retry_after))
+        }
+    }
+
+    /// Sends a request; returns the status, the capped body and the parsed `Retry-After`.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, Vec<u8>, Option<Duration>), RefreshError> {
+        let response = request
             .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
             .send()
             .await
             .map_err(transport_error)?;
@@ -140,12 +290,7 @@ impl TokenClient {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
         let body = self.read_capped(response).await?;
-        let received_at = unix_now();
-        if status == 200 {
-            parse_token_response(&body, received_at)
-        } else {
-            Err(error::classify(status, &body, retry_after))
-        }
+        Ok((status, body, retry_after))
     }
 
     /// Reads the body, giving up past the cap.
@@ -182,6 +327,11 @@ pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A credential that cannot be read locally: permanent until someone fixes the file or variable.
+fn credential_error(err: CredentialError) -> RefreshError {
+    RefreshError::local(ErrorClass::Permanent, Reason::Credential, err.to_string())
 }
 
 /// A reqwest failure as a refresh error, with the cause chain (which never holds the form body).

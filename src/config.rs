@@ -26,6 +26,9 @@ use crate::credential::SecretSource;
 /// Default admin listen address: loopback, so metrics are not exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
+/// Azure's instance metadata service token endpoint (link-local; plain HTTP by design).
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+
 /// One problem found in a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -136,7 +139,106 @@ impl PartialEq for CronSchedule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CredentialConfig {
     /// A client secret, read from its source at every refresh.
-    ClientSecret(SecretSource),
+    ClientSecret {
+        /// Where the secret is read from.
+        source: SecretSource,
+        /// When the secret expires in Entra (`client_secret_expires`), Unix seconds.
+        expires_on: Option<i64>,
+    },
+    /// A certificate: a signed client assertion per request.
+    Certificate(CertificateConfig),
+    /// A federated token from a file (Kubernetes workload identity), sent as the assertion.
+    WorkloadIdentity {
+        /// The projected service-account token (`AZURE_FEDERATED_TOKEN_FILE`).
+        token_file: PathBuf,
+    },
+    /// The Azure managed identity of the machine, App Service or container.
+    ManagedIdentity(ManagedIdentitySource),
+}
+
+impl CredentialConfig {
+    /// The kind, as used in logs and the credential-expiry metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialConfig::ClientSecret { .. } => "client_secret",
+            CredentialConfig::Certificate(_) => "certificate",
+            CredentialConfig::WorkloadIdentity { .. } => "workload_identity",
+            CredentialConfig::ManagedIdentity(_) => "managed_identity",
+        }
+    }
+}
+
+/// Which signature a certificate's client assertion uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertionAlgorithm {
+    /// RSA-PSS with SHA-256 and an `x5t#S256` thumbprint: what Microsoft documents today.
+    #[default]
+    Ps256,
+    /// RSA PKCS#1 v1.5 with SHA-256 and a SHA-1 `x5t`: for legacy registrations.
+    Rs256,
+}
+
+/// `client_certificate = { cert = …, key = …, algorithm = …, send_x5c = … }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// PEM certificate (leaf first; further certificates are the chain for `x5c`).
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8 or PKCS#1); may be the same file as `cert`.
+    pub key: PathBuf,
+    /// PS256 (default) or RS256.
+    pub algorithm: AssertionAlgorithm,
+    /// Send the certificate chain in the assertion header (subject-name/issuer authentication).
+    pub send_x5c: bool,
+}
+
+/// Where a managed identity token comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagedIdentitySource {
+    /// The instance metadata service (VMs, scale sets, AKS nodes); endpoint from `[daemon]`.
+    Imds,
+    /// App Service / Functions / Container Apps: `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`.
+    AppService {
+        /// `IDENTITY_ENDPOINT`.
+        endpoint: String,
+        /// `IDENTITY_HEADER`, sent as `X-IDENTITY-HEADER`.
+        header: SecretSource,
+    },
+}
+
+/// Which kind of token server a tenant talks to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Microsoft Entra ID (the default).
+    #[default]
+    Entra,
+    /// Any OAuth 2.0 server with the client-credentials grant (RFC 6749 §4.4).
+    Oauth2,
+}
+
+/// How the client authenticates to a generic OAuth2 server (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body.
+    #[default]
+    ClientSecretPost,
+    /// HTTP Basic with the URL-encoded id and secret.
+    ClientSecretBasic,
+}
+
+/// A generic OAuth2 token endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuth2Config {
+    /// The token endpoint.
+    pub token_url: String,
+    /// `scope`, sent when set.
+    pub scope: Option<String>,
+    /// `audience`, sent when set (Auth0, Okta and others use it).
+    pub audience: Option<String>,
+    /// Basic or form-body client authentication.
+    pub auth: ClientAuth,
 }
 
 /// One tenant, with `[defaults]` merged in and every value validated.
@@ -144,12 +246,15 @@ pub enum CredentialConfig {
 pub struct TenantConfig {
     /// Unique name: file paths, logs and metric labels.
     pub name: String,
-    /// Entra tenant (GUID or verified domain) in the token URL.
+    /// Entra tenant (GUID or verified domain) in the token URL; empty where it does not apply
+    /// (a generic OAuth2 server, a managed identity without a configured tenant).
     pub tenant_id: String,
-    /// Application (client) ID.
+    /// Application (client) ID; empty for a system-assigned managed identity.
     pub client_id: String,
     /// The credential.
     pub credential: CredentialConfig,
+    /// Set for `provider = "oauth2"`; `None` for Entra.
+    pub oauth2: Option<OAuth2Config>,
     /// Sovereign cloud, kept for `/status` and the API root.
     pub cloud: Cloud,
     /// Authority host without trailing slash.
@@ -173,8 +278,47 @@ pub struct TenantConfig {
 }
 
 impl TenantConfig {
+    /// A Power BI tenant on Entra's public cloud with a client secret, the common case; for
+    /// configurations built in code (`demo`, tests, benchmarks).
+    pub fn entra(
+        name: &str,
+        tenant_id: &str,
+        client_id: &str,
+        secret: SecretSource,
+        authority_host: &str,
+        sink: PathBuf,
+    ) -> TenantConfig {
+        TenantConfig {
+            name: name.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            client_id: client_id.to_owned(),
+            credential: CredentialConfig::ClientSecret {
+                source: secret,
+                expires_on: None,
+            },
+            oauth2: None,
+            cloud: Cloud::Public,
+            authority_host: authority_host.to_owned(),
+            api: ApiVersion::V2,
+            resource: Cloud::Public.power_bi_resource().to_owned(),
+            refresh_at: 0.5,
+            jitter: 0.1,
+            sinks: vec![SinkConfig::File(FileSinkConfig {
+                path: sink,
+                format: FileFormat::Json,
+                mode: 0o600,
+            })],
+            schedule: None,
+            line: None,
+            credential_line: None,
+        }
+    }
+
     /// The token endpoint URL.
     pub fn token_url(&self) -> String {
+        if let Some(oauth2) = &self.oauth2 {
+            return oauth2.token_url.clone();
+        }
         match self.api {
             ApiVersion::V1 => format!("{}/{}/oauth2/token", self.authority_host, self.tenant_id),
             ApiVersion::V2 => format!(
@@ -225,6 +369,8 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Extra PEM trust anchors (corporate TLS proxies).
     pub ca_file: Option<PathBuf>,
+    /// The instance metadata service's token URL, for `credential = "managed_identity"`.
+    pub imds_endpoint: String,
     /// Log format unless `--log-format` overrides it.
     pub log_format: LogFormat,
 }
@@ -240,6 +386,7 @@ impl Default for DaemonConfig {
             permanent_retry_interval: Duration::from_secs(900),
             shutdown_grace: Duration::from_secs(10),
             ca_file: None,
+            imds_endpoint: DEFAULT_IMDS_ENDPOINT.to_owned(),
             log_format: LogFormat::Text,
         }
     }
@@ -281,6 +428,7 @@ struct RawDaemon {
     permanent_retry_interval: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     ca_file: Option<Spanned<PathBuf>>,
+    imds_endpoint: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
 }
 
@@ -292,6 +440,15 @@ struct RawTenant {
     tenant_id: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     client_secret: Option<Spanned<RawSecret>>,
+    client_secret_expires: Option<Spanned<toml::Value>>,
+    client_certificate: Option<Spanned<RawCertificate>>,
+    credential: Option<Spanned<String>>,
+    federated_token_file: Option<Spanned<PathBuf>>,
+    provider: Option<Provider>,
+    token_url: Option<Spanned<String>>,
+    scope: Option<Spanned<String>>,
+    audience: Option<Spanned<String>>,
+    auth: Option<ClientAuth>,
     cloud: Option<Cloud>,
     authority_host: Option<Spanned<String>>,
     api: Option<ApiVersion>,
@@ -300,6 +457,16 @@ struct RawTenant {
     jitter: Option<Spanned<f64>>,
     sinks: Option<Spanned<Vec<RawSink>>>,
     schedule: Option<Spanned<String>>,
+}
+
+/// `client_certificate = { cert = "…", key = "…", algorithm = "ps256", send_x5c = false }`.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: PathBuf,
+    key: Option<PathBuf>,
+    algorithm: Option<AssertionAlgorithm>,
+    send_x5c: Option<bool>,
 }
 
 /// `client_secret` as written: a reference, or (rejected, contents dropped) a literal string.
@@ -388,6 +555,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn parse_with(text: &str, path: &Path, verify_credentials: bool) -> Result<Config, ConfigError> {
+    parse_with_env(text, path, verify_credentials, &|key| {
+        std::env::var(key).ok()
+    })
+}
+
+fn parse_with_env(
+    text: &str,
+    path: &Path,
+    verify_credentials: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let line_starts = std::iter::once(0)
         .chain(text.match_indices('\n').map(|(at, _)| at + 1))
         .collect();
@@ -399,6 +577,7 @@ fn parse_with(text: &str, path: &Path, verify_credentials: bool) -> Result<Confi
         verify_credentials,
         defaults_broken: false,
         seen: Vec::new(),
+        env,
     };
     let config = loader.load(path);
     let mut problems = loader.problems;
@@ -427,6 +606,8 @@ struct Loader<'a> {
     defaults_broken: bool,
     /// (name, line, sink paths) of every tenant read, valid or not, for cross-tenant rules.
     seen: Vec<(String, Option<usize>, Vec<PathBuf>)>,
+    /// Environment lookup (workload identity and App Service settings); injectable for tests.
+    env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl<'a> Loader<'a> {
@@ -708,6 +889,10 @@ impl<'a> Loader<'a> {
             permanent_retry_interval: permanent_retry_interval?,
             shutdown_grace: shutdown_grace?,
             ca_file,
+            imds_endpoint: raw
+                .imds_endpoint
+                .map(|e| e.into_inner())
+                .unwrap_or_else(|| DEFAULT_IMDS_ENDPOINT.to_owned()),
             log_format: raw.log_format.unwrap_or_default(),
         })
     }
@@ -763,7 +948,16 @@ impl<'a> Loader<'a> {
         let label = name.clone().unwrap_or_else(|| format!("tenant[{index}]"));
         let here = |key: &str| format!("tenant {label:?}: {key}");
 
+        let provider = raw.provider.or(defaults.provider).unwrap_or_default();
+        let (credential, credential_line) = self.credential(offset, &raw, defaults, &here);
+        let workload = matches!(credential, Some(CredentialConfig::WorkloadIdentity { .. }));
+        let managed = matches!(credential, Some(CredentialConfig::ManagedIdentity(_)));
+
         let tenant_id = match &raw.tenant_id {
+            None if provider == Provider::Oauth2 || managed => Some(String::new()),
+            None if workload && (self.env)("AZURE_TENANT_ID").is_some() => {
+                (self.env)("AZURE_TENANT_ID")
+            }
             None => {
                 self.problem(
                     Some(offset),
@@ -800,6 +994,11 @@ impl<'a> Loader<'a> {
         };
 
         let client_id = match raw.client_id.as_ref().or(defaults.client_id.as_ref()) {
+            // A system-assigned managed identity has no client ID to name.
+            None if managed => Some(String::new()),
+            None if workload && (self.env)("AZURE_CLIENT_ID").is_some() => {
+                (self.env)("AZURE_CLIENT_ID")
+            }
             None if self.defaults_broken => None,
             None => {
                 self.problem(Some(offset), here("client_id"), "missing (in the tenant or in [defaults]); expected the application (client) ID".to_owned());
@@ -816,70 +1015,51 @@ impl<'a> Loader<'a> {
             Some(id) => Some(id.get_ref().clone()),
         };
 
-        let secret = raw
-            .client_secret
-            .as_ref()
-            .or(defaults.client_secret.as_ref());
-        let credential_line = secret.map(|s| self.line_of(s.span().start));
-        let credential = match secret {
-            None if self.defaults_broken => None,
-            None => {
-                self.problem(
-                    Some(offset),
-                    here("client_secret"),
-                    "missing (in the tenant or in [defaults]); expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
-                );
-                None
-            }
-            Some(secret) => match secret.get_ref() {
-                RawSecret::Reference(source) => {
-                    let source = match source {
-                        SecretSource::File(path) => {
-                            SecretSource::File(self.resolve_path(path.clone()))
-                        }
-                        other => other.clone(),
-                    };
-                    if self.verify_credentials
-                        && let Err(err) = source.read()
-                    {
-                        self.problem(
-                            Some(secret.span().start),
-                            here("client_secret"),
-                            err.to_string(),
-                        );
-                    }
-                    Some(CredentialConfig::ClientSecret(source))
-                }
-                RawSecret::Literal => {
-                    self.problem(
-                        Some(secret.span().start),
-                        here("client_secret"),
-                        "secrets are not written in the config file; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
-                    );
-                    None
-                }
-            },
-        };
-
         let cloud = raw.cloud.or(defaults.cloud).unwrap_or_default();
-        let authority_host = match raw
+        let configured_host = raw
             .authority_host
             .as_ref()
             .or(defaults.authority_host.as_ref())
-        {
+            .map(|host| (host.get_ref().clone(), Some(host.span().start)));
+        let env_host = workload
+            .then(|| (self.env)("AZURE_AUTHORITY_HOST"))
+            .flatten()
+            .map(|host| (host, None));
+        let authority_host = match configured_host.or(env_host) {
             None => Some(cloud.authority_host().to_owned()),
-            Some(host) => match check_authority_host(host.get_ref()) {
+            Some((host, at)) => match check_authority_host(&host) {
                 Ok(normalised) => Some(normalised),
                 Err(message) => {
-                    self.problem(Some(host.span().start), here("authority_host"), message);
+                    let key = if at.is_some() {
+                        "authority_host"
+                    } else {
+                        "authority_host (from AZURE_AUTHORITY_HOST)"
+                    };
+                    self.problem(at.or(Some(offset)), here(key), message);
                     None
                 }
             },
         };
         let api = raw.api.or(defaults.api).unwrap_or_default();
-        let resource = match raw.resource.as_ref().or(defaults.resource.as_ref()) {
-            None => Some(cloud.power_bi_resource().to_owned()),
-            Some(resource) => {
+        let oauth2 = match provider {
+            Provider::Entra => Some(None),
+            Provider::Oauth2 => self
+                .oauth2(offset, &raw, defaults, &credential, &here)
+                .map(Some),
+        };
+        let resource = match (
+            &oauth2,
+            raw.resource.as_ref().or(defaults.resource.as_ref()),
+        ) {
+            (Some(Some(oauth2)), _) => Some(
+                oauth2
+                    .audience
+                    .clone()
+                    .or_else(|| oauth2.scope.clone())
+                    .unwrap_or_else(|| oauth2.token_url.clone()),
+            ),
+            (_, None) => Some(cloud.power_bi_resource().to_owned()),
+            (_, Some(resource)) => {
                 let value = resource.get_ref().trim_end_matches('/');
                 if value.ends_with("/.default") {
                     self.problem(
@@ -1001,6 +1181,7 @@ impl<'a> Loader<'a> {
             tenant_id: tenant_id?,
             client_id: client_id?,
             credential: credential?,
+            oauth2: oauth2?,
             cloud,
             authority_host: authority_host?,
             api,
@@ -1011,6 +1192,290 @@ impl<'a> Loader<'a> {
             schedule,
             line,
             credential_line,
+        })
+    }
+
+    /// Picks and validates the tenant's one credential. A tenant that sets any credential key
+    /// replaces `[defaults]`' credential entirely, so defaults and tenant never mix into two.
+    fn credential(
+        &mut self,
+        offset: usize,
+        raw: &RawTenant,
+        defaults: &RawTenant,
+        here: &dyn Fn(&str) -> String,
+    ) -> (Option<CredentialConfig>, Option<usize>) {
+        let has_credential = |r: &RawTenant| {
+            r.client_secret.is_some() || r.client_certificate.is_some() || r.credential.is_some()
+        };
+        let own = has_credential(raw);
+        let level = if own { raw } else { defaults };
+        let mut kinds: Vec<(&'static str, usize)> = Vec::new();
+        if let Some(secret) = &level.client_secret {
+            kinds.push(("client_secret", secret.span().start));
+        }
+        if let Some(cert) = &level.client_certificate {
+            kinds.push(("client_certificate", cert.span().start));
+        }
+        if let Some(kind) = &level.credential {
+            kinds.push(("credential", kind.span().start));
+        }
+        match kinds.as_slice() {
+            [] if self.defaults_broken => return (None, None),
+            [] => {
+                self.problem(
+                    Some(offset),
+                    here("credential"),
+                    "missing (in the tenant or in [defaults]); expected one of client_secret = { env = \"VAR\" } (or file, systemd), client_certificate = { cert = \"…\", key = \"…\" }, credential = \"workload_identity\" or credential = \"managed_identity\"".to_owned(),
+                );
+                return (None, None);
+            }
+            [_] => {}
+            [first, second, ..] => {
+                let names: Vec<&str> = kinds.iter().map(|(name, _)| *name).collect();
+                let line = Some(self.line_of(first.1));
+                self.problem(
+                    Some(second.1),
+                    here("credential"),
+                    format!(
+                        "{} are all set; a tenant has exactly one credential",
+                        names.join(" and ")
+                    ),
+                );
+                return (None, line);
+            }
+        }
+        let (kind, at) = kinds[0];
+        let line = Some(self.line_of(at));
+        let credential = match kind {
+            "client_secret" => {
+                let expires = if own {
+                    raw.client_secret_expires.as_ref()
+                } else {
+                    raw.client_secret_expires
+                        .as_ref()
+                        .or(defaults.client_secret_expires.as_ref())
+                };
+                self.client_secret(level, expires, here)
+            }
+            "client_certificate" => self.certificate(level, here),
+            _ => self.credential_kind(level, here),
+        };
+        (credential, line)
+    }
+
+    fn client_secret(
+        &mut self,
+        level: &RawTenant,
+        expires: Option<&Spanned<toml::Value>>,
+        here: &dyn Fn(&str) -> String,
+    ) -> Option<CredentialConfig> {
+        let secret = level.client_secret.as_ref()?;
+        let expires_on = match expires {
+            None => None,
+            Some(value) => match parse_expiry(value.get_ref()) {
+                Ok(expires_on) => {
+                    if self.verify_credentials && expires_on <= crate::client::unix_now() {
+                        self.problem(
+                            Some(value.span().start),
+                            here("client_secret_expires"),
+                            format!(
+                                "the client secret expired on {}; create a new one in Entra",
+                                format_date(expires_on)
+                            ),
+                        );
+                    }
+                    Some(expires_on)
+                }
+                Err(message) => {
+                    self.problem(
+                        Some(value.span().start),
+                        here("client_secret_expires"),
+                        message,
+                    );
+                    return None;
+                }
+            },
+        };
+        match secret.get_ref() {
+            RawSecret::Reference(source) => {
+                let source = match source {
+                    SecretSource::File(path) => SecretSource::File(self.resolve_path(path.clone())),
+                    other => other.clone(),
+                };
+                if self.verify_credentials
+                    && let Err(err) = source.read()
+                {
+                    self.problem(
+                        Some(secret.span().start),
+                        here("client_secret"),
+                        err.to_string(),
+                    );
+                }
+                Some(CredentialConfig::ClientSecret { source, expires_on })
+            }
+            RawSecret::Literal => {
+                self.problem(
+                    Some(secret.span().start),
+                    here("client_secret"),
+                    "secrets are not written in the config file; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
+                );
+                None
+            }
+        }
+    }
+
+    fn certificate(
+        &mut self,
+        level: &RawTenant,
+        here: &dyn Fn(&str) -> String,
+    ) -> Option<CredentialConfig> {
+        let raw = level.client_certificate.as_ref()?;
+        let cert = self.resolve_path(raw.get_ref().cert.clone());
+        let key = raw
+            .get_ref()
+            .key
+            .clone()
+            .map_or_else(|| cert.clone(), |key| self.resolve_path(key));
+        let config = CertificateConfig {
+            cert,
+            key,
+            algorithm: raw.get_ref().algorithm.unwrap_or_default(),
+            send_x5c: raw.get_ref().send_x5c.unwrap_or(false),
+        };
+        if self.verify_credentials {
+            match crate::credential::certificate::Certificate::load(&config) {
+                Ok(loaded) if loaded.not_after() <= crate::client::unix_now() => self.problem(
+                    Some(raw.span().start),
+                    here("client_certificate"),
+                    format!(
+                        "certificate {} expired on {}",
+                        config.cert.display(),
+                        format_date(loaded.not_after())
+                    ),
+                ),
+                Ok(_) => {}
+                Err(err) => self.problem(
+                    Some(raw.span().start),
+                    here("client_certificate"),
+                    err.to_string(),
+                ),
+            }
+        }
+        Some(CredentialConfig::Certificate(config))
+    }
+
+    /// `credential = "workload_identity"` or `"managed_identity"`.
+    fn credential_kind(
+        &mut self,
+        level: &RawTenant,
+        here: &dyn Fn(&str) -> String,
+    ) -> Option<CredentialConfig> {
+        let kind = level.credential.as_ref()?;
+        match kind.get_ref().as_str() {
+            "workload_identity" => {
+                let configured = level
+                    .federated_token_file
+                    .as_ref()
+                    .map(|path| self.resolve_path(path.get_ref().clone()));
+                let Some(token_file) = configured
+                    .or_else(|| (self.env)("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from))
+                else {
+                    self.problem(
+                        Some(kind.span().start),
+                        here("federated_token_file"),
+                        "missing: set federated_token_file, or run where the workload identity webhook sets AZURE_FEDERATED_TOKEN_FILE".to_owned(),
+                    );
+                    return None;
+                };
+                if self.verify_credentials {
+                    match std::fs::read_to_string(&token_file) {
+                        Ok(text) if !text.trim().is_empty() => {}
+                        Ok(_) => self.problem(
+                            Some(kind.span().start),
+                            here("federated_token_file"),
+                            format!("{} is empty", token_file.display()),
+                        ),
+                        Err(err) => self.problem(
+                            Some(kind.span().start),
+                            here("federated_token_file"),
+                            format!("cannot read {}: {err}", token_file.display()),
+                        ),
+                    }
+                }
+                Some(CredentialConfig::WorkloadIdentity { token_file })
+            }
+            "managed_identity" => {
+                let app_service = (self.env)("IDENTITY_ENDPOINT")
+                    .filter(|_| (self.env)("IDENTITY_HEADER").is_some());
+                Some(CredentialConfig::ManagedIdentity(match app_service {
+                    Some(endpoint) => ManagedIdentitySource::AppService {
+                        endpoint,
+                        header: SecretSource::Env("IDENTITY_HEADER".to_owned()),
+                    },
+                    None => ManagedIdentitySource::Imds,
+                }))
+            }
+            other => {
+                self.problem(
+                    Some(kind.span().start),
+                    here("credential"),
+                    format!(
+                        "{other:?} is not a credential kind; expected \"workload_identity\" or \"managed_identity\" (a secret or certificate is set with client_secret or client_certificate)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// `provider = "oauth2"`: the token endpoint and what to ask for.
+    fn oauth2(
+        &mut self,
+        offset: usize,
+        raw: &RawTenant,
+        defaults: &RawTenant,
+        credential: &Option<CredentialConfig>,
+        here: &dyn Fn(&str) -> String,
+    ) -> Option<OAuth2Config> {
+        let token_url = match raw.token_url.as_ref().or(defaults.token_url.as_ref()) {
+            None => {
+                self.problem(
+                    Some(offset),
+                    here("token_url"),
+                    "missing; provider = \"oauth2\" needs the server's token endpoint".to_owned(),
+                );
+                None
+            }
+            Some(url) => match check_url(url.get_ref(), true) {
+                Ok(url) => Some(url),
+                Err(message) => {
+                    self.problem(Some(url.span().start), here("token_url"), message);
+                    None
+                }
+            },
+        };
+        if let Some(credential) = credential
+            && !matches!(credential, CredentialConfig::ClientSecret { .. })
+        {
+            self.problem(
+                Some(offset),
+                here("credential"),
+                format!(
+                    "provider = \"oauth2\" authenticates with client_secret; {} is for Entra ID",
+                    credential.kind()
+                ),
+            );
+        }
+        let text = |value: Option<&Spanned<String>>| {
+            value
+                .map(|v| v.get_ref().trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        Some(OAuth2Config {
+            token_url: token_url?,
+            scope: text(raw.scope.as_ref().or(defaults.scope.as_ref())),
+            audience: text(raw.audience.as_ref().or(defaults.audience.as_ref())),
+            auth: raw.auth.or(defaults.auth).unwrap_or_default(),
         })
     }
 
@@ -1053,6 +1518,35 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// `2027-03-01` (midnight UTC), a TOML date, or an RFC 3339 date-time, as Unix seconds.
+fn parse_expiry(value: &toml::Value) -> Result<i64, String> {
+    let text = match value {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Datetime(datetime) => datetime.to_string(),
+        other => {
+            return Err(format!(
+                "expected a date such as \"2027-03-01\", got a {}",
+                other.type_str()
+            ));
+        }
+    };
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc().timestamp());
+    }
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.timestamp())
+        .map_err(|_| {
+            format!("expected a date such as \"2027-03-01\" or an RFC 3339 date-time, got {text:?}")
+        })
+}
+
+/// `2027-03-01` for messages.
+pub fn format_date(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// Parses a cron expression with optional seconds (5 or 6 fields), evaluated in UTC.
 ///
 /// # Errors
@@ -1091,15 +1585,29 @@ fn parse_mode(mode: &RawMode) -> Result<u32, String> {
 
 /// `https://host[:port]`, or `http://` for loopback only; returns the host without trailing slash.
 fn check_authority_host(raw: &str) -> Result<String, String> {
+    check_url(raw, false)
+}
+
+/// An https URL (http only for loopback hosts); with `allow_path`, a path may follow the host.
+fn check_url(raw: &str, allow_path: bool) -> Result<String, String> {
     let trimmed = raw.trim().trim_end_matches('/');
     let (scheme, rest) = trimmed.split_once("://").ok_or_else(|| {
         format!("expected a URL such as https://login.microsoftonline.com, got {raw:?}")
     })?;
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
-        return Err(format!(
-            "expected scheme and host only (e.g. https://login.microsoftonline.com), got {raw:?}"
-        ));
+    let (authority, path) = match rest.find('/') {
+        Some(at) if allow_path => (&rest[..at], &rest[at..]),
+        _ => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) || path.contains('#') {
+        return Err(if allow_path {
+            format!("expected a URL such as https://auth.example.com/oauth2/token, got {raw:?}")
+        } else {
+            format!(
+                "expected scheme and host only (e.g. https://login.microsoftonline.com), got {raw:?}"
+            )
+        });
     }
+    let rest = authority;
     match scheme.to_ascii_lowercase().as_str() {
         "https" => Ok(trimmed.to_owned()),
         "http" if is_loopback_authority(rest) => Ok(trimmed.to_owned()),

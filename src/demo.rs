@@ -11,11 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::cloud::Cloud;
-use crate::config::{
-    ApiVersion, Config, CredentialConfig, DaemonConfig, FileFormat, FileSinkConfig, ServerConfig,
-    SinkConfig, TenantConfig,
-};
+use crate::config::{ApiVersion, Config, DaemonConfig, ServerConfig, TenantConfig};
 use crate::credential::SecretSource;
 use crate::sim::{SimApp, SimEntra, SimTenant};
 use crate::{Control, RunError};
@@ -83,28 +79,16 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
                     DEMO_LIFETIME,
                 ),
             );
-            Arc::new(TenantConfig {
-                name: (*name).to_owned(),
-                tenant_id: (*tenant_id).to_owned(),
-                client_id,
-                credential: CredentialConfig::ClientSecret(SecretSource::Inline(
-                    SecretString::from(configured),
-                )),
-                cloud: Cloud::Public,
-                authority_host: sim.authority_host(),
-                api: *api,
-                resource: Cloud::Public.power_bi_resource().to_owned(),
-                refresh_at: 0.5,
-                jitter: 0.1,
-                sinks: vec![SinkConfig::File(FileSinkConfig {
-                    path: dir.join(format!("{name}.json")),
-                    format: FileFormat::Json,
-                    mode: 0o600,
-                })],
-                schedule: None,
-                line: None,
-                credential_line: None,
-            })
+            let mut tenant = TenantConfig::entra(
+                name,
+                tenant_id,
+                &client_id,
+                SecretSource::Inline(SecretString::from(configured)),
+                &sim.authority_host(),
+                dir.join(format!("{name}.json")),
+            );
+            tenant.api = *api;
+            Arc::new(tenant)
         })
         .collect();
     Config {

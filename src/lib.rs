@@ -313,6 +313,30 @@ pub async fn once(config: &Config) -> Result<Vec<OnceOutcome>, RunError> {
     Ok(outcomes)
 }
 
+/// How far ahead `check` warns about an expiring credential.
+pub const CREDENTIAL_WARNING_DAYS: i64 = 30;
+
+/// Credentials (certificates, secrets with `client_secret_expires`) that expire within
+/// [`CREDENTIAL_WARNING_DAYS`] of `now`, one message per tenant.
+pub fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for tenant in &config.tenants {
+        let credential = credential::Credential::new(&tenant.credential);
+        if let Some((expires_on, kind)) = credential.expiry() {
+            let days = (expires_on - now) / 86_400;
+            if expires_on > now && days < CREDENTIAL_WARNING_DAYS {
+                warnings.push(format!(
+                    "tenant {:?}: the {} expires on {} (in {days} day(s)); rotate it before then",
+                    tenant.name,
+                    kind.replace('_', " "),
+                    config::format_date(expires_on)
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 /// Validates a config file and every referenced secret, without contacting Entra.
 ///
 /// # Errors

@@ -83,8 +83,12 @@ async fn async_main(cli: Cli) -> ExitCode {
             init_logging(cli.log_format.unwrap_or_default());
             match check(&args.config) {
                 Ok(config) => {
+                    let now = powerbi_tokend::client::unix_now();
+                    for warning in powerbi_tokend::credential_warnings(&config, now) {
+                        eprintln!("{}: warning: {warning}", config.path.display());
+                    }
                     println!(
-                        "{}: OK, {} tenant(s), every secret readable",
+                        "{}: OK, {} tenant(s), every credential readable",
                         config.path.display(),
                         config.tenants.len()
                     );

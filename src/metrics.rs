@@ -28,6 +28,7 @@ pub struct Metrics {
     next_refresh: GaugeVec,
     last_success: GaugeVec,
     consecutive_failures: IntGaugeVec,
+    credential_expiry: GaugeVec,
     tenant_state: IntGaugeVec,
     tenants: IntGaugeVec,
     refresh_total: IntCounterVec,
@@ -89,6 +90,11 @@ impl Metrics {
                 "powerbi_tokend_last_success_timestamp_seconds",
                 "Unix time of the tenant's last successful refresh, every sink written.",
                 &["tenant"],
+            )?,
+            credential_expiry: gauge(
+                "powerbi_tokend_credential_expiry_timestamp_seconds",
+                "Unix time the tenant's credential expires: certificate notAfter or client_secret_expires.",
+                &["tenant", "kind"],
             )?,
             consecutive_failures: int_gauge(
                 "powerbi_tokend_consecutive_failures",
@@ -184,6 +190,7 @@ impl Metrics {
             vec.reset();
         }
         self.consecutive_failures.reset();
+        self.credential_expiry.reset();
         self.tenant_state.reset();
         let mut counts = [0i64; TenantState::ALL.len()];
         for (name, status) in tenants.snapshot() {
@@ -195,6 +202,11 @@ impl Metrics {
                 self.time_to_expiry
                     .with_label_values(&labels)
                     .set(expires_on as f64 - now_unix);
+            }
+            if let Some((expires_on, kind)) = status.credential_expiry {
+                self.credential_expiry
+                    .with_label_values(&[name.as_str(), kind])
+                    .set(expires_on as f64);
             }
             if let Some(next) = status.next_refresh {
                 self.next_refresh

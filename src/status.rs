@@ -69,6 +69,9 @@ pub struct TenantStatus {
     pub failing: bool,
     /// The tenant's task ended with a panic: the process is unhealthy.
     pub task_panicked: bool,
+    /// When the credential itself expires (certificate notAfter, `client_secret_expires`), and
+    /// the credential kind.
+    pub credential_expiry: Option<(i64, &'static str)>,
 }
 
 impl TenantStatus {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::TokenClient;
 use crate::config::{DaemonConfig, TenantConfig};
+use crate::credential::Credential;
 use crate::error::{ErrorClass, RefreshError};
 use crate::schedule;
 use crate::sink::Sink;
@@ -83,6 +84,8 @@ pub struct Tenant {
     unwritten: Option<AccessToken>,
     /// Failures in a row, for the backoff exponent.
     failures: u32,
+    /// The credential's runtime state (loaded certificate, cached federated token).
+    credential: Credential,
 }
 
 impl Tenant {
@@ -90,7 +93,10 @@ impl Tenant {
     pub fn new(config: Arc<TenantConfig>, shared: Shared, status: StatusHandle) -> Self {
         let sinks = config.sinks.iter().map(Sink::from_config).collect();
         let jitter_offset = schedule::tenant_jitter(&config.name, config.jitter);
+        let credential = Credential::new(&config.credential);
+        status::lock(&status).credential_expiry = credential.expiry();
         Tenant {
+            credential,
             config,
             sinks,
             shared,
@@ -165,7 +171,11 @@ impl Tenant {
             Some(token) => Ok(token),
             None => {
                 let started = std::time::Instant::now();
-                let fetched = self.shared.client.fetch(&self.config).await;
+                let fetched = self
+                    .shared
+                    .client
+                    .fetch(&self.config, &mut self.credential)
+                    .await;
                 request_duration = Some(started.elapsed());
                 fetched
             }
@@ -183,6 +193,7 @@ impl Tenant {
             Err(err) => Err(err),
         };
         drop(permit);
+        status::lock(&self.status).credential_expiry = self.credential.expiry();
         if let Some(observer) = &self.shared.observer {
             observer.attempt(
                 &self.config.name,

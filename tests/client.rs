@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use powerbi_tokend::client::{TokenClient, USER_AGENT};
 use powerbi_tokend::config::{ApiVersion, DaemonConfig, TenantConfig};
+use powerbi_tokend::credential::Credential;
 use powerbi_tokend::error::{ErrorClass, Reason, RefreshError};
 use powerbi_tokend::sim::{Behavior, RetryAfter, SimEntra};
 
@@ -30,7 +31,10 @@ fn form_value(form: &[(String, String)], key: &str) -> Option<String> {
 #[tokio::test]
 async fn v2_request_shape_and_numeric_response() {
     let (sim, tenant, client) = setup().await;
-    let token = client.fetch(&tenant).await.unwrap();
+    let token = client
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap();
     assert_eq!(token.lifetime(), Duration::from_secs(3599));
     let request = sim.last_request("contoso.onmicrosoft.com").unwrap();
     assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V2);
@@ -61,7 +65,10 @@ async fn v1_request_shape_and_string_response() {
     let (sim, mut tenant, client) = setup().await;
     tenant.api = ApiVersion::V1;
     let before = powerbi_tokend::client::unix_now();
-    let token = client.fetch(&tenant).await.unwrap();
+    let token = client
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap();
     let request = sim.last_request("contoso.onmicrosoft.com").unwrap();
     assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V1);
     assert_eq!(
@@ -80,7 +87,10 @@ async fn v1_request_shape_and_string_response() {
 async fn failure(behavior: Behavior) -> RefreshError {
     let (sim, tenant, client) = setup().await;
     sim.set_behavior("contoso.onmicrosoft.com", behavior);
-    client.fetch(&tenant).await.unwrap_err()
+    client
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap_err()
 }
 
 #[tokio::test]
@@ -120,7 +130,10 @@ async fn real_validation_errors_from_the_simulator() {
             secret_expired: false,
         },
     );
-    let err = client.fetch(&tenant).await.unwrap_err();
+    let err = client
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.status, err.aadsts_code().as_deref()),
         (Some(401), Some("AADSTS7000215"))
@@ -129,7 +142,10 @@ async fn real_validation_errors_from_the_simulator() {
     // Unknown tenant.
     let mut unknown = tenant.clone();
     unknown.tenant_id = "nobody.example.com".to_owned();
-    let err = client.fetch(&unknown).await.unwrap_err();
+    let err = client
+        .fetch(&unknown, &mut Credential::new(&unknown.credential))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.class, err.reason),
         (ErrorClass::Permanent, Reason::TenantNotFound)
@@ -228,7 +244,10 @@ async fn timeouts_and_refused_connections() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     tenant.authority_host = format!("http://127.0.0.1:{port}");
-    let err = client.fetch(&tenant).await.unwrap_err();
+    let err = client
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.class, err.reason),
         (ErrorClass::Transient, Reason::Network),
@@ -254,7 +273,10 @@ async fn redirects_are_not_followed() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     tenant.authority_host = format!("http://{addr}");
-    let err = client.fetch(&tenant).await.unwrap_err();
+    let err = client
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap_err();
     assert_eq!(err.status, Some(307));
     assert_eq!(
         sim.request_count("contoso.onmicrosoft.com"),
@@ -269,7 +291,7 @@ async fn body_cap_is_configurable() {
     // A real token response is about 1-2 KiB: a 100-byte cap rejects it.
     let err = client
         .with_max_response_bytes(100)
-        .fetch(&tenant)
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
         .await
         .unwrap_err();
     assert_eq!(err.reason, Reason::BadResponse);

@@ -1,32 +1,118 @@
-//! How a tenant proves itself to Entra.
+//! How a tenant proves itself to Entra: one module per credential kind.
 //!
-//! One module per credential kind. Each one produces the credential part of the token request;
-//! the rest of the form (grant type, client ID, scope or resource) is the same for all of them and
-//! lives in [`crate::client`].
+//! | kind | config | what is sent |
+//! |---|---|---|
+//! | client secret | `client_secret = { env / file / systemd }` | `client_secret`, read at every refresh |
+//! | certificate | `client_certificate = { cert, key }` | a fresh signed JWT `client_assertion` |
+//! | workload identity | `credential = "workload_identity"` | the federated token file as `client_assertion` |
+//! | managed identity | `credential = "managed_identity"` | nothing: a GET to IMDS or App Service |
+//!
+//! [`Credential`] is the per-tenant runtime state (loaded certificate, cached federated token);
+//! the rest of the request is built by [`crate::client`].
 
+pub mod certificate;
+pub mod federated;
 mod secret;
+pub mod x509;
 
 pub use secret::{CredentialError, SecretSource};
 
 use secrecy::SecretString;
 
-use crate::config::CredentialConfig;
+use crate::config::{CredentialConfig, ManagedIdentitySource};
+use crate::error::RefreshError;
 
-/// The credential fields of one token request, built fresh for every request so that a rotated
-/// secret file is used at the next refresh.
-pub struct CredentialForm {
-    /// Form fields whose values are secret (`client_secret`, `client_assertion`).
-    pub fields: Vec<(&'static str, SecretString)>,
+use certificate::CertificateCredential;
+use federated::FederatedCredential;
+
+/// `client_assertion_type` for JWT assertions (RFC 7523).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// AADSTS700024: the assertion is outside its validity window.
+const ASSERTION_EXPIRED: u32 = 700_024;
+
+/// A tenant's credential at run time.
+pub enum Credential {
+    /// A client secret, read from its source at every refresh.
+    Secret {
+        /// Where it is read from.
+        source: SecretSource,
+        /// `client_secret_expires`, Unix seconds.
+        expires_on: Option<i64>,
+    },
+    /// A certificate that signs assertions.
+    Certificate(CertificateCredential),
+    /// A federated token file.
+    Federated(FederatedCredential),
+    /// A managed identity endpoint.
+    ManagedIdentity(ManagedIdentitySource),
 }
 
-/// Builds the credential fields for a request.
-///
-/// # Errors
-/// The credential's source cannot be read (missing env var, unreadable file).
-pub fn form_for(credential: &CredentialConfig) -> Result<CredentialForm, CredentialError> {
-    match credential {
-        CredentialConfig::ClientSecret(source) => Ok(CredentialForm {
-            fields: vec![("client_secret", source.read()?)],
-        }),
+impl Credential {
+    /// Runtime state for a configured credential.
+    pub fn new(config: &CredentialConfig) -> Credential {
+        match config {
+            CredentialConfig::ClientSecret { source, expires_on } => Credential::Secret {
+                source: source.clone(),
+                expires_on: *expires_on,
+            },
+            CredentialConfig::Certificate(certificate) => {
+                Credential::Certificate(CertificateCredential::new(certificate.clone()))
+            }
+            CredentialConfig::WorkloadIdentity { token_file } => {
+                Credential::Federated(FederatedCredential::new(token_file.clone()))
+            }
+            CredentialConfig::ManagedIdentity(source) => {
+                Credential::ManagedIdentity(source.clone())
+            }
+        }
+    }
+
+    /// The credential fields of a token request to `token_url` (the assertion's audience).
+    ///
+    /// # Errors
+    /// The secret, certificate or token file cannot be read; or this is a managed identity,
+    /// which sends no form.
+    pub fn form(
+        &mut self,
+        client_id: &str,
+        token_url: &str,
+    ) -> Result<Vec<(&'static str, SecretString)>, CredentialError> {
+        match self {
+            Credential::Secret { source, .. } => Ok(vec![("client_secret", source.read()?)]),
+            Credential::Certificate(certificate) => Ok(vec![
+                ("client_assertion_type", SecretString::from(JWT_BEARER)),
+                (
+                    "client_assertion",
+                    certificate.assertion(client_id, token_url)?,
+                ),
+            ]),
+            Credential::Federated(federated) => Ok(vec![
+                ("client_assertion_type", SecretString::from(JWT_BEARER)),
+                ("client_assertion", federated.assertion()?),
+            ]),
+            Credential::ManagedIdentity(_) => Err(CredentialError::NotForm),
+        }
+    }
+
+    /// Lets the credential react to a failure: a federated token Entra found outside its
+    /// validity is re-read at once instead of after the cache interval.
+    pub fn after_failure(&mut self, err: &RefreshError) {
+        if let Credential::Federated(federated) = self
+            && err.aadsts.contains(&ASSERTION_EXPIRED)
+        {
+            federated.invalidate();
+        }
+    }
+
+    /// When the credential itself expires, and its kind: for the expiry metric and `check`.
+    pub fn expiry(&self) -> Option<(i64, &'static str)> {
+        match self {
+            Credential::Secret { expires_on, .. } => expires_on.map(|e| (e, "client_secret")),
+            Credential::Certificate(certificate) => {
+                certificate.not_after().map(|e| (e, "certificate"))
+            }
+            Credential::Federated(_) | Credential::ManagedIdentity(_) => None,
+        }
     }
 }

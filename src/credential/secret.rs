@@ -64,6 +64,28 @@ pub enum CredentialError {
     /// The file is far larger than any secret.
     #[error("secret file {0} is larger than 64 KiB; is the path right?")]
     TooLarge(PathBuf),
+    /// The certificate or key file is not what a client assertion needs.
+    #[error("certificate credential {path}: {message}")]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// The key does not belong to the certificate: Entra would answer AADSTS700027.
+    #[error("the private key in {key} does not belong to the certificate in {cert}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The signature could not be computed.
+    #[error("signing the client assertion failed")]
+    Signing,
+    /// A managed identity sends no form; the caller asked for one.
+    #[error("a managed identity does not authenticate with a form")]
+    NotForm,
     /// `{ systemd = … }` used outside a unit with `LoadCredential=`.
     #[error(
         "CREDENTIALS_DIRECTORY is not set; systemd credential {0:?} needs LoadCredential= in the unit"

@@ -104,8 +104,8 @@ fn render(format: FileFormat, tenant: &TenantConfig, token: &AccessToken) -> sec
                 "expires_at": expires_at,
                 "issued_on": token.issued_on,
                 "tenant": tenant.name,
-                "tenant_id": tenant.tenant_id,
-                "client_id": tenant.client_id,
+                "tenant_id": non_empty(&tenant.tenant_id),
+                "client_id": non_empty(&tenant.client_id),
                 "resource": tenant.resource,
             })
             .to_string();
@@ -115,6 +115,12 @@ fn render(format: FileFormat, tenant: &TenantConfig, token: &AccessToken) -> sec
     }
 }
 
+/// `null` for identifiers that do not apply (a generic OAuth2 server has no tenant ID, a
+/// system-assigned managed identity no client ID).
+fn non_empty(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}
+
 /// The json fields warm start needs.
 #[derive(serde::Deserialize)]
 struct ExistingFile {
@@ -122,15 +128,15 @@ struct ExistingFile {
     token_type: Option<String>,
     expires_on: i64,
     issued_on: i64,
-    tenant_id: String,
-    client_id: String,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
     resource: String,
 }
 
 fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
     let file: ExistingFile = serde_json::from_slice(bytes).ok()?;
-    let same = file.tenant_id == tenant.tenant_id
-        && file.client_id == tenant.client_id
+    let same = file.tenant_id.unwrap_or_default() == tenant.tenant_id
+        && file.client_id.unwrap_or_default() == tenant.client_id
         && file.resource == tenant.resource;
     (same && file.expires_on > file.issued_on).then(|| AccessToken {
         secret: file.access_token,

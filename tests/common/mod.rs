@@ -6,11 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use powerbi_tokend::cloud::Cloud;
-use powerbi_tokend::config::{
-    ApiVersion, Config, CredentialConfig, DaemonConfig, FileFormat, FileSinkConfig, ServerConfig,
-    SinkConfig, TenantConfig,
-};
+use powerbi_tokend::config::{Config, DaemonConfig, ServerConfig, TenantConfig};
 use powerbi_tokend::credential::SecretSource;
 use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
 
@@ -39,28 +35,16 @@ pub fn register(sim: &SimEntra, tenant_id: &str, lifetime: Duration) {
 
 /// A tenant configured in code against the simulator, writing `<dir>/<name>.json`.
 pub fn tenant(sim: &SimEntra, name: &str, tenant_id: &str, dir: &Path) -> TenantConfig {
-    TenantConfig {
-        name: name.to_owned(),
-        tenant_id: tenant_id.to_owned(),
-        client_id: CLIENT_ID.to_owned(),
-        credential: CredentialConfig::ClientSecret(SecretSource::Inline(SecretString::from(
-            SECRET,
-        ))),
-        cloud: Cloud::Public,
-        authority_host: sim.authority_host(),
-        api: ApiVersion::V2,
-        resource: Cloud::Public.power_bi_resource().to_owned(),
-        refresh_at: 0.5,
-        jitter: 0.0,
-        sinks: vec![SinkConfig::File(FileSinkConfig {
-            path: dir.join(format!("{name}.json")),
-            format: FileFormat::Json,
-            mode: 0o600,
-        })],
-        schedule: None,
-        line: None,
-        credential_line: None,
-    }
+    let mut tenant = TenantConfig::entra(
+        name,
+        tenant_id,
+        CLIENT_ID,
+        SecretSource::Inline(SecretString::from(SECRET)),
+        &sim.authority_host(),
+        dir.join(format!("{name}.json")),
+    );
+    tenant.jitter = 0.0;
+    tenant
 }
 
 /// Daemon knobs with fast retries, for tests.

@@ -1,0 +1,313 @@
+//! Certificate credentials: a client assertion (a JWT signed with the certificate's key) per
+//! request, as Entra documents it (reference §3).
+//!
+//! * PS256 with an `x5t#S256` thumbprint by default; RS256 with a SHA-1 `x5t` for legacy
+//!   registrations that still expect it.
+//! * `aud` is the exact token endpoint URL, `iss` = `sub` = the client ID, a fresh random `jti`,
+//!   `nbf` = `iat` = now, `exp` = now + 10 minutes; a new assertion for every request.
+//! * `x5c` (the chain, base64 DER, leaf first) only when `send_x5c` is set, for apps registered
+//!   with subject name + issuer.
+//! * The files are checked (inode, size, mtime) before every request and re-read when they
+//!   changed, so a rotated certificate is used without a restart.
+//!
+//! Signing uses aws-lc-rs, which rustls already builds; the key/certificate match check uses
+//! webpki, so no second crypto library is linked.
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use secrecy::SecretString;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::CredentialError;
+use crate::config::{AssertionAlgorithm, CertificateConfig};
+
+/// How long an assertion is valid: Entra's guidance is 5–10 minutes.
+pub const ASSERTION_LIFETIME_SECONDS: i64 = 600;
+
+/// A loaded certificate and its key, ready to sign assertions.
+pub struct Certificate {
+    /// The RSA key (zeroised by aws-lc on drop).
+    key: RsaKeyPair,
+    /// DER of every certificate in the file, leaf first.
+    chain: Vec<Vec<u8>>,
+    /// base64url SHA-256 of the leaf.
+    x5t_s256: String,
+    /// base64url SHA-1 of the leaf (legacy `x5t`).
+    x5t: String,
+    /// The leaf's `notAfter`, Unix seconds.
+    not_after: i64,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("x5t#S256", &self.x5t_s256)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CredentialError> {
+    std::fs::read(path).map_err(|source| CredentialError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> CredentialError {
+    CredentialError::Certificate {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Certificate {
+    /// Reads and checks the PEM files: an RSA key, at least one certificate, and a key that
+    /// matches the leaf certificate.
+    ///
+    /// # Errors
+    /// A file is unreadable, not PEM, not RSA, or the key does not belong to the certificate.
+    pub fn load(config: &CertificateConfig) -> Result<Certificate, CredentialError> {
+        let cert_pem = read(&config.cert)?;
+        let chain: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .map(|cert| cert.map(|c| c.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|err| invalid(&config.cert, format!("not a PEM certificate: {err}")))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| invalid(&config.cert, "no CERTIFICATE block found"))?
+            .clone();
+        let key_pem = if config.key == config.cert {
+            cert_pem
+        } else {
+            read(&config.key)?
+        };
+        let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+            Ok(PrivateKeyDer::Pkcs8(der)) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
+            Ok(PrivateKeyDer::Pkcs1(der)) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
+            Ok(_) => {
+                return Err(invalid(
+                    &config.key,
+                    "not an RSA key; Entra client assertions are signed with RSA (PS256 or RS256)",
+                ));
+            }
+            Err(err) => {
+                return Err(invalid(
+                    &config.key,
+                    format!("no usable PEM private key: {err}"),
+                ));
+            }
+        }
+        .map_err(|err| invalid(&config.key, format!("RSA key rejected: {err}")))?;
+        let not_after = super::x509::not_after(&leaf)
+            .ok_or_else(|| invalid(&config.cert, "cannot read the certificate's validity"))?;
+        let certificate = Certificate {
+            x5t_s256: URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, &leaf)),
+            x5t: URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &leaf)),
+            key,
+            chain,
+            not_after,
+        };
+        certificate.check_key_matches(config)?;
+        Ok(certificate)
+    }
+
+    /// Signs a probe with the key and verifies it with the certificate's public key.
+    fn check_key_matches(&self, config: &CertificateConfig) -> Result<(), CredentialError> {
+        let probe = b"powerbi-tokend key check";
+        let signature = self.sign(AssertionAlgorithm::Ps256, probe)?;
+        let leaf = CertificateDer::from(self.chain[0].as_slice());
+        let parsed = webpki::EndEntityCert::try_from(&leaf)
+            .map_err(|err| invalid(&config.cert, format!("certificate not understood: {err:?}")))?;
+        parsed
+            .verify_signature(
+                webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+                probe,
+                &signature,
+            )
+            .map_err(|_| CredentialError::KeyMismatch {
+                cert: config.cert.clone(),
+                key: config.key.clone(),
+            })
+    }
+
+    fn sign(
+        &self,
+        algorithm: AssertionAlgorithm,
+        message: &[u8],
+    ) -> Result<Vec<u8>, CredentialError> {
+        let padding = match algorithm {
+            AssertionAlgorithm::Ps256 => &RSA_PSS_SHA256,
+            AssertionAlgorithm::Rs256 => &RSA_PKCS1_SHA256,
+        };
+        let mut signature = vec![0; self.key.public_modulus_len()];
+        self.key
+            .sign(padding, &SystemRandom::new(), message, &mut signature)
+            .map_err(|_| CredentialError::Signing)?;
+        Ok(signature)
+    }
+
+    /// The leaf's `notAfter`, Unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    /// base64url SHA-256 thumbprint of the leaf certificate (`x5t#S256`).
+    pub fn thumbprint_sha256(&self) -> &str {
+        &self.x5t_s256
+    }
+
+    /// A signed client assertion for one request.
+    ///
+    /// # Errors
+    /// Signing failed (should not happen with a key that passed `load`).
+    pub fn assertion(
+        &self,
+        algorithm: AssertionAlgorithm,
+        send_x5c: bool,
+        client_id: &str,
+        audience: &str,
+        now: i64,
+    ) -> Result<SecretString, CredentialError> {
+        let mut header = match algorithm {
+            AssertionAlgorithm::Ps256 => {
+                serde_json::json!({"alg": "PS256", "typ": "JWT", "x5t#S256": self.x5t_s256})
+            }
+            AssertionAlgorithm::Rs256 => {
+                serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": self.x5t})
+            }
+        };
+        if send_x5c {
+            header["x5c"] = self.chain.iter().map(|der| STANDARD.encode(der)).collect();
+        }
+        let claims = serde_json::json!({
+            "aud": audience,
+            "iss": client_id,
+            "sub": client_id,
+            "jti": random_guid(),
+            "nbf": now,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_SECONDS,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self.sign(algorithm, signing_input.as_bytes())?;
+        Ok(SecretString::from(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature)
+        )))
+    }
+}
+
+/// A random version-4 GUID for `jti`: never reused, so Entra's replay check never trips.
+fn random_guid() -> String {
+    let mut bytes = [0u8; 16];
+    fastrand::fill(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Identity of a file's current content for change detection: inode, size, mtime.
+type Stamp = (u64, u64, i64, i64);
+
+/// Stamps of the certificate file and the key file, as last loaded.
+type Stamps = (Option<Stamp>, Option<Stamp>);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec()))
+}
+
+/// A tenant's certificate credential: reloads the files when they change.
+pub struct CertificateCredential {
+    /// Paths and options.
+    config: CertificateConfig,
+    /// The loaded certificate and the stamps of the files it came from.
+    loaded: Option<(Stamps, Certificate)>,
+}
+
+impl CertificateCredential {
+    /// A credential that loads on first use.
+    pub fn new(config: CertificateConfig) -> Self {
+        let mut credential = CertificateCredential {
+            config,
+            loaded: None,
+        };
+        // Load eagerly so the expiry metric is there before the first refresh; an error here is
+        // reported by the first refresh instead.
+        let _ = credential.current();
+        credential
+    }
+
+    /// The certificate, reloaded if either file changed since it was read.
+    fn current(&mut self) -> Result<&Certificate, CredentialError> {
+        let stamps = (stamp(&self.config.cert), stamp(&self.config.key));
+        let fresh = matches!(&self.loaded, Some((seen, _)) if *seen == stamps);
+        if !fresh {
+            let certificate = Certificate::load(&self.config)?;
+            if self.loaded.is_some() {
+                tracing::info!(
+                    cert = %self.config.cert.display(),
+                    thumbprint = certificate.thumbprint_sha256(),
+                    "certificate files changed; using the new certificate"
+                );
+            }
+            self.loaded = Some((stamps, certificate));
+        }
+        match &self.loaded {
+            Some((_, certificate)) => Ok(certificate),
+            None => Err(CredentialError::Signing),
+        }
+    }
+
+    /// A fresh assertion for `audience` (the token endpoint URL).
+    ///
+    /// # Errors
+    /// The files cannot be read or do not hold a matching RSA key and certificate.
+    pub fn assertion(
+        &mut self,
+        client_id: &str,
+        audience: &str,
+    ) -> Result<SecretString, CredentialError> {
+        let (algorithm, send_x5c) = (self.config.algorithm, self.config.send_x5c);
+        let now = crate::client::unix_now();
+        self.current()?
+            .assertion(algorithm, send_x5c, client_id, audience, now)
+    }
+
+    /// The certificate's expiry, from the last successful load.
+    pub fn not_after(&self) -> Option<i64> {
+        self.loaded.as_ref().map(|(_, c)| c.not_after())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids_are_v4_and_unique() {
+        let a = random_guid();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert_ne!(a, random_guid());
+    }
+}
