@@ -1871,4 +1871,184 @@ tenant_id = "b.example.com"
             "{err}"
         );
     }
+    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let lookup = |key: &str| {
+            env.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        parse_with_env(text, Path::new("/etc/p/config.toml"), false, &lookup)
+    }
+
+    const TENANT_ONLY: &str = r#"
+[defaults]
+sinks = [ { type = "file", path = "/tmp/t/{name}.json" } ]
+
+[[tenant]]
+name = "contoso"
+"#;
+
+    #[test]
+    fn exactly_one_credential() {
+        let none = format!("{TENANT_ONLY}tenant_id = \"c.example.com\"\nclient_id = \"x\"\n");
+        let err = parse_env(&none, &[]).unwrap_err();
+        assert!(err.to_string().contains("credential: missing"), "{err}");
+        let two = format!(
+            "{none}client_secret = {{ env = \"S\" }}\nclient_certificate = {{ cert = \"c.pem\" }}\n"
+        );
+        let err = parse_env(&two, &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("client_secret and client_certificate are all set"),
+            "{err}"
+        );
+        // A tenant's own credential replaces the one in [defaults]: not two.
+        let text = MINIMAL.replace(
+            "tenant_id = \"contoso.onmicrosoft.com\"",
+            "tenant_id = \"contoso.onmicrosoft.com\"\ncredential = \"managed_identity\"",
+        );
+        let config = parse_env(&text, &[]).unwrap();
+        assert_eq!(
+            config.tenants[0].credential,
+            CredentialConfig::ManagedIdentity(ManagedIdentitySource::Imds)
+        );
+    }
+
+    #[test]
+    fn certificate_and_secret_expiry() {
+        let text = format!(
+            "{TENANT_ONLY}tenant_id = \"c.example.com\"\nclient_id = \"x\"\nclient_certificate = {{ cert = \"pki/both.pem\", algorithm = \"rs256\", send_x5c = true }}\n"
+        );
+        let config = parse_env(&text, &[]).unwrap();
+        assert_eq!(
+            config.tenants[0].credential,
+            CredentialConfig::Certificate(CertificateConfig {
+                cert: PathBuf::from("/etc/p/pki/both.pem"),
+                key: PathBuf::from("/etc/p/pki/both.pem"),
+                algorithm: AssertionAlgorithm::Rs256,
+                send_x5c: true,
+            })
+        );
+        for (value, expected) in [
+            ("\"2027-03-01\"", 1_803_859_200),
+            ("2027-03-01", 1_803_859_200),
+            ("\"2027-03-01T12:00:00Z\"", 1_803_902_400),
+        ] {
+            let text = format!("{MINIMAL}client_secret_expires = {value}\n");
+            let config = parse_env(&text, &[]).unwrap();
+            assert_eq!(
+                config.tenants[0].credential,
+                CredentialConfig::ClientSecret {
+                    source: SecretSource::Env("SECRET".into()),
+                    expires_on: Some(expected),
+                },
+                "{value}"
+            );
+        }
+        let err =
+            parse_env(&format!("{MINIMAL}client_secret_expires = \"soon\"\n"), &[]).unwrap_err();
+        assert!(err.to_string().contains("expected a date"), "{err}");
+    }
+
+    #[test]
+    fn workload_identity_takes_missing_values_from_the_webhook_env() {
+        let text = "[[tenant]]\nname = \"aks\"\ncredential = \"workload_identity\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
+        let env = [
+            ("AZURE_CLIENT_ID", "11111111-1111-1111-1111-111111111111"),
+            ("AZURE_TENANT_ID", "22222222-2222-2222-2222-222222222222"),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            ),
+        ];
+        let config = parse_env(text, &env).unwrap();
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.client_id, "11111111-1111-1111-1111-111111111111");
+        assert_eq!(tenant.tenant_id, "22222222-2222-2222-2222-222222222222");
+        assert_eq!(tenant.authority_host, "https://login.microsoftonline.us");
+        assert_eq!(
+            tenant.credential,
+            CredentialConfig::WorkloadIdentity {
+                token_file: PathBuf::from("/var/run/secrets/azure/tokens/azure-identity-token")
+            }
+        );
+        let err = parse_env(text, &[]).unwrap_err().to_string();
+        assert!(err.contains("federated_token_file: missing"), "{err}");
+        assert!(err.contains("tenant_id: missing"), "{err}");
+        let insecure = [("AZURE_AUTHORITY_HOST", "http://login.example.com")];
+        let err = parse_env(text, &[env[0], env[1], env[3], insecure[0]])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from AZURE_AUTHORITY_HOST"), "{err}");
+    }
+
+    #[test]
+    fn managed_identity_sources() {
+        let text = "[[tenant]]\nname = \"vm\"\ncredential = \"managed_identity\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
+        let config = parse_env(text, &[]).unwrap();
+        assert_eq!(config.tenants[0].client_id, "");
+        assert_eq!(config.tenants[0].tenant_id, "");
+        assert_eq!(config.daemon.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
+        let env = [
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:4141/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+        ];
+        let config = parse_env(text, &env).unwrap();
+        assert_eq!(
+            config.tenants[0].credential,
+            CredentialConfig::ManagedIdentity(ManagedIdentitySource::AppService {
+                endpoint: "http://127.0.0.1:4141/msi/token".into(),
+                header: SecretSource::Env("IDENTITY_HEADER".into()),
+            })
+        );
+        let err = parse_env(&text.replace("managed_identity", "magic"), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("is not a credential kind"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn generic_oauth2_provider() {
+        let text = r#"
+[[tenant]]
+name = "partner"
+provider = "oauth2"
+token_url = "https://auth.example.com/oauth2/token"
+client_id = "partner-client"
+client_secret = { env = "PARTNER_SECRET" }
+scope = "reports.read"
+audience = "https://api.example.com"
+auth = "client_secret_basic"
+sinks = [ { type = "file", path = "/t/{name}.json" } ]
+"#;
+        let config = parse_env(text, &[]).unwrap();
+        let tenant = &config.tenants[0];
+        assert_eq!(
+            tenant.oauth2,
+            Some(OAuth2Config {
+                token_url: "https://auth.example.com/oauth2/token".into(),
+                scope: Some("reports.read".into()),
+                audience: Some("https://api.example.com".into()),
+                auth: ClientAuth::ClientSecretBasic,
+            })
+        );
+        assert_eq!(tenant.token_url(), "https://auth.example.com/oauth2/token");
+        assert_eq!(tenant.resource, "https://api.example.com");
+        assert_eq!(tenant.tenant_id, "");
+        let err = parse_env(&text.replace("https://auth", "http://auth"), &[]).unwrap_err();
+        assert!(err.to_string().contains("only sent over https"), "{err}");
+        let err = parse_env(&text.replace("token_url", "# token_url"), &[]).unwrap_err();
+        assert!(err.to_string().contains("token_url: missing"), "{err}");
+        let mi = text.replace(
+            "client_secret = { env = \"PARTNER_SECRET\" }",
+            "credential = \"managed_identity\"",
+        );
+        let err = parse_env(&mi, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("authenticates with client_secret"),
+            "{err}"
+        );
+    }
 }

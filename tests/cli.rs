@@ -132,16 +132,25 @@ fn check_accepts_the_shipped_example_when_secrets_exist() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
     let secret = dir.path().join("client-secret");
     std::fs::write(&secret, "x\n").unwrap();
-    let text = example.replace(
-        "/run/secrets/powerbi-tokend/client-secret",
-        &secret.display().to_string(),
-    );
+    // The example's expiry date is an example; keep the test independent of today's date.
+    let next_year = chrono::Utc::now() + chrono::Duration::days(365);
+    let text = example
+        .replace(
+            "/run/secrets/powerbi-tokend/client-secret",
+            &secret.display().to_string(),
+        )
+        .replace(
+            "client_secret_expires = \"2027-03-01\"",
+            &format!("client_secret_expires = \"{}\"", next_year.format("%Y-%m-%d")),
+        );
+    assert!(text.contains(&next_year.format("%Y-%m-%d").to_string()));
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(&path)
         .env("CONTOSO_CLIENT_SECRET", "y")
+        .env("PARTNER_SECRET", "z")
         .output()
         .unwrap();
     assert!(

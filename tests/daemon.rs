@@ -4,30 +4,9 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 use powerbi_tokend::config::{ApiVersion, FileFormat, FileSinkConfig, SinkConfig};
 use powerbi_tokend::sim::{Behavior, RetryAfter, SimApp};
-use powerbi_tokend::{Control, run};
-
-/// Starts `run` in the background; returns the control sender and the task.
-fn start(
-    config: powerbi_tokend::config::Config,
-) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
-    let (sender, receiver) = mpsc::channel(4);
-    let task = tokio::spawn(async move {
-        run(config, receiver).await.expect("daemon runs");
-    });
-    (sender, task)
-}
-
-async fn stop(sender: mpsc::Sender<Control>, task: tokio::task::JoinHandle<()>) {
-    sender.send(Control::Shutdown).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("daemon stops")
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_json_contract_and_refreshes_at_half_life() {
@@ -50,7 +29,7 @@ async fn writes_json_contract_and_refreshes_at_half_life() {
         format: FileFormat::Raw,
         mode: 0o640,
     }));
-    let (control, task) = start(config(vec![v2, v1], fast_daemon()));
+    let (control, task) = start_daemon(config(vec![v2, v1], fast_daemon()));
 
     let contoso = dir.path().join("contoso.json");
     wait_for("contoso's first token", Duration::from_secs(5), || {
@@ -115,7 +94,7 @@ async fn writes_json_contract_and_refreshes_at_half_life() {
         .last_request("7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60")
         .unwrap();
     assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V1);
-    stop(control, task).await;
+    stop_daemon(control, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,17 +104,17 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
     let contoso = tenant(&sim, "contoso", "contoso.onmicrosoft.com", dir.path());
     let path = dir.path().join("contoso.json");
 
-    let (control, task) = start(config(vec![contoso.clone()], fast_daemon()));
+    let (control, task) = start_daemon(config(vec![contoso.clone()], fast_daemon()));
     wait_for("first token", Duration::from_secs(5), || path.exists()).await;
-    stop(control, task).await;
+    stop_daemon(control, task).await;
     let token = token_in(&path).unwrap();
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 1);
 
     // Restart twice (a crash loop): no request to Entra, the file is untouched.
     for _ in 0..2 {
-        let (control, task) = start(config(vec![contoso.clone()], fast_daemon()));
+        let (control, task) = start_daemon(config(vec![contoso.clone()], fast_daemon()));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop(control, task).await;
+        stop_daemon(control, task).await;
     }
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 1);
     assert_eq!(token_in(&path).unwrap(), token);
@@ -151,7 +130,7 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
             secret_expired: false,
         },
     );
-    let (control, task) = start(config(vec![other_app], fast_daemon()));
+    let (control, task) = start_daemon(config(vec![other_app], fast_daemon()));
     wait_for("a fetch for the new app", Duration::from_secs(5), || {
         sim.request_count("contoso.onmicrosoft.com") == 2
     })
@@ -160,7 +139,7 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
         read_json(&path).is_some_and(|j| j["client_id"] == "11111111-2222-3333-4444-555555555555")
     })
     .await;
-    stop(control, task).await;
+    stop_daemon(control, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +155,7 @@ async fn permanent_failure_retries_slowly_and_recovers_without_restart() {
     let good = tenant(&sim, "good", "good.example.com", dir.path());
     let mut daemon = fast_daemon();
     daemon.permanent_retry_interval = Duration::from_millis(1500);
-    let (control, task) = start(config(vec![bad, good], daemon));
+    let (control, task) = start_daemon(config(vec![bad, good], daemon));
 
     // The healthy tenant is not held up by the broken one.
     wait_for("good's token", Duration::from_secs(3), || {
@@ -204,14 +183,14 @@ async fn permanent_failure_retries_slowly_and_recovers_without_restart() {
         dir.path().join("bad.json").exists()
     })
     .await;
-    stop(control, task).await;
+    stop_daemon(control, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_back_off_and_keep_the_old_token() {
     let Fixture { sim, dir } = fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(2)).await;
     let path = dir.path().join("contoso.json");
-    let (control, task) = start(config(
+    let (control, task) = start_daemon(config(
         vec![tenant(
             &sim,
             "contoso",
@@ -248,7 +227,7 @@ async fn transient_failures_back_off_and_keep_the_old_token() {
         token_in(&path).is_some_and(|t| t != first)
     })
     .await;
-    stop(control, task).await;
+    stop_daemon(control, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +242,7 @@ async fn retry_after_is_never_undercut() {
         }],
     );
     let path = dir.path().join("contoso.json");
-    let (control, task) = start(config(
+    let (control, task) = start_daemon(config(
         vec![tenant(
             &sim,
             "contoso",
@@ -285,7 +264,7 @@ async fn retry_after_is_never_undercut() {
         "retried after {waited:?}"
     );
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 2);
-    stop(control, task).await;
+    stop_daemon(control, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +276,7 @@ async fn sink_failure_is_retried_without_refetching() {
     std::fs::write(&blocker, "not a directory").unwrap();
     let contoso = tenant(&sim, "contoso", "contoso.onmicrosoft.com", &blocker);
     let path = blocker.join("contoso.json");
-    let (control, task) = start(config(vec![contoso], fast_daemon()));
+    let (control, task) = start_daemon(config(vec![contoso], fast_daemon()));
     wait_for("a fetched token", Duration::from_secs(3), || {
         sim.issued_count("contoso.onmicrosoft.com") == 1
     })
@@ -311,7 +290,7 @@ async fn sink_failure_is_retried_without_refetching() {
     })
     .await;
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 1);
-    stop(control, task).await;
+    stop_daemon(control, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,13 +303,13 @@ async fn cron_schedule_forces_extra_refreshes() {
         expression: expression.to_owned(),
         cron: powerbi_tokend::config::parse_cron(expression).unwrap(),
     });
-    let (control, task) = start(config(vec![contoso], fast_daemon()));
+    let (control, task) = start_daemon(config(vec![contoso], fast_daemon()));
     // A one-hour token would not be refreshed for 30 minutes; the every-second cron forces it.
     wait_for("three tokens", Duration::from_secs(5), || {
         sim.issued_count("contoso.onmicrosoft.com") >= 3
     })
     .await;
-    stop(control, task).await;
+    stop_daemon(control, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,7 +324,7 @@ async fn a_hanging_tenant_does_not_delay_others_and_shutdown_is_bounded() {
     daemon.max_concurrent_requests = 1;
     daemon.request_timeout = Duration::from_millis(800);
     daemon.shutdown_grace = Duration::from_millis(500);
-    let (control, task) = start(config(
+    let (control, task) = start_daemon(config(
         vec![
             tenant(&sim, "slow", "slow.example.com", dir.path()),
             tenant(&sim, "fast", "fast.example.com", dir.path()),
@@ -362,7 +341,7 @@ async fn a_hanging_tenant_does_not_delay_others_and_shutdown_is_bounded() {
     })
     .await;
     let stopping = Instant::now();
-    stop(control, task).await;
+    stop_daemon(control, task).await;
     assert!(
         stopping.elapsed() < Duration::from_secs(2),
         "shutdown took {:?}",
@@ -379,7 +358,7 @@ async fn shutdown_lets_an_in_flight_refresh_finish() {
         Behavior::Slow(Duration::from_millis(700)),
     );
     let path = dir.path().join("contoso.json");
-    let (control, task) = start(config(
+    let (control, task) = start_daemon(config(
         vec![tenant(
             &sim,
             "contoso",
@@ -394,6 +373,6 @@ async fn shutdown_lets_an_in_flight_refresh_finish() {
         || sim.request_count("contoso.onmicrosoft.com") == 1,
     )
     .await;
-    stop(control, task).await;
+    stop_daemon(control, task).await;
     assert!(path.exists(), "the in-flight refresh was abandoned");
 }

@@ -128,3 +128,34 @@ pub fn set_secret(sim: &SimEntra, tenant_id: &str, secret: &str) {
         },
     );
 }
+
+/// Starts `run` in the background; returns the control sender and the task.
+pub fn start_daemon(
+    config: Config,
+) -> (
+    tokio::sync::mpsc::Sender<powerbi_tokend::Control>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(async move {
+        powerbi_tokend::run(config, receiver)
+            .await
+            .expect("daemon runs");
+    });
+    (sender, task)
+}
+
+/// Asks the daemon to stop and waits (at most 10 s) until it has.
+pub async fn stop_daemon(
+    sender: tokio::sync::mpsc::Sender<powerbi_tokend::Control>,
+    task: tokio::task::JoinHandle<()>,
+) {
+    sender
+        .send(powerbi_tokend::Control::Shutdown)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("daemon stops")
+        .unwrap();
+}
