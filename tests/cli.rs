@@ -141,7 +141,10 @@ fn check_accepts_the_shipped_example_when_secrets_exist() {
         )
         .replace(
             "client_secret_expires = \"2027-03-01\"",
-            &format!("client_secret_expires = \"{}\"", next_year.format("%Y-%m-%d")),
+            &format!(
+                "client_secret_expires = \"{}\"",
+                next_year.format("%Y-%m-%d")
+            ),
         );
     assert!(text.contains(&next_year.format("%Y-%m-%d").to_string()));
     let path = dir.path().join("config.toml");
@@ -403,4 +406,37 @@ async fn sighup_reloads_the_config_file() {
     );
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains("configuration reloaded"), "{logs}");
+}
+
+#[test]
+fn systemd_credentials_are_read_from_credentials_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("client-secret"), "from-systemd\n").unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "[[tenant]]\nname = \"contoso\"\ntenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"c\"\nclient_secret = { systemd = \"client-secret\" }\nsinks = [ { type = \"file\", path = \"t/{name}.json\" } ]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CREDENTIALS_DIRECTORY is not set"));
 }
