@@ -143,6 +143,8 @@ pub struct TenantView {
     pub last_success_at: Option<String>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
+    /// RFC 3339 expiry of the credential itself (certificate or `client_secret_expires`).
+    pub credential_expires_at: Option<String>,
     /// The most recent failure, if the tenant is failing.
     pub last_error: Option<ErrorView>,
 }
@@ -181,6 +183,9 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
         next_refresh_at: status.next_refresh.map(rfc3339),
         last_success_at: status.last_success.map(rfc3339),
         consecutive_failures: status.consecutive_failures,
+        credential_expires_at: status
+            .credential_expiry
+            .map(|(expires_on, _)| rfc3339(unix_to_system(expires_on))),
         last_error: status
             .last_error
             .as_ref()
