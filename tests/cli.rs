@@ -440,3 +440,65 @@ fn systemd_credentials_are_read_from_credentials_directory() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CREDENTIALS_DIRECTORY is not set"));
 }
+
+/// A proxy that records the first request line it receives and answers 502.
+fn recording_proxy() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = sender.send(line.trim().to_owned());
+            let _ = reader.get_mut().write_all(
+                b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_environment_is_honoured() {
+    let Fixture { sim, dir } =
+        fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3600)).await;
+    let path = config_file(
+        dir.path(),
+        &sim.authority_host(),
+        &[("contoso", "contoso.onmicrosoft.com", "THE_SECRET")],
+    );
+    let (proxy, seen) = recording_proxy();
+    let once = |no_proxy: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["once", "--config"])
+            .arg(&path)
+            .env("THE_SECRET", SECRET)
+            .env("HTTP_PROXY", &proxy)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .stderr(Stdio::piped());
+        if let Some(no_proxy) = no_proxy {
+            command.env("NO_PROXY", no_proxy);
+        }
+        command.spawn().unwrap()
+    };
+    let mut child = once(None);
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(1), "the proxy answers 502");
+    let line = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        line.starts_with("POST http://127.0.0.1:")
+            && line.contains("/contoso.onmicrosoft.com/oauth2/v2.0/token"),
+        "{line}"
+    );
+    assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 0);
+    // NO_PROXY exempts the host: the request goes straight to the simulator.
+    let mut child = once(Some("127.0.0.1"));
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 1);
+}
