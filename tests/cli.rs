@@ -502,3 +502,48 @@ async fn proxy_environment_is_honoured() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let Fixture { sim, dir } =
+        fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3600)).await;
+    // The request hangs, so the graceful shutdown would wait for the whole grace period (60 s).
+    sim.set_behavior(
+        "contoso.onmicrosoft.com",
+        powerbi_tokend::sim::Behavior::Hang,
+    );
+    let path = config_file(
+        dir.path(),
+        &sim.authority_host(),
+        &[("contoso", "contoso.onmicrosoft.com", "THE_SECRET")],
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[daemon]\n",
+        "[daemon]\nshutdown_grace = \"60s\"\nrequest_timeout = \"60s\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("THE_SECRET", SECRET)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the hanging request", Duration::from_secs(10), || {
+        sim.request_count("contoso.onmicrosoft.com") == 1
+    })
+    .await;
+    kill(&child, "TERM");
+    // Still waiting for the in-flight refresh...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited before the grace period"
+    );
+    // ...until the operator insists.
+    let insisted = Instant::now();
+    kill(&child, "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(143));
+    assert!(insisted.elapsed() < Duration::from_secs(2));
+}
