@@ -90,6 +90,11 @@ impl Reason {
         Reason::Credential,
     ];
 
+    /// Position in [`Reason::ALL`], for per-reason counters kept in an array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -376,6 +381,13 @@ mod tests {
             (err.class, err.reason),
             (ErrorClass::Transient, Reason::Timeout)
         );
+    }
+
+    #[test]
+    fn reason_index_matches_all() {
+        for (position, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), position, "{reason}");
+        }
     }
 
     #[test]

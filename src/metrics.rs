@@ -1,43 +1,38 @@
 //! Prometheus metrics. The names are a contract for dashboards and alerts (see README).
 //!
-//! Per-tenant gauges are filled from the status registry when `/metrics` is scraped, after a
-//! reset: time to expiry is computed at that instant (nothing ticks), and a tenant that left the
-//! configuration simply is not there any more. Counters are incremented as attempts finish and
-//! their series are removed when a tenant leaves. The latency histogram has no tenant label, so a
-//! fleet of ten thousand tenants costs one histogram, not ten thousand.
+//! Per-tenant series are written straight from the status registry at scrape time: time to
+//! expiry is computed at that instant (nothing ticks), a tenant that left the configuration is
+//! simply not there any more, and no per-tenant metric objects live between scrapes. That matters
+//! at ten thousand tenants, where a metric object per tenant and series would cost tens of
+//! megabytes. Fleet-wide metrics (latency histogram, reloads, build info, `process_*`) use the
+//! `prometheus` crate; the latency histogram has no tenant label, so ten thousand tenants cost one
+//! histogram.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
-use std::sync::Mutex;
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Reason, RefreshError};
 use crate::schedule::system_to_unix_f64;
-use crate::status::{self, TenantState};
+use crate::status::{self, TenantState, TenantStatus};
 use crate::tenant::Observer;
 
-/// Every metric the daemon exports.
+/// Fleet-wide metrics; per-tenant ones are rendered from the status registry.
 #[derive(Debug)]
 pub struct Metrics {
     /// Our own registry (not the process-global default), so tests can run several daemons.
     registry: Registry,
-    token_expiry: GaugeVec,
-    time_to_expiry: GaugeVec,
-    next_refresh: GaugeVec,
-    last_success: GaugeVec,
-    consecutive_failures: IntGaugeVec,
-    credential_expiry: GaugeVec,
-    tenant_state: IntGaugeVec,
+    /// Tenants per state, refreshed at every scrape.
     tenants: IntGaugeVec,
-    refresh_total: IntCounterVec,
-    refresh_failures: IntCounterVec,
+    /// Token endpoint latency.
     refresh_duration: Histogram,
+    /// Reloads by result.
     config_reloads: IntCounterVec,
+    /// Whether the last reload succeeded.
     last_reload_ok: IntGauge,
-    /// Serialises scrapes: the per-tenant gauges are reset and refilled on each one.
-    scrape: Mutex<()>,
 }
 
 /// Latency buckets for the token endpoint: Entra answers in 50–500 ms; timeouts are 30 s.
@@ -46,108 +41,34 @@ const DURATION_BUCKETS: [f64; 12] = [
 ];
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers the fleet-wide metrics.
     ///
     /// # Errors
     /// Only on a programming error (duplicate or invalid metric names).
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let gauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
-                let metric = GaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
-        let int_gauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-                let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
-        let metrics = Metrics {
-            token_expiry: gauge(
-                "powerbi_tokend_token_expiry_timestamp_seconds",
-                "Unix time the tenant's current token expires.",
-                &["tenant"],
-            )?,
-            time_to_expiry: gauge(
-                "powerbi_tokend_token_time_to_expiry_seconds",
-                "Seconds until the tenant's current token expires, at scrape time; negative once expired.",
-                &["tenant"],
-            )?,
-            next_refresh: gauge(
-                "powerbi_tokend_next_refresh_timestamp_seconds",
-                "Unix time of the tenant's next planned refresh attempt.",
-                &["tenant"],
-            )?,
-            last_success: gauge(
-                "powerbi_tokend_last_success_timestamp_seconds",
-                "Unix time of the tenant's last successful refresh, every sink written.",
-                &["tenant"],
-            )?,
-            credential_expiry: gauge(
-                "powerbi_tokend_credential_expiry_timestamp_seconds",
-                "Unix time the tenant's credential expires: certificate notAfter or client_secret_expires.",
-                &["tenant", "kind"],
-            )?,
-            consecutive_failures: int_gauge(
-                "powerbi_tokend_consecutive_failures",
-                "Failed refresh attempts since the tenant's last success.",
-                &["tenant"],
-            )?,
-            tenant_state: int_gauge(
-                "powerbi_tokend_tenant_state",
-                "1 for the tenant's current state (pending, healthy, retrying, misconfigured, expired).",
-                &["tenant", "state"],
-            )?,
-            tenants: int_gauge(
-                "powerbi_tokend_tenants",
-                "Number of tenants in each state.",
-                &["state"],
-            )?,
-            refresh_total: counter(
-                "powerbi_tokend_refresh_total",
-                "Refresh attempts by result.",
-                &["tenant", "result"],
-            )?,
-            refresh_failures: counter(
-                "powerbi_tokend_refresh_failures_total",
-                "Failed refresh attempts by reason.",
-                &["tenant", "reason"],
-            )?,
-            refresh_duration: {
-                let metric = Histogram::with_opts(
-                    HistogramOpts::new(
-                        "powerbi_tokend_refresh_duration_seconds",
-                        "Token endpoint request latency, all tenants.",
-                    )
-                    .buckets(DURATION_BUCKETS.to_vec()),
-                )?;
-                registry.register(Box::new(metric.clone()))?;
-                metric
-            },
-            config_reloads: counter(
+        let tenants = IntGaugeVec::new(
+            Opts::new("powerbi_tokend_tenants", "Number of tenants in each state."),
+            &["state"],
+        )?;
+        let refresh_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "powerbi_tokend_refresh_duration_seconds",
+                "Token endpoint request latency, all tenants.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
                 "powerbi_tokend_config_reloads_total",
                 "Configuration reloads (SIGHUP or file change) by result.",
-                &["result"],
-            )?,
-            last_reload_ok: {
-                let metric = IntGauge::new(
-                    "powerbi_tokend_config_last_reload_successful",
-                    "1 if the last configuration reload succeeded (or none was attempted), else 0.",
-                )?;
-                registry.register(Box::new(metric.clone()))?;
-                metric
-            },
-            scrape: Mutex::new(()),
-            registry,
-        };
+            ),
+            &["result"],
+        )?;
+        let last_reload_ok = IntGauge::new(
+            "powerbi_tokend_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was attempted), else 0.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "powerbi_tokend_build_info",
@@ -158,15 +79,25 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        metrics.registry.register(Box::new(build_info))?;
-        metrics.registry.register(Box::new(
+        registry.register(Box::new(tenants.clone()))?;
+        registry.register(Box::new(refresh_duration.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(last_reload_ok.clone()))?;
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         for result in ["success", "failure"] {
-            metrics.config_reloads.with_label_values(&[result]);
+            config_reloads.with_label_values(&[result]);
         }
-        metrics.last_reload_ok.set(1);
-        Ok(metrics)
+        last_reload_ok.set(1);
+        Ok(Metrics {
+            registry,
+            tenants,
+            refresh_duration,
+            config_reloads,
+            last_reload_ok,
+        })
     }
 
     /// Records a configuration reload.
@@ -176,55 +107,13 @@ impl Metrics {
         self.last_reload_ok.set(i64::from(ok));
     }
 
-    /// Refreshes the per-tenant gauges from the registry and renders the text exposition.
+    /// Renders the text exposition: fleet-wide metrics, then every per-tenant family.
     pub fn render(&self, tenants: &status::Registry) -> String {
-        let _serial = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let now = SystemTime::now();
-        let now_unix = system_to_unix_f64(now);
-        for vec in [
-            &self.token_expiry,
-            &self.time_to_expiry,
-            &self.next_refresh,
-            &self.last_success,
-        ] {
-            vec.reset();
-        }
-        self.consecutive_failures.reset();
-        self.credential_expiry.reset();
-        self.tenant_state.reset();
+        let rows = tenants.snapshot();
         let mut counts = [0i64; TenantState::ALL.len()];
-        for (name, status) in tenants.snapshot() {
-            let labels = [name.as_str()];
-            if let Some(expires_on) = status.expires_on {
-                self.token_expiry
-                    .with_label_values(&labels)
-                    .set(expires_on as f64);
-                self.time_to_expiry
-                    .with_label_values(&labels)
-                    .set(expires_on as f64 - now_unix);
-            }
-            if let Some((expires_on, kind)) = status.credential_expiry {
-                self.credential_expiry
-                    .with_label_values(&[name.as_str(), kind])
-                    .set(expires_on as f64);
-            }
-            if let Some(next) = status.next_refresh {
-                self.next_refresh
-                    .with_label_values(&labels)
-                    .set(system_to_unix_f64(next));
-            }
-            if let Some(success) = status.last_success {
-                self.last_success
-                    .with_label_values(&labels)
-                    .set(system_to_unix_f64(success));
-            }
-            self.consecutive_failures
-                .with_label_values(&labels)
-                .set(i64::from(status.consecutive_failures));
+        for (_, status) in &rows {
             let state = status.state(now);
-            self.tenant_state
-                .with_label_values(&[name.as_str(), state.as_str()])
-                .set(1);
             if let Some(index) = TenantState::ALL.iter().position(|s| *s == state) {
                 counts[index] += 1;
             }
@@ -234,47 +123,218 @@ impl Metrics {
         }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for I/O reasons; a failure would be an invalid metric,
-        // which the tests rule out, so an empty body is an acceptable fallback.
+        // which the tests rule out, so a missing fleet-wide section is an acceptable fallback.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        render_tenants(&mut text, &rows, now);
+        text
+    }
+}
+
+/// One per-tenant family: HELP, TYPE, then one or more samples per tenant.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    /// Appends the tenant's samples (`name{labels} value` lines) to the output.
+    samples: fn(&mut String, &'static str, &str, &TenantStatus, SystemTime),
+}
+
+/// Writes one sample line. Tenant names are `[A-Za-z0-9._-]+` and the other label values come
+/// from fixed sets, so no label value needs escaping.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    out.push_str(name);
+    out.push('{');
+    for (index, (key, val)) in labels.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{key}=\"{val}\"");
+    }
+    let _ = writeln!(out, "}} {value}");
+}
+
+const FAMILIES: [Family; 9] = [
+    Family {
+        name: "powerbi_tokend_token_expiry_timestamp_seconds",
+        kind: "gauge",
+        help: "Unix time the tenant's current token expires.",
+        samples: |out, name, tenant, status, _| {
+            if let Some(expires_on) = status.expires_on {
+                sample(out, name, &[("tenant", tenant)], expires_on as f64);
+            }
+        },
+    },
+    Family {
+        name: "powerbi_tokend_token_time_to_expiry_seconds",
+        kind: "gauge",
+        help: "Seconds until the tenant's current token expires, at scrape time; negative once expired.",
+        samples: |out, name, tenant, status, now| {
+            if let Some(expires_on) = status.expires_on {
+                let left = expires_on as f64 - system_to_unix_f64(now);
+                sample(out, name, &[("tenant", tenant)], left);
+            }
+        },
+    },
+    Family {
+        name: "powerbi_tokend_next_refresh_timestamp_seconds",
+        kind: "gauge",
+        help: "Unix time of the tenant's next planned refresh attempt.",
+        samples: |out, name, tenant, status, _| {
+            if let Some(next) = status.next_refresh {
+                sample(out, name, &[("tenant", tenant)], system_to_unix_f64(next));
+            }
+        },
+    },
+    Family {
+        name: "powerbi_tokend_last_success_timestamp_seconds",
+        kind: "gauge",
+        help: "Unix time of the tenant's last successful refresh, every sink written.",
+        samples: |out, name, tenant, status, _| {
+            if let Some(success) = status.last_success {
+                sample(
+                    out,
+                    name,
+                    &[("tenant", tenant)],
+                    system_to_unix_f64(success),
+                );
+            }
+        },
+    },
+    Family {
+        name: "powerbi_tokend_consecutive_failures",
+        kind: "gauge",
+        help: "Failed refresh attempts since the tenant's last success.",
+        samples: |out, name, tenant, status, _| {
+            sample(
+                out,
+                name,
+                &[("tenant", tenant)],
+                f64::from(status.consecutive_failures),
+            );
+        },
+    },
+    Family {
+        name: "powerbi_tokend_tenant_state",
+        kind: "gauge",
+        help: "1 for the tenant's current state (pending, healthy, retrying, misconfigured, expired).",
+        samples: |out, name, tenant, status, now| {
+            let state = status.state(now).as_str();
+            sample(out, name, &[("state", state), ("tenant", tenant)], 1.0);
+        },
+    },
+    Family {
+        name: "powerbi_tokend_credential_expiry_timestamp_seconds",
+        kind: "gauge",
+        help: "Unix time the tenant's credential expires: certificate notAfter or client_secret_expires.",
+        samples: |out, name, tenant, status, _| {
+            if let Some((expires_on, kind)) = status.credential_expiry {
+                sample(
+                    out,
+                    name,
+                    &[("kind", kind), ("tenant", tenant)],
+                    expires_on as f64,
+                );
+            }
+        },
+    },
+    Family {
+        name: "powerbi_tokend_refresh_total",
+        kind: "counter",
+        help: "Refresh attempts by result.",
+        samples: |out, name, tenant, status, _| {
+            sample(
+                out,
+                name,
+                &[("result", "failure"), ("tenant", tenant)],
+                status.failures as f64,
+            );
+            sample(
+                out,
+                name,
+                &[("result", "success"), ("tenant", tenant)],
+                status.successes as f64,
+            );
+        },
+    },
+    Family {
+        name: "powerbi_tokend_refresh_failures_total",
+        kind: "counter",
+        help: "Failed refresh attempts by reason.",
+        samples: |out, name, tenant, status, _| {
+            for reason in Reason::ALL {
+                let count = status.failures_by_reason[reason.index()];
+                if count > 0 {
+                    let labels = [("reason", reason.as_str()), ("tenant", tenant)];
+                    sample(out, name, &labels, count as f64);
+                }
+            }
+        },
+    },
+];
+
+fn render_tenants(out: &mut String, rows: &[(String, TenantStatus)], now: SystemTime) {
+    // About 100 bytes per sample; reserve once so a large fleet is not copied while growing.
+    out.reserve(rows.len() * FAMILIES.len() * 100);
+    for family in &FAMILIES {
+        let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+        let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
+        for (tenant, status) in rows {
+            (family.samples)(out, family.name, tenant, status, now);
+        }
     }
 }
 
 impl Observer for Metrics {
-    fn tenant_started(&self, tenant: &str) {
-        for result in ["success", "failure"] {
-            self.refresh_total.with_label_values(&[tenant, result]);
-        }
-    }
-
-    fn tenant_removed(&self, tenant: &str) {
-        for result in ["success", "failure"] {
-            let _ = self.refresh_total.remove_label_values(&[tenant, result]);
-        }
-        for reason in Reason::ALL {
-            let _ = self
-                .refresh_failures
-                .remove_label_values(&[tenant, reason.as_str()]);
-        }
-    }
-
-    fn attempt(&self, tenant: &str, result: Result<(), &RefreshError>, duration: Option<Duration>) {
+    fn attempt(
+        &self,
+        _tenant: &str,
+        _result: Result<(), &RefreshError>,
+        duration: Option<Duration>,
+    ) {
         if let Some(duration) = duration {
             self.refresh_duration.observe(duration.as_secs_f64());
         }
-        match result {
-            Ok(()) => self
-                .refresh_total
-                .with_label_values(&[tenant, "success"])
-                .inc(),
-            Err(err) => {
-                self.refresh_total
-                    .with_label_values(&[tenant, "failure"])
-                    .inc();
-                self.refresh_failures
-                    .with_label_values(&[tenant, err.reason.as_str()])
-                    .inc();
-            }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_tenant_families_follow_the_registry() {
+        let registry = status::Registry::new();
+        let metrics = Metrics::new().unwrap();
+        let contoso = registry.insert("contoso");
+        {
+            let mut status = status::lock(&contoso);
+            status.first_attempt_done = true;
+            status.expires_on = Some(4_000_000_000);
+            status.successes = 3;
+            status.failures = 2;
+            status.failures_by_reason[Reason::Throttled.index()] = 2;
+            status.credential_expiry = Some((1_803_859_200, "certificate"));
         }
+        registry.insert("gone");
+        let text = metrics.render(&registry);
+        for line in [
+            "powerbi_tokend_token_expiry_timestamp_seconds{tenant=\"contoso\"} 4000000000",
+            "powerbi_tokend_refresh_total{result=\"success\",tenant=\"contoso\"} 3",
+            "powerbi_tokend_refresh_total{result=\"failure\",tenant=\"contoso\"} 2",
+            "powerbi_tokend_refresh_failures_total{reason=\"throttled\",tenant=\"contoso\"} 2",
+            "powerbi_tokend_credential_expiry_timestamp_seconds{kind=\"certificate\",tenant=\"contoso\"} 1803859200",
+            "powerbi_tokend_tenant_state{state=\"healthy\",tenant=\"contoso\"} 1",
+            "powerbi_tokend_tenant_state{state=\"pending\",tenant=\"gone\"} 1",
+            "powerbi_tokend_tenants{state=\"pending\"} 1",
+            "# TYPE powerbi_tokend_refresh_total counter",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("reason=\"network\""));
+        registry.remove("gone");
+        let text = metrics.render(&registry);
+        assert!(!text.contains("tenant=\"gone\""), "{text}");
+        assert!(text.contains("powerbi_tokend_tenants{state=\"pending\"} 0"));
     }
 }

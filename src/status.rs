@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use crate::error::{ErrorClass, RefreshError};
+use crate::error::{ErrorClass, Reason, RefreshError};
 use crate::schedule::system_to_unix_f64;
 
 /// A tenant's state, as shown in `/status` and the `tenants` gauge.
@@ -72,6 +72,12 @@ pub struct TenantStatus {
     /// When the credential itself expires (certificate notAfter, `client_secret_expires`), and
     /// the credential kind.
     pub credential_expiry: Option<(i64, &'static str)>,
+    /// Successful attempts since the tenant started (the `refresh_total` counter).
+    pub successes: u64,
+    /// Failed attempts since the tenant started.
+    pub failures: u64,
+    /// Failed attempts by reason, indexed by [`Reason::index`].
+    pub failures_by_reason: [u64; Reason::ALL.len()],
 }
 
 impl TenantStatus {
@@ -163,7 +169,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Reason;
     use std::time::Duration;
 
     #[test]

@@ -93,10 +93,8 @@ impl Supervisor {
             if let Some(running) = self.running.remove(&name) {
                 stop(running).await;
             }
+            // Its status, and so every metric series of it, goes with it.
             self.registry.remove(&name);
-            if let Some(observer) = &self.shared.observer {
-                observer.tenant_removed(&name);
-            }
             result.removed.push(name);
         }
         for tenant in tenants {
@@ -121,9 +119,6 @@ impl Supervisor {
 
     fn start(&mut self, config: Arc<TenantConfig>) {
         let status = self.registry.insert(&config.name);
-        if let Some(observer) = &self.shared.observer {
-            observer.tenant_started(&config.name);
-        }
         let cancel = self.root.child_token();
         let tenant = Tenant::new(config.clone(), self.shared.clone(), status.clone());
         let name = config.name.clone();

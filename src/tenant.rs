@@ -57,12 +57,9 @@ pub struct Shared {
     pub observer: Option<Arc<dyn Observer>>,
 }
 
-/// Receives tenant lifecycle events and the outcome of every attempt (the metrics).
+/// Receives the outcome of every attempt (the fleet-wide latency histogram). Per-tenant counts
+/// live in the tenant's status, so they leave with the tenant.
 pub trait Observer: Send + Sync + std::fmt::Debug {
-    /// A tenant task starts (at start-up or because a reload added or changed it).
-    fn tenant_started(&self, tenant: &str);
-    /// A tenant left the configuration: forget its series.
-    fn tenant_removed(&self, tenant: &str);
     /// An attempt finished; `duration` is the token request's latency (None if none was sent).
     fn attempt(&self, tenant: &str, result: Result<(), &RefreshError>, duration: Option<Duration>);
 }
@@ -193,7 +190,17 @@ impl Tenant {
             Err(err) => Err(err),
         };
         drop(permit);
-        status::lock(&self.status).credential_expiry = self.credential.expiry();
+        {
+            let mut status = status::lock(&self.status);
+            status.credential_expiry = self.credential.expiry();
+            match &result {
+                Ok(_) => status.successes += 1,
+                Err(err) => {
+                    status.failures += 1;
+                    status.failures_by_reason[err.reason.index()] += 1;
+                }
+            }
+        }
         if let Some(observer) = &self.shared.observer {
             observer.attempt(
                 &self.config.name,
