@@ -8,7 +8,8 @@
 //! starts `target/release/powerbi-tokend run` as a child and reports, for the child alone:
 //! the time from spawn until every token file exists, its peak RSS (VmHWM), and the CPU seconds it
 //! uses over IDLE_SECONDS (default 60) of idling afterwards. Tokens live one hour, so no refresh
-//! falls into the idle window.
+//! falls into the idle window. Then it scrapes `/metrics` four times, as Prometheus would, and
+//! reports the scrape's size, latency, CPU cost and the RSS afterwards.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,9 +47,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let work = tempfile::tempdir()?;
     let tokens = work.path().join("tokens");
     let config = work.path().join("config.toml");
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     std::fs::write(
         &config,
-        config_text(&sim.authority_host(), &tokens, tenants),
+        config_text(&sim.authority_host(), &tokens, tenants, admin_port),
     )?;
 
     println!("tenants: {tenants}, binary: {}", binary.display());
@@ -82,6 +86,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpu_idle = cpu_seconds(pid)? - cpu_start;
     let peak_rss = read_status_kib(pid, "VmHWM:")?;
     let requests_during_idle = sim.total_requests() - requests_before_idle;
+
+    // Scrapes: what monitoring costs with this many tenants.
+    let cpu_before_scrapes = cpu_seconds(pid)?;
+    let mut scrape_bytes = 0;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..4 {
+        let scrape_started = Instant::now();
+        let body = runtime.block_on(async {
+            let client = reqwest::Client::builder().no_proxy().build()?;
+            client
+                .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await
+        })?;
+        slowest = slowest.max(scrape_started.elapsed());
+        scrape_bytes = body.len();
+    }
+    let cpu_per_scrape = (cpu_seconds(pid)? - cpu_before_scrapes) / 4.0;
+    let rss_after_scrapes = read_status_kib(pid, "VmRSS:")?;
+    let peak_with_scrapes = read_status_kib(pid, "VmHWM:")?;
+
     Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
@@ -99,6 +126,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("peak RSS (VmHWM): {:.1} MiB", peak_rss as f64 / 1024.0);
     println!("CPU over {idle} s idle: {cpu_idle:.3} s");
+    println!(
+        "/metrics: {:.1} MiB, slowest of 4 scrapes {:.0} ms, {cpu_per_scrape:.3} CPU-s per scrape",
+        scrape_bytes as f64 / 1_048_576.0,
+        slowest.as_secs_f64() * 1000.0
+    );
+    println!(
+        "RSS after 4 scrapes: {:.1} MiB (peak {:.1} MiB)",
+        rss_after_scrapes as f64 / 1024.0,
+        peak_with_scrapes as f64 / 1024.0
+    );
     println!("exit after SIGTERM: {exit}");
     drop(runtime);
     Ok(())
@@ -122,9 +159,9 @@ fn daemon_binary() -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(binary)
 }
 
-fn config_text(authority: &str, tokens: &Path, tenants: usize) -> String {
+fn config_text(authority: &str, tokens: &Path, tenants: usize, admin_port: u16) -> String {
     let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[defaults]\nauthority_host = \"{authority}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"BENCH_SECRET\" }}\nsinks = [ {{ type = \"file\", path = \"{}/{{name}}.json\" }} ]\n",
+        "[server]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[defaults]\nauthority_host = \"{authority}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"BENCH_SECRET\" }}\nsinks = [ {{ type = \"file\", path = \"{}/{{name}}.json\" }} ]\n",
         tokens.display()
     );
     for i in 0..tenants {

@@ -744,7 +744,9 @@ impl<'a> Loader<'a> {
         let mut resolved = Vec::new();
         for (index, (offset, raw)) in tenants.into_iter().enumerate() {
             if let Some(tenant) = self.tenant(index, offset, raw, &defaults) {
-                resolved.push(tenant);
+                // Straight into an Arc: collecting a Vec<TenantConfig> into Vec<Arc<_>> later
+                // would reuse (and keep) the large buffer, megabytes at ten thousand tenants.
+                resolved.push(Arc::new(tenant));
             }
         }
         self.cross_tenant_rules();
@@ -755,7 +757,7 @@ impl<'a> Loader<'a> {
             path: path.to_owned(),
             server: server?,
             daemon: daemon?,
-            tenants: resolved.into_iter().map(Arc::new).collect(),
+            tenants: resolved,
         })
     }
 

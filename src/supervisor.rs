@@ -122,7 +122,9 @@ impl Supervisor {
         let cancel = self.root.child_token();
         let tenant = Tenant::new(config.clone(), self.shared.clone(), status.clone());
         let name = config.name.clone();
-        let run = AssertUnwindSafe(tenant.run(cancel.clone())).catch_unwind();
+        // Boxed: captured by the async block below and then awaited, an unboxed future would be
+        // laid out twice in the task (over a kilobyte per tenant).
+        let run = Box::pin(AssertUnwindSafe(tenant.run(cancel.clone())).catch_unwind());
         let task = self.tracker.spawn(async move {
             // A panic is a bug; it must not take other tenants down, and it must be visible:
             // `/healthz` turns 503 so the process gets restarted.
