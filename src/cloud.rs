@@ -43,28 +43,6 @@ impl Cloud {
             Cloud::China => "https://analysis.chinacloudapi.cn/powerbi/api",
         }
     }
-
-    /// The Power BI REST API root consumers call with the token.
-    pub fn power_bi_api_root(self) -> &'static str {
-        match self {
-            Cloud::Public => "https://api.powerbi.com/",
-            Cloud::Gcc => "https://api.powerbigov.us/",
-            Cloud::Gcchigh => "https://api.high.powerbigov.us/",
-            Cloud::Dod => "https://api.mil.powerbigov.us/",
-            Cloud::China => "https://api.powerbi.cn/",
-        }
-    }
-
-    /// The configuration name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cloud::Public => "public",
-            Cloud::Gcc => "gcc",
-            Cloud::Gcchigh => "gcchigh",
-            Cloud::Dod => "dod",
-            Cloud::China => "china",
-        }
-    }
 }
 
 #[cfg(test)]

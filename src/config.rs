@@ -255,8 +255,6 @@ pub struct TenantConfig {
     pub credential: CredentialConfig,
     /// Set for `provider = "oauth2"`; `None` for Entra.
     pub oauth2: Option<OAuth2Config>,
-    /// Sovereign cloud, kept for `/status` and the API root.
-    pub cloud: Cloud,
     /// Authority host without trailing slash.
     pub authority_host: String,
     /// Endpoint version.
@@ -297,7 +295,6 @@ impl TenantConfig {
                 expires_on: None,
             },
             oauth2: None,
-            cloud: Cloud::Public,
             authority_host: authority_host.to_owned(),
             api: ApiVersion::V2,
             resource: Cloud::Public.power_bi_resource().to_owned(),
@@ -331,11 +328,6 @@ impl TenantConfig {
     /// The v2 scope for the resource.
     pub fn scope(&self) -> String {
         format!("{}/.default", self.resource)
-    }
-
-    /// Settings that, when changed, require the tenant's current token to be thrown away.
-    pub fn token_identity(&self) -> (&str, &str, &str) {
-        (&self.tenant_id, &self.client_id, &self.resource)
     }
 }
 
@@ -1184,7 +1176,6 @@ impl<'a> Loader<'a> {
             client_id: client_id?,
             credential: credential?,
             oauth2: oauth2?,
-            cloud,
             authority_host: authority_host?,
             api,
             resource: resource?,

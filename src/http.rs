@@ -111,9 +111,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     for (name, status) in state.registry.snapshot() {
         if !status.first_attempt_done {
             readiness.pending.push(name);
-        } else if status.failing
-            && status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Sink)
-        {
+        } else if status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Sink) {
             readiness.sink_failing.push(name);
         }
     }
@@ -186,19 +184,15 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
         credential_expires_at: status
             .credential_expiry
             .map(|(expires_on, _)| rfc3339(unix_to_system(expires_on))),
-        last_error: status
-            .last_error
-            .as_ref()
-            .filter(|_| status.failing)
-            .map(|err| ErrorView {
-                class: err.class.as_str(),
-                reason: err.reason.as_str(),
-                aadsts: err.aadsts_code(),
-                http_status: err.status,
-                message: err.message.clone(),
-                trace_id: err.trace_id.clone(),
-                correlation_id: err.correlation_id.clone(),
-            }),
+        last_error: status.last_error.as_ref().map(|err| ErrorView {
+            class: err.class.as_str(),
+            reason: err.reason.as_str(),
+            aadsts: err.aadsts_code(),
+            http_status: err.status,
+            message: err.message.clone(),
+            trace_id: err.trace_id.clone(),
+            correlation_id: err.correlation_id.clone(),
+        }),
         name,
     }
 }

@@ -15,7 +15,7 @@ use prometheus::{
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use crate::error::{Reason, RefreshError};
+use crate::error::Reason;
 use crate::schedule::system_to_unix_f64;
 use crate::status::{self, TenantState, TenantStatus};
 use crate::tenant::Observer;
@@ -286,15 +286,8 @@ fn render_tenants(out: &mut String, rows: &[(String, TenantStatus)], now: System
 }
 
 impl Observer for Metrics {
-    fn attempt(
-        &self,
-        _tenant: &str,
-        _result: Result<(), &RefreshError>,
-        duration: Option<Duration>,
-    ) {
-        if let Some(duration) = duration {
-            self.refresh_duration.observe(duration.as_secs_f64());
-        }
+    fn request_finished(&self, duration: Duration) {
+        self.refresh_duration.observe(duration.as_secs_f64());
     }
 }
 

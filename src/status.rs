@@ -61,12 +61,10 @@ pub struct TenantStatus {
     pub last_success: Option<SystemTime>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
-    /// The most recent failure, cleared on success.
+    /// The failure of the last attempt; `None` after a success (or before any attempt).
     pub last_error: Option<RefreshError>,
     /// Whether at least one attempt (or a warm start) has completed: readiness.
     pub first_attempt_done: bool,
-    /// Whether the last attempt failed (as opposed to: no attempt yet, or success).
-    pub failing: bool,
     /// The tenant's task ended with a panic: the process is unhealthy.
     pub task_panicked: bool,
     /// When the credential itself expires (certificate notAfter, `client_secret_expires`), and
@@ -86,10 +84,10 @@ impl TenantStatus {
         if !self.first_attempt_done {
             return TenantState::Pending;
         }
-        if !self.failing {
+        let Some(error) = &self.last_error else {
             return TenantState::Healthy;
-        }
-        if self.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent) {
+        };
+        if error.class == ErrorClass::Permanent {
             return TenantState::Misconfigured;
         }
         let expired = self
@@ -154,16 +152,6 @@ impl Registry {
             .map(|(name, handle)| (name, lock(&handle).clone()))
             .collect()
     }
-
-    /// Number of tenants.
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    /// Whether there are no tenants.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -180,7 +168,6 @@ mod tests {
         s.first_attempt_done = true;
         s.expires_on = Some(in_an_hour);
         assert_eq!(s.state(now), TenantState::Healthy);
-        s.failing = true;
         s.last_error = Some(RefreshError::local(
             ErrorClass::Transient,
             Reason::Network,

@@ -148,11 +148,6 @@ impl Supervisor {
         );
     }
 
-    /// Names of running tenants.
-    pub fn tenant_names(&self) -> Vec<String> {
-        self.running.keys().cloned().collect()
-    }
-
     /// Stops every task: no new attempts start; attempts in flight get `grace` to finish.
     /// Returns whether every task finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {

@@ -57,11 +57,11 @@ pub struct Shared {
     pub observer: Option<Arc<dyn Observer>>,
 }
 
-/// Receives the outcome of every attempt (the fleet-wide latency histogram). Per-tenant counts
-/// live in the tenant's status, so they leave with the tenant.
+/// Told how long every token request took (the fleet-wide latency histogram). Per-tenant
+/// counts live in the tenant's status, so they leave with the tenant.
 pub trait Observer: Send + Sync + std::fmt::Debug {
-    /// An attempt finished; `duration` is the token request's latency (None if none was sent).
-    fn attempt(&self, tenant: &str, result: Result<(), &RefreshError>, duration: Option<Duration>);
+    /// A token request finished, successfully or not, after `duration`.
+    fn request_finished(&self, duration: Duration);
 }
 
 /// One tenant's refresher.
@@ -201,12 +201,8 @@ impl Tenant {
                 }
             }
         }
-        if let Some(observer) = &self.shared.observer {
-            observer.attempt(
-                &self.config.name,
-                result.as_ref().map(|_| ()),
-                request_duration,
-            );
+        if let (Some(observer), Some(duration)) = (&self.shared.observer, request_duration) {
+            observer.request_finished(duration);
         }
         match result {
             Ok(token) => self.succeeded(token),
@@ -231,7 +227,6 @@ impl Tenant {
             status.last_success = Some(SystemTime::now());
             status.consecutive_failures = 0;
             status.last_error = None;
-            status.failing = false;
             status.first_attempt_done = true;
         }
         tracing::info!(
@@ -260,11 +255,9 @@ impl Tenant {
         let delay = schedule::respect_retry_after(delay, err.retry_after);
         let was_permanent = {
             let mut status = status::lock(&self.status);
-            let was = status.failing
-                && status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent);
+            let was = status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent);
             status.consecutive_failures = self.failures;
             status.last_error = Some(err.clone());
-            status.failing = true;
             status.first_attempt_done = true;
             was
         };

@@ -48,11 +48,6 @@ impl FileSink {
         FileSink { config }
     }
 
-    /// The target path.
-    pub fn path(&self) -> &Path {
-        &self.config.path
-    }
-
     /// Renders and writes the token.
     ///
     /// # Errors

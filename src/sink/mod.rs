@@ -52,13 +52,6 @@ impl Sink {
             Sink::File(file) => file.read_existing(tenant).await,
         }
     }
-
-    /// For logs and `/status`: where the token goes.
-    pub fn describe(&self) -> String {
-        match self {
-            Sink::File(file) => format!("file:{}", file.path().display()),
-        }
-    }
 }
 
 /// Removes leftovers of interrupted writes (temp files from a crash) next to every configured
