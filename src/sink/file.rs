@@ -4,7 +4,8 @@
 //! systems) with the final mode from the first instant, writes it, fsyncs it, renames it over the
 //! target, and fsyncs the directory so the rename survives a power cut. A reader opening the path
 //! gets either the old file or the new one, whole. A crash between create and rename leaves a temp
-//! file named `.<file>.tmp-*`; those are removed at start-up.
+//! file named `.<file>.tmp-<pid>-<n>`; those whose writer is no longer running are removed at
+//! start-up and on reload.
 //!
 //! A symlink at the target path is replaced, not followed: the token never lands somewhere the
 //! path did not say.
@@ -203,7 +204,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileS
 
 /// Removes temp files interrupted writes left next to any of `paths`; returns how many.
 ///
-/// Each directory is read once, so ten thousand tenants sharing a directory cost one scan.
+/// Each directory is read once, so ten thousand tenants sharing a directory cost one scan. A temp
+/// file whose writer (the pid in its name) is still running is kept: it may be a write in flight,
+/// of this process (a reload) or of another one (`once` next to a running daemon).
 pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
     let mut prefixes: HashMap<&Path, Vec<String>> = HashMap::new();
     for path in paths {
@@ -220,10 +223,20 @@ pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             // ".<file>.tmp-<pid>-<n>": everything up to and including "tmp-" is the prefix.
-            let is_ours = name
-                .rfind(".tmp-")
-                .is_some_and(|at| prefixes.contains(&name[..at + ".tmp-".len()]));
-            if is_ours && std::fs::remove_file(entry.path()).is_ok() {
+            let Some(at) = name.rfind(".tmp-").map(|at| at + ".tmp-".len()) else {
+                continue;
+            };
+            if !prefixes.contains(&name[..at]) {
+                continue;
+            }
+            let writer_alive = name[at..]
+                .split('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| {
+                    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
+                });
+            if !writer_alive && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -257,11 +270,18 @@ mod tests {
     fn stale_temps_are_removed_and_others_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.json");
-        std::fs::write(dir.path().join(".t.json.tmp-123-4"), "x").unwrap();
+        // 4194305 is above Linux's largest pid_max: that writer cannot be running.
+        std::fs::write(dir.path().join(".t.json.tmp-4194305-4"), "x").unwrap();
+        // A write in flight of this very process is left alone.
+        let in_flight = dir
+            .path()
+            .join(format!(".t.json.tmp-{}-9", std::process::id()));
+        std::fs::write(&in_flight, "x").unwrap();
         std::fs::write(dir.path().join(".other.json.tmp-1-1"), "x").unwrap();
         std::fs::write(&path, "keep").unwrap();
         assert_eq!(remove_stale_temps(std::slice::from_ref(&path)), 1);
         assert!(dir.path().join(".other.json.tmp-1-1").exists());
+        assert!(in_flight.exists());
         assert_eq!(std::fs::read(&path).unwrap(), b"keep");
     }
 
