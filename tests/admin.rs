@@ -5,10 +5,9 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 use powerbi_tokend::sim::{Behavior, SimEntra};
-use powerbi_tokend::{Control, Daemon, config};
+use powerbi_tokend::{Control, config};
 
 /// A config file on disk (so reloads can re-read it) with secrets in a file.
 struct Files {
@@ -47,19 +46,6 @@ impl Files {
     }
 }
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{addr}{path}"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
-}
-
 /// The value of the first sample line starting with `prefix`.
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
@@ -69,33 +55,8 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
-struct Running {
-    addr: std::net::SocketAddr,
-    control: mpsc::Sender<Control>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 async fn start(files: &Files) -> Running {
-    let config = config::load(&files.config).unwrap();
-    let daemon = Daemon::start(config).await.unwrap();
-    let addr = daemon.admin_addr();
-    let (control, receiver) = mpsc::channel(4);
-    let task = tokio::spawn(async move { daemon.run(receiver).await.unwrap() });
-    Running {
-        addr,
-        control,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.control.send(Control::Shutdown).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    start_daemon(config::load(&files.config).unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +84,7 @@ async fn metrics_status_and_probes() {
     // /readyz: an auth failure does not make the daemon unready.
     let ready = async {
         loop {
-            let (code, body) = get(daemon.addr, "/readyz").await;
+            let (code, body) = daemon.get("/readyz").await;
             if code == 200 {
                 break body;
             }
@@ -134,9 +95,9 @@ async fn metrics_status_and_probes() {
         .await
         .expect("ready");
     assert!(body.contains("\"ready\":true"), "{body}");
-    assert_eq!(get(daemon.addr, "/healthz").await.0, 200);
+    assert_eq!(daemon.get("/healthz").await.0, 200);
 
-    let (code, metrics) = get(daemon.addr, "/metrics").await;
+    let (code, metrics) = daemon.get("/metrics").await;
     assert_eq!(code, 200);
     for tenant in ["good", "bad"] {
         for name in [
@@ -181,7 +142,7 @@ async fn metrics_status_and_probes() {
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (_, later) = get(daemon.addr, "/metrics").await;
+    let (_, later) = daemon.get("/metrics").await;
     let second = sample(
         &later,
         "powerbi_tokend_token_time_to_expiry_seconds{tenant=\"good\"}",
@@ -193,7 +154,7 @@ async fn metrics_status_and_probes() {
     );
 
     // /status: the failing tenant carries Entra's diagnostics.
-    let (code, body) = get(daemon.addr, "/status").await;
+    let (code, body) = daemon.get("/status").await;
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     let tenants = status["tenants"].as_array().unwrap();
@@ -214,7 +175,7 @@ async fn metrics_status_and_probes() {
     // Never a secret or a token in any endpoint.
     let token = token_in(&files.token("good")).unwrap();
     for path in ["/status", "/metrics", "/readyz", "/healthz"] {
-        let (_, body) = get(daemon.addr, path).await;
+        let (_, body) = daemon.get(path).await;
         assert!(!body.contains(SECRET), "secret in {path}");
         assert!(!body.contains(&token), "token in {path}");
     }
@@ -247,7 +208,7 @@ async fn readyz_waits_for_first_attempts_and_fails_on_sink_errors() {
         ],
     );
     let daemon = start(&files).await;
-    let (code, body) = get(daemon.addr, "/readyz").await;
+    let (code, body) = daemon.get("/readyz").await;
     assert_eq!(code, 503);
     assert!(
         body.contains("\"pending\":[") && body.contains("slow"),
@@ -257,7 +218,7 @@ async fn readyz_waits_for_first_attempts_and_fails_on_sink_errors() {
         files.token("slow").exists()
     })
     .await;
-    let (code, body) = get(daemon.addr, "/readyz").await;
+    let (code, body) = daemon.get("/readyz").await;
     assert_eq!(
         code, 503,
         "a sink that cannot be written makes the daemon unready"
@@ -265,7 +226,7 @@ async fn readyz_waits_for_first_attempts_and_fails_on_sink_errors() {
     assert!(body.contains("\"sink_failing\":[\"disk\"]"), "{body}");
     std::fs::remove_file(dir.path().join("blocked")).unwrap();
     let ready = async {
-        while get(daemon.addr, "/readyz").await.0 != 200 {
+        while daemon.get("/readyz").await.0 != 200 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -301,25 +262,22 @@ async fn reload_adds_removes_changes_and_rejects_bad_files() {
     let mut server = config.server.clone();
     server.watch_config = false;
     config.server = server;
-    let daemon = Daemon::start(config).await.unwrap();
-    let addr = daemon.admin_addr();
-    let (control, receiver) = mpsc::channel(4);
-    let task = tokio::spawn(async move { daemon.run(receiver).await.unwrap() });
+    let daemon = start_daemon(config).await;
     wait_for("three tokens", Duration::from_secs(5), || {
         ["keep", "gone", "change"]
             .iter()
             .all(|n| files.token(n).exists())
     })
     .await;
-    let (_, metrics) = get(addr, "/metrics").await;
+    let (_, metrics) = daemon.get("/metrics").await;
     assert!(metrics.contains("tenant=\"gone\""));
 
     // An invalid file: everything keeps running, the failure is counted.
     std::fs::write(&files.config, "[[tenant]]\nname = 5\n").unwrap();
-    control.send(Control::Reload).await.unwrap();
+    daemon.control.send(Control::Reload).await.unwrap();
     let failed = async {
         loop {
-            let (_, metrics) = get(addr, "/metrics").await;
+            let (_, metrics) = daemon.get("/metrics").await;
             if metrics.contains("powerbi_tokend_config_reloads_total{result=\"failure\"} 1") {
                 break metrics;
             }
@@ -360,7 +318,7 @@ async fn reload_adds_removes_changes_and_rejects_bad_files() {
             ("new", "new.example.com", ""),
         ],
     );
-    control.send(Control::Reload).await.unwrap();
+    daemon.control.send(Control::Reload).await.unwrap();
     wait_for("new's token", Duration::from_secs(5), || {
         files.token("new").exists()
     })
@@ -371,7 +329,7 @@ async fn reload_adds_removes_changes_and_rejects_bad_files() {
         || read_json(&files.token("change")).is_some_and(|j| j["client_id"] == other_app),
     )
     .await;
-    let (_, metrics) = get(addr, "/metrics").await;
+    let (_, metrics) = daemon.get("/metrics").await;
     assert!(
         !metrics.contains("tenant=\"gone\""),
         "removed tenant's series remain:\n{metrics}"
@@ -386,14 +344,10 @@ async fn reload_adds_removes_changes_and_rejects_bad_files() {
     assert_eq!(sim.request_count("keep.example.com"), 1);
     assert_eq!(sim.request_count("change.example.com"), 2);
     assert_eq!(sim.request_count("gone.example.com"), 1);
-    let (_, status) = get(addr, "/status").await;
+    let (_, status) = daemon.get("/status").await;
     assert!(!status.contains("\"gone\""));
 
-    control.send(Control::Shutdown).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -343,7 +343,7 @@ async fn certificate_rotation_without_restart() {
     std::fs::copy(&old.cert, &live.cert).unwrap();
     std::fs::copy(&old.key, &live.key).unwrap();
     let tenant = certificate_tenant(&sim, dir.path(), &live);
-    let (control, task) = start_daemon(config(vec![tenant], fast_daemon()));
+    let daemon = start_daemon(config(vec![tenant], fast_daemon())).await;
     let path = dir.path().join("contoso.json");
     wait_for("the first token", Duration::from_secs(5), || path.exists()).await;
     let old_thumbprint = Certificate::load(&old)
@@ -380,7 +380,7 @@ async fn certificate_rotation_without_restart() {
         },
     )
     .await;
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +393,7 @@ async fn secret_file_rotation_without_restart() {
         source: SecretSource::File(secret_file.clone()),
         expires_on: None,
     };
-    let (control, task) = start_daemon(config(vec![contoso], fast_daemon()));
+    let daemon = start_daemon(config(vec![contoso], fast_daemon())).await;
     wait_for("the first token", Duration::from_secs(5), || {
         dir.path().join("contoso.json").exists()
     })
@@ -408,7 +408,7 @@ async fn secret_file_rotation_without_restart() {
         || sim.issued_count(TENANT) > issued,
     )
     .await;
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 /// An unsigned JWT-shaped token like the Kubernetes projected service-account token.
@@ -622,27 +622,12 @@ async fn credential_expiry_metric_and_check_warning() {
         source: SecretSource::Inline(SecretString::from(SECRET)),
         expires_on: Some(1_803_859_200),
     };
-    let daemon = powerbi_tokend::Daemon::start(config(vec![with_cert, with_secret], fast_daemon()))
-        .await
-        .unwrap();
-    let addr = daemon.admin_addr();
-    let (control, receiver) = tokio::sync::mpsc::channel(4);
-    let task = tokio::spawn(async move { daemon.run(receiver).await.unwrap() });
+    let daemon = start_daemon(config(vec![with_cert, with_secret], fast_daemon())).await;
     wait_for("both tokens", Duration::from_secs(5), || {
         dir.path().join("contoso.json").exists() && dir.path().join("fabrikam.json").exists()
     })
     .await;
-    let metrics = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = daemon.get("/metrics").await;
     // openssl's notAfter, converted independently.
     let end = openssl(
         &[
@@ -675,11 +660,7 @@ async fn credential_expiry_metric_and_check_warning() {
     assert!(metrics.contains(
         "powerbi_tokend_credential_expiry_timestamp_seconds{kind=\"client_secret\",tenant=\"fabrikam\"} 1803859200"
     ));
-    control
-        .send(powerbi_tokend::Control::Shutdown)
-        .await
-        .unwrap();
-    task.await.unwrap();
+    daemon.stop().await;
 
     // `check` warns about the certificate that expires in 10 days, and still exits 0.
     let config_path = dir.path().join("config.toml");

@@ -29,7 +29,7 @@ async fn writes_json_contract_and_refreshes_at_half_life() {
         format: FileFormat::Raw,
         mode: 0o640,
     }));
-    let (control, task) = start_daemon(config(vec![v2, v1], fast_daemon()));
+    let daemon = start_daemon(config(vec![v2, v1], fast_daemon())).await;
 
     let contoso = dir.path().join("contoso.json");
     wait_for("contoso's first token", Duration::from_secs(5), || {
@@ -95,7 +95,7 @@ async fn writes_json_contract_and_refreshes_at_half_life() {
         .last_request("7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60")
         .unwrap();
     assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V1);
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,18 +108,18 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
     // A crash left a temp file behind (its writer, pid 4194305, cannot exist); start-up removes it.
     let leftover = dir.path().join(".contoso.json.tmp-4194305-7");
     std::fs::write(&leftover, "half a token").unwrap();
-    let (control, task) = start_daemon(config(vec![contoso.clone()], fast_daemon()));
+    let daemon = start_daemon(config(vec![contoso.clone()], fast_daemon())).await;
     wait_for("first token", Duration::from_secs(5), || path.exists()).await;
-    stop_daemon(control, task).await;
+    daemon.stop().await;
     assert!(!leftover.exists(), "the crash leftover was not removed");
     let token = token_in(&path).unwrap();
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 1);
 
     // Restart twice (a crash loop): no request to Entra, the file is untouched.
     for _ in 0..2 {
-        let (control, task) = start_daemon(config(vec![contoso.clone()], fast_daemon()));
+        let daemon = start_daemon(config(vec![contoso.clone()], fast_daemon())).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop_daemon(control, task).await;
+        daemon.stop().await;
     }
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 1);
     assert_eq!(token_in(&path).unwrap(), token);
@@ -135,7 +135,7 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
             secret_expired: false,
         },
     );
-    let (control, task) = start_daemon(config(vec![other_app], fast_daemon()));
+    let daemon = start_daemon(config(vec![other_app], fast_daemon())).await;
     wait_for("a fetch for the new app", Duration::from_secs(5), || {
         sim.request_count("contoso.onmicrosoft.com") == 2
     })
@@ -144,7 +144,7 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
         read_json(&path).is_some_and(|j| j["client_id"] == "11111111-2222-3333-4444-555555555555")
     })
     .await;
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +160,7 @@ async fn permanent_failure_retries_slowly_and_recovers_without_restart() {
     let good = tenant(&sim, "good", "good.example.com", dir.path());
     let mut daemon = fast_daemon();
     daemon.permanent_retry_interval = Duration::from_millis(1500);
-    let (control, task) = start_daemon(config(vec![bad, good], daemon));
+    let daemon = start_daemon(config(vec![bad, good], daemon)).await;
 
     // The healthy tenant is not held up by the broken one.
     wait_for("good's token", Duration::from_secs(3), || {
@@ -188,14 +188,14 @@ async fn permanent_failure_retries_slowly_and_recovers_without_restart() {
         dir.path().join("bad.json").exists()
     })
     .await;
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_back_off_and_keep_the_old_token() {
     let Fixture { sim, dir } = fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(2)).await;
     let path = dir.path().join("contoso.json");
-    let (control, task) = start_daemon(config(
+    let daemon = start_daemon(config(
         vec![tenant(
             &sim,
             "contoso",
@@ -203,7 +203,8 @@ async fn transient_failures_back_off_and_keep_the_old_token() {
             dir.path(),
         )],
         fast_daemon(),
-    ));
+    ))
+    .await;
     wait_for("first token", Duration::from_secs(5), || path.exists()).await;
     let first = token_in(&path).unwrap();
     // The refresh at ~1 s fails three times in a row, with three different transient answers.
@@ -232,7 +233,7 @@ async fn transient_failures_back_off_and_keep_the_old_token() {
         token_in(&path).is_some_and(|t| t != first)
     })
     .await;
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +248,7 @@ async fn retry_after_is_never_undercut() {
         }],
     );
     let path = dir.path().join("contoso.json");
-    let (control, task) = start_daemon(config(
+    let daemon = start_daemon(config(
         vec![tenant(
             &sim,
             "contoso",
@@ -255,7 +256,8 @@ async fn retry_after_is_never_undercut() {
             dir.path(),
         )],
         fast_daemon(),
-    ));
+    ))
+    .await;
     wait_for("the throttled attempt", Duration::from_secs(3), || {
         sim.request_count("contoso.onmicrosoft.com") == 1
     })
@@ -269,7 +271,7 @@ async fn retry_after_is_never_undercut() {
         "retried after {waited:?}"
     );
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 2);
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +283,7 @@ async fn sink_failure_is_retried_without_refetching() {
     std::fs::write(&blocker, "not a directory").unwrap();
     let contoso = tenant(&sim, "contoso", "contoso.onmicrosoft.com", &blocker);
     let path = blocker.join("contoso.json");
-    let (control, task) = start_daemon(config(vec![contoso], fast_daemon()));
+    let daemon = start_daemon(config(vec![contoso], fast_daemon())).await;
     wait_for("a fetched token", Duration::from_secs(3), || {
         sim.issued_count("contoso.onmicrosoft.com") == 1
     })
@@ -295,7 +297,7 @@ async fn sink_failure_is_retried_without_refetching() {
     })
     .await;
     assert_eq!(sim.request_count("contoso.onmicrosoft.com"), 1);
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,13 +310,13 @@ async fn cron_schedule_forces_extra_refreshes() {
         expression: expression.to_owned(),
         cron: powerbi_tokend::config::parse_cron(expression).unwrap(),
     });
-    let (control, task) = start_daemon(config(vec![contoso], fast_daemon()));
+    let daemon = start_daemon(config(vec![contoso], fast_daemon())).await;
     // A one-hour token would not be refreshed for 30 minutes; the every-second cron forces it.
     wait_for("three tokens", Duration::from_secs(5), || {
         sim.issued_count("contoso.onmicrosoft.com") >= 3
     })
     .await;
-    stop_daemon(control, task).await;
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,13 +331,14 @@ async fn a_hanging_tenant_does_not_delay_others_and_shutdown_is_bounded() {
     daemon.max_concurrent_requests = 1;
     daemon.request_timeout = Duration::from_millis(800);
     daemon.shutdown_grace = Duration::from_millis(500);
-    let (control, task) = start_daemon(config(
+    let daemon = start_daemon(config(
         vec![
             tenant(&sim, "slow", "slow.example.com", dir.path()),
             tenant(&sim, "fast", "fast.example.com", dir.path()),
         ],
         daemon,
-    ));
+    ))
+    .await;
     // Even with one request slot, the hanging tenant gives it up at the request timeout.
     wait_for("fast's token", Duration::from_secs(3), || {
         dir.path().join("fast.json").exists()
@@ -346,7 +349,7 @@ async fn a_hanging_tenant_does_not_delay_others_and_shutdown_is_bounded() {
     })
     .await;
     let stopping = Instant::now();
-    stop_daemon(control, task).await;
+    daemon.stop().await;
     assert!(
         stopping.elapsed() < Duration::from_secs(2),
         "shutdown took {:?}",
@@ -363,7 +366,7 @@ async fn shutdown_lets_an_in_flight_refresh_finish() {
         Behavior::Slow(Duration::from_millis(700)),
     );
     let path = dir.path().join("contoso.json");
-    let (control, task) = start_daemon(config(
+    let daemon = start_daemon(config(
         vec![tenant(
             &sim,
             "contoso",
@@ -371,13 +374,14 @@ async fn shutdown_lets_an_in_flight_refresh_finish() {
             dir.path(),
         )],
         fast_daemon(),
-    ));
+    ))
+    .await;
     wait_for(
         "the request to be in flight",
         Duration::from_secs(3),
         || sim.request_count("contoso.onmicrosoft.com") == 1,
     )
     .await;
-    stop_daemon(control, task).await;
+    daemon.stop().await;
     assert!(path.exists(), "the in-flight refresh was abandoned");
 }

@@ -10,10 +10,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 use powerbi_tokend::sim::SimEntra;
-use powerbi_tokend::{Control, Daemon};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -34,12 +32,6 @@ fn program(name: &str) -> Option<PathBuf> {
     found
 }
 
-struct Running {
-    addr: std::net::SocketAddr,
-    control: mpsc::Sender<Control>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 /// A daemon with one healthy tenant and one whose secret Entra rejects.
 async fn daemon_with_good_and_bad(sim: &SimEntra, dir: &Path) -> Running {
     reject_secret(sim, "bad.example.com");
@@ -50,19 +42,12 @@ async fn daemon_with_good_and_bad(sim: &SimEntra, dir: &Path) -> Running {
         ],
         fast_daemon(),
     );
-    let daemon = Daemon::start(config).await.unwrap();
-    let addr = daemon.admin_addr();
-    let (control, receiver) = mpsc::channel(4);
-    let task = tokio::spawn(async move { daemon.run(receiver).await.unwrap() });
+    let daemon = start_daemon(config).await;
     wait_for("both first attempts", Duration::from_secs(5), || {
         dir.join("good.json").exists() && sim.request_count("bad.example.com") >= 1
     })
     .await;
-    Running {
-        addr,
-        control,
-        task,
-    }
+    daemon
 }
 
 async fn http_get(url: &str) -> Option<String> {
@@ -82,9 +67,7 @@ async fn promtool_check_metrics_finds_nothing() {
     )
     .await;
     let daemon = daemon_with_good_and_bad(&sim, dir.path()).await;
-    let metrics = http_get(&format!("http://{}/metrics", daemon.addr))
-        .await
-        .unwrap();
+    let (_, metrics) = daemon.get("/metrics").await;
     assert!(metrics.contains("powerbi_tokend_refresh_failures_total"));
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
@@ -114,8 +97,7 @@ async fn promtool_check_metrics_finds_nothing() {
         findings.trim().is_empty(),
         "promtool check metrics reported:\n{findings}"
     );
-    daemon.control.send(Control::Shutdown).await.unwrap();
-    daemon.task.await.unwrap();
+    daemon.stop().await;
 }
 
 #[test]
@@ -263,6 +245,5 @@ async fn prometheus_fires_refresh_failing_for_the_bad_tenant_only() {
         }),
         "{alerts:?}"
     );
-    daemon.control.send(Control::Shutdown).await.unwrap();
-    daemon.task.await.unwrap();
+    daemon.stop().await;
 }

@@ -129,33 +129,54 @@ pub fn set_secret(sim: &SimEntra, tenant_id: &str, secret: &str) {
     );
 }
 
-/// Starts `run` in the background; returns the control sender and the task.
-pub fn start_daemon(
-    config: Config,
-) -> (
-    tokio::sync::mpsc::Sender<powerbi_tokend::Control>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    let task = tokio::spawn(async move {
-        powerbi_tokend::run(config, receiver)
-            .await
-            .expect("daemon runs");
-    });
-    (sender, task)
+/// A daemon running in the background of a test.
+pub struct Running {
+    /// Where its admin server listens.
+    pub addr: std::net::SocketAddr,
+    /// Sends reloads and the shutdown.
+    pub control: tokio::sync::mpsc::Sender<powerbi_tokend::Control>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// Asks the daemon to stop and waits (at most 10 s) until it has.
-pub async fn stop_daemon(
-    sender: tokio::sync::mpsc::Sender<powerbi_tokend::Control>,
-    task: tokio::task::JoinHandle<()>,
-) {
-    sender
-        .send(powerbi_tokend::Control::Shutdown)
+/// Starts the daemon (admin server included) in the background.
+pub async fn start_daemon(config: Config) -> Running {
+    let daemon = powerbi_tokend::Daemon::start(config)
         .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("daemon stops")
-        .unwrap();
+        .expect("daemon starts");
+    let addr = daemon.admin_addr();
+    let (control, receiver) = tokio::sync::mpsc::channel(4);
+    let task = tokio::spawn(async move { daemon.run(receiver).await.expect("daemon runs") });
+    Running {
+        addr,
+        control,
+        task,
+    }
+}
+
+impl Running {
+    /// Asks the daemon to stop and waits (at most 10 s) until it has.
+    pub async fn stop(self) {
+        self.control
+            .send(powerbi_tokend::Control::Shutdown)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("daemon stops")
+            .unwrap();
+    }
+
+    /// GETs an admin endpoint: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
 }
