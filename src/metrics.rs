@@ -154,15 +154,20 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     let _ = writeln!(out, "}} {value}");
 }
 
+/// A `{tenant="…"}` sample, or nothing when the value is not known yet (absent, not zero).
+fn per_tenant(out: &mut String, name: &str, tenant: &str, value: Option<f64>) {
+    if let Some(value) = value {
+        sample(out, name, &[("tenant", tenant)], value);
+    }
+}
+
 const FAMILIES: [Family; 9] = [
     Family {
         name: "powerbi_tokend_token_expiry_timestamp_seconds",
         kind: "gauge",
         help: "Unix time the tenant's current token expires.",
         samples: |out, name, tenant, status, _| {
-            if let Some(expires_on) = status.expires_on {
-                sample(out, name, &[("tenant", tenant)], expires_on as f64);
-            }
+            per_tenant(out, name, tenant, status.expires_on.map(|e| e as f64));
         },
     },
     Family {
@@ -170,10 +175,10 @@ const FAMILIES: [Family; 9] = [
         kind: "gauge",
         help: "Seconds until the tenant's current token expires, at scrape time; negative once expired.",
         samples: |out, name, tenant, status, now| {
-            if let Some(expires_on) = status.expires_on {
-                let left = expires_on as f64 - system_to_unix_f64(now);
-                sample(out, name, &[("tenant", tenant)], left);
-            }
+            let left = status
+                .expires_on
+                .map(|e| e as f64 - system_to_unix_f64(now));
+            per_tenant(out, name, tenant, left);
         },
     },
     Family {
@@ -181,9 +186,12 @@ const FAMILIES: [Family; 9] = [
         kind: "gauge",
         help: "Unix time of the tenant's next planned refresh attempt.",
         samples: |out, name, tenant, status, _| {
-            if let Some(next) = status.next_refresh {
-                sample(out, name, &[("tenant", tenant)], system_to_unix_f64(next));
-            }
+            per_tenant(
+                out,
+                name,
+                tenant,
+                status.next_refresh.map(system_to_unix_f64),
+            );
         },
     },
     Family {
@@ -191,14 +199,12 @@ const FAMILIES: [Family; 9] = [
         kind: "gauge",
         help: "Unix time of the tenant's last successful refresh, every sink written.",
         samples: |out, name, tenant, status, _| {
-            if let Some(success) = status.last_success {
-                sample(
-                    out,
-                    name,
-                    &[("tenant", tenant)],
-                    system_to_unix_f64(success),
-                );
-            }
+            per_tenant(
+                out,
+                name,
+                tenant,
+                status.last_success.map(system_to_unix_f64),
+            );
         },
     },
     Family {
