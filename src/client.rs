@@ -9,12 +9,13 @@
 
 use base64::Engine;
 use secrecy::ExposeSecret;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use crate::clock::unix_now;
 use crate::config::{
     ApiVersion, ClientAuth, DaemonConfig, ManagedIdentitySource, OAuth2Config, TenantConfig,
 };
-use crate::credential::{Credential, CredentialError};
+use crate::credential::{Credential, CredentialError, read_secret};
 use crate::error::{self, ErrorClass, Reason, RefreshError};
 use crate::schedule::parse_retry_after;
 use crate::token::{AccessToken, parse_token_response};
@@ -167,7 +168,7 @@ impl TokenClient {
         let Credential::Secret { source, .. } = credential else {
             return Err(credential_error(CredentialError::NotForm));
         };
-        let secret = source.read().map_err(credential_error)?;
+        let secret = read_secret(source).map_err(credential_error)?;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if let Some(scope) = &oauth2.scope {
             form.push(("scope", scope));
@@ -231,7 +232,7 @@ impl TokenClient {
                 }
                 ManagedIdentitySource::AppService { endpoint, header } => {
                     query.push(("api-version", "2019-08-01"));
-                    let secret = header.read().map_err(credential_error)?;
+                    let secret = read_secret(header).map_err(credential_error)?;
                     let mut value = reqwest::header::HeaderValue::try_from(secret.expose_secret())
                         .map_err(|_| {
                             RefreshError::local(
@@ -320,13 +321,6 @@ impl TokenClient {
         }
         Ok(body)
     }
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A credential that cannot be read locally: permanent until someone fixes the file or variable.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+use crate::config::SecretSource;
 use crate::config::{ApiVersion, Config, DaemonConfig, ServerConfig, TenantConfig};
-use crate::credential::SecretSource;
 use crate::sim::{SimApp, SimEntra, SimTenant};
 use crate::{Control, RunError};
 

@@ -31,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod client;
+pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod credential;
@@ -329,7 +330,7 @@ pub fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
                     "tenant {:?}: the {} expires on {} (in {days} day(s)); rotate it before then",
                     tenant.name,
                     kind.replace('_', " "),
-                    config::format_date(expires_on)
+                    clock::format_date(expires_on)
                 ));
             }
         }
@@ -337,10 +338,41 @@ pub fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
     warnings
 }
 
-/// Validates a config file and every referenced secret, without contacting Entra.
+/// Validates a config file and reads every secret, certificate and token file it names, without
+/// contacting Entra. Credentials of tenants that pass the config rules are read even when other
+/// tenants have problems, so one run reports everything.
 ///
 /// # Errors
-/// Every problem found.
+/// Every problem found, in file order.
 pub fn check(path: &std::path::Path) -> Result<Config, config::ConfigError> {
-    config::load_strict(path)
+    let now = clock::unix_now();
+    let (config, mut err) = match config::load(path) {
+        Ok(config) => {
+            let credentials = config
+                .tenants
+                .iter()
+                .map(|t| t.named_credential())
+                .collect();
+            let err = config::ConfigError {
+                path: config.path.clone(),
+                problems: Vec::new(),
+                credentials,
+            };
+            (Some(config), err)
+        }
+        Err(err) => (None, err),
+    };
+    let found: Vec<_> = err
+        .credentials
+        .iter()
+        .flat_map(|tenant| credential::verify(tenant, now))
+        .collect();
+    err.problems.extend(found);
+    match config {
+        Some(config) if err.problems.is_empty() => Ok(config),
+        _ => {
+            err.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            Err(err)
+        }
+    }
 }

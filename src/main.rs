@@ -83,7 +83,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             init_logging(cli.log_format.unwrap_or_default());
             match check(&args.config) {
                 Ok(config) => {
-                    let now = powerbi_tokend::client::unix_now();
+                    let now = powerbi_tokend::clock::unix_now();
                     for warning in powerbi_tokend::credential_warnings(&config, now) {
                         eprintln!("{}: warning: {warning}", config.path.display());
                     }

@@ -64,7 +64,7 @@ async fn v2_request_shape_and_numeric_response() {
 async fn v1_request_shape_and_string_response() {
     let (sim, mut tenant, client) = setup().await;
     tenant.api = ApiVersion::V1;
-    let before = powerbi_tokend::client::unix_now();
+    let before = powerbi_tokend::clock::unix_now();
     let token = client
         .fetch(&tenant, &mut Credential::new(&tenant.credential))
         .await

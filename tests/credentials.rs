@@ -15,12 +15,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use powerbi_tokend::client::TokenClient;
+use powerbi_tokend::config::SecretSource;
 use powerbi_tokend::config::{
     AssertionAlgorithm, CertificateConfig, CredentialConfig, DaemonConfig, ManagedIdentitySource,
     TenantConfig,
 };
+use powerbi_tokend::credential::Credential;
 use powerbi_tokend::credential::certificate::Certificate;
-use powerbi_tokend::credential::{Credential, SecretSource};
 use powerbi_tokend::error::{ErrorClass, Reason};
 use powerbi_tokend::sim::{SimEntra, SimFederatedCredential, SimManagedIdentity};
 
@@ -175,7 +176,7 @@ fn assertions_verify_with_openssl_ps256_and_rs256() {
     let mut cert = make_certificate(dir.path(), "app", 30);
     let loaded = Certificate::load(&cert).unwrap();
     let audience = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token";
-    let now = powerbi_tokend::client::unix_now();
+    let now = powerbi_tokend::clock::unix_now();
 
     let jwt = loaded
         .assertion(AssertionAlgorithm::Ps256, false, CLIENT_ID, audience, now)
@@ -437,7 +438,7 @@ async fn workload_identity() {
         },
     );
     let token_file = dir.path().join("azure-identity-token");
-    let now = powerbi_tokend::client::unix_now();
+    let now = powerbi_tokend::clock::unix_now();
     let mut tenant = tenant(&sim, "contoso", TENANT, dir.path());
     tenant.credential = CredentialConfig::WorkloadIdentity {
         token_file: token_file.clone(),

@@ -288,7 +288,7 @@ impl CertificateCredential {
         audience: &str,
     ) -> Result<SecretString, CredentialError> {
         let (algorithm, send_x5c) = (self.config.algorithm, self.config.send_x5c);
-        let now = crate::client::unix_now();
+        let now = crate::clock::unix_now();
         self.current()?
             .assertion(algorithm, send_x5c, client_id, audience, now)
     }

@@ -42,7 +42,8 @@ impl FederatedCredential {
         {
             return Ok(token.clone());
         }
-        let token = super::SecretSource::File(self.token_file.clone()).read()?;
+        let token =
+            super::read_secret(&crate::config::SecretSource::File(self.token_file.clone()))?;
         self.cached = Some((Instant::now(), token.clone()));
         Ok(token)
     }

@@ -8,18 +8,21 @@
 //! | managed identity | `credential = "managed_identity"` | nothing: a GET to IMDS or App Service |
 //!
 //! [`Credential`] is the per-tenant runtime state (loaded certificate, cached federated token);
-//! the rest of the request is built by [`crate::client`].
+//! the rest of the request is built by [`crate::client`]. [`verify`] reads every file and
+//! variable a tenant's credential names, for `check`.
 
 pub mod certificate;
 pub mod federated;
 mod secret;
+mod verify;
 pub mod x509;
 
-pub use secret::{CredentialError, SecretSource};
+pub use secret::{CredentialError, read_secret};
+pub use verify::verify;
 
 use secrecy::SecretString;
 
-use crate::config::{CredentialConfig, ManagedIdentitySource};
+use crate::config::{CredentialConfig, ManagedIdentitySource, SecretSource};
 use crate::error::RefreshError;
 
 use certificate::CertificateCredential;
@@ -79,7 +82,7 @@ impl Credential {
         token_url: &str,
     ) -> Result<Vec<(&'static str, SecretString)>, CredentialError> {
         match self {
-            Credential::Secret { source, .. } => Ok(vec![("client_secret", source.read()?)]),
+            Credential::Secret { source, .. } => Ok(vec![("client_secret", read_secret(source)?)]),
             Credential::Certificate(certificate) => Ok(vec![
                 ("client_assertion_type", SecretString::from(JWT_BEARER)),
                 (

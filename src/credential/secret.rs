@@ -4,45 +4,13 @@
 //! systemd credential can rotate the secret and the next refresh uses it, without a restart.
 
 use secrecy::SecretString;
-use serde::Deserialize;
 use std::io::Read;
 use std::path::PathBuf;
 
+use crate::config::SecretSource;
+
 /// Largest secret file we read; anything bigger is a wrong path, not a secret.
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
-
-/// Where a client secret is read from.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum SecretSource {
-    /// An environment variable of the daemon's process.
-    Env(String),
-    /// A file; one trailing newline is trimmed.
-    File(PathBuf),
-    /// A systemd credential (`LoadCredential=name:…`), read from `$CREDENTIALS_DIRECTORY/name`.
-    Systemd(String),
-    /// A secret held in memory, for configurations built in code (`demo`, tests). A config file
-    /// cannot express it: secrets are never written in the file.
-    #[serde(skip)]
-    Inline(SecretString),
-}
-
-impl PartialEq for SecretSource {
-    fn eq(&self, other: &Self) -> bool {
-        use secrecy::ExposeSecret;
-        match (self, other) {
-            (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
-            (SecretSource::File(a), SecretSource::File(b)) => a == b,
-            (SecretSource::Systemd(a), SecretSource::Systemd(b)) => a == b,
-            (SecretSource::Inline(a), SecretSource::Inline(b)) => {
-                a.expose_secret() == b.expose_secret()
-            }
-            _ => false,
-        }
-    }
-}
-
-impl Eq for SecretSource {}
 
 /// A secret could not be read. Says where it looked, never what it found.
 #[derive(Debug, thiserror::Error)]
@@ -93,31 +61,29 @@ pub enum CredentialError {
     NoCredentialsDirectory(String),
 }
 
-impl SecretSource {
-    /// Reads the secret now.
-    ///
-    /// # Errors
-    /// The source is missing, unreadable or empty.
-    pub fn read(&self) -> Result<SecretString, CredentialError> {
-        match self {
-            SecretSource::Env(name) => {
-                let value =
-                    std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.clone()))?;
-                if value.is_empty() {
-                    return Err(CredentialError::Empty(format!(
-                        "environment variable {name}"
-                    )));
-                }
-                Ok(SecretString::from(value))
+/// Reads a secret from where the config says it lives, now.
+///
+/// # Errors
+/// The source is missing, unreadable or empty.
+pub fn read_secret(source: &SecretSource) -> Result<SecretString, CredentialError> {
+    match source {
+        SecretSource::Env(name) => {
+            let value =
+                std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.clone()))?;
+            if value.is_empty() {
+                return Err(CredentialError::Empty(format!(
+                    "environment variable {name}"
+                )));
             }
-            SecretSource::File(path) => read_file(path.clone()),
-            SecretSource::Systemd(name) => {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
-                    .ok_or_else(|| CredentialError::NoCredentialsDirectory(name.clone()))?;
-                read_file(PathBuf::from(dir).join(name))
-            }
-            SecretSource::Inline(secret) => Ok(secret.clone()),
+            Ok(SecretString::from(value))
         }
+        SecretSource::File(path) => read_file(path.clone()),
+        SecretSource::Systemd(name) => {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                .ok_or_else(|| CredentialError::NoCredentialsDirectory(name.clone()))?;
+            read_file(PathBuf::from(dir).join(name))
+        }
+        SecretSource::Inline(secret) => Ok(secret.clone()),
     }
 }
 
@@ -160,25 +126,25 @@ mod tests {
         let path = dir.path().join("secret");
         std::fs::write(&path, "first\n").unwrap();
         let source = SecretSource::File(path.clone());
-        assert_eq!(source.read().unwrap().expose_secret(), "first");
+        assert_eq!(read_secret(&source).unwrap().expose_secret(), "first");
         std::fs::write(&path, "second\r\n").unwrap();
-        assert_eq!(source.read().unwrap().expose_secret(), "second");
+        assert_eq!(read_secret(&source).unwrap().expose_secret(), "second");
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(source.read(), Err(CredentialError::Empty(_))));
+        assert!(matches!(
+            read_secret(&source),
+            Err(CredentialError::Empty(_))
+        ));
     }
 
     #[test]
     fn errors_name_the_source_not_the_value() {
-        let err = SecretSource::Env("POWERBI_TOKEND_TEST_UNSET_VAR".into())
-            .read()
-            .unwrap_err();
+        let err =
+            read_secret(&SecretSource::Env("POWERBI_TOKEND_TEST_UNSET_VAR".into())).unwrap_err();
         assert_eq!(
             err.to_string(),
             "environment variable POWERBI_TOKEND_TEST_UNSET_VAR is not set"
         );
-        let err = SecretSource::File("/nonexistent/secret".into())
-            .read()
-            .unwrap_err();
+        let err = read_secret(&SecretSource::File("/nonexistent/secret".into())).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("cannot read secret file /nonexistent/secret")

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use powerbi_tokend::config::SecretSource;
 use powerbi_tokend::config::{Config, DaemonConfig, ServerConfig, TenantConfig};
-use powerbi_tokend::credential::SecretSource;
 use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
 
 pub const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";

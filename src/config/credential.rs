@@ -1,0 +1,188 @@
+//! A tenant's one credential: client secret, certificate, workload identity or managed identity.
+//! Only the shape is checked here; whether the files and variables it names are readable is
+//! [`crate::credential::verify`]'s job, run by `check`.
+
+use std::path::PathBuf;
+use toml::Spanned;
+
+use super::loader::Loader;
+use super::raw::{RawSecret, RawTenant};
+use super::tenant::TenantInput;
+use super::types::{CertificateConfig, CredentialConfig, ManagedIdentitySource, SecretSource};
+use super::values::parse_expiry;
+
+impl Loader<'_> {
+    /// Picks and validates the tenant's one credential. A tenant that sets any credential key
+    /// replaces `[defaults]`' credential entirely, so defaults and tenant never mix into two.
+    pub(super) fn credential(
+        &mut self,
+        input: &TenantInput<'_>,
+    ) -> (Option<CredentialConfig>, Option<usize>) {
+        let (raw, defaults, offset) = (input.raw, input.defaults, input.offset);
+        let has_credential = |r: &RawTenant| {
+            r.client_secret.is_some() || r.client_certificate.is_some() || r.credential.is_some()
+        };
+        let own = has_credential(raw);
+        let level = if own { raw } else { defaults };
+        let mut kinds: Vec<(&'static str, usize)> = Vec::new();
+        if let Some(secret) = &level.client_secret {
+            kinds.push(("client_secret", secret.span().start));
+        }
+        if let Some(cert) = &level.client_certificate {
+            kinds.push(("client_certificate", cert.span().start));
+        }
+        if let Some(kind) = &level.credential {
+            kinds.push(("credential", kind.span().start));
+        }
+        match kinds.as_slice() {
+            [] if self.defaults_broken => return (None, None),
+            [] => {
+                self.problem(
+                    Some(offset),
+                    input.key("credential"),
+                    "missing (in the tenant or in [defaults]); expected one of client_secret = { env = \"VAR\" } (or file, systemd), client_certificate = { cert = \"…\", key = \"…\" }, credential = \"workload_identity\" or credential = \"managed_identity\"".to_owned(),
+                );
+                return (None, None);
+            }
+            [_] => {}
+            [first, second, ..] => {
+                let names: Vec<&str> = kinds.iter().map(|(name, _)| *name).collect();
+                let line = Some(self.line_of(first.1));
+                self.problem(
+                    Some(second.1),
+                    input.key("credential"),
+                    format!(
+                        "{} are all set; a tenant has exactly one credential",
+                        names.join(" and ")
+                    ),
+                );
+                return (None, line);
+            }
+        }
+        let (kind, at) = kinds[0];
+        let line = Some(self.line_of(at));
+        let credential = match kind {
+            "client_secret" => {
+                let expires = if own {
+                    raw.client_secret_expires.as_ref()
+                } else {
+                    raw.client_secret_expires
+                        .as_ref()
+                        .or(defaults.client_secret_expires.as_ref())
+                };
+                self.client_secret(level, expires, input)
+            }
+            "client_certificate" => self.certificate(level),
+            _ => self.credential_kind(level, input),
+        };
+        (credential, line)
+    }
+
+    /// `client_secret` (a reference, never a literal) and `client_secret_expires`.
+    fn client_secret(
+        &mut self,
+        level: &RawTenant,
+        expires: Option<&Spanned<toml::Value>>,
+        input: &TenantInput<'_>,
+    ) -> Option<CredentialConfig> {
+        let secret = level.client_secret.as_ref()?;
+        let expires_on = match expires {
+            None => None,
+            Some(value) => match parse_expiry(value.get_ref()) {
+                Ok(expires_on) => Some(expires_on),
+                Err(message) => {
+                    self.problem(
+                        Some(value.span().start),
+                        input.key("client_secret_expires"),
+                        message,
+                    );
+                    return None;
+                }
+            },
+        };
+        match secret.get_ref() {
+            RawSecret::Reference(source) => {
+                let source = match source {
+                    SecretSource::File(path) => SecretSource::File(self.resolve_path(path.clone())),
+                    other => other.clone(),
+                };
+                Some(CredentialConfig::ClientSecret { source, expires_on })
+            }
+            RawSecret::Literal => {
+                self.problem(
+                    Some(secret.span().start),
+                    input.key("client_secret"),
+                    "secrets are not written in the config file; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
+                );
+                None
+            }
+        }
+    }
+
+    /// `client_certificate = { cert, key, algorithm, send_x5c }`, paths relative to the file.
+    fn certificate(&mut self, level: &RawTenant) -> Option<CredentialConfig> {
+        let raw = level.client_certificate.as_ref()?;
+        let cert = self.resolve_path(raw.get_ref().cert.clone());
+        let key = raw
+            .get_ref()
+            .key
+            .clone()
+            .map_or_else(|| cert.clone(), |key| self.resolve_path(key));
+        let config = CertificateConfig {
+            cert,
+            key,
+            algorithm: raw.get_ref().algorithm.unwrap_or_default(),
+            send_x5c: raw.get_ref().send_x5c.unwrap_or(false),
+        };
+        Some(CredentialConfig::Certificate(config))
+    }
+
+    /// `credential = "workload_identity"` or `"managed_identity"`.
+    fn credential_kind(
+        &mut self,
+        level: &RawTenant,
+        input: &TenantInput<'_>,
+    ) -> Option<CredentialConfig> {
+        let kind = level.credential.as_ref()?;
+        match kind.get_ref().as_str() {
+            "workload_identity" => {
+                let configured = level
+                    .federated_token_file
+                    .as_ref()
+                    .map(|path| self.resolve_path(path.get_ref().clone()));
+                let Some(token_file) = configured
+                    .or_else(|| (self.env)("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from))
+                else {
+                    self.problem(
+                        Some(kind.span().start),
+                        input.key("federated_token_file"),
+                        "missing: set federated_token_file, or run where the workload identity webhook sets AZURE_FEDERATED_TOKEN_FILE".to_owned(),
+                    );
+                    return None;
+                };
+                Some(CredentialConfig::WorkloadIdentity { token_file })
+            }
+            "managed_identity" => {
+                let app_service = (self.env)("IDENTITY_ENDPOINT")
+                    .filter(|_| (self.env)("IDENTITY_HEADER").is_some());
+                Some(CredentialConfig::ManagedIdentity(match app_service {
+                    Some(endpoint) => ManagedIdentitySource::AppService {
+                        endpoint,
+                        header: SecretSource::Env("IDENTITY_HEADER".to_owned()),
+                    },
+                    None => ManagedIdentitySource::Imds,
+                }))
+            }
+            other => {
+                self.problem(
+                    Some(kind.span().start),
+                    input.key("credential"),
+                    format!(
+                        "{other:?} is not a credential kind; expected \"workload_identity\" or \"managed_identity\" (a secret or certificate is set with client_secret or client_certificate)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+}

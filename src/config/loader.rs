@@ -1,0 +1,266 @@
+//! Line tracking, per-section deserialization that keeps going after an error, and the order in
+//! which the file's sections are read. The rules of each section live in their own files.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toml::Spanned;
+use toml::de::{DeValue, ValueDeserializer};
+
+use super::raw::{RawDaemon, RawServer, RawTenant};
+use super::types::{Config, TenantConfig, TenantCredential};
+use super::{ConfigError, Problem};
+
+/// Parses and validates with `env` as the environment (workload identity and App Service
+/// settings come from it); tests inject their own.
+pub(super) fn parse_with_env(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let line_starts = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(at, _)| at + 1))
+        .collect();
+    let mut loader = Loader {
+        text,
+        line_starts,
+        base_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+        problems: Vec::new(),
+        defaults_broken: false,
+        seen: Vec::new(),
+        resolved: Vec::new(),
+        credentials: Vec::new(),
+        env,
+    };
+    let config = loader.load(path);
+    let mut problems = std::mem::take(&mut loader.problems);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => {
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            Err(ConfigError {
+                path: path.to_owned(),
+                problems,
+                credentials: loader.credentials,
+            })
+        }
+    }
+}
+
+/// The state of one parse: the text, where lines start, and every problem found so far.
+pub(super) struct Loader<'a> {
+    /// The whole file.
+    pub(super) text: &'a str,
+    /// Byte offset where each line starts (line 1 at index 0).
+    pub(super) line_starts: Vec<usize>,
+    /// Relative paths in the file are relative to the file's directory.
+    pub(super) base_dir: PathBuf,
+    /// Every problem found so far, in the order found.
+    pub(super) problems: Vec<Problem>,
+    /// `[defaults]` could not be read: do not also blame every tenant for missing keys.
+    pub(super) defaults_broken: bool,
+    /// (name, line, sink paths) of every tenant read, valid or not, for cross-tenant rules.
+    pub(super) seen: Vec<(String, Option<usize>, Vec<PathBuf>)>,
+    /// Tenants that passed every rule, in file order.
+    pub(super) resolved: Vec<Arc<TenantConfig>>,
+    /// Every credential that was valid on its own, for `check` (see [`ConfigError`]).
+    pub(super) credentials: Vec<TenantCredential>,
+    /// Environment lookup (workload identity and App Service settings); injectable for tests.
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl<'a> Loader<'a> {
+    /// 1-based line of a byte offset: a binary search over the line starts, because a config
+    /// with ten thousand tenants asks this for every tenant.
+    pub(super) fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|start| *start <= offset)
+    }
+
+    /// Records a problem at a byte offset of the file.
+    pub(super) fn problem(
+        &mut self,
+        offset: Option<usize>,
+        key: impl Into<Option<String>>,
+        message: String,
+    ) {
+        let line = offset.map(|o| self.line_of(o));
+        self.problems.push(Problem {
+            line,
+            key: key.into(),
+            message,
+        });
+    }
+
+    /// Deserializes one section, recording errors (with their lines) instead of stopping.
+    ///
+    /// An unknown key is reported, removed and the section parsed again, so that one typo does
+    /// not hide the section's other problems. Any other error gives up on the section.
+    pub(super) fn section<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        mut value: Spanned<DeValue<'a>>,
+        key: &str,
+    ) -> Option<T> {
+        let start = value.span().start;
+        loop {
+            match T::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(parsed) => return Some(parsed),
+                Err(err) => {
+                    let offset = err.span().map(|s| s.start).unwrap_or(start);
+                    self.problem(Some(offset), key.to_owned(), err.message().to_owned());
+                    if !err.message().starts_with("unknown field") {
+                        return None;
+                    }
+                    let span = value.span();
+                    let DeValue::Table(table) = value.get_ref() else {
+                        return None;
+                    };
+                    let mut table = table.clone();
+                    let unknown = table
+                        .keys()
+                        .find(|k| Some(k.span()) == err.span())
+                        .cloned()?;
+                    table.remove(&unknown);
+                    value = Spanned::new(span, DeValue::Table(table));
+                }
+            }
+        }
+    }
+
+    /// Reads every section, then every tenant against `[defaults]`, then the cross-tenant rules.
+    pub(super) fn load(&mut self, path: &Path) -> Option<Config> {
+        let root = match toml::de::DeTable::parse(self.text) {
+            Ok(root) => root.into_inner(),
+            Err(err) => {
+                let offset = err.span().map(|s| s.start);
+                self.problem(offset, None, format!("not valid TOML: {}", err.message()));
+                return None;
+            }
+        };
+        let mut sections = Sections::default();
+        for (key, value) in root {
+            let key_offset = key.span().start;
+            match key.get_ref().as_ref() {
+                "server" => sections.server = self.section(value, "server"),
+                "daemon" => sections.daemon = self.section(value, "daemon"),
+                "defaults" => sections.defaults = self.defaults(value),
+                "tenant" => {
+                    let (tenants, all_read) = self.tenant_tables(key_offset, &value);
+                    sections.tenants = tenants;
+                    sections.tenants_complete = all_read;
+                }
+                other => self.problem(
+                    Some(key_offset),
+                    other.to_owned(),
+                    "unknown section; expected one of `server`, `daemon`, `defaults`, `tenant`"
+                        .to_owned(),
+                ),
+            }
+        }
+        let server = sections.server.map(|raw| self.server(raw));
+        let daemon = sections.daemon.map(|raw| self.daemon(raw));
+        let defaults = sections.defaults.unwrap_or_default();
+        for (index, (offset, raw)) in sections.tenants.into_iter().enumerate() {
+            if let Some(tenant) = self.tenant(index, offset, raw, &defaults) {
+                // Straight into an Arc: collecting a Vec<TenantConfig> into Vec<Arc<_>> later
+                // would reuse (and keep) the large buffer, megabytes at ten thousand tenants.
+                self.resolved.push(Arc::new(tenant));
+            }
+        }
+        self.cross_tenant_rules();
+        if !sections.tenants_complete {
+            return None;
+        }
+        Some(Config {
+            path: path.to_owned(),
+            server: server??,
+            daemon: daemon??,
+            tenants: std::mem::take(&mut self.resolved),
+        })
+    }
+
+    /// `[defaults]`: a tenant table without the keys only a tenant may have.
+    fn defaults(&mut self, value: Spanned<DeValue<'a>>) -> Option<RawTenant> {
+        let Some(parsed) = self.section::<RawTenant>(value, "defaults") else {
+            self.defaults_broken = true;
+            return None;
+        };
+        for (present, name) in [
+            (parsed.name.as_ref().map(|s| s.span().start), "name"),
+            (
+                parsed.tenant_id.as_ref().map(|s| s.span().start),
+                "tenant_id",
+            ),
+        ] {
+            if let Some(offset) = present {
+                self.problem(
+                    Some(offset),
+                    format!("defaults.{name}"),
+                    format!("`{name}` belongs in a [[tenant]], not in [defaults]"),
+                );
+            }
+        }
+        Some(parsed)
+    }
+
+    /// Every `[[tenant]]` table that could be read, with its byte offset, and whether all could.
+    fn tenant_tables(
+        &mut self,
+        key_offset: usize,
+        value: &Spanned<DeValue<'a>>,
+    ) -> (Vec<(usize, RawTenant)>, bool) {
+        let Some(items) = value.get_ref().as_array() else {
+            self.problem(
+                Some(key_offset),
+                "tenant".to_owned(),
+                "expected an array of tables: write each tenant as [[tenant]]".to_owned(),
+            );
+            return (Vec::new(), false);
+        };
+        let mut tenants = Vec::with_capacity(items.len());
+        let mut all_read = true;
+        for (index, item) in items.iter().enumerate() {
+            let offset = item.span().start;
+            match self.section::<RawTenant>(item.clone(), &format!("tenant[{index}]")) {
+                Some(parsed) => tenants.push((offset, parsed)),
+                None => all_read = false,
+            }
+        }
+        (tenants, all_read)
+    }
+
+    /// A path from the file: relative paths are relative to the file's directory.
+    pub(super) fn resolve_path(&self, path: PathBuf) -> PathBuf {
+        if path.is_absolute() {
+            path
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// The top-level sections as read. `None` inside means the section was present but could not be
+/// read (its problems are recorded); a missing section is its default.
+struct Sections {
+    /// `[server]`.
+    server: Option<RawServer>,
+    /// `[daemon]`.
+    daemon: Option<RawDaemon>,
+    /// `[defaults]`.
+    defaults: Option<RawTenant>,
+    /// The `[[tenant]]` tables that could be read, with their byte offsets.
+    tenants: Vec<(usize, RawTenant)>,
+    /// Whether every `[[tenant]]` table could be read.
+    tenants_complete: bool,
+}
+
+impl Default for Sections {
+    fn default() -> Self {
+        Sections {
+            server: Some(RawServer::default()),
+            daemon: Some(RawDaemon::default()),
+            defaults: Some(RawTenant::default()),
+            tenants: Vec::new(),
+            tenants_complete: true,
+        }
+    }
+}

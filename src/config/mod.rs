@@ -1,0 +1,121 @@
+//! The configuration file: schema, defaults inheritance, and validation.
+//!
+//! Loading never stops at the first mistake: every section and every `[[tenant]]` is deserialized
+//! on its own, and every rule is checked, so `check` can print all problems at once, each with the
+//! file, the line, the key and what was expected. A config that has any problem is rejected whole;
+//! on reload that means the running config stays in place.
+//!
+//! Secrets are never written in the file. `client_secret` names where the secret lives
+//! (`{ env = "…" }`, `{ file = "…" }` or `{ systemd = "…" }`); reading it is the job of
+//! [`crate::credential`], at every refresh, so a rotated secret is picked up without a restart.
+//!
+//! This module is plain data plus validation: it reads the config file and nothing else of
+//! other modules' making. Whether a referenced secret, certificate or token file is readable is
+//! checked by [`crate::credential::verify`], which `check` runs on the loaded config.
+//!
+//! # Files
+//!
+//! * `types.rs`: the validated, public configuration ([`Config`], [`TenantConfig`], …).
+//! * `raw.rs`: the schema serde reads, every key optional so defaults can be merged.
+//! * `loader.rs`: line tracking, per-section deserialization that keeps going after an error,
+//!   and the order in which sections are read.
+//! * `server.rs`, `daemon.rs`: the `[server]` and `[daemon]` rules.
+//! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`, `oauth2.rs` and
+//!   `sink.rs` hold the rules of its credential, generic OAuth2 provider and sinks.
+//! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file).
+//! * `values.rs`: value syntax shared by several sections (URLs, GUIDs, dates, cron).
+
+mod credential;
+mod cross_tenant;
+mod daemon;
+mod loader;
+mod oauth2;
+mod raw;
+mod server;
+mod sink;
+mod tenant;
+mod types;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use types::*;
+pub use values::parse_cron;
+
+/// Default admin listen address: loopback, so metrics are not exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+/// Azure's instance metadata service token endpoint (link-local; plain HTTP by design).
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+
+/// One problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when the parser knows it.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `tenant[2].schedule`.
+    pub key: Option<String>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Every problem in one file; `Display` prints one per line, prefixed with `file:line:`.
+#[derive(Clone, Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file the problems are in.
+    pub path: PathBuf,
+    /// In file order.
+    pub problems: Vec<Problem>,
+    /// Every credential that was valid on its own, even in a tenant with other problems, so
+    /// `check` can still read them and report everything in one run.
+    pub credentials: Vec<TenantCredential>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.problems.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.path.display())?;
+            if let Some(line) = problem.line {
+                write!(f, ":{line}")?;
+            }
+            write!(f, ": ")?;
+            if let Some(key) = &problem.key {
+                write!(f, "{key}: ")?;
+            }
+            write!(f, "{}", problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads, parses and validates a configuration file.
+///
+/// # Errors
+/// Every problem found, with lines where known.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+        path: path.to_owned(),
+        problems: vec![Problem {
+            line: None,
+            key: None,
+            message: format!("cannot read the configuration file: {err}"),
+        }],
+        credentials: Vec::new(),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates configuration text; `path` is used for messages and relative paths.
+///
+/// # Errors
+/// Every problem found, with lines where known.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    loader::parse_with_env(text, path, &|key| std::env::var(key).ok())
+}

@@ -1,0 +1,120 @@
+//! The schema serde reads. Everything is optional so that `[defaults]` can be merged and so that
+//! a missing key is reported by validation (with a line) rather than by serde (without one).
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use toml::Spanned;
+
+use crate::cloud::Cloud;
+
+use super::types::{
+    ApiVersion, AssertionAlgorithm, ClientAuth, FileFormat, LogFormat, Provider, SecretSource,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) watch_config: Option<bool>,
+    pub(super) watch_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub(super) max_concurrent_requests: Option<Spanned<i64>>,
+    pub(super) connect_timeout: Option<Spanned<String>>,
+    pub(super) request_timeout: Option<Spanned<String>>,
+    pub(super) backoff_min: Option<Spanned<String>>,
+    pub(super) backoff_max: Option<Spanned<String>>,
+    pub(super) permanent_retry_interval: Option<Spanned<String>>,
+    pub(super) shutdown_grace: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<PathBuf>>,
+    pub(super) imds_endpoint: Option<Spanned<String>>,
+    pub(super) log_format: Option<LogFormat>,
+}
+
+/// Used for both `[defaults]` and `[[tenant]]`; `name` and `tenant_id` are rejected in defaults.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTenant {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) tenant_id: Option<Spanned<String>>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) client_secret: Option<Spanned<RawSecret>>,
+    pub(super) client_secret_expires: Option<Spanned<toml::Value>>,
+    pub(super) client_certificate: Option<Spanned<RawCertificate>>,
+    pub(super) credential: Option<Spanned<String>>,
+    pub(super) federated_token_file: Option<Spanned<PathBuf>>,
+    pub(super) provider: Option<Provider>,
+    pub(super) token_url: Option<Spanned<String>>,
+    pub(super) scope: Option<Spanned<String>>,
+    pub(super) audience: Option<Spanned<String>>,
+    pub(super) auth: Option<ClientAuth>,
+    pub(super) cloud: Option<Cloud>,
+    pub(super) authority_host: Option<Spanned<String>>,
+    pub(super) api: Option<ApiVersion>,
+    pub(super) resource: Option<Spanned<String>>,
+    pub(super) refresh_at: Option<Spanned<f64>>,
+    pub(super) jitter: Option<Spanned<f64>>,
+    pub(super) sinks: Option<Spanned<Vec<RawSink>>>,
+    pub(super) schedule: Option<Spanned<String>>,
+}
+
+/// `client_certificate = { cert = "…", key = "…", algorithm = "ps256", send_x5c = false }`.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub(super) cert: PathBuf,
+    pub(super) key: Option<PathBuf>,
+    pub(super) algorithm: Option<AssertionAlgorithm>,
+    pub(super) send_x5c: Option<bool>,
+}
+
+/// `client_secret` as written: a reference, or (rejected, contents dropped) a literal string.
+#[derive(Clone)]
+pub(super) enum RawSecret {
+    /// `{ env = … }`, `{ file = … }` or `{ systemd = … }`.
+    Reference(SecretSource),
+    /// A string: rejected, and its value is not kept.
+    Literal,
+}
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::String(_) => Ok(RawSecret::Literal),
+            table @ toml::Value::Table(_) => SecretSource::deserialize(table)
+                .map(RawSecret::Reference)
+                .map_err(|err| {
+                    D::Error::custom(format!(
+                        "{}; expected {{ env = \"VAR\" }}, {{ file = \"/path\" }} or {{ systemd = \"name\" }}",
+                        err.message()
+                    ))
+                }),
+            other => Err(D::Error::custom(format!(
+                "expected {{ env = \"VAR\" }}, {{ file = \"/path\" }} or {{ systemd = \"name\" }}, got a {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawSink {
+    File {
+        path: String,
+        format: Option<FileFormat>,
+        mode: Option<RawMode>,
+    },
+}
+
+/// `mode = "0600"` or `mode = 0o600`.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawMode {
+    Text(String),
+    Number(i64),
+}

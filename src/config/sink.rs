@@ -1,0 +1,105 @@
+//! `sinks = [ … ]`: where a tenant's token is written.
+
+use std::path::PathBuf;
+
+use super::loader::Loader;
+use super::raw::{RawMode, RawSink};
+use super::tenant::{TenantInput, inherited};
+use super::types::{FileSinkConfig, SinkConfig};
+
+impl Loader<'_> {
+    /// At least one sink; `{name}` expanded, paths relative to the config file, modes checked.
+    pub(super) fn sinks(
+        &mut self,
+        input: &TenantInput<'_>,
+        name: Option<&str>,
+    ) -> Option<Vec<SinkConfig>> {
+        let sinks = match inherited!(input, sinks) {
+            None if self.defaults_broken => return None,
+            None => {
+                self.problem(
+                    Some(input.offset),
+                    input.key("sinks"),
+                    "missing (in the tenant or in [defaults]); expected e.g. sinks = [{ type = \"file\", path = \"/var/lib/powerbi-tokend/{name}.json\" }]".to_owned(),
+                );
+                return None;
+            }
+            Some(sinks) => sinks,
+        };
+        let offset = sinks.span().start;
+        if sinks.get_ref().is_empty() {
+            self.problem(
+                Some(offset),
+                input.key("sinks"),
+                "is empty; a tenant needs at least one sink".to_owned(),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        for sink in sinks.get_ref() {
+            match sink {
+                RawSink::File { path, format, mode } => {
+                    let mode = match mode.as_ref().map_or(Ok(0o600), parse_mode) {
+                        Ok(mode) => Some(mode),
+                        Err(message) => {
+                            self.problem(Some(offset), input.key("sinks.mode"), message);
+                            None
+                        }
+                    };
+                    if path.trim().is_empty() {
+                        self.problem(
+                            Some(offset),
+                            input.key("sinks.path"),
+                            "must not be empty".to_owned(),
+                        );
+                        continue;
+                    }
+                    let expanded = path.replace("{name}", name.unwrap_or(""));
+                    if let Some(mode) = mode {
+                        out.push(SinkConfig::File(FileSinkConfig {
+                            path: self.resolve_path(PathBuf::from(expanded)),
+                            format: format.unwrap_or_default(),
+                            mode,
+                        }));
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// `"0600"`, `"0o600"` or `0o600`: at most rwx bits, and at least read and write for the daemon.
+pub(super) fn parse_mode(mode: &RawMode) -> Result<u32, String> {
+    let value = match mode {
+        RawMode::Text(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
+            .map_err(|_| format!("expected an octal mode such as \"0600\", got {text:?}"))?,
+        RawMode::Number(number) => u32::try_from(*number)
+            .map_err(|_| format!("expected an octal mode such as \"0600\", got {number}"))?,
+    };
+    if value > 0o777 {
+        return Err(format!(
+            "mode {value:o} has bits beyond rwx for user/group/other; expected e.g. \"0600\" or \"0640\""
+        ));
+    }
+    if value & 0o600 != 0o600 {
+        return Err(format!(
+            "mode {value:04o} does not let the daemon read and write its own file; expected at least 0600"
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode(&RawMode::Text("0640".into())), Ok(0o640));
+        assert_eq!(parse_mode(&RawMode::Number(0o600)), Ok(0o600));
+        assert!(parse_mode(&RawMode::Text("0400".into())).is_err());
+        assert!(parse_mode(&RawMode::Text("4755".into())).is_err());
+        assert!(parse_mode(&RawMode::Text("rw".into())).is_err());
+    }
+}

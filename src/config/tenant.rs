@@ -1,0 +1,332 @@
+//! One `[[tenant]]`, with `[defaults]` merged in: identity, endpoint, resource and timing. The
+//! credential, generic OAuth2 and sink rules are in their own files.
+
+use super::loader::Loader;
+use super::raw::RawTenant;
+use super::types::{
+    CredentialConfig, CronSchedule, OAuth2Config, Provider, SinkConfig, TenantConfig,
+    TenantCredential,
+};
+use super::values::{check_authority_host, is_domain, is_guid, parse_cron};
+use crate::cloud::Cloud;
+
+/// One `[[tenant]]` being validated: its own table, `[defaults]`, and how messages name it.
+pub(super) struct TenantInput<'r> {
+    /// The tenant's own table.
+    pub(super) raw: &'r RawTenant,
+    /// `[defaults]`, for every key the tenant leaves out.
+    pub(super) defaults: &'r RawTenant,
+    /// Byte offset of the `[[tenant]]` table, for problems about missing keys.
+    pub(super) offset: usize,
+    /// The tenant's name, or `tenant[i]` when it has none.
+    pub(super) label: String,
+}
+
+impl TenantInput<'_> {
+    /// The key path of a problem: `tenant "contoso": client_id`.
+    pub(super) fn key(&self, key: &str) -> String {
+        format!("tenant {:?}: {key}", self.label)
+    }
+}
+
+/// Picks the tenant's value of a key, else `[defaults]`'.
+macro_rules! inherited {
+    ($input:expr, $key:ident) => {
+        $input.raw.$key.as_ref().or($input.defaults.$key.as_ref())
+    };
+}
+pub(super) use inherited;
+
+/// What the credential rules tell the identity rules: a workload or managed identity fills in or
+/// drops keys that every other tenant must set.
+#[derive(Clone, Copy)]
+struct CredentialKind {
+    /// `credential = "workload_identity"`: the webhook's env vars fill in missing ids.
+    workload: bool,
+    /// `credential = "managed_identity"`: no client or tenant id is needed.
+    managed: bool,
+}
+
+impl Loader<'_> {
+    /// Validates one tenant; `None` if it has any problem (all of them are recorded).
+    pub(super) fn tenant(
+        &mut self,
+        index: usize,
+        offset: usize,
+        raw: RawTenant,
+        defaults: &RawTenant,
+    ) -> Option<TenantConfig> {
+        let before = self.problems.len();
+        let line = Some(self.line_of(offset));
+        let name = self.tenant_name(index, offset, &raw);
+        let input = TenantInput {
+            raw: &raw,
+            defaults,
+            offset,
+            label: name.clone().unwrap_or_else(|| format!("tenant[{index}]")),
+        };
+        let provider = raw.provider.or(defaults.provider).unwrap_or_default();
+        let (credential, credential_line) = self.credential(&input);
+        if let Some(credential) = &credential {
+            self.credentials.push(TenantCredential {
+                tenant: input.label.clone(),
+                line: credential_line,
+                credential: credential.clone(),
+            });
+        }
+        let kind = CredentialKind {
+            workload: matches!(credential, Some(CredentialConfig::WorkloadIdentity { .. })),
+            managed: matches!(credential, Some(CredentialConfig::ManagedIdentity(_))),
+        };
+        let tenant_id = self.tenant_id(&input, provider, kind);
+        let client_id = self.client_id(&input, kind);
+        let cloud = raw.cloud.or(defaults.cloud).unwrap_or_default();
+        let authority_host = self.authority_host(&input, cloud, kind);
+        let oauth2 = match provider {
+            Provider::Entra => Some(None),
+            Provider::Oauth2 => self.oauth2(&input, &credential).map(Some),
+        };
+        let resource = self.resource(&input, &oauth2, cloud);
+        let (refresh_at, jitter) = self.fractions(&input);
+        let sinks = self.sinks(&input, name.as_deref());
+        let schedule = self.schedule(&input);
+        if let Some(name) = &name {
+            let paths = sinks.iter().flatten().map(SinkConfig::path).collect();
+            self.seen.push((name.clone(), line, paths));
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(TenantConfig {
+            name: name?,
+            tenant_id: tenant_id?,
+            client_id: client_id?,
+            credential: credential?,
+            oauth2: oauth2?,
+            authority_host: authority_host?,
+            api: raw.api.or(defaults.api).unwrap_or_default(),
+            resource: resource?,
+            refresh_at,
+            jitter,
+            sinks: sinks?,
+            schedule,
+            line,
+            credential_line,
+        })
+    }
+
+    /// `name`: required, and safe in a file name, a log line and a metric label.
+    fn tenant_name(&mut self, index: usize, offset: usize, raw: &RawTenant) -> Option<String> {
+        let Some(name) = &raw.name else {
+            self.problem(
+                Some(offset),
+                format!("tenant[{index}].name"),
+                "missing; every [[tenant]] needs a unique name".to_owned(),
+            );
+            return None;
+        };
+        if !is_valid_name(name.get_ref()) {
+            self.problem(
+                Some(name.span().start),
+                format!("tenant[{index}].name"),
+                format!(
+                    "{:?} is not a valid name: use letters, digits, '.', '_' and '-' only",
+                    name.get_ref()
+                ),
+            );
+        }
+        Some(name.get_ref().clone())
+    }
+
+    /// `tenant_id`: a GUID or verified domain; never a multi-tenant alias.
+    fn tenant_id(
+        &mut self,
+        input: &TenantInput<'_>,
+        provider: Provider,
+        kind: CredentialKind,
+    ) -> Option<String> {
+        let Some(id) = &input.raw.tenant_id else {
+            if provider == Provider::Oauth2 || kind.managed {
+                return Some(String::new());
+            }
+            if kind.workload
+                && let Some(id) = (self.env)("AZURE_TENANT_ID")
+            {
+                return Some(id);
+            }
+            self.problem(
+                Some(input.offset),
+                input.key("tenant_id"),
+                "missing; expected the tenant's GUID or verified domain".to_owned(),
+            );
+            return None;
+        };
+        let value = id.get_ref();
+        if !is_guid(value) && !is_domain(value) {
+            self.problem(
+                Some(id.span().start),
+                input.key("tenant_id"),
+                format!(
+                    "expected a GUID or a domain such as contoso.onmicrosoft.com, got {value:?}"
+                ),
+            );
+        } else if matches!(
+            value.to_ascii_lowercase().as_str(),
+            "common" | "organizations" | "consumers"
+        ) {
+            self.problem(
+                Some(id.span().start),
+                input.key("tenant_id"),
+                format!("{value:?} cannot issue app-only tokens; use the customer's tenant ID"),
+            );
+        }
+        Some(value.clone())
+    }
+
+    /// `client_id`: the application (client) ID, from the tenant or `[defaults]`.
+    fn client_id(&mut self, input: &TenantInput<'_>, kind: CredentialKind) -> Option<String> {
+        match inherited!(input, client_id) {
+            // A system-assigned managed identity has no client ID to name.
+            None if kind.managed => Some(String::new()),
+            None if kind.workload && (self.env)("AZURE_CLIENT_ID").is_some() => {
+                (self.env)("AZURE_CLIENT_ID")
+            }
+            None if self.defaults_broken => None,
+            None => {
+                self.problem(
+                    Some(input.offset),
+                    input.key("client_id"),
+                    "missing (in the tenant or in [defaults]); expected the application (client) ID"
+                        .to_owned(),
+                );
+                None
+            }
+            Some(id) if id.get_ref().trim().is_empty() => {
+                self.problem(
+                    Some(id.span().start),
+                    input.key("client_id"),
+                    "must not be empty".to_owned(),
+                );
+                None
+            }
+            Some(id) => Some(id.get_ref().clone()),
+        }
+    }
+
+    /// `authority_host`: configured, else the webhook's `AZURE_AUTHORITY_HOST` for workload
+    /// identity, else the cloud's.
+    fn authority_host(
+        &mut self,
+        input: &TenantInput<'_>,
+        cloud: Cloud,
+        kind: CredentialKind,
+    ) -> Option<String> {
+        let configured = inherited!(input, authority_host)
+            .map(|host| (host.get_ref().clone(), Some(host.span().start)));
+        let from_env = kind
+            .workload
+            .then(|| (self.env)("AZURE_AUTHORITY_HOST"))
+            .flatten()
+            .map(|host| (host, None));
+        let Some((host, at)) = configured.or(from_env) else {
+            return Some(cloud.authority_host().to_owned());
+        };
+        match check_authority_host(&host) {
+            Ok(normalised) => Some(normalised),
+            Err(message) => {
+                let key = if at.is_some() {
+                    "authority_host"
+                } else {
+                    "authority_host (from AZURE_AUTHORITY_HOST)"
+                };
+                self.problem(at.or(Some(input.offset)), input.key(key), message);
+                None
+            }
+        }
+    }
+
+    /// `resource`: one App ID URI (the cloud's Power BI by default); for a generic OAuth2
+    /// server, what the request asks for.
+    fn resource(
+        &mut self,
+        input: &TenantInput<'_>,
+        oauth2: &Option<Option<OAuth2Config>>,
+        cloud: Cloud,
+    ) -> Option<String> {
+        if let Some(Some(oauth2)) = oauth2 {
+            return Some(
+                oauth2
+                    .audience
+                    .clone()
+                    .or_else(|| oauth2.scope.clone())
+                    .unwrap_or_else(|| oauth2.token_url.clone()),
+            );
+        }
+        let Some(resource) = inherited!(input, resource) else {
+            return Some(cloud.power_bi_resource().to_owned());
+        };
+        let value = resource.get_ref().trim_end_matches('/');
+        let message = if value.ends_with("/.default") {
+            format!(
+                "{value:?} ends with /.default; give the App ID URI alone (the v2 scope adds /.default)"
+            )
+        } else if value.is_empty() || value.contains(char::is_whitespace) {
+            format!(
+                "expected one App ID URI such as https://analysis.windows.net/powerbi/api, got {value:?}"
+            )
+        } else {
+            return Some(value.to_owned());
+        };
+        self.problem(Some(resource.span().start), input.key("resource"), message);
+        None
+    }
+
+    /// `refresh_at` ± `jitter` must stay inside the token's lifetime.
+    fn fractions(&mut self, input: &TenantInput<'_>) -> (f64, f64) {
+        let refresh_at_raw = inherited!(input, refresh_at);
+        let jitter_raw = inherited!(input, jitter);
+        let refresh_at = refresh_at_raw.map_or(0.5, |v| *v.get_ref());
+        let jitter = jitter_raw.map_or(0.1, |v| *v.get_ref());
+        let offset = refresh_at_raw.or(jitter_raw).map(|v| v.span().start);
+        let fractions_ok =
+            (0.0..0.5).contains(&jitter) && refresh_at - jitter > 0.0 && refresh_at + jitter < 1.0;
+        if !fractions_ok {
+            self.problem(
+                offset,
+                input.key("refresh_at"),
+                format!(
+                    "refresh_at ({refresh_at}) ± jitter ({jitter}) must stay strictly between 0 and 1, with 0 <= jitter < 0.5"
+                ),
+            );
+        }
+        (refresh_at, jitter)
+    }
+
+    /// `schedule`: an optional cron expression of forced refreshes.
+    fn schedule(&mut self, input: &TenantInput<'_>) -> Option<CronSchedule> {
+        let expression = inherited!(input, schedule)?;
+        match parse_cron(expression.get_ref()) {
+            Ok(cron) => Some(CronSchedule {
+                expression: expression.get_ref().clone(),
+                cron,
+            }),
+            Err(message) => {
+                self.problem(
+                    Some(expression.span().start),
+                    input.key("schedule"),
+                    message,
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Letters, digits, `.`, `_` and `-`; not `.` or `..` (the name becomes a file name).
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !matches!(name, "." | "..")
+}

@@ -1,0 +1,391 @@
+//! Parsing whole files: defaults inheritance, every problem with its line, each section's rules.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::loader::parse_with_env;
+use super::*;
+
+const MINIMAL: &str = r#"
+[defaults]
+client_id = "00000000-0000-0000-0000-000000000001"
+client_secret = { env = "SECRET" }
+sinks = [ { type = "file", path = "/tmp/t/{name}.json" } ]
+
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.onmicrosoft.com"
+"#;
+
+fn parse_ok(text: &str) -> Config {
+    parse(text, Path::new("/etc/powerbi-tokend/config.toml")).unwrap()
+}
+
+fn parse_err(text: &str) -> ConfigError {
+    parse(text, Path::new("/etc/powerbi-tokend/config.toml")).unwrap_err()
+}
+
+#[test]
+fn defaults_are_merged() {
+    let config = parse_ok(MINIMAL);
+    let tenant = &config.tenants[0];
+    assert_eq!(tenant.client_id, "00000000-0000-0000-0000-000000000001");
+    assert_eq!(tenant.authority_host, "https://login.microsoftonline.com");
+    assert_eq!(tenant.resource, "https://analysis.windows.net/powerbi/api");
+    assert_eq!(tenant.api, ApiVersion::V2);
+    assert_eq!(
+        tenant.token_url(),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(
+        tenant.scope(),
+        "https://analysis.windows.net/powerbi/api/.default"
+    );
+    assert_eq!(
+        tenant.sinks,
+        vec![SinkConfig::File(FileSinkConfig {
+            path: PathBuf::from("/tmp/t/contoso.json"),
+            format: FileFormat::Json,
+            mode: 0o600,
+        })]
+    );
+    assert_eq!(config.server.listen, DEFAULT_LISTEN.parse().unwrap());
+    assert_eq!(config.daemon, DaemonConfig::default());
+}
+
+#[test]
+fn tenant_overrides_defaults_and_cloud_picks_pair() {
+    let text = format!("{MINIMAL}cloud = \"dod\"\napi = \"v1\"\nrefresh_at = 0.7\njitter = 0.05\n");
+    let config = parse_ok(&text);
+    let tenant = &config.tenants[0];
+    assert_eq!(tenant.authority_host, "https://login.microsoftonline.us");
+    assert_eq!(
+        tenant.resource,
+        "https://mil.analysis.usgovcloudapi.net/powerbi/api"
+    );
+    assert_eq!(
+        tenant.token_url(),
+        "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/token"
+    );
+    assert_eq!((tenant.refresh_at, tenant.jitter), (0.7, 0.05));
+}
+
+#[test]
+fn https_only_except_loopback() {
+    for (host, ok) in [
+        ("https://login.example.com/", true),
+        ("http://127.0.0.1:8080", true),
+        ("http://127.5.0.1", true),
+        ("http://localhost:1234/", true),
+        ("http://[::1]:99", true),
+        ("http://login.microsoftonline.com", false),
+        ("http://10.0.0.1", false),
+        ("http://127.0.0.1.evil.com", false),
+        ("ftp://127.0.0.1", false),
+        ("https://host/path", false),
+    ] {
+        let text = format!("{MINIMAL}authority_host = {host:?}\n");
+        let result = parse(&text, Path::new("c.toml"));
+        assert_eq!(
+            result.is_ok(),
+            ok,
+            "{host}: {:?}",
+            result.err().map(|e| e.to_string())
+        );
+    }
+    let err = parse_err(&format!(
+        "{MINIMAL}authority_host = \"http://login.example.com\"\n"
+    ));
+    assert!(err.to_string().contains("only sent over https"), "{err}");
+}
+
+#[test]
+fn all_problems_reported_with_lines() {
+    let text = r#"[defaults]
+client_id = "c"
+client_secret = { env = "S" }
+sinks = [ { type = "file", path = "/tmp/{name}.json" } ]
+colour = "blue"
+
+[[tenant]]
+name = "a"
+tenant_id = "a.example.com"
+schedule = "not a cron"
+
+[[tenant]]
+name = "a"
+tenant_id = "b.example.com"
+"#;
+    let err = parse_err(text);
+    let lines: Vec<Option<usize>> = err.problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, vec![Some(5), Some(10), Some(12)], "{err}");
+    let shown = err.to_string();
+    assert!(
+        shown.contains("/etc/powerbi-tokend/config.toml:5: defaults: unknown field `colour`"),
+        "{shown}"
+    );
+    assert!(shown.contains("invalid cron expression"), "{shown}");
+    assert!(
+        shown.contains("duplicate tenant name \"a\" (first defined on line 7)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn same_path_is_a_conflict() {
+    let text = r#"
+[defaults]
+client_id = "c"
+client_secret = { env = "S" }
+sinks = [ { type = "file", path = "/tmp/token.json" } ]
+[[tenant]]
+name = "a"
+tenant_id = "a.example.com"
+[[tenant]]
+name = "b"
+tenant_id = "b.example.com"
+"#;
+    let err = parse_err(text);
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(
+        err.to_string().contains("which tenant \"a\" also writes"),
+        "{err}"
+    );
+    assert_eq!(err.problems[0].line, Some(9));
+}
+
+#[test]
+fn literal_secret_is_rejected() {
+    let text = MINIMAL.replace("{ env = \"SECRET\" }", "\"hunter2\"");
+    let err = parse_err(&text);
+    assert!(
+        err.to_string()
+            .contains("secrets are not written in the config file"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+#[test]
+fn relative_paths_follow_the_config_file() {
+    let text = MINIMAL.replace("/tmp/t/{name}.json", "tokens/{name}.json");
+    let config = parse_ok(&text);
+    let SinkConfig::File(file) = &config.tenants[0].sinks[0];
+    assert_eq!(
+        file.path,
+        PathBuf::from("/etc/powerbi-tokend/tokens/contoso.json")
+    );
+}
+
+#[test]
+fn fractions() {
+    let err = parse_err(&format!("{MINIMAL}refresh_at = 0.95\n"));
+    assert!(
+        err.to_string().contains("strictly between 0 and 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn daemon_knobs() {
+    let text = format!(
+        "[daemon]\nmax_concurrent_requests = 4\nbackoff_max = \"2m\"\npermanent_retry_interval = \"1h\"\n{MINIMAL}"
+    );
+    let config = parse_ok(&text);
+    assert_eq!(config.daemon.max_concurrent_requests, 4);
+    assert_eq!(config.daemon.backoff_max, Duration::from_secs(120));
+    assert_eq!(
+        config.daemon.permanent_retry_interval,
+        Duration::from_secs(3600)
+    );
+    let err = parse_err(&format!("[daemon]\nbackoff_min = \"soon\"\n{MINIMAL}"));
+    assert_eq!(err.problems[0].line, Some(2), "{err}");
+}
+
+#[test]
+fn multi_tenant_aliases_are_rejected() {
+    let err = parse_err(&MINIMAL.replace("contoso.onmicrosoft.com", "common"));
+    assert!(
+        err.to_string().contains("cannot issue app-only tokens"),
+        "{err}"
+    );
+}
+fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let lookup = |key: &str| {
+        env.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| (*v).to_owned())
+    };
+    parse_with_env(text, Path::new("/etc/p/config.toml"), &lookup)
+}
+
+const TENANT_ONLY: &str = r#"
+[defaults]
+sinks = [ { type = "file", path = "/tmp/t/{name}.json" } ]
+
+[[tenant]]
+name = "contoso"
+"#;
+
+#[test]
+fn exactly_one_credential() {
+    let none = format!("{TENANT_ONLY}tenant_id = \"c.example.com\"\nclient_id = \"x\"\n");
+    let err = parse_env(&none, &[]).unwrap_err();
+    assert!(err.to_string().contains("credential: missing"), "{err}");
+    let two = format!(
+        "{none}client_secret = {{ env = \"S\" }}\nclient_certificate = {{ cert = \"c.pem\" }}\n"
+    );
+    let err = parse_env(&two, &[]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("client_secret and client_certificate are all set"),
+        "{err}"
+    );
+    // A tenant's own credential replaces the one in [defaults]: not two.
+    let text = MINIMAL.replace(
+        "tenant_id = \"contoso.onmicrosoft.com\"",
+        "tenant_id = \"contoso.onmicrosoft.com\"\ncredential = \"managed_identity\"",
+    );
+    let config = parse_env(&text, &[]).unwrap();
+    assert_eq!(
+        config.tenants[0].credential,
+        CredentialConfig::ManagedIdentity(ManagedIdentitySource::Imds)
+    );
+}
+
+#[test]
+fn certificate_and_secret_expiry() {
+    let text = format!(
+        "{TENANT_ONLY}tenant_id = \"c.example.com\"\nclient_id = \"x\"\nclient_certificate = {{ cert = \"pki/both.pem\", algorithm = \"rs256\", send_x5c = true }}\n"
+    );
+    let config = parse_env(&text, &[]).unwrap();
+    assert_eq!(
+        config.tenants[0].credential,
+        CredentialConfig::Certificate(CertificateConfig {
+            cert: PathBuf::from("/etc/p/pki/both.pem"),
+            key: PathBuf::from("/etc/p/pki/both.pem"),
+            algorithm: AssertionAlgorithm::Rs256,
+            send_x5c: true,
+        })
+    );
+    for (value, expected) in [
+        ("\"2027-03-01\"", 1_803_859_200),
+        ("2027-03-01", 1_803_859_200),
+        ("\"2027-03-01T12:00:00Z\"", 1_803_902_400),
+    ] {
+        let text = format!("{MINIMAL}client_secret_expires = {value}\n");
+        let config = parse_env(&text, &[]).unwrap();
+        assert_eq!(
+            config.tenants[0].credential,
+            CredentialConfig::ClientSecret {
+                source: SecretSource::Env("SECRET".into()),
+                expires_on: Some(expected),
+            },
+            "{value}"
+        );
+    }
+    let err = parse_env(&format!("{MINIMAL}client_secret_expires = \"soon\"\n"), &[]).unwrap_err();
+    assert!(err.to_string().contains("expected a date"), "{err}");
+}
+
+#[test]
+fn workload_identity_takes_missing_values_from_the_webhook_env() {
+    let text = "[[tenant]]\nname = \"aks\"\ncredential = \"workload_identity\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
+    let env = [
+        ("AZURE_CLIENT_ID", "11111111-1111-1111-1111-111111111111"),
+        ("AZURE_TENANT_ID", "22222222-2222-2222-2222-222222222222"),
+        ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+        ),
+    ];
+    let config = parse_env(text, &env).unwrap();
+    let tenant = &config.tenants[0];
+    assert_eq!(tenant.client_id, "11111111-1111-1111-1111-111111111111");
+    assert_eq!(tenant.tenant_id, "22222222-2222-2222-2222-222222222222");
+    assert_eq!(tenant.authority_host, "https://login.microsoftonline.us");
+    assert_eq!(
+        tenant.credential,
+        CredentialConfig::WorkloadIdentity {
+            token_file: PathBuf::from("/var/run/secrets/azure/tokens/azure-identity-token")
+        }
+    );
+    let err = parse_env(text, &[]).unwrap_err().to_string();
+    assert!(err.contains("federated_token_file: missing"), "{err}");
+    assert!(err.contains("tenant_id: missing"), "{err}");
+    let insecure = [("AZURE_AUTHORITY_HOST", "http://login.example.com")];
+    let err = parse_env(text, &[env[0], env[1], env[3], insecure[0]])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("from AZURE_AUTHORITY_HOST"), "{err}");
+}
+
+#[test]
+fn managed_identity_sources() {
+    let text = "[[tenant]]\nname = \"vm\"\ncredential = \"managed_identity\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
+    let config = parse_env(text, &[]).unwrap();
+    assert_eq!(config.tenants[0].client_id, "");
+    assert_eq!(config.tenants[0].tenant_id, "");
+    assert_eq!(config.daemon.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
+    let env = [
+        ("IDENTITY_ENDPOINT", "http://127.0.0.1:4141/msi/token"),
+        ("IDENTITY_HEADER", "h"),
+    ];
+    let config = parse_env(text, &env).unwrap();
+    assert_eq!(
+        config.tenants[0].credential,
+        CredentialConfig::ManagedIdentity(ManagedIdentitySource::AppService {
+            endpoint: "http://127.0.0.1:4141/msi/token".into(),
+            header: SecretSource::Env("IDENTITY_HEADER".into()),
+        })
+    );
+    let err = parse_env(&text.replace("managed_identity", "magic"), &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("is not a credential kind"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generic_oauth2_provider() {
+    let text = r#"
+[[tenant]]
+name = "partner"
+provider = "oauth2"
+token_url = "https://auth.example.com/oauth2/token"
+client_id = "partner-client"
+client_secret = { env = "PARTNER_SECRET" }
+scope = "reports.read"
+audience = "https://api.example.com"
+auth = "client_secret_basic"
+sinks = [ { type = "file", path = "/t/{name}.json" } ]
+"#;
+    let config = parse_env(text, &[]).unwrap();
+    let tenant = &config.tenants[0];
+    assert_eq!(
+        tenant.oauth2,
+        Some(OAuth2Config {
+            token_url: "https://auth.example.com/oauth2/token".into(),
+            scope: Some("reports.read".into()),
+            audience: Some("https://api.example.com".into()),
+            auth: ClientAuth::ClientSecretBasic,
+        })
+    );
+    assert_eq!(tenant.token_url(), "https://auth.example.com/oauth2/token");
+    assert_eq!(tenant.resource, "https://api.example.com");
+    assert_eq!(tenant.tenant_id, "");
+    let err = parse_env(&text.replace("https://auth", "http://auth"), &[]).unwrap_err();
+    assert!(err.to_string().contains("only sent over https"), "{err}");
+    let err = parse_env(&text.replace("token_url", "# token_url"), &[]).unwrap_err();
+    assert!(err.to_string().contains("token_url: missing"), "{err}");
+    let mi = text.replace(
+        "client_secret = { env = \"PARTNER_SECRET\" }",
+        "credential = \"managed_identity\"",
+    );
+    let err = parse_env(&mi, &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("authenticates with client_secret"),
+        "{err}"
+    );
+}

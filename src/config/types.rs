@@ -1,0 +1,405 @@
+//! The validated configuration: what the rest of the daemon reads. Plain data; the rules that
+//! produce it live in the sibling files.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cloud::Cloud;
+
+use super::DEFAULT_IMDS_ENDPOINT;
+
+/// Which token endpoint a tenant uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    /// `/oauth2/token` with `resource=`; numbers come back as strings.
+    V1,
+    /// `/oauth2/v2.0/token` with `scope=<resource>/.default`.
+    #[default]
+    V2,
+}
+
+/// What the token file contains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// A JSON object with the token and its metadata; enables warm start.
+    #[default]
+    Json,
+    /// The token alone, no newline: for consumers that `cat` it into a header.
+    Raw,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, one line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Where a tenant's token goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// A file written atomically.
+    File(FileSinkConfig),
+}
+
+impl SinkConfig {
+    /// The file this sink writes, for the one-writer-per-file rule.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            SinkConfig::File(file) => file.path.clone(),
+        }
+    }
+}
+
+/// A file sink after `{name}` expansion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSinkConfig {
+    /// Absolute or config-relative path, `{name}` already replaced.
+    pub path: PathBuf,
+    /// `json` or `raw`.
+    pub format: FileFormat,
+    /// Permission bits of the file, applied from the moment the temp file exists.
+    pub mode: u32,
+}
+
+/// An optional forced refresh schedule (cron, evaluated in UTC).
+#[derive(Clone, Debug)]
+pub struct CronSchedule {
+    /// The expression as written, for logs and change detection.
+    pub expression: String,
+    /// The parsed schedule.
+    pub cron: croner::Cron,
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expression == other.expression
+    }
+}
+
+/// Where a secret is read from: a reference, never the value itself. Reading it is
+/// [`crate::credential::read_secret`]'s job, at every refresh.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretSource {
+    /// An environment variable of the daemon's process.
+    Env(String),
+    /// A file; one trailing newline is trimmed.
+    File(PathBuf),
+    /// A systemd credential (`LoadCredential=name:…`), read from `$CREDENTIALS_DIRECTORY/name`.
+    Systemd(String),
+    /// A secret held in memory, for configurations built in code (`demo`, tests). A config file
+    /// cannot express it: secrets are never written in the file.
+    #[serde(skip)]
+    Inline(SecretString),
+}
+
+impl PartialEq for SecretSource {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        match (self, other) {
+            (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
+            (SecretSource::File(a), SecretSource::File(b)) => a == b,
+            (SecretSource::Systemd(a), SecretSource::Systemd(b)) => a == b,
+            (SecretSource::Inline(a), SecretSource::Inline(b)) => {
+                a.expose_secret() == b.expose_secret()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for SecretSource {}
+
+/// How a tenant proves itself to Entra.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialConfig {
+    /// A client secret, read from its source at every refresh.
+    ClientSecret {
+        /// Where the secret is read from.
+        source: SecretSource,
+        /// When the secret expires in Entra (`client_secret_expires`), Unix seconds.
+        expires_on: Option<i64>,
+    },
+    /// A certificate: a signed client assertion per request.
+    Certificate(CertificateConfig),
+    /// A federated token from a file (Kubernetes workload identity), sent as the assertion.
+    WorkloadIdentity {
+        /// The projected service-account token (`AZURE_FEDERATED_TOKEN_FILE`).
+        token_file: PathBuf,
+    },
+    /// The Azure managed identity of the machine, App Service or container.
+    ManagedIdentity(ManagedIdentitySource),
+}
+
+impl CredentialConfig {
+    /// The kind, as used in logs and the credential-expiry metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialConfig::ClientSecret { .. } => "client_secret",
+            CredentialConfig::Certificate(_) => "certificate",
+            CredentialConfig::WorkloadIdentity { .. } => "workload_identity",
+            CredentialConfig::ManagedIdentity(_) => "managed_identity",
+        }
+    }
+}
+
+/// A tenant's credential with what a message about it needs: for `check`, which reads every
+/// credential even of tenants that have other problems.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantCredential {
+    /// The tenant's name (or `tenant[i]` when it has none).
+    pub tenant: String,
+    /// Line of the credential key.
+    pub line: Option<usize>,
+    /// The credential.
+    pub credential: CredentialConfig,
+}
+
+/// Which signature a certificate's client assertion uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertionAlgorithm {
+    /// RSA-PSS with SHA-256 and an `x5t#S256` thumbprint: what Microsoft documents today.
+    #[default]
+    Ps256,
+    /// RSA PKCS#1 v1.5 with SHA-256 and a SHA-1 `x5t`: for legacy registrations.
+    Rs256,
+}
+
+/// `client_certificate = { cert = …, key = …, algorithm = …, send_x5c = … }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// PEM certificate (leaf first; further certificates are the chain for `x5c`).
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8 or PKCS#1); may be the same file as `cert`.
+    pub key: PathBuf,
+    /// PS256 (default) or RS256.
+    pub algorithm: AssertionAlgorithm,
+    /// Send the certificate chain in the assertion header (subject-name/issuer authentication).
+    pub send_x5c: bool,
+}
+
+/// Where a managed identity token comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagedIdentitySource {
+    /// The instance metadata service (VMs, scale sets, AKS nodes); endpoint from `[daemon]`.
+    Imds,
+    /// App Service / Functions / Container Apps: `IDENTITY_ENDPOINT` + `IDENTITY_HEADER`.
+    AppService {
+        /// `IDENTITY_ENDPOINT`.
+        endpoint: String,
+        /// `IDENTITY_HEADER`, sent as `X-IDENTITY-HEADER`.
+        header: SecretSource,
+    },
+}
+
+/// Which kind of token server a tenant talks to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Microsoft Entra ID (the default).
+    #[default]
+    Entra,
+    /// Any OAuth 2.0 server with the client-credentials grant (RFC 6749 §4.4).
+    Oauth2,
+}
+
+/// How the client authenticates to a generic OAuth2 server (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body.
+    #[default]
+    ClientSecretPost,
+    /// HTTP Basic with the URL-encoded id and secret.
+    ClientSecretBasic,
+}
+
+/// A generic OAuth2 token endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuth2Config {
+    /// The token endpoint.
+    pub token_url: String,
+    /// `scope`, sent when set.
+    pub scope: Option<String>,
+    /// `audience`, sent when set (Auth0, Okta and others use it).
+    pub audience: Option<String>,
+    /// Basic or form-body client authentication.
+    pub auth: ClientAuth,
+}
+
+/// One tenant, with `[defaults]` merged in and every value validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantConfig {
+    /// Unique name: file paths, logs and metric labels.
+    pub name: String,
+    /// Entra tenant (GUID or verified domain) in the token URL; empty where it does not apply
+    /// (a generic OAuth2 server, a managed identity without a configured tenant).
+    pub tenant_id: String,
+    /// Application (client) ID; empty for a system-assigned managed identity.
+    pub client_id: String,
+    /// The credential.
+    pub credential: CredentialConfig,
+    /// Set for `provider = "oauth2"`; `None` for Entra.
+    pub oauth2: Option<OAuth2Config>,
+    /// Authority host without trailing slash.
+    pub authority_host: String,
+    /// Endpoint version.
+    pub api: ApiVersion,
+    /// App ID URI of the resource (Power BI unless overridden).
+    pub resource: String,
+    /// Fraction of the lifetime after which to refresh.
+    pub refresh_at: f64,
+    /// ± fraction of the lifetime, stable per tenant.
+    pub jitter: f64,
+    /// Where the token is written.
+    pub sinks: Vec<SinkConfig>,
+    /// Extra forced refreshes.
+    pub schedule: Option<CronSchedule>,
+    /// Line of the `[[tenant]]` header, for messages that concern the whole tenant.
+    pub line: Option<usize>,
+    /// Line of the `client_secret` key (tenant's or `[defaults]`'s), for credential problems.
+    pub credential_line: Option<usize>,
+}
+
+impl TenantConfig {
+    /// A Power BI tenant on Entra's public cloud with a client secret, the common case; for
+    /// configurations built in code (`demo`, tests, benchmarks).
+    pub fn entra(
+        name: &str,
+        tenant_id: &str,
+        client_id: &str,
+        secret: SecretSource,
+        authority_host: &str,
+        sink: PathBuf,
+    ) -> TenantConfig {
+        TenantConfig {
+            name: name.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            client_id: client_id.to_owned(),
+            credential: CredentialConfig::ClientSecret {
+                source: secret,
+                expires_on: None,
+            },
+            oauth2: None,
+            authority_host: authority_host.to_owned(),
+            api: ApiVersion::V2,
+            resource: Cloud::Public.power_bi_resource().to_owned(),
+            refresh_at: 0.5,
+            jitter: 0.1,
+            sinks: vec![SinkConfig::File(FileSinkConfig {
+                path: sink,
+                format: FileFormat::Json,
+                mode: 0o600,
+            })],
+            schedule: None,
+            line: None,
+            credential_line: None,
+        }
+    }
+
+    /// The token endpoint URL.
+    pub fn token_url(&self) -> String {
+        if let Some(oauth2) = &self.oauth2 {
+            return oauth2.token_url.clone();
+        }
+        match self.api {
+            ApiVersion::V1 => format!("{}/{}/oauth2/token", self.authority_host, self.tenant_id),
+            ApiVersion::V2 => format!(
+                "{}/{}/oauth2/v2.0/token",
+                self.authority_host, self.tenant_id
+            ),
+        }
+    }
+
+    /// The credential with the tenant's name and the credential key's line, for `check`.
+    pub fn named_credential(&self) -> TenantCredential {
+        TenantCredential {
+            tenant: self.name.clone(),
+            line: self.credential_line,
+            credential: self.credential.clone(),
+        }
+    }
+
+    /// The v2 scope for the resource.
+    pub fn scope(&self) -> String {
+        format!("{}/.default", self.resource)
+    }
+}
+
+/// The admin HTTP server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.
+    pub listen: SocketAddr,
+    /// Reload when the config file changes, in addition to SIGHUP.
+    pub watch_config: bool,
+    /// How often `watch_config` compares the file's content hash.
+    pub watch_interval: Duration,
+}
+
+/// Process-wide knobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Cap on token requests in flight at once, across all tenants.
+    pub max_concurrent_requests: usize,
+    /// TCP+TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout, connect included.
+    pub request_timeout: Duration,
+    /// First retry delay after a transient failure, and the floor of every retry.
+    pub backoff_min: Duration,
+    /// Ceiling of the exponential backoff.
+    pub backoff_max: Duration,
+    /// Retry interval for permanent (configuration) failures.
+    pub permanent_retry_interval: Duration,
+    /// How long in-flight refreshes may take after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Extra PEM trust anchors (corporate TLS proxies).
+    pub ca_file: Option<PathBuf>,
+    /// The instance metadata service's token URL, for `credential = "managed_identity"`.
+    pub imds_endpoint: String,
+    /// Log format unless `--log-format` overrides it.
+    pub log_format: LogFormat,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            max_concurrent_requests: 16,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            permanent_retry_interval: Duration::from_secs(900),
+            shutdown_grace: Duration::from_secs(10),
+            ca_file: None,
+            imds_endpoint: DEFAULT_IMDS_ENDPOINT.to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it came from (for reloads and messages).
+    pub path: PathBuf,
+    /// Admin server.
+    pub server: ServerConfig,
+    /// Process-wide knobs.
+    pub daemon: DaemonConfig,
+    /// Tenants in file order.
+    pub tenants: Vec<Arc<TenantConfig>>,
+}

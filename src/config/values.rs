@@ -1,0 +1,127 @@
+//! Value syntax shared by several sections: URLs, GUIDs, domains, dates and cron expressions.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// `2027-03-01` (midnight UTC), a TOML date, or an RFC 3339 date-time, as Unix seconds.
+pub(super) fn parse_expiry(value: &toml::Value) -> Result<i64, String> {
+    let text = match value {
+        toml::Value::String(text) => text.clone(),
+        toml::Value::Datetime(datetime) => datetime.to_string(),
+        other => {
+            return Err(format!(
+                "expected a date such as \"2027-03-01\", got a {}",
+                other.type_str()
+            ));
+        }
+    };
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc().timestamp());
+    }
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.timestamp())
+        .map_err(|_| {
+            format!("expected a date such as \"2027-03-01\" or an RFC 3339 date-time, got {text:?}")
+        })
+}
+
+/// Parses a cron expression with optional seconds (5 or 6 fields), evaluated in UTC.
+///
+/// # Errors
+/// A message naming the expression and what croner objected to.
+pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(expression)
+        .map_err(|err| {
+            format!(
+                "invalid cron expression {expression:?}: {err}; expected 5 or 6 fields such as \"0 0 6 * * *\" (sec min hour day month weekday, UTC)"
+            )
+        })
+}
+
+/// `https://host[:port]`, or `http://` for loopback only; returns the host without trailing slash.
+pub(super) fn check_authority_host(raw: &str) -> Result<String, String> {
+    check_url(raw, false)
+}
+
+/// An https URL (http only for loopback hosts); with `allow_path`, a path may follow the host.
+pub(super) fn check_url(raw: &str, allow_path: bool) -> Result<String, String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let (scheme, rest) = trimmed.split_once("://").ok_or_else(|| {
+        format!("expected a URL such as https://login.microsoftonline.com, got {raw:?}")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) if allow_path => (&rest[..at], &rest[at..]),
+        _ => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) || path.contains('#') {
+        return Err(if allow_path {
+            format!("expected a URL such as https://auth.example.com/oauth2/token, got {raw:?}")
+        } else {
+            format!(
+                "expected scheme and host only (e.g. https://login.microsoftonline.com), got {raw:?}"
+            )
+        });
+    }
+    let rest = authority;
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(trimmed.to_owned()),
+        "http" if is_loopback_authority(rest) => Ok(trimmed.to_owned()),
+        "http" => Err(format!(
+            "{raw:?} uses http; credentials are only sent over https (http is allowed for loopback hosts only)"
+        )),
+        other => Err(format!(
+            "unsupported scheme {other:?} in {raw:?}; expected https"
+        )),
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with an optional port.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || IpAddr::from_str(host).is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `8-4-4-4-12` hex digits.
+pub(super) fn is_guid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens.
+pub(super) fn is_domain(text: &str) -> bool {
+    text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_id_syntax() {
+        assert!(is_guid("8c3f2b1e-0d4a-4e6b-9f7a-1a2b3c4d5e6f"));
+        assert!(!is_guid("8c3f2b1e-0d4a-4e6b-9f7a"));
+        assert!(is_domain("contoso.onmicrosoft.com"));
+        assert!(!is_domain("bad domain"));
+    }
+}

@@ -1,0 +1,61 @@
+//! What `check` adds to parsing: every secret, certificate and token file a tenant names is read
+//! now, so a wrong path or an expired credential is found before the daemon needs it. Entra is
+//! never contacted.
+
+use crate::clock::format_date;
+use crate::config::{CredentialConfig, Problem, SecretSource, TenantCredential};
+
+use super::certificate::Certificate;
+use super::secret::{CredentialError, read_secret};
+
+/// The problems with one tenant's credential at `now` (Unix seconds), at the line of its
+/// credential key.
+pub fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
+    let problem = |key: &str, message: String| Problem {
+        line: tenant.line,
+        key: Some(format!("tenant {:?}: {key}", tenant.tenant)),
+        message,
+    };
+    let mut problems = Vec::new();
+    match &tenant.credential {
+        CredentialConfig::ClientSecret { source, expires_on } => {
+            if let Some(expires_on) = expires_on.filter(|expires_on| *expires_on <= now) {
+                problems.push(problem(
+                    "client_secret_expires",
+                    format!(
+                        "the client secret expired on {}; create a new one in Entra",
+                        format_date(expires_on)
+                    ),
+                ));
+            }
+            if let Err(err) = read_secret(source) {
+                problems.push(problem("client_secret", err.to_string()));
+            }
+        }
+        CredentialConfig::Certificate(config) => match Certificate::load(config) {
+            Ok(loaded) if loaded.not_after() <= now => problems.push(problem(
+                "client_certificate",
+                format!(
+                    "certificate {} expired on {}",
+                    config.cert.display(),
+                    format_date(loaded.not_after())
+                ),
+            )),
+            Ok(_) => {}
+            Err(err) => problems.push(problem("client_certificate", err.to_string())),
+        },
+        CredentialConfig::WorkloadIdentity { token_file } => {
+            match read_secret(&SecretSource::File(token_file.clone())) {
+                Ok(_) => {}
+                Err(CredentialError::Empty(_)) => problems.push(problem(
+                    "federated_token_file",
+                    format!("{} is empty", token_file.display()),
+                )),
+                Err(err) => problems.push(problem("federated_token_file", err.to_string())),
+            }
+        }
+        // The managed identity endpoint is only known on the Azure host itself.
+        CredentialConfig::ManagedIdentity(_) => {}
+    }
+    problems
+}
