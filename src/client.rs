@@ -155,7 +155,7 @@ impl TokenClient {
                 .map(|(key, value)| (*key, value.expose_secret())),
         );
         let request = self.http.post(token_url).form(&form);
-        self.send(request).await
+        self.send(request, Endpoint::Entra).await
     }
 
     /// A generic OAuth 2.0 server (RFC 6749 §4.4), secret in the body or in HTTP Basic.
@@ -206,7 +206,7 @@ impl TokenClient {
                 request = request.header(reqwest::header::AUTHORIZATION, value);
             }
         }
-        self.send(request.form(&form)).await
+        self.send(request.form(&form), Endpoint::OAuth2).await
     }
 
     /// Azure managed identity: IMDS or App Service, with IMDS' retry rule for 410 (the
@@ -245,16 +245,18 @@ impl TokenClient {
                     self.http.get(endpoint).header("X-IDENTITY-HEADER", value)
                 }
             };
-            let (status, body, retry_after) = self.exchange(request.query(&query)).await?;
+            let (request, request_id) = tag(request.query(&query), Endpoint::ManagedIdentity);
+            let (status, body, retry_after) = self.exchange(request, &request_id).await?;
             if status == 200 {
-                return parse_token_response(&body, unix_now());
+                return parse_token_response(&body, unix_now())
+                    .map_err(|err| with_request_id(err, &request_id));
             }
             if status == 410 && started.elapsed() + delay <= IMDS_GONE_WINDOW {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
                 continue;
             }
-            let mut err = error::classify(status, &body, retry_after);
+            let mut err = with_request_id(error::classify(status, &body, retry_after), &request_id);
             if matches!(status, 404 | 410) {
                 // IMDS answers these while it is being updated: retry, not reconfigure.
                 err.class = ErrorClass::Transient;
@@ -265,32 +267,43 @@ impl TokenClient {
     }
 
     /// Sends a token request and turns the answer into a token or a classified error.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<AccessToken, RefreshError> {
-        let (status, body, retry_after) = self.exchange(request).await?;
-        if status == 200 {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        endpoint: Endpoint,
+    ) -> Result<AccessToken, RefreshError> {
+        let (request, request_id) = tag(request, endpoint);
+        let (status, body, retry_after) = self.exchange(request, &request_id).await?;
+        let result = if status == 200 {
             parse_token_response(&body, unix_now())
         } else {
             Err(error::classify(status, &body, retry_after))
-        }
+        };
+        result.map_err(|err| with_request_id(err, &request_id))
     }
 
-    /// Sends a request; returns the status, the capped body and the parsed `Retry-After`.
+    /// Sends a request; returns the status, the capped body and the parsed `Retry-After`. A
+    /// failure carries `request_id`, so even a timeout names the request it was.
     async fn exchange(
         &self,
         request: reqwest::RequestBuilder,
+        request_id: &str,
     ) -> Result<(u16, Vec<u8>, Option<Duration>), RefreshError> {
         let response = request
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|err| with_request_id(transport_error(err), request_id))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
-        let body = self.read_capped(response).await?;
+        let body = self
+            .read_capped(response)
+            .await
+            .map_err(|err| with_request_id(err, request_id))?;
         Ok((status, body, retry_after))
     }
 
@@ -323,6 +336,54 @@ impl TokenClient {
     }
 }
 
+/// Which kind of server a request goes to, for the headers that only Entra understands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// Entra's token endpoint (v1 or v2).
+    Entra,
+    /// A generic OAuth 2.0 server.
+    OAuth2,
+    /// IMDS or App Service.
+    ManagedIdentity,
+}
+
+/// Gives a request a fresh `client-request-id` (and asks for it back), as MSAL does: Entra uses it
+/// as the correlation ID, so the id logged with a failure finds the request in Microsoft's logs
+/// even when no answer arrived. Entra requests also announce `x-ms-lib-capability: retry-after,
+/// h429`: this client honours `Retry-After` on 429.
+fn tag(request: reqwest::RequestBuilder, endpoint: Endpoint) -> (reqwest::RequestBuilder, String) {
+    let request_id = new_request_id();
+    let mut request = request
+        .header("client-request-id", &request_id)
+        .header("return-client-request-id", "true");
+    if endpoint == Endpoint::Entra {
+        request = request.header("x-ms-lib-capability", "retry-after, h429");
+    }
+    (request, request_id)
+}
+
+/// A random (version 4) UUID in its usual lower-case form.
+fn new_request_id() -> String {
+    let bits = fastrand::u128(..);
+    // Version 4 in the high nibble of the seventh byte, variant 10 in the ninth.
+    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// A failure with the id of the request it belongs to.
+fn with_request_id(mut err: RefreshError, request_id: &str) -> RefreshError {
+    err.client_request_id = Some(request_id.to_owned());
+    err
+}
+
 /// A credential that cannot be read locally: permanent until someone fixes the file or variable.
 fn credential_error(err: CredentialError) -> RefreshError {
     RefreshError::local(ErrorClass::Permanent, Reason::Credential, err.to_string())
@@ -345,4 +406,30 @@ fn transport_error(err: reqwest::Error) -> RefreshError {
         source = cause.source();
     }
     RefreshError::local(ErrorClass::Transient, reason, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids_and_differ() {
+        let first = new_request_id();
+        let second = new_request_id();
+        assert_ne!(first, second);
+        for id in [&first, &second] {
+            let groups: Vec<&str> = id.split('-').collect();
+            let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lengths, [8, 4, 4, 4, 12], "{id}");
+            assert!(groups[2].starts_with('4'), "{id}");
+            assert!(
+                matches!(groups[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+                "{id}"
+            );
+            assert!(
+                id.chars()
+                    .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+    }
 }

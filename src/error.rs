@@ -142,6 +142,9 @@ pub struct RefreshError {
     pub trace_id: Option<String>,
     /// Entra's correlation ID: ties the failure to our request.
     pub correlation_id: Option<String>,
+    /// The `client-request-id` the daemon sent with the request (a fresh UUID each time), known
+    /// before any answer, so even a timeout can be traced; Entra uses it as the correlation ID.
+    pub client_request_id: Option<String>,
     /// The server's `Retry-After`, which the next attempt must not undercut.
     pub retry_after: Option<Duration>,
     /// Human-readable summary: the first line of `error_description`, or the transport error.
@@ -159,6 +162,7 @@ impl RefreshError {
             aadsts: Vec::new(),
             trace_id: None,
             correlation_id: None,
+            client_request_id: None,
             retry_after: None,
             message: message.into(),
         }
@@ -229,6 +233,7 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Refr
         aadsts,
         trace_id: body_json.trace_id,
         correlation_id: body_json.correlation_id,
+        client_request_id: None,
         retry_after,
         message,
     }

@@ -164,6 +164,8 @@ pub struct ErrorView {
     pub trace_id: Option<String>,
     /// Entra correlation ID.
     pub correlation_id: Option<String>,
+    /// The `client-request-id` the daemon sent; `null` when no request was sent.
+    pub client_request_id: Option<String>,
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -192,6 +194,7 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
             message: err.message.clone(),
             trace_id: err.trace_id.clone(),
             correlation_id: err.correlation_id.clone(),
+            client_request_id: err.client_request_id.clone(),
         }),
         name,
     }

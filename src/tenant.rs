@@ -278,6 +278,7 @@ fn log_failure(
     let aadsts = err.aadsts_code().unwrap_or_default();
     let trace_id = err.trace_id.as_deref().unwrap_or("");
     let correlation_id = err.correlation_id.as_deref().unwrap_or("");
+    let client_request_id = err.client_request_id.as_deref().unwrap_or("");
     let status = err.status.unwrap_or(0);
     let retry_in = humantime::format_duration(Duration::from_secs(retry_in.as_secs())).to_string();
     let class = err.class.as_str();
@@ -287,6 +288,7 @@ fn log_failure(
         ($level:ident, $text:literal) => {
             tracing::$level!(
                 tenant, class, reason, aadsts = %aadsts, status, trace_id, correlation_id,
+                client_request_id,
                 retry_in = %retry_in, consecutive_failures = failures, error = message, $text
             )
         };

@@ -547,3 +547,70 @@ async fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(143));
     assert!(insisted.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_names_its_client_request_id_in_the_log_and_in_status() {
+    init();
+    let sim = SimEntra::start().await.unwrap();
+    register(&sim, "northwind.onmicrosoft.com", Duration::from_secs(3600));
+    reject_secret(&sim, "northwind.onmicrosoft.com");
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(
+        dir.path(),
+        &sim.authority_host(),
+        &[("northwind", "northwind.onmicrosoft.com", "THE_SECRET")],
+    );
+    let log = dir.path().join("log.json");
+    let mut child = Command::new(BIN)
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&path)
+        .env("THE_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let line_with = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .find(|line| line.contains(needle))
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+    };
+    wait_for("the failure in the log", Duration::from_secs(10), || {
+        line_with("AADSTS7000215").is_some()
+    })
+    .await;
+    let failure = line_with("AADSTS7000215").unwrap();
+    let sent = sim
+        .last_request("northwind.onmicrosoft.com")
+        .unwrap()
+        .headers
+        .into_iter()
+        .find(|(key, _)| key == "client-request-id")
+        .map(|(_, value)| value)
+        .expect("the request carried a client-request-id");
+    let fields = &failure;
+    assert_eq!(fields["client_request_id"], sent.as_str(), "{failure}");
+    assert_eq!(fields["correlation_id"], sent.as_str(), "{failure}");
+
+    let listening = line_with("admin server listening").unwrap();
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+    let status: serde_json::Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last_error = &status["tenants"][0]["last_error"];
+    assert_eq!(last_error["client_request_id"], sent.as_str(), "{status}");
+    kill(&child, "TERM");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(5)).await.code(),
+        Some(0)
+    );
+}

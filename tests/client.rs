@@ -229,13 +229,70 @@ async fn bad_responses() {
     );
 }
 
+/// A header of the latest request the simulator recorded for the tenant.
+fn header(sim: &SimEntra, tenant_id: &str, name: &str) -> Option<String> {
+    sim.last_request(tenant_id)?
+        .headers
+        .into_iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+}
+
+#[tokio::test]
+async fn every_entra_request_carries_a_fresh_client_request_id() {
+    let (sim, mut tenant, client) = setup().await;
+    let mut seen = Vec::new();
+    for api in [ApiVersion::V2, ApiVersion::V1] {
+        tenant.api = api;
+        client
+            .fetch(&tenant, &mut Credential::new(&tenant.credential))
+            .await
+            .unwrap();
+        let id = header(&sim, "contoso.onmicrosoft.com", "client-request-id").unwrap();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(
+            header(&sim, "contoso.onmicrosoft.com", "return-client-request-id").as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            header(&sim, "contoso.onmicrosoft.com", "x-ms-lib-capability").as_deref(),
+            Some("retry-after, h429")
+        );
+        seen.push(id);
+    }
+    assert_ne!(seen[0], seen[1], "the id must be fresh per request");
+
+    // A rejected request: the error names the id that was sent, and Entra echoes it as the
+    // correlation id.
+    sim.set_behavior("contoso.onmicrosoft.com", Behavior::Aadsts(7000215));
+    let err = client
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap_err();
+    let sent = header(&sim, "contoso.onmicrosoft.com", "client-request-id");
+    assert_eq!(err.client_request_id, sent);
+    assert_eq!(err.correlation_id, sent);
+}
+
 #[tokio::test]
 async fn timeouts_and_refused_connections() {
-    let err = failure(Behavior::Hang).await;
+    let (sim, tenant, client) = setup().await;
+    sim.set_behavior("contoso.onmicrosoft.com", Behavior::Hang);
+    let err = client
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.class, err.reason),
         (ErrorClass::Transient, Reason::Timeout),
         "{err:?}"
+    );
+    // Entra never answered, yet the failure names the request that was sent.
+    assert_eq!(err.correlation_id, None);
+    assert!(err.client_request_id.is_some());
+    assert_eq!(
+        err.client_request_id,
+        header(&sim, "contoso.onmicrosoft.com", "client-request-id")
     );
 
     let (_sim, mut tenant, client) = setup().await;
@@ -253,6 +310,7 @@ async fn timeouts_and_refused_connections() {
         (ErrorClass::Transient, Reason::Network),
         "{err:?}"
     );
+    assert_eq!(err.client_request_id.map(|id| id.len()), Some(36));
 }
 
 #[tokio::test]
