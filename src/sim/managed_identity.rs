@@ -29,6 +29,10 @@ pub const SIM_SYSTEM_ASSIGNED_CLIENT_ID: &str = "3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3
 /// its 2017 predecessor `secret`, and any bearer or basic credential.
 const SECRET_MANAGED_IDENTITY_HEADERS: &[&str] = &["x-identity-header", "secret", "authorization"];
 
+/// The subscription that holds the simulated host's user-assigned identities, the first part
+/// of their Azure resource ids.
+const MANAGED_IDENTITY_SUBSCRIPTION: &str = "5a1e0c3d-7b2f-4e6a-9d8c-1f0e2d3c4b5a";
+
 /// The tenant that owns the simulated host's managed identities; their tokens are issued by
 /// `{authority_host}/{this}/v2.0`.
 const MANAGED_IDENTITY_TENANT: &str = "0d7c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -53,9 +57,11 @@ pub struct SimManagedIdentity {
     /// Whether the host has a system-assigned identity. It answers requests without a
     /// selector, with client id [`SIM_SYSTEM_ASSIGNED_CLIENT_ID`].
     pub system_assigned: bool,
-    /// Client ids of the user-assigned identities attached to the host, chosen with
-    /// `client_id=`. Without a selector and without a system-assigned identity, a single
-    /// user-assigned identity answers, as IMDS does.
+    /// Client ids of the user-assigned identities attached to the host, chosen by client id
+    /// (`client_id`), object id (`object_id`, or `principal_id` on App Service; see
+    /// [`managed_identity_object_id`]) or Azure resource id (`msi_res_id` on IMDS, `mi_res_id`
+    /// on App Service; see [`managed_identity_resource_id`]). Without a selector and without a
+    /// system-assigned identity, a single user-assigned identity answers, as IMDS does.
     pub user_assigned: Vec<String>,
     /// Lifetime of issued tokens; real managed identity tokens live about 24 hours.
     pub lifetime: Duration,
@@ -292,9 +298,9 @@ fn validate_managed_identity(
     })
 }
 
-/// The identity a request names (`client_id`, or object id), or the default one: the
-/// system-assigned identity, else a sole user-assigned one. Resource-id selectors match
-/// nothing: Azure resource ids are not simulated.
+/// The identity a request names (by client id, object id or, for a user-assigned identity,
+/// resource id), or the default one: the system-assigned identity, else a sole user-assigned
+/// one.
 fn select_managed_identity(
     identity: Option<&SimManagedIdentity>,
     selector: Option<(&str, &str)>,
@@ -327,6 +333,14 @@ fn select_managed_identity(
         }
         Some(("object_id" | "principal_id", wanted)) => candidates
             .find(|client_id| managed_identity_object_id(client_id).eq_ignore_ascii_case(wanted)),
+        // A system-assigned identity is named by the resource it belongs to (the VM), not by a
+        // resource id of its own, so only user-assigned identities match. Azure resource ids
+        // are case-insensitive.
+        Some(("msi_res_id" | "mi_res_id", wanted)) => identity
+            .user_assigned
+            .iter()
+            .map(String::as_str)
+            .find(|client_id| managed_identity_resource_id(client_id).eq_ignore_ascii_case(wanted)),
         Some(_) => None,
     };
     chosen
@@ -477,9 +491,11 @@ fn managed_identity_fault(status: u16) -> Response {
     response
 }
 
-/// A managed identity's object (principal) id: stable per client id, so a federated credential
-/// registered for it keeps matching its tokens.
-pub(super) fn managed_identity_object_id(client_id: &str) -> String {
+/// The object (principal) id of the simulated managed identity with this client id: the `oid`
+/// and `sub` of its tokens, and what `object_id` (or App Service's `principal_id`) selects it
+/// by. Stable per client id (matched case-insensitively), so a federated credential registered
+/// for it keeps matching its tokens and a test can compute the selector to send.
+pub fn managed_identity_object_id(client_id: &str) -> String {
     let seed = format!("sim-managed-identity-object-id:{}", client_key(client_id));
     let hash = digest::digest(&digest::SHA256, seed.as_bytes());
     let mut bytes = [0u8; 16];
@@ -487,8 +503,26 @@ pub(super) fn managed_identity_object_id(client_id: &str) -> String {
     format_guid(u128::from_be_bytes(bytes))
 }
 
+/// The Azure resource id of the simulated user-assigned identity with this client id, which
+/// IMDS's `msi_res_id` and App Service's `mi_res_id` select it by (compared
+/// case-insensitively, as Azure compares resource ids). Real identities are named by whoever
+/// creates them; the simulator names one `uami-` and the hex digits of its client id (a GUID),
+/// lower case, so the id is stable and no two client ids share one.
+pub fn managed_identity_resource_id(client_id: &str) -> String {
+    let name: String = client_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|digit| digit.to_ascii_lowercase())
+        .collect();
+    format!(
+        "/subscriptions/{MANAGED_IDENTITY_SUBSCRIPTION}/resourceGroups/sim/providers/\
+         Microsoft.ManagedIdentity/userAssignedIdentities/uami-{name}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::SimEntra;
     use super::super::access_token::NOT_BEFORE_BACKDATE_SECS;
     use super::super::test_support::*;
     use super::super::wire::{REDACTED, unix_now};
@@ -731,5 +765,182 @@ mod tests {
         assert_eq!(sim.managed_identity_request_count(), 4);
         assert_eq!(sim.managed_identity_issued_count(), 1);
         assert!(!format!("{:?}", host_identity()).contains(IDENTITY_HEADER));
+    }
+
+    /// A second user-assigned identity next to [`USER_ASSIGNED`] and the system-assigned one, so
+    /// a selector that matched the wrong identity, or fell back to the default, shows.
+    const OTHER_USER_ASSIGNED: &str = "0b9c8d7e-6f5a-4b3c-9d2e-1f0a9b8c7d6e";
+
+    fn host_with_two_user_assigned() -> SimManagedIdentity {
+        SimManagedIdentity {
+            user_assigned: vec![USER_ASSIGNED.to_owned(), OTHER_USER_ASSIGNED.to_owned()],
+            ..host_identity()
+        }
+    }
+
+    async fn app_service_get(
+        http: &reqwest::Client,
+        sim: &SimEntra,
+        query: &[(&str, &str)],
+    ) -> Answer {
+        let url = query_url(&sim.app_service_endpoint(), query);
+        answer(http.get(url).header("X-IDENTITY-HEADER", IDENTITY_HEADER)).await
+    }
+
+    /// The client id a successful answer was issued to, after checking that the body's
+    /// `client_id` and the token's `appid` agree.
+    fn issued_to(answer: &Answer) -> String {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let body = answer.json();
+        let claims = decode_claims(body["access_token"].as_str().expect("token"));
+        assert_eq!(claims["appid"], body["client_id"], "{body}");
+        body["client_id"].as_str().expect("client_id").to_owned()
+    }
+
+    fn identity_not_found() -> Value {
+        serde_json::json!({ "error": "invalid_request", "error_description": "Identity not found" })
+    }
+
+    #[test]
+    fn resource_ids_are_stable_and_shaped_like_azure_ones() {
+        let id = managed_identity_resource_id(USER_ASSIGNED);
+        assert_eq!(
+            id,
+            managed_identity_resource_id(&USER_ASSIGNED.to_ascii_uppercase())
+        );
+        assert_ne!(id, managed_identity_resource_id(OTHER_USER_ASSIGNED));
+        let parts: Vec<&str> = id.split('/').collect();
+        assert_eq!(parts.len(), 9, "{id}");
+        assert_eq!(parts[..2], ["", "subscriptions"], "{id}");
+        assert!(looks_like_guid(parts[2]), "{id}");
+        assert_eq!(
+            parts[3..],
+            [
+                "resourceGroups",
+                "sim",
+                "providers",
+                "Microsoft.ManagedIdentity",
+                "userAssignedIdentities",
+                "uami-7a1b2c3d4e5f4a6b8c7d9e0f1a2b3c4d",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn imds_selects_a_user_assigned_identity_by_resource_id() {
+        let Fixture { sim, http } = fixture().await;
+        sim.set_managed_identity(host_with_two_user_assigned());
+        // Azure resource ids are compared without regard to case.
+        let other = managed_identity_resource_id(OTHER_USER_ASSIGNED).to_ascii_uppercase();
+        let first = managed_identity_resource_id(USER_ASSIGNED);
+        for (resource_id, expected) in [(&other, OTHER_USER_ASSIGNED), (&first, USER_ASSIGNED)] {
+            let query = [
+                ("api-version", "2018-02-01"),
+                ("resource", POWER_BI),
+                ("msi_res_id", resource_id.as_str()),
+            ];
+            let answer = imds_get(&http, &sim, &query).await;
+            assert_eq!(issued_to(&answer), expected, "{resource_id}");
+        }
+
+        let unknown = managed_identity_resource_id("00000000-1111-4222-8333-444444444444");
+        // The system-assigned identity has no resource id of its own.
+        let system = managed_identity_resource_id(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+        for resource_id in [
+            unknown.as_str(),
+            system.as_str(),
+            "/subscriptions/elsewhere",
+        ] {
+            let query = [
+                ("api-version", "2018-02-01"),
+                ("resource", POWER_BI),
+                ("msi_res_id", resource_id),
+            ];
+            let answer = imds_get(&http, &sim, &query).await;
+            assert_eq!(answer.status, 400, "{resource_id}: {}", answer.body);
+            assert_eq!(answer.json(), identity_not_found());
+        }
+        let recorded = sim.last_managed_identity_request().expect("recorded");
+        assert!(recorded.query.contains(&(
+            "msi_res_id".to_owned(),
+            "/subscriptions/elsewhere".to_owned()
+        )));
+        assert_eq!(sim.managed_identity_request_count(), 5);
+        assert_eq!(sim.managed_identity_issued_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn app_service_selects_by_resource_id_and_object_id() {
+        let Fixture { sim, http } = fixture().await;
+        sim.set_managed_identity(host_with_two_user_assigned());
+        let resource_id = managed_identity_resource_id(OTHER_USER_ASSIGNED);
+        let object_id = managed_identity_object_id(OTHER_USER_ASSIGNED);
+        for selector in [
+            ("mi_res_id", resource_id.as_str()),
+            ("object_id", object_id.as_str()),
+            ("principal_id", object_id.as_str()),
+        ] {
+            let query = [
+                ("resource", POWER_BI),
+                ("api-version", "2019-08-01"),
+                selector,
+            ];
+            let answer = app_service_get(&http, &sim, &query).await;
+            assert_eq!(issued_to(&answer), OTHER_USER_ASSIGNED, "{selector:?}");
+        }
+
+        let system = managed_identity_resource_id(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+        let query = [
+            ("resource", POWER_BI),
+            ("api-version", "2019-08-01"),
+            ("mi_res_id", system.as_str()),
+        ];
+        let answer = app_service_get(&http, &sim, &query).await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert_eq!(answer.json(), identity_not_found());
+        assert_eq!(sim.managed_identity_issued_count(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_naming_two_identities_is_rejected() {
+        let Fixture { sim, http } = fixture().await;
+        sim.set_managed_identity(host_with_two_user_assigned());
+        // Refused even though both selectors name the same identity.
+        let resource_id = managed_identity_resource_id(USER_ASSIGNED);
+        let imds = imds_get(
+            &http,
+            &sim,
+            &[
+                ("api-version", "2018-02-01"),
+                ("resource", POWER_BI),
+                ("client_id", USER_ASSIGNED),
+                ("msi_res_id", resource_id.as_str()),
+            ],
+        )
+        .await;
+        let app_service = app_service_get(
+            &http,
+            &sim,
+            &[
+                ("resource", POWER_BI),
+                ("api-version", "2019-08-01"),
+                ("client_id", USER_ASSIGNED),
+                ("mi_res_id", resource_id.as_str()),
+            ],
+        )
+        .await;
+        for answer in [imds, app_service] {
+            assert_eq!(answer.status, 400, "{}", answer.body);
+            let body = answer.json();
+            assert_eq!(body["error"], "invalid_request");
+            assert!(
+                body["error_description"]
+                    .as_str()
+                    .is_some_and(|text| text.starts_with("Only one of")),
+                "{body}"
+            );
+        }
+        assert_eq!(sim.managed_identity_request_count(), 2);
+        assert_eq!(sim.managed_identity_issued_count(), 0);
     }
 }

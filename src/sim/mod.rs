@@ -43,8 +43,12 @@
 //! * **Managed identity** (§5). `GET /metadata/identity/oauth2/token` answers like IMDS (header
 //!   `Metadata: true`, every field a string) and `GET /msi/token` like App Service
 //!   (`X-IDENTITY-HEADER`, `expires_on` as an epoch string), for the identities configured with
-//!   [`SimEntra::set_managed_identity`]. A script of one-shot statuses (404, 410, 429, 5xx)
-//!   injects the faults IMDS is known for.
+//!   [`SimEntra::set_managed_identity`]. A request names at most one identity, by client id
+//!   (`client_id`), by object id (`object_id`, or `principal_id` on App Service; see
+//!   [`managed_identity_object_id`]) or, for a user-assigned identity, by Azure resource id
+//!   (`msi_res_id` on IMDS, `mi_res_id` on App Service; see [`managed_identity_resource_id`]);
+//!   without one, the system-assigned identity (else a sole user-assigned one) answers. A
+//!   script of one-shot statuses (404, 410, 429, 5xx) injects the faults IMDS is known for.
 //!
 //! Not simulated: TLS. The simulator speaks plain HTTP; the daemon allows that for loopback
 //! authority hosts only.
@@ -101,7 +105,7 @@ pub use catalogue::{CATALOGUE_CODES, catalogue};
 pub use federated::SimFederatedCredential;
 pub use managed_identity::{
     ManagedIdentityEndpoint, SIM_SYSTEM_ASSIGNED_CLIENT_ID, SimManagedIdentity,
-    SimManagedIdentityRequest,
+    SimManagedIdentityRequest, managed_identity_object_id, managed_identity_resource_id,
 };
 pub use token_endpoint::POWER_BI_RESOURCES;
 
