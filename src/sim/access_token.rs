@@ -1,0 +1,229 @@
+//! What a successful token request gets: the v2 body (numbers as numbers), the v1 body (numbers
+//! as strings, plus `expires_on`, `not_before`, `resource`), and a JWT-shaped access token that
+//! is unique per issue. The managed identity endpoints mint their tokens with the same helpers.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::ApiVersion;
+use super::token_endpoint::{Grant, Incoming, echo_request_id};
+use super::wire::{json_headers, random_base64url, random_guid};
+
+/// Entra backdates `nbf`/`not_before` by five minutes to absorb clock skew (compare the v1
+/// example in the reference: `expires_on - not_before = expires_in + 300`).
+pub(super) const NOT_BEFORE_BACKDATE_SECS: u64 = 300;
+
+/// v2 success body: numbers as JSON numbers.
+#[derive(Serialize)]
+struct V2Token {
+    token_type: &'static str,
+    expires_in: u64,
+    ext_expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_in: Option<u64>,
+    access_token: String,
+}
+
+/// v1 success body: numbers as JSON strings.
+#[derive(Serialize)]
+struct V1Token {
+    token_type: &'static str,
+    expires_in: String,
+    ext_expires_in: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_in: Option<String>,
+    expires_on: String,
+    not_before: String,
+    resource: String,
+    access_token: String,
+}
+
+pub(super) fn success_response(incoming: &Incoming, grant: &Grant, serial: u64) -> Response {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let lifetime = grant.lifetime.as_secs();
+    let refresh_in = grant.refresh_in.map(|refresh| refresh.as_secs());
+    let not_before = now.saturating_sub(NOT_BEFORE_BACKDATE_SECS);
+    let expires_on = now + lifetime;
+    let access_token = fake_jwt(&incoming.tenant, grant, not_before, expires_on, serial);
+    // Serialising a struct of strings and integers cannot fail.
+    let body = match incoming.version {
+        ApiVersion::V2 => serde_json::to_vec(&V2Token {
+            token_type: "Bearer",
+            expires_in: lifetime,
+            ext_expires_in: lifetime,
+            refresh_in,
+            access_token,
+        }),
+        ApiVersion::V1 => serde_json::to_vec(&V1Token {
+            token_type: "Bearer",
+            expires_in: lifetime.to_string(),
+            ext_expires_in: lifetime.to_string(),
+            refresh_in: refresh_in.map(|refresh| refresh.to_string()),
+            expires_on: expires_on.to_string(),
+            not_before: not_before.to_string(),
+            resource: grant.resource.clone(),
+            access_token,
+        }),
+    }
+    .unwrap_or_default();
+    let mut headers = json_headers();
+    echo_request_id(&mut headers, incoming);
+    (StatusCode::OK, headers, body).into_response()
+}
+
+/// A JWT-shaped access token (unsigned: the signature is random bytes) with the claims of a
+/// real app-only Power BI token, about 1.3 KB long. `uti` carries the issue serial so no two
+/// tokens are equal.
+fn fake_jwt(tenant: &str, grant: &Grant, not_before: u64, expires_on: u64, serial: u64) -> String {
+    let issuer = format!("https://sts.windows.net/{tenant}/");
+    let object_id = random_guid();
+    let payload = serde_json::json!({
+        "aud": grant.resource,
+        "iss": issuer,
+        "iat": not_before,
+        "nbf": not_before,
+        "exp": expires_on,
+        "aio": random_base64url(72),
+        "appid": grant.client_id,
+        "appidacr": "1",
+        "idp": issuer,
+        "idtyp": "app",
+        "oid": object_id,
+        "rh": format!("0.{}.", random_base64url(60)),
+        "sub": object_id,
+        "tid": tenant,
+        "uti": unique_token_id(serial),
+        "ver": "1.0",
+        "xms_idrel": "7 18",
+        "xms_tcdt": 1_600_000_000_u64,
+        "xms_rd": random_base64url(90),
+    });
+    jwt_shaped(&payload)
+}
+
+/// The `uti` claim: the issue serial plus random bytes, so no two tokens are equal.
+pub(super) fn unique_token_id(serial: u64) -> String {
+    let mut uti = [0u8; 16];
+    uti[..8].copy_from_slice(&serial.to_be_bytes());
+    fastrand::fill(&mut uti[8..]);
+    URL_SAFE_NO_PAD.encode(uti)
+}
+
+/// A JWT with Entra's header, these claims, and random bytes for a signature.
+pub(super) fn jwt_shaped(payload: &Value) -> String {
+    const HEADER: &str = r#"{"typ":"JWT","alg":"RS256","x5t":"c2ltdWxhdGVkLWVudHJhLWtleQ","kid":"c2ltdWxhdGVkLWVudHJhLWtleQ"}"#;
+    let mut signature = [0u8; 256];
+    fastrand::fill(&mut signature);
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(HEADER),
+        URL_SAFE_NO_PAD.encode(payload.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::wire::JSON_CONTENT_TYPE;
+    use super::super::{ApiVersion, SimApp, SimTenant};
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn v2_success_has_numeric_fields_and_a_jwt_shaped_token() {
+        let Fixture { sim, http } = fixture().await;
+        let answer = post(&http, &v2_url(&sim, TENANT), &v2_form()).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.header("content-type"), Some(JSON_CONTENT_TYPE));
+        let body = answer.json();
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], serde_json::json!(3599));
+        assert_eq!(body["ext_expires_in"], serde_json::json!(3599));
+        for absent in [
+            "refresh_in",
+            "expires_on",
+            "not_before",
+            "resource",
+            "refresh_token",
+        ] {
+            assert!(body.get(absent).is_none(), "{absent} must not appear in v2");
+        }
+        let token = body["access_token"].as_str().expect("token");
+        assert!((1000..2500).contains(&token.len()), "{}", token.len());
+        let claims = decode_claims(token);
+        assert_eq!(claims["aud"], POWER_BI);
+        assert_eq!(claims["tid"], TENANT);
+        assert_eq!(claims["appid"], APP);
+        assert_eq!(claims["iss"], format!("https://sts.windows.net/{TENANT}/"));
+        let exp = claims["exp"].as_u64().expect("exp");
+        let nbf = claims["nbf"].as_u64().expect("nbf");
+        assert_eq!(exp - nbf, 3599 + NOT_BEFORE_BACKDATE_SECS);
+        assert_eq!(claims["iat"], claims["nbf"]);
+        assert!(claims["uti"].is_string());
+        assert_eq!(sim.issued_count(TENANT), 1);
+    }
+
+    #[tokio::test]
+    async fn v1_success_sends_numbers_as_strings() {
+        let Fixture { sim, http } = fixture().await;
+        let answer = post(&http, &v1_url(&sim, TENANT), &v1_form()).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let body = answer.json();
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], "3599");
+        assert_eq!(body["ext_expires_in"], "3599");
+        assert_eq!(body["resource"], POWER_BI);
+        let expires_on: u64 = body["expires_on"]
+            .as_str()
+            .expect("string")
+            .parse()
+            .expect("epoch");
+        let not_before: u64 = body["not_before"]
+            .as_str()
+            .expect("string")
+            .parse()
+            .expect("epoch");
+        assert_eq!(expires_on - not_before, 3599 + NOT_BEFORE_BACKDATE_SECS);
+        assert!(body.get("refresh_in").is_none());
+        let claims = decode_claims(body["access_token"].as_str().expect("token"));
+        assert_eq!(claims["exp"].as_u64(), Some(expires_on));
+        assert_eq!(
+            sim.last_request(TENANT).map(|r| r.version),
+            Some(ApiVersion::V1)
+        );
+    }
+
+    #[tokio::test]
+    async fn refresh_in_is_a_number_on_v2_and_a_string_on_v1() {
+        let Fixture { sim, http } = fixture().await;
+        let mut tenant = SimTenant::new(SimApp::new(APP, SECRET), Duration::from_secs(7200));
+        tenant.refresh_in = Some(Duration::from_secs(3600));
+        sim.add_tenant(TENANT, tenant);
+        let v2 = post(&http, &v2_url(&sim, TENANT), &v2_form()).await.json();
+        assert_eq!(v2["refresh_in"], serde_json::json!(3600));
+        assert_eq!(v2["expires_in"], serde_json::json!(7200));
+        let v1 = post(&http, &v1_url(&sim, TENANT), &v1_form()).await.json();
+        assert_eq!(v1["refresh_in"], "3600");
+    }
+
+    #[tokio::test]
+    async fn tokens_differ_on_every_issue() {
+        let Fixture { sim, http } = fixture().await;
+        let first = post(&http, &v2_url(&sim, TENANT), &v2_form()).await.json();
+        let second = post(&http, &v2_url(&sim, TENANT), &v2_form()).await.json();
+        assert_ne!(first["access_token"], second["access_token"]);
+        let first = decode_claims(first["access_token"].as_str().expect("token"));
+        let second = decode_claims(second["access_token"].as_str().expect("token"));
+        assert_ne!(first["uti"], second["uti"]);
+        assert_eq!(sim.issued_count(TENANT), 2);
+    }
+}

@@ -1,0 +1,982 @@
+//! The v1 and v2 token endpoints and the discovery document: reading a request, Entra's checks
+//! in Entra's order (tenant, grant, client, credential, resource), and rejections in Entra's
+//! error shape. Certificate and federated credentials are checked in `assertion.rs` and
+//! `federated.rs`; a successful answer is built in `access_token.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::access_token::success_response;
+use super::assertion::{JWT_BEARER_ASSERTION_TYPE, SimAssertion, verify_assertion};
+use super::catalogue::{catalogue, error_body};
+use super::faults::{
+    oversized_response, proxy_login_page, server_error_reply, stopped_response, throttle_reply,
+    truncated_response,
+};
+use super::wire::{
+    REDACTED, client_key, decode_component, is_dns_like, is_guid, json_headers, parse_basic,
+    parse_form, tenant_key, unix_now,
+};
+use super::{ApiVersion, AppCredentials, Behavior, Shared, SimRequest, SimTenant};
+
+/// The Power BI resource identifiers (App ID URIs) of every sovereign cloud (protocol reference
+/// §7). A v1 `resource` or a v2 scope without its `/.default` suffix must be one of these.
+pub const POWER_BI_RESOURCES: &[&str] = &[
+    "https://analysis.windows.net/powerbi/api",
+    "https://analysis.usgovcloudapi.net/powerbi/api",
+    "https://high.analysis.usgovcloudapi.net/powerbi/api",
+    "https://mil.analysis.usgovcloudapi.net/powerbi/api",
+    "https://analysis.chinacloudapi.cn/powerbi/api",
+];
+
+/// Largest request body read; real token requests are a few hundred bytes (a few KB with a
+/// client assertion).
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+/// Form fields whose values are credentials.
+const SECRET_FORM_FIELDS: &[&str] = &["client_secret", "client_assertion"];
+
+pub(super) async fn token_v2(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    token_endpoint(shared, ApiVersion::V2, request).await
+}
+
+pub(super) async fn token_v1(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    token_endpoint(shared, ApiVersion::V1, request).await
+}
+
+/// A token request, read and decoded.
+pub(super) struct Incoming {
+    /// Which endpoint was called: decides the resource parameter and the body's number types.
+    pub(super) version: ApiVersion,
+    /// Anything but `POST` is AADSTS900561.
+    method: Method,
+    /// The tenant path segment as sent (percent-decoded), for messages and the `tid` claim.
+    pub(super) tenant: String,
+    /// The same in lower case: the registry key.
+    tenant_key: String,
+    /// Form fields; empty unless the body was `application/x-www-form-urlencoded`.
+    form: Vec<(String, String)>,
+    /// `client_id` and secret from an HTTP Basic `Authorization` header.
+    basic: Option<(String, String)>,
+    /// The client's `client-request-id`, echoed as the correlation id.
+    client_request_id: Option<String>,
+    /// All request headers, kept for [`Incoming::recorded`].
+    headers: HeaderMap,
+}
+
+impl Incoming {
+    async fn read(version: ApiVersion, request: Request) -> Incoming {
+        let (parts, body) = request.into_parts();
+        let segment = parts
+            .uri
+            .path()
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let tenant = decode_component(segment.as_bytes(), false);
+        let is_form = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|mime| {
+                mime.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        let form = if is_form {
+            match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
+                Ok(bytes) => parse_form(&bytes),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let basic = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_basic);
+        let client_request_id = parts
+            .headers
+            .get("client-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+            .filter(|id| !id.is_empty() && id.len() <= 128)
+            .map(str::to_owned);
+        Incoming {
+            version,
+            method: parts.method,
+            tenant_key: tenant_key(&tenant),
+            tenant,
+            form,
+            basic,
+            client_request_id,
+            headers: parts.headers,
+        }
+    }
+
+    /// The first value of a form field.
+    fn param(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn client_id(&self) -> Option<&str> {
+        self.param("client_id")
+            .or_else(|| self.basic.as_ref().map(|(id, _)| id.as_str()))
+            .filter(|id| !id.is_empty())
+    }
+
+    fn client_secret(&self) -> Option<&str> {
+        self.param("client_secret")
+            .or_else(|| self.basic.as_ref().map(|(_, secret)| secret.as_str()))
+            .filter(|secret| !secret.is_empty())
+    }
+
+    /// The request as [`SimEntra::last_request`](super::SimEntra::last_request) reports it,
+    /// credentials redacted.
+    fn recorded(&self) -> SimRequest {
+        let form = self
+            .form
+            .iter()
+            .map(|(key, value)| {
+                let value = if SECRET_FORM_FIELDS.contains(&key.as_str()) {
+                    REDACTED.to_owned()
+                } else {
+                    value.clone()
+                };
+                (key.clone(), value)
+            })
+            .collect();
+        let headers = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = if name == header::AUTHORIZATION {
+                    let scheme = value
+                        .to_str()
+                        .ok()
+                        .and_then(|text| text.split_whitespace().next())
+                        .unwrap_or_default();
+                    format!("{scheme} {REDACTED}").trim_start().to_owned()
+                } else {
+                    String::from_utf8_lossy(value.as_bytes()).into_owned()
+                };
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        SimRequest {
+            version: self.version,
+            form,
+            headers,
+        }
+    }
+
+    /// Values for the catalogue placeholders, from whatever the request carried.
+    pub(super) fn placeholders(&self) -> Vec<(&'static str, String)> {
+        let scope = self.param("scope").unwrap_or_default();
+        let resource = self
+            .param("resource")
+            .unwrap_or_else(|| scope.strip_suffix("/.default").unwrap_or(scope));
+        vec![
+            ("tenant", self.tenant.clone()),
+            ("client_id", self.client_id().unwrap_or_default().to_owned()),
+            ("scope", scope.to_owned()),
+            ("resource", resource.to_owned()),
+            (
+                "grant_type",
+                self.param("grant_type").unwrap_or_default().to_owned(),
+            ),
+            ("method", self.method.as_str().to_owned()),
+            ("parameter", "grant_type".to_owned()),
+        ]
+    }
+}
+
+/// A response plus the AADSTS code it carries, for the request log.
+pub(super) struct Reply {
+    /// What the client gets.
+    pub(super) response: Response,
+    /// The catalogue code in the body; `None` for successes and non-Entra bodies.
+    aadsts: Option<u32>,
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Self {
+        Reply {
+            response,
+            aadsts: None,
+        }
+    }
+}
+
+/// What [`Shared::admit`] decided about a token request.
+struct Admission {
+    /// The script's next entry, else the persistent behaviour.
+    behavior: Behavior,
+    /// The tenant's configuration, taken out of the lock; `None` for an unknown tenant.
+    tenant: Option<Arc<SimTenant>>,
+    /// The calling app's certificates and federated credentials; looked up only for requests
+    /// that carry a `client_assertion`.
+    credentials: Option<Arc<AppCredentials>>,
+}
+
+/// The token endpoints' side of [`Shared`]: each method is one short critical section.
+impl Shared {
+    /// Counts and records a request and decides how to answer it, in one critical section.
+    fn admit(&self, incoming: &Incoming) -> Admission {
+        self.total_requests.fetch_add(1, Ordering::Relaxed);
+        let recorded = incoming.recorded();
+        let credentials_key = incoming
+            .param("client_assertion")
+            .and(incoming.client_id())
+            .map(client_key);
+        let mut registry = self.registry();
+        let entry = registry.entry(incoming.tenant_key.clone()).or_default();
+        entry.requests += 1;
+        entry.last_request = Some(recorded);
+        let behavior = entry
+            .script
+            .pop_front()
+            .unwrap_or_else(|| entry.behavior.clone());
+        Admission {
+            behavior,
+            tenant: entry.tenant.clone(),
+            credentials: credentials_key.and_then(|key| entry.credentials.get(&key).cloned()),
+        }
+    }
+
+    fn record_assertion(&self, key: &str, assertion: SimAssertion) {
+        if let Some(entry) = self.registry().get_mut(key) {
+            entry.last_assertion = Some(assertion);
+        }
+    }
+
+    fn tenant(&self, key: &str) -> Option<Arc<SimTenant>> {
+        self.registry()
+            .get(key)
+            .and_then(|entry| entry.tenant.clone())
+    }
+
+    fn count_issued(&self, key: &str) {
+        if let Some(entry) = self.registry().get_mut(key) {
+            entry.issued += 1;
+        }
+    }
+
+    async fn until_shutdown(&self) {
+        let mut stopped = self.shutdown.clone();
+        // An error means the sender is gone, which is a shutdown too.
+        let _ = stopped.wait_for(|&stopped| stopped).await;
+    }
+}
+
+async fn token_endpoint(shared: Arc<Shared>, version: ApiVersion, request: Request) -> Response {
+    let incoming = Incoming::read(version, request).await;
+    let admission = shared.admit(&incoming);
+    let behavior = &admission.behavior;
+    let reply = match behavior {
+        Behavior::Normal => answer_normally(&shared, &incoming, &admission),
+        Behavior::Slow(delay) => {
+            tokio::select! {
+                () = tokio::time::sleep(*delay) => {
+                    answer_normally(&shared, &incoming, &admission)
+                }
+                () = shared.until_shutdown() => stopped_response().into(),
+            }
+        }
+        Behavior::Hang => {
+            shared.until_shutdown().await;
+            stopped_response().into()
+        }
+        Behavior::Aadsts(code) => {
+            let (status, error, text) = catalogue(*code);
+            let placeholders = incoming.placeholders();
+            error_reply(&incoming, status, error, *code, text, &placeholders)
+        }
+        Behavior::TemporarilyUnavailable => catalogue_reply(&incoming, 50033),
+        Behavior::Throttle {
+            retry_after,
+            plain_text,
+        } => throttle_reply(&incoming, retry_after, *plain_text),
+        Behavior::ServerError { status, json } => server_error_reply(&incoming, *status, *json),
+        Behavior::Html => proxy_login_page().into(),
+        Behavior::Truncated => truncated_response().into(),
+        Behavior::Oversized(size) => oversized_response(*size).into(),
+    };
+    tracing::debug!(
+        tenant = %incoming.tenant,
+        version = ?version,
+        behavior = behavior_label(behavior),
+        status = reply.response.status().as_u16(),
+        aadsts = ?reply.aadsts,
+        "simulated Entra token request"
+    );
+    reply.response
+}
+
+fn behavior_label(behavior: &Behavior) -> &'static str {
+    match behavior {
+        Behavior::Normal => "normal",
+        Behavior::Aadsts(_) => "aadsts",
+        Behavior::Throttle { .. } => "throttle",
+        Behavior::ServerError { .. } => "server_error",
+        Behavior::TemporarilyUnavailable => "temporarily_unavailable",
+        Behavior::Slow(_) => "slow",
+        Behavior::Html => "html",
+        Behavior::Truncated => "truncated",
+        Behavior::Oversized(_) => "oversized",
+        Behavior::Hang => "hang",
+    }
+}
+
+/// Validation succeeded: issue a token for this resource to this client.
+pub(super) struct Grant {
+    /// The app's client id as registered, for the `appid` claim.
+    pub(super) client_id: String,
+    /// The Power BI resource the token is for (`aud`, and v1's `resource`).
+    pub(super) resource: String,
+    /// `expires_in` of the token, from the tenant.
+    pub(super) lifetime: Duration,
+    /// `refresh_in` of the token, from the tenant.
+    pub(super) refresh_in: Option<Duration>,
+}
+
+/// Validation failed with this catalogue code; the placeholders fill its text.
+pub(super) struct Rejection {
+    /// The AADSTS code: a [`catalogue`](fn@catalogue) entry.
+    code: u32,
+    /// Values found during validation, preferred over those taken from the request.
+    placeholders: Vec<(&'static str, String)>,
+}
+
+impl Rejection {
+    pub(super) fn new(code: u32) -> Self {
+        Rejection {
+            code,
+            placeholders: Vec::new(),
+        }
+    }
+
+    fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.placeholders.push((name, value.into()));
+        self
+    }
+
+    fn missing(parameter: &'static str) -> Self {
+        Rejection::new(900144).with("parameter", parameter)
+    }
+}
+
+fn answer_normally(shared: &Shared, incoming: &Incoming, admission: &Admission) -> Reply {
+    let mut verified = None;
+    let outcome = validate(
+        incoming,
+        admission.tenant.as_deref(),
+        admission.credentials.as_deref(),
+        &shared.authority_host,
+        &mut verified,
+    );
+    if let Some(assertion) = verified {
+        shared.record_assertion(&incoming.tenant_key, assertion);
+    }
+    match outcome {
+        Ok(grant) => {
+            shared.count_issued(&incoming.tenant_key);
+            let serial = shared.serial.fetch_add(1, Ordering::Relaxed);
+            success_response(incoming, &grant, serial).into()
+        }
+        Err(rejection) => {
+            let (status, error, text) = catalogue(rejection.code);
+            let mut placeholders = incoming.placeholders();
+            // Specific values first: `render` uses the first match for a name.
+            placeholders.splice(0..0, rejection.placeholders);
+            error_reply(incoming, status, error, rejection.code, text, &placeholders)
+        }
+    }
+}
+
+/// Entra's checks for a client-credentials request, in Entra's order. A client assertion that
+/// passes verification is stored in `verified`, whatever the later checks decide.
+fn validate(
+    incoming: &Incoming,
+    tenant: Option<&SimTenant>,
+    credentials: Option<&AppCredentials>,
+    authority_host: &str,
+    verified: &mut Option<SimAssertion>,
+) -> Result<Grant, Rejection> {
+    if incoming.method != Method::POST {
+        return Err(Rejection::new(900561));
+    }
+    if !is_guid(&incoming.tenant) && !is_dns_like(&incoming.tenant) {
+        return Err(Rejection::new(900023));
+    }
+    match incoming.tenant_key.as_str() {
+        "common" | "consumers" => return Err(Rejection::new(9001023)),
+        "organizations" => return Err(Rejection::new(90019)),
+        _ => {}
+    }
+    let Some(tenant) = tenant else {
+        return Err(Rejection::new(90002));
+    };
+
+    match incoming.param("grant_type") {
+        None | Some("") => return Err(Rejection::missing("grant_type")),
+        Some("client_credentials") => {}
+        Some(other) => return Err(Rejection::new(70003).with("grant_type", other)),
+    }
+    let Some(client_id) = incoming.client_id() else {
+        return Err(Rejection::missing("client_id"));
+    };
+    let Some(app) = tenant
+        .apps
+        .iter()
+        .find(|app| app.client_id.eq_ignore_ascii_case(client_id))
+    else {
+        return Err(Rejection::new(700016));
+    };
+
+    let assertion = incoming
+        .param("client_assertion")
+        .filter(|assertion| !assertion.is_empty());
+    match (incoming.client_secret(), assertion) {
+        (Some(secret), _) => {
+            if secret != app.secret {
+                return Err(Rejection::new(7000215));
+            }
+            if app.secret_expired {
+                return Err(Rejection::new(7000222));
+            }
+        }
+        (None, Some(assertion)) => {
+            // Entra's answer to an unknown `client_assertion_type` is not in the reference;
+            // it is answered as a missing one.
+            if incoming.param("client_assertion_type") != Some(JWT_BEARER_ASSERTION_TYPE) {
+                return Err(Rejection::missing("client_assertion_type"));
+            }
+            let audience = token_endpoint_url(authority_host, &incoming.tenant, incoming.version);
+            *verified = Some(verify_assertion(
+                assertion,
+                &app.client_id,
+                credentials,
+                &audience,
+                unix_now(),
+            )?);
+        }
+        (None, None) => return Err(Rejection::new(7000218)),
+    }
+
+    let resource = match incoming.version {
+        ApiVersion::V2 => v2_resource(incoming)?,
+        ApiVersion::V1 => match incoming.param("resource") {
+            None | Some("") => return Err(Rejection::missing("resource")),
+            Some(resource) => resource.to_owned(),
+        },
+    };
+    if !tenant.power_bi_present || !POWER_BI_RESOURCES.contains(&resource.as_str()) {
+        return Err(Rejection::new(500011).with("resource", resource));
+    }
+    Ok(Grant {
+        client_id: app.client_id.clone(),
+        resource,
+        lifetime: tenant.lifetime,
+        refresh_in: tenant.refresh_in,
+    })
+}
+
+/// The single resource a v2 `scope` names.
+fn v2_resource(incoming: &Incoming) -> Result<String, Rejection> {
+    if incoming.param("resource").is_some() {
+        return Err(Rejection::new(901002));
+    }
+    let scope = incoming.param("scope").unwrap_or_default();
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if scopes.is_empty() {
+        return Err(Rejection::missing("scope"));
+    }
+    let mut resources: Vec<&str> = Vec::with_capacity(scopes.len());
+    for item in &scopes {
+        let Some(resource) = item.strip_suffix("/.default") else {
+            return Err(Rejection::new(1002012).with("scope", *item));
+        };
+        if !resources.contains(&resource) {
+            resources.push(resource);
+        }
+    }
+    match resources.as_slice() {
+        [single] => Ok((*single).to_owned()),
+        _ => Err(Rejection::new(700022)),
+    }
+}
+
+/// The token endpoint URL a client posts to, which its assertions must name as `aud`.
+fn token_endpoint_url(authority_host: &str, tenant: &str, version: ApiVersion) -> String {
+    match version {
+        ApiVersion::V2 => format!("{authority_host}/{tenant}/oauth2/v2.0/token"),
+        ApiVersion::V1 => format!("{authority_host}/{tenant}/oauth2/token"),
+    }
+}
+
+/// The catalogue entry for `code`, its text filled from the request.
+pub(super) fn catalogue_reply(incoming: &Incoming, code: u32) -> Reply {
+    let (status, error, text) = catalogue(code);
+    error_reply(
+        incoming,
+        status,
+        error,
+        code,
+        text,
+        &incoming.placeholders(),
+    )
+}
+
+/// An Entra error body with these fields, with Entra's JSON headers and the client's request id.
+pub(super) fn error_reply(
+    incoming: &Incoming,
+    status: StatusCode,
+    error: &str,
+    code: u32,
+    text: &str,
+    placeholders: &[(&'static str, String)],
+) -> Reply {
+    let body = error_body(
+        error,
+        code,
+        text,
+        placeholders,
+        incoming.client_request_id.as_deref(),
+    );
+    let mut headers = json_headers();
+    echo_request_id(&mut headers, incoming);
+    Reply {
+        response: (status, headers, body).into_response(),
+        aadsts: Some(code),
+    }
+}
+
+/// Entra returns the client's `client-request-id` header.
+pub(super) fn echo_request_id(headers: &mut HeaderMap, incoming: &Incoming) {
+    if let Some(value) = incoming
+        .client_request_id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert(HeaderName::from_static("client-request-id"), value);
+    }
+}
+
+pub(super) async fn openid_configuration(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+) -> Response {
+    let segment = request
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let tenant = decode_component(segment.as_bytes(), false);
+    if shared.tenant(&tenant_key(&tenant)).is_none() {
+        let (status, _, text) = catalogue(90002);
+        let body = error_body(
+            "invalid_tenant",
+            90002,
+            text,
+            &[("tenant", tenant.clone())],
+            None,
+        );
+        tracing::debug!(%tenant, status = status.as_u16(), "simulated Entra discovery request");
+        return (status, json_headers(), body).into_response();
+    }
+    let host = &shared.authority_host;
+    let document = serde_json::json!({
+        "token_endpoint": token_endpoint_url(host, &tenant, ApiVersion::V2),
+        "token_endpoint_auth_methods_supported":
+            ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{host}/{tenant}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": format!("{host}/{tenant}/v2.0"),
+        "request_uri_parameter_supported": false,
+        "authorization_endpoint": format!("{host}/{tenant}/oauth2/v2.0/authorize"),
+        "device_authorization_endpoint": format!("{host}/{tenant}/oauth2/v2.0/devicecode"),
+        "end_session_endpoint": format!("{host}/{tenant}/oauth2/v2.0/logout"),
+        "tenant_region_scope": "NA",
+        "cloud_instance_name": "microsoftonline.com",
+        "cloud_graph_host_name": "graph.windows.net",
+        "msgraph_host": "graph.microsoft.com",
+    });
+    tracing::debug!(%tenant, status = 200, "simulated Entra discovery request");
+    (StatusCode::OK, json_headers(), document.to_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SimApp;
+    use super::super::test_support::*;
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    #[tokio::test]
+    async fn every_sovereign_power_bi_resource_is_accepted() {
+        let Fixture { sim, http } = fixture().await;
+        for resource in POWER_BI_RESOURCES {
+            let scope = format!("{resource}/.default");
+            let mut form: Vec<(&str, &str)> = without(v2_form(), "scope");
+            form.push(("scope", &scope));
+            let answer = post(&http, &v2_url(&sim, TENANT), &form).await;
+            assert_eq!(answer.status, 200, "{resource}: {}", answer.body);
+        }
+    }
+
+    #[tokio::test]
+    async fn basic_authentication_is_accepted_with_url_encoded_credentials() {
+        let Fixture { sim, http } = fixture().await;
+        let credentials = format!(
+            "{APP}:{}",
+            SECRET
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+                .replace('&', "%26")
+        );
+        let request = http
+            .post(v2_url(&sim, TENANT))
+            .header(
+                "authorization",
+                format!("Basic {}", STANDARD.encode(credentials)),
+            )
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", POWER_BI_SCOPE),
+            ]);
+        let answer = answer(request).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let recorded = sim.last_request(TENANT).expect("recorded");
+        let authorization = recorded
+            .headers
+            .iter()
+            .find(|(name, _)| name == "authorization")
+            .map(|(_, value)| value.as_str());
+        assert_eq!(authorization, Some("Basic [REDACTED]"));
+    }
+
+    #[tokio::test]
+    async fn basic_authentication_with_a_wrong_secret_is_rejected() {
+        let Fixture { sim, http } = fixture().await;
+        let request = http
+            .post(v2_url(&sim, TENANT))
+            .header(
+                "authorization",
+                format!("Basic {}", STANDARD.encode(format!("{APP}:nope"))),
+            )
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", POWER_BI_SCOPE),
+            ]);
+        assert_entra_error(&answer(request).await, 401, "invalid_client", 7000215);
+    }
+
+    #[tokio::test]
+    async fn tenant_errors() {
+        let Fixture { sim, http } = fixture().await;
+        let answer = post(&http, &v2_url(&sim, "not_a%20tenant!"), &v2_form()).await;
+        let body = assert_entra_error(&answer, 400, "invalid_request", 900023);
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains("'not_a tenant!' is neither a valid DNS name"),
+            "{description}"
+        );
+
+        for special in ["common", "consumers"] {
+            let answer = post(&http, &v2_url(&sim, special), &v2_form()).await;
+            assert_entra_error(&answer, 400, "invalid_request", 9001023);
+        }
+        let answer = post(&http, &v2_url(&sim, "organizations"), &v2_form()).await;
+        assert_entra_error(&answer, 400, "invalid_request", 90019);
+
+        let answer = post(&http, &v1_url(&sim, "fabrikam.onmicrosoft.com"), &v1_form()).await;
+        let body = assert_entra_error(&answer, 400, "invalid_request", 90002);
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains("Tenant 'fabrikam.onmicrosoft.com' not found."),
+            "{description}"
+        );
+    }
+
+    #[tokio::test]
+    async fn grant_and_client_errors() {
+        let Fixture { sim, http } = fixture().await;
+        let url = v2_url(&sim, TENANT);
+        let answer = post(&http, &url, &with(v2_form(), "grant_type", "password")).await;
+        let body = assert_entra_error(&answer, 400, "unsupported_grant_type", 70003);
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("'password'")
+        );
+
+        let answer = post(&http, &url, &without(v2_form(), "grant_type")).await;
+        assert_entra_error(&answer, 400, "invalid_request", 900144);
+
+        let answer = post(&http, &url, &without(v2_form(), "client_id")).await;
+        let body = assert_entra_error(&answer, 400, "invalid_request", 900144);
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("'client_id'")
+        );
+
+        let stranger = "11111111-2222-3333-4444-555555555555";
+        let answer = post(&http, &url, &with(v2_form(), "client_id", stranger)).await;
+        let body = assert_entra_error(&answer, 400, "unauthorized_client", 700016);
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains(&format!(
+                "Application with identifier '{stranger}' was not found in the directory '{TENANT}'"
+            )),
+            "{description}"
+        );
+    }
+
+    #[tokio::test]
+    async fn secret_errors_never_echo_the_secret() {
+        let Fixture { sim, http } = fixture().await;
+        let url = v2_url(&sim, TENANT);
+        let answer = post(&http, &url, &without(v2_form(), "client_secret")).await;
+        assert_entra_error(&answer, 401, "invalid_client", 7000218);
+
+        let answer = post(
+            &http,
+            &url,
+            &with(v2_form(), "client_secret", "wrong-secret"),
+        )
+        .await;
+        let body = assert_entra_error(&answer, 401, "invalid_client", 7000215);
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains(&format!("app '{APP}'")),
+            "{description}"
+        );
+        assert!(!answer.body.contains("wrong-secret"));
+
+        let mut expired = SimApp::new(APP, SECRET);
+        expired.secret_expired = true;
+        sim.set_app(TENANT, expired);
+        let answer = post(&http, &url, &v2_form()).await;
+        assert_entra_error(&answer, 401, "invalid_client", 7000222);
+        assert!(!answer.body.contains(SECRET));
+
+        let answer = post(
+            &http,
+            &url,
+            &with(
+                with(
+                    without(v2_form(), "client_secret"),
+                    "client_assertion",
+                    "eyJ.e30.sig",
+                ),
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+        )
+        .await;
+        assert_entra_error(&answer, 400, "invalid_request", 50027);
+
+        let recorded = sim.last_request(TENANT).expect("recorded");
+        assert!(
+            recorded
+                .form
+                .contains(&("client_assertion".to_owned(), REDACTED.to_owned()))
+        );
+    }
+
+    #[tokio::test]
+    async fn v2_scope_errors() {
+        let Fixture { sim, http } = fixture().await;
+        let url = v2_url(&sim, TENANT);
+        let answer = post(&http, &url, &with(v2_form(), "resource", POWER_BI)).await;
+        assert_entra_error(&answer, 400, "invalid_request", 901002);
+
+        let answer = post(&http, &url, &without(v2_form(), "scope")).await;
+        let body = assert_entra_error(&answer, 400, "invalid_request", 900144);
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("'scope'")
+        );
+
+        let answer = post(
+            &http,
+            &url,
+            &with(
+                v2_form(),
+                "scope",
+                "https://analysis.windows.net/powerbi/api/Report.Read.All",
+            ),
+        )
+        .await;
+        assert_entra_error(&answer, 400, "invalid_scope", 1002012);
+
+        let answer = post(&http, &url,
+            &with(v2_form(), "scope", "https://analysis.windows.net/powerbi/api/.default https://graph.microsoft.com/.default"),
+        )
+        .await;
+        assert_entra_error(&answer, 400, "invalid_scope", 700022);
+
+        let answer = post(
+            &http,
+            &url,
+            &with(v2_form(), "scope", "https://graph.microsoft.com/.default"),
+        )
+        .await;
+        let body = assert_entra_error(&answer, 400, "invalid_resource", 500011);
+        let description = body["error_description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains("https://graph.microsoft.com was not found"),
+            "{description}"
+        );
+        assert_eq!(sim.issued_count(TENANT), 0);
+    }
+
+    #[tokio::test]
+    async fn v1_resource_errors() {
+        let Fixture { sim, http } = fixture().await;
+        let url = v1_url(&sim, TENANT);
+        let answer = post(&http, &url, &without(v1_form(), "resource")).await;
+        let body = assert_entra_error(&answer, 400, "invalid_request", 900144);
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("'resource'")
+        );
+        let answer = post(
+            &http,
+            &url,
+            &with(v1_form(), "resource", "https://management.azure.com/"),
+        )
+        .await;
+        assert_entra_error(&answer, 400, "invalid_resource", 500011);
+    }
+
+    #[tokio::test]
+    async fn tenant_without_power_bi_gets_invalid_resource() {
+        let Fixture { sim, http } = fixture().await;
+        let mut tenant = SimTenant::new(SimApp::new(APP, SECRET), Duration::from_secs(3599));
+        tenant.power_bi_present = false;
+        sim.add_tenant(TENANT, tenant);
+        let answer = post(&http, &v2_url(&sim, TENANT), &v2_form()).await;
+        assert_entra_error(&answer, 400, "invalid_resource", 500011);
+    }
+
+    #[tokio::test]
+    async fn non_form_bodies_and_other_methods_are_rejected() {
+        let Fixture { sim, http } = fixture().await;
+        let request = http
+            .post(v2_url(&sim, TENANT))
+            .header("content-type", "application/json")
+            .body(r#"{"grant_type":"client_credentials"}"#);
+        let body = assert_entra_error(&answer(request).await, 400, "invalid_request", 900144);
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("'grant_type'")
+        );
+
+        let answer = answer(http.get(v2_url(&sim, TENANT))).await;
+        let body = assert_entra_error(&answer, 400, "invalid_request", 900561);
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Received a GET request")
+        );
+    }
+
+    #[tokio::test]
+    async fn extra_parameters_and_headers_are_tolerated_and_recorded() {
+        let Fixture { sim, http } = fixture().await;
+        let request = http
+            .post(v2_url(&sim, TENANT))
+            .header("x-client-sku", "powerbi-tokend")
+            .header("x-ms-lib-capability", "retry-after, h429")
+            .header("client-request-id", "0f0e0d0c-1111-2222-3333-444455556666")
+            .form(&with(v2_form(), "client_info", "1"));
+        let answer = answer(request).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(
+            answer.header("client-request-id"),
+            Some("0f0e0d0c-1111-2222-3333-444455556666")
+        );
+        let recorded = sim.last_request(TENANT).expect("recorded");
+        assert_eq!(recorded.version, ApiVersion::V2);
+        assert!(
+            recorded
+                .form
+                .contains(&("client_info".to_owned(), "1".to_owned()))
+        );
+        assert!(
+            recorded
+                .form
+                .contains(&("scope".to_owned(), POWER_BI_SCOPE.to_owned()))
+        );
+        assert!(
+            recorded
+                .headers
+                .contains(&("x-client-sku".to_owned(), "powerbi-tokend".to_owned()))
+        );
+    }
+
+    #[tokio::test]
+    async fn client_request_id_becomes_the_correlation_id() {
+        let Fixture { sim, http } = fixture().await;
+        let request = http
+            .post(v2_url(&sim, TENANT))
+            .header("client-request-id", "9f1e2d3c-aaaa-bbbb-cccc-ddddeeeeffff")
+            .form(&with(v2_form(), "client_secret", "wrong"));
+        let body = assert_entra_error(&answer(request).await, 401, "invalid_client", 7000215);
+        assert_eq!(
+            body["correlation_id"],
+            "9f1e2d3c-aaaa-bbbb-cccc-ddddeeeeffff"
+        );
+    }
+
+    #[tokio::test]
+    async fn openid_configuration_for_known_and_unknown_tenants() {
+        let Fixture { sim, http } = fixture().await;
+        let url = format!(
+            "{}/{TENANT}/v2.0/.well-known/openid-configuration",
+            sim.authority_host()
+        );
+        let known = answer(http.get(&url)).await;
+        assert_eq!(known.status, 200);
+        assert_eq!(known.json()["token_endpoint"], v2_url(&sim, TENANT));
+
+        let url = format!(
+            "{}/nobody.example.com/v2.0/.well-known/openid-configuration",
+            sim.authority_host()
+        );
+        let unknown = answer(http.get(&url)).await;
+        assert_entra_error(&unknown, 400, "invalid_tenant", 90002);
+        assert_eq!(sim.total_requests(), 0, "discovery is not a token request");
+    }
+}
