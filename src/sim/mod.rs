@@ -18,7 +18,8 @@
 //!   `trace_id`, `correlation_id`, `error_uri`) and the HTTP status Entra is observed to use.
 //!   The AADSTS codes, `error` strings and statuses live in one table,
 //!   [`catalogue`](fn@catalogue). The client's `client-request-id` header becomes the
-//!   correlation id, as it does at Entra.
+//!   correlation id, as it does at Entra, and comes back as a response header when the request
+//!   says `return-client-request-id: true`.
 //! * **Validation order.** Tenant syntax, then `/common`-style and unknown tenants, then
 //!   `grant_type` and `client_id`, then the app registration, then the credential (form
 //!   `client_secret` or HTTP Basic per RFC 6749 §2.3.1), then `scope`/`resource`. Each step fails

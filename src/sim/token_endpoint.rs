@@ -563,11 +563,19 @@ pub(super) fn error_reply(
     }
 }
 
-/// Entra returns the client's `client-request-id` header.
+/// Entra returns the client's `client-request-id` header when the request says
+/// `return-client-request-id: true` (the Azure REST convention MSAL relies on).
 pub(super) fn echo_request_id(headers: &mut HeaderMap, incoming: &Incoming) {
+    // Entra returns the id in a response header only when asked to.
+    let asked = incoming
+        .headers
+        .get("return-client-request-id")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
     if let Some(value) = incoming
         .client_request_id
         .as_deref()
+        .filter(|_| asked)
         .and_then(|id| HeaderValue::from_str(id).ok())
     {
         headers.insert(HeaderName::from_static("client-request-id"), value);
@@ -920,6 +928,7 @@ mod tests {
             .header("x-client-sku", "powerbi-tokend")
             .header("x-ms-lib-capability", "retry-after, h429")
             .header("client-request-id", "0f0e0d0c-1111-2222-3333-444455556666")
+            .header("return-client-request-id", "true")
             .form(&with(v2_form(), "client_info", "1"));
         let answer = answer(request).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -957,6 +966,29 @@ mod tests {
         assert_eq!(
             body["correlation_id"],
             "9f1e2d3c-aaaa-bbbb-cccc-ddddeeeeffff"
+        );
+    }
+
+    #[tokio::test]
+    async fn client_request_id_is_returned_only_when_asked() {
+        let Fixture { sim, http } = fixture().await;
+        let id = "9f1e2d3c-aaaa-bbbb-cccc-ddddeeeeffff";
+        let request = || {
+            http.post(v2_url(&sim, TENANT))
+                .header("client-request-id", id)
+                .form(&v2_form())
+        };
+        let plain = answer(request()).await;
+        assert_eq!(plain.status, 200, "{}", plain.body);
+        assert_eq!(plain.headers.get("client-request-id"), None);
+        let asked = answer(request().header("return-client-request-id", "true")).await;
+        assert_eq!(asked.status, 200, "{}", asked.body);
+        assert_eq!(
+            asked
+                .headers
+                .get("client-request-id")
+                .map(|v| v.to_str().unwrap()),
+            Some(id)
         );
     }
 
