@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::unix_now;
 use crate::config::{
-    ApiVersion, ClientAuth, DaemonConfig, ManagedIdentitySource, OAuth2Config, TenantConfig,
+    ApiVersion, ClientAuth, DaemonConfig, ManagedIdentityConfig, ManagedIdentityId,
+    ManagedIdentitySource, OAuth2Config, TenantConfig,
 };
 use crate::credential::{Credential, CredentialError, read_secret};
 use crate::error::{self, ErrorClass, Reason, RefreshError};
@@ -116,9 +117,9 @@ impl TokenClient {
         tenant: &TenantConfig,
         credential: &mut Credential,
     ) -> Result<AccessToken, RefreshError> {
-        let result = if let Credential::ManagedIdentity(source) = credential {
-            let source = source.clone();
-            self.managed_identity(tenant, &source).await
+        let result = if let Credential::ManagedIdentity(managed) = credential {
+            let managed = managed.clone();
+            self.managed_identity(tenant, &managed).await
         } else if let Some(oauth2) = &tenant.oauth2 {
             self.oauth2(tenant, oauth2, credential).await
         } else {
@@ -214,16 +215,14 @@ impl TokenClient {
     async fn managed_identity(
         &self,
         tenant: &TenantConfig,
-        source: &ManagedIdentitySource,
+        managed: &ManagedIdentityConfig,
     ) -> Result<AccessToken, RefreshError> {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_secs(1);
         loop {
             let mut query: Vec<(&str, &str)> = vec![("resource", &tenant.resource)];
-            if !tenant.client_id.is_empty() {
-                query.push(("client_id", &tenant.client_id));
-            }
-            let request = match source {
+            query.extend(identity_selector(managed));
+            let request = match &managed.source {
                 ManagedIdentitySource::Imds => {
                     query.push(("api-version", "2018-02-01"));
                     self.http
@@ -333,6 +332,20 @@ impl TokenClient {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+}
+
+/// The query parameter that picks a user-assigned identity, named as each endpoint names it
+/// (azure-identity sends the same): IMDS calls a resource ID `msi_res_id`, App Service
+/// (api-version 2019-08-01) `mi_res_id`. The system-assigned identity is chosen by sending none.
+fn identity_selector(managed: &ManagedIdentityConfig) -> Option<(&'static str, &str)> {
+    let app_service = matches!(managed.source, ManagedIdentitySource::AppService { .. });
+    match &managed.identity {
+        ManagedIdentityId::System => None,
+        ManagedIdentityId::ClientId(id) => Some(("client_id", id)),
+        ManagedIdentityId::ObjectId(id) => Some(("object_id", id)),
+        ManagedIdentityId::ResourceId(id) if app_service => Some(("mi_res_id", id)),
+        ManagedIdentityId::ResourceId(id) => Some(("msi_res_id", id)),
     }
 }
 

@@ -17,13 +17,16 @@ use std::time::Duration;
 use powerbi_tokend::client::TokenClient;
 use powerbi_tokend::config::SecretSource;
 use powerbi_tokend::config::{
-    AssertionAlgorithm, CertificateConfig, CredentialConfig, DaemonConfig, ManagedIdentitySource,
-    TenantConfig,
+    AssertionAlgorithm, CertificateConfig, CredentialConfig, DaemonConfig, ManagedIdentityConfig,
+    ManagedIdentityId, ManagedIdentitySource, TenantConfig,
 };
 use powerbi_tokend::credential::Credential;
 use powerbi_tokend::credential::certificate::Certificate;
 use powerbi_tokend::error::{ErrorClass, Reason};
-use powerbi_tokend::sim::{SimEntra, SimFederatedCredential, SimManagedIdentity};
+use powerbi_tokend::sim::{
+    SIM_SYSTEM_ASSIGNED_CLIENT_ID, SimEntra, SimFederatedCredential, SimManagedIdentity,
+    managed_identity_object_id, managed_identity_resource_id,
+};
 
 const TENANT: &str = "contoso.onmicrosoft.com";
 
@@ -491,10 +494,135 @@ fn managed_tenant(
     source: ManagedIdentitySource,
     client_id: &str,
 ) -> TenantConfig {
+    let identity = if client_id.is_empty() {
+        ManagedIdentityId::System
+    } else {
+        ManagedIdentityId::ClientId(client_id.to_owned())
+    };
+    managed_tenant_with(sim, dir, source, identity)
+}
+
+fn managed_tenant_with(
+    sim: &SimEntra,
+    dir: &Path,
+    source: ManagedIdentitySource,
+    identity: ManagedIdentityId,
+) -> TenantConfig {
     let mut tenant = tenant(sim, "vm", "", dir);
-    tenant.client_id = client_id.to_owned();
-    tenant.credential = CredentialConfig::ManagedIdentity(source);
+    tenant.client_id = match &identity {
+        ManagedIdentityId::ClientId(id) => id.clone(),
+        _ => String::new(),
+    };
+    tenant.credential =
+        CredentialConfig::ManagedIdentity(ManagedIdentityConfig { source, identity });
     tenant
+}
+
+/// The query parameters of the latest managed identity request.
+fn managed_identity_query(sim: &SimEntra) -> Vec<(String, String)> {
+    sim.last_managed_identity_request().unwrap().query
+}
+
+/// The `appid` claim (the identity's client ID) of a simulated managed identity token.
+fn appid_of(token: &powerbi_tokend::token::AccessToken) -> String {
+    let payload = token
+        .secret
+        .expose_secret()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    claims["appid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_assigned_identities_by_client_object_and_resource_id() {
+    let Fixture { sim, dir } = fixture(&[], Duration::from_secs(3600)).await;
+    let first = "33333333-3333-3333-3333-333333333333";
+    let second = "55555555-5555-5555-5555-555555555555";
+    sim.set_managed_identity(SimManagedIdentity {
+        system_assigned: true,
+        user_assigned: vec![first.to_owned(), second.to_owned()],
+        lifetime: Duration::from_secs(3600),
+        identity_header: "the-identity-header".to_owned(),
+    });
+    let daemon = DaemonConfig {
+        imds_endpoint: sim.imds_endpoint(),
+        ..fast_daemon()
+    };
+    let client = client(&daemon);
+    let app_service = ManagedIdentitySource::AppService {
+        endpoint: sim.app_service_endpoint(),
+        header: SecretSource::Inline(SecretString::from("the-identity-header")),
+    };
+    // Parameter names as azure-identity sends them: IMDS says msi_res_id, App Service
+    // (2019-08-01) mi_res_id.
+    for (source, resource_parameter) in [
+        (ManagedIdentitySource::Imds, "msi_res_id"),
+        (app_service, "mi_res_id"),
+    ] {
+        for (identity, parameter, value) in [
+            (
+                ManagedIdentityId::ClientId(second.to_owned()),
+                "client_id",
+                second.to_owned(),
+            ),
+            (
+                ManagedIdentityId::ObjectId(managed_identity_object_id(second)),
+                "object_id",
+                managed_identity_object_id(second),
+            ),
+            (
+                ManagedIdentityId::ResourceId(managed_identity_resource_id(second)),
+                resource_parameter,
+                managed_identity_resource_id(second),
+            ),
+        ] {
+            let tenant = managed_tenant_with(&sim, dir.path(), source.clone(), identity);
+            let token = client
+                .fetch(&tenant, &mut Credential::new(&tenant.credential))
+                .await
+                .unwrap_or_else(|err| panic!("{parameter} on {source:?}: {err:?}"));
+            assert_eq!(appid_of(&token), second, "{parameter} on {source:?}");
+            let query = managed_identity_query(&sim);
+            let selectors: Vec<&(String, String)> = query
+                .iter()
+                .filter(|(key, _)| !matches!(key.as_str(), "resource" | "api-version"))
+                .collect();
+            assert_eq!(selectors, [&(parameter.to_owned(), value)], "{source:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_assigned_identity_ignores_the_app_client_id_in_defaults() {
+    let Fixture { sim, dir } = fixture(&[], Duration::from_secs(3600)).await;
+    sim.set_managed_identity(SimManagedIdentity {
+        system_assigned: true,
+        user_assigned: vec!["33333333-3333-3333-3333-333333333333".to_owned()],
+        lifetime: Duration::from_secs(3600),
+        identity_header: String::new(),
+    });
+    let text = format!(
+        "[daemon]\nimds_endpoint = \"{}\"\n\n[defaults]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"UNUSED\" }}\nsinks = [ {{ type = \"file\", path = \"{{name}}.json\" }} ]\n\n[[tenant]]\nname = \"vm\"\ncredential = \"managed_identity\"\nmanaged_identity = \"system\"\n",
+        sim.imds_endpoint()
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = powerbi_tokend::config::load(&path).unwrap();
+    let tenant = &config.tenants[0];
+    let token = client(&config.daemon)
+        .fetch(tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap();
+    assert_eq!(appid_of(&token), SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let query = managed_identity_query(&sim);
+    assert!(
+        !query.iter().any(|(key, _)| key == "client_id"),
+        "the app's client ID was sent as a managed identity: {query:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,25 @@ use toml::Spanned;
 use super::loader::Loader;
 use super::raw::{RawSecret, RawTenant};
 use super::tenant::TenantInput;
-use super::types::{CertificateConfig, CredentialConfig, ManagedIdentitySource, SecretSource};
+use super::types::{CertificateConfig, CredentialConfig, SecretSource};
 use super::values::parse_expiry;
+
+/// Whether a table sets any credential key.
+fn has_credential(table: &RawTenant) -> bool {
+    table.client_secret.is_some()
+        || table.client_certificate.is_some()
+        || table.credential.is_some()
+}
+
+/// The table the tenant's credential comes from: its own if it sets any credential key, else
+/// `[defaults]`.
+pub(super) fn credential_level<'r>(input: &TenantInput<'r>) -> &'r RawTenant {
+    if has_credential(input.raw) {
+        input.raw
+    } else {
+        input.defaults
+    }
+}
 
 impl Loader<'_> {
     /// Picks and validates the tenant's one credential. A tenant that sets any credential key
@@ -19,11 +36,8 @@ impl Loader<'_> {
         input: &TenantInput<'_>,
     ) -> (Option<CredentialConfig>, Option<usize>) {
         let (raw, defaults, offset) = (input.raw, input.defaults, input.offset);
-        let has_credential = |r: &RawTenant| {
-            r.client_secret.is_some() || r.client_certificate.is_some() || r.credential.is_some()
-        };
         let own = has_credential(raw);
-        let level = if own { raw } else { defaults };
+        let level = credential_level(input);
         let mut kinds: Vec<(&'static str, usize)> = Vec::new();
         if let Some(secret) = &level.client_secret {
             kinds.push(("client_secret", secret.span().start));
@@ -162,17 +176,7 @@ impl Loader<'_> {
                 };
                 Some(CredentialConfig::WorkloadIdentity { token_file })
             }
-            "managed_identity" => {
-                let app_service = (self.env)("IDENTITY_ENDPOINT")
-                    .filter(|_| (self.env)("IDENTITY_HEADER").is_some());
-                Some(CredentialConfig::ManagedIdentity(match app_service {
-                    Some(endpoint) => ManagedIdentitySource::AppService {
-                        endpoint,
-                        header: SecretSource::Env("IDENTITY_HEADER".to_owned()),
-                    },
-                    None => ManagedIdentitySource::Imds,
-                }))
-            }
+            "managed_identity" => self.managed_identity(kind.span().start, input),
             other => {
                 self.problem(
                     Some(kind.span().start),

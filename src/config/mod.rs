@@ -20,8 +20,9 @@
 //! * `loader.rs`: line tracking, per-section deserialization that keeps going after an error,
 //!   and the order in which sections are read.
 //! * `server.rs`, `daemon.rs`: the `[server]` and `[daemon]` rules.
-//! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`, `oauth2.rs` and
-//!   `sink.rs` hold the rules of its credential, generic OAuth2 provider and sinks.
+//! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`,
+//!   `managed_identity.rs`, `oauth2.rs` and `sink.rs` hold the rules of its credential, managed
+//!   identity, generic OAuth2 provider and sinks.
 //! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file).
 //! * `values.rs`: value syntax shared by several sections (URLs, GUIDs, dates, cron).
 
@@ -29,6 +30,7 @@ mod credential;
 mod cross_tenant;
 mod daemon;
 mod loader;
+mod managed_identity;
 mod oauth2;
 mod raw;
 mod server;

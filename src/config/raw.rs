@@ -46,6 +46,7 @@ pub(super) struct RawTenant {
     pub(super) client_certificate: Option<Spanned<RawCertificate>>,
     pub(super) credential: Option<Spanned<String>>,
     pub(super) federated_token_file: Option<Spanned<PathBuf>>,
+    pub(super) managed_identity: Option<Spanned<toml::Value>>,
     pub(super) provider: Option<Provider>,
     pub(super) token_url: Option<Spanned<String>>,
     pub(super) scope: Option<Spanned<String>>,

@@ -1,11 +1,12 @@
 //! One `[[tenant]]`, with `[defaults]` merged in: identity, endpoint, resource and timing. The
 //! credential, generic OAuth2 and sink rules are in their own files.
 
+use super::credential::credential_level;
 use super::loader::Loader;
 use super::raw::RawTenant;
 use super::types::{
-    CredentialConfig, CronSchedule, OAuth2Config, Provider, SinkConfig, TenantConfig,
-    TenantCredential,
+    CredentialConfig, CronSchedule, ManagedIdentityId, OAuth2Config, Provider, SinkConfig,
+    TenantConfig, TenantCredential,
 };
 use super::values::{check_authority_host, is_domain, is_guid, parse_cron};
 use crate::cloud::Cloud;
@@ -74,12 +75,23 @@ impl Loader<'_> {
                 credential: credential.clone(),
             });
         }
+        // From the key as written, so a credential with a problem of its own does not also make
+        // the tenant look as if it lacked the ids that its kind does not need.
+        let written = credential_level(&input).credential.as_ref();
         let kind = CredentialKind {
-            workload: matches!(credential, Some(CredentialConfig::WorkloadIdentity { .. })),
-            managed: matches!(credential, Some(CredentialConfig::ManagedIdentity(_))),
+            workload: written.is_some_and(|kind| kind.get_ref() == "workload_identity"),
+            managed: written.is_some_and(|kind| kind.get_ref() == "managed_identity"),
         };
         let tenant_id = self.tenant_id(&input, provider, kind);
-        let client_id = self.client_id(&input, kind);
+        let client_id = match &credential {
+            // The identity's own client ID when it is chosen by one; never the Entra app's.
+            Some(CredentialConfig::ManagedIdentity(managed)) => Some(match &managed.identity {
+                ManagedIdentityId::ClientId(id) => id.clone(),
+                _ => String::new(),
+            }),
+            _ if kind.managed => None,
+            _ => self.client_id(&input, kind),
+        };
         let cloud = raw.cloud.or(defaults.cloud).unwrap_or_default();
         let authority_host = self.authority_host(&input, cloud, kind);
         let oauth2 = match provider {
@@ -186,8 +198,6 @@ impl Loader<'_> {
     /// `client_id`: the application (client) ID, from the tenant or `[defaults]`.
     fn client_id(&mut self, input: &TenantInput<'_>, kind: CredentialKind) -> Option<String> {
         match inherited!(input, client_id) {
-            // A system-assigned managed identity has no client ID to name.
-            None if kind.managed => Some(String::new()),
             None if kind.workload && (self.env)("AZURE_CLIENT_ID").is_some() => {
                 (self.env)("AZURE_CLIENT_ID")
             }

@@ -244,12 +244,15 @@ fn exactly_one_credential() {
     // A tenant's own credential replaces the one in [defaults]: not two.
     let text = MINIMAL.replace(
         "tenant_id = \"contoso.onmicrosoft.com\"",
-        "tenant_id = \"contoso.onmicrosoft.com\"\ncredential = \"managed_identity\"",
+        "tenant_id = \"contoso.onmicrosoft.com\"\ncredential = \"managed_identity\"\nmanaged_identity = \"system\"",
     );
     let config = parse_env(&text, &[]).unwrap();
     assert_eq!(
         config.tenants[0].credential,
-        CredentialConfig::ManagedIdentity(ManagedIdentitySource::Imds)
+        CredentialConfig::ManagedIdentity(ManagedIdentityConfig {
+            source: ManagedIdentitySource::Imds,
+            identity: ManagedIdentityId::System,
+        })
     );
 }
 
@@ -335,9 +338,12 @@ fn managed_identity_sources() {
     let config = parse_env(text, &env).unwrap();
     assert_eq!(
         config.tenants[0].credential,
-        CredentialConfig::ManagedIdentity(ManagedIdentitySource::AppService {
-            endpoint: "http://127.0.0.1:4141/msi/token".into(),
-            header: SecretSource::Env("IDENTITY_HEADER".into()),
+        CredentialConfig::ManagedIdentity(ManagedIdentityConfig {
+            source: ManagedIdentitySource::AppService {
+                endpoint: "http://127.0.0.1:4141/msi/token".into(),
+                header: SecretSource::Env("IDENTITY_HEADER".into()),
+            },
+            identity: ManagedIdentityId::System,
         })
     );
     let err = parse_env(&text.replace("managed_identity", "magic"), &[]).unwrap_err();
@@ -388,4 +394,59 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
         err.to_string().contains("authenticates with client_secret"),
         "{err}"
     );
+}
+
+#[test]
+fn managed_identity_is_chosen_explicitly_and_never_inherits_the_app_client_id() {
+    let app = "00000000-0000-0000-0000-000000000001";
+    let uami = "33333333-3333-3333-3333-333333333333";
+    let layout = |tenant: &str| {
+        format!(
+            "[defaults]\nclient_id = \"{app}\"\nclient_secret = {{ env = \"S\" }}\nsinks = [ {{ type = \"file\", path = \"/t/{{name}}.json\" }} ]\n\n[[tenant]]\nname = \"vm\"\ncredential = \"managed_identity\"\n{tenant}"
+        )
+    };
+    // The README's multi-tenant layout: the app's client ID in [defaults]. Relying on it for
+    // the managed identity is refused, with the way out.
+    let err = parse_env(&layout(""), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("vm\": managed_identity: missing: the client_id in [defaults] no longer selects the managed identity"),
+        "{err}"
+    );
+    assert!(err.contains("managed_identity = \"system\""), "{err}");
+    let err = parse_env(&layout(&format!("client_id = \"{uami}\"\n")), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("this tenant's client_id no longer selects the managed identity"),
+        "{err}"
+    );
+
+    let system = parse_env(&layout("managed_identity = \"system\"\n"), &[]).unwrap();
+    let tenant = &system.tenants[0];
+    assert_eq!(tenant.client_id, "", "the app's client ID must not be used");
+    let CredentialConfig::ManagedIdentity(managed) = &tenant.credential else {
+        panic!("{:?}", tenant.credential);
+    };
+    assert_eq!(managed.identity, ManagedIdentityId::System);
+
+    for (selector, expected) in [
+        ("client_id", ManagedIdentityId::ClientId(uami.into())),
+        ("object_id", ManagedIdentityId::ObjectId(uami.into())),
+    ] {
+        let text = layout(&format!(
+            "managed_identity = {{ {selector} = \"{uami}\" }}\n"
+        ));
+        let config = parse_env(&text, &[]).unwrap();
+        let CredentialConfig::ManagedIdentity(managed) = &config.tenants[0].credential else {
+            panic!("{:?}", config.tenants[0].credential);
+        };
+        assert_eq!(managed.identity, expected);
+        let label = if selector == "client_id" { uami } else { "" };
+        assert_eq!(config.tenants[0].client_id, label);
+    }
+    let err = parse_env(&layout("managed_identity = \"user\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("vm\": managed_identity: expected"), "{err}");
+    assert!(!err.contains("client_id: missing"), "{err}");
 }

@@ -139,7 +139,7 @@ pub enum CredentialConfig {
         token_file: PathBuf,
     },
     /// The Azure managed identity of the machine, App Service or container.
-    ManagedIdentity(ManagedIdentitySource),
+    ManagedIdentity(ManagedIdentityConfig),
 }
 
 impl CredentialConfig {
@@ -202,6 +202,31 @@ pub enum ManagedIdentitySource {
         /// `IDENTITY_HEADER`, sent as `X-IDENTITY-HEADER`.
         header: SecretSource,
     },
+}
+
+/// Which of the host's managed identities a tenant uses. Chosen explicitly
+/// (`managed_identity = "system"` or `{ client_id | object_id | resource_id = … }`): the
+/// Entra app's `client_id` is a different thing and never selects an identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagedIdentityId {
+    /// The host's system-assigned identity: no selector is sent.
+    System,
+    /// A user-assigned identity by its client (application) ID.
+    ClientId(String),
+    /// A user-assigned identity by its object (principal) ID.
+    ObjectId(String),
+    /// A user-assigned identity by its Azure resource ID
+    /// (`/subscriptions/…/providers/Microsoft.ManagedIdentity/userAssignedIdentities/…`).
+    ResourceId(String),
+}
+
+/// `credential = "managed_identity"`: where the token comes from and which identity asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedIdentityConfig {
+    /// IMDS, or App Service's endpoint when its environment is present.
+    pub source: ManagedIdentitySource,
+    /// The identity.
+    pub identity: ManagedIdentityId,
 }
 
 /// Which kind of token server a tenant talks to.

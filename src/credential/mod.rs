@@ -22,7 +22,7 @@ pub use verify::verify;
 
 use secrecy::SecretString;
 
-use crate::config::{CredentialConfig, ManagedIdentitySource, SecretSource};
+use crate::config::{CredentialConfig, ManagedIdentityConfig, SecretSource};
 use crate::error::RefreshError;
 
 use certificate::CertificateCredential;
@@ -48,7 +48,7 @@ pub enum Credential {
     /// A federated token file.
     Federated(FederatedCredential),
     /// A managed identity endpoint.
-    ManagedIdentity(ManagedIdentitySource),
+    ManagedIdentity(ManagedIdentityConfig),
 }
 
 impl Credential {
