@@ -177,6 +177,9 @@ impl TokenClient {
         if let Some(audience) = &oauth2.audience {
             form.push(("audience", audience));
         }
+        for resource in &oauth2.resources {
+            form.push(("resource", resource));
+        }
         let mut request = self.http.post(&oauth2.token_url);
         match oauth2.auth {
             ClientAuth::ClientSecretPost => {

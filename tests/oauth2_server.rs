@@ -184,6 +184,8 @@ struct Tenant<'a> {
     secret_env: &'a str,
     scope: Option<&'a str>,
     audience: Option<&'a str>,
+    /// RFC 8707 resource indicators.
+    resource: &'a [&'a str],
 }
 
 fn config_file(dir: &Path, token_url: &str, tenants: &[Tenant], extra: &str) -> PathBuf {
@@ -203,6 +205,9 @@ fn config_file(dir: &Path, token_url: &str, tenants: &[Tenant], extra: &str) -> 
         }
         if let Some(audience) = tenant.audience {
             text.push_str(&format!("audience = \"{audience}\"\n"));
+        }
+        if !tenant.resource.is_empty() {
+            text.push_str(&format!("resource = {:?}\n", tenant.resource));
         }
     }
     let path = dir.join("config.toml");
@@ -241,10 +246,18 @@ fn check_token_file(dir: &Path, tenant: &Tenant, lifetime: i64, context: &str) -
     assert_eq!(file["client_id"], CLIENT_ID, "{file}");
     assert_eq!(file["token_type"], "Bearer", "{file}");
     assert!(file["expires_at"].is_string(), "{file}");
-    let resource = tenant.audience.or(tenant.scope).unwrap();
+    // The file says what was asked, nothing else.
+    let resource = (!tenant.resource.is_empty()).then(|| tenant.resource.join(" "));
     assert_eq!(
-        file["resource"], resource,
-        "{name}: audience, else scope: {file}"
+        file["resource"],
+        json_or_null(resource.as_deref()),
+        "{name}: {file}"
+    );
+    assert_eq!(file["scope"], json_or_null(tenant.scope), "{name}: {file}");
+    assert_eq!(
+        file["audience"],
+        json_or_null(tenant.audience),
+        "{name}: {file}"
     );
     let issued_on = file["issued_on"].as_i64().unwrap();
     let expires_on = file["expires_on"].as_i64().unwrap();
@@ -276,10 +289,17 @@ fn check_token_file(dir: &Path, tenant: &Tenant, lifetime: i64, context: &str) -
         "{name}: {claims}"
     );
     assert_eq!(
-        claims["aud"],
-        json_or_null(tenant.audience),
+        claims["resource"],
+        serde_json::json!(tenant.resource),
         "{name}: {claims}"
     );
+    // The server issues the token for the resource when one was indicated (RFC 8707 §2.2).
+    let aud = match tenant.resource {
+        [] => json_or_null(tenant.audience),
+        [one] => Value::String((*one).to_owned()),
+        many => serde_json::json!(many),
+    };
+    assert_eq!(claims["aud"], aud, "{name}: {claims}");
     assert_eq!(
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
         lifetime,
@@ -297,6 +317,9 @@ fn check_token_file(dir: &Path, tenant: &Tenant, lifetime: i64, context: &str) -
     if tenant.audience.is_some() {
         fields.push("audience");
     }
+    if !tenant.resource.is_empty() {
+        fields.push("resource");
+    }
     fields.sort_unstable();
     assert_eq!(
         claims["form_fields"],
@@ -311,7 +334,7 @@ fn json_or_null(value: Option<&str>) -> Value {
 }
 
 #[test]
-fn once_authenticates_with_post_and_basic_and_sends_scope_and_audience() {
+fn once_authenticates_with_post_and_basic_and_sends_scope_audience_and_resource() {
     let Some(node) = node() else {
         return;
     };
@@ -324,6 +347,7 @@ fn once_authenticates_with_post_and_basic_and_sends_scope_and_audience() {
             secret_env: "PARTNER_SECRET",
             scope: Some("reports.read reports.write"),
             audience: Some("https://api.partner.example"),
+            resource: &[],
         },
         Tenant {
             name: "partner-basic",
@@ -331,14 +355,33 @@ fn once_authenticates_with_post_and_basic_and_sends_scope_and_audience() {
             secret_env: "PARTNER_SECRET",
             scope: Some("datasets.read"),
             audience: Some("https://datasets.partner.example"),
+            resource: &[],
         },
-        // The defaults: client_secret_post, no audience, so the file's resource is the scope.
+        // The defaults: client_secret_post, no audience.
         Tenant {
             name: "partner-defaults",
             auth: None,
             secret_env: "PARTNER_SECRET",
             scope: Some("reports.read"),
             audience: None,
+            resource: &[],
+        },
+        // RFC 8707 resource indicators, one and several, instead of a vendor's `audience`.
+        Tenant {
+            name: "partner-resource",
+            auth: Some("client_secret_basic"),
+            secret_env: "PARTNER_SECRET",
+            scope: Some("reports.read"),
+            audience: None,
+            resource: &["https://api.partner.example"],
+        },
+        Tenant {
+            name: "partner-resources",
+            auth: None,
+            secret_env: "PARTNER_SECRET",
+            scope: None,
+            audience: None,
+            resource: &["https://api.partner.example/reports", "urn:partner:exports"],
         },
     ];
     let config = config_file(dir.path(), &server.token_url, &tenants, "");
@@ -378,6 +421,7 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
             secret_env: "GOOD_SECRET",
             scope: Some("reports.read"),
             audience: Some("https://api.partner.example"),
+            resource: &[],
         },
         Tenant {
             name: "bad-post",
@@ -385,6 +429,7 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
             secret_env: "WRONG_SECRET",
             scope: Some("reports.read"),
             audience: Some("https://api.partner.example"),
+            resource: &[],
         },
         Tenant {
             name: "bad-basic",
@@ -392,6 +437,7 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
             secret_env: "WRONG_SECRET",
             scope: Some("reports.read"),
             audience: Some("https://api.partner.example"),
+            resource: &[],
         },
     ];
     let config = config_file(dir.path(), &server.token_url, &tenants, "");
@@ -452,6 +498,7 @@ fn run_refreshes_at_half_life_and_exits_0_on_sigterm() {
         secret_env: "PARTNER_SECRET",
         scope: Some("reports.read"),
         audience: Some("https://api.partner.example"),
+        resource: &[],
     };
     let config = config_file(
         dir.path(),

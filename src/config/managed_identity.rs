@@ -92,11 +92,7 @@ impl Loader<'_> {
 
 /// The tenant's provider, else `[defaults]`'.
 fn inherited_provider(input: &TenantInput<'_>) -> Provider {
-    input
-        .raw
-        .provider
-        .or(input.defaults.provider)
-        .unwrap_or_default()
+    inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref())
 }
 
 /// Parses a `managed_identity` value.

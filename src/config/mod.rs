@@ -23,9 +23,11 @@
 //! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`,
 //!   `managed_identity.rs`, `oauth2.rs` and `sink.rs` hold the rules of its credential, managed
 //!   identity, generic OAuth2 provider and sinks.
+//! * `applicable.rs`: keys a tenant sets that its provider or credential never uses.
 //! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file).
 //! * `values.rs`: value syntax shared by several sections (URLs, GUIDs, dates, cron).
 
+mod applicable;
 mod credential;
 mod cross_tenant;
 mod daemon;

@@ -3,7 +3,8 @@
 use toml::Spanned;
 
 use super::loader::Loader;
-use super::tenant::TenantInput;
+use super::raw::RawResource;
+use super::tenant::{TenantInput, inherited};
 use super::types::{CredentialConfig, OAuth2Config};
 use super::values::check_url;
 
@@ -49,11 +50,65 @@ impl Loader<'_> {
                 .map(|v| v.get_ref().trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
+        let resources = self.resource_indicators(input);
         Some(OAuth2Config {
             token_url: token_url?,
             scope: text(raw.scope.as_ref().or(defaults.scope.as_ref())),
             audience: text(raw.audience.as_ref().or(defaults.audience.as_ref())),
-            auth: raw.auth.or(defaults.auth).unwrap_or_default(),
+            resources: resources?,
+            auth: inherited!(input, auth).map_or_else(Default::default, |a| *a.get_ref()),
         })
+    }
+
+    /// `resource`: RFC 8707 resource indicators, one or several, each an absolute URI without a
+    /// fragment (§2).
+    fn resource_indicators(&mut self, input: &TenantInput<'_>) -> Option<Vec<String>> {
+        let Some(resource) = inherited!(input, resource) else {
+            return Some(Vec::new());
+        };
+        let values = match resource.get_ref() {
+            RawResource::One(one) => vec![one.trim().to_owned()],
+            RawResource::Many(many) => many.iter().map(|one| one.trim().to_owned()).collect(),
+        };
+        let bad = values.iter().find(|value| !is_resource_indicator(value));
+        if values.is_empty() || bad.is_some() {
+            self.problem(
+                Some(resource.span().start),
+                input.key("resource"),
+                format!(
+                    "expected an absolute URI without a fragment (RFC 8707) such as \"https://api.partner.example\", or a list of them; got {:?}",
+                    bad.map_or("[]", String::as_str)
+                ),
+            );
+            return None;
+        }
+        Some(values)
+    }
+}
+
+/// An absolute URI (a scheme, then `:`, then something) with no fragment and no whitespace.
+fn is_resource_indicator(value: &str) -> bool {
+    let Some((scheme, rest)) = value.split_once(':') else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    scheme_ok && !rest.is_empty() && !value.contains('#') && !value.contains(char::is_whitespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_resource_indicator;
+
+    #[test]
+    fn resource_indicators_are_absolute_uris_without_fragments() {
+        assert!(is_resource_indicator("https://api.partner.example"));
+        assert!(is_resource_indicator("urn:partner:reports"));
+        assert!(!is_resource_indicator("reports.read"));
+        assert!(!is_resource_indicator("https://api.partner.example/#x"));
+        assert!(!is_resource_indicator("https://a b"));
+        assert!(!is_resource_indicator("1http://x"));
     }
 }

@@ -47,15 +47,15 @@ pub(super) struct RawTenant {
     pub(super) credential: Option<Spanned<String>>,
     pub(super) federated_token_file: Option<Spanned<PathBuf>>,
     pub(super) managed_identity: Option<Spanned<toml::Value>>,
-    pub(super) provider: Option<Provider>,
+    pub(super) provider: Option<Spanned<Provider>>,
     pub(super) token_url: Option<Spanned<String>>,
     pub(super) scope: Option<Spanned<String>>,
     pub(super) audience: Option<Spanned<String>>,
-    pub(super) auth: Option<ClientAuth>,
-    pub(super) cloud: Option<Cloud>,
+    pub(super) auth: Option<Spanned<ClientAuth>>,
+    pub(super) cloud: Option<Spanned<Cloud>>,
     pub(super) authority_host: Option<Spanned<String>>,
-    pub(super) api: Option<ApiVersion>,
-    pub(super) resource: Option<Spanned<String>>,
+    pub(super) api: Option<Spanned<ApiVersion>>,
+    pub(super) resource: Option<Spanned<RawResource>>,
     pub(super) refresh_at: Option<Spanned<f64>>,
     pub(super) jitter: Option<Spanned<f64>>,
     pub(super) sinks: Option<Spanned<Vec<RawSink>>>,
@@ -110,6 +110,16 @@ pub(super) enum RawSink {
         format: Option<FileFormat>,
         mode: Option<RawMode>,
     },
+}
+
+/// `resource = "…"`, or for a generic OAuth2 server several RFC 8707 resource indicators.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawResource {
+    /// One resource.
+    One(String),
+    /// Several (generic OAuth2 only).
+    Many(Vec<String>),
 }
 
 /// `mode = "0600"` or `mode = 0o600`.

@@ -3,7 +3,7 @@
 
 use super::credential::credential_level;
 use super::loader::Loader;
-use super::raw::RawTenant;
+use super::raw::{RawResource, RawTenant};
 use super::types::{
     CredentialConfig, CronSchedule, ManagedIdentityId, OAuth2Config, Provider, SinkConfig,
     TenantConfig, TenantCredential,
@@ -66,7 +66,7 @@ impl Loader<'_> {
             offset,
             label: name.clone().unwrap_or_else(|| format!("tenant[{index}]")),
         };
-        let provider = raw.provider.or(defaults.provider).unwrap_or_default();
+        let provider = inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref());
         let (credential, credential_line) = self.credential(&input);
         if let Some(credential) = &credential {
             self.credentials.push(TenantCredential {
@@ -92,7 +92,7 @@ impl Loader<'_> {
             _ if kind.managed => None,
             _ => self.client_id(&input, kind),
         };
-        let cloud = raw.cloud.or(defaults.cloud).unwrap_or_default();
+        let cloud = inherited!(input, cloud).map_or_else(Cloud::default, |c| *c.get_ref());
         let authority_host = self.authority_host(&input, cloud, kind);
         let oauth2 = match provider {
             Provider::Entra => Some(None),
@@ -102,6 +102,7 @@ impl Loader<'_> {
         let (refresh_at, jitter) = self.fractions(&input);
         let sinks = self.sinks(&input, name.as_deref());
         let schedule = self.schedule(&input);
+        self.inapplicable_keys(&input);
         if let Some(name) = &name {
             let paths = sinks.iter().flatten().map(SinkConfig::path).collect();
             self.seen.push((name.clone(), line, paths));
@@ -116,7 +117,7 @@ impl Loader<'_> {
             credential: credential?,
             oauth2: oauth2?,
             authority_host: authority_host?,
-            api: raw.api.or(defaults.api).unwrap_or_default(),
+            api: inherited!(input, api).map_or_else(Default::default, |a| *a.get_ref()),
             resource: resource?,
             refresh_at,
             jitter,
@@ -263,19 +264,24 @@ impl Loader<'_> {
         oauth2: &Option<Option<OAuth2Config>>,
         cloud: Cloud,
     ) -> Option<String> {
-        if let Some(Some(oauth2)) = oauth2 {
-            return Some(
-                oauth2
-                    .audience
-                    .clone()
-                    .or_else(|| oauth2.scope.clone())
-                    .unwrap_or_else(|| oauth2.token_url.clone()),
-            );
+        match oauth2 {
+            Some(Some(oauth2)) => return Some(oauth2.resources.join(" ")),
+            // A generic OAuth2 tenant whose rules failed: its `resource` is theirs to report.
+            None => return None,
+            Some(None) => {}
         }
         let Some(resource) = inherited!(input, resource) else {
             return Some(cloud.power_bi_resource().to_owned());
         };
-        let value = resource.get_ref().trim_end_matches('/');
+        let RawResource::One(value) = resource.get_ref() else {
+            self.problem(
+                Some(resource.span().start),
+                input.key("resource"),
+                "expected one App ID URI such as https://analysis.windows.net/powerbi/api; a list is for provider = \"oauth2\" only".to_owned(),
+            );
+            return None;
+        };
+        let value = value.trim_end_matches('/');
         let message = if value.ends_with("/.default") {
             format!(
                 "{value:?} ends with /.default; give the App ID URI alone (the v2 scope adds /.default)"

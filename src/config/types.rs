@@ -260,6 +260,8 @@ pub struct OAuth2Config {
     pub scope: Option<String>,
     /// `audience`, sent when set (Auth0, Okta and others use it).
     pub audience: Option<String>,
+    /// RFC 8707 resource indicators, each sent as a `resource` parameter.
+    pub resources: Vec<String>,
     /// Basic or form-body client authentication.
     pub auth: ClientAuth,
 }
@@ -282,7 +284,8 @@ pub struct TenantConfig {
     pub authority_host: String,
     /// Endpoint version.
     pub api: ApiVersion,
-    /// App ID URI of the resource (Power BI unless overridden).
+    /// App ID URI of the resource (Power BI unless overridden); for a generic OAuth2 server the
+    /// RFC 8707 resource indicators sent, space-separated, or empty when none is sent.
     pub resource: String,
     /// Fraction of the lifetime after which to refresh.
     pub refresh_at: f64,
@@ -355,6 +358,21 @@ impl TenantConfig {
             line: self.credential_line,
             credential: self.credential.clone(),
         }
+    }
+
+    /// The `scope` the token request asks for, if any: Entra v2's `<resource>/.default`, or a
+    /// generic OAuth2 server's `scope`. Written to the token file so it says what was asked.
+    pub fn requested_scope(&self) -> Option<String> {
+        match (&self.oauth2, self.api) {
+            (Some(oauth2), _) => oauth2.scope.clone(),
+            (None, ApiVersion::V2) => Some(self.scope()),
+            (None, ApiVersion::V1) => None,
+        }
+    }
+
+    /// The `audience` the token request asks for (generic OAuth2 servers only).
+    pub fn requested_audience(&self) -> Option<&str> {
+        self.oauth2.as_ref()?.audience.as_deref()
     }
 
     /// The v2 scope for the resource.

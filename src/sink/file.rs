@@ -102,7 +102,9 @@ fn render(format: FileFormat, tenant: &TenantConfig, token: &AccessToken) -> sec
                 "tenant": tenant.name,
                 "tenant_id": non_empty(&tenant.tenant_id),
                 "client_id": non_empty(&tenant.client_id),
-                "resource": tenant.resource,
+                "resource": non_empty(&tenant.resource),
+                "scope": tenant.requested_scope(),
+                "audience": tenant.requested_audience(),
             })
             .to_string();
             text.push('\n');
@@ -126,14 +128,27 @@ struct ExistingFile {
     issued_on: i64,
     tenant_id: Option<String>,
     client_id: Option<String>,
-    resource: String,
+    resource: Option<String>,
+    /// Absent in files written before the scope was recorded (then `None`); `null` when no scope
+    /// was asked (then `Some(Null)`).
+    #[serde(default)]
+    scope: Option<serde_json::Value>,
+    audience: Option<String>,
 }
 
 fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
     let file: ExistingFile = serde_json::from_slice(bytes).ok()?;
+    // Files written before `scope` was recorded name only the resource; for them the resource
+    // says everything that was asked.
+    let same_scope = match &file.scope {
+        None => true,
+        Some(recorded) => recorded.as_str() == tenant.requested_scope().as_deref(),
+    };
     let same = file.tenant_id.unwrap_or_default() == tenant.tenant_id
         && file.client_id.unwrap_or_default() == tenant.client_id
-        && file.resource == tenant.resource;
+        && file.resource.unwrap_or_default() == tenant.resource
+        && same_scope
+        && file.audience.as_deref() == tenant.requested_audience();
     (same && file.expires_on > file.issued_on).then(|| AccessToken {
         secret: file.access_token,
         token_type: file.token_type.unwrap_or_else(|| "Bearer".to_owned()),

@@ -15,8 +15,8 @@
 //   `client_secret` in the form. Both at once, neither, or a wrong id/secret answer
 //   401 {"error":"invalid_client"} (with `WWW-Authenticate: Basic` when Basic was tried).
 // * beforeTokenSigning: the issued JWT records how the client authenticated (`client_auth`:
-//   "basic" | "post"), `client_id`, `grant_type`, the requested `scope` and `audience` (also as
-//   `aud`), the names (never the values) of the form fields received (`form_fields`, sorted), a
+//   "basic" | "post"), `client_id`, `grant_type`, the requested `scope` and `audience`, the RFC 8707
+//   `resource` indicators (an array; `aud` is the resource(s) when indicated, else `audience`), the names (never the values) of the form fields received (`form_fields`, sorted), a
 //   request counter `seq` and a `jti`; `exp` is `iat + TOKEN_LIFETIME`.
 
 import { randomUUID } from 'node:crypto';
@@ -76,6 +76,13 @@ function check(client) {
   return null;
 }
 
+// The RFC 8707 `resource` parameters of a request, in order (the form parser turns a repeated
+// field into an array).
+function resourcesOf(body) {
+  if (body.resource === undefined) return [];
+  return Array.isArray(body.resource) ? body.resource : [body.resource];
+}
+
 const server = new OAuth2Server();
 await server.issuer.keys.generate('RS256');
 let seq = 0;
@@ -90,12 +97,19 @@ server.service.on('beforeTokenSigning', (token, req) => {
     grant_type: body.grant_type ?? null,
     scope: body.scope ?? null,
     audience: body.audience ?? null,
+    resource: resourcesOf(body),
     form_fields: Object.keys(body).sort(),
     seq,
     jti: randomUUID(),
     exp: token.payload.iat + lifetime,
   });
-  if (body.audience !== undefined) token.payload.aud = body.audience;
+  const resources = resourcesOf(body);
+  if (resources.length > 0) {
+    // RFC 8707 §2.2: the token is issued for the indicated resource(s).
+    token.payload.aud = resources.length === 1 ? resources[0] : resources;
+  } else if (body.audience !== undefined) {
+    token.payload.aud = body.audience;
+  }
 });
 
 server.service.on('beforeResponse', (response, req) => {
