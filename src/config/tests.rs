@@ -561,8 +561,6 @@ fn keys_that_do_not_apply_to_the_tenant_are_errors() {
     }
 
     // [defaults] is shared by every kind of tenant: a default that does not apply is fine.
-    let shared = format!(
-        "[defaults]\nscope = \"reports.read\"\nclient_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret = {{ env = \"S\" }}\nsinks = [ {{ type = \"file\", path = \"/t/{{name}}.json\" }} ]\n\n[[tenant]]\nname = \"contoso\"\ntenant_id = \"contoso.onmicrosoft.com\"\n"
-    );
-    parse_env(&shared, &[]).unwrap();
+    let shared = "[defaults]\nscope = \"reports.read\"\nclient_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret = { env = \"S\" }\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n\n[[tenant]]\nname = \"contoso\"\ntenant_id = \"contoso.onmicrosoft.com\"\n";
+    parse_env(shared, &[]).unwrap();
 }
