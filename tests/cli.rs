@@ -106,7 +106,7 @@ client_secret = { env = "POWERBI_TOKEND_TEST_PRESENT" }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = path.display().to_string();
     for expected in [
-        format!("{file}:9: tenant[0]: unknown field `colour`"),
+        format!("{file}:9: tenant \"contoso\": unknown field `colour`"),
         format!(
             "{file}:14: tenant \"fabrikam\": client_secret: environment variable POWERBI_TOKEND_TEST_MISSING is not set"
         ),

@@ -35,7 +35,7 @@ impl Loader<'_> {
         &mut self,
         input: &TenantInput<'_>,
     ) -> (Option<CredentialConfig>, Option<usize>) {
-        let (raw, defaults, offset) = (input.raw, input.defaults, input.offset);
+        let (raw, defaults) = (input.raw, input.defaults);
         let own = has_credential(raw);
         let level = credential_level(input);
         let mut kinds: Vec<(&'static str, usize)> = Vec::new();
@@ -49,12 +49,11 @@ impl Loader<'_> {
             kinds.push(("credential", kind.span().start));
         }
         match kinds.as_slice() {
-            [] if self.defaults_broken => return (None, None),
             [] => {
-                self.problem(
-                    Some(offset),
-                    input.key("credential"),
-                    "missing (in the tenant or in [defaults]); expected one of client_secret = { env = \"VAR\" } (or file, systemd), client_certificate = { cert = \"…\", key = \"…\" }, credential = \"workload_identity\" or credential = \"managed_identity\"".to_owned(),
+                self.missing(
+                    input,
+                    &["credential", "client_secret", "client_certificate"],
+                    "missing (in the tenant or in [defaults]); expected one of client_secret = { env = \"VAR\" } (or file, systemd), client_certificate = { cert = \"…\", key = \"…\" }, credential = \"workload_identity\" or credential = \"managed_identity\"",
                 );
                 return (None, None);
             }

@@ -8,6 +8,7 @@ use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
 use super::raw::{RawDaemon, RawServer, RawTenant};
+use super::tenant::TenantInput;
 use super::types::{Config, TenantConfig, TenantCredential};
 use super::{ConfigError, Problem};
 
@@ -27,6 +28,7 @@ pub(super) fn parse_with_env(
         base_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
         problems: Vec::new(),
         defaults_broken: false,
+        defaults_broken_keys: Vec::new(),
         seen: Vec::new(),
         resolved: Vec::new(),
         credentials: Vec::new(),
@@ -59,6 +61,8 @@ pub(super) struct Loader<'a> {
     pub(super) problems: Vec<Problem>,
     /// `[defaults]` could not be read: do not also blame every tenant for missing keys.
     pub(super) defaults_broken: bool,
+    /// Keys of `[defaults]` removed as unreadable: not "missing" in any tenant.
+    pub(super) defaults_broken_keys: Vec<String>,
     /// (name, line, sink paths) of every tenant read, valid or not, for cross-tenant rules.
     pub(super) seen: Vec<(String, Option<usize>, Vec<PathBuf>)>,
     /// Tenants that passed every rule, in file order.
@@ -91,38 +95,63 @@ impl<'a> Loader<'a> {
         });
     }
 
+    /// Reports the first of `keys` missing in a tenant, unless one of them was present but
+    /// unreadable (in the tenant or in `[defaults]`): that is already reported.
+    pub(super) fn missing(&mut self, input: &TenantInput<'_>, keys: &[&str], message: &str) {
+        let broken = |list: &[String]| list.iter().any(|key| keys.contains(&key.as_str()));
+        if self.defaults_broken || broken(input.broken) || broken(&self.defaults_broken_keys) {
+            return;
+        }
+        self.problem(Some(input.offset), input.key(keys[0]), message.to_owned());
+    }
+
     /// Deserializes one section, recording errors (with their lines) instead of stopping.
     ///
-    /// An unknown key is reported, removed and the section parsed again, so that one typo does
-    /// not hide the section's other problems. Any other error gives up on the section.
+    /// A key that is unknown or whose value has the wrong type or an unknown variant is
+    /// reported, removed and the section parsed again, so one mistake does not hide the section's
+    /// other problems. Returns the section and the names of the keys removed (whose absence must
+    /// not be reported again as "missing"); `None` if an error cannot be pinned to a key.
     pub(super) fn section<T: for<'de> Deserialize<'de>>(
         &mut self,
         mut value: Spanned<DeValue<'a>>,
-        key: &str,
-    ) -> Option<T> {
+        label: &str,
+    ) -> Option<(T, Vec<String>)> {
         let start = value.span().start;
+        let mut removed = Vec::new();
         loop {
-            match T::deserialize(ValueDeserializer::from(value.clone())) {
-                Ok(parsed) => return Some(parsed),
-                Err(err) => {
-                    let offset = err.span().map(|s| s.start).unwrap_or(start);
-                    self.problem(Some(offset), key.to_owned(), err.message().to_owned());
-                    if !err.message().starts_with("unknown field") {
-                        return None;
-                    }
-                    let span = value.span();
-                    let DeValue::Table(table) = value.get_ref() else {
-                        return None;
-                    };
-                    let mut table = table.clone();
-                    let unknown = table
-                        .keys()
-                        .find(|k| Some(k.span()) == err.span())
-                        .cloned()?;
-                    table.remove(&unknown);
-                    value = Spanned::new(span, DeValue::Table(table));
-                }
-            }
+            let err = match T::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(parsed) => return Some((parsed, removed)),
+                Err(err) => err,
+            };
+            let offset = err.span().map_or(start, |s| s.start);
+            let span = value.span();
+            let culprit = match (value.get_ref(), err.span()) {
+                (DeValue::Table(table), Some(at)) => table
+                    .iter()
+                    .find(|(key, item)| key.span() == at || item.span().contains(&at.start))
+                    .map(|(key, _)| key.clone()),
+                _ => None,
+            };
+            let Some(culprit) = culprit else {
+                self.problem(Some(offset), label.to_owned(), err.message().to_owned());
+                return None;
+            };
+            let name = culprit.get_ref().to_string();
+            let path = if err.message().starts_with("unknown field") {
+                label.to_owned()
+            } else if label.starts_with("tenant") {
+                format!("{label}: {name}")
+            } else {
+                format!("{label}.{name}")
+            };
+            self.problem(Some(offset), path, err.message().to_owned());
+            let DeValue::Table(table) = value.get_ref() else {
+                return None;
+            };
+            let mut table = table.clone();
+            table.remove(&culprit);
+            removed.push(name);
+            value = Spanned::new(span, DeValue::Table(table));
         }
     }
 
@@ -140,8 +169,8 @@ impl<'a> Loader<'a> {
         for (key, value) in root {
             let key_offset = key.span().start;
             match key.get_ref().as_ref() {
-                "server" => sections.server = self.section(value, "server"),
-                "daemon" => sections.daemon = self.section(value, "daemon"),
+                "server" => sections.server = self.section(value, "server").map(|(s, _)| s),
+                "daemon" => sections.daemon = self.section(value, "daemon").map(|(d, _)| d),
                 "defaults" => sections.defaults = self.defaults(value),
                 "tenant" => {
                     let (tenants, all_read) = self.tenant_tables(key_offset, &value);
@@ -159,8 +188,8 @@ impl<'a> Loader<'a> {
         let server = sections.server.map(|raw| self.server(raw));
         let daemon = sections.daemon.map(|raw| self.daemon(raw));
         let defaults = sections.defaults.unwrap_or_default();
-        for (index, (offset, raw)) in sections.tenants.into_iter().enumerate() {
-            if let Some(tenant) = self.tenant(index, offset, raw, &defaults) {
+        for (index, (offset, raw, broken)) in sections.tenants.into_iter().enumerate() {
+            if let Some(tenant) = self.tenant(index, offset, raw, &broken, &defaults) {
                 // Straight into an Arc: collecting a Vec<TenantConfig> into Vec<Arc<_>> later
                 // would reuse (and keep) the large buffer, megabytes at ten thousand tenants.
                 self.resolved.push(Arc::new(tenant));
@@ -180,10 +209,11 @@ impl<'a> Loader<'a> {
 
     /// `[defaults]`: a tenant table without the keys only a tenant may have.
     fn defaults(&mut self, value: Spanned<DeValue<'a>>) -> Option<RawTenant> {
-        let Some(parsed) = self.section::<RawTenant>(value, "defaults") else {
+        let Some((parsed, broken)) = self.section::<RawTenant>(value, "defaults") else {
             self.defaults_broken = true;
             return None;
         };
+        self.defaults_broken_keys = broken;
         for (present, name) in [
             (parsed.name.as_ref().map(|s| s.span().start), "name"),
             (
@@ -207,7 +237,7 @@ impl<'a> Loader<'a> {
         &mut self,
         key_offset: usize,
         value: &Spanned<DeValue<'a>>,
-    ) -> (Vec<(usize, RawTenant)>, bool) {
+    ) -> (Vec<TenantTable>, bool) {
         let Some(items) = value.get_ref().as_array() else {
             self.problem(
                 Some(key_offset),
@@ -220,8 +250,17 @@ impl<'a> Loader<'a> {
         let mut all_read = true;
         for (index, item) in items.iter().enumerate() {
             let offset = item.span().start;
-            match self.section::<RawTenant>(item.clone(), &format!("tenant[{index}]")) {
-                Some(parsed) => tenants.push((offset, parsed)),
+            // Named in messages by its name when it has one: "tenant[7]" means little in a file
+            // with hundreds of tenants.
+            let label = match item.get_ref().as_table().and_then(|t| t.get("name")) {
+                Some(name) => match name.get_ref().as_str() {
+                    Some(name) => format!("tenant {name:?}"),
+                    None => format!("tenant[{index}]"),
+                },
+                None => format!("tenant[{index}]"),
+            };
+            match self.section::<RawTenant>(item.clone(), &label) {
+                Some((parsed, broken)) => tenants.push((offset, parsed, broken)),
                 None => all_read = false,
             }
         }
@@ -238,6 +277,9 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// A `[[tenant]]` table as read: its byte offset, its keys, and the keys removed as unreadable.
+type TenantTable = (usize, RawTenant, Vec<String>);
+
 /// The top-level sections as read. `None` inside means the section was present but could not be
 /// read (its problems are recorded); a missing section is its default.
 struct Sections {
@@ -247,8 +289,8 @@ struct Sections {
     daemon: Option<RawDaemon>,
     /// `[defaults]`.
     defaults: Option<RawTenant>,
-    /// The `[[tenant]]` tables that could be read, with their byte offsets.
-    tenants: Vec<(usize, RawTenant)>,
+    /// The `[[tenant]]` tables that could be read.
+    tenants: Vec<TenantTable>,
     /// Whether every `[[tenant]]` table could be read.
     tenants_complete: bool,
 }

@@ -18,10 +18,10 @@ impl Loader<'_> {
         let (raw, defaults, offset) = (input.raw, input.defaults, input.offset);
         let token_url = match raw.token_url.as_ref().or(defaults.token_url.as_ref()) {
             None => {
-                self.problem(
-                    Some(offset),
-                    input.key("token_url"),
-                    "missing; provider = \"oauth2\" needs the server's token endpoint".to_owned(),
+                self.missing(
+                    input,
+                    &["token_url"],
+                    "missing; provider = \"oauth2\" needs the server's token endpoint",
                 );
                 None
             }

@@ -15,12 +15,11 @@ impl Loader<'_> {
         name: Option<&str>,
     ) -> Option<Vec<SinkConfig>> {
         let sinks = match inherited!(input, sinks) {
-            None if self.defaults_broken => return None,
             None => {
-                self.problem(
-                    Some(input.offset),
-                    input.key("sinks"),
-                    "missing (in the tenant or in [defaults]); expected e.g. sinks = [{ type = \"file\", path = \"/var/lib/powerbi-tokend/{name}.json\" }]".to_owned(),
+                self.missing(
+                    input,
+                    &["sinks"],
+                    "missing (in the tenant or in [defaults]); expected e.g. sinks = [{ type = \"file\", path = \"/var/lib/powerbi-tokend/{name}.json\" }]",
                 );
                 return None;
             }

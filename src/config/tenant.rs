@@ -21,6 +21,8 @@ pub(super) struct TenantInput<'r> {
     pub(super) offset: usize,
     /// The tenant's name, or `tenant[i]` when it has none.
     pub(super) label: String,
+    /// Keys of the tenant's table removed as unreadable (already reported).
+    pub(super) broken: &'r [String],
 }
 
 impl TenantInput<'_> {
@@ -55,16 +57,18 @@ impl Loader<'_> {
         index: usize,
         offset: usize,
         raw: RawTenant,
+        broken: &[String],
         defaults: &RawTenant,
     ) -> Option<TenantConfig> {
         let before = self.problems.len();
         let line = Some(self.line_of(offset));
-        let name = self.tenant_name(index, offset, &raw);
+        let name = self.tenant_name(index, offset, &raw, broken);
         let input = TenantInput {
             raw: &raw,
             defaults,
             offset,
             label: name.clone().unwrap_or_else(|| format!("tenant[{index}]")),
+            broken,
         };
         let provider = inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref());
         let (credential, credential_line) = self.credential(&input);
@@ -129,8 +133,17 @@ impl Loader<'_> {
     }
 
     /// `name`: required, and safe in a file name, a log line and a metric label.
-    fn tenant_name(&mut self, index: usize, offset: usize, raw: &RawTenant) -> Option<String> {
+    fn tenant_name(
+        &mut self,
+        index: usize,
+        offset: usize,
+        raw: &RawTenant,
+        broken: &[String],
+    ) -> Option<String> {
         let Some(name) = &raw.name else {
+            if broken.iter().any(|key| key == "name") {
+                return None;
+            }
             self.problem(
                 Some(offset),
                 format!("tenant[{index}].name"),
@@ -141,7 +154,7 @@ impl Loader<'_> {
         if !is_valid_name(name.get_ref()) {
             self.problem(
                 Some(name.span().start),
-                format!("tenant[{index}].name"),
+                format!("tenant {:?}: name", name.get_ref()),
                 format!(
                     "{:?} is not a valid name: use letters, digits, '.', '_' and '-' only",
                     name.get_ref()
@@ -167,10 +180,10 @@ impl Loader<'_> {
             {
                 return Some(id);
             }
-            self.problem(
-                Some(input.offset),
-                input.key("tenant_id"),
-                "missing; expected the tenant's GUID or verified domain".to_owned(),
+            self.missing(
+                input,
+                &["tenant_id"],
+                "missing; expected the tenant's GUID or verified domain",
             );
             return None;
         };
@@ -202,13 +215,11 @@ impl Loader<'_> {
             None if kind.workload && (self.env)("AZURE_CLIENT_ID").is_some() => {
                 (self.env)("AZURE_CLIENT_ID")
             }
-            None if self.defaults_broken => None,
             None => {
-                self.problem(
-                    Some(input.offset),
-                    input.key("client_id"),
-                    "missing (in the tenant or in [defaults]); expected the application (client) ID"
-                        .to_owned(),
+                self.missing(
+                    input,
+                    &["client_id"],
+                    "missing (in the tenant or in [defaults]); expected the application (client) ID",
                 );
                 None
             }

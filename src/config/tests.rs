@@ -564,3 +564,46 @@ fn keys_that_do_not_apply_to_the_tenant_are_errors() {
     let shared = "[defaults]\nscope = \"reports.read\"\nclient_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret = { env = \"S\" }\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n\n[[tenant]]\nname = \"contoso\"\ntenant_id = \"contoso.onmicrosoft.com\"\n";
     parse_env(shared, &[]).unwrap();
 }
+
+#[test]
+fn one_bad_value_hides_nothing_else() {
+    let text = r#"[daemon]
+log_format = "xml"
+backoff_min = "soon"
+
+[defaults]
+client_id = "00000000-0000-0000-0000-000000000001"
+client_secret = { env = "S" }
+sinks = [ { type = "file", path = "/t/{name}.json" } ]
+
+[[tenant]]
+name = "bad name"
+tenant_id = "contoso.onmicrosoft.com"
+cloud = "mars"
+api = 2
+refresh_at = 1.5
+colour = "blue"
+
+[[tenant]]
+name = "fabrikam"
+tenant_id = "fabrikam.onmicrosoft.com"
+sinks = 3
+"#;
+    let err = parse_err(text);
+    let shown = err.to_string();
+    for expected in [
+        ":2: daemon.log_format: unknown variant `xml`",
+        ":3: daemon.backoff_min: expected a positive duration",
+        ":11: tenant \"bad name\": name: \"bad name\" is not a valid name",
+        ":13: tenant \"bad name\": cloud: unknown variant `mars`",
+        ":14: tenant \"bad name\": api: ",
+        ":15: tenant \"bad name\": refresh_at: refresh_at (1.5)",
+        ":16: tenant \"bad name\": unknown field `colour`",
+        ":21: tenant \"fabrikam\": sinks: invalid type",
+    ] {
+        assert!(shown.contains(expected), "missing {expected:?} in\n{shown}");
+    }
+    // The unreadable `sinks` is not reported a second time as missing.
+    assert!(!shown.contains("sinks: missing"), "{shown}");
+    assert_eq!(err.problems.len(), 8, "{shown}");
+}

@@ -30,13 +30,21 @@ pub(super) fn parse_expiry(value: &toml::Value) -> Result<i64, String> {
 /// # Errors
 /// A message naming the expression and what croner objected to.
 pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
+    // Counted here so that the message states one rule: croner alone would also accept a
+    // seventh (year) field and say so.
+    let fields = expression.split_whitespace().count();
+    if !matches!(fields, 5 | 6) {
+        return Err(format!(
+            "invalid cron expression {expression:?}: it has {fields} field(s); expected 5 (min hour day month weekday) or 6 (sec min hour day month weekday), in UTC, such as \"0 0 6 * * *\""
+        ));
+    }
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Optional)
         .build()
         .parse(expression)
         .map_err(|err| {
             format!(
-                "invalid cron expression {expression:?}: {err}; expected 5 or 6 fields such as \"0 0 6 * * *\" (sec min hour day month weekday, UTC)"
+                "invalid cron expression {expression:?}: {err}; for example \"0 0 6 * * *\" (sec min hour day month weekday, UTC)"
             )
         })
 }
@@ -116,6 +124,21 @@ pub(super) fn is_domain(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cron_messages_state_one_rule() {
+        assert!(parse_cron("0 0 6 * * *").is_ok());
+        assert!(parse_cron("*/5 * * * *").is_ok());
+        for (expression, says) in [
+            ("not a cron", "it has 3 field(s); expected 5"),
+            ("0 0 6 * * * 2027", "it has 7 field(s); expected 5"),
+            ("0 0 25 * * *", "invalid cron expression \"0 0 25 * * *\": "),
+        ] {
+            let err = parse_cron(expression).unwrap_err();
+            assert!(err.contains(says), "{expression}: {err}");
+            assert!(!err.contains("between 5 and 7"), "{expression}: {err}");
+        }
+    }
 
     #[test]
     fn tenant_id_syntax() {
