@@ -174,6 +174,7 @@ fn verify_with_openssl(
 }
 
 #[test]
+#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
 fn assertions_verify_with_openssl_ps256_and_rs256() {
     let dir = tempfile::tempdir().unwrap();
     let mut cert = make_certificate(dir.path(), "app", 30);
@@ -233,6 +234,7 @@ fn assertions_verify_with_openssl_ps256_and_rs256() {
 }
 
 #[test]
+#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
 fn key_and_certificate_must_match() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_certificate(dir.path(), "a", 30);
@@ -264,6 +266,7 @@ fn key_and_certificate_must_match() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
 async fn certificate_credential_against_the_simulator() {
     let Fixture { sim, dir } = fixture(&[TENANT], Duration::from_secs(3600)).await;
     let cert = make_certificate(dir.path(), "app", 30);
@@ -332,6 +335,7 @@ async fn certificate_credential_against_the_simulator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
 async fn certificate_rotation_without_restart() {
     let Fixture { sim, dir } = fixture(&[TENANT], Duration::from_secs(2)).await;
     let pki = dir.path().join("pki");
@@ -737,6 +741,7 @@ async fn managed_identity_app_service() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
 async fn credential_expiry_metric_and_check_warning() {
     let Fixture { sim, dir } = fixture(
         &[TENANT, "fabrikam.onmicrosoft.com"],

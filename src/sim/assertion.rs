@@ -329,6 +329,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
     async fn certificate_assertion_with_ps256_and_sha256_thumbprint() {
         let Fixture { sim, http } = fixture().await;
         let key = &test_keys()[0];
@@ -367,6 +368,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
     async fn certificate_assertion_with_rs256_and_standard_base64_sha1_thumbprint() {
         let Fixture { sim, http } = fixture().await;
         let [old, new] = test_keys();
@@ -386,6 +388,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
     async fn unregistered_certificate_or_bad_signature_gets_700027() {
         let Fixture { sim, http } = fixture().await;
         let [registered, stranger] = test_keys();
@@ -433,6 +436,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
     async fn assertion_lifetime_allows_five_minutes_of_skew() {
         let Fixture { sim, http } = fixture().await;
         let key = &test_keys()[0];
@@ -490,6 +494,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
     async fn assertion_audience_issuer_and_shape_errors() {
         let Fixture { sim, http } = fixture().await;
         let key = &test_keys()[0];
