@@ -6,9 +6,15 @@
 //! A token flows through the modules in this order:
 //!
 //! * [`config`]: the TOML file, `[defaults]` merged into each `[[tenant]]`, validated with lines.
+//!   Plain data plus rules, one file per section (`server`, `daemon`, `tenant`, `credential`,
+//!   `managed_identity`, `oauth2`, `sink`), cross-tenant and not-applicable-key rules, and the
+//!   loader that keeps going after a mistake. It reads the config file and nothing else.
 //! * [`cloud`]: which authority host and Power BI resource belong to each sovereign cloud.
-//! * [`credential`]: how a tenant proves itself (client secret sources).
-//! * [`client`]: the HTTP call to the token endpoint, with timeouts, a body cap and no redirects.
+//! * [`credential`]: how a tenant proves itself, one file per kind (secret, certificate,
+//!   federated token; a managed identity is a GET that [`client`] sends), plus
+//!   [`credential::verify`], which `check` uses to read every file and variable a config names.
+//! * [`client`]: the HTTP call to the token endpoint: timeouts, a body cap, no redirects, a fresh
+//!   `client-request-id` per request.
 //! * [`token`]: the success body (v1 strings or v2 numbers) and expiry math.
 //! * [`error`]: failures classified as transient, throttled, permanent or sink.
 //! * [`schedule`]: pure functions deciding the next wake-up (refresh point, jitter, backoff,
@@ -18,8 +24,14 @@
 //! * [`status`]: each tenant's current state, read by `once` and the admin endpoints.
 //! * [`metrics`] and [`http`]: Prometheus metrics and the admin server (`/metrics`, `/healthz`,
 //!   `/readyz`, `/status`).
-//! * [`sim`]: a simulated Entra ID for `demo`, the tests and the benchmark.
+//! * [`clock`]: reading and printing the wall clock, below every module that needs it.
+//! * [`sim`]: a simulated Entra ID for `demo`, the tests and the benchmark, one file per concern
+//!   (error catalogue, token endpoints, access tokens, faults, client assertions, federated
+//!   credentials, managed identity, wire helpers).
 //! * [`demo`]: the self-contained demonstration.
+//!
+//! `config`, `credential` and `client` depend one way: `config` needs only `cloud`;
+//! `credential` needs `config`, `error` and `clock`; `client` needs both, and neither needs it.
 //!
 //! The binary (`main.rs`) only parses the command line, sets up logging and signals, and calls
 //! [`run`], [`once`] or [`check`].

@@ -41,68 +41,70 @@ fn entra_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 5] {
 impl Loader<'_> {
     /// Reports every key of the tenant's own table that its provider or credential ignores.
     pub(super) fn inapplicable_keys(&mut self, input: &TenantInput<'_>) {
-        let raw = input.raw;
         let provider = inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref());
-        let level = credential_level(input);
-        let kind = level
-            .credential
-            .as_ref()
-            .map(|kind| kind.get_ref().as_str());
-        let mut found: Vec<(&str, usize, String)> = Vec::new();
-        let mut refuse = |key: &'static str, at: Option<usize>, why: &str| {
-            if let Some(at) = at {
-                found.push((key, at, why.to_owned()));
-            }
-        };
-        match provider {
+        let found: Vec<(&str, Option<usize>, &str)> = match provider {
             Provider::Entra => {
-                for (key, at) in oauth2_only(raw) {
-                    refuse(key, at, "applies only to provider = \"oauth2\"");
-                }
+                let why = "applies only to provider = \"oauth2\"";
+                let mut found: Vec<_> = oauth2_only(input.raw)
+                    .into_iter()
+                    .map(|(key, at)| (key, at, why))
+                    .collect();
+                found.extend(inapplicable_credential_keys(input));
+                found
             }
             Provider::Oauth2 => {
-                for (key, at) in entra_only(raw) {
-                    refuse(
-                        key,
-                        at,
-                        "does not apply to provider = \"oauth2\" (it is for Entra ID)",
-                    );
-                }
+                let why = "does not apply to provider = \"oauth2\" (it is for Entra ID)";
+                entra_only(input.raw)
+                    .into_iter()
+                    .map(|(key, at)| (key, at, why))
+                    .collect()
             }
-        }
-        if provider == Provider::Entra {
-            if kind != Some("managed_identity") {
-                let why = "applies only to credential = \"managed_identity\"";
-                refuse("managed_identity", set(&raw.managed_identity), why);
-            }
-            if kind != Some("workload_identity") {
-                let why = "applies only to credential = \"workload_identity\"";
-                refuse("federated_token_file", set(&raw.federated_token_file), why);
-            }
-        }
-        if level.client_secret.is_none() {
-            let why = "applies only to a client_secret credential";
-            refuse(
-                "client_secret_expires",
-                set(&raw.client_secret_expires),
-                why,
-            );
-        }
-        if kind == Some("managed_identity") {
-            let why =
-                "does not apply to a managed identity, which gets its token from the Azure host";
-            refuse("api", set(&raw.api), why);
-            refuse("authority_host", set(&raw.authority_host), why);
-            // Without `managed_identity`, the managed identity rules explain what client_id
-            // used to mean.
-            if inherited!(input, managed_identity).is_some() {
-                let why =
-                    "does not apply to a managed identity; managed_identity chooses the identity";
-                refuse("client_id", set(&raw.client_id), why);
-            }
-        }
+        };
         for (key, at, why) in found {
-            self.problem(Some(at), input.key(key), format!("{key} {why}"));
+            if let Some(at) = at {
+                self.problem(Some(at), input.key(key), format!("{key} {why}"));
+            }
         }
     }
+}
+
+/// Keys of an Entra tenant that belong to another credential kind than its own.
+fn inapplicable_credential_keys(
+    input: &TenantInput<'_>,
+) -> Vec<(&'static str, Option<usize>, &'static str)> {
+    let raw = input.raw;
+    let level = credential_level(input);
+    let kind = level
+        .credential
+        .as_ref()
+        .map(|kind| kind.get_ref().as_str());
+    let mut found = Vec::new();
+    if kind != Some("managed_identity") {
+        let why = "applies only to credential = \"managed_identity\"";
+        found.push(("managed_identity", set(&raw.managed_identity), why));
+    }
+    if kind != Some("workload_identity") {
+        let why = "applies only to credential = \"workload_identity\"";
+        found.push(("federated_token_file", set(&raw.federated_token_file), why));
+    }
+    if level.client_secret.is_none() {
+        let why = "applies only to a client_secret credential";
+        found.push((
+            "client_secret_expires",
+            set(&raw.client_secret_expires),
+            why,
+        ));
+    }
+    if kind == Some("managed_identity") {
+        let why = "does not apply to a managed identity, which gets its token from the Azure host";
+        found.push(("api", set(&raw.api), why));
+        found.push(("authority_host", set(&raw.authority_host), why));
+        // Without `managed_identity`, the managed identity rules explain what client_id used
+        // to mean.
+        if inherited!(input, managed_identity).is_some() {
+            let why = "does not apply to a managed identity; managed_identity chooses the identity";
+            found.push(("client_id", set(&raw.client_id), why));
+        }
+    }
+    found
 }

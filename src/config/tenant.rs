@@ -71,21 +71,7 @@ impl Loader<'_> {
             broken,
         };
         let provider = inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref());
-        let (credential, credential_line) = self.credential(&input);
-        if let Some(credential) = &credential {
-            self.credentials.push(TenantCredential {
-                tenant: input.label.clone(),
-                line: credential_line,
-                credential: credential.clone(),
-            });
-        }
-        // From the key as written, so a credential with a problem of its own does not also make
-        // the tenant look as if it lacked the ids that its kind does not need.
-        let written = credential_level(&input).credential.as_ref();
-        let kind = CredentialKind {
-            workload: written.is_some_and(|kind| kind.get_ref() == "workload_identity"),
-            managed: written.is_some_and(|kind| kind.get_ref() == "managed_identity"),
-        };
+        let (credential, credential_line, kind) = self.tenant_credential(&input);
         let tenant_id = self.tenant_id(&input, provider, kind);
         let client_id = match &credential {
             // The identity's own client ID when it is chosen by one; never the Entra app's.
@@ -130,6 +116,30 @@ impl Loader<'_> {
             line,
             credential_line,
         })
+    }
+
+    /// The tenant's credential and its line, kept for `check` even if the tenant has other
+    /// problems, and what kind it is as written.
+    fn tenant_credential(
+        &mut self,
+        input: &TenantInput<'_>,
+    ) -> (Option<CredentialConfig>, Option<usize>, CredentialKind) {
+        let (credential, line) = self.credential(input);
+        if let Some(credential) = &credential {
+            self.credentials.push(TenantCredential {
+                tenant: input.label.clone(),
+                line,
+                credential: credential.clone(),
+            });
+        }
+        // From the key as written, so a credential with a problem of its own does not also make
+        // the tenant look as if it lacked the ids that its kind does not need.
+        let written = credential_level(input).credential.as_ref();
+        let kind = CredentialKind {
+            workload: written.is_some_and(|kind| kind.get_ref() == "workload_identity"),
+            managed: written.is_some_and(|kind| kind.get_ref() == "managed_identity"),
+        };
+        (credential, line, kind)
     }
 
     /// `name`: required, and safe in a file name, a log line and a metric label.
