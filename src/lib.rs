@@ -351,34 +351,27 @@ pub fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
 }
 
 /// Validates a config file and reads every secret, certificate and token file it names, without
-/// contacting Entra. Credentials of tenants that pass the config rules are read even when other
-/// tenants have problems, so one run reports everything.
+/// contacting Entra. Every well-formed credential is read, even in a tenant with other
+/// problems, so one run reports everything.
 ///
 /// # Errors
 /// Every problem found, in file order.
 pub fn check(path: &std::path::Path) -> Result<Config, config::ConfigError> {
     let now = clock::unix_now();
-    let (config, mut err) = match config::load(path) {
+    let (loaded, credentials) = config::load_for_check(path);
+    let (config, mut err) = match loaded {
         Ok(config) => {
-            let credentials = config
-                .tenants
-                .iter()
-                .map(|t| t.named_credential())
-                .collect();
             let err = config::ConfigError {
                 path: config.path.clone(),
                 problems: Vec::new(),
-                credentials,
             };
             (Some(config), err)
         }
         Err(err) => (None, err),
     };
-    let found: Vec<_> = err
-        .credentials
+    let found = credentials
         .iter()
-        .flat_map(|tenant| credential::verify(tenant, now))
-        .collect();
+        .flat_map(|tenant| credential::verify(tenant, now));
     err.problems.extend(found);
     match config {
         Some(config) if err.problems.is_empty() => Ok(config),

@@ -468,6 +468,17 @@ async fn workload_identity() {
     .unwrap();
     client.fetch(&tenant, &mut credential).await.unwrap();
     assert_eq!(sim.last_assertion(TENANT).unwrap().claims["sub"], subject);
+    // Assertion requests carry the same diagnostics headers as secret ones.
+    let headers = sim.last_request(TENANT).unwrap().headers;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    assert_eq!(header("client-request-id").map(str::len), Some(36));
+    assert_eq!(header("return-client-request-id"), Some("true"));
+    assert_eq!(header("x-ms-lib-capability"), Some("retry-after, h429"));
 
     // Within five minutes the file is not read again: a broken file does not matter yet.
     std::fs::write(&token_file, "").unwrap();

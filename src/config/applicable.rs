@@ -41,6 +41,19 @@ fn entra_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 5] {
 impl Loader<'_> {
     /// Reports every key of the tenant's own table that its provider or credential ignores.
     pub(super) fn inapplicable_keys(&mut self, input: &TenantInput<'_>) {
+        // What applies depends on these; if one was unreadable (and reported), any verdict
+        // here would be a guess.
+        if self.is_broken(
+            input,
+            &[
+                "provider",
+                "credential",
+                "client_secret",
+                "client_certificate",
+            ],
+        ) {
+            return;
+        }
         let provider = inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref());
         let found: Vec<(&str, Option<usize>, &str)> = match provider {
             Provider::Entra => {

@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::loader::Loader;
 use super::raw::{RawSecret, RawTenant};
-use super::tenant::TenantInput;
+use super::tenant::{TenantInput, inherited};
 use super::types::{CertificateConfig, CredentialConfig, SecretSource};
 use super::values::parse_expiry;
 
@@ -16,6 +16,17 @@ fn has_credential(table: &RawTenant) -> bool {
     table.client_secret.is_some()
         || table.client_certificate.is_some()
         || table.credential.is_some()
+}
+
+/// `client_secret_expires`: the tenant's; `[defaults]`' only when the secret is `[defaults]`'
+/// too (a tenant with its own secret does not inherit another secret's expiry).
+pub(super) fn secret_expires<'r>(input: &TenantInput<'r>) -> Option<&'r Spanned<toml::Value>> {
+    let own = input.raw.client_secret_expires.as_ref();
+    if has_credential(input.raw) {
+        own
+    } else {
+        own.or(input.defaults.client_secret_expires.as_ref())
+    }
 }
 
 /// The table the tenant's credential comes from: its own if it sets any credential key, else
@@ -35,8 +46,6 @@ impl Loader<'_> {
         &mut self,
         input: &TenantInput<'_>,
     ) -> (Option<CredentialConfig>, Option<usize>) {
-        let (raw, defaults) = (input.raw, input.defaults);
-        let own = has_credential(raw);
         let level = credential_level(input);
         let mut kinds: Vec<(&'static str, usize)> = Vec::new();
         if let Some(secret) = &level.client_secret {
@@ -75,16 +84,7 @@ impl Loader<'_> {
         let (kind, at) = kinds[0];
         let line = Some(self.line_of(at));
         let credential = match kind {
-            "client_secret" => {
-                let expires = if own {
-                    raw.client_secret_expires.as_ref()
-                } else {
-                    raw.client_secret_expires
-                        .as_ref()
-                        .or(defaults.client_secret_expires.as_ref())
-                };
-                self.client_secret(level, expires, input)
-            }
+            "client_secret" => self.client_secret(level, secret_expires(input), input),
             "client_certificate" => self.certificate(level),
             _ => self.credential_kind(level, input),
         };
@@ -159,9 +159,7 @@ impl Loader<'_> {
         let kind = level.credential.as_ref()?;
         match kind.get_ref().as_str() {
             "workload_identity" => {
-                let configured = level
-                    .federated_token_file
-                    .as_ref()
+                let configured = inherited!(input, federated_token_file)
                     .map(|path| self.resolve_path(path.get_ref().clone()));
                 let Some(token_file) = configured
                     .or_else(|| (self.env)("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from))

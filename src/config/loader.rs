@@ -19,6 +19,16 @@ pub(super) fn parse_with_env(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    parse_collecting(text, path, env).0
+}
+
+/// Like [`parse_with_env`], and also returns every well-formed credential, of valid tenants and
+/// of tenants with other problems alike, for `check` to read.
+pub(super) fn parse_collecting(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Result<Config, ConfigError>, Vec<TenantCredential>) {
     let line_starts = std::iter::once(0)
         .chain(text.match_indices('\n').map(|(at, _)| at + 1))
         .collect();
@@ -36,17 +46,17 @@ pub(super) fn parse_with_env(
     };
     let config = loader.load(path);
     let mut problems = std::mem::take(&mut loader.problems);
-    match config {
+    let result = match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => {
             problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             Err(ConfigError {
                 path: path.to_owned(),
                 problems,
-                credentials: loader.credentials,
             })
         }
-    }
+    };
+    (result, loader.credentials)
 }
 
 /// The state of one parse: the text, where lines start, and every problem found so far.
@@ -67,7 +77,7 @@ pub(super) struct Loader<'a> {
     pub(super) seen: Vec<(String, Option<usize>, Vec<PathBuf>)>,
     /// Tenants that passed every rule, in file order.
     pub(super) resolved: Vec<Arc<TenantConfig>>,
-    /// Every credential that was valid on its own, for `check` (see [`ConfigError`]).
+    /// Every credential that was well-formed, for `check`.
     pub(super) credentials: Vec<TenantCredential>,
     /// Environment lookup (workload identity and App Service settings); injectable for tests.
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
@@ -98,11 +108,16 @@ impl<'a> Loader<'a> {
     /// Reports the first of `keys` missing in a tenant, unless one of them was present but
     /// unreadable (in the tenant or in `[defaults]`): that is already reported.
     pub(super) fn missing(&mut self, input: &TenantInput<'_>, keys: &[&str], message: &str) {
-        let broken = |list: &[String]| list.iter().any(|key| keys.contains(&key.as_str()));
-        if self.defaults_broken || broken(input.broken) || broken(&self.defaults_broken_keys) {
+        if self.defaults_broken || self.is_broken(input, keys) {
             return;
         }
         self.problem(Some(input.offset), input.key(keys[0]), message.to_owned());
+    }
+
+    /// Whether any of `keys` was present but unreadable, in the tenant or in `[defaults]`.
+    pub(super) fn is_broken(&self, input: &TenantInput<'_>, keys: &[&str]) -> bool {
+        let broken = |list: &[String]| list.iter().any(|key| keys.contains(&key.as_str()));
+        broken(input.broken) || broken(&self.defaults_broken_keys)
     }
 
     /// Deserializes one section, recording errors (with their lines) instead of stopping.
@@ -144,7 +159,7 @@ impl<'a> Loader<'a> {
             } else {
                 format!("{label}.{name}")
             };
-            self.problem(Some(offset), path, err.message().to_owned());
+            self.problem(Some(offset), path, redacted_message(&name, err.message()));
             let DeValue::Table(table) = value.get_ref() else {
                 return None;
             };
@@ -274,6 +289,17 @@ impl<'a> Loader<'a> {
         } else {
             self.base_dir.join(path)
         }
+    }
+}
+
+/// serde's message about a key's value, unless the key may hold a secret: serde quotes the
+/// value it rejects, and a PEM key or a secret pasted where a reference belongs must not reach
+/// `check`'s output or the reload log.
+fn redacted_message(key: &str, message: &str) -> String {
+    match key {
+        "client_secret" => "expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" } (the value is not shown: it may be a secret)".to_owned(),
+        "client_certificate" => "expected { cert = \"/path/app.crt\", key = \"/path/app.key\" } (the value is not shown: it may be a key)".to_owned(),
+        _ => message.to_owned(),
     }
 }
 

@@ -74,9 +74,6 @@ pub struct ConfigError {
     pub path: PathBuf,
     /// In file order.
     pub problems: Vec<Problem>,
-    /// Every credential that was valid on its own, even in a tenant with other problems, so
-    /// `check` can still read them and report everything in one run.
-    pub credentials: Vec<TenantCredential>,
 }
 
 impl fmt::Display for ConfigError {
@@ -111,9 +108,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             key: None,
             message: format!("cannot read the configuration file: {err}"),
         }],
-        credentials: Vec::new(),
     })?;
     parse(&text, path)
+}
+
+/// Like [`load`], and also returns every well-formed credential the file names (of tenants
+/// with other problems too, with the lines to blame), so `check` can read them all in one run.
+///
+/// # Errors
+/// Every problem found, with lines where known; the credentials come either way.
+pub fn load_for_check(path: &Path) -> (Result<Config, ConfigError>, Vec<TenantCredential>) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => loader::parse_collecting(&text, path, &|key| std::env::var(key).ok()),
+        Err(_) => (load(path), Vec::new()),
+    }
 }
 
 /// Parses and validates configuration text; `path` is used for messages and relative paths.

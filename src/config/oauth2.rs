@@ -61,9 +61,10 @@ impl Loader<'_> {
     }
 
     /// `resource`: RFC 8707 resource indicators, one or several, each an absolute URI without a
-    /// fragment (§2).
+    /// fragment (§2). Only the tenant's own: in `[defaults]`, `resource` is the Entra tenants'
+    /// App ID URI, which a third-party server must not be sent.
     fn resource_indicators(&mut self, input: &TenantInput<'_>) -> Option<Vec<String>> {
-        let Some(resource) = inherited!(input, resource) else {
+        let Some(resource) = input.raw.resource.as_ref() else {
             return Some(Vec::new());
         };
         let values = match resource.get_ref() {

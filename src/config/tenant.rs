@@ -1,7 +1,7 @@
 //! One `[[tenant]]`, with `[defaults]` merged in: identity, endpoint, resource and timing. The
 //! credential, generic OAuth2 and sink rules are in their own files.
 
-use super::credential::credential_level;
+use super::credential::{credential_level, secret_expires};
 use super::loader::Loader;
 use super::raw::{RawResource, RawTenant};
 use super::types::{
@@ -71,7 +71,7 @@ impl Loader<'_> {
             broken,
         };
         let provider = inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref());
-        let (credential, credential_line, kind) = self.tenant_credential(&input);
+        let (credential, kind) = self.tenant_credential(&input);
         let tenant_id = self.tenant_id(&input, provider, kind);
         let client_id = match &credential {
             // The identity's own client ID when it is chosen by one; never the Entra app's.
@@ -114,7 +114,6 @@ impl Loader<'_> {
             sinks: sinks?,
             schedule,
             line,
-            credential_line,
         })
     }
 
@@ -123,12 +122,14 @@ impl Loader<'_> {
     fn tenant_credential(
         &mut self,
         input: &TenantInput<'_>,
-    ) -> (Option<CredentialConfig>, Option<usize>, CredentialKind) {
+    ) -> (Option<CredentialConfig>, CredentialKind) {
         let (credential, line) = self.credential(input);
         if let Some(credential) = &credential {
+            let expires_line = secret_expires(input).map(|value| self.line_of(value.span().start));
             self.credentials.push(TenantCredential {
                 tenant: input.label.clone(),
                 line,
+                expires_line,
                 credential: credential.clone(),
             });
         }
@@ -139,7 +140,7 @@ impl Loader<'_> {
             workload: written.is_some_and(|kind| kind.get_ref() == "workload_identity"),
             managed: written.is_some_and(|kind| kind.get_ref() == "managed_identity"),
         };
-        (credential, line, kind)
+        (credential, kind)
     }
 
     /// `name`: required, and safe in a file name, a log line and a metric label.
@@ -190,9 +191,10 @@ impl Loader<'_> {
             {
                 return Some(id);
             }
+            // An unreadable provider or credential may have been one that needs no tenant ID.
             self.missing(
                 input,
-                &["tenant_id"],
+                &["tenant_id", "provider", "credential"],
                 "missing; expected the tenant's GUID or verified domain",
             );
             return None;
@@ -228,7 +230,7 @@ impl Loader<'_> {
             None => {
                 self.missing(
                     input,
-                    &["client_id"],
+                    &["client_id", "credential"],
                     "missing (in the tenant or in [defaults]); expected the application (client) ID",
                 );
                 None

@@ -401,6 +401,21 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
     )
     .unwrap();
     assert_eq!(two.tenants[0].resource, "https://a.example urn:b");
+    // [defaults]' resource is Entra's App ID URI: never sent to a third-party server.
+    let inherited = parse_env(
+        &format!("[defaults]\nresource = \"https://analysis.windows.net/powerbi/api\"\n{text}"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(inherited.tenants[0].resource, "");
+    assert!(
+        inherited.tenants[0]
+            .oauth2
+            .as_ref()
+            .unwrap()
+            .resources
+            .is_empty()
+    );
     let err = parse_env(&format!("{text}resource = \"reports\"\n"), &[]).unwrap_err();
     assert!(
         err.to_string()
@@ -606,4 +621,58 @@ sinks = 3
     // The unreadable `sinks` is not reported a second time as missing.
     assert!(!shown.contains("sinks: missing"), "{shown}");
     assert_eq!(err.problems.len(), 8, "{shown}");
+}
+
+#[test]
+fn a_secret_pasted_into_a_credential_key_is_never_quoted() {
+    let pem = "-----BEGIN PRIVATE KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASC";
+    let text = format!(
+        "{TENANT_ONLY}tenant_id = \"c.example.com\"\nclient_id = \"x\"\nclient_certificate = \"{pem}\"\n"
+    );
+    let err = parse_env(&text, &[]).unwrap_err().to_string();
+    assert!(err.contains("client_certificate: expected { cert"), "{err}");
+    assert!(!err.contains("MIIEvQ"), "{err}");
+    let text = format!(
+        "{TENANT_ONLY}tenant_id = \"c.example.com\"\nclient_id = \"x\"\nclient_secret = {{ value = \"{pem}\" }}\n"
+    );
+    let err = parse_env(&text, &[]).unwrap_err().to_string();
+    assert!(!err.contains("MIIEvQ"), "{err}");
+}
+
+#[test]
+fn an_unreadable_provider_or_credential_causes_no_follow_on_problems() {
+    let text = "[[tenant]]\nname = \"partner\"\nprovider = \"oauth\"\ntoken_url = \"https://a.example/token\"\nscope = \"s\"\nclient_id = \"p\"\nclient_secret = { env = \"S\" }\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
+    let err = parse_env(text, &[]).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(
+        err.to_string()
+            .contains("provider: unknown variant `oauth`"),
+        "{err}"
+    );
+    let text = "[[tenant]]\nname = \"vm\"\ncredential = 5\nmanaged_identity = \"system\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
+    let err = parse_env(text, &[]).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(err.to_string().contains("vm\": credential: "), "{err}");
+}
+
+#[test]
+fn a_tenant_keeps_its_own_federated_token_file_under_a_defaults_credential() {
+    let text = "[defaults]\ncredential = \"workload_identity\"\nfederated_token_file = \"/d/token\"\nclient_id = \"c\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n\n[[tenant]]\nname = \"aks\"\ntenant_id = \"a.example.com\"\nfederated_token_file = \"/own/token\"\n\n[[tenant]]\nname = \"other\"\ntenant_id = \"b.example.com\"\n";
+    let config = parse_env(text, &[]).unwrap();
+    let files: Vec<_> = config
+        .tenants
+        .iter()
+        .map(|tenant| tenant.credential.clone())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            CredentialConfig::WorkloadIdentity {
+                token_file: "/own/token".into()
+            },
+            CredentialConfig::WorkloadIdentity {
+                token_file: "/d/token".into()
+            },
+        ]
+    );
 }

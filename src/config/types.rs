@@ -160,8 +160,10 @@ impl CredentialConfig {
 pub struct TenantCredential {
     /// The tenant's name (or `tenant[i]` when it has none).
     pub tenant: String,
-    /// Line of the credential key.
+    /// Line of the credential key (the tenant's or `[defaults]`').
     pub line: Option<usize>,
+    /// Line of `client_secret_expires`, when it is set.
+    pub expires_line: Option<usize>,
     /// The credential.
     pub credential: CredentialConfig,
 }
@@ -297,8 +299,6 @@ pub struct TenantConfig {
     pub schedule: Option<CronSchedule>,
     /// Line of the `[[tenant]]` header, for messages that concern the whole tenant.
     pub line: Option<usize>,
-    /// Line of the `client_secret` key (tenant's or `[defaults]`'s), for credential problems.
-    pub credential_line: Option<usize>,
 }
 
 impl TenantConfig {
@@ -333,7 +333,6 @@ impl TenantConfig {
             })],
             schedule: None,
             line: None,
-            credential_line: None,
         }
     }
 
@@ -348,15 +347,6 @@ impl TenantConfig {
                 "{}/{}/oauth2/v2.0/token",
                 self.authority_host, self.tenant_id
             ),
-        }
-    }
-
-    /// The credential with the tenant's name and the credential key's line, for `check`.
-    pub fn named_credential(&self) -> TenantCredential {
-        TenantCredential {
-            tenant: self.name.clone(),
-            line: self.credential_line,
-            credential: self.credential.clone(),
         }
     }
 

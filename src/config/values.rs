@@ -33,7 +33,7 @@ pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
     // Counted here so that the message states one rule: croner alone would also accept a
     // seventh (year) field and say so.
     let fields = expression.split_whitespace().count();
-    if !matches!(fields, 5 | 6) {
+    if !expression.trim_start().starts_with('@') && !matches!(fields, 5 | 6) {
         return Err(format!(
             "invalid cron expression {expression:?}: it has {fields} field(s); expected 5 (min hour day month weekday) or 6 (sec min hour day month weekday), in UTC, such as \"0 0 6 * * *\""
         ));
@@ -129,6 +129,8 @@ mod tests {
     fn cron_messages_state_one_rule() {
         assert!(parse_cron("0 0 6 * * *").is_ok());
         assert!(parse_cron("*/5 * * * *").is_ok());
+        assert!(parse_cron("@daily").is_ok());
+        assert!(parse_cron("@hourly").is_ok());
         for (expression, says) in [
             ("not a cron", "it has 3 field(s); expected 5"),
             ("0 0 6 * * * 2027", "it has 7 field(s); expected 5"),

@@ -20,13 +20,16 @@ pub fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
     match &tenant.credential {
         CredentialConfig::ClientSecret { source, expires_on } => {
             if let Some(expires_on) = expires_on.filter(|expires_on| *expires_on <= now) {
-                problems.push(problem(
-                    "client_secret_expires",
-                    format!(
-                        "the client secret expired on {}; create a new one in Entra",
-                        format_date(expires_on)
-                    ),
-                ));
+                problems.push(Problem {
+                    line: tenant.expires_line.or(tenant.line),
+                    ..problem(
+                        "client_secret_expires",
+                        format!(
+                            "the client secret expired on {}; create a new one in Entra",
+                            format_date(expires_on)
+                        ),
+                    )
+                });
             }
             if let Err(err) = read_secret(source) {
                 problems.push(problem("client_secret", err.to_string()));

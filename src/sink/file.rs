@@ -130,10 +130,18 @@ struct ExistingFile {
     client_id: Option<String>,
     resource: Option<String>,
     /// Absent in files written before the scope was recorded (then `None`); `null` when no scope
-    /// was asked (then `Some(Null)`).
-    #[serde(default)]
-    scope: Option<serde_json::Value>,
+    /// was asked (then `Some(None)`).
+    #[serde(default, deserialize_with = "present")]
+    scope: Option<Option<String>>,
     audience: Option<String>,
+}
+
+/// A field that is present, `null` included: `Some(None)` for `null`, so that "absent" (serde's
+/// default, `None`) stays distinguishable.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(deserializer).map(Some)
 }
 
 fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
@@ -142,7 +150,7 @@ fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
     // says everything that was asked.
     let same_scope = match &file.scope {
         None => true,
-        Some(recorded) => recorded.as_str() == tenant.requested_scope().as_deref(),
+        Some(recorded) => *recorded == tenant.requested_scope(),
     };
     let same = file.tenant_id.unwrap_or_default() == tenant.tenant_id
         && file.client_id.unwrap_or_default() == tenant.client_id
@@ -263,6 +271,46 @@ pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn warm_start_needs_the_same_request() {
+        let mut tenant = TenantConfig::entra(
+            "contoso",
+            "contoso.onmicrosoft.com",
+            "app",
+            crate::config::SecretSource::Env("S".into()),
+            "https://login.microsoftonline.com",
+            "/t/contoso.json".into(),
+        );
+        let token = AccessToken {
+            secret: secrecy::SecretString::from("eyJ.x.y"),
+            token_type: "Bearer".into(),
+            issued_on: 1_000,
+            expires_on: 4_600,
+            refresh_in: None,
+        };
+        let written = render(FileFormat::Json, &tenant, &token);
+        let bytes = written.expose_secret().as_bytes().to_vec();
+        assert!(parse_existing(&bytes, &tenant).is_some());
+        // v1 asks no scope: the file's `"scope": null` is not the v2 scope.
+        let mut v1 = tenant.clone();
+        v1.api = crate::config::ApiVersion::V1;
+        assert!(parse_existing(&bytes, &v1).is_none());
+        let v1_bytes = render(FileFormat::Json, &v1, &token)
+            .expose_secret()
+            .as_bytes()
+            .to_vec();
+        assert!(parse_existing(&v1_bytes, &v1).is_some());
+        assert!(parse_existing(&v1_bytes, &tenant).is_none());
+        // A file from before `scope` was recorded still counts, by its resource alone.
+        let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        old.as_object_mut().unwrap().remove("scope");
+        old.as_object_mut().unwrap().remove("audience");
+        let old = serde_json::to_vec(&old).unwrap();
+        assert!(parse_existing(&old, &tenant).is_some());
+        tenant.resource = "https://other.example".into();
+        assert!(parse_existing(&old, &tenant).is_none());
+    }
 
     #[test]
     fn mode_is_exact_and_parents_are_private() {
