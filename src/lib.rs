@@ -25,6 +25,8 @@
 //! * [`metrics`] and [`http`]: Prometheus metrics and the admin server (`/metrics`, `/healthz`,
 //!   `/readyz`, `/status`).
 //! * [`clock`]: reading and printing the wall clock, below every module that needs it.
+//! * [`safe_read`]: reading files others control (secrets, certificates, token files, the
+//!   config) with size caps, regular-file checks and a deadline, off the async workers.
 //! * [`sim`]: a simulated Entra ID for `demo`, the tests and the benchmark, one file per concern
 //!   (error catalogue, token endpoints, access tokens, faults, client assertions, federated
 //!   credentials, managed identity, wire helpers).
@@ -51,6 +53,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod safe_read;
 pub mod schedule;
 pub mod sim;
 pub mod sink;

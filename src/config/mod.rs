@@ -47,6 +47,7 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use sink::MAX_FILE_NAME_BYTES;
 pub use types::*;
 pub use values::parse_cron;
 

@@ -7,6 +7,10 @@ use super::raw::{RawMode, RawSink};
 use super::tenant::{TenantInput, inherited};
 use super::types::{FileSinkConfig, SinkConfig};
 
+/// Longest token file name, in bytes. Linux allows 255 (`NAME_MAX`), and the temp file written
+/// next to it adds its own suffix, so a longer name would pass here and fail every write.
+pub const MAX_FILE_NAME_BYTES: usize = 200;
+
 impl Loader<'_> {
     /// At least one sink; `{name}` expanded, paths relative to the config file, modes checked.
     pub(super) fn sinks(
@@ -54,6 +58,19 @@ impl Loader<'_> {
                         continue;
                     }
                     let expanded = path.replace("{name}", name.unwrap_or(""));
+                    let file_name_bytes = std::path::Path::new(&expanded)
+                        .file_name()
+                        .map_or(0, |file| file.len());
+                    if file_name_bytes > MAX_FILE_NAME_BYTES {
+                        self.problem(
+                            Some(offset),
+                            input.key("sinks.path"),
+                            format!(
+                                "the file name is {file_name_bytes} bytes; at most {MAX_FILE_NAME_BYTES} fit next to the temp file's suffix (use a shorter name or path pattern)"
+                            ),
+                        );
+                        continue;
+                    }
                     if let Some(mode) = mode {
                         out.push(SinkConfig::File(FileSinkConfig {
                             path: self.resolve_path(PathBuf::from(expanded)),

@@ -676,3 +676,16 @@ fn a_tenant_keeps_its_own_federated_token_file_under_a_defaults_credential() {
         ]
     );
 }
+
+#[test]
+fn file_names_too_long_for_the_temp_suffix_are_refused() {
+    let long = "n".repeat(240);
+    let text = MINIMAL.replace("name = \"contoso\"", &format!("name = \"{long}\""));
+    let err = parse_err(&text).to_string();
+    assert!(
+        err.contains("sinks.path: the file name is 245 bytes; at most 200"),
+        "{err}"
+    );
+    let fits = "n".repeat(195);
+    parse_ok(&MINIMAL.replace("name = \"contoso\"", &format!("name = \"{fits}\"")));
+}

@@ -4,8 +4,14 @@
 //! systems) with the final mode from the first instant, writes it, fsyncs it, renames it over the
 //! target, and fsyncs the directory so the rename survives a power cut. A reader opening the path
 //! gets either the old file or the new one, whole. A crash between create and rename leaves a temp
-//! file named `.<file>.tmp-<pid>-<n>`; those whose writer is no longer running are removed at
-//! start-up and on reload.
+//! file named `.<file>.tmp-<pid>-<nonce>-<n>`; those whose writer is gone are removed at start-up
+//! and on reload.
+//!
+//! "Gone" is decided by a lock, not by the pid: the writer holds an exclusive `flock` on its temp
+//! file until the rename is done, and the kernel drops it when the writer dies. A pid would lie in
+//! a container, where every restart is PID 1 again. The `nonce` (random per process) keeps names
+//! unique across such restarts, and lets the clean-up skip this process's own writes in flight
+//! without asking the lock.
 //!
 //! A symlink at the target path is replaced, not followed: the token never lands somewhere the
 //! path did not say.
@@ -19,10 +25,28 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{FileFormat, FileSinkConfig, TenantConfig};
+use crate::safe_read::{self, Symlinks};
 use crate::token::AccessToken;
 
-/// Makes temp names unique within the process; the pid makes them unique across processes.
+/// Makes temp names unique within the process; the pid and [`process_nonce`] make them unique
+/// across processes and across restarts that reuse a pid.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Largest existing token file read back at start-up; a real one is a few KiB.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 256 * 1024;
+
+/// Bytes a temp name adds to the token file's name: `.` + `.tmp-` + pid (≤ 10 digits) + `-` +
+/// nonce (16) + `-` + counter (≤ 20 digits). Config validation keeps names short enough for it.
+pub const TEMP_NAME_OVERHEAD: usize = 1 + 5 + 10 + 1 + 16 + 1 + 20;
+
+// A name that passes config validation always fits, with its temp suffix, in NAME_MAX (255).
+const _: () = assert!(crate::config::MAX_FILE_NAME_BYTES + TEMP_NAME_OVERHEAD <= 255);
+
+/// 16 hex digits, random once per process.
+fn process_nonce() -> &'static str {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NONCE.get_or_init(|| format!("{:016x}", fastrand::u64(..)))
+}
 
 /// Writes one tenant's token to one path.
 #[derive(Clone, Debug)]
@@ -80,8 +104,15 @@ impl FileSink {
         if self.config.format != FileFormat::Json {
             return None;
         }
-        let bytes = tokio::fs::read(&self.config.path).await.ok()?;
-        parse_existing(&bytes, tenant)
+        let read = safe_read::read(&self.config.path, MAX_TOKEN_FILE_BYTES, Symlinks::Refuse).await;
+        match read {
+            Ok(bytes) => parse_existing(&bytes, tenant),
+            Err(err) if err.is_not_found() => None,
+            Err(err) => {
+                tracing::warn!(tenant = %tenant.name, error = %err, "not reusing the existing token file");
+                None
+            }
+        }
     }
 }
 
@@ -196,9 +227,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileS
         .create(&dir)
         .map_err(fail("create directory"))?;
     let temp = dir.join(format!(
-        "{}{}-{}",
+        "{}{}-{}-{}",
         temp_prefix(path),
         std::process::id(),
+        process_nonce(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
@@ -208,13 +240,17 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileS
             .mode(mode)
             .open(&temp)
             .map_err(fail("create temp file"))?;
+        // Held until the file is closed after the rename; the kernel releases it if we die, which
+        // is how the clean-up tells a crash leftover from a write in flight.
+        file.lock().map_err(fail("lock temp file"))?;
         // The umask may have narrowed the mode; set it exactly (never wider than configured).
         file.set_permissions(Permissions::from_mode(mode))
             .map_err(fail("set mode"))?;
         file.write_all(contents).map_err(fail("write"))?;
         file.sync_all().map_err(fail("fsync"))?;
+        std::fs::rename(&temp, path).map_err(fail("rename"))?;
         drop(file);
-        std::fs::rename(&temp, path).map_err(fail("rename"))
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -227,15 +263,17 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileS
 
 /// Removes temp files interrupted writes left next to any of `paths`; returns how many.
 ///
-/// Each directory is read once, so ten thousand tenants sharing a directory cost one scan. A temp
-/// file whose writer (the pid in its name) is still running is kept: it may be a write in flight,
-/// of this process (a reload) or of another one (`once` next to a running daemon).
+/// Each directory is read once, so ten thousand tenants sharing a directory cost one scan. Only
+/// names this writer produces match (`.<configured file>.tmp-<digits>-<16 hex>-<digits>`), and a
+/// configured file itself is never touched. A temp file whose lock is held is a write in flight
+/// (of this process during a reload, or of `once` next to a running daemon) and is kept.
 pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
     let mut prefixes: HashMap<&Path, Vec<String>> = HashMap::new();
     for path in paths {
         let dir = path.parent().unwrap_or(Path::new("."));
         prefixes.entry(dir).or_default().push(temp_prefix(path));
     }
+    let targets: HashSet<&Path> = paths.iter().map(PathBuf::as_path).collect();
     let mut removed = 0;
     for (dir, prefixes) in prefixes {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -243,28 +281,73 @@ pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
         };
         let prefixes: HashSet<&str> = prefixes.iter().map(String::as_str).collect();
         for entry in entries.flatten() {
+            let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            // ".<file>.tmp-<pid>-<n>": everything up to and including "tmp-" is the prefix.
-            let Some(at) = name.rfind(".tmp-").map(|at| at + ".tmp-".len()) else {
-                continue;
-            };
-            if !prefixes.contains(&name[..at]) {
+            if targets.contains(path.as_path()) || !is_our_temp(&name, &prefixes) {
                 continue;
             }
-            let writer_alive = name[at..]
-                .split('-')
-                .next()
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| {
-                    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
-                });
-            if !writer_alive && std::fs::remove_file(entry.path()).is_ok() {
+            if writer_gone(&path) && std::fs::remove_file(&path).is_ok() {
                 removed += 1;
             }
         }
     }
     removed
+}
+
+/// `.<file>.tmp-<pid>-<nonce>-<n>` for one of `prefixes` (each `.<file>.tmp-`), exactly as
+/// [`write_atomic`] names them.
+fn is_our_temp(name: &str, prefixes: &HashSet<&str>) -> bool {
+    let Some(at) = name.rfind(".tmp-").map(|at| at + ".tmp-".len()) else {
+        return false;
+    };
+    if !prefixes.contains(&name[..at]) {
+        return false;
+    }
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = name[at..].split('-').collect();
+    matches!(parts.as_slice(), [pid, nonce, counter]
+        if digits(pid)
+            && nonce.len() == 16
+            && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+            && digits(counter))
+}
+
+/// Whether a temp file's writer has gone: nobody holds its lock. This process's own temp files
+/// (its nonce) are writes in flight by definition.
+fn writer_gone(path: &Path) -> bool {
+    let ours = path
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().contains(process_nonce()));
+    if ours {
+        return false;
+    }
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    // Taking the lock proves no writer holds it; it is released when `file` closes.
+    file.try_lock().is_ok()
+}
+
+/// Narrows an existing token file whose mode is wider than configured (left by an older version,
+/// or changed by hand), so it does not stay readable by others until the next refresh. A symlink
+/// or anything else that is not a regular file is left alone: the next write replaces it.
+pub fn tighten_mode(path: &Path, mode: u32) -> io::Result<bool> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_file() => metadata,
+        Ok(_) => return Ok(false),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    if metadata.permissions().mode() & 0o777 & !mode == 0 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, Permissions::from_mode(mode & 0o777))?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -333,19 +416,69 @@ mod tests {
     fn stale_temps_are_removed_and_others_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.json");
-        // 4194305 is above Linux's largest pid_max: that writer cannot be running.
-        std::fs::write(dir.path().join(".t.json.tmp-4194305-4"), "x").unwrap();
+        // A crash leftover: nobody holds its lock, whatever its pid says (as PID 1 in a container
+        // every incarnation has the same pid as its predecessor).
+        let crashed = dir.path().join(".t.json.tmp-1-00000000deadbeef-4");
+        std::fs::write(&crashed, "x").unwrap();
+        let same_pid = dir.path().join(format!(
+            ".t.json.tmp-{}-0123456789abcdef-4",
+            std::process::id()
+        ));
+        std::fs::write(&same_pid, "x").unwrap();
         // A write in flight of this very process is left alone.
-        let in_flight = dir
-            .path()
-            .join(format!(".t.json.tmp-{}-9", std::process::id()));
+        let in_flight = dir.path().join(format!(
+            ".t.json.tmp-{}-{}-9",
+            std::process::id(),
+            process_nonce()
+        ));
         std::fs::write(&in_flight, "x").unwrap();
-        std::fs::write(dir.path().join(".other.json.tmp-1-1"), "x").unwrap();
+        // A write in flight of another process holds its lock.
+        let locked = dir.path().join(".t.json.tmp-2-fedcba9876543210-1");
+        std::fs::write(&locked, "x").unwrap();
+        let holder = File::open(&locked).unwrap();
+        holder.lock().unwrap();
+        // Names the writer does not produce, and other files' temps, are never touched.
+        let lookalikes = [
+            ".other.json.tmp-1-00000000deadbeef-1",
+            ".t.json.tmp-1-1",
+            ".t.json.tmp-x",
+        ];
+        for name in lookalikes {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
         std::fs::write(&path, "keep").unwrap();
-        assert_eq!(remove_stale_temps(std::slice::from_ref(&path)), 1);
-        assert!(dir.path().join(".other.json.tmp-1-1").exists());
-        assert!(in_flight.exists());
+        assert_eq!(remove_stale_temps(std::slice::from_ref(&path)), 2);
+        assert!(!crashed.exists() && !same_pid.exists());
+        assert!(in_flight.exists() && locked.exists());
+        for name in lookalikes {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
         assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+        drop(holder);
+        assert_eq!(remove_stale_temps(std::slice::from_ref(&path)), 1);
+    }
+
+    #[test]
+    fn a_tenant_file_named_like_a_temp_file_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("t.json");
+        let lookalike = dir.path().join(".t.json.tmp-1-00000000deadbeef-4");
+        std::fs::write(&main, "a").unwrap();
+        std::fs::write(&lookalike, "b").unwrap();
+        assert_eq!(remove_stale_temps(&[main, lookalike.clone()]), 0);
+        assert!(lookalike.exists());
+    }
+
+    #[test]
+    fn wider_modes_are_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        std::fs::write(&path, "x").unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
+        assert!(tighten_mode(&path, 0o600).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert!(!tighten_mode(&path, 0o640).unwrap(), "0600 is within 0640");
+        assert!(!tighten_mode(&dir.path().join("none"), 0o600).unwrap());
     }
 
     #[test]

@@ -55,17 +55,37 @@ impl Sink {
 }
 
 /// Removes leftovers of interrupted writes (temp files from a crash) next to every configured
-/// file, reading each directory once however many tenants write into it.
+/// file, reading each directory once however many tenants write into it, and narrows existing
+/// token files whose mode is wider than configured.
 pub async fn clean_up(tenants: &[Arc<TenantConfig>]) {
-    let paths: Vec<std::path::PathBuf> = tenants
+    let files: Vec<(std::path::PathBuf, u32)> = tenants
         .iter()
         .flat_map(|tenant| tenant.sinks.iter())
-        .map(|SinkConfig::File(file)| file.path.clone())
+        .map(|SinkConfig::File(file)| (file.path.clone(), file.mode))
         .collect();
-    let removed = tokio::task::spawn_blocking(move || file::remove_stale_temps(&paths))
-        .await
-        .unwrap_or(0);
+    let (removed, tightened) = tokio::task::spawn_blocking(move || {
+        let paths: Vec<_> = files.iter().map(|(path, _)| path.clone()).collect();
+        let removed = file::remove_stale_temps(&paths);
+        let mut tightened = 0;
+        for (path, mode) in &files {
+            match file::tighten_mode(path, *mode) {
+                Ok(changed) => tightened += usize::from(changed),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot narrow the token file's mode");
+                }
+            }
+        }
+        (removed, tightened)
+    })
+    .await
+    .unwrap_or((0, 0));
     if removed > 0 {
         tracing::info!(removed, "removed temp files left by an interrupted write");
+    }
+    if tightened > 0 {
+        tracing::info!(
+            tightened,
+            "narrowed token files whose mode was wider than configured"
+        );
     }
 }
