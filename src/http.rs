@@ -10,6 +10,11 @@
 //! * `GET /status` — JSON, one entry per tenant: state, expiry, next refresh, last success,
 //!   consecutive failures and the last error with Entra's AADSTS code, trace and correlation IDs.
 //!   Never a secret or a token.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are served at once (more are closed on accept), a
+//! request's headers must arrive within [`HEADER_READ_TIMEOUT`], and a connection lives at most
+//! [`CONNECTION_LIFETIME`]: slow or idle clients cannot hold the file descriptors that token
+//! writes need.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -18,7 +23,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ErrorClass;
@@ -47,15 +52,65 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `stop` is cancelled.
+/// Most admin connections open at once. Prometheus, a probe or two and an operator need a
+/// handful; the cap keeps a flood of idle or slow clients from taking the file descriptors the
+/// token writes need. A connection over the cap is closed at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request's headers (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest an admin connection stays open, idle keep-alive included; a scraper reconnects.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves until `stop` is cancelled: every connection under [`MAX_CONNECTIONS`], with
+/// [`HEADER_READ_TIMEOUT`] and [`CONNECTION_LIFETIME`].
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, stop: CancellationToken) {
-    let app = router(state);
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %err, "admin server failed");
+    let service = hyper_util::service::TowerToHyperService::new(router(state));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                tracing::warn!(error = %err, "admin server cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = service.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                () = stop.cancelled() => {
+                    // Let a request in flight finish (a last scrape), then close.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, connection).await;
+                }
+            }
+            drop(slot);
+        });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

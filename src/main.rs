@@ -56,11 +56,29 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+/// Raises the soft limit on open files to the hard limit. The common default soft limit (1024)
+/// is shared by the admin connections, the token endpoint connections and every token write of
+/// thousands of tenants; the hard limit is what the service manager allows (`LimitNOFILE=`).
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        // Not allowed, or no hard limit to raise to: the soft limit stays, which is still a
+        // working daemon.
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // One crypto provider for every TLS user in the process, before anything builds a client.
     // An error means a provider is already installed, which is just as good.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    raise_file_limit();
     // File writes run on the blocking pool; 64 threads keep thousands of simultaneous first
     // writes from spawning hundreds of threads (tokio's default cap is 512).
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -395,3 +395,72 @@ async fn watch_config_follows_a_configmap_symlink_swap() {
     assert_eq!(sim.request_count("a.example.com"), 1);
     daemon.stop().await;
 }
+
+/// Reads until the server closes the connection; returns how long that took (`None` if it did
+/// not within `limit`).
+async fn closed_within(mut stream: tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buffer),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardening_7_idle_and_slow_admin_clients_cannot_starve_the_daemon() {
+    use tokio::io::AsyncWriteExt;
+    let Fixture { sim, dir } = fixture(&["good.example.com"], Duration::from_secs(3600)).await;
+    let files = Files::new(dir.path());
+    files.write(&sim, &[("good", "good.example.com", "")]);
+    let daemon = start(&files).await;
+    wait_for("the first token", Duration::from_secs(5), || {
+        files.token("good").exists()
+    })
+    .await;
+    let clients = powerbi_tokend::http::MAX_CONNECTIONS * 3;
+    let mut streams = Vec::new();
+    for index in 0..clients {
+        let mut stream = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+        if index % 2 == 0 {
+            // Slowloris: a request line and then nothing, never the end of the headers.
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        streams.push(stream);
+    }
+    let limit = powerbi_tokend::http::HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    let waits: Vec<_> = streams
+        .into_iter()
+        .map(|stream| tokio::spawn(closed_within(stream, limit)))
+        .collect();
+    let mut closed = Vec::new();
+    for wait in waits {
+        closed.push(wait.await.unwrap());
+    }
+    // Every idle or slow client is disconnected by the server, those over the cap at once.
+    assert!(closed.iter().all(Option::is_some), "{closed:?}");
+    let at_once = closed
+        .iter()
+        .flatten()
+        .filter(|took| **took < Duration::from_secs(1))
+        .count();
+    assert!(
+        at_once >= clients - powerbi_tokend::http::MAX_CONNECTIONS,
+        "only {at_once} of {clients} were turned away at once"
+    );
+    // And the daemon answers again.
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    daemon.stop().await;
+}

@@ -106,7 +106,9 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
     let path = dir.path().join("contoso.json");
 
     // A crash left a temp file behind (its writer, pid 4194305, cannot exist); start-up removes it.
-    let leftover = dir.path().join(".contoso.json.tmp-4194305-00000000deadbeef-7");
+    let leftover = dir
+        .path()
+        .join(".contoso.json.tmp-4194305-00000000deadbeef-7");
     std::fs::write(&leftover, "half a token").unwrap();
     let daemon = start_daemon(config(vec![contoso.clone()], fast_daemon())).await;
     wait_for("first token", Duration::from_secs(5), || path.exists()).await;
