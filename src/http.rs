@@ -3,8 +3,8 @@
 //! * `GET /metrics` — Prometheus text exposition; per-tenant gauges are computed at scrape time.
 //! * `GET /healthz` — 200 while the runtime answers and no tenant task has died; 503 once
 //!   shutdown has begun or if a tenant task panicked (restart the process).
-//! * `GET /readyz` — 200 once every tenant has finished its first attempt (or warm-started) and
-//!   no sink is failing to write. A tenant's *authentication* failure does not make the daemon
+//! * `GET /readyz` — 200 once every tenant has finished its first attempt (or warm-started),
+//!   unless at least half of the tenants cannot write their sinks ([`sinks_make_unready`]). A tenant's *authentication* failure does not make the daemon
 //!   unready: an unready pod drops out of Prometheus' Kubernetes service discovery, and the alerts
 //!   about that very failure would go blind.
 //! * `GET /status` — JSON, one entry per tenant: state, expiry, next refresh, last success,
@@ -147,6 +147,14 @@ async fn healthz(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// Whether failing sinks make the daemon unready: when at least half of the tenants cannot write
+/// (a full, read-only or missing volume, which a restart or a new node can fix). A minority is a
+/// per-tenant problem (one bad path or permission); it stays visible in this body, in `/status`
+/// and as `reason="sink"` failures, without taking every healthy tenant's consumers out of service.
+pub fn sinks_make_unready(failing: usize, tenants: usize) -> bool {
+    failing > 0 && failing.saturating_mul(2) >= tenants
+}
+
 /// `/readyz` body.
 #[derive(Serialize)]
 struct Readiness {
@@ -163,14 +171,17 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         pending: Vec::new(),
         sink_failing: Vec::new(),
     };
-    for (name, status) in state.registry.snapshot() {
+    let snapshot = state.registry.snapshot();
+    let tenants = snapshot.len();
+    for (name, status) in snapshot {
         if !status.first_attempt_done {
             readiness.pending.push(name);
         } else if status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Sink) {
             readiness.sink_failing.push(name);
         }
     }
-    readiness.ready = readiness.pending.is_empty() && readiness.sink_failing.is_empty();
+    readiness.ready =
+        readiness.pending.is_empty() && !sinks_make_unready(readiness.sink_failing.len(), tenants);
     let code = if readiness.ready {
         StatusCode::OK
     } else {
@@ -271,4 +282,19 @@ async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
             .map(|(name, status)| view(name, &status, now))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sinks_make_unready;
+
+    #[test]
+    fn a_minority_of_failing_sinks_keeps_the_daemon_ready() {
+        assert!(!sinks_make_unready(0, 10));
+        assert!(!sinks_make_unready(1, 10));
+        assert!(!sinks_make_unready(4, 10));
+        assert!(sinks_make_unready(5, 10));
+        assert!(sinks_make_unready(1, 2));
+        assert!(sinks_make_unready(1, 1));
+    }
 }

@@ -224,6 +224,34 @@ async fn readyz_waits_for_first_attempts_and_fails_on_sink_errors() {
         "a sink that cannot be written makes the daemon unready"
     );
     assert!(body.contains("\"sink_failing\":[\"disk\"]"), "{body}");
+    // One failing tenant of four is that tenant's problem: the daemon stays ready, and says who.
+    files.write(
+        &sim,
+        &[
+            ("slow", "slow.example.com", ""),
+            (
+                "disk",
+                "disk.example.com",
+                "sinks = [ { type = \"file\", path = \"blocked/{name}.json\" } ]",
+            ),
+            ("slow2", "slow.example.com", ""),
+            ("slow3", "slow.example.com", ""),
+        ],
+    );
+    daemon.control.send(Control::Reload).await.unwrap();
+    let minority = async {
+        loop {
+            let (code, body) = daemon.get("/readyz").await;
+            if code == 200 {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let body = tokio::time::timeout(Duration::from_secs(5), minority)
+        .await
+        .expect("ready with one failing sink of four");
+    assert!(body.contains("\"sink_failing\":[\"disk\"]"), "{body}");
     std::fs::remove_file(dir.path().join("blocked")).unwrap();
     let ready = async {
         while daemon.get("/readyz").await.0 != 200 {
