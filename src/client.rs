@@ -5,7 +5,9 @@
 //! * a cap on the response body, so a misbehaving proxy cannot make us buffer megabytes;
 //! * no redirects: following a redirect with a client secret in the body is how secrets leak;
 //! * plain HTTP is refused by config validation except for loopback (the simulator, tests);
-//! * `HTTPS_PROXY`/`NO_PROXY` are honoured (reqwest reads them); extra CAs come from `ca_file`.
+//! * `HTTPS_PROXY`/`NO_PROXY` are honoured (reqwest reads them); extra CAs come from `ca_file`;
+//! * every failure message quoting the server or the transport is sanitised with the secrets of
+//!   that very request ([`crate::error::sanitise`]), because a server can reflect what it was sent.
 
 use base64::Engine;
 use secrecy::ExposeSecret;
@@ -155,8 +157,15 @@ impl TokenClient {
                 .iter()
                 .map(|(key, value)| (*key, value.expose_secret())),
         );
+        // `client_assertion_type` is a public constant: redacting it would only hide a useful
+        // word from a message.
+        let secrets: Vec<&str> = fields
+            .iter()
+            .filter(|(key, _)| matches!(*key, "client_secret" | "client_assertion"))
+            .map(|(_, value)| value.expose_secret())
+            .collect();
         let request = self.http.post(token_url).form(&form);
-        self.send(request, Endpoint::Entra).await
+        self.send(request, Endpoint::Entra, &secrets).await
     }
 
     /// A generic OAuth 2.0 server (RFC 6749 §4.4), secret in the body or in HTTP Basic.
@@ -181,6 +190,8 @@ impl TokenClient {
             form.push(("resource", resource));
         }
         let mut request = self.http.post(&oauth2.token_url);
+        // The Basic credentials too: a server that echoes its request headers would show them.
+        let mut basic = None;
         match oauth2.auth {
             ClientAuth::ClientSecretPost => {
                 form.push(("client_id", &tenant.client_id));
@@ -195,22 +206,24 @@ impl TokenClient {
                     form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
                         .collect::<String>()
                 );
-                let mut value = reqwest::header::HeaderValue::try_from(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(credentials)
-                ))
-                .map_err(|_| {
-                    RefreshError::local(
-                        ErrorClass::Permanent,
-                        Reason::Credential,
-                        "the client secret cannot be sent in an HTTP header",
-                    )
-                })?;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+                let mut value = reqwest::header::HeaderValue::try_from(format!("Basic {encoded}"))
+                    .map_err(|_| {
+                        RefreshError::local(
+                            ErrorClass::Permanent,
+                            Reason::Credential,
+                            "the client secret cannot be sent in an HTTP header",
+                        )
+                    })?;
                 value.set_sensitive(true);
                 request = request.header(reqwest::header::AUTHORIZATION, value);
+                basic = Some(encoded);
             }
         }
-        self.send(request.form(&form), Endpoint::OAuth2).await
+        let mut secrets = vec![secret.expose_secret()];
+        secrets.extend(basic.as_deref());
+        self.send(request.form(&form), Endpoint::OAuth2, &secrets)
+            .await
     }
 
     /// Azure managed identity: IMDS or App Service, with IMDS' retry rule for 410 (the
@@ -225,6 +238,8 @@ impl TokenClient {
         loop {
             let mut query: Vec<(&str, &str)> = vec![("resource", &tenant.resource)];
             query.extend(identity_selector(managed));
+            // App Service's identity header is a secret a reflecting server could quote.
+            let mut header_secret = None;
             let request = match &managed.source {
                 ManagedIdentitySource::Imds => {
                     query.push(("api-version", "2018-02-01"));
@@ -244,11 +259,13 @@ impl TokenClient {
                             )
                         })?;
                     value.set_sensitive(true);
+                    header_secret = Some(secret);
                     self.http.get(endpoint).header("X-IDENTITY-HEADER", value)
                 }
             };
+            let secrets: Vec<&str> = header_secret.iter().map(|s| s.expose_secret()).collect();
             let (request, request_id) = tag(request.query(&query), Endpoint::ManagedIdentity);
-            let (status, body, retry_after) = self.exchange(request, &request_id).await?;
+            let (status, body, retry_after) = self.exchange(request, &request_id, &secrets).await?;
             if status == 200 {
                 return parse_token_response(&body, unix_now())
                     .map_err(|err| with_request_id(err, &request_id));
@@ -258,7 +275,10 @@ impl TokenClient {
                 delay = (delay * 2).min(Duration::from_secs(10));
                 continue;
             }
-            let mut err = with_request_id(error::classify(status, &body, retry_after), &request_id);
+            let mut err = with_request_id(
+                error::classify(status, &body, retry_after, &secrets),
+                &request_id,
+            );
             if matches!(status, 404 | 410) {
                 // IMDS answers these while it is being updated: retry, not reconfigure.
                 err.class = ErrorClass::Transient;
@@ -268,18 +288,20 @@ impl TokenClient {
         }
     }
 
-    /// Sends a token request and turns the answer into a token or a classified error.
+    /// Sends a token request and turns the answer into a token or a classified error, with
+    /// `secrets` (the secret values in the request) redacted from any text the server sent.
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
         endpoint: Endpoint,
+        secrets: &[&str],
     ) -> Result<AccessToken, RefreshError> {
         let (request, request_id) = tag(request, endpoint);
-        let (status, body, retry_after) = self.exchange(request, &request_id).await?;
+        let (status, body, retry_after) = self.exchange(request, &request_id, secrets).await?;
         let result = if status == 200 {
             parse_token_response(&body, unix_now())
         } else {
-            Err(error::classify(status, &body, retry_after))
+            Err(error::classify(status, &body, retry_after, secrets))
         };
         result.map_err(|err| with_request_id(err, &request_id))
     }
@@ -290,12 +312,13 @@ impl TokenClient {
         &self,
         request: reqwest::RequestBuilder,
         request_id: &str,
+        secrets: &[&str],
     ) -> Result<(u16, Vec<u8>, Option<Duration>), RefreshError> {
         let response = request
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|err| with_request_id(transport_error(err), request_id))?;
+            .map_err(|err| with_request_id(transport_error(&err, secrets), request_id))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -303,14 +326,18 @@ impl TokenClient {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
         let body = self
-            .read_capped(response)
+            .read_capped(response, secrets)
             .await
             .map_err(|err| with_request_id(err, request_id))?;
         Ok((status, body, retry_after))
     }
 
     /// Reads the body, giving up past the cap.
-    async fn read_capped(&self, mut response: reqwest::Response) -> Result<Vec<u8>, RefreshError> {
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+        secrets: &[&str],
+    ) -> Result<Vec<u8>, RefreshError> {
         let too_big = || {
             RefreshError::local(
                 ErrorClass::Transient,
@@ -328,7 +355,11 @@ impl TokenClient {
             return Err(too_big());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| transport_error(&err, secrets))?
+        {
             if body.len() + chunk.len() > self.max_response_bytes {
                 return Err(too_big());
             }
@@ -405,8 +436,10 @@ fn credential_error(err: CredentialError) -> RefreshError {
     RefreshError::local(ErrorClass::Permanent, Reason::Credential, err.to_string())
 }
 
-/// A reqwest failure as a refresh error, with the cause chain (which never holds the form body).
-fn transport_error(err: reqwest::Error) -> RefreshError {
+/// A reqwest failure as a refresh error, with the cause chain. The chain never holds the form
+/// body, but it can hold what a server sent (a TLS alert, a malformed header, a certificate's
+/// names), so it is sanitised like any server text.
+fn transport_error(err: &reqwest::Error, secrets: &[&str]) -> RefreshError {
     let reason = if err.is_timeout() {
         Reason::Timeout
     } else if err.is_body() || err.is_decode() {
@@ -415,13 +448,17 @@ fn transport_error(err: reqwest::Error) -> RefreshError {
         Reason::Network
     };
     let mut message = err.to_string();
-    let mut source = std::error::Error::source(&err);
+    let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    RefreshError::local(ErrorClass::Transient, reason, message)
+    RefreshError::local(
+        ErrorClass::Transient,
+        reason,
+        error::sanitise(&message, secrets),
+    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,16 @@
 //! and the `error` field, not on the numbers (which change), so [`classify`] does exactly that; the
 //! only AADSTS numbers it looks at are the ones Microsoft itself names "retryable" or "throttling".
 //! Everything else about the body is kept for the log line and `/status`.
+//!
+//! # Server text is hostile
+//!
+//! Every string that came from a server and is kept in a [`RefreshError`] (the description, a
+//! proxy's error page, IDs, the transport error chain) goes through [`sanitise`] before it is
+//! stored, because [`RefreshError::message`] is what the log, `/status` and `once` print. A server
+//! can reflect the request (Entra-like servers quote what they were sent), so the secrets of that
+//! request are redacted; it can send terminal escapes or bidi controls that rewrite an operator's
+//! terminal or log view, so control characters go; and it can send megabytes, so the text is
+//! capped. The body of a 200 answer is never quoted at all: it is, or nearly is, a token.
 
 use std::fmt;
 use std::time::Duration;
@@ -123,8 +133,9 @@ impl fmt::Display for Reason {
 
 /// A failed refresh, with everything Entra told us about it.
 ///
-/// The message never contains a secret or a token: it is built from Entra's error body (which
-/// never echoes the secret), from transport errors, or from local I/O errors.
+/// The message never contains a secret or a token: text from a server (error bodies, transport
+/// errors) is [`sanitise`]d with the request's secrets before it is stored here, and local I/O
+/// errors are built from our own words and paths.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct RefreshError {
@@ -147,7 +158,8 @@ pub struct RefreshError {
     pub client_request_id: Option<String>,
     /// The server's `Retry-After`, which the next attempt must not undercut.
     pub retry_after: Option<Duration>,
-    /// Human-readable summary: the first line of `error_description`, or the transport error.
+    /// Human-readable summary: the first line of `error_description`, a quote of a non-OAuth
+    /// error body, or the transport error; [`sanitise`]d when any of it came from a server.
     pub message: String,
 }
 
@@ -200,12 +212,19 @@ const TENANT_CODES: [u32; 3] = [90002, 900023, 90019];
 
 /// Classifies a non-success answer from the token endpoint.
 ///
-/// `body` is the raw body (possibly plain text or HTML); `retry_after` is the parsed header.
-pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> RefreshError {
+/// `body` is the raw body (possibly plain text or HTML); `retry_after` is the parsed header;
+/// `secrets` are the secret values sent in the request (client secret, client assertion,
+/// identity header), redacted wherever the server quotes them.
+pub fn classify(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    secrets: &[&str],
+) -> RefreshError {
     let parsed: Option<OAuthErrorBody> = serde_json::from_slice(body).ok();
     let parsed = parsed.filter(|b| b.error.is_some() || !b.error_codes.is_empty());
     let Some(body_json) = parsed else {
-        return classify_opaque(status, body, retry_after);
+        return classify_opaque(status, body, retry_after, secrets);
     };
     let mut aadsts = body_json.error_codes.clone();
     if aadsts.is_empty() {
@@ -216,23 +235,40 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Refr
                 .and_then(aadsts_from_description),
         );
     }
-    let oauth_error = body_json.error.clone().unwrap_or_default();
-    let (class, reason) = decide(status, &oauth_error, &aadsts);
+    // The policy reads the raw `error`; only what is stored is sanitised.
+    let (class, reason) = decide(
+        status,
+        body_json.error.as_deref().unwrap_or_default(),
+        &aadsts,
+    );
+    let field = |value: Option<String>| {
+        value
+            .map(|value| sanitise_to(&value, secrets, MAX_FIELD_CHARS))
+            .filter(|value| !value.is_empty())
+    };
+    let oauth_error = field(body_json.error);
+    // Secrets are redacted in the whole description before its first line is cut out, so a
+    // secret that spans a line break cannot leave its first half behind.
     let message = body_json
         .error_description
-        .as_deref()
-        .map(first_line)
+        .map(|description| sanitise(first_line(&redact_secrets(&description, secrets)), &[]))
         .filter(|line| !line.is_empty())
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("HTTP {status} {oauth_error}"));
+        .unwrap_or_else(|| {
+            format!(
+                "HTTP {status} {}",
+                oauth_error.as_deref().unwrap_or_default()
+            )
+            .trim_end()
+            .to_owned()
+        });
     RefreshError {
         class,
         reason,
         status: Some(status),
-        oauth_error: body_json.error,
+        oauth_error,
         aadsts,
-        trace_id: body_json.trace_id,
-        correlation_id: body_json.correlation_id,
+        trace_id: field(body_json.trace_id),
+        correlation_id: field(body_json.correlation_id),
         client_request_id: None,
         retry_after,
         message,
@@ -264,19 +300,28 @@ fn decide(status: u16, oauth_error: &str, aadsts: &[u32]) -> (ErrorClass, Reason
     (ErrorClass::Permanent, reason)
 }
 
-/// A body that is not an OAuth error: a proxy page, a plain-text 429, an empty 503.
-fn classify_opaque(status: u16, body: &[u8], retry_after: Option<Duration>) -> RefreshError {
+/// A body that is not an OAuth error: a proxy page, a plain-text 429, an empty 503. Only error
+/// statuses come here (a 200 body is never quoted), and the quote is sanitised.
+fn classify_opaque(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    secrets: &[&str],
+) -> RefreshError {
     let (class, reason) = match status {
         429 => (ErrorClass::Throttled, Reason::Throttled),
         408 => (ErrorClass::Transient, Reason::Timeout),
         500.. => (ErrorClass::Transient, Reason::ServerError),
         _ => (ErrorClass::Transient, Reason::BadResponse),
     };
-    let snippet = body_snippet(body);
-    let message = if snippet.is_empty() {
+    let prefix = format!("HTTP {status} with a non-OAuth body: ");
+    // The quote gets what the prefix leaves of the cap, so the whole message stays within it.
+    let room = MAX_TEXT_CHARS.saturating_sub(prefix.chars().count());
+    let quote = sanitise_to(&String::from_utf8_lossy(body), secrets, room);
+    let message = if quote.is_empty() {
         format!("HTTP {status} with an empty body")
     } else {
-        format!("HTTP {status} with a non-OAuth body: {snippet}")
+        prefix + &quote
     };
     RefreshError {
         status: Some(status),
@@ -285,18 +330,243 @@ fn classify_opaque(status: u16, body: &[u8], retry_after: Option<Duration>) -> R
     }
 }
 
-/// Up to 120 printable characters of a body, for diagnosing proxy pages without flooding logs.
-pub fn body_snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(120)
+/// Longest sanitised text, in characters (the `…` included): enough for an Entra description's
+/// first line or a proxy's one-line excuse, short enough for a log line and a `/status` field.
+pub const MAX_TEXT_CHARS: usize = 300;
+/// Cap for short fields from a server (OAuth `error`, trace and correlation IDs: GUIDs in Entra).
+const MAX_FIELD_CHARS: usize = 100;
+/// Secrets shorter than this are not redacted: redacting `a` or `ab` would shred every message,
+/// and a secret that short protects nothing anyway.
+pub const MIN_SECRET_CHARS: usize = 4;
+/// What replaces a secret or something that looks like a token.
+pub const REDACTED: &str = "[REDACTED]";
+/// A JWT shorter than this is not a real token (a header alone is ~36 characters).
+const MIN_JWT_CHARS: usize = 30;
+/// An unbroken run of token characters at least this long is treated as an opaque token or
+/// secret. Entra client secrets are 40 characters; GUIDs (trace and correlation IDs, which
+/// operators need) are 36, so they survive.
+const MIN_OPAQUE_TOKEN_CHARS: usize = 40;
+
+/// Makes server text safe to log, show in `/status` and print in a terminal.
+///
+/// In this order, so no rule can undo an earlier one:
+/// 1. every occurrence of each of `secrets` (at least [`MIN_SECRET_CHARS`] long) is replaced by
+///    [`REDACTED`]: the exact value and the forms a server may reflect it in (form-urlencoded as
+///    it was sent, percent-encoded, either hex case, JSON-escaped);
+/// 2. control characters (C0 and C1, so ESC, BEL, CR, LF), Unicode bidi controls
+///    (U+202A–U+202E, U+2066–U+2069) and other invisible format characters become spaces, and
+///    runs of whitespace collapse to one space, trimmed at both ends;
+/// 3. JWT-shaped strings and long opaque token-like runs become [`REDACTED`] (see
+///    [`looks_like_token`]);
+/// 4. the result is capped at [`MAX_TEXT_CHARS`] characters, ending in `…` when cut. The cap
+///    counts characters, never splitting one, so no input can make it panic.
+pub fn sanitise(text: &str, secrets: &[&str]) -> String {
+    sanitise_to(text, secrets, MAX_TEXT_CHARS)
+}
+
+/// [`sanitise`] with another cap.
+fn sanitise_to(text: &str, secrets: &[&str], max_chars: usize) -> String {
+    let text = redact_secrets(text, secrets);
+    let text = flatten(&text);
+    let text = redact_tokens(&text);
+    cap(&text, max_chars)
+}
+
+/// Step 1 of [`sanitise`]: every form of every secret replaced by [`REDACTED`].
+fn redact_secrets(text: &str, secrets: &[&str]) -> String {
+    let mut forms: Vec<String> = secrets
+        .iter()
+        .filter(|secret| secret.chars().count() >= MIN_SECRET_CHARS)
+        .flat_map(|secret| secret_forms(secret))
         .collect();
-    if text.chars().count() > 120 {
-        out.push('…');
+    // Longest first: one form can contain another (a secret and its JSON escape), and the
+    // longer one must go whole.
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    let mut text = text.to_owned();
+    for form in &forms {
+        if text.contains(form.as_str()) {
+            text = text.replace(form.as_str(), REDACTED);
+        }
     }
-    out.trim().to_owned()
+    text
+}
+
+/// The ways a secret can come back from a server that quotes the request.
+fn secret_forms(secret: &str) -> Vec<String> {
+    let form_encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let percent_encoded = percent_encode(secret);
+    let mut forms = vec![
+        secret.to_owned(),
+        lowercase_hex(&form_encoded),
+        lowercase_hex(&percent_encoded),
+        form_encoded,
+        percent_encoded,
+    ];
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    // Without the quotes serde puts around a string.
+    if let Some(escaped) = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')) {
+        forms.push(escaped.to_owned());
+    }
+    forms
+}
+
+/// RFC 3986 percent-encoding: everything but the unreserved characters, upper-case hex.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `text` with the hex digits of its `%XX` escapes in lower case (servers re-encode with either).
+fn lowercase_hex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut hex_left = 0;
+    for c in text.chars() {
+        if hex_left > 0 {
+            out.push(c.to_ascii_lowercase());
+            hex_left -= 1;
+        } else {
+            out.push(c);
+            if c == '%' {
+                hex_left = 2;
+            }
+        }
+    }
+    out
+}
+
+/// Characters that change what a terminal or log viewer shows without being visible
+/// themselves: controls (ESC starts escape sequences, CR rewrites a line, LF forges log lines),
+/// bidi overrides and isolates (reorder text, "Trojan Source"), zero-width and tag characters
+/// (hide text).
+fn is_hidden_or_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
+/// Step 2 of [`sanitise`]: hidden and control characters become spaces; whitespace runs
+/// collapse to one space; no space at either end.
+fn flatten(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut space_pending = false;
+    for c in text.chars() {
+        if c.is_whitespace() || is_hidden_or_control(c) {
+            space_pending = !out.is_empty();
+        } else {
+            if space_pending {
+                out.push(' ');
+                space_pending = false;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Characters of tokens and secrets: base64 and base64url, JWT dots, Entra secrets' `~`.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '+' | '/' | '=' | '-')
+}
+
+/// Step 3 of [`sanitise`]: every maximal run of token characters that [`looks_like_token`]
+/// becomes [`REDACTED`].
+fn redact_tokens(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run_start = None;
+    for (index, c) in text.char_indices() {
+        match (is_token_char(c), run_start) {
+            (true, None) => run_start = Some(index),
+            (true, Some(_)) => {}
+            (false, start) => {
+                if let Some(start) = start {
+                    push_run(&mut out, &text[start..index]);
+                    run_start = None;
+                }
+                out.push(c);
+            }
+        }
+    }
+    if let Some(start) = run_start {
+        push_run(&mut out, &text[start..]);
+    }
+    out
+}
+
+fn push_run(out: &mut String, run: &str) {
+    out.push_str(if looks_like_token(run) { REDACTED } else { run });
+}
+
+/// Whether a run of token characters is, or contains, a token: a pure decision, unit tested.
+///
+/// * JWT-shaped: three or more base64url segments joined by `.`, at least [`MIN_JWT_CHARS`]
+///   long, that either start with `eyJ` (the base64 of `{"`, how every JWT header starts) or mix
+///   upper case, lower case and digits. Host names (`contoso.onmicrosoft.com`) are lower case
+///   and stay readable.
+/// * Opaque: at least [`MIN_OPAQUE_TOKEN_CHARS`] characters, unless it contains a `/` and lacks
+///   the upper/lower/digit mix of random base64. URL paths (`…/oauth2/v2.0/token`, which
+///   transport errors quote) stay readable; base64url tokens, hex tokens and Entra secrets have
+///   no `/`, and standard-base64 ones have the mix.
+pub fn looks_like_token(run: &str) -> bool {
+    let mixed = |text: &str| {
+        text.bytes().any(|b| b.is_ascii_uppercase())
+            && text.bytes().any(|b| b.is_ascii_lowercase())
+            && text.bytes().any(|b| b.is_ascii_digit())
+    };
+    let jwt_shaped = run
+        .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .any(|piece| {
+            let segments = piece.split('.').collect::<Vec<_>>();
+            segments.len() >= 3
+                && segments.iter().filter(|s| !s.is_empty()).count() >= 2
+                && piece.len() >= MIN_JWT_CHARS
+                && (piece.starts_with("eyJ") || mixed(piece))
+        });
+    let opaque =
+        run.chars().count() >= MIN_OPAQUE_TOKEN_CHARS && (!run.contains('/') || mixed(run));
+    jwt_shaped || opaque
+}
+
+/// Step 4 of [`sanitise`]: at most `max_chars` characters, the last one `…` when cut.
+fn cap(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_owned();
+    }
+    if max_chars == 0 {
+        return String::new();
+    }
+    let mut out: String = text.chars().take(max_chars - 1).collect();
+    // A cut inside a run of token characters drops the partial run: it is not what the server
+    // sent, and a shorter run could look like a token the whole run was not (a URL path without
+    // its `/`), which would make sanitising a second time change the text.
+    let cut_inside_run = out.chars().next_back().is_some_and(is_token_char)
+        && text
+            .get(out.len()..)
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(is_token_char);
+    if cut_inside_run {
+        out.truncate(out.trim_end_matches(is_token_char).len());
+    }
+    out.truncate(out.trim_end().len());
+    out.push('…');
+    out
 }
 
 fn first_line(text: &str) -> &str {
@@ -348,7 +618,7 @@ mod tests {
             (400, "invalid_request", 901002, Reason::InvalidRequest),
         ];
         for (status, error, code, reason) in cases {
-            let err = classify(status, &entra_body(error, code), None);
+            let err = classify(status, &entra_body(error, code), None, &[]);
             assert_eq!(err.class, ErrorClass::Permanent, "{code}");
             assert_eq!(err.reason, reason, "{code}");
             assert_eq!(err.aadsts, vec![code]);
@@ -361,27 +631,37 @@ mod tests {
 
     #[test]
     fn transient_and_throttled() {
-        let err = classify(503, &entra_body("temporarily_unavailable", 90033), None);
+        let err = classify(
+            503,
+            &entra_body("temporarily_unavailable", 90033),
+            None,
+            &[],
+        );
         assert_eq!(
             (err.class, err.reason),
             (ErrorClass::Transient, Reason::ServerError)
         );
-        let err = classify(400, &entra_body("invalid_request", 50033), None);
+        let err = classify(400, &entra_body("invalid_request", 50033), None, &[]);
         assert_eq!(err.class, ErrorClass::Transient);
-        let err = classify(400, &entra_body("invalid_request", 90055), None);
+        let err = classify(400, &entra_body("invalid_request", 90055), None, &[]);
         assert_eq!(err.class, ErrorClass::Throttled);
-        let err = classify(429, b"Too Many Requests", Some(Duration::from_secs(60)));
+        let err = classify(
+            429,
+            b"Too Many Requests",
+            Some(Duration::from_secs(60)),
+            &[],
+        );
         assert_eq!(
             (err.class, err.reason),
             (ErrorClass::Throttled, Reason::Throttled)
         );
         assert_eq!(err.retry_after, Some(Duration::from_secs(60)));
-        let err = classify(500, b"", None);
+        let err = classify(500, b"", None, &[]);
         assert_eq!(
             (err.class, err.reason),
             (ErrorClass::Transient, Reason::ServerError)
         );
-        let err = classify(408, b"", None);
+        let err = classify(408, b"", None, &[]);
         assert_eq!(
             (err.class, err.reason),
             (ErrorClass::Transient, Reason::Timeout)
@@ -397,7 +677,7 @@ mod tests {
 
     #[test]
     fn html_is_bad_response() {
-        let err = classify(403, b"<html><body>Proxy login</body></html>", None);
+        let err = classify(403, b"<html><body>Proxy login</body></html>", None, &[]);
         assert_eq!(
             (err.class, err.reason),
             (ErrorClass::Transient, Reason::BadResponse)
@@ -408,7 +688,281 @@ mod tests {
     #[test]
     fn code_from_description_when_codes_missing() {
         let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided."}"#;
-        let err = classify(401, body, None);
+        let err = classify(401, body, None, &[]);
         assert_eq!(err.aadsts, vec![7000215]);
+    }
+
+    /// A JWT as Entra issues them: header, payload, signature.
+    const JWT: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2FuYWx5c2lzIiwib2lkIjoiMTIzIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2Nzg5MA";
+
+    #[test]
+    fn sanitise_turns_every_control_and_bidi_character_into_one_space() {
+        let hidden = ('\u{0}'..='\u{1f}')
+            .chain(['\u{7f}'])
+            .chain('\u{80}'..='\u{9f}')
+            .chain('\u{202a}'..='\u{202e}')
+            .chain('\u{2066}'..='\u{2069}')
+            .chain(['\u{200b}', '\u{200e}', '\u{200f}', '\u{feff}', '\u{e0041}']);
+        for c in hidden {
+            assert_eq!(
+                sanitise(&format!("left{c}right"), &[]),
+                "left right",
+                "U+{:04X}",
+                u32::from(c)
+            );
+            assert_eq!(
+                sanitise(&format!("{c}{c}left {c}{c} right{c}"), &[]),
+                "left right",
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
+        assert_eq!(
+            sanitise("\u{1b}[2J\u{1b}]0;pwned\u{7}AADSTS1: no", &[]),
+            "[2J ]0;pwned AADSTS1: no"
+        );
+        assert_eq!(sanitise(" \r\n\t ", &[]), "");
+        // Ordinary text, accents and other scripts pass untouched.
+        let plain = "AADSTS7000215: Invalid client secret provided. Trace ID: 5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f, café 漢字 😀";
+        assert_eq!(sanitise(plain, &[]), plain);
+    }
+
+    #[test]
+    fn sanitise_caps_by_characters_without_splitting_one() {
+        let words = "word ".repeat(100);
+        let capped = sanitise(&words, &[]);
+        assert_eq!(capped.chars().count(), MAX_TEXT_CHARS);
+        assert!(capped.ends_with("word…"), "{capped}");
+        let exact: String = "ab "
+            .repeat(100)
+            .trim_end()
+            .chars()
+            .take(MAX_TEXT_CHARS)
+            .collect();
+        assert_eq!(sanitise(&exact, &[]), exact.trim_end());
+        // Multi-byte characters of every width, shifted across the cut.
+        for filler in ["é", "漢", "😀", "e\u{301}", "a漢😀 "] {
+            for shift in 0..8 {
+                for len in (MAX_TEXT_CHARS - 5)..(MAX_TEXT_CHARS + 5) {
+                    let text = format!("{}{}", "x".repeat(shift), filler.repeat(len));
+                    let out = sanitise(&text, &[]);
+                    assert!(
+                        out.chars().count() <= MAX_TEXT_CHARS,
+                        "{filler} {shift} {len}"
+                    );
+                }
+            }
+        }
+        for max in 0..5 {
+            assert!(cap("漢字漢字漢字", max).chars().count() <= max);
+        }
+    }
+
+    #[test]
+    fn sanitise_redacts_the_secret_in_every_form_a_server_reflects() {
+        let secret = "Ab1~x y/z+é\"q&w";
+        let reflected = [
+            secret.to_owned(),
+            form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+            percent_encode(secret),
+            lowercase_hex(&percent_encode(secret)),
+            lowercase_hex(&form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()),
+            serde_json::to_string(secret).unwrap(),
+        ];
+        for form in &reflected {
+            let out = sanitise(&format!("bad secret {form} twice {form}."), &[secret]);
+            assert_eq!(out.matches(REDACTED).count(), 2, "{form} -> {out}");
+            assert!(!out.contains("y/z"), "{form} -> {out}");
+        }
+        // Inside a word, next to other text, and with several secrets.
+        let out = sanitise(
+            "client_secret=hunter22&client_assertion=opaque-assert",
+            &["hunter22", "opaque-assert"],
+        );
+        assert_eq!(
+            out,
+            format!("client_secret={REDACTED}&client_assertion={REDACTED}")
+        );
+        // Too short to redact without shredding the message.
+        assert_eq!(sanitise("a bad answer", &["a", "", "bad"]), "a bad answer");
+        assert_eq!(sanitise("a bad answer", &["bad "]), "a [REDACTED]answer");
+    }
+
+    #[test]
+    fn sanitise_redacts_jwts_and_long_opaque_tokens() {
+        let opaque = "Q2hhbmdlIHRoaXMgb3BhcXVlIHRva2VuIHZhbHVlIHBsZWFzZQ9x7Kp3vZ0a";
+        let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let entra_secret = "Xy8Q~abcdefghijklmnopqrstuvwxyz0123456789";
+        let standard_base64 = "ab+/CD12ef34GH56ij78KL90mn12OP34qr56ST78uv==";
+        for token in [JWT, opaque, hex, entra_secret, standard_base64] {
+            for text in [
+                token.to_owned(),
+                format!("access_token={token}"),
+                format!("{{\"access_token\":\"{token}\"}}"),
+                format!("Bearer {token}, and more"),
+            ] {
+                let out = sanitise(&text, &[]);
+                assert!(out.contains(REDACTED), "{text} -> {out}");
+                assert!(!out.contains(&token[..20]), "{text} -> {out}");
+            }
+        }
+        // What operators need stays readable: codes, GUIDs, host names, URL paths, versions.
+        for keep in [
+            "AADSTS90002: Tenant 'fabrikamcontosoexample.onmicrosoft.com' not found.",
+            "Trace ID: 5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f Correlation ID: 0a1b2c3d-3b4f-4a6d-8e9f-5d1e7c2a4e5f",
+            "error sending request for url (https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token)",
+            "HTTP 502 from proxy.corp.example.com v2.0",
+        ] {
+            assert_eq!(sanitise(keep, &[]), keep);
+        }
+    }
+
+    #[test]
+    fn looks_like_token_decisions() {
+        let cases = [
+            (JWT, true),
+            ("eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.", true),
+            ("aB1.cD2.eF3.gH4.iJ5.kL6.mN7.oP8.q", true),
+            ("contoso.onmicrosoft.com", false),
+            ("fabrikamcontosoexample.onmicrosoft.com", false),
+            ("v2.0", false),
+            ("5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f", false),
+            (&"a".repeat(MIN_OPAQUE_TOKEN_CHARS - 1), false),
+            (&"a".repeat(MIN_OPAQUE_TOKEN_CHARS), true),
+            (
+                "//login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token",
+                false,
+            ),
+            ("//host/Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv1Wx2Yz3", true),
+        ];
+        for (run, expected) in cases {
+            assert_eq!(looks_like_token(run), expected, "{run}");
+        }
+    }
+
+    /// Property-style: random text over an alphabet of the tricky cases never panics, never
+    /// comes out longer than the cap, never keeps a control, a bidi control or the secret, and
+    /// sanitising again changes nothing.
+    #[test]
+    fn sanitise_holds_its_promises_on_random_text() {
+        let secret = "s3cr3t~VALUE";
+        let alphabet: Vec<String> = [
+            "a",
+            "Z",
+            "0",
+            " ",
+            ".",
+            "~",
+            "/",
+            "+",
+            "=",
+            "-",
+            "_",
+            "%",
+            "\"",
+            "\\",
+            "\u{1b}",
+            "\r",
+            "\n",
+            "\u{7}",
+            "\u{9b}",
+            "\u{202e}",
+            "\u{2067}",
+            "\u{200b}",
+            "é",
+            "漢",
+            "😀",
+            "e\u{301}",
+            "\u{fffd}",
+            "s3cr3t",
+            "~VALUE",
+            secret,
+            "s3cr3t%7EVALUE",
+            "eyJ",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut rng = fastrand::Rng::with_seed(4);
+        for _ in 0..2000 {
+            let len = rng.usize(0..400);
+            let text: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())].as_str())
+                .collect();
+            let out = sanitise(&text, &[secret]);
+            assert!(out.chars().count() <= MAX_TEXT_CHARS, "{text:?}");
+            assert!(!out.contains(secret), "{text:?} -> {out:?}");
+            assert!(!out.contains("s3cr3t%7EVALUE"), "{text:?} -> {out:?}");
+            assert!(
+                !out.chars()
+                    .any(|c| c.is_control() || is_hidden_or_control(c)),
+                "{text:?} -> {out:?}"
+            );
+            assert_eq!(sanitise(&out, &[secret]), out, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn classify_sanitises_every_field_it_keeps() {
+        let secret = "s3cr3t~VALUE~that-must-never-be-logged";
+        let body = serde_json::json!({
+            "error": "invalid_client",
+            "error_description": format!("AADSTS7000215: Invalid client secret '{secret}' \u{202e}(sent as s3cr3t%7EVALUE%7Ethat-must-never-be-logged)\r\nTrace ID: t"),
+            "error_codes": [7000215],
+            "trace_id": format!("{secret}\n"),
+            "correlation_id": "x".repeat(10_000),
+        })
+        .to_string();
+        let err = classify(401, body.as_bytes(), None, &[secret]);
+        assert_eq!(err.reason, Reason::InvalidClient);
+        for text in [
+            Some(err.message.as_str()),
+            err.oauth_error.as_deref(),
+            err.trace_id.as_deref(),
+            err.correlation_id.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(!text.contains("never-be-logged"), "{text}");
+            assert!(
+                !text.contains(['\u{1b}', '\u{202e}', '\r', '\n']),
+                "{text:?}"
+            );
+            assert!(text.chars().count() <= MAX_TEXT_CHARS);
+        }
+        assert!(
+            err.message
+                .starts_with("AADSTS7000215: Invalid client secret '[REDACTED]'"),
+            "{}",
+            err.message
+        );
+        assert!(err.correlation_id.unwrap().chars().count() <= MAX_FIELD_CHARS);
+        // A hostile `error` field: decided on as sent (unknown, so invalid_request), stored clean.
+        let body = serde_json::json!({ "error": format!("\u{1b}]0;x\u{7}{secret}") }).to_string();
+        let err = classify(400, body.as_bytes(), None, &[secret]);
+        assert_eq!(err.reason, Reason::InvalidRequest);
+        assert_eq!(err.oauth_error.as_deref(), Some("]0;x [REDACTED]"));
+        assert_eq!(err.message, "HTTP 400 ]0;x [REDACTED]");
+
+        // Not an OAuth body: quoted, sanitised and capped, prefix included.
+        let body = format!(
+            "\u{1b}[2J\u{1b}]0;pwned\u{7}{}{secret}",
+            "server exploded ".repeat(700)
+        );
+        let err = classify(500, body.as_bytes(), None, &[secret]);
+        assert!(
+            err.message
+                .starts_with("HTTP 500 with a non-OAuth body: [2J ]0;pwned server exploded"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.chars().count() <= MAX_TEXT_CHARS);
+        assert!(!err.message.contains('\u{1b}'));
+        let err = classify(502, b" \r\n\x1b ", None, &[]);
+        assert_eq!(err.message, "HTTP 502 with an empty body");
+        let err = classify(400, br#"{"error":"\u001b"}"#, None, &[]);
+        assert_eq!(err.message, "HTTP 400");
+        assert_eq!(err.oauth_error, None);
     }
 }

@@ -96,32 +96,38 @@ fn number_or_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option
 ///
 /// # Errors
 /// A `bad_response` error when the body is not JSON, lacks `access_token`, or gives no usable
-/// expiry.
+/// expiry. The error says which, and how long the body was, but quotes nothing of it: a 200
+/// body is, or holds, a token (serde's messages quote values, so they are left out too).
 pub fn parse_token_response(body: &[u8], received_at: i64) -> Result<AccessToken, RefreshError> {
-    let bad =
-        |message: String| RefreshError::local(ErrorClass::Transient, Reason::BadResponse, message);
+    let bad = |what: &str| {
+        let message = format!(
+            "token endpoint answered 200 with {what} ({} bytes)",
+            body.len()
+        );
+        RefreshError::local(ErrorClass::Transient, Reason::BadResponse, message)
+    };
     let response: TokenResponse = serde_json::from_slice(body).map_err(|err| {
-        bad(format!(
-            "token endpoint answered 200 with a body that is not a token response ({err}): {}",
-            crate::error::body_snippet(body)
-        ))
+        bad(match err.classify() {
+            serde_json::error::Category::Data => "JSON that is not a token response",
+            _ => "a body that is not JSON",
+        })
     })?;
     let secret = response
         .access_token
         .filter(|token| !token.expose_secret().is_empty())
-        .ok_or_else(|| bad("token response has no access_token".to_owned()))?;
+        .ok_or_else(|| bad("a token response that has no access_token"))?;
     let expires_on = match (response.expires_on, response.expires_in) {
         (Some(expires_on), _) => expires_on,
         (None, Some(expires_in)) => received_at.saturating_add(expires_in),
         (None, None) => {
             return Err(bad(
-                "token response has neither expires_in nor expires_on".to_owned()
+                "a token response that has neither expires_in nor expires_on",
             ));
         }
     };
     if expires_on <= received_at {
-        return Err(bad(format!(
-            "token response says the token expired {} s before it arrived (check the clock)",
+        return Err(bad(&format!(
+            "a token that expired {} s before it arrived (check the clock)",
             received_at - expires_on
         )));
     }

@@ -492,3 +492,120 @@ async fn hardening_7_idle_and_slow_admin_clients_cannot_starve_the_daemon() {
     assert_eq!(daemon.get("/healthz").await.0, 200);
     daemon.stop().await;
 }
+
+/// Everything the daemon logs, for tests that assert what a reload reported.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// `/status` as JSON, tenant name → entry.
+async fn status_by_name(daemon: &Running) -> serde_json::Map<String, serde_json::Value> {
+    let (_, body) = daemon.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_owned(), t.clone()))
+        .collect()
+}
+
+/// Whether a `/status` entry has finished its first attempt and scheduled the next one (the
+/// next refresh is then minutes away, not "now").
+fn settled(entry: &serde_json::Value) -> bool {
+    entry["next_refresh_at"]
+        .as_str()
+        .and_then(|at| humantime::parse_rfc3339(at).ok())
+        .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+        .is_some_and(|ahead| ahead > Duration::from_secs(60))
+}
+
+// Current-thread runtime: the daemon's tasks run on this thread, so the thread-local log
+// subscriber sees the reload's log line.
+#[tokio::test]
+async fn hardening_9_reload_ignores_line_numbers() {
+    let logs = LogCapture::default();
+    let writer = logs.clone();
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let Fixture { sim, dir } = fixture(
+        &["raw.example.com", "failing.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    // A raw-format tenant has no warm start (a restart refetches) and a failing tenant retries
+    // at once when restarted: both make a needless restart visible.
+    reject_secret(&sim, "failing.example.com");
+    let files = Files::new(dir.path());
+    let tenants = [
+        (
+            "raw",
+            "raw.example.com",
+            "sinks = [ { type = \"file\", path = \"tokens/raw.token\", format = \"raw\" } ]",
+        ),
+        ("failing", "failing.example.com", ""),
+    ];
+    files.write(&sim, &tenants);
+    let mut config = config::load(&files.config).unwrap();
+    // Reloads in this test are explicit (SIGHUP).
+    config.server.watch_config = false;
+    let daemon = start_daemon(config).await;
+    let before = loop {
+        let status = status_by_name(&daemon).await;
+        if status.len() == 2 && status.values().all(settled) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(sim.request_count("raw.example.com"), 1);
+    assert_eq!(sim.request_count("failing.example.com"), 1);
+    assert!(before["failing"]["last_error"].is_object(), "{before:?}");
+
+    // The same tenants, one line further down.
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    std::fs::write(&files.config, format!("# managed by ops\n{text}")).unwrap();
+    daemon.control.send(Control::Reload).await.unwrap();
+    wait_for("the reload's log line", Duration::from_secs(5), || {
+        logs.text().contains("configuration reloaded")
+    })
+    .await;
+    let log = logs.text();
+    let reloaded = log
+        .lines()
+        .find(|line| line.contains("configuration reloaded"))
+        .unwrap();
+    assert!(
+        reloaded.contains("changed=[]") && reloaded.contains("unchanged=2"),
+        "{reloaded}"
+    );
+    // Untouched: no refetch, no early retry, the same schedule.
+    assert_eq!(sim.request_count("raw.example.com"), 1);
+    assert_eq!(sim.request_count("failing.example.com"), 1);
+    let after = status_by_name(&daemon).await;
+    for name in ["raw", "failing"] {
+        assert_eq!(
+            after[name]["next_refresh_at"], before[name]["next_refresh_at"],
+            "{name}"
+        );
+    }
+    daemon.stop().await;
+}

@@ -689,3 +689,17 @@ fn file_names_too_long_for_the_temp_suffix_are_refused() {
     let fits = "n".repeat(195);
     parse_ok(&MINIMAL.replace("name = \"contoso\"", &format!("name = \"{fits}\"")));
 }
+
+#[test]
+fn tenant_equality_is_by_settings_not_by_line() {
+    let before = parse_ok(MINIMAL);
+    let moved = parse_ok(&format!("# a comment\n\n{MINIMAL}"));
+    let (before, moved) = (&before.tenants[0], &moved.tenants[0]);
+    assert_ne!(before.line, moved.line, "the header moved down two lines");
+    assert_eq!(before, moved, "only the line differs: the same tenant");
+    // Any setting still counts.
+    let changed = parse_ok(&format!("{MINIMAL}refresh_at = 0.6\n"));
+    assert_ne!(**before, *changed.tenants[0]);
+    let changed = parse_ok(&format!("{MINIMAL}schedule = \"0 0 * * * *\"\n"));
+    assert_ne!(**before, *changed.tenants[0]);
+}

@@ -269,7 +269,10 @@ pub struct OAuth2Config {
 }
 
 /// One tenant, with `[defaults]` merged in and every value validated.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Equality is by effective settings (see the `PartialEq` impl): it is how a reload decides
+/// whether a tenant changed.
+#[derive(Clone, Debug)]
 pub struct TenantConfig {
     /// Unique name: file paths, logs and metric labels.
     pub name: String,
@@ -297,8 +300,47 @@ pub struct TenantConfig {
     pub sinks: Vec<SinkConfig>,
     /// Extra forced refreshes.
     pub schedule: Option<CronSchedule>,
-    /// Line of the `[[tenant]]` header, for messages that concern the whole tenant.
+    /// Line of the `[[tenant]]` header, for messages that concern the whole tenant. Not a
+    /// setting: equality ignores it.
     pub line: Option<usize>,
+}
+
+/// Two tenant configurations are equal when they would behave the same: every setting is
+/// compared, and what only serves messages is not. Today that is `line` alone: a reload that
+/// merely moves a tenant in the file (a comment added above it) must not restart it, which would
+/// make a raw-format tenant refetch and a failing tenant retry at once instead of after
+/// `permanent_retry_interval`. The destructuring names every field, so a new field does not
+/// compile until someone decides which kind it is.
+impl PartialEq for TenantConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let TenantConfig {
+            name,
+            tenant_id,
+            client_id,
+            credential,
+            oauth2,
+            authority_host,
+            api,
+            resource,
+            refresh_at,
+            jitter,
+            sinks,
+            schedule,
+            line: _,
+        } = self;
+        *name == other.name
+            && *tenant_id == other.tenant_id
+            && *client_id == other.client_id
+            && *credential == other.credential
+            && *oauth2 == other.oauth2
+            && *authority_host == other.authority_host
+            && *api == other.api
+            && *resource == other.resource
+            && *refresh_at == other.refresh_at
+            && *jitter == other.jitter
+            && *sinks == other.sinks
+            && *schedule == other.schedule
+    }
 }
 
 impl TenantConfig {
