@@ -142,6 +142,7 @@ impl TokenClient {
         let token_url = tenant.token_url();
         let fields = credential
             .form(&tenant.client_id, &token_url)
+            .await
             .map_err(credential_error)?;
         let target = match tenant.api {
             ApiVersion::V2 => ("scope", tenant.scope()),
@@ -178,7 +179,7 @@ impl TokenClient {
         let Credential::Secret { source, .. } = credential else {
             return Err(credential_error(CredentialError::NotForm));
         };
-        let secret = read_secret(source).map_err(credential_error)?;
+        let secret = read_secret(source).await.map_err(credential_error)?;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if let Some(scope) = &oauth2.scope {
             form.push(("scope", scope));
@@ -249,7 +250,7 @@ impl TokenClient {
                 }
                 ManagedIdentitySource::AppService { endpoint, header } => {
                     query.push(("api-version", "2019-08-01"));
-                    let secret = read_secret(header).map_err(credential_error)?;
+                    let secret = read_secret(header).await.map_err(credential_error)?;
                     let mut value = reqwest::header::HeaderValue::try_from(secret.expose_secret())
                         .map_err(|_| {
                             RefreshError::local(

@@ -176,7 +176,7 @@ impl Daemon {
                 "the configuration has no [[tenant]]; nothing to refresh until a reload adds one"
             );
         }
-        let config_hash = file_hash(&config.path);
+        let config_hash = file_hash(&config.path).await;
         Ok(Daemon {
             config,
             supervisor,
@@ -219,7 +219,7 @@ impl Daemon {
                     Some(Control::Shutdown) | None => break,
                 },
                 () = tick => {
-                    let hash = file_hash(&self.config.path);
+                    let hash = file_hash(&self.config.path).await;
                     if hash.is_some() && hash != self.config_hash {
                         self.config_hash = hash;
                         self.reload("file change").await;
@@ -233,7 +233,7 @@ impl Daemon {
 
     /// Re-reads the config file; a bad file keeps the running configuration.
     pub async fn reload(&mut self, trigger: &str) {
-        let new = match config::load(&self.config.path) {
+        let new = match config::load(&self.config.path).await {
             Ok(new) => new,
             Err(err) => {
                 self.metrics.reload(false);
@@ -275,7 +275,7 @@ impl Daemon {
             unchanged = result.unchanged,
             "configuration reloaded"
         );
-        self.config_hash = file_hash(&new.path);
+        self.config_hash = file_hash(&new.path).await;
         self.config = new;
     }
 
@@ -296,8 +296,11 @@ impl Daemon {
 }
 
 /// A hash of a file's bytes (following symlinks, so a ConfigMap's `..data` swap is seen).
-fn file_hash(path: &std::path::Path) -> Option<u64> {
-    std::fs::read(path).ok().map(|bytes| token::fnv1a(&bytes))
+async fn file_hash(path: &std::path::Path) -> Option<u64> {
+    let bytes = safe_read::read(path, config::MAX_CONFIG_BYTES, safe_read::Symlinks::Follow)
+        .await
+        .ok()?;
+    Some(token::fnv1a(&bytes))
 }
 
 /// Runs the daemon until a [`Control::Shutdown`] arrives (or the channel closes).
@@ -334,11 +337,22 @@ pub const CREDENTIAL_WARNING_DAYS: i64 = 30;
 
 /// Credentials (certificates, secrets with `client_secret_expires`) that expire within
 /// [`CREDENTIAL_WARNING_DAYS`] of `now`, one message per tenant.
-pub fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
+pub async fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
     let mut warnings = Vec::new();
     for tenant in &config.tenants {
-        let credential = credential::Credential::new(&tenant.credential);
-        if let Some((expires_on, kind)) = credential.expiry() {
+        let expiry = match &tenant.credential {
+            config::CredentialConfig::ClientSecret { expires_on, .. } => {
+                expires_on.map(|e| (e, "client_secret"))
+            }
+            config::CredentialConfig::Certificate(certificate) => {
+                credential::certificate::Certificate::load_async(certificate)
+                    .await
+                    .ok()
+                    .map(|loaded| (loaded.not_after(), "certificate"))
+            }
+            _ => None,
+        };
+        if let Some((expires_on, kind)) = expiry {
             let days = (expires_on - now) / 86_400;
             if expires_on > now && days < CREDENTIAL_WARNING_DAYS {
                 warnings.push(format!(
@@ -359,9 +373,9 @@ pub fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
 ///
 /// # Errors
 /// Every problem found, in file order.
-pub fn check(path: &std::path::Path) -> Result<Config, config::ConfigError> {
+pub async fn check(path: &std::path::Path) -> Result<Config, config::ConfigError> {
     let now = clock::unix_now();
-    let (loaded, credentials) = config::load_for_check(path);
+    let (loaded, credentials) = config::load_for_check(path).await;
     let (config, mut err) = match loaded {
         Ok(config) => {
             let err = config::ConfigError {
@@ -372,10 +386,9 @@ pub fn check(path: &std::path::Path) -> Result<Config, config::ConfigError> {
         }
         Err(err) => (None, err),
     };
-    let found = credentials
-        .iter()
-        .flat_map(|tenant| credential::verify(tenant, now));
-    err.problems.extend(found);
+    for tenant in &credentials {
+        err.problems.extend(credential::verify(tenant, now).await);
+    }
     match config {
         Some(config) if err.problems.is_empty() => Ok(config),
         _ => {

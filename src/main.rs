@@ -99,10 +99,10 @@ async fn async_main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check(args) => {
             init_logging(cli.log_format.unwrap_or_default());
-            match check(&args.config) {
+            match check(&args.config).await {
                 Ok(config) => {
                     let now = powerbi_tokend::clock::unix_now();
-                    for warning in powerbi_tokend::credential_warnings(&config, now) {
+                    for warning in powerbi_tokend::credential_warnings(&config, now).await {
                         eprintln!("{}: warning: {warning}", config.path.display());
                     }
                     println!(
@@ -120,7 +120,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             }
         }
         Command::Once(args) => {
-            let Some(config) = load(&args.config, cli.log_format) else {
+            let Some(config) = load(&args.config, cli.log_format).await else {
                 return ExitCode::from(EXIT_CONFIG);
             };
             match once(&config).await {
@@ -157,7 +157,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Ok(control) => control,
                 Err(err) => return fatal(err),
             };
-            let Some(config) = load(&args.config, cli.log_format) else {
+            let Some(config) = load(&args.config, cli.log_format).await else {
                 return ExitCode::from(EXIT_CONFIG);
             };
             match run(config, control).await {
@@ -181,8 +181,8 @@ async fn async_main(cli: Cli) -> ExitCode {
 
 /// Loads the config and starts logging in the configured format; prints problems and returns
 /// `None` on a bad config.
-fn load(path: &std::path::Path, cli_format: Option<LogFormat>) -> Option<config::Config> {
-    match config::load(path) {
+async fn load(path: &std::path::Path, cli_format: Option<LogFormat>) -> Option<config::Config> {
+    match config::load(path).await {
         Ok(config) => {
             init_logging(cli_format.unwrap_or(config.daemon.log_format));
             Some(config)

@@ -56,7 +56,7 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 }
 
 async fn start(files: &Files) -> Running {
-    start_daemon(config::load(&files.config).unwrap()).await
+    start_daemon(config::load(&files.config).await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +285,7 @@ async fn reload_adds_removes_changes_and_rejects_bad_files() {
             ("change", "change.example.com", ""),
         ],
     );
-    let mut config = config::load(&files.config).unwrap();
+    let mut config = config::load(&files.config).await.unwrap();
     // Reloads in this test are explicit (SIGHUP); the watcher has its own test.
     let mut server = config.server.clone();
     server.watch_config = false;
@@ -565,7 +565,7 @@ async fn hardening_9_reload_ignores_line_numbers() {
         ("failing", "failing.example.com", ""),
     ];
     files.write(&sim, &tenants);
-    let mut config = config::load(&files.config).unwrap();
+    let mut config = config::load(&files.config).await.unwrap();
     // Reloads in this test are explicit (SIGHUP).
     config.server.watch_config = false;
     let daemon = start_daemon(config).await;

@@ -626,7 +626,7 @@ async fn system_assigned_identity_ignores_the_app_client_id_in_defaults() {
     );
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
-    let config = powerbi_tokend::config::load(&path).unwrap();
+    let config = powerbi_tokend::config::load(&path).await.unwrap();
     let tenant = &config.tenants[0];
     let token = client(&config.daemon)
         .fetch(tenant, &mut Credential::new(&tenant.credential))

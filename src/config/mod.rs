@@ -47,6 +47,8 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::safe_read::{self, Symlinks};
+
 pub use sink::MAX_FILE_NAME_BYTES;
 pub use types::*;
 pub use values::parse_cron;
@@ -97,20 +99,36 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Reads, parses and validates a configuration file.
+/// Largest configuration file read: a hundred thousand tenants take about 10 MB.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The configuration file's text, read off the async workers with a size cap and a deadline,
+/// and only if it is a regular file (a ConfigMap's symlinks are followed).
 ///
 /// # Errors
-/// Every problem found, with lines where known.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+/// The file cannot be read, is not a regular file, is too large, or is not UTF-8.
+pub async fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let unreadable = |message: String| ConfigError {
         path: path.to_owned(),
         problems: vec![Problem {
             line: None,
             key: None,
-            message: format!("cannot read the configuration file: {err}"),
+            message,
         }],
-    })?;
-    parse(&text, path)
+    };
+    let bytes = safe_read::read(path, MAX_CONFIG_BYTES, Symlinks::Follow)
+        .await
+        .map_err(|err| unreadable(format!("cannot read the configuration file: {err}")))?;
+    String::from_utf8(bytes)
+        .map_err(|_| unreadable("the configuration file is not UTF-8 text".to_owned()))
+}
+
+/// Reads, parses and validates a configuration file.
+///
+/// # Errors
+/// Every problem found, with lines where known.
+pub async fn load(path: &Path) -> Result<Config, ConfigError> {
+    parse(&read_text(path).await?, path)
 }
 
 /// Like [`load`], and also returns every well-formed credential the file names (of tenants
@@ -118,10 +136,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 ///
 /// # Errors
 /// Every problem found, with lines where known; the credentials come either way.
-pub fn load_for_check(path: &Path) -> (Result<Config, ConfigError>, Vec<TenantCredential>) {
-    match std::fs::read_to_string(path) {
+pub async fn load_for_check(path: &Path) -> (Result<Config, ConfigError>, Vec<TenantCredential>) {
+    match read_text(path).await {
         Ok(text) => loader::parse_collecting(&text, path, &|key| std::env::var(key).ok()),
-        Err(_) => (load(path), Vec::new()),
+        Err(err) => (Err(err), Vec::new()),
     }
 }
 

@@ -22,6 +22,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 use std::os::unix::fs::MetadataExt;
+
+use crate::safe_read::{self, ReadError, Symlinks};
 use std::path::Path;
 
 use super::CredentialError;
@@ -53,11 +55,17 @@ impl std::fmt::Debug for Certificate {
     }
 }
 
+/// Largest certificate or key file read: a PEM chain is a few KiB.
+const MAX_PEM_BYTES: u64 = 256 * 1024;
+
+/// A certificate or key file, bounded like every file others control (symlinks followed:
+/// Kubernetes Secret volumes are links).
 fn read(path: &Path) -> Result<Vec<u8>, CredentialError> {
-    std::fs::read(path).map_err(|source| CredentialError::File {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(safe_read::read_blocking(
+        path,
+        MAX_PEM_BYTES,
+        Symlinks::Follow,
+    )?)
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> CredentialError {
@@ -68,8 +76,18 @@ fn invalid(path: &Path, message: impl Into<String>) -> CredentialError {
 }
 
 impl Certificate {
+    /// [`Certificate::load`] on the blocking pool, given up after [`safe_read::READ_TIMEOUT`]: what
+    /// the daemon and `check` use, so a hung mount cannot stall the runtime.
+    ///
+    /// # Errors
+    /// As [`Certificate::load`], or the files took too long.
+    pub async fn load_async(config: &CertificateConfig) -> Result<Certificate, CredentialError> {
+        let owned = config.clone();
+        off_runtime(&config.cert, move || Certificate::load(&owned)).await
+    }
+
     /// Reads and checks the PEM files: an RSA key, at least one certificate, and a key that
-    /// matches the leaf certificate.
+    /// matches the leaf certificate. Blocks; see [`Certificate::load_async`].
     ///
     /// # Errors
     /// A file is unreadable, not PEM, not RSA, or the key does not belong to the certificate.
@@ -225,6 +243,22 @@ fn random_guid() -> String {
     )
 }
 
+/// Runs blocking file work on the blocking pool with the same deadline as every other read.
+async fn off_runtime<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> Result<T, CredentialError> + Send + 'static,
+) -> Result<T, CredentialError> {
+    let task = tokio::task::spawn_blocking(work);
+    match tokio::time::timeout(safe_read::READ_TIMEOUT, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(CredentialError::Signing),
+        Err(_) => Err(CredentialError::Unreadable(ReadError::TimedOut {
+            path: path.to_owned(),
+            seconds: safe_read::READ_TIMEOUT.as_secs(),
+        })),
+    }
+}
+
 /// Identity of a file's current content for change detection: inode, size, mtime.
 type Stamp = (u64, u64, i64, i64);
 
@@ -247,22 +281,21 @@ pub struct CertificateCredential {
 impl CertificateCredential {
     /// A credential that loads on first use.
     pub fn new(config: CertificateConfig) -> Self {
-        let mut credential = CertificateCredential {
+        CertificateCredential {
             config,
             loaded: None,
-        };
-        // Load eagerly so the expiry metric is there before the first refresh; an error here is
-        // reported by the first refresh instead.
-        let _ = credential.current();
-        credential
+        }
     }
 
-    /// The certificate, reloaded if either file changed since it was read.
-    fn current(&mut self) -> Result<&Certificate, CredentialError> {
-        let stamps = (stamp(&self.config.cert), stamp(&self.config.key));
+    /// The certificate, reloaded if either file changed since it was read. Both the change check
+    /// and the load run off the async workers.
+    async fn current(&mut self) -> Result<&Certificate, CredentialError> {
+        let (cert, key) = (self.config.cert.clone(), self.config.key.clone());
+        let stamps =
+            off_runtime(&self.config.cert, move || Ok((stamp(&cert), stamp(&key)))).await?;
         let fresh = matches!(&self.loaded, Some((seen, _)) if *seen == stamps);
         if !fresh {
-            let certificate = Certificate::load(&self.config)?;
+            let certificate = Certificate::load_async(&self.config).await?;
             if self.loaded.is_some() {
                 tracing::info!(
                     cert = %self.config.cert.display(),
@@ -282,14 +315,15 @@ impl CertificateCredential {
     ///
     /// # Errors
     /// The files cannot be read or do not hold a matching RSA key and certificate.
-    pub fn assertion(
+    pub async fn assertion(
         &mut self,
         client_id: &str,
         audience: &str,
     ) -> Result<SecretString, CredentialError> {
         let (algorithm, send_x5c) = (self.config.algorithm, self.config.send_x5c);
         let now = crate::clock::unix_now();
-        self.current()?
+        self.current()
+            .await?
             .assertion(algorithm, send_x5c, client_id, audience, now)
     }
 

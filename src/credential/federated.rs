@@ -36,14 +36,14 @@ impl FederatedCredential {
     ///
     /// # Errors
     /// The file is unreadable or empty.
-    pub fn assertion(&mut self) -> Result<SecretString, CredentialError> {
+    pub async fn assertion(&mut self) -> Result<SecretString, CredentialError> {
         if let Some((read_at, token)) = &self.cached
             && read_at.elapsed() < REREAD_AFTER
         {
             return Ok(token.clone());
         }
         let token =
-            super::read_secret(&crate::config::SecretSource::File(self.token_file.clone()))?;
+            super::read_secret(&crate::config::SecretSource::File(self.token_file.clone())).await?;
         self.cached = Some((Instant::now(), token.clone()));
         Ok(token)
     }
@@ -59,18 +59,27 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
-    #[test]
-    fn cached_until_invalidated() {
+    #[tokio::test]
+    async fn cached_until_invalidated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "first\n").unwrap();
         let mut credential = FederatedCredential::new(path.clone());
-        assert_eq!(credential.assertion().unwrap().expose_secret(), "first");
+        assert_eq!(
+            credential.assertion().await.unwrap().expose_secret(),
+            "first"
+        );
         std::fs::write(&path, "second\n").unwrap();
         // Within five minutes the cached token is used...
-        assert_eq!(credential.assertion().unwrap().expose_secret(), "first");
+        assert_eq!(
+            credential.assertion().await.unwrap().expose_secret(),
+            "first"
+        );
         // ...unless Entra rejected it as expired.
         credential.invalidate();
-        assert_eq!(credential.assertion().unwrap().expose_secret(), "second");
+        assert_eq!(
+            credential.assertion().await.unwrap().expose_secret(),
+            "second"
+        );
     }
 }

@@ -76,23 +76,25 @@ impl Credential {
     /// # Errors
     /// The secret, certificate or token file cannot be read; or this is a managed identity,
     /// which sends no form.
-    pub fn form(
+    pub async fn form(
         &mut self,
         client_id: &str,
         token_url: &str,
     ) -> Result<Vec<(&'static str, SecretString)>, CredentialError> {
         match self {
-            Credential::Secret { source, .. } => Ok(vec![("client_secret", read_secret(source)?)]),
+            Credential::Secret { source, .. } => {
+                Ok(vec![("client_secret", read_secret(source).await?)])
+            }
             Credential::Certificate(certificate) => Ok(vec![
                 ("client_assertion_type", SecretString::from(JWT_BEARER)),
                 (
                     "client_assertion",
-                    certificate.assertion(client_id, token_url)?,
+                    certificate.assertion(client_id, token_url).await?,
                 ),
             ]),
             Credential::Federated(federated) => Ok(vec![
                 ("client_assertion_type", SecretString::from(JWT_BEARER)),
-                ("client_assertion", federated.assertion()?),
+                ("client_assertion", federated.assertion().await?),
             ]),
             Credential::ManagedIdentity(_) => Err(CredentialError::NotForm),
         }

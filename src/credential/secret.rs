@@ -4,10 +4,10 @@
 //! systemd credential can rotate the secret and the next refresh uses it, without a restart.
 
 use secrecy::SecretString;
-use std::io::Read;
 use std::path::PathBuf;
 
 use crate::config::SecretSource;
+use crate::safe_read::{self, ReadError, Symlinks};
 
 /// Largest secret file we read; anything bigger is a wrong path, not a secret.
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
@@ -29,9 +29,9 @@ pub enum CredentialError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is far larger than any secret.
-    #[error("secret file {0} is larger than 64 KiB; is the path right?")]
-    TooLarge(PathBuf),
+    /// Not a regular file, far larger than any secret or key, or on a mount that did not answer.
+    #[error(transparent)]
+    Unreadable(ReadError),
     /// The certificate or key file is not what a client assertion needs.
     #[error("certificate credential {path}: {message}")]
     Certificate {
@@ -61,11 +61,22 @@ pub enum CredentialError {
     NoCredentialsDirectory(String),
 }
 
-/// Reads a secret from where the config says it lives, now.
+impl From<ReadError> for CredentialError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Io { path, source } => CredentialError::File { path, source },
+            other => CredentialError::Unreadable(other),
+        }
+    }
+}
+
+/// Reads a secret from where the config says it lives, now. Files are read off the async
+/// workers, with a size cap and a deadline, and only if they are regular files (a FIFO or a hung
+/// mount costs this tenant a failed refresh, never the daemon).
 ///
 /// # Errors
-/// The source is missing, unreadable or empty.
-pub fn read_secret(source: &SecretSource) -> Result<SecretString, CredentialError> {
+/// The source is missing, unreadable, not a regular file, too large, empty, or too slow.
+pub async fn read_secret(source: &SecretSource) -> Result<SecretString, CredentialError> {
     match source {
         SecretSource::Env(name) => {
             let value =
@@ -77,31 +88,24 @@ pub fn read_secret(source: &SecretSource) -> Result<SecretString, CredentialErro
             }
             Ok(SecretString::from(value))
         }
-        SecretSource::File(path) => read_file(path.clone()),
+        SecretSource::File(path) => read_file(path.clone()).await,
         SecretSource::Systemd(name) => {
             let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
                 .ok_or_else(|| CredentialError::NoCredentialsDirectory(name.clone()))?;
-            read_file(PathBuf::from(dir).join(name))
+            read_file(PathBuf::from(dir).join(name)).await
         }
         SecretSource::Inline(secret) => Ok(secret.clone()),
     }
 }
 
-fn read_file(path: PathBuf) -> Result<SecretString, CredentialError> {
-    let file = std::fs::File::open(&path).map_err(|source| CredentialError::File {
+/// A secret file's text, one trailing newline trimmed. Kubernetes Secret volumes are symlinks
+/// into `..data/`, so symlinks are followed.
+async fn read_file(path: PathBuf) -> Result<SecretString, CredentialError> {
+    let bytes = safe_read::read(&path, MAX_SECRET_BYTES, Symlinks::Follow).await?;
+    let text = String::from_utf8(bytes).map_err(|_| CredentialError::Certificate {
         path: path.clone(),
-        source,
+        message: "is not UTF-8 text".to_owned(),
     })?;
-    let mut text = String::new();
-    file.take(MAX_SECRET_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|source| CredentialError::File {
-            path: path.clone(),
-            source,
-        })?;
-    if text.len() as u64 > MAX_SECRET_BYTES {
-        return Err(CredentialError::TooLarge(path));
-    }
     let trimmed = text
         .strip_suffix("\r\n")
         .or_else(|| text.strip_suffix('\n'))
@@ -120,34 +124,61 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
-    #[test]
-    fn file_is_trimmed_and_reread() {
+    #[tokio::test]
+    async fn file_is_trimmed_and_reread() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         std::fs::write(&path, "first\n").unwrap();
         let source = SecretSource::File(path.clone());
-        assert_eq!(read_secret(&source).unwrap().expose_secret(), "first");
+        assert_eq!(read_secret(&source).await.unwrap().expose_secret(), "first");
         std::fs::write(&path, "second\r\n").unwrap();
-        assert_eq!(read_secret(&source).unwrap().expose_secret(), "second");
+        assert_eq!(
+            read_secret(&source).await.unwrap().expose_secret(),
+            "second"
+        );
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(
-            read_secret(&source),
+            read_secret(&source).await,
             Err(CredentialError::Empty(_))
         ));
     }
 
-    #[test]
-    fn errors_name_the_source_not_the_value() {
-        let err =
-            read_secret(&SecretSource::Env("POWERBI_TOKEND_TEST_UNSET_VAR".into())).unwrap_err();
+    #[tokio::test]
+    async fn errors_name_the_source_not_the_value() {
+        let err = read_secret(&SecretSource::Env("POWERBI_TOKEND_TEST_UNSET_VAR".into()))
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "environment variable POWERBI_TOKEND_TEST_UNSET_VAR is not set"
         );
-        let err = read_secret(&SecretSource::File("/nonexistent/secret".into())).unwrap_err();
+        let err = read_secret(&SecretSource::File("/nonexistent/secret".into()))
+            .await
+            .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("cannot read secret file /nonexistent/secret")
         );
+    }
+
+    #[tokio::test]
+    async fn hardening_5_a_fifo_or_device_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        for path in [fifo, PathBuf::from("/dev/zero")] {
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                read_secret(&SecretSource::File(path.clone())),
+            )
+            .await
+            .expect("a secret read never hangs");
+            let err = read.unwrap_err();
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
     }
 }

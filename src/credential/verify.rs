@@ -10,7 +10,7 @@ use super::secret::{CredentialError, read_secret};
 
 /// The problems with one tenant's credential at `now` (Unix seconds), at the line of its
 /// credential key.
-pub fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
+pub async fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
     let problem = |key: &str, message: String| Problem {
         line: tenant.line,
         key: Some(format!("tenant {:?}: {key}", tenant.tenant)),
@@ -31,11 +31,11 @@ pub fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
                     )
                 });
             }
-            if let Err(err) = read_secret(source) {
+            if let Err(err) = read_secret(source).await {
                 problems.push(problem("client_secret", err.to_string()));
             }
         }
-        CredentialConfig::Certificate(config) => match Certificate::load(config) {
+        CredentialConfig::Certificate(config) => match Certificate::load_async(config).await {
             Ok(loaded) if loaded.not_after() <= now => problems.push(problem(
                 "client_certificate",
                 format!(
@@ -48,7 +48,7 @@ pub fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
             Err(err) => problems.push(problem("client_certificate", err.to_string())),
         },
         CredentialConfig::WorkloadIdentity { token_file } => {
-            match read_secret(&SecretSource::File(token_file.clone())) {
+            match read_secret(&SecretSource::File(token_file.clone())).await {
                 Ok(_) => {}
                 Err(CredentialError::Empty(_)) => problems.push(problem(
                     "federated_token_file",
