@@ -7,7 +7,8 @@
 //! Everything else about the body is kept for the log line and `/status`.
 
 use std::fmt;
-use std::time::Duration;
+
+use crate::token::RetryAfter;
 
 /// What the daemon does next, decided by the kind of failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -145,8 +146,8 @@ pub struct RefreshError {
     /// The `client-request-id` the daemon sent with the request (a fresh UUID each time), known
     /// before any answer, so even a timeout can be traced; Entra uses it as the correlation ID.
     pub client_request_id: Option<String>,
-    /// The server's `Retry-After`, which the next attempt must not undercut.
-    pub retry_after: Option<Duration>,
+    /// The server's `Retry-After` (capped), which the next attempt must not undercut.
+    pub retry_after: Option<RetryAfter>,
     /// Human-readable summary: the first line of `error_description`, or the transport error.
     pub message: String,
 }
@@ -201,7 +202,7 @@ const TENANT_CODES: [u32; 3] = [90002, 900023, 90019];
 /// Classifies a non-success answer from the token endpoint.
 ///
 /// `body` is the raw body (possibly plain text or HTML); `retry_after` is the parsed header.
-pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> RefreshError {
+pub fn classify(status: u16, body: &[u8], retry_after: Option<RetryAfter>) -> RefreshError {
     let parsed: Option<OAuthErrorBody> = serde_json::from_slice(body).ok();
     let parsed = parsed.filter(|b| b.error.is_some() || !b.error_codes.is_empty());
     let Some(body_json) = parsed else {
@@ -265,7 +266,7 @@ fn decide(status: u16, oauth_error: &str, aadsts: &[u32]) -> (ErrorClass, Reason
 }
 
 /// A body that is not an OAuth error: a proxy page, a plain-text 429, an empty 503.
-fn classify_opaque(status: u16, body: &[u8], retry_after: Option<Duration>) -> RefreshError {
+fn classify_opaque(status: u16, body: &[u8], retry_after: Option<RetryAfter>) -> RefreshError {
     let (class, reason) = match status {
         429 => (ErrorClass::Throttled, Reason::Throttled),
         408 => (ErrorClass::Transient, Reason::Timeout),
@@ -316,6 +317,7 @@ fn aadsts_from_description(description: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn entra_body(error: &str, code: u32) -> Vec<u8> {
         serde_json::json!({
@@ -370,12 +372,13 @@ mod tests {
         assert_eq!(err.class, ErrorClass::Transient);
         let err = classify(400, &entra_body("invalid_request", 90055), None);
         assert_eq!(err.class, ErrorClass::Throttled);
-        let err = classify(429, b"Too Many Requests", Some(Duration::from_secs(60)));
+        let sixty = RetryAfter::capped(Duration::from_secs(60));
+        let err = classify(429, b"Too Many Requests", Some(sixty));
         assert_eq!(
             (err.class, err.reason),
             (ErrorClass::Throttled, Reason::Throttled)
         );
-        assert_eq!(err.retry_after, Some(Duration::from_secs(60)));
+        assert_eq!(err.retry_after, Some(sixty));
         let err = classify(500, b"", None);
         assert_eq!(
             (err.class, err.reason),
