@@ -13,7 +13,6 @@ use base64::Engine;
 use secrecy::ExposeSecret;
 use std::time::{Duration, SystemTime};
 
-use crate::clock::unix_now;
 use crate::config::{
     ApiVersion, ClientAuth, DaemonConfig, ManagedIdentityConfig, ManagedIdentityId,
     ManagedIdentitySource, OAuth2Config, TenantConfig,
@@ -21,7 +20,7 @@ use crate::config::{
 use crate::credential::{Credential, CredentialError, read_secret};
 use crate::error::{self, ErrorClass, Reason, RefreshError};
 use crate::schedule::parse_retry_after;
-use crate::token::{AccessToken, parse_token_response};
+use crate::token::{AccessToken, RetryAfter, parse_token_response};
 
 /// Largest response body we read from a token endpoint. Real ones are a few KiB.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -268,7 +267,7 @@ impl TokenClient {
             let (request, request_id) = tag(request.query(&query), Endpoint::ManagedIdentity);
             let (status, body, retry_after) = self.exchange(request, &request_id, &secrets).await?;
             if status == 200 {
-                return parse_token_response(&body, unix_now())
+                return parse_token_response(&body, SystemTime::now())
                     .map_err(|err| with_request_id(err, &request_id));
             }
             if status == 410 && started.elapsed() + delay <= IMDS_GONE_WINDOW {
@@ -300,7 +299,7 @@ impl TokenClient {
         let (request, request_id) = tag(request, endpoint);
         let (status, body, retry_after) = self.exchange(request, &request_id, secrets).await?;
         let result = if status == 200 {
-            parse_token_response(&body, unix_now())
+            parse_token_response(&body, SystemTime::now())
         } else {
             Err(error::classify(status, &body, retry_after, secrets))
         };
@@ -314,7 +313,7 @@ impl TokenClient {
         request: reqwest::RequestBuilder,
         request_id: &str,
         secrets: &[&str],
-    ) -> Result<(u16, Vec<u8>, Option<Duration>), RefreshError> {
+    ) -> Result<(u16, Vec<u8>, Option<RetryAfter>), RefreshError> {
         let response = request
             .header(reqwest::header::ACCEPT, "application/json")
             .send()

@@ -17,7 +17,8 @@
 //! capped. The body of a 200 answer is never quoted at all: it is, or nearly is, a token.
 
 use std::fmt;
-use std::time::Duration;
+
+use crate::token::RetryAfter;
 
 /// What the daemon does next, decided by the kind of failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -156,8 +157,8 @@ pub struct RefreshError {
     /// The `client-request-id` the daemon sent with the request (a fresh UUID each time), known
     /// before any answer, so even a timeout can be traced; Entra uses it as the correlation ID.
     pub client_request_id: Option<String>,
-    /// The server's `Retry-After`, which the next attempt must not undercut.
-    pub retry_after: Option<Duration>,
+    /// The server's `Retry-After` (capped), which the next attempt must not undercut.
+    pub retry_after: Option<RetryAfter>,
     /// Human-readable summary: the first line of `error_description`, a quote of a non-OAuth
     /// error body, or the transport error; [`sanitise`]d when any of it came from a server.
     pub message: String,
@@ -218,7 +219,7 @@ const TENANT_CODES: [u32; 3] = [90002, 900023, 90019];
 pub fn classify(
     status: u16,
     body: &[u8],
-    retry_after: Option<Duration>,
+    retry_after: Option<RetryAfter>,
     secrets: &[&str],
 ) -> RefreshError {
     let parsed: Option<OAuthErrorBody> = serde_json::from_slice(body).ok();
@@ -305,7 +306,7 @@ fn decide(status: u16, oauth_error: &str, aadsts: &[u32]) -> (ErrorClass, Reason
 fn classify_opaque(
     status: u16,
     body: &[u8],
-    retry_after: Option<Duration>,
+    retry_after: Option<RetryAfter>,
     secrets: &[&str],
 ) -> RefreshError {
     let (class, reason) = match status {
@@ -586,6 +587,7 @@ fn aadsts_from_description(description: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn entra_body(error: &str, code: u32) -> Vec<u8> {
         serde_json::json!({
@@ -645,17 +647,13 @@ mod tests {
         assert_eq!(err.class, ErrorClass::Transient);
         let err = classify(400, &entra_body("invalid_request", 90055), None, &[]);
         assert_eq!(err.class, ErrorClass::Throttled);
-        let err = classify(
-            429,
-            b"Too Many Requests",
-            Some(Duration::from_secs(60)),
-            &[],
-        );
+        let sixty = RetryAfter::capped(Duration::from_secs(60));
+        let err = classify(429, b"Too Many Requests", Some(sixty), &[]);
         assert_eq!(
             (err.class, err.reason),
             (ErrorClass::Throttled, Reason::Throttled)
         );
-        assert_eq!(err.retry_after, Some(Duration::from_secs(60)));
+        assert_eq!(err.retry_after, Some(sixty));
         let err = classify(500, b"", None, &[]);
         assert_eq!(
             (err.class, err.reason),

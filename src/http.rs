@@ -1,10 +1,14 @@
 //! The admin HTTP server (`[server] listen`, default 127.0.0.1:9464).
 //!
 //! * `GET /metrics` — Prometheus text exposition; per-tenant gauges are computed at scrape time.
-//! * `GET /healthz` — 200 while the runtime answers and no tenant task has died; 503 once
-//!   shutdown has begun or if a tenant task panicked (restart the process).
+//! * `GET /healthz` — 200 while the runtime answers; 503 once shutdown has begun. A tenant task
+//!   that panics is restarted by the supervisor with backoff (and logged at ERROR, counted in
+//!   `powerbi_tokend_task_panics_total` and `/status`'s `task_panics`), so it does not fail the
+//!   probe: restarting the process would do no more for that tenant than the supervisor's
+//!   restart does, and would interrupt every other tenant.
 //! * `GET /readyz` — 200 once every tenant has finished its first attempt (or warm-started),
-//!   unless at least half of the tenants cannot write their sinks ([`sinks_make_unready`]). A tenant's *authentication* failure does not make the daemon
+//!   unless at least half of the tenants cannot write their sinks ([`sinks_make_unready`]). A
+//!   tenant's *authentication* failure does not make the daemon
 //!   unready: an unready pod drops out of Prometheus' Kubernetes service discovery, and the alerts
 //!   about that very failure would go blind.
 //! * `GET /status` — JSON, one entry per tenant: state, expiry, next refresh, last success,
@@ -26,9 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock;
 use crate::error::ErrorClass;
 use crate::metrics::Metrics;
-use crate::schedule::{system_to_unix_f64, unix_to_system};
+use crate::schedule::system_to_unix_f64;
 use crate::status::{Registry, TenantState, TenantStatus};
 
 /// What the handlers read.
@@ -129,22 +134,7 @@ async fn healthz(State(state): State<AdminState>) -> Response {
     if state.stopping.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    let dead: Vec<String> = state
-        .registry
-        .snapshot()
-        .into_iter()
-        .filter(|(_, status)| status.task_panicked)
-        .map(|(name, _)| name)
-        .collect();
-    if dead.is_empty() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("refresh task died for: {}\n", dead.join(", ")),
-        )
-            .into_response()
-    }
+    (StatusCode::OK, "ok\n").into_response()
 }
 
 /// Whether failing sinks make the daemon unready: when at least half of the tenants cannot write
@@ -197,7 +187,8 @@ pub struct TenantView {
     pub name: String,
     /// pending | healthy | retrying | misconfigured | expired.
     pub state: TenantState,
-    /// RFC 3339 expiry of the current token.
+    /// RFC 3339 expiry of the current token. Every time in this view is `null` when RFC 3339
+    /// cannot write it (after year 9999), so one odd value never breaks the whole reply.
     pub expires_at: Option<String>,
     /// Seconds left at the time of the request (negative once expired).
     pub time_to_expiry_seconds: Option<f64>,
@@ -211,6 +202,8 @@ pub struct TenantView {
     pub credential_expires_at: Option<String>,
     /// The most recent failure, if the tenant is failing.
     pub last_error: Option<ErrorView>,
+    /// How often the tenant's task panicked and was restarted (a bug to report).
+    pub task_panics: u64,
 }
 
 /// A failure in `/status`: what Microsoft support asks for, never a secret.
@@ -234,24 +227,20 @@ pub struct ErrorView {
     pub client_request_id: Option<String>,
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
 /// Builds the `/status` entry of one tenant at `now`.
 pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView {
     TenantView {
         state: status.state(now),
-        expires_at: status.expires_on.map(|e| rfc3339(unix_to_system(e))),
+        expires_at: status.expires_on.and_then(clock::rfc3339_unix),
         time_to_expiry_seconds: status
             .expires_on
             .map(|e| (e as f64 - system_to_unix_f64(now)).round()),
-        next_refresh_at: status.next_refresh.map(rfc3339),
-        last_success_at: status.last_success.map(rfc3339),
+        next_refresh_at: status.next_refresh.and_then(clock::rfc3339),
+        last_success_at: status.last_success.and_then(clock::rfc3339),
         consecutive_failures: status.consecutive_failures,
         credential_expires_at: status
             .credential_expiry
-            .map(|(expires_on, _)| rfc3339(unix_to_system(expires_on))),
+            .and_then(|(expires_on, _)| clock::rfc3339_unix(expires_on)),
         last_error: status.last_error.as_ref().map(|err| ErrorView {
             class: err.class.as_str(),
             reason: err.reason.as_str(),
@@ -262,6 +251,7 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
             correlation_id: err.correlation_id.clone(),
             client_request_id: err.client_request_id.clone(),
         }),
+        task_panics: status.task_panics,
         name,
     }
 }
@@ -286,7 +276,45 @@ async fn status(State(state): State<AdminState>) -> Json<StatusBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::sinks_make_unready;
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn hardening_status_view_survives_times_past_year_9999() {
+        let far = UNIX_EPOCH + Duration::from_secs(1_000_000_000_000);
+        let status = TenantStatus {
+            expires_on: Some(i64::MAX),
+            next_refresh: Some(far),
+            last_success: Some(far),
+            credential_expiry: Some((i64::MIN, "certificate")),
+            first_attempt_done: true,
+            ..TenantStatus::default()
+        };
+        let view = view("contoso".to_owned(), &status, UNIX_EPOCH);
+        assert_eq!(view.expires_at, None);
+        assert_eq!(view.next_refresh_at, None);
+        assert_eq!(view.last_success_at, None);
+        assert_eq!(view.credential_expires_at, None);
+        let json = serde_json::to_value(&view).unwrap();
+        assert!(json["expires_at"].is_null(), "{json}");
+        assert!(json["time_to_expiry_seconds"].is_number(), "{json}");
+
+        let in_range = TenantStatus {
+            expires_on: Some(1_767_225_600),
+            next_refresh: Some(UNIX_EPOCH + Duration::from_secs(1_767_225_600)),
+            ..TenantStatus::default()
+        };
+        let view = view_of(&in_range);
+        assert_eq!(view.expires_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(
+            view.next_refresh_at.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+    }
+
+    fn view_of(status: &TenantStatus) -> TenantView {
+        view("contoso".to_owned(), status, UNIX_EPOCH)
+    }
 
     #[test]
     fn a_minority_of_failing_sinks_keeps_the_daemon_ready() {

@@ -15,11 +15,13 @@
 //!   [`credential::verify`], which `check` uses to read every file and variable a config names.
 //! * [`client`]: the HTTP call to the token endpoint: timeouts, a body cap, no redirects, a fresh
 //!   `client-request-id` per request.
-//! * [`token`]: the success body (v1 strings or v2 numbers) and expiry math.
+//! * [`token`]: the success body (v1 strings or v2 numbers), expiry math, and the bounded types
+//!   (token lifetime, `Retry-After`) every number from the network becomes before arithmetic.
 //! * [`error`]: failures classified as transient, throttled, permanent or sink.
 //! * [`schedule`]: pure functions deciding the next wake-up (refresh point, jitter, backoff,
-//!   `Retry-After`, cron).
-//! * [`tenant`]: the per-tenant loop; [`supervisor`] starts, stops and reconciles those loops.
+//!   `Retry-After`, cron, the minimum interval between attempts).
+//! * [`tenant`]: the per-tenant loop; [`supervisor`] starts, stops and reconciles those loops,
+//!   and restarts one that panicked.
 //! * [`sink`]: where tokens are written (atomic files).
 //! * [`status`]: each tenant's current state, read by `once` and the admin endpoints.
 //! * [`metrics`] and [`http`]: Prometheus metrics and the admin server (`/metrics`, `/healthz`,
@@ -353,7 +355,7 @@ pub async fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
             _ => None,
         };
         if let Some((expires_on, kind)) = expiry {
-            let days = (expires_on - now) / 86_400;
+            let days = expires_on.saturating_sub(now) / 86_400;
             if expires_on > now && days < CREDENTIAL_WARNING_DAYS {
                 warnings.push(format!(
                     "tenant {:?}: the {} expires on {} (in {days} day(s)); rotate it before then",

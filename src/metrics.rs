@@ -9,8 +9,8 @@
 //! histogram.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
@@ -33,6 +33,9 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     /// Whether the last reload succeeded.
     last_reload_ok: IntGauge,
+    /// Tenant tasks that panicked and were restarted: always a bug. Fleet-wide (the tenant is in
+    /// the ERROR log line and in `/status`), so it costs one series, not one per tenant.
+    task_panics: IntCounter,
 }
 
 /// Latency buckets for the token endpoint: Entra answers in 50–500 ms; timeouts are 30 s.
@@ -79,11 +82,16 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let task_panics = IntCounter::new(
+            "powerbi_tokend_task_panics_total",
+            "Tenant refresh tasks that panicked and were restarted (a bug: report it with the log).",
+        )?;
         registry.register(Box::new(tenants.clone()))?;
         registry.register(Box::new(refresh_duration.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(last_reload_ok.clone()))?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(task_panics.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -97,6 +105,7 @@ impl Metrics {
             refresh_duration,
             config_reloads,
             last_reload_ok,
+            task_panics,
         })
     }
 
@@ -295,6 +304,10 @@ impl Observer for Metrics {
     fn request_finished(&self, duration: Duration) {
         self.refresh_duration.observe(duration.as_secs_f64());
     }
+
+    fn task_panicked(&self) {
+        self.task_panics.inc();
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +340,7 @@ mod tests {
             "powerbi_tokend_tenant_state{state=\"pending\",tenant=\"gone\"} 1",
             "powerbi_tokend_tenants{state=\"pending\"} 1",
             "# TYPE powerbi_tokend_refresh_total counter",
+            "powerbi_tokend_task_panics_total 0",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

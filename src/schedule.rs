@@ -3,16 +3,43 @@
 //! * A fresh token is refreshed after `refresh_at` of its lifetime, moved by a per-tenant jitter
 //!   that is derived from the tenant's name, so it is the same after every restart and thousands
 //!   of tenants configured at once still spread out. Entra's `refresh_in` hint wins when earlier.
+//!   The lifetime counts from the token's arrival to the nanosecond, and is the bounded
+//!   [`TokenLifetime`](crate::token::TokenLifetime), never the raw claim.
 //! * A transient failure is retried with exponential backoff and full jitter, never sooner than
-//!   the floor and never sooner than the server's `Retry-After`.
+//!   the floor and never sooner than the server's `Retry-After` (capped at
+//!   [`MAX_RETRY_AFTER`](crate::token::MAX_RETRY_AFTER)).
 //! * A permanent failure is retried at a slow fixed interval, so a fixed secret or a new consent
 //!   is picked up without a restart but a broken tenant does not hammer Entra.
 //! * An optional cron schedule adds forced refreshes; the earlier of the two wins.
+//! * Whatever the above say, [`next_wake`] keeps one tenant's attempts at least
+//!   [`MIN_ATTEMPT_INTERVAL`] apart and never before a `Retry-After` has passed.
+//!
+//! Every instant is computed with [`later`], which saturates: no input can make the schedule
+//! panic.
 
 use chrono::{DateTime, Utc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::token::{AccessToken, fnv1a};
+use crate::token::{AccessToken, RetryAfter, fnv1a};
+
+pub use crate::clock::unix_to_system;
+
+/// The least time between the starts of two attempts of one tenant, whatever asked for the
+/// second one: a refresh point of a token that lives a second, a cron expression firing every
+/// second, a `Retry-After: 0`, a `backoff_min` of a millisecond.
+///
+/// One second keeps a hostile or broken server (`"expires_in": 1`) to one request a second
+/// per tenant instead of a loop, and is below everything a real tenant meets: Entra's tokens
+/// live an hour and the default `backoff_min` is a second. It is not larger because the tests
+/// (and the simulator's `demo`) use tokens of two or three seconds and backoffs of 100 ms, whose
+/// meaning a floor of several seconds would change; configured backoffs under a second are
+/// raised to it.
+pub const MIN_ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest wait [`later`] plans: a year. Longer configured intervals
+/// (`permanent_retry_interval = "500 years"`) are shortened to it, which keeps every planned
+/// instant printable and far from the end of `SystemTime`.
+pub const MAX_WAIT: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// The stable jitter of one tenant, as a signed fraction of the lifetime in `[-jitter, +jitter]`.
 pub fn tenant_jitter(name: &str, jitter: f64) -> f64 {
@@ -30,16 +57,29 @@ fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
+/// `time + delay`, with `delay` capped at [`MAX_WAIT`]; `time` itself in the (unreachable) case
+/// that even that does not fit in a `SystemTime`.
+pub fn later(time: SystemTime, delay: Duration) -> SystemTime {
+    time.checked_add(delay.min(MAX_WAIT)).unwrap_or(time)
+}
+
 /// When a token should be refreshed (wall-clock).
 ///
-/// `refresh_at + jitter_offset` is validated to lie strictly inside (0, 1), so the result is
-/// always after the token arrived and before it expires.
+/// `refresh_at + jitter_offset` is validated to lie strictly inside (0, 1); it is clamped to
+/// [0.01, 0.99] all the same (and a non-finite value means one half), so the result is always
+/// after the token arrived and before it expires.
 pub fn refresh_point(token: &AccessToken, refresh_at: f64, jitter_offset: f64) -> SystemTime {
-    let issued = unix_to_system(token.issued_on);
-    let fraction = (refresh_at + jitter_offset).clamp(0.01, 0.99);
-    let by_fraction = issued + token.lifetime().mul_f64(fraction);
-    match token.refresh_in {
-        Some(hint) => by_fraction.min(issued + hint),
+    let received = token.received_at();
+    let fraction = refresh_at + jitter_offset;
+    let fraction = if fraction.is_finite() {
+        fraction.clamp(0.01, 0.99)
+    } else {
+        0.5
+    };
+    // The lifetime is at most a day and the fraction below one: `mul_f64` cannot overflow.
+    let by_fraction = later(received, token.lifetime().get().mul_f64(fraction));
+    match token.refresh_in() {
+        Some(hint) => by_fraction.min(later(received, hint)),
         None => by_fraction,
     }
 }
@@ -52,45 +92,71 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duratio
         .unwrap_or(max)
         .min(max)
         .max(min);
-    min + (ceiling - min).mul_f64(unit.clamp(0.0, 1.0))
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    min + (ceiling - min).mul_f64(unit)
 }
 
 /// The delay before the next attempt after a failure: the computed delay, but never less than the
-/// server's `Retry-After`.
-pub fn respect_retry_after(delay: Duration, retry_after: Option<Duration>) -> Duration {
+/// server's `Retry-After` (itself at most an hour).
+pub fn respect_retry_after(delay: Duration, retry_after: Option<RetryAfter>) -> Duration {
     match retry_after {
-        Some(server) => delay.max(server),
+        Some(server) => delay.max(server.get()),
         None => delay,
     }
 }
 
-/// Parses a `Retry-After` value: delay-seconds or an HTTP-date (all three RFC 9110 forms).
-/// A date in the past means "now" (zero).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+/// Parses a `Retry-After` value: delay-seconds or an HTTP-date (all three RFC 9110 forms),
+/// capped at [`MAX_RETRY_AFTER`](crate::token::MAX_RETRY_AFTER). A date in the past means "now"
+/// (zero); delay-seconds too large for any integer type mean the cap, as they say "very long".
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<RetryAfter> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(RetryAfter::capped(Duration::from_secs(seconds)));
     }
     let date = httpdate::parse_http_date(value).ok()?;
-    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(RetryAfter::capped(
+        date.duration_since(now).unwrap_or(Duration::ZERO),
+    ))
+}
+
+/// The next wake-up of a tenant: the `planned` attempt, or the `cron` activation when earlier,
+/// but not before [`MIN_ATTEMPT_INTERVAL`] after the `previous` attempt began, nor before
+/// `retry_not_before` (the end of the last `Retry-After`, which a cron activation must not
+/// undercut either).
+pub fn next_wake(
+    planned: SystemTime,
+    cron: Option<SystemTime>,
+    previous: Option<SystemTime>,
+    retry_not_before: Option<SystemTime>,
+) -> SystemTime {
+    let wanted = cron.map_or(planned, |cron| cron.min(planned));
+    let floor = previous.map(|started| later(started, MIN_ATTEMPT_INTERVAL));
+    [floor, retry_not_before]
+        .into_iter()
+        .flatten()
+        .fold(wanted, SystemTime::max)
 }
 
 /// The next cron activation strictly after `after`, in UTC.
 pub fn cron_next(cron: &croner::Cron, after: SystemTime) -> Option<SystemTime> {
-    let after: DateTime<Utc> = after.into();
+    // `DateTime::from(SystemTime)` panics outside chrono's range; go through whole seconds.
+    let after = DateTime::<Utc>::from_timestamp(crate::clock::unix_seconds(after), 0)?;
     cron.find_next_occurrence(&after, false)
         .ok()
         .map(SystemTime::from)
 }
 
-/// Whether a token found on disk at start-up can be used instead of fetching a new one.
-pub fn warm_token_usable(refresh_point: SystemTime, now: SystemTime) -> bool {
-    now < refresh_point
-}
-
-/// A Unix timestamp in seconds as a `SystemTime` (negative values clamp to the epoch).
-pub fn unix_to_system(seconds: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+/// Whether a token found on disk at start-up can be used instead of fetching a new one: it
+/// arrived in the past (a file "issued" in the future is a clock that moved back, or a forged
+/// file, and trusting it could postpone the first refresh indefinitely) and its refresh point
+/// has not come yet.
+pub fn warm_token_usable(token: &AccessToken, refresh_point: SystemTime, now: SystemTime) -> bool {
+    token.received_at() <= now && now < refresh_point
 }
 
 /// A `SystemTime` as fractional Unix seconds, for metrics and JSON.
@@ -104,16 +170,18 @@ pub fn system_to_unix_f64(time: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::{ClaimedExpiry, MAX_RETRY_AFTER, MAX_SCHEDULED_LIFETIME};
     use secrecy::SecretString;
 
-    fn token(issued_on: i64, lifetime: i64, refresh_in: Option<u64>) -> AccessToken {
-        AccessToken {
-            secret: SecretString::from("t"),
-            token_type: "Bearer".into(),
-            issued_on,
-            expires_on: issued_on + lifetime,
-            refresh_in: refresh_in.map(Duration::from_secs),
-        }
+    fn token(issued_on: i64, lifetime: i64, refresh_in: Option<i64>) -> AccessToken {
+        AccessToken::new(
+            SecretString::from("t"),
+            "Bearer".into(),
+            unix_to_system(issued_on),
+            ClaimedExpiry::In(lifetime),
+            refresh_in,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -178,7 +246,7 @@ mod tests {
 
     #[test]
     fn retry_after_is_never_undercut() {
-        let server = Some(Duration::from_secs(60));
+        let server = Some(RetryAfter::capped(Duration::from_secs(60)));
         assert_eq!(
             respect_retry_after(Duration::from_secs(2), server),
             Duration::from_secs(60)
@@ -196,27 +264,26 @@ mod tests {
     #[test]
     fn retry_after_both_forms() {
         let now = unix_to_system(1_767_225_600);
-        assert_eq!(parse_retry_after("60", now), Some(Duration::from_secs(60)));
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        let parse = |value: &str| parse_retry_after(value, now).map(RetryAfter::get);
+        assert_eq!(parse("60"), Some(Duration::from_secs(60)));
+        assert_eq!(parse(" 0 "), Some(Duration::ZERO));
         let later = now + Duration::from_secs(120);
         let date = httpdate::fmt_http_date(later);
-        assert_eq!(
-            parse_retry_after(&date, now),
-            Some(Duration::from_secs(120))
-        );
+        assert_eq!(parse(&date), Some(Duration::from_secs(120)));
         // RFC 850 and asctime forms are still valid HTTP-dates.
         assert_eq!(
-            parse_retry_after("Thursday, 01-Jan-26 00:02:00 GMT", now),
+            parse("Thursday, 01-Jan-26 00:02:00 GMT"),
             Some(Duration::from_secs(120))
         );
         assert_eq!(
-            parse_retry_after("Thu Jan  1 00:02:00 2026", now),
+            parse("Thu Jan  1 00:02:00 2026"),
             Some(Duration::from_secs(120))
         );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse(&past), Some(Duration::ZERO));
+        assert_eq!(parse("soon"), None);
+        assert_eq!(parse("-5"), None);
+        assert_eq!(parse(""), None);
     }
 
     #[test]
@@ -245,7 +312,132 @@ mod tests {
     fn warm_start_rule() {
         let t = token(1_000_000, 3600, None);
         let point = refresh_point(&t, 0.5, 0.0);
-        assert!(warm_token_usable(point, unix_to_system(1_001_000)));
-        assert!(!warm_token_usable(point, unix_to_system(1_001_800)));
+        assert!(warm_token_usable(&t, point, unix_to_system(1_001_000)));
+        assert!(!warm_token_usable(&t, point, unix_to_system(1_001_800)));
+        // A file "issued" after now (the clock moved back, or a forged file) is not trusted.
+        assert!(!warm_token_usable(&t, point, unix_to_system(999_999)));
+    }
+
+    #[test]
+    fn hardening_10_year_long_retry_after_is_capped() {
+        let now = unix_to_system(1_767_225_600);
+        let year = 365 * 24 * 3600;
+        let cases = [
+            year.to_string(),
+            u64::MAX.to_string(),
+            "99999999999999999999999999".to_owned(),
+            httpdate::fmt_http_date(now + Duration::from_secs(year)),
+            "Fri, 31 Dec 9999 23:59:59 GMT".to_owned(),
+        ];
+        for value in &cases {
+            let retry_after = parse_retry_after(value, now).unwrap();
+            assert_eq!(retry_after.get(), MAX_RETRY_AFTER, "{value}");
+            // The next attempt after that failure: an hour from now, not a year.
+            let delay = respect_retry_after(Duration::from_secs(1), Some(retry_after));
+            assert_eq!(
+                later(now, delay),
+                now + Duration::from_secs(3600),
+                "{value}"
+            );
+        }
+        // Under the cap, the server's value stands.
+        assert_eq!(
+            parse_retry_after("3599", now).map(RetryAfter::get),
+            Some(Duration::from_secs(3599))
+        );
+    }
+
+    #[test]
+    fn hardening_later_saturates() {
+        let now = unix_to_system(1_767_225_600);
+        assert_eq!(later(now, Duration::MAX), now + MAX_WAIT);
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        let end = unix_to_system(i64::MAX);
+        let _ = later(end, Duration::MAX);
+    }
+
+    #[test]
+    fn hardening_refresh_point_of_hostile_tokens() {
+        // `refresh_in` of i64::MAX: bounded by the lifetime, so the fraction decides.
+        let t = token(1_000_000, 3600, Some(i64::MAX));
+        assert_eq!(refresh_point(&t, 0.5, 0.0), unix_to_system(1_001_800));
+        // A week-long claim is scheduled as a day (and five minutes).
+        let t = token(1_000_000, 7 * 86_400, None);
+        assert_eq!(
+            refresh_point(&t, 0.5, 0.0),
+            unix_to_system(1_000_000) + MAX_SCHEDULED_LIFETIME / 2
+        );
+        // Fractions from nowhere still give a point inside the lifetime.
+        for fraction in [f64::NAN, f64::INFINITY, -1.0, 7.0] {
+            let point = refresh_point(&t, fraction, 0.0);
+            assert!(point > unix_to_system(1_000_000), "{fraction}");
+            assert!(
+                point < unix_to_system(1_000_000) + MAX_SCHEDULED_LIFETIME,
+                "{fraction}"
+            );
+        }
+    }
+
+    #[test]
+    fn refresh_point_counts_from_the_precise_arrival() {
+        // A one-second token that arrived 900 ms into a second: half its life is 500 ms after
+        // arrival, not 500 ms into the second (which had passed before it arrived).
+        let arrival = unix_to_system(1_000_000) + Duration::from_millis(900);
+        let t = AccessToken::new(
+            SecretString::from("t"),
+            "Bearer".into(),
+            arrival,
+            ClaimedExpiry::In(1),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            refresh_point(&t, 0.5, 0.0),
+            arrival + Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn next_wake_keeps_the_minimum_interval_and_retry_after() {
+        let t0 = unix_to_system(1_000_000);
+        let s = Duration::from_secs;
+        // Nothing to hold it back: the planned instant, or cron when earlier.
+        assert_eq!(next_wake(t0 + s(60), None, None, None), t0 + s(60));
+        assert_eq!(
+            next_wake(t0 + s(60), Some(t0 + s(10)), None, None),
+            t0 + s(10)
+        );
+        assert_eq!(
+            next_wake(t0 + s(60), Some(t0 + s(90)), None, None),
+            t0 + s(60)
+        );
+        // A refresh point already past (a one-second token), right after an attempt began:
+        // one interval after that attempt.
+        assert_eq!(
+            next_wake(t0, None, Some(t0), None),
+            t0 + MIN_ATTEMPT_INTERVAL
+        );
+        // The floor counts from the previous attempt, so a late plan is not delayed further.
+        assert_eq!(next_wake(t0 + s(60), None, Some(t0), None), t0 + s(60));
+        // A cron activation every second cannot undercut a Retry-After.
+        assert_eq!(
+            next_wake(t0 + s(3600), Some(t0 + s(1)), Some(t0), Some(t0 + s(60))),
+            t0 + s(60)
+        );
+        // Nor can an already-due plan.
+        assert_eq!(next_wake(t0, None, Some(t0), Some(t0 + s(30))), t0 + s(30));
+    }
+
+    #[test]
+    fn backoff_survives_a_bad_unit() {
+        let min = Duration::from_secs(1);
+        let max = Duration::from_secs(300);
+        for unit in [f64::NAN, f64::INFINITY, -3.0] {
+            let d = backoff(5, min, max, unit);
+            assert!(d >= min && d <= max, "{unit}: {d:?}");
+        }
     }
 }

@@ -65,8 +65,9 @@ pub struct TenantStatus {
     pub last_error: Option<RefreshError>,
     /// Whether at least one attempt (or a warm start) has completed: readiness.
     pub first_attempt_done: bool,
-    /// The tenant's task ended with a panic: the process is unhealthy.
-    pub task_panicked: bool,
+    /// How often the tenant's task panicked (and was restarted by the supervisor). A panic is a
+    /// bug; this makes it visible in `/status` long after the log line scrolled away.
+    pub task_panics: u64,
     /// When the credential itself expires (certificate notAfter, `client_secret_expires`), and
     /// the credential kind.
     pub credential_expiry: Option<(i64, &'static str)>,

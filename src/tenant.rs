@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::TokenClient;
+use crate::clock;
 use crate::config::{DaemonConfig, TenantConfig};
 use crate::credential::Credential;
 use crate::error::{ErrorClass, RefreshError};
@@ -57,11 +58,15 @@ pub struct Shared {
     pub observer: Option<Arc<dyn Observer>>,
 }
 
-/// Told how long every token request took (the fleet-wide latency histogram). Per-tenant
-/// counts live in the tenant's status, so they leave with the tenant.
+/// Told how long every token request took (the fleet-wide latency histogram) and about tenant
+/// tasks that panicked. Per-tenant counts live in the tenant's status, so they leave with the
+/// tenant.
 pub trait Observer: Send + Sync + std::fmt::Debug {
     /// A token request finished, successfully or not, after `duration`.
     fn request_finished(&self, duration: Duration);
+
+    /// A tenant task panicked; the supervisor restarts it.
+    fn task_panicked(&self);
 }
 
 /// One tenant's refresher.
@@ -81,6 +86,11 @@ pub struct Tenant {
     unwritten: Option<AccessToken>,
     /// Failures in a row, for the backoff exponent.
     failures: u32,
+    /// When the last attempt began: the next one starts at least
+    /// [`schedule::MIN_ATTEMPT_INTERVAL`] later, whatever asks for it.
+    last_attempt: Option<SystemTime>,
+    /// Until when the server's last `Retry-After` holds; a cron activation must not undercut it.
+    retry_not_before: Option<SystemTime>,
     /// The credential's runtime state (loaded certificate, cached federated token).
     credential: Credential,
 }
@@ -101,6 +111,8 @@ impl Tenant {
             jitter_offset,
             unwritten: None,
             failures: 0,
+            last_attempt: None,
+            retry_not_before: None,
         }
     }
 
@@ -113,7 +125,7 @@ impl Tenant {
                 .schedule
                 .as_ref()
                 .and_then(|s| schedule::cron_next(&s.cron, SystemTime::now()));
-            let wake = cron.map_or(next, |c| c.min(next));
+            let wake = schedule::next_wake(next, cron, self.last_attempt, self.retry_not_before);
             status::lock(&self.status).next_refresh = Some(wake);
             tokio::select! {
                 biased;
@@ -140,15 +152,15 @@ impl Tenant {
                 continue;
             };
             let point = schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset);
-            if schedule::warm_token_usable(point, now) {
+            if schedule::warm_token_usable(&token, point, now) {
                 tracing::info!(
                     tenant = %self.config.name,
-                    expires_on = token.expires_on,
-                    next_refresh = %humantime::format_rfc3339_seconds(point),
+                    expires_on = token.expires_on(),
+                    next_refresh = %clock::display_time(point),
                     "warm start: reusing the token on disk"
                 );
                 let mut status = status::lock(&self.status);
-                status.expires_on = Some(token.expires_on);
+                status.expires_on = Some(token.expires_on());
                 status.first_attempt_done = true;
                 return point;
             }
@@ -160,6 +172,7 @@ impl Tenant {
     /// record the outcome. Returns when to wake next.
     async fn attempt(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> SystemTime {
         let now = SystemTime::now();
+        self.last_attempt = Some(now);
         let reuse = self.unwritten.take().filter(|token| {
             now < schedule::refresh_point(token, self.config.refresh_at, self.jitter_offset)
         });
@@ -221,9 +234,10 @@ impl Tenant {
         let point = schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset);
         let recovered = self.failures > 0;
         self.failures = 0;
+        self.retry_not_before = None;
         {
             let mut status = status::lock(&self.status);
-            status.expires_on = Some(token.expires_on);
+            status.expires_on = Some(token.expires_on());
             status.last_success = Some(SystemTime::now());
             status.consecutive_failures = 0;
             status.last_error = None;
@@ -231,8 +245,8 @@ impl Tenant {
         }
         tracing::info!(
             tenant = %self.config.name,
-            expires_at = %humantime::format_rfc3339_seconds(schedule::unix_to_system(token.expires_on)),
-            next_refresh = %humantime::format_rfc3339_seconds(point),
+            expires_at = %clock::display_time(schedule::unix_to_system(token.expires_on())),
+            next_refresh = %clock::display_time(point),
             fingerprint = %token.fingerprint(),
             recovered,
             "token refreshed"
@@ -253,6 +267,10 @@ impl Tenant {
             ),
         };
         let delay = schedule::respect_retry_after(delay, err.retry_after);
+        let now = SystemTime::now();
+        self.retry_not_before = err
+            .retry_after
+            .map(|retry_after| schedule::later(now, retry_after.get()));
         let was_permanent = {
             let mut status = status::lock(&self.status);
             let was = status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent);
@@ -262,7 +280,7 @@ impl Tenant {
             was
         };
         log_failure(&self.config.name, &err, delay, self.failures, was_permanent);
-        SystemTime::now() + delay
+        schedule::later(now, delay)
     }
 }
 

@@ -661,9 +661,9 @@ async fn managed_identity_imds() {
         .await
         .unwrap();
     assert!(
-        (token.lifetime().as_secs() as i64 - 86_399).abs() <= 2,
+        (token.lifetime().get().as_secs() as i64 - 86_399).abs() <= 2,
         "{:?}",
-        token.lifetime()
+        token.lifetime().get()
     );
     let user = managed_tenant(&sim, dir.path(), ManagedIdentitySource::Imds, user_assigned);
     client

@@ -62,8 +62,9 @@ async fn writes_json_contract_and_refreshes_at_half_life() {
         chrono::DateTime::parse_from_rfc3339(json["expires_at"].as_str().unwrap()).unwrap();
     assert_eq!(expires_at.timestamp(), json["expires_on"].as_i64().unwrap());
 
-    // Refreshed at about half of the 3 s lifetime (issue times are whole seconds, so up to a
-    // second earlier than 1.5 s after the write).
+    // Refreshed at half of the 3 s lifetime, counted from the token's arrival to the
+    // millisecond (the file's whole-second `issued_on` is not what the schedule uses), so no
+    // earlier than the poll that saw the file allows.
     let first = token_in(&contoso).unwrap();
     wait_for("contoso's refresh", Duration::from_secs(5), || {
         token_in(&contoso).is_some_and(|t| t != first)
@@ -71,7 +72,7 @@ async fn writes_json_contract_and_refreshes_at_half_life() {
     .await;
     let after = first_written.elapsed();
     assert!(
-        after >= Duration::from_millis(300) && after <= Duration::from_millis(2600),
+        after >= Duration::from_millis(1300) && after <= Duration::from_millis(2600),
         "refreshed after {after:?}, expected about 1.5 s"
     );
     assert_eq!(sim.request_count("7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60"), 1);

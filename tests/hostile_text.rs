@@ -188,7 +188,11 @@ fn hardening_4_parse_failures_of_a_200_say_what_was_wrong_and_quote_nothing() {
         ),
     ];
     for (body, what) in cases {
-        let err = parse_token_response(body.as_bytes(), 1_767_225_600).unwrap_err();
+        let err = parse_token_response(
+            body.as_bytes(),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600),
+        )
+        .unwrap_err();
         assert!(err.message.contains(what), "{body}: {}", err.message);
         assert!(
             err.message.contains(&format!("({} bytes)", body.len())),

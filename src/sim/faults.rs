@@ -1,12 +1,12 @@
 //! The answers of injected [`Behavior`](super::Behavior)s that are not the outcome of Entra's
 //! validation: throttling with `Retry-After`, 5xx with HTML or JSON bodies, an intercepting
-//! proxy's login page, truncated and oversized bodies, and the answer to a request still waiting
-//! when the simulator stops. Catalogue errors ([`Behavior::Aadsts`](super::Behavior::Aadsts))
+//! proxy's login page, truncated and oversized bodies, an exact raw answer, and the answer to a
+//! request still waiting when the simulator stops. Catalogue errors ([`Behavior::Aadsts`](super::Behavior::Aadsts))
 //! are answered by the token endpoint with its usual error reply.
 
 use axum::body::Body;
 use axum::http::StatusCode;
-use axum::http::header::{self, HeaderValue};
+use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::RetryAfter;
@@ -107,6 +107,28 @@ pub(super) fn oversized_response(size: usize) -> Response {
         body.resize(size, b' ');
     }
     (StatusCode::OK, json_headers(), Body::from(body)).into_response()
+}
+
+/// [`Behavior::Raw`](super::Behavior::Raw): exactly the status, headers and body the test asked
+/// for. Nothing is added, so a test controls every byte a client parses.
+pub(super) fn raw_response(status: u16, headers: &[(String, String)], body: &[u8]) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Body::from(body.to_vec())).into_response();
+    let map = response.headers_mut();
+    // axum adds no header for a plain `Body`; clear anyway so "exactly this" stays true if
+    // that ever changes.
+    map.clear();
+    for (name, value) in headers {
+        // An invalid name or value cannot be put on the wire; leaving it out is what a test
+        // can observe, where a panic would only kill the simulator's connection task.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    response
 }
 
 /// Sent to a request still waiting when the simulator is dropped.
@@ -271,6 +293,71 @@ mod tests {
         let answer = post(&http, &v2_url(&sim, TENANT), &v2_form()).await;
         assert_eq!(answer.status, 200);
         assert!(started.elapsed() >= Duration::from_millis(80));
+    }
+
+    #[tokio::test]
+    async fn raw_answers_exactly_the_given_status_headers_and_body() {
+        let Fixture { sim, http } = fixture().await;
+        let body = br#"{"access_token":"x","expires_in":1000000000000}"#.to_vec();
+        sim.push_script(
+            TENANT,
+            [
+                Behavior::Raw {
+                    status: 429,
+                    headers: vec![
+                        ("Retry-After".to_owned(), "18446744073709551615".to_owned()),
+                        ("X-Repeated".to_owned(), "one".to_owned()),
+                        ("X-Repeated".to_owned(), "two".to_owned()),
+                        ("Bad Name".to_owned(), "dropped".to_owned()),
+                    ],
+                    body: b"slow down".to_vec(),
+                },
+                Behavior::Raw {
+                    status: 200,
+                    headers: vec![("Content-Type".to_owned(), "application/json".to_owned())],
+                    body: body.clone(),
+                },
+                Behavior::Raw {
+                    status: 1000,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                },
+            ],
+        );
+        // Whatever the credentials: a raw answer skips Entra's validation.
+        let url = v2_url(&sim, TENANT);
+        let throttled = post(&http, &url, &with(v2_form(), "client_secret", "wrong")).await;
+        assert_eq!(throttled.status, 429);
+        assert_eq!(
+            throttled.header("retry-after"),
+            Some("18446744073709551615")
+        );
+        assert_eq!(throttled.body, "slow down");
+        assert_eq!(throttled.header("content-type"), None);
+        assert!(
+            !throttled
+                .headers
+                .keys()
+                .any(|name| name.as_str().contains(' '))
+        );
+        let repeated: Vec<&str> = throttled
+            .headers
+            .get_all("x-repeated")
+            .iter()
+            .map(|value| value.to_str().unwrap())
+            .collect();
+        assert_eq!(repeated, ["one", "two"]);
+
+        let absurd = post(&http, &url, &v2_form()).await;
+        assert_eq!(absurd.status, 200);
+        assert_eq!(absurd.header("content-type"), Some("application/json"));
+        assert_eq!(absurd.body.as_bytes(), body.as_slice());
+
+        let invalid = post(&http, &url, &v2_form()).await;
+        assert_eq!(invalid.status, 500);
+        assert!(invalid.body.is_empty());
+        assert_eq!(sim.request_count(TENANT), 3);
+        assert_eq!(sim.issued_count(TENANT), 0);
     }
 
     #[tokio::test]

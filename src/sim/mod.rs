@@ -27,7 +27,9 @@
 //! * **Faults.** [`Behavior`] injects what production throws at a client: catalogue errors,
 //!   HTTP 429 with `Retry-After` in seconds or as an HTTP date and with a JSON or plain-text
 //!   body, 5xx without `Retry-After` and with non-JSON bodies, slow and hung responses, HTML
-//!   login pages from intercepting proxies, truncated and oversized JSON. A per-tenant script of
+//!   login pages from intercepting proxies, truncated and oversized JSON, and
+//!   [`Behavior::Raw`]: any status, headers and body, for the hostile answers (absurd numbers)
+//!   no real server sends. A per-tenant script of
 //!   one-shot behaviours ("fail twice, then succeed") runs before the persistent behaviour.
 //!
 //! * **Certificate credentials** (§3). [`SimEntra::add_certificate`] registers certificates on
@@ -232,6 +234,20 @@ pub enum Behavior {
     Oversized(usize),
     /// Never answer; the request waits until the client gives up or the simulator is dropped.
     Hang,
+    /// Answer exactly this, whatever the request: the way to send what no well-behaved server
+    /// would (`Retry-After: 18446744073709551615`, `"expires_in": 1000000000000`, a
+    /// `refresh_in` of `i64::MAX`), so a test can prove the daemon survives it. A status that is
+    /// not a valid HTTP status becomes 500; a header whose name or value is not valid on the
+    /// wire is left out (the test then sees it missing rather than a simulator panic). No
+    /// header is added, not even `Content-Type`.
+    Raw {
+        /// The HTTP status.
+        status: u16,
+        /// Header names and values, sent in this order (a name may repeat).
+        headers: Vec<(String, String)>,
+        /// The body, byte for byte.
+        body: Vec<u8>,
+    },
 }
 
 /// The two forms of the `Retry-After` header (RFC 9110 §10.2.3).

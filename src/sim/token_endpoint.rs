@@ -16,8 +16,8 @@ use super::access_token::success_response;
 use super::assertion::{JWT_BEARER_ASSERTION_TYPE, SimAssertion, verify_assertion};
 use super::catalogue::{catalogue, error_body};
 use super::faults::{
-    oversized_response, proxy_login_page, server_error_reply, stopped_response, throttle_reply,
-    truncated_response,
+    oversized_response, proxy_login_page, raw_response, server_error_reply, stopped_response,
+    throttle_reply, truncated_response,
 };
 use super::wire::{
     REDACTED, client_key, decode_component, is_dns_like, is_guid, json_headers, parse_basic,
@@ -312,6 +312,11 @@ async fn token_endpoint(shared: Arc<Shared>, version: ApiVersion, request: Reque
         Behavior::Html => proxy_login_page().into(),
         Behavior::Truncated => truncated_response().into(),
         Behavior::Oversized(size) => oversized_response(*size).into(),
+        Behavior::Raw {
+            status,
+            headers,
+            body,
+        } => raw_response(*status, headers, body).into(),
     };
     tracing::debug!(
         tenant = %incoming.tenant,
@@ -336,6 +341,7 @@ fn behavior_label(behavior: &Behavior) -> &'static str {
         Behavior::Truncated => "truncated",
         Behavior::Oversized(_) => "oversized",
         Behavior::Hang => "hang",
+        Behavior::Raw { .. } => "raw",
     }
 }
 

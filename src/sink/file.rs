@@ -24,9 +24,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::clock;
 use crate::config::{FileFormat, FileSinkConfig, TenantConfig};
 use crate::safe_read::{self, Symlinks};
-use crate::token::AccessToken;
+use crate::token::{AccessToken, ClaimedExpiry};
 
 /// Makes temp names unique within the process; the pid and [`process_nonce`] make them unique
 /// across processes and across restarts that reuse a pid.
@@ -121,15 +122,14 @@ fn render(format: FileFormat, tenant: &TenantConfig, token: &AccessToken) -> sec
     match format {
         FileFormat::Raw => token.secret.clone(),
         FileFormat::Json => {
-            let expires_at = chrono::DateTime::from_timestamp(token.expires_on, 0)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_default();
+            // Always printable: a token's expiry is within a year of its arrival.
+            let expires_at = clock::rfc3339_unix(token.expires_on()).unwrap_or_default();
             let mut text = serde_json::json!({
                 "access_token": token.secret.expose_secret(),
                 "token_type": token.token_type,
-                "expires_on": token.expires_on,
+                "expires_on": token.expires_on(),
                 "expires_at": expires_at,
-                "issued_on": token.issued_on,
+                "issued_on": token.issued_on(),
                 "tenant": tenant.name,
                 "tenant_id": non_empty(&tenant.tenant_id),
                 "client_id": non_empty(&tenant.client_id),
@@ -175,6 +175,9 @@ fn present<'de, D: serde::Deserializer<'de>>(
     <Option<String> as serde::Deserialize>::deserialize(deserializer).map(Some)
 }
 
+/// The token in a json file written for the same request, with the same bounds as a fresh
+/// response ([`AccessToken::new`]): a file is outside input too (an older version, a hand edit,
+/// a token from a broken server), so an absurd `expires_on` is not adopted by warm start.
 fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
     let file: ExistingFile = serde_json::from_slice(bytes).ok()?;
     // Files written before `scope` was recorded name only the resource; for them the resource
@@ -188,13 +191,17 @@ fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
         && file.resource.unwrap_or_default() == tenant.resource
         && same_scope
         && file.audience.as_deref() == tenant.requested_audience();
-    (same && file.expires_on > file.issued_on).then(|| AccessToken {
-        secret: file.access_token,
-        token_type: file.token_type.unwrap_or_else(|| "Bearer".to_owned()),
-        issued_on: file.issued_on,
-        expires_on: file.expires_on,
-        refresh_in: None,
-    })
+    if !same {
+        return None;
+    }
+    AccessToken::new(
+        file.access_token,
+        file.token_type.unwrap_or_else(|| "Bearer".to_owned()),
+        clock::unix_to_system(file.issued_on),
+        ClaimedExpiry::At(file.expires_on),
+        None,
+    )
+    .ok()
 }
 
 fn temp_prefix(path: &Path) -> String {
@@ -365,13 +372,14 @@ mod tests {
             "https://login.microsoftonline.com",
             "/t/contoso.json".into(),
         );
-        let token = AccessToken {
-            secret: secrecy::SecretString::from("eyJ.x.y"),
-            token_type: "Bearer".into(),
-            issued_on: 1_000,
-            expires_on: 4_600,
-            refresh_in: None,
-        };
+        let token = AccessToken::new(
+            secrecy::SecretString::from("eyJ.x.y"),
+            "Bearer".into(),
+            clock::unix_to_system(1_000),
+            ClaimedExpiry::At(4_600),
+            None,
+        )
+        .unwrap();
         let written = render(FileFormat::Json, &tenant, &token);
         let bytes = written.expose_secret().as_bytes().to_vec();
         assert!(parse_existing(&bytes, &tenant).is_some());
@@ -393,6 +401,55 @@ mod tests {
         assert!(parse_existing(&old, &tenant).is_some());
         tenant.resource = "https://other.example".into();
         assert!(parse_existing(&old, &tenant).is_none());
+    }
+
+    #[test]
+    fn hardening_absurd_times_in_a_file_are_not_adopted() {
+        let tenant = TenantConfig::entra(
+            "contoso",
+            "contoso.onmicrosoft.com",
+            "app",
+            crate::config::SecretSource::Env("S".into()),
+            "https://login.microsoftonline.com",
+            "/t/contoso.json".into(),
+        );
+        let token = AccessToken::new(
+            secrecy::SecretString::from("eyJ.x.y"),
+            "Bearer".into(),
+            clock::unix_to_system(1_767_225_600),
+            ClaimedExpiry::In(3600),
+            None,
+        )
+        .unwrap();
+        let written = render(FileFormat::Json, &tenant, &token);
+        let good: serde_json::Value = serde_json::from_str(written.expose_secret()).unwrap();
+        assert_eq!(good["expires_at"], "2026-01-01T01:00:00Z");
+        let adopted = parse_existing(written.expose_secret().as_bytes(), &tenant).unwrap();
+        assert_eq!(adopted.expires_on(), 1_767_229_200);
+        assert_eq!(
+            adopted.lifetime().get(),
+            std::time::Duration::from_secs(3600)
+        );
+        let with = |issued_on: i64, expires_on: i64| {
+            let mut file = good.clone();
+            file["issued_on"] = issued_on.into();
+            file["expires_on"] = expires_on.into();
+            serde_json::to_vec(&file).unwrap()
+        };
+        for (issued_on, expires_on) in [
+            // Some 31,700 years, and the end of i64.
+            (1_767_225_600, 1_767_225_600 + 1_000_000_000_000),
+            (1_767_225_600, i64::MAX),
+            // Expired before it was issued, and times before 1970.
+            (1_767_225_600, 1_767_225_000),
+            (i64::MIN, i64::MIN + 10),
+            (i64::MIN, 1_767_229_200),
+        ] {
+            assert!(
+                parse_existing(&with(issued_on, expires_on), &tenant).is_none(),
+                "{issued_on} {expires_on}"
+            );
+        }
     }
 
     #[test]
