@@ -109,6 +109,8 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
     Ok(Shared {
         client: TokenClient::new(&config.daemon)?,
         limiter: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
+        slow_lane: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
+        slow_after: tenant::SLOW_AFTER.min(config.daemon.request_timeout / 2),
         policy: RetryPolicy::from(&config.daemon),
         observer,
     })

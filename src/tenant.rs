@@ -11,18 +11,23 @@
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::TokenClient;
 use crate::clock;
 use crate::config::{DaemonConfig, TenantConfig};
 use crate::credential::Credential;
-use crate::error::{ErrorClass, RefreshError};
+use crate::error::{ErrorClass, Reason, RefreshError};
 use crate::schedule;
 use crate::sink::Sink;
 use crate::status::{self, StatusHandle};
 use crate::token::AccessToken;
+
+/// How long a request may run in the main lane before it moves to the slow lane. Entra answers
+/// in tens to hundreds of milliseconds; a request still running after this is waiting on a
+/// struggling or hanging endpoint, and moving it costs nothing but a second permit pool.
+pub const SLOW_AFTER: Duration = Duration::from_millis(500);
 
 /// Retry knobs, copied from the daemon config.
 #[derive(Clone, Copy, Debug)]
@@ -50,8 +55,15 @@ impl From<&DaemonConfig> for RetryPolicy {
 pub struct Shared {
     /// The HTTP client (shared pool).
     pub client: TokenClient,
-    /// Caps token requests in flight across all tenants.
+    /// Caps token requests in flight across all tenants: the lane healthy tenants use.
     pub limiter: Arc<Semaphore>,
+    /// The slow lane, as large again: requests still running after `slow_after`, and every
+    /// request of a tenant whose last one was slow or timed out, wait and run here, so an
+    /// endpoint that hangs never holds the permits healthy tenants need.
+    pub slow_lane: Arc<Semaphore>,
+    /// When a request in the main lane moves to the slow lane. A healthy token endpoint
+    /// answers in well under a second.
+    pub slow_after: Duration,
     /// Retry knobs.
     pub policy: RetryPolicy,
     /// Hook called after every finished attempt (metrics); `None` in `once` and tests.
@@ -93,6 +105,8 @@ pub struct Tenant {
     retry_not_before: Option<SystemTime>,
     /// The credential's runtime state (loaded certificate, cached federated token).
     credential: Credential,
+    /// The last request was slow or timed out: the next one waits in the slow lane.
+    slow: bool,
 }
 
 impl Tenant {
@@ -113,6 +127,7 @@ impl Tenant {
             failures: 0,
             last_attempt: None,
             retry_not_before: None,
+            slow: false,
         }
     }
 
@@ -132,10 +147,15 @@ impl Tenant {
                 () = cancel.cancelled() => return,
                 () = sleep_until(wake) => {}
             }
+            let lane = if self.slow {
+                &self.shared.slow_lane
+            } else {
+                &self.shared.limiter
+            };
             let permit = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
-                permit = self.shared.limiter.clone().acquire_owned() => permit,
+                permit = lane.clone().acquire_owned() => permit,
             };
             // From here on the attempt runs to completion, even if cancelled meanwhile. Boxed so
             // that a sleeping tenant's future stays small: only attempts in flight pay for the
@@ -177,15 +197,26 @@ impl Tenant {
             now < schedule::refresh_point(token, self.config.refresh_at, self.jitter_offset)
         });
         let mut request_duration = None;
+        let mut permit = permit;
         let token = match reuse {
             Some(token) => Ok(token),
             None => {
                 let started = std::time::Instant::now();
-                let fetched = self
-                    .shared
-                    .client
-                    .fetch(&self.config, &mut self.credential)
-                    .await;
+                let request = self.shared.client.fetch(&self.config, &mut self.credential);
+                let main_lane = !self.slow;
+                let (fetched, kept, moved) = in_lanes(
+                    request,
+                    permit.take(),
+                    main_lane,
+                    &self.shared.slow_lane,
+                    self.shared.slow_after,
+                )
+                .await;
+                permit = kept;
+                let timed_out = matches!(&fetched, Err(err) if err.reason == Reason::Timeout);
+                self.slow = moved
+                    || timed_out
+                    || (!main_lane && started.elapsed() >= self.shared.slow_after);
                 request_duration = Some(started.elapsed());
                 fetched
             }
@@ -284,6 +315,34 @@ impl Tenant {
     }
 }
 
+/// Runs a token request holding `permit`. A request in the main lane still running after
+/// `slow_after` trades its permit for one of the slow lane (waiting for it while the request goes
+/// on), so requests to an endpoint that hangs stop taking main-lane permits within `slow_after`,
+/// instead of for the whole request timeout. Returns the output, the permit now held, and whether
+/// the request moved.
+async fn in_lanes<F: std::future::Future>(
+    request: F,
+    permit: Option<OwnedSemaphorePermit>,
+    main_lane: bool,
+    slow_lane: &Arc<Semaphore>,
+    slow_after: Duration,
+) -> (F::Output, Option<OwnedSemaphorePermit>, bool) {
+    let mut request = std::pin::pin!(request);
+    if !main_lane {
+        return (request.await, permit, false);
+    }
+    tokio::select! {
+        output = &mut request => return (output, permit, false),
+        () = tokio::time::sleep(slow_after) => {}
+    }
+    let slow = tokio::select! {
+        output = &mut request => return (output, permit, false),
+        slow = slow_lane.clone().acquire_owned() => slow.ok(),
+    };
+    drop(permit);
+    (request.await, slow, true)
+}
+
 /// One line per failure with everything needed to open a support case; ERROR only when a tenant
 /// enters the permanent state, so a misconfigured tenant does not flood the log.
 fn log_failure(
@@ -353,5 +412,49 @@ pub async fn refresh_once(config: Arc<TenantConfig>, shared: Shared) -> OnceOutc
             Some(err) => Err(err),
             None => Ok(()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn hardening_11_a_hanging_request_gives_its_main_permit_back() {
+        let main = Arc::new(Semaphore::new(1));
+        let slow = Arc::new(Semaphore::new(1));
+        let permit = main.clone().acquire_owned().await.ok();
+        let hanging = tokio::time::sleep(Duration::from_secs(30));
+        let run = tokio::spawn({
+            let slow = slow.clone();
+            async move { in_lanes(hanging, permit, true, &slow, SLOW_AFTER).await }
+        });
+        // Before SLOW_AFTER the request holds the main lane...
+        tokio::time::sleep(SLOW_AFTER / 2).await;
+        assert_eq!(main.available_permits(), 0);
+        // ...after it, the slow lane.
+        tokio::time::sleep(SLOW_AFTER).await;
+        assert_eq!(main.available_permits(), 1);
+        assert_eq!(slow.available_permits(), 0);
+        let ((), kept, moved) = run.await.unwrap();
+        assert!(moved);
+        drop(kept);
+        assert_eq!(slow.available_permits(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quick_request_stays_in_its_lane() {
+        let main = Arc::new(Semaphore::new(1));
+        let slow = Arc::new(Semaphore::new(1));
+        let permit = main.clone().acquire_owned().await.ok();
+        let quick = tokio::time::sleep(SLOW_AFTER / 4);
+        let ((), kept, moved) = in_lanes(quick, permit, true, &slow, SLOW_AFTER).await;
+        assert!(!moved && kept.is_some());
+        assert_eq!(slow.available_permits(), 1);
+        // A request already in the slow lane never moves.
+        let permit = slow.clone().acquire_owned().await.ok();
+        let long = tokio::time::sleep(SLOW_AFTER * 4);
+        let ((), _kept, moved) = in_lanes(long, permit, false, &slow, SLOW_AFTER).await;
+        assert!(!moved);
     }
 }
