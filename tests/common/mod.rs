@@ -180,3 +180,6 @@ impl Running {
         (status, response.text().await.unwrap())
     }
 }
+
+/// The real binary as a child process (spawn, log, signals, memory).
+pub mod process;
