@@ -386,11 +386,30 @@ fn redact_secrets(text: &str, secrets: &[&str]) -> String {
     forms.dedup();
     let mut text = text.to_owned();
     for form in &forms {
-        if text.contains(form.as_str()) {
-            text = text.replace(form.as_str(), REDACTED);
-        }
+        text = replace_ignoring_ascii_case(&text, form);
     }
     text
+}
+
+/// `text` with every occurrence of `needle` replaced by [`REDACTED`], ignoring ASCII case: a
+/// server that upper- or lower-cases what it echoes must not get the secret through. ASCII case
+/// folding keeps every byte offset, so matches found in the folded copy cut the original.
+fn replace_ignoring_ascii_case(text: &str, needle: &str) -> String {
+    if needle.is_empty() {
+        return text.to_owned();
+    }
+    let folded_text = text.to_ascii_lowercase();
+    let folded_needle = needle.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(found) = folded_text[from..].find(&folded_needle) {
+        let start = from + found;
+        out.push_str(&text[from..start]);
+        out.push_str(REDACTED);
+        from = start + folded_needle.len();
+    }
+    out.push_str(&text[from..]);
+    out
 }
 
 /// The ways a secret can come back from a server that quotes the request.
@@ -692,6 +711,19 @@ mod tests {
 
     /// A JWT as Entra issues them: header, payload, signature.
     const JWT: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2FuYWx5c2lzIiwib2lkIjoiMTIzIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2Nzg5MA";
+
+    #[test]
+    fn a_secret_echoed_in_another_case_is_still_redacted() {
+        let secret = "s3cr3t~VALUE~that-must-never-be-logged";
+        for echoed in [
+            secret.to_ascii_lowercase(),
+            secret.to_ascii_uppercase(),
+            "S3CR3T%7evalue%7eTHAT-must-never-be-logged".to_owned(),
+        ] {
+            let out = sanitise(&format!("bad secret '{echoed}' é"), &[secret]);
+            assert_eq!(out, "bad secret '[REDACTED]' é", "{echoed}");
+        }
+    }
 
     #[test]
     fn sanitise_turns_every_control_and_bidi_character_into_one_space() {
