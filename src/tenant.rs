@@ -310,8 +310,19 @@ impl Tenant {
             status.first_attempt_done = true;
             was
         };
-        log_failure(&self.config.name, &err, delay, self.failures, was_permanent);
-        schedule::later(now, delay)
+        let planned = schedule::later(now, delay);
+        // What the log says is when the next attempt really comes: the minimum interval
+        // between attempts may push it past the backoff.
+        let wake = schedule::next_wake(planned, None, self.last_attempt, self.retry_not_before);
+        let retry_in = wake.duration_since(now).unwrap_or(delay);
+        log_failure(
+            &self.config.name,
+            &err,
+            retry_in,
+            self.failures,
+            was_permanent,
+        );
+        planned
     }
 }
 
@@ -357,7 +368,13 @@ fn log_failure(
     let correlation_id = err.correlation_id.as_deref().unwrap_or("");
     let client_request_id = err.client_request_id.as_deref().unwrap_or("");
     let status = err.status.unwrap_or(0);
-    let retry_in = humantime::format_duration(Duration::from_secs(retry_in.as_secs())).to_string();
+    // Whole seconds, except for the short waits of fast backoffs, which would all read "0s".
+    let shown = if retry_in < Duration::from_secs(10) {
+        Duration::from_millis(u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX))
+    } else {
+        Duration::from_secs(retry_in.as_secs())
+    };
+    let retry_in = humantime::format_duration(shown).to_string();
     let class = err.class.as_str();
     let reason = err.reason.as_str();
     let message = err.message.as_str();
