@@ -713,7 +713,7 @@ mod tests {
     const JWT: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2FuYWx5c2lzIiwib2lkIjoiMTIzIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2Nzg5MA";
 
     #[test]
-    fn a_secret_echoed_in_another_case_is_still_redacted() {
+    fn hardening_4_a_secret_echoed_in_another_case_is_still_redacted() {
         let secret = "s3cr3t~VALUE~that-must-never-be-logged";
         for echoed in [
             secret.to_ascii_lowercase(),

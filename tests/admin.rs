@@ -183,7 +183,7 @@ async fn metrics_status_and_probes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_waits_for_first_attempts_and_fails_on_sink_errors() {
+async fn hardening_10_readyz_waits_for_first_attempts_and_fails_only_when_most_sinks_fail() {
     let Fixture { sim, dir } = fixture(
         &["slow.example.com", "disk.example.com"],
         Duration::from_secs(3600),

@@ -678,7 +678,7 @@ fn a_tenant_keeps_its_own_federated_token_file_under_a_defaults_credential() {
 }
 
 #[test]
-fn file_names_too_long_for_the_temp_suffix_are_refused() {
+fn hardening_10_file_names_too_long_for_the_temp_suffix_are_refused() {
     let long = "n".repeat(240);
     let text = MINIMAL.replace("name = \"contoso\"", &format!("name = \"{long}\""));
     let err = parse_err(&text).to_string();

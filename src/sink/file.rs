@@ -516,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_file_named_like_a_temp_file_is_never_removed() {
+    fn hardening_10_a_tenant_file_named_like_a_temp_file_is_never_removed() {
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("t.json");
         let lookalike = dir.path().join(".t.json.tmp-1-00000000deadbeef-4");
@@ -527,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn wider_modes_are_tightened() {
+    fn hardening_10_wider_modes_are_tightened() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.json");
         std::fs::write(&path, "x").unwrap();
