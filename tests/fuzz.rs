@@ -2645,8 +2645,12 @@ fn check_config(bytes: &[u8], _: &()) -> Result<String, Violation> {
 fn message_kind(message: &str) -> String {
     let mut unquoted = String::new();
     let mut quote = None;
+    let mut escaped = false;
     for c in message.chars() {
         match quote {
+            // `{:?}` escapes the quotes inside what it quotes.
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
             Some(open) if c == open => quote = None,
             Some(_) => {}
             None if matches!(c, '`' | '"' | '\'') => quote = Some(c),
@@ -2657,6 +2661,8 @@ fn message_kind(message: &str) -> String {
         .split(|c: char| !c.is_ascii_alphabetic())
         .filter(|word| !word.is_empty())
         .take(2)
+        // Some messages start with the key as written, which may be a long random word.
+        .map(|word| &word[..word.len().min(16)])
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -2698,4 +2704,93 @@ fn fuzz_config_parse() {
         generate: generate_config,
         check: check_config,
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks themselves
+// ---------------------------------------------------------------------------------------------
+
+/// The property checks catch what they are for: a fuzz suite whose assertions cannot fail
+/// proves nothing.
+#[test]
+fn checks_reject_what_they_should() {
+    // A quoted run of the token is seen; numbers and the message's own words are not. Tokens are
+    // found decoded and as written, in truncated bodies too.
+    let message = "token endpoint answered 200 with JSON that is not a token response (99 bytes)";
+    assert!(
+        quoted_run(
+            &format!("{message}: eyJhbGciOiJSUzI1NiJ9"),
+            b"eyJhbGciOiJSUzI1NiJ9"
+        )
+        .is_some()
+    );
+    assert!(quoted_run(message, b"JSON that is not a token").is_none());
+    assert!(quoted_run("expired 685477580 s before", b"685477580685477580").is_none());
+    let body = br#"{"access_token":"abc\"defghijk","expires_in":1}"#;
+    assert_eq!(
+        access_tokens(body),
+        vec![b"abc\"defghijk".to_vec(), br#"abc\"defghijk"#.to_vec()]
+    );
+    assert_eq!(
+        access_tokens(br#"{"access_token": "truncated"#),
+        vec![b"truncated".to_vec()]
+    );
+
+    // Hidden characters, the cap and every documented form of a secret.
+    let secret = "Ab1~x y/z+é\"q&w";
+    for text in ["a\u{1b}[2J", "a\u{202e}b", "a\u{9b}b", "a\u{200b}b"] {
+        assert!(check_clean("text", text, &[]).is_err(), "{text:?}");
+    }
+    assert!(check_clean("text", &"x".repeat(MAX_TEXT_CHARS + 1), &[]).is_err());
+    for form in [
+        secret,
+        "Ab1%7Ex+y%2Fz%2B%C3%A9%22q%26w",
+        "Ab1%7ex+y%2fz%2b%c3%a9%22q%26w",
+        "Ab1~x%20y%2Fz%2B%C3%A9%22q%26w",
+        "Ab1~x%20y%2fz%2b%c3%a9%22q%26w",
+        "Ab1~x y/z+é\\\"q&w",
+    ] {
+        assert!(
+            check_clean("text", &format!("bad {form}."), &[secret]).is_err(),
+            "{form}"
+        );
+    }
+    assert!(
+        check_clean(
+            "text",
+            "AADSTS7000215: Invalid client secret [REDACTED].",
+            &[secret]
+        )
+        .is_ok()
+    );
+
+    // Config problems are grouped by what they say, not by what they quote.
+    assert_eq!(
+        message_kind("unknown field `\u{1b}`, expected `name`"),
+        "unknown field"
+    );
+    assert_eq!(message_kind(r#""a\" b c" is not a tenant"#), "is not");
+
+    // A panic inside a target is a finding, not a crash of the test.
+    install_panic_hook();
+    let target = Target {
+        name: "panics",
+        seeds: Vec::new(),
+        dictionary: Vec::new(),
+        max_len: 1,
+        context: |_| (),
+        generate: |_, _| Vec::new(),
+        check: |input, _| {
+            assert!(input.is_empty(), "not empty");
+            Ok(String::new())
+        },
+    };
+    let violation = execute(&target, b"x", &()).unwrap_err();
+    assert!(
+        violation.property.starts_with("no panic (panicked at"),
+        "{}",
+        violation.property
+    );
+    assert_eq!(violation.detail, "not empty");
+    assert!(execute(&target, b"", &()).is_ok());
 }
