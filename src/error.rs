@@ -252,7 +252,7 @@ pub fn classify(
     // secret that spans a line break cannot leave its first half behind.
     let message = body_json
         .error_description
-        .map(|description| sanitise(first_line(&redact_secrets(&description, secrets)), &[]))
+        .map(|description| sanitise(first_line(&redact_secrets(&description, secrets)), secrets))
         .filter(|line| !line.is_empty())
         .unwrap_or_else(|| {
             format!(
@@ -369,6 +369,9 @@ pub fn sanitise(text: &str, secrets: &[&str]) -> String {
 fn sanitise_to(text: &str, secrets: &[&str], max_chars: usize) -> String {
     let text = redact_secrets(text, secrets);
     let text = flatten(&text);
+    // Again: collapsing whitespace can rebuild a secret that has a space in it from one the
+    // server sent with a tab or two spaces.
+    let text = redact_secrets(&text, secrets);
     let text = redact_tokens(&text);
     cap(&text, max_chars)
 }
@@ -711,6 +714,30 @@ mod tests {
 
     /// A JWT as Entra issues them: header, payload, signature.
     const JWT: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2FuYWx5c2lzIiwib2lkIjoiMTIzIn0.c2lnbmF0dXJlLWJ5dGVzLWhlcmUtMTIzNDU2Nzg5MA";
+
+    #[test]
+    fn a_secret_with_a_space_rebuilt_by_collapsing_whitespace_is_redacted() {
+        let secret = "Ab1~x y/z+é\"q&w";
+        for body in [
+            "Ab1~x\ty/z+é\"q&w",
+            "Ab1~x  y/z+é\"q&w",
+            "Ab1~x\u{1b}y/z+é\"q&w",
+        ] {
+            let out = sanitise(body, &[secret]);
+            assert!(!out.contains(secret), "{body:?} -> {out:?}");
+            let err = classify(
+                400,
+                format!(
+                    "{{\"error\":\"invalid_request\",\"error_description\":{}}}",
+                    serde_json::to_string(body).unwrap()
+                )
+                .as_bytes(),
+                None,
+                &[secret],
+            );
+            assert!(!err.message.contains(secret), "{body:?} -> {}", err.message);
+        }
+    }
 
     #[test]
     fn hardening_4_a_secret_echoed_in_another_case_is_still_redacted() {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::Problem;
-use super::loader::Loader;
+use super::loader::{Loader, visible};
 
 impl Loader<'_> {
     /// Rules that span tenants: unique names, no two sinks writing one file.
@@ -38,7 +38,7 @@ impl Loader<'_> {
                     self.problems.push(Problem {
                         line: *line,
                         key: Some(format!("tenant {name:?}: sinks.path")),
-                        message,
+                        message: visible(&message),
                     });
                 }
             }

@@ -100,8 +100,8 @@ impl<'a> Loader<'a> {
         let line = offset.map(|o| self.line_of(o));
         self.problems.push(Problem {
             line,
-            key: key.into(),
-            message,
+            key: key.into().map(|key| visible(&key)),
+            message: visible(&message),
         });
     }
 
@@ -290,6 +290,25 @@ impl<'a> Loader<'a> {
             self.base_dir.join(path)
         }
     }
+}
+
+/// A message with its control characters written out (`\t`, `\u{1b}`): messages quote keys
+/// and values from the file, and a control character there must not forge or garble the lines
+/// `check` prints and the reload log writes.
+pub(super) fn visible(message: &str) -> String {
+    if !message.chars().any(char::is_control) {
+        return message.to_owned();
+    }
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// serde's message about a key's value, unless the key may hold a secret: serde quotes the

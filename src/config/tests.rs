@@ -703,3 +703,22 @@ fn tenant_equality_is_by_settings_not_by_line() {
     let changed = parse_ok(&format!("{MINIMAL}schedule = \"0 0 * * * *\"\n"));
     assert_ne!(**before, *changed.tenants[0]);
 }
+
+#[test]
+fn control_characters_from_the_file_are_written_out_in_messages() {
+    let err = parse_err("[server]\n\"\\u0009x\" = 1\n[defaults]\nauth = \"\\r\"\n");
+    for problem in &err.problems {
+        let shown = format!("{:?} {}", problem.key, problem.message);
+        assert!(!problem.message.chars().any(char::is_control), "{shown}");
+        assert!(
+            !problem
+                .key
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .any(char::is_control),
+            "{shown}"
+        );
+    }
+    assert!(err.to_string().contains("\\t"), "{err}");
+}
