@@ -122,9 +122,21 @@ pub fn read_blocking(path: &Path, max: u64, symlinks: Symlinks) -> Result<Vec<u8
 /// See [`ReadError`].
 pub async fn read(path: &Path, max: u64, symlinks: Symlinks) -> Result<Vec<u8>, ReadError> {
     let owned = path.to_owned();
-    let task = tokio::task::spawn_blocking(move || read_blocking(&owned, max, symlinks));
+    blocking(path, move || read_blocking(&owned, max, symlinks)).await?
+}
+
+/// Any blocking file work about `path` (a stat, a parse of files read with [`read_blocking`])
+/// on the blocking pool, given up after [`READ_TIMEOUT`].
+///
+/// # Errors
+/// The work did not finish in time, or panicked.
+pub async fn blocking<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReadError> {
+    let task = tokio::task::spawn_blocking(work);
     match tokio::time::timeout(READ_TIMEOUT, task).await {
-        Ok(Ok(result)) => result,
+        Ok(Ok(result)) => Ok(result),
         Ok(Err(join)) => Err(ReadError::Io {
             path: path.to_owned(),
             source: io::Error::other(join.to_string()),

@@ -5,8 +5,10 @@
 
 mod common;
 
+use common::process::{entry, status_json, wait_for_status};
 use common::*;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use powerbi_tokend::clock::unix_now;
+use std::time::{Duration, Instant};
 
 use powerbi_tokend::sim::Behavior;
 
@@ -16,49 +18,6 @@ fn raw_json(body: &str) -> Behavior {
         status: 200,
         headers: vec![("Content-Type".to_owned(), "application/json".to_owned())],
         body: body.as_bytes().to_vec(),
-    }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// `/status` as JSON; panics (failing the test) if the reply is not a valid JSON document.
-async fn get_status(daemon: &Running) -> serde_json::Value {
-    let (code, body) = daemon.get("/status").await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap_or_else(|err| panic!("/status is not JSON ({err}): {body}"))
-}
-
-/// The `/status` entry of one tenant.
-fn entry<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["tenants"]
-        .as_array()
-        .and_then(|tenants| tenants.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("{name} missing from /status: {status}"))
-}
-
-/// Polls `/status` every 20 ms until `condition` holds for it; panics after `timeout`.
-async fn wait_for_status(
-    daemon: &Running,
-    what: &str,
-    timeout: Duration,
-    condition: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        let status = get_status(daemon).await;
-        if condition(&status) {
-            return status;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -107,7 +66,7 @@ async fn hardening_1_huge_retry_after_or_refresh_in_does_not_kill_the_tenant() {
 
     // The throttled tenant is alive and waits the capped hour, not 584 billion years.
     let status = wait_for_status(
-        &daemon,
+        daemon.addr,
         "retry's throttled attempt",
         Duration::from_secs(5),
         |s| entry(s, "retry")["last_error"]["reason"] == "throttled",
@@ -136,7 +95,7 @@ async fn hardening_1_huge_retry_after_or_refresh_in_does_not_kill_the_tenant() {
     .await;
     assert!(sim.request_count("hint.example.com") >= 2);
 
-    let status = get_status(&daemon).await;
+    let status = status_json(daemon.addr).await;
     for name in ["retry", "hint"] {
         assert_eq!(entry(&status, name)["task_panics"], 0, "{status}");
     }
@@ -192,7 +151,7 @@ async fn hardening_2_far_future_expiry_keeps_status_valid_and_is_not_trusted() {
     .await;
 
     let status = wait_for_status(
-        &daemon,
+        daemon.addr,
         "every tenant's first attempt",
         Duration::from_secs(5),
         |s| {

@@ -54,7 +54,7 @@ impl Loader<'_> {
         ) {
             return;
         }
-        let provider = inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref());
+        let provider = input.provider();
         let found: Vec<(&str, Option<usize>, &str)> = match provider {
             Provider::Entra => {
                 let why = "applies only to provider = \"oauth2\"";

@@ -51,7 +51,7 @@ impl Loader<'_> {
         kind_offset: usize,
         input: &TenantInput<'_>,
     ) -> Option<ManagedIdentityId> {
-        if inherited_provider(input) == Provider::Oauth2 {
+        if input.provider() == Provider::Oauth2 {
             // Not an Entra tenant at all: the OAuth2 rules say so.
             return Some(ManagedIdentityId::System);
         }
@@ -88,11 +88,6 @@ impl Loader<'_> {
             }
         }
     }
-}
-
-/// The tenant's provider, else `[defaults]`'.
-fn inherited_provider(input: &TenantInput<'_>) -> Provider {
-    inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref())
 }
 
 /// Parses a `managed_identity` value.

@@ -26,6 +26,11 @@ pub(super) struct TenantInput<'r> {
 }
 
 impl TenantInput<'_> {
+    /// The tenant's provider, else `[defaults]`', else Entra.
+    pub(super) fn provider(&self) -> Provider {
+        inherited!(self, provider).map_or_else(Provider::default, |p| *p.get_ref())
+    }
+
     /// The key path of a problem: `tenant "contoso": client_id`.
     pub(super) fn key(&self, key: &str) -> String {
         format!("tenant {:?}: {key}", self.label)
@@ -70,7 +75,7 @@ impl Loader<'_> {
             label: name.clone().unwrap_or_else(|| format!("tenant[{index}]")),
             broken,
         };
-        let provider = inherited!(input, provider).map_or_else(Provider::default, |p| *p.get_ref());
+        let provider = input.provider();
         let (credential, kind) = self.tenant_credential(&input);
         let tenant_id = self.tenant_id(&input, provider, kind);
         let client_id = match &credential {

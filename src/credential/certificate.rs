@@ -23,7 +23,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 use std::os::unix::fs::MetadataExt;
 
-use crate::safe_read::{self, ReadError, Symlinks};
+use crate::safe_read::{self, Symlinks};
 use std::path::Path;
 
 use super::CredentialError;
@@ -83,7 +83,7 @@ impl Certificate {
     /// As [`Certificate::load`], or the files took too long.
     pub async fn load_async(config: &CertificateConfig) -> Result<Certificate, CredentialError> {
         let owned = config.clone();
-        off_runtime(&config.cert, move || Certificate::load(&owned)).await
+        safe_read::blocking(&config.cert, move || Certificate::load(&owned)).await?
     }
 
     /// Reads and checks the PEM files: an RSA key, at least one certificate, and a key that
@@ -243,22 +243,6 @@ fn random_guid() -> String {
     )
 }
 
-/// Runs blocking file work on the blocking pool with the same deadline as every other read.
-async fn off_runtime<T: Send + 'static>(
-    path: &Path,
-    work: impl FnOnce() -> Result<T, CredentialError> + Send + 'static,
-) -> Result<T, CredentialError> {
-    let task = tokio::task::spawn_blocking(work);
-    match tokio::time::timeout(safe_read::READ_TIMEOUT, task).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(CredentialError::Signing),
-        Err(_) => Err(CredentialError::Unreadable(ReadError::TimedOut {
-            path: path.to_owned(),
-            seconds: safe_read::READ_TIMEOUT.as_secs(),
-        })),
-    }
-}
-
 /// Identity of a file's current content for change detection: inode, size, mtime.
 type Stamp = (u64, u64, i64, i64);
 
@@ -292,7 +276,7 @@ impl CertificateCredential {
     async fn current(&mut self) -> Result<&Certificate, CredentialError> {
         let (cert, key) = (self.config.cert.clone(), self.config.key.clone());
         let stamps =
-            off_runtime(&self.config.cert, move || Ok((stamp(&cert), stamp(&key)))).await?;
+            safe_read::blocking(&self.config.cert, move || (stamp(&cert), stamp(&key))).await?;
         let fresh = matches!(&self.loaded, Some((seen, _)) if *seen == stamps);
         if !fresh {
             let certificate = Certificate::load_async(&self.config).await?;
