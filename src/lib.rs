@@ -339,36 +339,27 @@ pub async fn once(config: &Config) -> Result<Vec<OnceOutcome>, RunError> {
 /// How far ahead `check` warns about an expiring credential.
 pub const CREDENTIAL_WARNING_DAYS: i64 = 30;
 
-/// Credentials (certificates, secrets with `client_secret_expires`) that expire within
-/// [`CREDENTIAL_WARNING_DAYS`] of `now`, one message per tenant.
-pub async fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
-    let mut warnings = Vec::new();
-    for tenant in &config.tenants {
-        let expiry = match &tenant.credential {
-            config::CredentialConfig::ClientSecret { expires_on, .. } => {
-                expires_on.map(|e| (e, "client_secret"))
-            }
-            config::CredentialConfig::Certificate(certificate) => {
-                credential::certificate::Certificate::load_async(certificate)
-                    .await
-                    .ok()
-                    .map(|loaded| (loaded.not_after(), "certificate"))
-            }
-            _ => None,
-        };
-        if let Some((expires_on, kind)) = expiry {
-            let days = expires_on.saturating_sub(now) / 86_400;
-            if expires_on > now && days < CREDENTIAL_WARNING_DAYS {
-                warnings.push(format!(
-                    "tenant {:?}: the {} expires on {} (in {days} day(s)); rotate it before then",
-                    tenant.name,
-                    kind.replace('_', " "),
-                    clock::format_date(expires_on)
-                ));
-            }
-        }
-    }
-    warnings
+/// The warning for a credential of `tenant` that expires within [`CREDENTIAL_WARNING_DAYS`] of
+/// `now`, if it does.
+pub fn expiry_warning(tenant: &str, expiry: (i64, &str), now: i64) -> Option<String> {
+    let (expires_on, kind) = expiry;
+    let days = expires_on.saturating_sub(now) / 86_400;
+    (expires_on > now && days < CREDENTIAL_WARNING_DAYS).then(|| {
+        format!(
+            "tenant {tenant:?}: the {} expires on {} (in {days} day(s)); rotate it before then",
+            kind.replace('_', " "),
+            clock::format_date(expires_on)
+        )
+    })
+}
+
+/// A configuration that passed `check`, with early warnings about expiring credentials.
+#[derive(Debug)]
+pub struct Checked {
+    /// The configuration.
+    pub config: Config,
+    /// One line per credential that expires within [`CREDENTIAL_WARNING_DAYS`].
+    pub warnings: Vec<String>,
 }
 
 /// Validates a config file and reads every secret, certificate and token file it names, without
@@ -377,7 +368,7 @@ pub async fn credential_warnings(config: &Config, now: i64) -> Vec<String> {
 ///
 /// # Errors
 /// Every problem found, in file order.
-pub async fn check(path: &std::path::Path) -> Result<Config, config::ConfigError> {
+pub async fn check(path: &std::path::Path) -> Result<Checked, config::ConfigError> {
     let now = clock::unix_now();
     let (loaded, credentials) = config::load_for_check(path).await;
     let (config, mut err) = match loaded {
@@ -390,11 +381,18 @@ pub async fn check(path: &std::path::Path) -> Result<Config, config::ConfigError
         }
         Err(err) => (None, err),
     };
+    let mut warnings = Vec::new();
     for tenant in &credentials {
-        err.problems.extend(credential::verify(tenant, now).await);
+        let verified = credential::verify(tenant, now).await;
+        err.problems.extend(verified.problems);
+        warnings.extend(
+            verified
+                .expiry
+                .and_then(|expiry| expiry_warning(&tenant.tenant, expiry, now)),
+        );
     }
     match config {
-        Some(config) if err.problems.is_empty() => Ok(config),
+        Some(config) if err.problems.is_empty() => Ok(Checked { config, warnings }),
         _ => {
             err.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             Err(err)

@@ -100,9 +100,8 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Check(args) => {
             init_logging(cli.log_format.unwrap_or_default());
             match check(&args.config).await {
-                Ok(config) => {
-                    let now = powerbi_tokend::clock::unix_now();
-                    for warning in powerbi_tokend::credential_warnings(&config, now).await {
+                Ok(powerbi_tokend::Checked { config, warnings }) => {
+                    for warning in warnings {
                         eprintln!("{}: warning: {warning}", config.path.display());
                     }
                     println!(

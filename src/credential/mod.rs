@@ -18,7 +18,7 @@ mod verify;
 pub mod x509;
 
 pub use secret::{CredentialError, read_secret};
-pub use verify::verify;
+pub use verify::{Verified, verify};
 
 use secrecy::SecretString;
 

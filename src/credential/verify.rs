@@ -8,9 +8,19 @@ use crate::config::{CredentialConfig, Problem, SecretSource, TenantCredential};
 use super::certificate::Certificate;
 use super::secret::{CredentialError, read_secret};
 
-/// The problems with one tenant's credential at `now` (Unix seconds), at the line of its
-/// credential key.
-pub async fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
+/// What reading one tenant's credential found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// Problems at the line of the credential key (or of `client_secret_expires`).
+    pub problems: Vec<Problem>,
+    /// When the credential expires and its kind (`certificate`, `client_secret`), when known:
+    /// for `check`'s early warning, without reading the certificate a second time.
+    pub expiry: Option<(i64, &'static str)>,
+}
+
+/// Reads one tenant's credential at `now` (Unix seconds).
+pub async fn verify(tenant: &TenantCredential, now: i64) -> Verified {
+    let mut expiry = None;
     let problem = |key: &str, message: String| Problem {
         line: tenant.line,
         key: Some(format!("tenant {:?}: {key}", tenant.tenant)),
@@ -19,6 +29,7 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
     let mut problems = Vec::new();
     match &tenant.credential {
         CredentialConfig::ClientSecret { source, expires_on } => {
+            expiry = expires_on.map(|e| (e, "client_secret"));
             if let Some(expires_on) = expires_on.filter(|expires_on| *expires_on <= now) {
                 problems.push(Problem {
                     line: tenant.expires_line.or(tenant.line),
@@ -44,7 +55,7 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
                     format_date(loaded.not_after())
                 ),
             )),
-            Ok(_) => {}
+            Ok(loaded) => expiry = Some((loaded.not_after(), "certificate")),
             Err(err) => problems.push(problem("client_certificate", err.to_string())),
         },
         CredentialConfig::WorkloadIdentity { token_file } => {
@@ -60,5 +71,5 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Vec<Problem> {
         // The managed identity endpoint is only known on the Azure host itself.
         CredentialConfig::ManagedIdentity(_) => {}
     }
-    problems
+    Verified { problems, expiry }
 }

@@ -362,24 +362,34 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    #[test]
-    fn warm_start_needs_the_same_request() {
-        let mut tenant = TenantConfig::entra(
+    /// A Power BI tenant writing `/t/contoso.json`.
+    fn contoso() -> TenantConfig {
+        TenantConfig::entra(
             "contoso",
             "contoso.onmicrosoft.com",
             "app",
             crate::config::SecretSource::Env("S".into()),
             "https://login.microsoftonline.com",
             "/t/contoso.json".into(),
-        );
-        let token = AccessToken::new(
+        )
+    }
+
+    /// A token that arrived at `issued` (Unix seconds).
+    fn token_at(issued: i64, expiry: ClaimedExpiry) -> AccessToken {
+        AccessToken::new(
             secrecy::SecretString::from("eyJ.x.y"),
             "Bearer".into(),
-            clock::unix_to_system(1_000),
-            ClaimedExpiry::At(4_600),
+            clock::unix_to_system(issued),
+            expiry,
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn warm_start_needs_the_same_request() {
+        let mut tenant = contoso();
+        let token = token_at(1_000, ClaimedExpiry::At(4_600));
         let written = render(FileFormat::Json, &tenant, &token);
         let bytes = written.expose_secret().as_bytes().to_vec();
         assert!(parse_existing(&bytes, &tenant).is_some());
@@ -405,22 +415,8 @@ mod tests {
 
     #[test]
     fn hardening_absurd_times_in_a_file_are_not_adopted() {
-        let tenant = TenantConfig::entra(
-            "contoso",
-            "contoso.onmicrosoft.com",
-            "app",
-            crate::config::SecretSource::Env("S".into()),
-            "https://login.microsoftonline.com",
-            "/t/contoso.json".into(),
-        );
-        let token = AccessToken::new(
-            secrecy::SecretString::from("eyJ.x.y"),
-            "Bearer".into(),
-            clock::unix_to_system(1_767_225_600),
-            ClaimedExpiry::In(3600),
-            None,
-        )
-        .unwrap();
+        let tenant = contoso();
+        let token = token_at(1_767_225_600, ClaimedExpiry::In(3600));
         let written = render(FileFormat::Json, &tenant, &token);
         let good: serde_json::Value = serde_json::from_str(written.expose_secret()).unwrap();
         assert_eq!(good["expires_at"], "2026-01-01T01:00:00Z");
