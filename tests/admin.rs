@@ -82,18 +82,9 @@ async fn metrics_status_and_probes() {
     .await;
 
     // /readyz: an auth failure does not make the daemon unready.
-    let ready = async {
-        loop {
-            let (code, body) = daemon.get("/readyz").await;
-            if code == 200 {
-                break body;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let body = tokio::time::timeout(Duration::from_secs(5), ready)
-        .await
-        .expect("ready");
+    let body = daemon
+        .wait_for_get("ready", "/readyz", |code, _| code == 200)
+        .await;
     assert!(body.contains("\"ready\":true"), "{body}");
     assert_eq!(daemon.get("/healthz").await.0, 200);
 
@@ -239,28 +230,23 @@ async fn hardening_10_readyz_waits_for_first_attempts_and_fails_only_when_most_s
         ],
     );
     daemon.control.send(Control::Reload).await.unwrap();
-    let minority = async {
-        loop {
-            let (code, body) = daemon.get("/readyz").await;
-            if code == 200 {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let body = tokio::time::timeout(Duration::from_secs(5), minority)
-        .await
-        .expect("ready with one failing sink of four");
+    let body = daemon
+        .wait_for_get(
+            "ready with one failing sink of four",
+            "/readyz",
+            |code, _| code == 200,
+        )
+        .await;
     assert!(body.contains("\"sink_failing\":[\"disk\"]"), "{body}");
     std::fs::remove_file(dir.path().join("blocked")).unwrap();
-    let ready = async {
-        while daemon.get("/readyz").await.0 != 200 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), ready)
-        .await
-        .expect("ready after the disk is fixed");
+    // The daemon was already ready (one failing sink of four), so wait for the sink itself.
+    daemon
+        .wait_for_get(
+            "disk's sink after the disk is fixed",
+            "/readyz",
+            |code, body| code == 200 && body.contains("\"sink_failing\":[]"),
+        )
+        .await;
     daemon.stop().await;
 }
 
@@ -303,18 +289,11 @@ async fn reload_adds_removes_changes_and_rejects_bad_files() {
     // An invalid file: everything keeps running, the failure is counted.
     std::fs::write(&files.config, "[[tenant]]\nname = 5\n").unwrap();
     daemon.control.send(Control::Reload).await.unwrap();
-    let failed = async {
-        loop {
-            let (_, metrics) = daemon.get("/metrics").await;
-            if metrics.contains("powerbi_tokend_config_reloads_total{result=\"failure\"} 1") {
-                break metrics;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let metrics = tokio::time::timeout(Duration::from_secs(5), failed)
-        .await
-        .unwrap();
+    let metrics = daemon
+        .wait_for_get("the failed reload", "/metrics", |_, metrics| {
+            metrics.contains("powerbi_tokend_config_reloads_total{result=\"failure\"} 1")
+        })
+        .await;
     assert!(
         metrics.contains("powerbi_tokend_config_last_reload_successful 0"),
         "{metrics}"

@@ -768,11 +768,16 @@ async fn credential_expiry_metric_and_check_warning() {
         expires_on: Some(1_803_859_200),
     };
     let daemon = start_daemon(config(vec![with_cert, with_secret], fast_daemon())).await;
-    wait_for("both tokens", Duration::from_secs(5), || {
-        dir.path().join("contoso.json").exists() && dir.path().join("fabrikam.json").exists()
-    })
-    .await;
-    let (_, metrics) = daemon.get("/metrics").await;
+    // The certificate's expiry is known once the tenant has read it for its first token.
+    let metrics = daemon
+        .wait_for_get("both tenants healthy", "/metrics", |_, metrics| {
+            ["contoso", "fabrikam"].iter().all(|name| {
+                metrics.contains(&format!(
+                    "powerbi_tokend_tenant_state{{state=\"healthy\",tenant=\"{name}\"}} 1"
+                ))
+            })
+        })
+        .await;
     // openssl's notAfter, converted independently.
     let end = openssl(
         &[

@@ -166,6 +166,28 @@ impl Running {
             .unwrap();
     }
 
+    /// GETs `path` every 20 ms until `accept(status, body)` holds, and returns that body;
+    /// panics with `what` after 5 s. Status is updated after the sinks are written, so a
+    /// test that saw a token file must wait for the status it checks, not assume it.
+    pub async fn wait_for_get(
+        &self,
+        what: &str,
+        path: &str,
+        mut accept: impl FnMut(u16, &str) -> bool,
+    ) -> String {
+        let start = Instant::now();
+        loop {
+            let (code, body) = self.get(path).await;
+            if accept(code, &body) {
+                return body;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                panic!("timed out waiting for {what}; last {path} ({code}):\n{body}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// GETs an admin endpoint: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = reqwest::Client::builder()
