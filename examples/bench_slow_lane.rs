@@ -78,6 +78,8 @@ async fn run(
         configs.push(tenant(&sim, i, work.path()));
     }
     let config = Config {
+        redis: None,
+        fleet: None,
         path: "<bench>".into(),
         server: ServerConfig {
             listen: "127.0.0.1:0".parse()?,

@@ -92,6 +92,8 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
         })
         .collect();
     Config {
+        redis: None,
+        fleet: None,
         path: PathBuf::from("<demo>"),
         server: ServerConfig {
             listen,

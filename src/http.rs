@@ -204,6 +204,9 @@ pub struct TenantView {
     pub last_error: Option<ErrorView>,
     /// How often the tenant's task panicked and was restarted (a bug to report).
     pub task_panics: u64,
+    /// Fleet mode: the replica that fetched the current token; absent outside fleet mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refreshed_by: Option<String>,
 }
 
 /// A failure in `/status`: what Microsoft support asks for, never a secret.
@@ -252,6 +255,7 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
             client_request_id: err.client_request_id.clone(),
         }),
         task_panics: status.task_panics,
+        refreshed_by: status.refreshed_by.as_deref().map(str::to_owned),
         name,
     }
 }

@@ -53,6 +53,7 @@ pub mod config;
 pub mod credential;
 pub mod demo;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod safe_read;
@@ -60,6 +61,7 @@ pub mod schedule;
 pub mod sim;
 pub mod sink;
 pub mod status;
+pub mod store;
 pub mod supervisor;
 pub mod tenant;
 pub mod token;
@@ -71,9 +73,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, TokenClient};
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::http::AdminState;
 use crate::metrics::Metrics;
 use crate::status::Registry;
+use crate::store::Store;
 use crate::supervisor::Supervisor;
 use crate::tenant::{Observer, OnceOutcome, RetryPolicy, Shared};
 
@@ -106,12 +110,23 @@ pub enum RunError {
 }
 
 fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Shared, ClientError> {
+    let store = config
+        .redis
+        .as_ref()
+        .map(|redis| Arc::new(Store::new(redis.clone(), config.daemon.ca_file.clone())));
     Ok(Shared {
         client: TokenClient::new(&config.daemon)?,
         limiter: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_lane: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
-        slow_after: tenant::SLOW_AFTER.min(config.daemon.request_timeout / 2),
+        slow_after: Arc::new(tenant::SlowAfter::new(
+            tenant::SLOW_AFTER.min(config.daemon.request_timeout / 2),
+        )),
         policy: RetryPolicy::from(&config.daemon),
+        store: store.clone(),
+        fleet: match (&store, &config.fleet) {
+            (Some(store), Some(fleet)) => Some(Arc::new(Fleet::new(store.clone(), fleet.clone()))),
+            _ => None,
+        },
         observer,
     })
 }
@@ -254,7 +269,9 @@ impl Daemon {
         if new.server.listen != self.config.server.listen {
             tracing::warn!("[server] listen changes take effect after a restart");
         }
-        let restart_all = new.daemon != self.config.daemon;
+        let restart_all = new.daemon != self.config.daemon
+            || new.redis != self.config.redis
+            || new.fleet != self.config.fleet;
         if restart_all {
             let observer: Arc<dyn Observer> = self.metrics.clone();
             match shared_for(&new, Some(observer)) {

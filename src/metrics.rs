@@ -36,6 +36,10 @@ pub struct Metrics {
     /// Tenant tasks that panicked and were restarted: always a bug. Fleet-wide (the tenant is in
     /// the ERROR log line and in `/status`), so it costs one series, not one per tenant.
     task_panics: IntCounter,
+    /// Fleet mode: tokens this replica fetched vs adopted from another replica.
+    fleet_tokens: IntCounterVec,
+    /// Fleet mode: planned refreshes that found another replica holding the lease.
+    fleet_lease_busy: IntCounter,
 }
 
 /// Latency buckets for the token endpoint: Entra answers in 50–500 ms; timeouts are 30 s.
@@ -86,6 +90,22 @@ impl Metrics {
             "powerbi_tokend_task_panics_total",
             "Tenant refresh tasks that panicked and were restarted (a bug: report it with the log).",
         )?;
+        let fleet_tokens = IntCounterVec::new(
+            Opts::new(
+                "powerbi_tokend_fleet_tokens_total",
+                "Fleet mode: tokens this replica fetched from the token endpoint (source=\"fetched\") or took from another replica (source=\"adopted\").",
+            ),
+            &["source"],
+        )?;
+        let fleet_lease_busy = IntCounter::new(
+            "powerbi_tokend_fleet_lease_busy_total",
+            "Fleet mode: planned refreshes that found another replica holding the tenant's lease (contention).",
+        )?;
+        registry.register(Box::new(fleet_tokens.clone()))?;
+        registry.register(Box::new(fleet_lease_busy.clone()))?;
+        for source in ["fetched", "adopted"] {
+            fleet_tokens.with_label_values(&[source]);
+        }
         registry.register(Box::new(tenants.clone()))?;
         registry.register(Box::new(refresh_duration.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -106,6 +126,8 @@ impl Metrics {
             config_reloads,
             last_reload_ok,
             task_panics,
+            fleet_tokens,
+            fleet_lease_busy,
         })
     }
 
@@ -307,6 +329,15 @@ impl Observer for Metrics {
 
     fn task_panicked(&self) {
         self.task_panics.inc();
+    }
+
+    fn fleet_token(&self, adopted: bool) {
+        let source = if adopted { "adopted" } else { "fetched" };
+        self.fleet_tokens.with_label_values(&[source]).inc();
+    }
+
+    fn fleet_lease_busy(&self) {
+        self.fleet_lease_busy.inc();
     }
 }
 

@@ -77,6 +77,8 @@ pub struct TenantStatus {
     pub failures: u64,
     /// Failed attempts by reason, indexed by [`Reason::index`].
     pub failures_by_reason: [u64; Reason::ALL.len()],
+    /// Fleet mode: the replica that fetched the current token (this one or another).
+    pub refreshed_by: Option<Arc<str>>,
 }
 
 impl TenantStatus {

@@ -19,15 +19,71 @@ use crate::clock;
 use crate::config::{DaemonConfig, TenantConfig};
 use crate::credential::Credential;
 use crate::error::{ErrorClass, Reason, RefreshError};
+use crate::fleet::{Claim, Fleet};
 use crate::schedule;
 use crate::sink::Sink;
 use crate::status::{self, StatusHandle};
 use crate::token::AccessToken;
 
-/// How long a request may run in the main lane before it moves to the slow lane. Entra answers
-/// in tens to hundreds of milliseconds; a request still running after this is waiting on a
-/// struggling or hanging endpoint, and moving it costs nothing but a second permit pool.
+/// The longest a request may run in the main lane before it moves to the slow lane. Entra
+/// answers in tens to hundreds of milliseconds; a request still running after this is waiting on
+/// a struggling or hanging endpoint, and moving it costs nothing but a second permit pool.
 pub const SLOW_AFTER: Duration = Duration::from_millis(500);
+
+/// The shortest: below this, ordinary scheduling noise would move healthy requests.
+pub const SLOW_AFTER_MIN: Duration = Duration::from_millis(25);
+
+/// How many times the typical request a request may take before it counts as slow.
+const SLOW_FACTOR: u32 = 8;
+
+/// When a main-lane request moves to the slow lane: [`SLOW_FACTOR`] times the typical duration
+/// of the requests that recently finished in the main lane, within [`SLOW_AFTER_MIN`] and a
+/// ceiling. A fixed half second would let each hanging tenant hold a main permit that long at a
+/// cold start, when no tenant is yet known to be slow; against a fast endpoint the threshold
+/// follows it down, so hanging tenants give their permits back within a few typical requests.
+#[derive(Debug)]
+pub struct SlowAfter {
+    ceiling: Duration,
+    /// Moving average of main-lane request durations in microseconds; 0 until the first.
+    typical_micros: std::sync::atomic::AtomicU64,
+}
+
+impl SlowAfter {
+    /// A threshold that never exceeds `ceiling` (nor goes below [`SLOW_AFTER_MIN`]).
+    pub fn new(ceiling: Duration) -> Self {
+        SlowAfter {
+            ceiling: ceiling.max(SLOW_AFTER_MIN),
+            typical_micros: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The threshold now. Before any request has finished it is the floor: moving a healthy
+    /// request early costs a slow-lane permit, keeping a hanging one costs a main-lane permit.
+    pub fn get(&self) -> Duration {
+        let typical = self
+            .typical_micros
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_micros(typical)
+            .saturating_mul(SLOW_FACTOR)
+            .clamp(SLOW_AFTER_MIN, self.ceiling)
+    }
+
+    /// Folds in a request that finished in the main lane without moving (weight 1/8).
+    pub fn record(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = self.typical_micros.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |typical| {
+                Some(if typical == 0 {
+                    took
+                } else {
+                    typical - typical / 8 + took / 8
+                })
+            },
+        );
+    }
+}
 
 /// Retry knobs, copied from the daemon config.
 #[derive(Clone, Copy, Debug)]
@@ -61,11 +117,14 @@ pub struct Shared {
     /// request of a tenant whose last one was slow or timed out, wait and run here, so an
     /// endpoint that hangs never holds the permits healthy tenants need.
     pub slow_lane: Arc<Semaphore>,
-    /// When a request in the main lane moves to the slow lane. A healthy token endpoint
-    /// answers in well under a second.
-    pub slow_after: Duration,
+    /// When a request in the main lane moves to the slow lane.
+    pub slow_after: Arc<SlowAfter>,
     /// Retry knobs.
     pub policy: RetryPolicy,
+    /// The shared Redis, when `[redis]` is configured.
+    pub store: Option<Arc<crate::store::Store>>,
+    /// Fleet mode, when enabled.
+    pub fleet: Option<Arc<Fleet>>,
     /// Hook called after every finished attempt (metrics); `None` in `once` and tests.
     pub observer: Option<Arc<dyn Observer>>,
 }
@@ -76,6 +135,15 @@ pub struct Shared {
 pub trait Observer: Send + Sync + std::fmt::Debug {
     /// A token request finished, successfully or not, after `duration`.
     fn request_finished(&self, duration: Duration);
+
+    /// Fleet mode: a token was fetched by this replica (`adopted` false) or taken from the
+    /// fleet (`adopted` true).
+    fn fleet_token(&self, adopted: bool) {
+        let _ = adopted;
+    }
+
+    /// Fleet mode: another replica held the tenant's lease.
+    fn fleet_lease_busy(&self) {}
 
     /// A tenant task panicked; the supervisor restarts it.
     fn task_panicked(&self);
@@ -107,12 +175,23 @@ pub struct Tenant {
     credential: Credential,
     /// The last request was slow or timed out: the next one waits in the slow lane.
     slow: bool,
+    /// `issued_on` of the token the sinks hold (fetched, adopted or warm-started): a fleet
+    /// token is adopted only if it is newer.
+    current_issued_on: Option<i64>,
 }
+
+/// Fleet mode: how soon to look again when another replica holds the tenant's lease. Its token
+/// usually arrives within one request's time.
+const FLEET_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 impl Tenant {
     /// A refresher for one tenant.
     pub fn new(config: Arc<TenantConfig>, shared: Shared, status: StatusHandle) -> Self {
-        let sinks = config.sinks.iter().map(Sink::from_config).collect();
+        let sinks = config
+            .sinks
+            .iter()
+            .filter_map(|sink| Sink::from_config(sink, shared.store.as_ref()))
+            .collect();
         let jitter_offset = schedule::tenant_jitter(&config.name, config.jitter);
         let credential = Credential::new(&config.credential);
         status::lock(&status).credential_expiry = credential.expiry();
@@ -128,12 +207,19 @@ impl Tenant {
             last_attempt: None,
             retry_not_before: None,
             slow: false,
+            current_issued_on: None,
         }
     }
 
     /// Runs until `cancel` fires: warm start, then refresh forever.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut next = self.start_up().await;
+        // Tenants that keep their token in Redis look now and then whether it is still there
+        // (a restart without persistence, FLUSHALL); first at a random point of the interval, so
+        // thousands of tenants spread their checks.
+        let check_interval = self.presence_check_interval();
+        let mut next_check = check_interval
+            .map(|every| tokio::time::Instant::now() + every.mul_f64(fastrand::f64().max(0.05)));
         loop {
             let cron = self
                 .config
@@ -146,6 +232,17 @@ impl Tenant {
                 biased;
                 () = cancel.cancelled() => return,
                 () = sleep_until(wake) => {}
+                () = sleep_until_instant(next_check) => {
+                    next_check = check_interval.map(|every| tokio::time::Instant::now() + every);
+                    if self.failures == 0 && self.lost_from_redis().await {
+                        tracing::warn!(
+                            tenant = %self.config.name,
+                            "the token is gone from Redis (restarted without persistence, or flushed); refreshing"
+                        );
+                        next = SystemTime::now();
+                    }
+                    continue;
+                }
             }
             let lane = if self.slow {
                 &self.shared.slow_lane
@@ -179,6 +276,7 @@ impl Tenant {
                     next_refresh = %clock::display_time(point),
                     "warm start: reusing the token on disk"
                 );
+                self.current_issued_on = Some(token.issued_on());
                 let mut status = status::lock(&self.status);
                 status.expires_on = Some(token.expires_on());
                 status.first_attempt_done = true;
@@ -198,29 +296,73 @@ impl Tenant {
         });
         let mut request_duration = None;
         let mut permit = permit;
+        let mut leased = false;
+        let mut adopted_from = None;
         let token = match reuse {
             Some(token) => Ok(token),
             None => {
-                let started = std::time::Instant::now();
-                let request = self.shared.client.fetch(&self.config, &mut self.credential);
-                let main_lane = !self.slow;
-                let (fetched, kept, moved) = in_lanes(
-                    request,
-                    permit.take(),
-                    main_lane,
-                    &self.shared.slow_lane,
-                    self.shared.slow_after,
-                )
-                .await;
-                permit = kept;
-                let timed_out = matches!(&fetched, Err(err) if err.reason == Reason::Timeout);
-                self.slow = moved
-                    || timed_out
-                    || (!main_lane && started.elapsed() >= self.shared.slow_after);
-                request_duration = Some(started.elapsed());
-                fetched
+                let claim = match &self.shared.fleet {
+                    Some(fleet) => {
+                        let (refresh_at, jitter, ours) = (
+                            self.config.refresh_at,
+                            self.jitter_offset,
+                            self.current_issued_on,
+                        );
+                        let adoptable = |token: &AccessToken| {
+                            ours.is_none_or(|ours| token.issued_on() > ours)
+                                && now < schedule::refresh_point(token, refresh_at, jitter)
+                        };
+                        Some(fleet.claim(&self.config, adoptable).await)
+                    }
+                    None => None,
+                };
+                match claim {
+                    Some(Claim::Adopt {
+                        token,
+                        refreshed_by,
+                    }) => {
+                        adopted_from = Some(refreshed_by);
+                        Ok(token)
+                    }
+                    Some(Claim::Busy) => {
+                        if let Some(observer) = &self.shared.observer {
+                            observer.fleet_lease_busy();
+                        }
+                        return schedule::later(now, FLEET_BUSY_RETRY);
+                    }
+                    Some(Claim::Unavailable(err)) => {
+                        tracing::warn!(
+                            tenant = %self.config.name,
+                            error = %err,
+                            "fleet: Redis cannot say whether another replica refreshed; fetching without the fleet"
+                        );
+                        self.fetch_in_lanes(&mut permit, &mut request_duration)
+                            .await
+                    }
+                    Some(Claim::Lease) => {
+                        leased = true;
+                        self.fetch_in_lanes(&mut permit, &mut request_duration)
+                            .await
+                    }
+                    None => {
+                        self.fetch_in_lanes(&mut permit, &mut request_duration)
+                            .await
+                    }
+                }
             }
         };
+        if let (Some(fleet), Ok(token)) = (&self.shared.fleet, &token)
+            && request_duration.is_some()
+        {
+            // Shared before the sinks are written, so replicas waiting on the lease adopt it
+            // as soon as possible.
+            if let Err(err) = fleet.publish(&self.config, token).await {
+                tracing::warn!(tenant = %self.config.name, error = %err, "fleet: cannot share the token");
+            }
+        }
+        if leased && let Some(fleet) = &self.shared.fleet {
+            fleet.release(&self.config).await;
+        }
         // The permit is held through the sink writes: when the disk is slower than Entra,
         // tenants wait before fetching rather than piling up fetched tokens in memory.
         let result = match token {
@@ -245,29 +387,112 @@ impl Tenant {
                 }
             }
         }
-        if let (Some(observer), Some(duration)) = (&self.shared.observer, request_duration) {
-            observer.request_finished(duration);
+        if let Some(observer) = &self.shared.observer {
+            if let Some(duration) = request_duration {
+                observer.request_finished(duration);
+            }
+            if self.shared.fleet.is_some() && result.is_ok() {
+                observer.fleet_token(adopted_from.is_some());
+            }
         }
         match result {
-            Ok(token) => self.succeeded(token),
+            Ok(token) => {
+                let refreshed_by = match (&self.shared.fleet, adopted_from) {
+                    (_, Some(by)) => Some(by),
+                    (Some(fleet), None) => Some(fleet.replica_id().clone()),
+                    (None, None) => None,
+                };
+                self.succeeded(token, refreshed_by)
+            }
             Err(err) => self.failed(err),
         }
     }
 
-    async fn write_sinks(&self, token: &AccessToken) -> Result<(), RefreshError> {
-        for sink in &self.sinks {
-            sink.write(&self.config, token).await?;
+    /// Asks the token endpoint, in the main lane or the slow one (see [`in_lanes`]).
+    async fn fetch_in_lanes(
+        &mut self,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        request_duration: &mut Option<Duration>,
+    ) -> Result<AccessToken, RefreshError> {
+        let started = std::time::Instant::now();
+        let request = self.shared.client.fetch(&self.config, &mut self.credential);
+        let main_lane = !self.slow;
+        let slow_after = self.shared.slow_after.get();
+        let (fetched, kept, moved) = in_lanes(
+            request,
+            permit.take(),
+            main_lane,
+            &self.shared.slow_lane,
+            slow_after,
+        )
+        .await;
+        *permit = kept;
+        let took = started.elapsed();
+        let timed_out = matches!(&fetched, Err(err) if err.reason == Reason::Timeout);
+        self.slow = moved || timed_out || (!main_lane && took >= slow_after);
+        if main_lane && !moved && fetched.is_ok() {
+            self.shared.slow_after.record(took);
         }
-        Ok(())
+        *request_duration = Some(took);
+        fetched
     }
 
-    fn succeeded(&mut self, token: AccessToken) -> SystemTime {
+    /// How often to check that the token is still in Redis: only for tenants that keep it there.
+    fn presence_check_interval(&self) -> Option<Duration> {
+        let in_redis = self.shared.fleet.is_some()
+            || self.sinks.iter().any(|sink| matches!(sink, Sink::Redis(_)));
+        match &self.shared.store {
+            Some(store) if in_redis => Some(store.config().check_interval),
+            _ => None,
+        }
+    }
+
+    /// Whether a token this tenant still holds has vanished from Redis (a sink's key, or the
+    /// fleet's shared token). Unknown (Redis unreachable) counts as not lost: the next write
+    /// reports the outage.
+    async fn lost_from_redis(&self) -> bool {
+        let still_valid = status::lock(&self.status)
+            .expires_on
+            .is_some_and(|exp| clock::unix_now() < exp);
+        if !still_valid {
+            return false;
+        }
+        for sink in &self.sinks {
+            if sink.present().await == Some(false) {
+                return true;
+            }
+        }
+        match &self.shared.fleet {
+            Some(fleet) => fleet.present(&self.config).await == Some(false),
+            None => false,
+        }
+    }
+
+    /// Writes every sink, even after one failed: a Redis outage must not keep the token from
+    /// the local file. Returns the first failure.
+    async fn write_sinks(&self, token: &AccessToken) -> Result<(), RefreshError> {
+        let mut first_error = None;
+        for sink in &self.sinks {
+            if let Err(err) = sink.write(&self.config, token).await {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn succeeded(&mut self, token: AccessToken, refreshed_by: Option<Arc<str>>) -> SystemTime {
         let point = schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset);
         let recovered = self.failures > 0;
         self.failures = 0;
         self.retry_not_before = None;
+        self.current_issued_on = Some(token.issued_on());
+        let adopted = match (&refreshed_by, &self.shared.fleet) {
+            (Some(by), Some(fleet)) => by != fleet.replica_id(),
+            _ => false,
+        };
         {
             let mut status = status::lock(&self.status);
+            status.refreshed_by = refreshed_by;
             status.expires_on = Some(token.expires_on());
             status.last_success = Some(SystemTime::now());
             status.consecutive_failures = 0;
@@ -280,7 +505,8 @@ impl Tenant {
             next_refresh = %clock::display_time(point),
             fingerprint = %token.fingerprint(),
             recovered,
-            "token refreshed"
+            "{}",
+            if adopted { "token adopted from the fleet" } else { "token refreshed" }
         );
         point
     }
@@ -399,6 +625,14 @@ fn log_failure(
     }
 }
 
+/// Sleeps until `when`; forever when there is nothing to wait for.
+async fn sleep_until_instant(when: Option<tokio::time::Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until a wall-clock instant (immediately if it has passed).
 async fn sleep_until(when: SystemTime) {
     let delay = when
@@ -457,6 +691,29 @@ mod tests {
         assert!(moved);
         drop(kept);
         assert_eq!(slow.available_permits(), 1);
+    }
+
+    #[test]
+    fn the_slow_threshold_follows_the_typical_request_within_its_bounds() {
+        let threshold = SlowAfter::new(SLOW_AFTER);
+        assert_eq!(threshold.get(), SLOW_AFTER_MIN, "nothing measured yet");
+        threshold.record(Duration::from_millis(10));
+        assert_eq!(threshold.get(), Duration::from_millis(80));
+        for _ in 0..100 {
+            threshold.record(Duration::from_secs(30));
+        }
+        assert_eq!(threshold.get(), SLOW_AFTER, "capped at the ceiling");
+        for _ in 0..200 {
+            threshold.record(Duration::ZERO);
+        }
+        assert_eq!(threshold.get(), SLOW_AFTER_MIN, "never below the floor");
+        threshold.record(Duration::MAX);
+        assert_eq!(threshold.get(), SLOW_AFTER);
+        assert_eq!(
+            SlowAfter::new(Duration::ZERO).get(),
+            SLOW_AFTER_MIN,
+            "a ceiling below the floor is the floor"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,24 +8,13 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use powerbi_tokend::sim::SimEntra;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// The program's path; these tests are ignored unless asked for, so a missing program fails.
-fn program(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join(name))
-                .find(|candidate| candidate.is_file())
-        })
-        .unwrap_or_else(|| panic!("{name} is not installed: apt-get install prometheus"))
-}
 
 /// A daemon with one healthy tenant and one whose secret Entra rejects.
 async fn daemon_with_good_and_bad(sim: &SimEntra, dir: &Path) -> Running {
@@ -54,7 +43,7 @@ async fn http_get(url: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs promtool and prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
 async fn promtool_check_metrics_finds_nothing() {
-    let promtool = program("promtool");
+    let promtool = program("promtool", "prometheus");
     let Fixture { sim, dir } = fixture(
         &["good.example.com", "bad.example.com"],
         Duration::from_secs(3600),
@@ -97,7 +86,7 @@ async fn promtool_check_metrics_finds_nothing() {
 #[test]
 #[ignore = "needs promtool and prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
 fn shipped_rules_pass_promtool() {
-    let promtool = program("promtool");
+    let promtool = program("promtool", "prometheus");
     let out = Command::new(&promtool)
         .args(["check", "rules", "deploy/prometheus/alerts.yml"])
         .current_dir(REPO)
@@ -157,7 +146,7 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs promtool and prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
 async fn prometheus_fires_refresh_failing_for_the_bad_tenant_only() {
-    let prometheus = program("prometheus");
+    let prometheus = program("prometheus", "prometheus");
     let Fixture { sim, dir } = fixture(
         &["good.example.com", "bad.example.com"],
         Duration::from_secs(3600),

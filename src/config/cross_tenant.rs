@@ -1,18 +1,19 @@
-//! Rules that span tenants: unique names, and no two sinks writing one file.
+//! Rules that span tenants: unique names, and no two sinks writing one file or Redis key.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use super::Problem;
 use super::loader::{Loader, visible};
+use super::types::Destination;
 
 impl Loader<'_> {
-    /// Rules that span tenants: unique names, no two sinks writing one file.
-    pub(super) fn cross_tenant_rules(&mut self) {
+    /// Rules that span tenants: unique names, no two sinks writing one file or key, and Redis
+    /// sinks only with a `[redis]` section.
+    pub(super) fn cross_tenant_rules(&mut self, has_redis: bool) {
         let seen = std::mem::take(&mut self.seen);
         let mut names: HashMap<&str, Option<usize>> = HashMap::new();
-        let mut paths: HashMap<&Path, &str> = HashMap::new();
-        for (name, line, sink_paths) in &seen {
+        let mut destinations: HashMap<&Destination, &str> = HashMap::new();
+        for (name, line, sink_destinations) in &seen {
             if let Some(first_line) = names.get(name.as_str()) {
                 let first = first_line
                     .map(|l| format!(" (first defined on line {l})"))
@@ -25,19 +26,30 @@ impl Loader<'_> {
                 continue;
             }
             names.insert(name, *line);
-            for path in sink_paths {
-                if let Some(other) = paths.insert(path, name) {
+            for destination in sink_destinations {
+                let key = match destination {
+                    Destination::File(_) => "sinks.path",
+                    Destination::RedisKey(_) => "sinks.key",
+                };
+                if !has_redis && matches!(destination, Destination::RedisKey(_)) {
+                    self.problems.push(Problem {
+                        line: *line,
+                        key: Some(format!("tenant {name:?}: sinks")),
+                        message: "a redis sink needs a [redis] section with the server's url"
+                            .to_owned(),
+                    });
+                }
+                if let Some(other) = destinations.insert(destination, name) {
                     let message = if other == name {
-                        format!("two sinks write the same file {}", path.display())
+                        format!("two sinks write {destination}")
                     } else {
                         format!(
-                            "writes {} which tenant {other:?} also writes; put {{name}} in the path",
-                            path.display()
+                            "writes {destination} which tenant {other:?} also writes; put {{name}} in it"
                         )
                     };
                     self.problems.push(Problem {
                         line: *line,
-                        key: Some(format!("tenant {name:?}: sinks.path")),
+                        key: Some(format!("tenant {name:?}: {key}")),
                         message: visible(&message),
                     });
                 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
-use super::raw::{RawDaemon, RawServer, RawTenant};
+use super::raw::{RawDaemon, RawFleet, RawRedis, RawServer, RawTenant};
 use super::tenant::TenantInput;
+use super::types::Destination;
 use super::types::{Config, TenantConfig, TenantCredential};
 use super::{ConfigError, Problem};
 
@@ -74,7 +75,7 @@ pub(super) struct Loader<'a> {
     /// Keys of `[defaults]` removed as unreadable: not "missing" in any tenant.
     pub(super) defaults_broken_keys: Vec<String>,
     /// (name, line, sink paths) of every tenant read, valid or not, for cross-tenant rules.
-    pub(super) seen: Vec<(String, Option<usize>, Vec<PathBuf>)>,
+    pub(super) seen: Vec<(String, Option<usize>, Vec<Destination>)>,
     /// Tenants that passed every rule, in file order.
     pub(super) resolved: Vec<Arc<TenantConfig>>,
     /// Every credential that was well-formed, for `check`.
@@ -186,6 +187,8 @@ impl<'a> Loader<'a> {
             match key.get_ref().as_ref() {
                 "server" => sections.server = self.section(value, "server").map(|(s, _)| s),
                 "daemon" => sections.daemon = self.section(value, "daemon").map(|(d, _)| d),
+                "redis" => sections.redis = Some(self.section(value, "redis").map(|(r, _)| r)),
+                "fleet" => sections.fleet = self.section(value, "fleet").map(|(f, _)| f),
                 "defaults" => sections.defaults = self.defaults(value),
                 "tenant" => {
                     let (tenants, all_read) = self.tenant_tables(key_offset, &value);
@@ -195,13 +198,24 @@ impl<'a> Loader<'a> {
                 other => self.problem(
                     Some(key_offset),
                     other.to_owned(),
-                    "unknown section; expected one of `server`, `daemon`, `defaults`, `tenant`"
+                    "unknown section; expected one of `server`, `daemon`, `redis`, `fleet`, `defaults`, `tenant`"
                         .to_owned(),
                 ),
             }
         }
         let server = sections.server.map(|raw| self.server(raw));
         let daemon = sections.daemon.map(|raw| self.daemon(raw));
+        // `Some(None)`: the section is there but could not be read (already reported).
+        let redis = sections
+            .redis
+            .map(|raw| raw.and_then(|raw| self.redis(raw)));
+        let fleet = sections.fleet.map(|raw| {
+            self.fleet(
+                raw,
+                redis.is_some(),
+                daemon.as_ref().and_then(Option::as_ref),
+            )
+        });
         let defaults = sections.defaults.unwrap_or_default();
         for (index, (offset, raw, broken)) in sections.tenants.into_iter().enumerate() {
             if let Some(tenant) = self.tenant(index, offset, raw, &broken, &defaults) {
@@ -210,7 +224,7 @@ impl<'a> Loader<'a> {
                 self.resolved.push(Arc::new(tenant));
             }
         }
-        self.cross_tenant_rules();
+        self.cross_tenant_rules(redis.is_some());
         if !sections.tenants_complete {
             return None;
         }
@@ -218,6 +232,11 @@ impl<'a> Loader<'a> {
             path: path.to_owned(),
             server: server??,
             daemon: daemon??,
+            redis: match redis {
+                None => None,
+                Some(redis) => Some(redis?),
+            },
+            fleet: fleet??,
             tenants: std::mem::take(&mut self.resolved),
         })
     }
@@ -332,6 +351,10 @@ struct Sections {
     server: Option<RawServer>,
     /// `[daemon]`.
     daemon: Option<RawDaemon>,
+    /// `[redis]`: `None` when absent, `Some(None)` when present but unreadable.
+    redis: Option<Option<RawRedis>>,
+    /// `[fleet]`.
+    fleet: Option<RawFleet>,
     /// `[defaults]`.
     defaults: Option<RawTenant>,
     /// The `[[tenant]]` tables that could be read.
@@ -345,6 +368,8 @@ impl Default for Sections {
         Sections {
             server: Some(RawServer::default()),
             daemon: Some(RawDaemon::default()),
+            redis: None,
+            fleet: Some(RawFleet::default()),
             defaults: Some(RawTenant::default()),
             tenants: Vec::new(),
             tenants_complete: true,

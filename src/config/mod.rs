@@ -19,12 +19,13 @@
 //! * `raw.rs`: the schema serde reads, every key optional so defaults can be merged.
 //! * `loader.rs`: line tracking, per-section deserialization that keeps going after an error,
 //!   and the order in which sections are read.
-//! * `server.rs`, `daemon.rs`: the `[server]` and `[daemon]` rules.
+//! * `server.rs`, `daemon.rs`, `redis.rs`: the `[server]`, `[daemon]`, `[redis]` and `[fleet]`
+//!   rules.
 //! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`,
 //!   `managed_identity.rs`, `oauth2.rs` and `sink.rs` hold the rules of its credential, managed
 //!   identity, generic OAuth2 provider and sinks.
 //! * `applicable.rs`: keys a tenant sets that its provider or credential never uses.
-//! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file).
+//! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file or key).
 //! * `values.rs`: value syntax shared by several sections (URLs, GUIDs, dates, cron).
 
 mod applicable;
@@ -35,6 +36,7 @@ mod loader;
 mod managed_identity;
 mod oauth2;
 mod raw;
+mod redis;
 mod server;
 mod sink;
 mod tenant;
@@ -49,6 +51,7 @@ use std::path::{Path, PathBuf};
 
 use crate::safe_read::{self, Symlinks};
 
+pub use redis::DEFAULT_FLEET_PREFIX;
 pub use sink::MAX_FILE_NAME_BYTES;
 pub use types::*;
 pub use values::parse_cron;

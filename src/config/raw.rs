@@ -34,6 +34,38 @@ pub(super) struct RawDaemon {
     pub(super) log_format: Option<LogFormat>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    pub(super) url: Option<Spanned<RawUrls>>,
+    pub(super) cluster: Option<bool>,
+    pub(super) username: Option<Spanned<String>>,
+    pub(super) password: Option<Spanned<RawSecret>>,
+    pub(super) connect_timeout: Option<Spanned<String>>,
+    pub(super) command_timeout: Option<Spanned<String>>,
+    pub(super) channel: Option<Spanned<String>>,
+    pub(super) check_interval: Option<Spanned<String>>,
+}
+
+/// `url = "redis://…"`, or for Redis Cluster a list of seed nodes.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawUrls {
+    /// One URL.
+    One(String),
+    /// Several (Redis Cluster seed nodes).
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) enabled: Option<bool>,
+    pub(super) key_prefix: Option<Spanned<String>>,
+    pub(super) lease_ttl: Option<Spanned<String>>,
+    pub(super) replica_id: Option<Spanned<String>>,
+}
+
 /// Used for both `[defaults]` and `[[tenant]]`; `name` and `tenant_id` are rejected in defaults.
 #[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +141,10 @@ pub(super) enum RawSink {
         path: String,
         format: Option<FileFormat>,
         mode: Option<RawMode>,
+    },
+    Redis {
+        key: Option<String>,
+        format: Option<FileFormat>,
     },
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::loader::Loader;
 use super::raw::{RawMode, RawSink};
 use super::tenant::{TenantInput, inherited};
-use super::types::{FileSinkConfig, SinkConfig};
+use super::types::{DEFAULT_REDIS_KEY, FileSinkConfig, RedisSinkConfig, SinkConfig};
 
 /// Longest token file name, in bytes. Linux allows 255 (`NAME_MAX`), and the temp file written
 /// next to it adds its own suffix, so a longer name would pass here and fail every write.
@@ -79,10 +79,51 @@ impl Loader<'_> {
                         }));
                     }
                 }
+                RawSink::Redis { key, format } => {
+                    let pattern = key.as_deref().unwrap_or(DEFAULT_REDIS_KEY);
+                    match redis_key(pattern, name.unwrap_or("")) {
+                        Ok(key) => out.push(SinkConfig::Redis(RedisSinkConfig {
+                            key,
+                            format: format.unwrap_or_default(),
+                        })),
+                        Err(message) => {
+                            self.problem(Some(offset), input.key("sinks.key"), message);
+                        }
+                    }
+                }
             }
         }
         Some(out)
     }
+}
+
+/// Longest Redis key pattern, in bytes.
+const MAX_REDIS_KEY_BYTES: usize = 512;
+
+/// The key with `{name}` replaced by `{<name>}`: the braces stay, as a Redis Cluster hash tag,
+/// so the tenant's token key and its fleet keys land in one slot. The pattern must name the
+/// tenant (or every tenant would write one key) and may hold no other braces, which would
+/// change the hash tag.
+pub(super) fn redis_key(pattern: &str, name: &str) -> Result<String, String> {
+    if pattern.len() > MAX_REDIS_KEY_BYTES
+        || pattern.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "expected a key pattern of at most {MAX_REDIS_KEY_BYTES} bytes without spaces, such as \"powerbi-tokend:{{name}}\""
+        ));
+    }
+    if pattern.matches("{name}").count() != 1 {
+        return Err(format!(
+            "{pattern:?} must contain {{name}} once: it becomes the tenant's name in braces, a Redis Cluster hash tag"
+        ));
+    }
+    let rest = pattern.replacen("{name}", "", 1);
+    if rest.contains(['{', '}']) {
+        return Err(format!(
+            "{pattern:?} has braces besides {{name}}; they would change the Redis Cluster hash tag"
+        ));
+    }
+    Ok(pattern.replacen("{name}", &format!("{{{name}}}"), 1))
 }
 
 /// `"0600"`, `"0o600"` or `0o600`: at most rwx bits, and at least read and write for the daemon.
@@ -109,6 +150,18 @@ pub(super) fn parse_mode(mode: &RawMode) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_keys_keep_the_name_as_a_hash_tag() {
+        assert_eq!(
+            redis_key("powerbi-tokend:{name}", "contoso").unwrap(),
+            "powerbi-tokend:{contoso}"
+        );
+        assert!(redis_key("static", "contoso").is_err());
+        assert!(redis_key("{name}:{name}", "contoso").is_err());
+        assert!(redis_key("{x}:{name}", "contoso").is_err());
+        assert!(redis_key("a b:{name}", "contoso").is_err());
+    }
 
     #[test]
     fn modes() {

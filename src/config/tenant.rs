@@ -99,8 +99,12 @@ impl Loader<'_> {
         let schedule = self.schedule(&input);
         self.inapplicable_keys(&input);
         if let Some(name) = &name {
-            let paths = sinks.iter().flatten().map(SinkConfig::path).collect();
-            self.seen.push((name.clone(), line, paths));
+            let destinations = sinks
+                .iter()
+                .flatten()
+                .map(SinkConfig::destination)
+                .collect();
+            self.seen.push((name.clone(), line, destinations));
         }
         if self.problems.len() != before {
             return None;

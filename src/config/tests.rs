@@ -170,7 +170,9 @@ fn literal_secret_is_rejected() {
 fn relative_paths_follow_the_config_file() {
     let text = MINIMAL.replace("/tmp/t/{name}.json", "tokens/{name}.json");
     let config = parse_ok(&text);
-    let SinkConfig::File(file) = &config.tenants[0].sinks[0];
+    let SinkConfig::File(file) = &config.tenants[0].sinks[0] else {
+        panic!("a file sink");
+    };
     assert_eq!(
         file.path,
         PathBuf::from("/etc/powerbi-tokend/tokens/contoso.json")

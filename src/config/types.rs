@@ -50,15 +50,102 @@ pub enum LogFormat {
 pub enum SinkConfig {
     /// A file written atomically.
     File(FileSinkConfig),
+    /// A key in the daemon's Redis (`[redis]`).
+    Redis(RedisSinkConfig),
+}
+
+/// What a sink writes to, for the one-writer-per-destination rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// A file.
+    File(PathBuf),
+    /// A Redis key.
+    RedisKey(String),
 }
 
 impl SinkConfig {
-    /// The file this sink writes, for the one-writer-per-file rule.
-    pub fn path(&self) -> PathBuf {
+    /// The file or key this sink writes.
+    pub fn destination(&self) -> Destination {
         match self {
-            SinkConfig::File(file) => file.path.clone(),
+            SinkConfig::File(file) => Destination::File(file.path.clone()),
+            SinkConfig::Redis(redis) => Destination::RedisKey(redis.key.clone()),
         }
     }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::File(path) => write!(f, "the file {}", path.display()),
+            Destination::RedisKey(key) => write!(f, "the Redis key {key}"),
+        }
+    }
+}
+
+/// A Redis sink after `{name}` expansion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSinkConfig {
+    /// The key, `{name}` replaced by the tenant's name in braces: a Redis Cluster hash tag, so a
+    /// tenant's token key and its fleet keys share a slot.
+    pub key: String,
+    /// `json` (what the file sink writes) or `raw`.
+    pub format: FileFormat,
+}
+
+/// `[redis]`: the one connection every Redis sink and the fleet share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URLs without credentials: one server, or Redis Cluster seed
+    /// nodes.
+    pub urls: Vec<String>,
+    /// Redis Cluster rather than one server.
+    pub cluster: bool,
+    /// ACL user (`AUTH username password`); `None` for the default user.
+    pub username: Option<String>,
+    /// Where the password lives; read again at every (re)connect.
+    pub password: Option<SecretSource>,
+    /// Limit on establishing a connection (TLS and AUTH included).
+    pub connect_timeout: Duration,
+    /// Limit on one command's answer.
+    pub command_timeout: Duration,
+    /// Channel a notification is published on after every token write.
+    pub channel: String,
+    /// How often each tenant checks that its token is still in Redis (a restart without
+    /// persistence, `FLUSHALL`), and writes it again if not.
+    pub check_interval: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            urls: vec!["redis://127.0.0.1:6379".to_owned()],
+            cluster: false,
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(2),
+            channel: DEFAULT_REDIS_CHANNEL.to_owned(),
+            check_interval: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Default notification channel.
+pub const DEFAULT_REDIS_CHANNEL: &str = "powerbi-tokend:tokens";
+
+/// Default Redis sink key pattern.
+pub const DEFAULT_REDIS_KEY: &str = "powerbi-tokend:{name}";
+
+/// `[fleet]`: replicas sharing the refreshes through Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Prefix of the shared token and lease keys: `<prefix>:{<name>}:token` and `…:lease`.
+    pub key_prefix: String,
+    /// How long a lease lasts: one attempt (request timeout and sink writes) with room to spare.
+    /// A replica that dies holding it delays the tenant by at most this.
+    pub lease_ttl: Duration,
+    /// This replica's name in leases and in `/status`; host name and a random suffix by default.
+    pub replica_id: Option<String>,
 }
 
 /// A file sink after `{name}` expansion.
@@ -475,6 +562,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// Process-wide knobs.
     pub daemon: DaemonConfig,
+    /// The shared Redis, if any sink or the fleet uses one.
+    pub redis: Option<RedisConfig>,
+    /// Fleet mode, when enabled.
+    pub fleet: Option<FleetConfig>,
     /// Tenants in file order.
     pub tenants: Vec<Arc<TenantConfig>>,
 }

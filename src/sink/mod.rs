@@ -6,34 +6,44 @@
 //! no boxing of futures, and each variant can still keep its own state.
 
 pub mod file;
+pub mod format;
+pub mod redis;
 
 use std::sync::Arc;
 
 use crate::config::{SinkConfig, TenantConfig};
 use crate::error::{ErrorClass, Reason, RefreshError};
+use crate::store::Store;
 use crate::token::AccessToken;
 
 pub use file::FileSink;
+pub use redis::RedisSink;
 
 /// A configured destination for one tenant's token.
 #[derive(Clone, Debug)]
 pub enum Sink {
     /// An atomically replaced file.
     File(FileSink),
+    /// A key in the shared Redis.
+    Redis(RedisSink),
 }
 
 impl Sink {
-    /// Builds the sink from its configuration.
-    pub fn from_config(config: &SinkConfig) -> Sink {
+    /// Builds the sink from its configuration. A Redis sink without a store cannot happen
+    /// with a validated config (it requires `[redis]`); it is `None` here rather than a panic.
+    pub fn from_config(config: &SinkConfig, store: Option<&Arc<Store>>) -> Option<Sink> {
         match config {
-            SinkConfig::File(file) => Sink::File(FileSink::new(file.clone())),
+            SinkConfig::File(file) => Some(Sink::File(FileSink::new(file.clone()))),
+            SinkConfig::Redis(redis) => {
+                store.map(|store| Sink::Redis(RedisSink::new(redis.clone(), store.clone())))
+            }
         }
     }
 
     /// Writes a token.
     ///
     /// # Errors
-    /// A `sink` class error naming the destination and the OS error.
+    /// A `sink` class error naming the destination and the cause.
     pub async fn write(
         &self,
         tenant: &TenantConfig,
@@ -43,6 +53,9 @@ impl Sink {
             Sink::File(file) => file.write(tenant, token).await.map_err(|err| {
                 RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
             }),
+            Sink::Redis(redis) => redis.write(tenant, token).await.map(|_| ()).map_err(|err| {
+                RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
+            }),
         }
     }
 
@@ -50,6 +63,15 @@ impl Sink {
     pub async fn read_existing(&self, tenant: &TenantConfig) -> Option<AccessToken> {
         match self {
             Sink::File(file) => file.read_existing(tenant).await,
+            Sink::Redis(redis) => redis.read_existing(tenant).await,
+        }
+    }
+
+    /// For a Redis sink, whether its key is still there (`None`: cannot tell, or not Redis).
+    pub async fn present(&self) -> Option<bool> {
+        match self {
+            Sink::File(_) => None,
+            Sink::Redis(redis) => redis.present().await,
         }
     }
 }
@@ -61,7 +83,10 @@ pub async fn clean_up(tenants: &[Arc<TenantConfig>]) {
     let files: Vec<(std::path::PathBuf, u32)> = tenants
         .iter()
         .flat_map(|tenant| tenant.sinks.iter())
-        .map(|SinkConfig::File(file)| (file.path.clone(), file.mode))
+        .filter_map(|sink| match sink {
+            SinkConfig::File(file) => Some((file.path.clone(), file.mode)),
+            SinkConfig::Redis(_) => None,
+        })
         .collect();
     let (removed, tightened) = tokio::task::spawn_blocking(move || {
         let paths: Vec<_> = files.iter().map(|(path, _)| path.clone()).collect();

@@ -61,6 +61,8 @@ pub fn fast_daemon() -> DaemonConfig {
 
 pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
     Config {
+        redis: None,
+        fleet: None,
         path: PathBuf::from("<test>"),
         server: ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -70,6 +72,18 @@ pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
         daemon,
         tenants: tenants.into_iter().map(Arc::new).collect(),
     }
+}
+
+/// The path of the external program `name` on PATH; panics naming the Debian `package` that
+/// provides it when it is missing (these tests are `#[ignore]`d by default for that reason).
+pub fn program(name: &str, package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| panic!("{name} is not installed: apt-get install {package}"))
 }
 
 /// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
@@ -205,3 +219,4 @@ impl Running {
 
 /// The real binary as a child process (spawn, log, signals, memory).
 pub mod process;
+pub mod redis_server;

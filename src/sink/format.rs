@@ -1,0 +1,107 @@
+//! What a sink stores: the json document (or the raw token), and reading it back for warm start.
+//!
+//! The file and Redis sinks store exactly the same bytes for a format, so a consumer can switch
+//! between them without changing its parser, and warm start applies the same identity checks
+//! to both.
+
+use secrecy::ExposeSecret;
+
+use crate::clock;
+use crate::config::{FileFormat, TenantConfig};
+use crate::token::{AccessToken, ClaimedExpiry};
+
+/// The file contents, held as a secret because they contain the token.
+pub fn render(
+    format: FileFormat,
+    tenant: &TenantConfig,
+    token: &AccessToken,
+) -> secrecy::SecretString {
+    match format {
+        FileFormat::Raw => token.secret.clone(),
+        FileFormat::Json => {
+            let mut text = json_document(tenant, token).to_string();
+            text.push('\n');
+            secrecy::SecretString::from(text)
+        }
+    }
+}
+
+/// The json document: the token and what it was asked for. Callers hold the result only as
+/// long as they need to serialise it; it contains the token.
+pub fn json_document(tenant: &TenantConfig, token: &AccessToken) -> serde_json::Value {
+    // Always printable: a token's expiry is within a year of its arrival.
+    let expires_at = clock::rfc3339_unix(token.expires_on()).unwrap_or_default();
+    serde_json::json!({
+        "access_token": token.secret.expose_secret(),
+        "token_type": token.token_type,
+        "expires_on": token.expires_on(),
+        "expires_at": expires_at,
+        "issued_on": token.issued_on(),
+        "tenant": tenant.name,
+        "tenant_id": non_empty(&tenant.tenant_id),
+        "client_id": non_empty(&tenant.client_id),
+        "resource": non_empty(&tenant.resource),
+        "scope": tenant.requested_scope(),
+        "audience": tenant.requested_audience(),
+    })
+}
+
+/// `null` for identifiers that do not apply (a generic OAuth2 server has no tenant ID, a
+/// system-assigned managed identity no client ID).
+fn non_empty(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}
+
+/// The json fields warm start needs.
+#[derive(serde::Deserialize)]
+struct ExistingFile {
+    access_token: secrecy::SecretString,
+    token_type: Option<String>,
+    expires_on: i64,
+    issued_on: i64,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    resource: Option<String>,
+    /// Absent in files written before the scope was recorded (then `None`); `null` when no scope
+    /// was asked (then `Some(None)`).
+    #[serde(default, deserialize_with = "present")]
+    scope: Option<Option<String>>,
+    audience: Option<String>,
+}
+
+/// A field that is present, `null` included: `Some(None)` for `null`, so that "absent" (serde's
+/// default, `None`) stays distinguishable.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// The token in a json file written for the same request, with the same bounds as a fresh
+/// response ([`AccessToken::new`]): a file is outside input too (an older version, a hand edit,
+/// a token from a broken server), so an absurd `expires_on` is not adopted by warm start.
+pub fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken> {
+    let file: ExistingFile = serde_json::from_slice(bytes).ok()?;
+    // Files written before `scope` was recorded name only the resource; for them the resource
+    // says everything that was asked.
+    let same_scope = match &file.scope {
+        None => true,
+        Some(recorded) => *recorded == tenant.requested_scope(),
+    };
+    let same = file.tenant_id.unwrap_or_default() == tenant.tenant_id
+        && file.client_id.unwrap_or_default() == tenant.client_id
+        && file.resource.unwrap_or_default() == tenant.resource
+        && same_scope
+        && file.audience.as_deref() == tenant.requested_audience();
+    if !same {
+        return None;
+    }
+    AccessToken::new(
+        file.access_token,
+        file.token_type.unwrap_or_else(|| "Bearer".to_owned()),
+        clock::unix_to_system(file.issued_on),
+        ClaimedExpiry::At(file.expires_on),
+        None,
+    )
+    .ok()
+}

@@ -1,0 +1,531 @@
+//! The Redis sink and the shared connection against a real `redis-server` (and a real
+//! three-master Redis Cluster), started by the tests on free loopback ports.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+
+use common::process::{Spawned, entry, status_json, wait_for_status};
+use common::redis_server::{RedisCluster, RedisServer};
+use common::*;
+use powerbi_tokend::config::{
+    Config, FileFormat, FleetConfig, RedisConfig, RedisSinkConfig, SinkConfig,
+};
+use powerbi_tokend::store::{Store, WriteOutcome};
+
+/// The sink as `{ type = "redis" }` configures it for `name`.
+fn redis_sink(name: &str, format: FileFormat) -> SinkConfig {
+    SinkConfig::Redis(RedisSinkConfig {
+        key: format!("powerbi-tokend:{{{name}}}"),
+        format,
+    })
+}
+
+/// `[redis]` for the given URLs, checking every second that tokens are still there.
+fn redis_config(urls: Vec<String>) -> RedisConfig {
+    RedisConfig {
+        cluster: urls.len() > 1,
+        urls,
+        check_interval: Duration::from_secs(1),
+        ..RedisConfig::default()
+    }
+}
+
+/// A daemon config with `names` (tenant ids `<name>.example.com`), each writing its json file
+/// and its Redis key.
+fn daemon_config(
+    sim: &powerbi_tokend::sim::SimEntra,
+    dir: &Path,
+    names: &[&str],
+    urls: Vec<String>,
+) -> Config {
+    let tenants = names
+        .iter()
+        .map(|name| {
+            let mut tenant = tenant(sim, name, &format!("{name}.example.com"), dir);
+            tenant.sinks.push(redis_sink(name, FileFormat::Json));
+            tenant
+        })
+        .collect();
+    let mut config = config(tenants, fast_daemon());
+    config.redis = Some(redis_config(urls));
+    config
+}
+
+fn now() -> i64 {
+    powerbi_tokend::clock::unix_now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn redis_sink_holds_the_file_json_until_expiry_and_notifies_without_the_token() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let server = RedisServer::start(&dir.path().join("redis"), &[]);
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("powerbi-tokend:tokens").await.unwrap();
+
+    let daemon = start_daemon(daemon_config(
+        &sim,
+        dir.path(),
+        &["contoso"],
+        vec![server.url()],
+    ))
+    .await;
+    let message = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
+        .await
+        .expect("a notification within 10 s")
+        .expect("the subscription stays open");
+    let payload: String = message.get_payload().unwrap();
+    let notification: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(notification["tenant"], "contoso");
+    assert_eq!(notification["key"], "powerbi-tokend:{contoso}");
+
+    let path = dir.path().join("contoso.json");
+    wait_for("the token file", Duration::from_secs(5), || path.exists()).await;
+    let file = std::fs::read_to_string(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&file).unwrap();
+    let token = json["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(notification["expires_on"], json["expires_on"]);
+    assert!(
+        !payload.contains(&token),
+        "the notification carries the token"
+    );
+
+    let mut conn = server.connection().await;
+    let value: String = conn.get("powerbi-tokend:{contoso}").await.unwrap();
+    assert_eq!(value, file, "Redis holds what the file sink writes");
+    let expires_at_ms: i64 = redis::cmd("PEXPIRETIME")
+        .arg("powerbi-tokend:{contoso}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        expires_at_ms,
+        json["expires_on"].as_i64().unwrap() * 1000,
+        "the key expires exactly when the token does"
+    );
+    daemon.stop().await;
+
+    // A raw sink holds the bare token, under the same expiry.
+    let raw_dir = dir.path().join("raw");
+    let mut tenant = tenant(&sim, "contoso", "contoso.example.com", &raw_dir);
+    tenant.sinks = vec![
+        SinkConfig::File(powerbi_tokend::config::FileSinkConfig {
+            path: raw_dir.join("contoso.json"),
+            format: FileFormat::Json,
+            mode: 0o600,
+        }),
+        SinkConfig::Redis(RedisSinkConfig {
+            key: "raw:{contoso}".to_owned(),
+            format: FileFormat::Raw,
+        }),
+    ];
+    let mut config = config(vec![tenant], fast_daemon());
+    config.redis = Some(redis_config(vec![server.url()]));
+    let daemon = start_daemon(config).await;
+    let raw_path = raw_dir.join("contoso.json");
+    wait_for("the raw run's file", Duration::from_secs(5), || {
+        raw_path.exists()
+    })
+    .await;
+    let written = read_json(&raw_path).unwrap();
+    let raw: String = conn.get("raw:{contoso}").await.unwrap();
+    assert_eq!(raw, written["access_token"].as_str().unwrap());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn racing_writers_never_leave_the_older_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path(), &[]);
+    let store = std::sync::Arc::new(Store::new(redis_config(vec![server.url()]), None));
+    let (older, newer) = (now() + 1800, now() + 3600);
+    let mut conn = server.connection().await;
+    for round in 0..50 {
+        let key = format!("race:{{{round}}}");
+        // Each round starts the two writes in a different order, on two tasks.
+        let (first, second) = if round % 2 == 0 {
+            (("older", older), ("newer", newer))
+        } else {
+            (("newer", newer), ("older", older))
+        };
+        let a = tokio::spawn({
+            let (store, key) = (store.clone(), key.clone());
+            async move { store.write_newer(&key, first.0, first.1, None, "").await }
+        });
+        let b = tokio::spawn({
+            let (store, key) = (store.clone(), key.clone());
+            async move { store.write_newer(&key, second.0, second.1, None, "").await }
+        });
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        let value: String = conn.get(&key).await.unwrap();
+        assert_eq!(value, "newer", "round {round}");
+    }
+    // In sequence: the older one is refused, the same one is not written again.
+    assert_eq!(
+        store
+            .write_newer("seq:{x}", "newer", newer, None, "")
+            .await
+            .unwrap(),
+        WriteOutcome::Written
+    );
+    assert_eq!(
+        store
+            .write_newer("seq:{x}", "older", older, None, "")
+            .await
+            .unwrap(),
+        WriteOutcome::Newer
+    );
+    assert_eq!(
+        store
+            .write_newer("seq:{x}", "newer", newer, None, "")
+            .await
+            .unwrap(),
+        WriteOutcome::Same
+    );
+    let value: String = conn.get("seq:{x}").await.unwrap();
+    assert_eq!(value, "newer");
+    // An expired token is never written.
+    assert!(
+        store
+            .write_newer("seq:{y}", "gone", now() - 1, None, "")
+            .await
+            .is_err()
+    );
+    let exists: bool = conn.exists("seq:{y}").await.unwrap();
+    assert!(!exists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn acl_user_with_a_password_file_and_a_wrong_password_named_as_a_redis_sink_failure() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let server = RedisServer::start(
+        &dir.path().join("redis"),
+        &[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "tokend",
+            "on",
+            ">redis-pass-w0rd",
+            "~powerbi-tokend:*",
+            "&powerbi-tokend:*",
+            "+@all",
+        ],
+    );
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, "redis-pass-w0rd\n").unwrap();
+    let config_path = dir.path().join("config.toml");
+    let write_config = |password_file: &Path| {
+        std::fs::write(
+            &config_path,
+            format!(
+                r#"[server]
+listen = "127.0.0.1:0"
+
+[daemon]
+backoff_min = "100ms"
+backoff_max = "400ms"
+
+[redis]
+url = "{url}"
+username = "tokend"
+password = {{ file = "{password}" }}
+
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.example.com"
+client_id = "{CLIENT_ID}"
+client_secret = {{ env = "TEST_SECRET" }}
+authority_host = "{authority}"
+sinks = [
+  {{ type = "file", path = "tokens/{{name}}.json" }},
+  {{ type = "redis", key = "powerbi-tokend:{{name}}" }},
+]
+"#,
+                url = server.url(),
+                password = password_file.display(),
+                authority = sim.authority_host(),
+            ),
+        )
+        .unwrap();
+    };
+    write_config(&password_file);
+    let log = dir.path().join("good.log");
+    let mut good = Spawned::run(&config_path, &log, "info", &[("TEST_SECRET", SECRET)]);
+    let addr = good.admin_addr().await;
+    wait_for_status(addr, "contoso healthy", Duration::from_secs(10), |status| {
+        entry(status, "contoso")["state"] == "healthy"
+    })
+    .await;
+    let mut conn = server_connection_as(&server, "tokend", "redis-pass-w0rd").await;
+    let value: String = conn.get("powerbi-tokend:{contoso}").await.unwrap();
+    let token = serde_json::from_str::<serde_json::Value>(&value).unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    good.signal("TERM");
+    good.wait_exit(Duration::from_secs(10)).await;
+    let text = good.log_text();
+    assert!(!text.contains(&token), "the access token is in the log");
+    assert!(
+        !text.contains("redis-pass-w0rd"),
+        "the Redis password is in the log"
+    );
+
+    // A wrong password: the tenant fails with reason `sink`, the message names Redis and says
+    // what to check; the file is written all the same.
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    write_config(&wrong);
+    std::fs::remove_dir_all(dir.path().join("tokens")).unwrap();
+    let log = dir.path().join("bad.log");
+    let mut bad = Spawned::run(&config_path, &log, "info", &[("TEST_SECRET", SECRET)]);
+    let addr = bad.admin_addr().await;
+    let status = wait_for_status(addr, "contoso failing", Duration::from_secs(10), |status| {
+        entry(status, "contoso")["last_error"]["reason"] == "sink"
+    })
+    .await;
+    let message = entry(&status, "contoso")["last_error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains(&format!("Redis at {}", server.url())),
+        "{message}"
+    );
+    assert!(message.contains("authentication failed"), "{message}");
+    assert!(!message.contains("not-the-password"), "{message}");
+    assert!(
+        dir.path().join("tokens/contoso.json").exists(),
+        "the file sink is written although Redis refused"
+    );
+    bad.signal("TERM");
+    bad.wait_exit(Duration::from_secs(10)).await;
+    assert!(!bad.log_text().contains("not-the-password"));
+}
+
+/// A connection as an ACL user.
+async fn server_connection_as(
+    server: &RedisServer,
+    user: &str,
+    password: &str,
+) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!(
+        "redis://{user}:{password}@127.0.0.1:{}",
+        server.port
+    ))
+    .unwrap()
+    .get_multiplexed_async_connection()
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn redis_outage_of_20_s_keeps_files_fresh_reports_sink_and_recovers() {
+    let names = ["a", "b", "c"];
+    let ids: Vec<String> = names.iter().map(|n| format!("{n}.example.com")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    // 4-second tokens: each tenant refreshes about every 2 s, so the outage spans many.
+    let Fixture { sim, dir } = fixture(&ids, Duration::from_secs(4)).await;
+    let mut server = RedisServer::start(&dir.path().join("redis"), &[]);
+    let daemon = start_daemon(daemon_config(&sim, dir.path(), &names, vec![server.url()])).await;
+    daemon
+        .wait_for_get("every tenant healthy", "/status", |_, body| {
+            body.matches("\"state\":\"healthy\"").count() == names.len()
+        })
+        .await;
+
+    server.stop();
+    let outage = Instant::now();
+    let mut saw_sink_failure = false;
+    let mut checks = 0;
+    while outage.elapsed() < Duration::from_secs(20) {
+        let (code, _) = daemon.get("/healthz").await;
+        assert_eq!(code, 200, "the daemon stays alive");
+        for name in names {
+            let json = read_json(&dir.path().join(format!("{name}.json")))
+                .unwrap_or_else(|| panic!("{name}'s file is unreadable"));
+            assert!(
+                json["expires_on"].as_i64().unwrap() > now(),
+                "{name}'s file holds an expired token during the outage"
+            );
+        }
+        let (_, status) = daemon.get("/status").await;
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        for name in names {
+            let error = &entry(&status, name)["last_error"];
+            if !error.is_null() {
+                assert_eq!(error["reason"], "sink", "{error}");
+                assert!(
+                    error["message"].as_str().unwrap().contains("Redis at"),
+                    "{error}"
+                );
+                saw_sink_failure = true;
+            }
+        }
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        saw_sink_failure,
+        "no tenant reported the outage as a sink failure"
+    );
+    assert!(checks > 20);
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains("powerbi_tokend_refresh_failures_total{reason=\"sink\",tenant=\"a\"}"),
+        "{metrics}"
+    );
+
+    // Redis returns (empty); without a restart every tenant is healthy and in Redis again.
+    server.restart();
+    daemon
+        .wait_for_get(
+            "every tenant healthy after Redis returned",
+            "/status",
+            |_, body| body.matches("\"state\":\"healthy\"").count() == names.len(),
+        )
+        .await;
+    let mut conn = server.connection().await;
+    for name in names {
+        let start = Instant::now();
+        loop {
+            let value: Option<String> = conn
+                .get(format!("powerbi-tokend:{{{name}}}"))
+                .await
+                .unwrap();
+            if value.is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name} not back in Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn redis_restarted_empty_gets_every_token_back_with_one_request_per_tenant() {
+    let names: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ids: Vec<String> = names.iter().map(|n| format!("{n}.example.com")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let Fixture { sim, dir } = fixture(&ids, Duration::from_secs(3600)).await;
+    let mut server = RedisServer::start(&dir.path().join("redis"), &[]);
+    let daemon = start_daemon(daemon_config(&sim, dir.path(), &names, vec![server.url()])).await;
+    daemon
+        .wait_for_get("every tenant healthy", "/status", |_, body| {
+            body.matches("\"state\":\"healthy\"").count() == names.len()
+        })
+        .await;
+    let before: Vec<u64> = ids.iter().map(|id| sim.request_count(id)).collect();
+
+    server.restart();
+    let restarted = Instant::now();
+    let mut conn = server.connection().await;
+    loop {
+        let mut back = 0;
+        for name in &names {
+            let exists: bool = conn
+                .exists(format!("powerbi-tokend:{{{name}}}"))
+                .await
+                .unwrap();
+            back += usize::from(exists);
+        }
+        if back == names.len() {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "{back} of {} tokens back after 60 s",
+            names.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = restarted.elapsed();
+    // Settle: a tenant that would ask twice does so right away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (index, id) in ids.iter().enumerate() {
+        let requests = sim.request_count(id) - before[index];
+        assert_eq!(
+            requests, 1,
+            "{id} asked Entra {requests} times to refill Redis"
+        );
+    }
+    println!(
+        "all {} tokens back in Redis {took:?} after it restarted empty",
+        names.len()
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn redis_cluster_sinks_and_fleet_leases_across_slots() {
+    let names: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ids: Vec<String> = names.iter().map(|n| format!("{n}.example.com")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let Fixture { sim, dir } = fixture(&ids, Duration::from_secs(3600)).await;
+    let cluster = RedisCluster::start(&dir.path().join("cluster"));
+    let mut config = daemon_config(&sim, dir.path(), &names, cluster.urls());
+    config.fleet = Some(FleetConfig {
+        key_prefix: "fleet".to_owned(),
+        lease_ttl: Duration::from_secs(20),
+        replica_id: Some("replica-one".to_owned()),
+    });
+    let daemon = start_daemon(config).await;
+    daemon
+        .wait_for_get("every tenant healthy", "/status", |_, body| {
+            body.matches("\"state\":\"healthy\"").count() == names.len()
+        })
+        .await;
+    let mut conn = cluster.connection().await;
+    let mut slots = std::collections::HashSet::new();
+    for name in &names {
+        let file = std::fs::read_to_string(dir.path().join(format!("{name}.json"))).unwrap();
+        let value: String = conn
+            .get(format!("powerbi-tokend:{{{name}}}"))
+            .await
+            .unwrap();
+        assert_eq!(value, file);
+        let shared: String = conn.get(format!("fleet:{{{name}}}:token")).await.unwrap();
+        let shared: serde_json::Value = serde_json::from_str(&shared).unwrap();
+        assert_eq!(shared["refreshed_by"], "replica-one");
+        // Released after the refresh.
+        let lease: bool = conn
+            .exists(format!("fleet:{{{name}}}:lease"))
+            .await
+            .unwrap();
+        assert!(!lease, "{name}'s lease was not released");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("powerbi-tokend:{{{name}}}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        slots.insert(slot * 3 / 16384);
+    }
+    assert!(
+        slots.len() >= 2,
+        "the tenants' keys all hashed to one node's range"
+    );
+    let status = status_json(daemon.addr).await;
+    assert_eq!(entry(&status, "c0")["refreshed_by"], "replica-one");
+    daemon.stop().await;
+}
