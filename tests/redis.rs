@@ -529,3 +529,186 @@ async fn redis_cluster_sinks_and_fleet_leases_across_slots() {
     assert_eq!(entry(&status, "c0")["refreshed_by"], "replica-one");
     daemon.stop().await;
 }
+
+/// A CA and a server certificate for `localhost` signed by it, as PEM files in `dir`.
+fn tls_files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new(program("openssl", "openssl"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=powerbi-tokend test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and openssl; `cargo test -- --include-ignored` runs it"]
+async fn rediss_trusts_the_ca_file_and_verifies_the_server_name() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let (ca, cert, key) = tls_files(&pki);
+    let server = RedisServer::start_tls(&dir.path().join("redis"), &cert, &key, &ca);
+    let run = |url: String, ca_file: Option<std::path::PathBuf>| {
+        let files = dir.path().join(format!("run-{}", fastrand::u32(..)));
+        let mut config = daemon_config(&sim, &files, &["contoso"], vec![url]);
+        config.daemon.ca_file = ca_file;
+        config
+    };
+
+    // The certificate names localhost and the CA is trusted: the token reaches Redis.
+    let daemon = start_daemon(run(
+        format!("rediss://localhost:{}", server.port),
+        Some(ca.clone()),
+    ))
+    .await;
+    daemon
+        .wait_for_get("contoso healthy over TLS", "/status", |_, body| {
+            body.contains("\"state\":\"healthy\"")
+        })
+        .await;
+    daemon.stop().await;
+
+    // The same server by IP address: the name does not match the certificate.
+    let daemon = start_daemon(run(
+        format!("rediss://127.0.0.1:{}", server.port),
+        Some(ca.clone()),
+    ))
+    .await;
+    let body = daemon
+        .wait_for_get("a TLS failure", "/status", |_, body| {
+            body.contains("\"reason\":\"sink\"")
+        })
+        .await;
+    assert!(
+        body.contains(&format!("Redis at rediss://127.0.0.1:{}", server.port)),
+        "{body}"
+    );
+    daemon.stop().await;
+
+    // Without the CA file the server's certificate is not trusted.
+    let daemon = start_daemon(run(format!("rediss://localhost:{}", server.port), None)).await;
+    let body = daemon
+        .wait_for_get("a TLS failure", "/status", |_, body| {
+            body.contains("\"reason\":\"sink\"")
+        })
+        .await;
+    assert!(body.contains("Redis at rediss://localhost"), "{body}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn warm_start_from_redis_checks_the_identity_like_a_json_file() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let server = RedisServer::start(&dir.path().join("redis"), &[]);
+    let redis_only = |client_id: &str| {
+        let mut config = daemon_config(&sim, dir.path(), &["contoso"], vec![server.url()]);
+        let mut tenant = (*config.tenants[0]).clone();
+        tenant
+            .sinks
+            .retain(|sink| matches!(sink, SinkConfig::Redis(_)));
+        tenant.client_id = client_id.to_owned();
+        config.tenants = vec![std::sync::Arc::new(tenant)];
+        config
+    };
+    let daemon = start_daemon(redis_only(CLIENT_ID)).await;
+    daemon
+        .wait_for_get("the first token", "/status", |_, body| {
+            body.contains("\"state\":\"healthy\"")
+        })
+        .await;
+    daemon.stop().await;
+    assert_eq!(sim.request_count("contoso.example.com"), 1);
+
+    // Restarted: the token in Redis is reused, Entra is not asked.
+    let daemon = start_daemon(redis_only(CLIENT_ID)).await;
+    daemon
+        .wait_for_get("the warm start", "/status", |_, body| {
+            body.contains("\"state\":\"healthy\"")
+        })
+        .await;
+    daemon.stop().await;
+    assert_eq!(
+        sim.request_count("contoso.example.com"),
+        1,
+        "warm start asked Entra"
+    );
+
+    // Another app: the token in Redis was issued to a different client and is not reused.
+    let other_app = "0b0e5d52-7c3b-4f5e-9d2a-3c1f6e8a9b7d";
+    sim.set_app(
+        "contoso.example.com",
+        powerbi_tokend::sim::SimApp {
+            client_id: other_app.to_owned(),
+            secret: SECRET.to_owned(),
+            secret_expired: false,
+        },
+    );
+    let daemon = start_daemon(redis_only(other_app)).await;
+    daemon
+        .wait_for_get("a token for the other app", "/status", |_, body| {
+            body.contains("\"state\":\"healthy\"")
+        })
+        .await;
+    daemon.stop().await;
+    assert_eq!(sim.request_count("contoso.example.com"), 2);
+    let mut conn = server.connection().await;
+    let value: String = conn.get("powerbi-tokend:{contoso}").await.unwrap();
+    assert!(value.contains(other_app));
+}

@@ -22,6 +22,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     args: Vec<String>,
+    /// Serves TLS only (the readiness probe then only connects).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -34,6 +36,36 @@ impl RedisServer {
             port: free_port(),
             dir: dir.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            tls: false,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// A server that speaks only TLS, with `cert` and `key` (PEM), not asking for client
+    /// certificates.
+    pub fn start_tls(dir: &Path, cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            dir: dir.to_owned(),
+            args: vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            tls: true,
             child: None,
         };
         server.spawn();
@@ -64,6 +96,9 @@ impl RedisServer {
     fn wait_listening(&self) {
         let start = Instant::now();
         loop {
+            if self.tls && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
             if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
                 stream
