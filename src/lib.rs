@@ -380,8 +380,9 @@ pub struct Checked {
 }
 
 /// Validates a config file and reads every secret, certificate and token file it names, without
-/// contacting Entra. Every well-formed credential is read, even in a tenant with other
-/// problems, so one run reports everything.
+/// contacting Entra; with `[redis]`, connects and PINGs (a failure is a warning). Every
+/// well-formed credential is read, even in a tenant with other problems, so one run reports
+/// everything.
 ///
 /// # Errors
 /// Every problem found, in file order.
@@ -407,6 +408,29 @@ pub async fn check(path: &std::path::Path) -> Result<Checked, config::ConfigErro
                 .expiry
                 .and_then(|expiry| expiry_warning(&tenant.tenant, expiry, now)),
         );
+    }
+    if let Some(config) = &config
+        && let Some(redis) = &config.redis
+    {
+        // The password is a secret reference like any other: unreadable is a problem. Redis
+        // being unreachable from where `check` runs is only a warning: CI and build hosts often
+        // cannot reach production Redis.
+        if let Some(source) = &redis.password
+            && let Err(cause) = credential::read_secret(source).await
+        {
+            err.problems.push(config::Problem {
+                line: None,
+                key: Some("redis.password".to_owned()),
+                message: cause.to_string(),
+            });
+        } else {
+            let store = Store::new(redis.clone(), config.daemon.ca_file.clone());
+            if let Err(unreachable) = store.ping().await {
+                warnings.push(format!(
+                    "{unreachable}; tenants that write to Redis will fail with reason sink until it can be reached"
+                ));
+            }
+        }
     }
     match config {
         Some(config) if err.problems.is_empty() => Ok(Checked { config, warnings }),

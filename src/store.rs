@@ -397,6 +397,20 @@ impl Store {
         }
     }
 
+    /// Connects (if not connected) and PINGs: `check` uses it to say whether Redis answers.
+    ///
+    /// # Errors
+    /// Redis unreachable, refusing the credentials, or not answering.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|mut conn| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// Whether `key` exists.
     ///
     /// # Errors

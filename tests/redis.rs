@@ -712,3 +712,54 @@ async fn warm_start_from_redis_checks_the_identity_like_a_json_file() {
     let value: String = conn.get("powerbi-tokend:{contoso}").await.unwrap();
     assert!(value.contains(other_app));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn check_pings_redis_and_reads_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = RedisServer::start(&dir.path().join("redis"), &["--requirepass", "pw-1234"]);
+    std::fs::write(dir.path().join("redis.pass"), "pw-1234\n").unwrap();
+    let config = dir.path().join("config.toml");
+    let url = server.url();
+    let write = |password: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[redis]\nurl = \"{url}\"\nconnect_timeout = \"2s\"\npassword = {{ file = \"{password}\" }}\n\n[[tenant]]\nname = \"contoso\"\ntenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"TEST_SECRET\" }}\nsinks = [ {{ type = \"redis\" }} ]\n"
+            ),
+        )
+        .unwrap();
+    };
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_powerbi-tokend"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("TEST_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    write("redis.pass");
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    // Unreachable: a warning naming Redis, still exit 0.
+    server.stop();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("Redis at {}", server.url())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("warning"), "{stderr}");
+
+    // An unreadable password file is a problem (exit 2).
+    write("missing.pass");
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("redis.password"), "{stderr}");
+    assert!(!stderr.contains("pw-1234"), "{stderr}");
+}
