@@ -234,7 +234,17 @@ impl Tenant {
                 () = sleep_until(wake) => {}
                 () = sleep_until_instant(next_check) => {
                     next_check = check_interval.map(|every| tokio::time::Instant::now() + every);
-                    if self.failures == 0 && self.lost_from_redis().await {
+                    if self.failures > 0 {
+                        continue;
+                    }
+                    // A slow or hung Redis must not hold back a refresh that falls due meanwhile.
+                    let lost = tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => return,
+                        lost = self.lost_from_redis() => lost,
+                        () = sleep_until(wake) => false,
+                    };
+                    if lost {
                         tracing::warn!(
                             tenant = %self.config.name,
                             "the token is gone from Redis (restarted without persistence, or flushed); refreshing"

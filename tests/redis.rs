@@ -763,3 +763,117 @@ async fn check_pings_redis_and_reads_its_password() {
     assert!(stderr.contains("redis.password"), "{stderr}");
     assert!(!stderr.contains("pw-1234"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn a_hung_redis_times_out_and_a_rotated_password_is_read_at_reconnect() {
+    let ids = ["a.example.com", "b.example.com"];
+    // 6-second tokens: a refresh about every 3 s, several during the hang, each of which waits
+    // up to a second for Redis.
+    let Fixture { sim, dir } = fixture(&ids, Duration::from_secs(6)).await;
+    let server = RedisServer::start(&dir.path().join("redis"), &["--requirepass", "first-pw-1"]);
+    let password_file = dir.path().join("redis.pass");
+    std::fs::write(&password_file, "first-pw-1\n").unwrap();
+    let mut config = daemon_config(&sim, dir.path(), &["a", "b"], vec![server.url()]);
+    if let Some(redis) = config.redis.as_mut() {
+        redis.password = Some(powerbi_tokend::config::SecretSource::File(
+            password_file.clone(),
+        ));
+        redis.command_timeout = Duration::from_millis(500);
+        redis.connect_timeout = Duration::from_secs(1);
+    }
+    let daemon = start_daemon(config).await;
+    daemon
+        .wait_for_get("both healthy", "/status", |_, body| {
+            body.matches("\"state\":\"healthy\"").count() == 2
+        })
+        .await;
+
+    // SIGSTOP: Redis accepts nothing and answers nothing. Commands time out, the daemon stays
+    // responsive, and the files keep fresh tokens.
+    common::process::signal_pid(server.pid(), "STOP");
+    let body = daemon
+        .wait_for_get("a timeout reported", "/status", |_, body| {
+            body.contains("\"reason\":\"sink\"") && body.contains("Redis at")
+        })
+        .await;
+    assert!(
+        body.contains("no answer within")
+            || body.contains("timed out")
+            || body.contains("connection"),
+        "{body}"
+    );
+    let hung = Instant::now();
+    while hung.elapsed() < Duration::from_secs(8) {
+        let started = Instant::now();
+        assert_eq!(daemon.get("/healthz").await.0, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "/healthz took {:?}",
+            started.elapsed()
+        );
+        for name in ["a", "b"] {
+            let json = read_json(&dir.path().join(format!("{name}.json"))).unwrap();
+            assert!(
+                json["expires_on"].as_i64().unwrap() > now(),
+                "{name}'s file expired: {json} at {} after {:?}",
+                now(),
+                hung.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    common::process::signal_pid(server.pid(), "CONT");
+    daemon
+        .wait_for_get("both healthy after SIGCONT", "/status", |_, body| {
+            body.matches("\"state\":\"healthy\"").count() == 2
+        })
+        .await;
+
+    // The password rotates: Redis gets the new one, the file too, and every connection is cut.
+    // The daemon reconnects with the password it reads now.
+    let mut admin = redis::Client::open(format!("redis://:first-pw-1@127.0.0.1:{}", server.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("second-pw-2")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    std::fs::write(&password_file, "second-pw-2\n").unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut admin)
+        .await
+        .unwrap_or(0);
+    let before = {
+        let mut conn =
+            redis::Client::open(format!("redis://:second-pw-2@127.0.0.1:{}", server.port))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+        let _: () = conn.del("powerbi-tokend:{a}").await.unwrap();
+        conn
+    };
+    let mut conn = before;
+    let start = Instant::now();
+    loop {
+        let value: Option<String> = conn.get("powerbi-tokend:{a}").await.unwrap();
+        if value.is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the daemon did not write again with the rotated password"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+}

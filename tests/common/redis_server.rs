@@ -121,6 +121,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's process id (for SIGSTOP and SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Kills the server (its data is gone: no persistence).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
