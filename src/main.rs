@@ -41,6 +41,10 @@ enum Command {
         /// Admin HTTP address for the demo.
         #[arg(long, default_value = config::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
+        /// Also start `redis-server` (from PATH) on a free loopback port and write every token
+        /// there too, in fleet mode.
+        #[arg(long)]
+        redis: bool,
     },
 }
 
@@ -164,13 +168,13 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Err(err) => fatal(err.into()),
             }
         }
-        Command::Demo { listen } => {
+        Command::Demo { listen, redis } => {
             let control = match signals() {
                 Ok(control) => control,
                 Err(err) => return fatal(err),
             };
             init_logging(cli.log_format.unwrap_or_default());
-            match demo::run(listen, control).await {
+            match demo::run(listen, redis, control).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fatal(err.into()),
             }

@@ -614,3 +614,69 @@ async fn a_failure_names_its_client_request_id_in_the_log_and_in_status() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn demo_with_redis_writes_the_tokens_to_its_own_redis_and_stops_it() {
+    use redis::AsyncCommands;
+    common::program("redis-server", "redis-server");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "demo",
+            "--redis",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let url_line = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .find(|line| line.contains("tokens also go to Redis"))
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+    };
+    wait_for("the demo's Redis", Duration::from_secs(10), || {
+        url_line().is_some()
+    })
+    .await;
+    let url = url_line().unwrap()["redis"].as_str().unwrap().to_owned();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let contoso = dir.path().join("demo-tokens/contoso.json");
+    wait_for("contoso's file", Duration::from_secs(5), || {
+        contoso.exists()
+    })
+    .await;
+    let start = Instant::now();
+    let value = loop {
+        let value: Option<String> = conn.get("powerbi-tokend:{contoso}").await.unwrap();
+        if let Some(value) = value {
+            break value;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "contoso never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(value, std::fs::read_to_string(&contoso).unwrap());
+    kill(&child, "INT");
+    let status = wait_exit(&mut child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0));
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the demo left its redis-server running"
+    );
+}
