@@ -151,8 +151,12 @@ struct Readiness {
     ready: bool,
     /// Tenants whose first attempt has not finished.
     pending: Vec<String>,
-    /// Tenants whose last attempt could not write a sink.
+    /// Tenants whose last attempt could not write a local (file) sink.
     sink_failing: Vec<String>,
+    /// Tenants whose last attempt could not write to Redis. Listed, never counted: a Redis
+    /// outage is the same for every replica, and unready replicas would only drop out of
+    /// monitoring.
+    redis_failing: Vec<String>,
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -160,6 +164,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         ready: true,
         pending: Vec::new(),
         sink_failing: Vec::new(),
+        redis_failing: Vec::new(),
     };
     let snapshot = state.registry.snapshot();
     let tenants = snapshot.len();
@@ -167,7 +172,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         if !status.first_attempt_done {
             readiness.pending.push(name);
         } else if status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Sink) {
-            readiness.sink_failing.push(name);
+            if status.local_sink_failing {
+                readiness.sink_failing.push(name);
+            } else {
+                readiness.redis_failing.push(name);
+            }
         }
     }
     readiness.ready =

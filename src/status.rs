@@ -79,6 +79,9 @@ pub struct TenantStatus {
     pub failures_by_reason: [u64; Reason::ALL.len()],
     /// Fleet mode: the replica that fetched the current token (this one or another).
     pub refreshed_by: Option<Arc<str>>,
+    /// The last attempt could not write a local (file) sink: what readiness counts. A Redis
+    /// outage is not among them: no restart or new node fixes it.
+    pub local_sink_failing: bool,
 }
 
 impl TenantStatus {

@@ -83,7 +83,9 @@ impl ConnectionLike for Conn {
 /// The shared Redis connection.
 pub struct Store {
     config: RedisConfig,
-    /// Extra trust anchors for `rediss://` (the daemon's `ca_file`).
+    /// The trust anchors for `rediss://` when set (the daemon's `ca_file`); the system's
+    /// otherwise. Unlike for HTTPS they replace the system's: redis-rs takes one root store, and
+    /// a Redis with TLS is typically signed by a private CA.
     ca_file: Option<std::path::PathBuf>,
     /// For messages: the first URL.
     server: Arc<str>,
@@ -127,9 +129,13 @@ pub enum WriteOutcome {
 /// none), notification. Compares against the key's own expiry (server time plus `PTTL`), which
 /// is the stored token's `expires_on`: the value itself may be a raw token without one. Half a
 /// second of slack absorbs the millisecond rounding of `PTTL`; `expires_on` is whole seconds.
+///
+/// The expiry is set as `PX` from the server's `TIME`, rounded up, so the key vanishes at
+/// `expires_on` or up to a millisecond before, never after. `PXAT` would say it directly but
+/// needs Redis 6.2, and Azure Cache for Redis 6 is 6.0; this works from Redis 5 on.
 const WRITE_SCRIPT: &str = r"
 local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = tonumber(now[1]) * 1000 + math.ceil(tonumber(now[2]) / 1000)
 local expires = tonumber(ARGV[2])
 if expires <= now_ms then return 'expired' end
 local ttl = redis.call('PTTL', KEYS[1])
@@ -212,7 +218,7 @@ impl Store {
             Err(message) => {
                 state.failures = state.failures.saturating_add(1);
                 let backoff = RECONNECT_MIN
-                    .saturating_mul(1 << state.failures.min(8))
+                    .saturating_mul(1 << (state.failures - 1).min(8))
                     .min(RECONNECT_MAX);
                 state.not_before = Some(Instant::now() + backoff);
                 state.last_error = Some(message.clone());

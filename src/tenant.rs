@@ -180,6 +180,16 @@ pub struct Tenant {
     current_issued_on: Option<i64>,
 }
 
+/// What a check of the token in Redis found.
+enum Presence {
+    /// Still there (or Redis cannot say).
+    Kept,
+    /// Gone: refresh now.
+    Lost,
+    /// Shutdown began during the check.
+    Cancelled,
+}
+
 /// Fleet mode: how soon to look again when another replica holds the tenant's lease. Its token
 /// usually arrives within one request's time.
 const FLEET_BUSY_RETRY: Duration = Duration::from_secs(1);
@@ -213,13 +223,13 @@ impl Tenant {
 
     /// Runs until `cancel` fires: warm start, then refresh forever.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut next = self.start_up().await;
+        let mut next = Box::pin(self.start_up()).await;
         // Tenants that keep their token in Redis look now and then whether it is still there
         // (a restart without persistence, FLUSHALL); first at a random point of the interval, so
         // thousands of tenants spread their checks.
         let check_interval = self.presence_check_interval();
         let mut next_check = check_interval
-            .map(|every| tokio::time::Instant::now() + every.mul_f64(fastrand::f64().max(0.05)));
+            .map(|every| schedule::later(SystemTime::now(), every.mul_f64(fastrand::f64())));
         loop {
             let cron = self
                 .config
@@ -228,31 +238,22 @@ impl Tenant {
                 .and_then(|s| schedule::cron_next(&s.cron, SystemTime::now()));
             let wake = schedule::next_wake(next, cron, self.last_attempt, self.retry_not_before);
             status::lock(&self.status).next_refresh = Some(wake);
+            // One timer for whichever comes first: a sleeping tenant holds one, not two.
+            let check_first = next_check.filter(|check| *check < wake);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
-                () = sleep_until(wake) => {}
-                () = sleep_until_instant(next_check) => {
-                    next_check = check_interval.map(|every| tokio::time::Instant::now() + every);
-                    if self.failures > 0 {
-                        continue;
-                    }
-                    // A slow or hung Redis must not hold back a refresh that falls due meanwhile.
-                    let lost = tokio::select! {
-                        biased;
-                        () = cancel.cancelled() => return,
-                        lost = self.lost_from_redis() => lost,
-                        () = sleep_until(wake) => false,
-                    };
-                    if lost {
-                        tracing::warn!(
-                            tenant = %self.config.name,
-                            "the token is gone from Redis (restarted without persistence, or flushed); refreshing"
-                        );
-                        next = SystemTime::now();
-                    }
-                    continue;
+                () = sleep_until(check_first.unwrap_or(wake)) => {}
+            }
+            if check_first.is_some() {
+                next_check = check_interval.map(|every| schedule::later(SystemTime::now(), every));
+                // Boxed, like the attempt: a sleeping tenant's future stays small.
+                match Box::pin(self.check_presence(wake, &cancel)).await {
+                    Presence::Cancelled => return,
+                    Presence::Lost => next = SystemTime::now(),
+                    Presence::Kept => {}
                 }
+                continue;
             }
             let lane = if self.slow {
                 &self.shared.slow_lane
@@ -375,10 +376,12 @@ impl Tenant {
         }
         // The permit is held through the sink writes: when the disk is slower than Entra,
         // tenants wait before fetching rather than piling up fetched tokens in memory.
+        let mut local_sink_failed = false;
         let result = match token {
             Ok(token) => match self.write_sinks(&token).await {
-                Ok(()) => Ok(token),
-                Err(err) => {
+                (Ok(()), _) => Ok(token),
+                (Err(err), local_failed) => {
+                    local_sink_failed = local_failed;
                     self.unwritten = Some(token);
                     Err(err)
                 }
@@ -388,6 +391,7 @@ impl Tenant {
         drop(permit);
         {
             let mut status = status::lock(&self.status);
+            status.local_sink_failing = local_sink_failed;
             status.credential_expiry = self.credential.expiry();
             match &result {
                 Ok(_) => status.successes += 1,
@@ -447,6 +451,29 @@ impl Tenant {
         fetched
     }
 
+    /// Whether the token is still in Redis; a refresh falling due (`wake`) or a shutdown ends the
+    /// check early: a slow or hung Redis must not hold either back.
+    async fn check_presence(&self, wake: SystemTime, cancel: &CancellationToken) -> Presence {
+        if self.failures > 0 {
+            // Failing already: the next attempt writes every sink anyway.
+            return Presence::Kept;
+        }
+        let lost = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Presence::Cancelled,
+            lost = self.lost_from_redis() => lost,
+            () = sleep_until(wake) => false,
+        };
+        if !lost {
+            return Presence::Kept;
+        }
+        tracing::warn!(
+            tenant = %self.config.name,
+            "the token is gone from Redis (restarted without persistence, or flushed); refreshing"
+        );
+        Presence::Lost
+    }
+
     /// How often to check that the token is still in Redis: only for tenants that keep it there.
     fn presence_check_interval(&self) -> Option<Duration> {
         let in_redis = self.shared.fleet.is_some()
@@ -479,15 +506,17 @@ impl Tenant {
     }
 
     /// Writes every sink, even after one failed: a Redis outage must not keep the token from
-    /// the local file. Returns the first failure.
-    async fn write_sinks(&self, token: &AccessToken) -> Result<(), RefreshError> {
+    /// the local file. Returns the first failure, and whether a local (file) sink failed.
+    async fn write_sinks(&self, token: &AccessToken) -> (Result<(), RefreshError>, bool) {
         let mut first_error = None;
+        let mut local_failed = false;
         for sink in &self.sinks {
             if let Err(err) = sink.write(&self.config, token).await {
+                local_failed |= matches!(sink, Sink::File(_));
                 first_error.get_or_insert(err);
             }
         }
-        first_error.map_or(Ok(()), Err)
+        (first_error.map_or(Ok(()), Err), local_failed)
     }
 
     fn succeeded(&mut self, token: AccessToken, refreshed_by: Option<Arc<str>>) -> SystemTime {
@@ -635,14 +664,6 @@ fn log_failure(
     }
 }
 
-/// Sleeps until `when`; forever when there is nothing to wait for.
-async fn sleep_until_instant(when: Option<tokio::time::Instant>) {
-    match when {
-        Some(when) => tokio::time::sleep_until(when).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Sleeps until a wall-clock instant (immediately if it has passed).
 async fn sleep_until(when: SystemTime) {
     let delay = when
@@ -701,6 +722,44 @@ mod tests {
         assert!(moved);
         drop(kept);
         assert_eq!(slow.available_permits(), 1);
+    }
+
+    /// A sleeping tenant's future is what ten thousand tenants cost each: the attempt and the
+    /// Redis presence check are boxed so that their state is only paid for while they run.
+    #[tokio::test]
+    async fn a_sleeping_tenant_is_small() {
+        let daemon = DaemonConfig::default();
+        let shared = Shared {
+            client: TokenClient::new(&daemon).unwrap(),
+            limiter: Arc::new(Semaphore::new(1)),
+            slow_lane: Arc::new(Semaphore::new(1)),
+            slow_after: Arc::new(SlowAfter::new(SLOW_AFTER)),
+            policy: RetryPolicy::from(&daemon),
+            store: None,
+            fleet: None,
+            observer: None,
+        };
+        let config = Arc::new(TenantConfig::entra(
+            "contoso",
+            "contoso.onmicrosoft.com",
+            "00000000-0000-0000-0000-000000000001",
+            crate::config::SecretSource::Env("SECRET".into()),
+            "https://login.microsoftonline.com",
+            std::path::PathBuf::from("/tmp/contoso.json"),
+        ));
+        let registry = status::Registry::new();
+        let tenant = Tenant::new(config, shared, registry.insert("contoso"));
+        let future = tenant.run(CancellationToken::new());
+        let size = std::mem::size_of_val(&future);
+        println!(
+            "a sleeping tenant's run future: {size} bytes; Tenant {} Sleep {} Shared {} Sink {} Credential {}",
+            std::mem::size_of::<Tenant>(),
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<Shared>(),
+            std::mem::size_of::<Sink>(),
+            std::mem::size_of::<Credential>()
+        );
+        assert!(size <= 2048, "a tenant's run future takes {size} bytes");
     }
 
     #[test]

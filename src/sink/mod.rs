@@ -53,9 +53,15 @@ impl Sink {
             Sink::File(file) => file.write(tenant, token).await.map_err(|err| {
                 RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
             }),
-            Sink::Redis(redis) => redis.write(tenant, token).await.map(|_| ()).map_err(|err| {
-                RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
-            }),
+            // Redis futures are boxed (here and below): their connection and script state would
+            // otherwise make every file-only tenant's futures as large as theirs, and at start-up
+            // every tenant's warm-start read is alive at once.
+            Sink::Redis(redis) => Box::pin(redis.write(tenant, token))
+                .await
+                .map(|_| ())
+                .map_err(|err| {
+                    RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
+                }),
         }
     }
 
@@ -63,7 +69,7 @@ impl Sink {
     pub async fn read_existing(&self, tenant: &TenantConfig) -> Option<AccessToken> {
         match self {
             Sink::File(file) => file.read_existing(tenant).await,
-            Sink::Redis(redis) => redis.read_existing(tenant).await,
+            Sink::Redis(redis) => Box::pin(redis.read_existing(tenant)).await,
         }
     }
 
@@ -71,7 +77,7 @@ impl Sink {
     pub async fn present(&self) -> Option<bool> {
         match self {
             Sink::File(_) => None,
-            Sink::Redis(redis) => redis.present().await,
+            Sink::Redis(redis) => Box::pin(redis.present()).await,
         }
     }
 }
