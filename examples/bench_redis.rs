@@ -17,8 +17,9 @@
 //! * `redis`: every tenant writes only the key `powerbi-tokend:{name}`;
 //! * `file+redis`: both.
 //!
-//! For each run it reports the cold start (from spawn until `/metrics`, polled every 50 ms,
-//! shows `powerbi_tokend_tenants{state="healthy"}` equal to TENANTS), the child's peak RSS
+//! For each run it reports the cold start (from spawn until `/readyz`, polled every 50 ms, is
+//! 200 and `/metrics` then shows `powerbi_tokend_tenants{state="healthy"}` equal to TENANTS),
+//! the child's peak RSS
 //! (`VmHWM`) and RSS (`VmRSS`) read just before it is stopped with SIGTERM, and a check that the
 //! work was done (token files counted, `DBSIZE` of Redis, which is flushed between runs). Token
 //! files go to `$TMPDIR` (default `/tmp`); set `TMPDIR=/dev/shm` to measure on tmpfs.
@@ -29,8 +30,8 @@
 //! from the start to the last `SET`. The ratios printed are the Redis run against that floor,
 //! and the Redis run against the file run.
 //!
-//! The polling scrapes of `/metrics` are part of what the daemon does during its cold start (each
-//! renders every tenant's series); their number and size are printed under the table.
+//! The scrapes of `/metrics` (only once the daemon is ready: each renders every tenant's series)
+//! are counted and printed under the table.
 
 use std::error::Error;
 use std::fs::File;
@@ -52,7 +53,7 @@ const SCOPE: &str = "https://analysis.windows.net/powerbi/api/.default";
 /// Requests in flight: the daemon's `max_concurrent_requests`, and the floor's workers.
 const CONCURRENCY: usize = 16;
 const KEY_PREFIX: &str = "powerbi-tokend:";
-/// How often `/metrics` is polled during a cold start.
+/// How often `/readyz` is polled during a cold start.
 const POLL: Duration = Duration::from_millis(50);
 /// A cold start that takes longer than this is reported as a failure.
 const COLD_START_LIMIT: Duration = Duration::from_secs(600);
@@ -216,6 +217,7 @@ async fn run_daemon(
         .timeout(Duration::from_secs(30))
         .build()?;
     let metrics = format!("http://127.0.0.1:{admin_port}/metrics");
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scrapes = 0;
@@ -230,8 +232,16 @@ async fn run_daemon(
             )
             .into());
         }
-        // Connection refused until the admin server listens.
-        if let Ok(response) = client.get(&metrics).send().await
+        // Connection refused until the admin server listens. `/readyz` turns 200 once every
+        // tenant has had its first attempt; it is cheap, unlike a scrape of every tenant's
+        // series, which is only taken then, to count the healthy ones.
+        let ready = client
+            .get(&readyz)
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if ready
+            && let Ok(response) = client.get(&metrics).send().await
             && let Ok(body) = response.text().await
         {
             scrapes += 1;

@@ -122,6 +122,7 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
             tenant::SLOW_AFTER.min(config.daemon.request_timeout / 2),
         )),
         policy: RetryPolicy::from(&config.daemon),
+        start_up_reads: Arc::new(Semaphore::new(tenant::START_UP_READS)),
         store: store.clone(),
         fleet: match (&store, &config.fleet) {
             (Some(store), Some(fleet)) => Some(Arc::new(Fleet::new(store.clone(), fleet.clone()))),

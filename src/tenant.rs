@@ -121,6 +121,8 @@ pub struct Shared {
     pub slow_after: Arc<SlowAfter>,
     /// Retry knobs.
     pub policy: RetryPolicy,
+    /// Warm-start reads in flight at once ([`START_UP_READS`]).
+    pub start_up_reads: Arc<Semaphore>,
     /// The shared Redis, when `[redis]` is configured.
     pub store: Option<Arc<crate::store::Store>>,
     /// Fleet mode, when enabled.
@@ -190,6 +192,10 @@ enum Presence {
     Cancelled,
 }
 
+/// How many tenants read their existing tokens at once at start-up: enough to keep the disk or
+/// Redis busy, few enough that the reads' buffers do not set the daemon's peak memory.
+pub const START_UP_READS: usize = 64;
+
 /// Fleet mode: how soon to look again when another replica holds the tenant's lease. Its token
 /// usually arrives within one request's time.
 const FLEET_BUSY_RETRY: Duration = Duration::from_secs(1);
@@ -223,7 +229,16 @@ impl Tenant {
 
     /// Runs until `cancel` fires: warm start, then refresh forever.
     pub async fn run(mut self, cancel: CancellationToken) {
+        // Warm-start reads take turns: at a cold start every tenant reads at once, and ten
+        // thousand reads in flight (file reads queued for the blocking pool, GETs pipelined to
+        // Redis) would each hold their buffers and state at the same moment, the daemon's peak.
+        let turn = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            turn = self.shared.start_up_reads.clone().acquire_owned() => turn,
+        };
         let mut next = Box::pin(self.start_up()).await;
+        drop(turn);
         // Tenants that keep their token in Redis look now and then whether it is still there
         // (a restart without persistence, FLUSHALL); first at a random point of the interval, so
         // thousands of tenants spread their checks.
@@ -735,6 +750,7 @@ mod tests {
             slow_lane: Arc::new(Semaphore::new(1)),
             slow_after: Arc::new(SlowAfter::new(SLOW_AFTER)),
             policy: RetryPolicy::from(&daemon),
+            start_up_reads: Arc::new(Semaphore::new(START_UP_READS)),
             store: None,
             fleet: None,
             observer: None,
