@@ -33,18 +33,20 @@
 //! The scrapes of `/metrics` (only once the daemon is ready: each renders every tenant's series)
 //! are counted and printed under the table.
 
-use std::error::Error;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
+
+mod common;
+use common::{daemon_binary, read_status_kib};
 use redis::aio::MultiplexedConnection;
 
-type BoxError = Box<dyn Error + Send + Sync>;
+use common::BoxError;
 
 const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
 const SECRET: &str = "bench-secret-value";
@@ -465,52 +467,6 @@ fn healthy_tenants(metrics: &str) -> Option<usize> {
     })
 }
 
-/// The release daemon next to this example: target/release/examples/bench_redis ->
-/// target/release/powerbi-tokend.
-fn daemon_binary() -> Result<PathBuf, BoxError> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("cannot locate the target directory")?;
-    let binary = dir.join("powerbi-tokend");
-    if !binary.is_file() {
-        return Err(format!(
-            "{} not found; build the daemon first: cargo build --release",
-            binary.display()
-        )
-        .into());
-    }
-    // `cargo run --example` rebuilds the library but not the binary: say so when src/ changed
-    // after the binary was built.
-    let built = std::fs::metadata(&binary).and_then(|m| m.modified())?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    if newest_modification(&src).is_some_and(|newest| newest > built) {
-        eprintln!(
-            "note: src/ changed after {} was built; run cargo build --release to measure the current code",
-            binary.display()
-        );
-    }
-    Ok(binary)
-}
-
-/// The latest modification time of a file under `dir`.
-fn newest_modification(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let modified = if kind.is_dir() {
-            newest_modification(&entry.path())
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(modified);
-    }
-    newest
-}
-
 fn redis_server_available() -> Result<(), BoxError> {
     match Command::new("redis-server")
         .arg("--version")
@@ -671,17 +627,4 @@ fn log_tail(path: &Path) -> String {
         }
         Err(err) => format!("(cannot read {}: {err})", path.display()),
     }
-}
-
-fn read_status_kib(pid: u32, key: &str) -> Result<u64, BoxError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .ok_or_else(|| format!("{key} missing from /proc/{pid}/status"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .ok_or("malformed status line")?
-        .parse()?)
 }

@@ -11,16 +11,19 @@
 //! falls into the idle window. Then it scrapes `/metrics` four times, as Prometheus would, and
 //! reports the scrape's size, latency, CPU cost and the RSS afterwards.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
 
+mod common;
+use common::{daemon_binary, read_status_kib};
+
 const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
 const SECRET: &str = "bench-secret-value";
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), common::BoxError> {
     let mut args = std::env::args().skip(1);
     let tenants: usize = args
         .next()
@@ -141,24 +144,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn daemon_binary() -> Result<PathBuf, Box<dyn std::error::Error>> {
-    // target/release/examples/bench_tenants -> target/release/powerbi-tokend
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("cannot locate the target directory")?;
-    let binary = dir.join("powerbi-tokend");
-    if !binary.exists() {
-        return Err(format!(
-            "{} not found; run `cargo build --release` first",
-            binary.display()
-        )
-        .into());
-    }
-    Ok(binary)
-}
-
 fn config_text(authority: &str, tokens: &Path, tenants: usize, admin_port: u16) -> String {
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[defaults]\nauthority_host = \"{authority}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"BENCH_SECRET\" }}\nsinks = [ {{ type = \"file\", path = \"{}/{{name}}.json\" }} ]\n",
@@ -184,21 +169,8 @@ fn count_tokens(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn read_status_kib(pid: u32, key: &str) -> Result<u64, Box<dyn std::error::Error>> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .ok_or_else(|| format!("{key} missing from /proc/{pid}/status"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .ok_or("malformed status line")?
-        .parse()?)
-}
-
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn std::error::Error>> {
+fn cpu_seconds(pid: u32) -> Result<f64, common::BoxError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = stat.rsplit_once(')').ok_or("malformed stat")?.1;

@@ -179,14 +179,11 @@ async fn racing_writers_never_leave_the_older_token() {
         } else {
             (("newer", newer), ("older", older))
         };
-        let a = tokio::spawn({
+        let write = |(value, expires_on): (&'static str, i64)| {
             let (store, key) = (store.clone(), key.clone());
-            async move { store.write_newer(&key, first.0, first.1, None, "").await }
-        });
-        let b = tokio::spawn({
-            let (store, key) = (store.clone(), key.clone());
-            async move { store.write_newer(&key, second.0, second.1, None, "").await }
-        });
+            tokio::spawn(async move { store.write_newer(&key, value, expires_on, None, "").await })
+        };
+        let (a, b) = (write(first), write(second));
         a.await.unwrap().unwrap();
         b.await.unwrap().unwrap();
         let value: String = conn.get(&key).await.unwrap();

@@ -1,0 +1,67 @@
+//! What the benchmarks that run the release daemon as a child process share: finding the binary
+//! and reading the child's memory.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Errors of the benchmark helpers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The release daemon next to this example: target/release/examples/bench_redis ->
+/// target/release/powerbi-tokend.
+pub fn daemon_binary() -> Result<PathBuf, BoxError> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory")?;
+    let binary = dir.join("powerbi-tokend");
+    if !binary.is_file() {
+        return Err(format!(
+            "{} not found; build the daemon first: cargo build --release",
+            binary.display()
+        )
+        .into());
+    }
+    // `cargo run --example` rebuilds the library but not the binary: say so when src/ changed
+    // after the binary was built.
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified())?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    if newest_modification(&src).is_some_and(|newest| newest > built) {
+        eprintln!(
+            "note: src/ changed after {} was built; run cargo build --release to measure the current code",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// The latest modification time of a file under `dir`.
+fn newest_modification(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let modified = if kind.is_dir() {
+            newest_modification(&entry.path())
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(modified);
+    }
+    newest
+}
+
+pub fn read_status_kib(pid: u32, key: &str) -> Result<u64, BoxError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .ok_or_else(|| format!("{key} missing from /proc/{pid}/status"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("malformed status line")?
+        .parse()?)
+}
