@@ -56,6 +56,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod safe_read;
 pub mod schedule;
 pub mod sim;
@@ -150,6 +151,10 @@ pub struct Daemon {
     admin_task: tokio::task::JoinHandle<()>,
     /// Hash of the config file's bytes, for `watch_config`.
     config_hash: Option<u64>,
+    /// systemd's notification socket (does nothing outside systemd).
+    notifier: Arc<notify::Notifier>,
+    /// Every tenant's status, for readiness and the `STATUS=` line.
+    registry: Registry,
 }
 
 impl Daemon {
@@ -183,7 +188,8 @@ impl Daemon {
         ));
         tracing::info!(addr = %admin_addr, "admin server listening");
         let observer: Arc<dyn Observer> = metrics.clone();
-        let mut supervisor = Supervisor::new(shared_for(&config, Some(observer))?, registry);
+        let mut supervisor =
+            Supervisor::new(shared_for(&config, Some(observer))?, registry.clone());
         sink::clean_up(&config.tenants).await;
         let started = supervisor.reconcile(&config.tenants, false).await;
         tracing::info!(
@@ -206,6 +212,8 @@ impl Daemon {
             admin_stop,
             admin_task,
             config_hash,
+            notifier: Arc::new(notify::Notifier::from_env()),
+            registry,
         })
     }
 
@@ -219,6 +227,22 @@ impl Daemon {
     /// # Errors
     /// None today; the signature leaves room for fatal runtime conditions.
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> Result<(), RunError> {
+        // systemd: READY=1 after the first pass, STATUS= now and then, the watchdog. Both tasks
+        // end when shutdown begins.
+        if self.notifier.enabled() {
+            tokio::spawn(report_to_systemd(
+                self.registry.clone(),
+                self.notifier.clone(),
+                self.stopping.clone(),
+            ));
+            if let Some(interval) = notify::watchdog_interval() {
+                tokio::spawn(notify::watchdog(
+                    self.notifier.clone(),
+                    interval,
+                    self.stopping.clone(),
+                ));
+            }
+        }
         let mut watch = self
             .config
             .server
@@ -251,8 +275,18 @@ impl Daemon {
         Ok(())
     }
 
-    /// Re-reads the config file; a bad file keeps the running configuration.
+    /// Re-reads the config file; a bad file keeps the running configuration. systemd hears
+    /// `RELOADING=1` before and `READY=1` after, whatever the outcome.
     pub async fn reload(&mut self, trigger: &str) {
+        self.notifier.reloading();
+        self.reload_config(trigger).await;
+        if self.notifier.enabled() {
+            self.notifier
+                .send(&format!("READY=1\nSTATUS={}", status_line(&self.registry)));
+        }
+    }
+
+    async fn reload_config(&mut self, trigger: &str) {
         let new = match config::load(&self.config.path).await {
             Ok(new) => new,
             Err(err) => {
@@ -303,6 +337,7 @@ impl Daemon {
 
     async fn shutdown(self) {
         let grace = self.config.daemon.shutdown_grace;
+        self.notifier.send("STOPPING=1");
         self.stopping.cancel();
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new refreshes, waiting for those in flight");
         if self.supervisor.shutdown(grace).await {
@@ -314,6 +349,62 @@ impl Daemon {
         }
         self.admin_stop.cancel();
         let _ = self.admin_task.await;
+    }
+}
+
+/// `"9998/10000 healthy, 2 failing"` (and how many are still waiting for their first attempt).
+fn status_line(registry: &Registry) -> String {
+    use status::TenantState;
+    let counts = registry.state_counts(std::time::SystemTime::now());
+    let count = |state: TenantState| {
+        TenantState::ALL
+            .iter()
+            .position(|s| *s == state)
+            .map_or(0, |index| counts[index])
+    };
+    let total: usize = counts.iter().sum();
+    let healthy = count(TenantState::Healthy);
+    let pending = count(TenantState::Pending);
+    let failing = total - healthy - pending;
+    if pending > 0 {
+        format!("{healthy}/{total} healthy, {failing} failing, {pending} starting")
+    } else {
+        format!("{healthy}/{total} healthy, {failing} failing")
+    }
+}
+
+/// Tells systemd `READY=1` once every tenant has had its first attempt or warm start (failures
+/// count: Entra being down at boot must not make systemd give up), then refreshes `STATUS=`
+/// every [`notify::STATUS_INTERVAL`] until shutdown.
+async fn report_to_systemd(
+    registry: Registry,
+    notifier: Arc<notify::Notifier>,
+    stop: CancellationToken,
+) {
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = poll.tick() => {}
+        }
+        let counts = registry.state_counts(std::time::SystemTime::now());
+        let pending = status::TenantState::ALL
+            .iter()
+            .position(|s| *s == status::TenantState::Pending)
+            .map_or(0, |index| counts[index]);
+        if pending == 0 {
+            break;
+        }
+    }
+    notifier.send(&format!("READY=1\nSTATUS={}", status_line(&registry)));
+    tracing::info!("told systemd the daemon is ready");
+    let mut every = tokio::time::interval(notify::STATUS_INTERVAL);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => notifier.send(&format!("STATUS={}", status_line(&registry))),
+        }
     }
 }
 

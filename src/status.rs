@@ -146,6 +146,20 @@ impl Registry {
         self.map().remove(name);
     }
 
+    /// How many tenants are in each state at `now`, indexed like [`TenantState::ALL`]; cheaper
+    /// than a snapshot (nothing is copied but the handles).
+    pub fn state_counts(&self, now: SystemTime) -> [usize; TenantState::ALL.len()] {
+        let handles: Vec<StatusHandle> = self.map().values().cloned().collect();
+        let mut counts = [0; TenantState::ALL.len()];
+        for handle in handles {
+            let state = lock(&handle).state(now);
+            if let Some(index) = TenantState::ALL.iter().position(|s| *s == state) {
+                counts[index] += 1;
+            }
+        }
+        counts
+    }
+
     /// A copy of every tenant's status, in name order.
     pub fn snapshot(&self) -> Vec<(String, TenantStatus)> {
         let handles: Vec<(String, StatusHandle)> = self
