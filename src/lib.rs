@@ -352,6 +352,71 @@ impl Daemon {
     }
 }
 
+/// Warnings about the host `check` runs on, as the user it runs as: a config file that others
+/// may read or write, and token directories this user cannot create or write.
+async fn local_warnings(config: &Config) -> Vec<String> {
+    let path = config.path.clone();
+    let mut directories: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for tenant in &config.tenants {
+        for sink in &tenant.sinks {
+            if let config::SinkConfig::File(file) = sink
+                && let Some(dir) = file.path.parent()
+                && !directories.iter().any(|(_, seen)| seen == dir)
+            {
+                directories.push((tenant.name.clone(), dir.to_owned()));
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut warnings = Vec::new();
+        if let Ok(metadata) = std::fs::metadata(&path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & !0o640 != 0 {
+                warnings.push(format!(
+                    "{} is mode {mode:04o}; 0640 or narrower keeps other users from reading which secrets it names and from changing it",
+                    path.display()
+                ));
+            }
+        }
+        let uid = rustix::process::getuid().as_raw();
+        for (tenant, dir) in directories {
+            if let Some(problem) = unwritable(&dir) {
+                warnings.push(format!(
+                    "tenant {tenant:?}: {problem} as uid {uid}; the token files cannot be written there (run check as the service's user)"
+                ));
+            }
+        }
+        warnings
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Why the current user cannot write files into `dir` (or create it), if it cannot.
+fn unwritable(dir: &std::path::Path) -> Option<String> {
+    use rustix::fs::{Access, access};
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing.parent()?;
+    }
+    if !existing.is_dir() {
+        return Some(format!("{} is not a directory", existing.display()));
+    }
+    match access(existing, Access::WRITE_OK | Access::EXEC_OK) {
+        Ok(()) => None,
+        Err(err) if existing == dir => Some(format!(
+            "cannot write the token directory {}: {err}",
+            dir.display()
+        )),
+        Err(err) => Some(format!(
+            "cannot create the token directory {} ({} is not writable: {err})",
+            dir.display(),
+            existing.display()
+        )),
+    }
+}
+
 /// `"9998/10000 healthy, 2 failing"` (and how many are still waiting for their first attempt).
 fn status_line(registry: &Registry) -> String {
     use status::TenantState;
@@ -500,6 +565,16 @@ pub async fn check(path: &std::path::Path) -> Result<Checked, config::ConfigErro
                 .expiry
                 .and_then(|expiry| expiry_warning(&tenant.tenant, expiry, now)),
         );
+    }
+    if let Some(config) = &config {
+        if config.tenants.is_empty() {
+            err.problems.push(config::Problem {
+                line: None,
+                key: None,
+                message: "no [[tenant]]: the daemon would have nothing to refresh; add at least one [[tenant]] table".to_owned(),
+            });
+        }
+        warnings.extend(local_warnings(config).await);
     }
     if let Some(config) = &config
         && let Some(redis) = &config.redis

@@ -680,3 +680,127 @@ async fn demo_with_redis_writes_the_tokens_to_its_own_redis_and_stops_it() {
         "the demo left its redis-server running"
     );
 }
+
+/// `check --config <path>`: (exit code, stderr, how long it took).
+fn check_config(path: &Path) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .env("THE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn check_refuses_an_empty_config_dev_zero_and_a_huge_file_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "[server]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+    let (code, stderr, _) = check_config(&empty);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no [[tenant]]"), "{stderr}");
+
+    let (code, stderr, took) = check_config(Path::new("/dev/zero"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero is not a regular file"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    // 100 MB (sparse): refused from its size, without reading it.
+    let huge = dir.path().join("huge.toml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(100 * 1024 * 1024)
+        .unwrap();
+    let (code, stderr, took) = check_config(&huge);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is larger than 16777216 bytes"), "{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn check_warns_about_a_wide_config_mode_and_a_token_directory_it_cannot_create() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // `blocked` is a file, so no token directory can be made below it.
+    std::fs::write(dir.path().join("blocked"), "x").unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tenant]]\nname = \"contoso\"\ntenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"THE_SECRET\" }}\nsinks = [ {{ type = \"file\", path = \"blocked/tokens/{{name}}.json\" }} ]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr, _) = check_config(&path);
+    assert_eq!(code, Some(0), "warnings do not fail the check: {stderr}");
+    assert!(stderr.contains("is mode 0644"), "{stderr}");
+    assert!(
+        stderr.contains("tenant \"contoso\"") && stderr.contains("blocked is not a directory"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(dir.path().join("blocked")).unwrap();
+    let (code, stderr, _) = check_config(&path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and setpriv (util-linux); `cargo test -- --include-ignored` runs it"]
+async fn check_as_another_user_reports_a_token_directory_it_cannot_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let setpriv = common::program("setpriv", "util-linux");
+    assert!(
+        rustix::process::getuid().is_root(),
+        "this test runs check as another user and needs root"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("check-as")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tenant]]\nname = \"contoso\"\ntenant_id = \"contoso.onmicrosoft.com\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"THE_SECRET\" }}\nsinks = [ {{ type = \"file\", path = \"tokens/{{name}}.json\" }} ]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "check",
+            "--config",
+        ])
+        .arg(&path)
+        .env("THE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot write the token directory {}",
+            tokens.display()
+        )) && stderr.contains("as uid 65534"),
+        "{stderr}"
+    );
+}

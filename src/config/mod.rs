@@ -102,8 +102,9 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Largest configuration file read: a hundred thousand tenants take about 10 MB.
-pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest configuration file read: a hundred thousand tenants take about 10 MB, so anything
+/// larger is a wrong path (a log, an image) rather than a configuration.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The configuration file's text, read off the async workers with a size cap and a deadline,
 /// and only if it is a regular file (a ConfigMap's symlinks are followed).
