@@ -57,6 +57,7 @@ pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod rate;
 pub mod safe_read;
 pub mod schedule;
 pub mod sim;
@@ -124,6 +125,10 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
         )),
         policy: RetryPolicy::from(&config.daemon),
         start_up_reads: Arc::new(Semaphore::new(tenant::START_UP_READS)),
+        rate: config
+            .daemon
+            .max_requests_per_second
+            .map(|per_second| Arc::new(rate::RateLimit::new(per_second))),
         store: store.clone(),
         fleet: match (&store, &config.fleet) {
             (Some(store), Some(fleet)) => Some(Arc::new(Fleet::new(store.clone(), fleet.clone()))),

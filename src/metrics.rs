@@ -40,6 +40,8 @@ pub struct Metrics {
     fleet_tokens: IntCounterVec,
     /// Fleet mode: planned refreshes that found another replica holding the lease.
     fleet_lease_busy: IntCounter,
+    /// Seconds token requests waited for `max_requests_per_second`.
+    rate_limit_wait: prometheus::Counter,
 }
 
 /// Latency buckets for the token endpoint: Entra answers in 50–500 ms; timeouts are 30 s.
@@ -101,6 +103,11 @@ impl Metrics {
             "powerbi_tokend_fleet_lease_busy_total",
             "Fleet mode: planned refreshes that found another replica holding the tenant's lease (contention).",
         )?;
+        let rate_limit_wait = prometheus::Counter::new(
+            "powerbi_tokend_rate_limit_wait_seconds_total",
+            "Seconds token requests waited for [daemon] max_requests_per_second, all tenants together.",
+        )?;
+        registry.register(Box::new(rate_limit_wait.clone()))?;
         registry.register(Box::new(fleet_tokens.clone()))?;
         registry.register(Box::new(fleet_lease_busy.clone()))?;
         for source in ["fetched", "adopted"] {
@@ -128,6 +135,7 @@ impl Metrics {
             task_panics,
             fleet_tokens,
             fleet_lease_busy,
+            rate_limit_wait,
         })
     }
 
@@ -338,6 +346,10 @@ impl Observer for Metrics {
 
     fn fleet_lease_busy(&self) {
         self.fleet_lease_busy.inc();
+    }
+
+    fn rate_limited(&self, waited: Duration) {
+        self.rate_limit_wait.inc_by(waited.as_secs_f64());
     }
 }
 

@@ -121,6 +121,8 @@ pub struct Shared {
     pub slow_after: Arc<SlowAfter>,
     /// Retry knobs.
     pub policy: RetryPolicy,
+    /// `[daemon] max_requests_per_second`, when set.
+    pub rate: Option<Arc<crate::rate::RateLimit>>,
     /// Warm-start reads in flight at once ([`START_UP_READS`]).
     pub start_up_reads: Arc<Semaphore>,
     /// The shared Redis, when `[redis]` is configured.
@@ -146,6 +148,11 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
 
     /// Fleet mode: another replica held the tenant's lease.
     fn fleet_lease_busy(&self) {}
+
+    /// A token request waited `waited` for `max_requests_per_second`.
+    fn rate_limited(&self, waited: Duration) {
+        let _ = waited;
+    }
 
     /// A tenant task panicked; the supervisor restarts it.
     fn task_panicked(&self);
@@ -443,6 +450,12 @@ impl Tenant {
         permit: &mut Option<OwnedSemaphorePermit>,
         request_duration: &mut Option<Duration>,
     ) -> Result<AccessToken, RefreshError> {
+        if let Some(rate) = &self.shared.rate {
+            let waited = rate.acquire().await;
+            if let (Some(observer), false) = (&self.shared.observer, waited.is_zero()) {
+                observer.rate_limited(waited);
+            }
+        }
         let started = std::time::Instant::now();
         let request = self.shared.client.fetch(&self.config, &mut self.credential);
         let main_lane = !self.slow;
@@ -751,6 +764,7 @@ mod tests {
             slow_after: Arc::new(SlowAfter::new(SLOW_AFTER)),
             policy: RetryPolicy::from(&daemon),
             start_up_reads: Arc::new(Semaphore::new(START_UP_READS)),
+            rate: None,
             store: None,
             fleet: None,
             observer: None,

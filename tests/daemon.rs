@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-use powerbi_tokend::config::{ApiVersion, FileFormat, FileSinkConfig, SinkConfig};
+use powerbi_tokend::config::{ApiVersion, DaemonConfig, FileFormat, FileSinkConfig, SinkConfig};
 use powerbi_tokend::sim::{Behavior, RetryAfter, SimApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,4 +387,61 @@ async fn shutdown_lets_an_in_flight_refresh_finish() {
     .await;
     daemon.stop().await;
     assert!(path.exists(), "the in-flight refresh was abandoned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_second_holds_at_the_token_endpoint() {
+    const TENANTS: u64 = 40;
+    const RATE: u64 = 10;
+    let ids: Vec<String> = (0..TENANTS).map(|i| format!("r{i}.example.com")).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let Fixture { sim, dir } = fixture(&id_refs, Duration::from_secs(3600)).await;
+    let tenants = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| tenant(&sim, &format!("r{i}"), id, dir.path()))
+        .collect();
+    let daemon = DaemonConfig {
+        max_requests_per_second: Some(RATE as u32),
+        ..fast_daemon()
+    };
+    let started = Instant::now();
+    let running = start_daemon(config(tenants, daemon)).await;
+    // Sampled every 10 ms: never more than the one-second burst plus the rate since the start.
+    let mut samples = 0;
+    loop {
+        let served = sim.total_requests();
+        let elapsed = started.elapsed().as_secs_f64();
+        let allowed = RATE + (RATE as f64 * elapsed).floor() as u64;
+        assert!(
+            served <= allowed,
+            "{served} requests {elapsed:.2} s after the start; the cap allows {allowed}"
+        );
+        samples += 1;
+        if served == TENANTS {
+            break;
+        }
+        assert!(
+            elapsed < 10.0,
+            "only {served} of {TENANTS} requests after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Without the cap forty requests take well under a second; with it, the thirty beyond the
+    // burst need three.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900),
+        "all {TENANTS} in {took:?}"
+    );
+    assert!(samples > 100);
+    let (_, metrics) = running.get("/metrics").await;
+    let waited: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("powerbi_tokend_rate_limit_wait_seconds_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(waited > 10.0, "waited {waited} s in all");
+    running.stop().await;
 }

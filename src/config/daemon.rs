@@ -13,6 +13,7 @@ impl Loader<'_> {
     pub(super) fn daemon(&mut self, raw: RawDaemon) -> Option<DaemonConfig> {
         let defaults = DaemonConfig::default();
         let max_concurrent_requests = self.max_concurrent_requests(raw.max_concurrent_requests);
+        let max_requests_per_second = self.max_requests_per_second(raw.max_requests_per_second);
         let connect_timeout = self.duration(
             raw.connect_timeout,
             "connect_timeout",
@@ -53,6 +54,7 @@ impl Loader<'_> {
         let ca_file = raw.ca_file.map(|ca| self.ca_file(ca));
         Some(DaemonConfig {
             max_concurrent_requests: max_concurrent_requests?,
+            max_requests_per_second: max_requests_per_second?,
             connect_timeout: connect_timeout?,
             request_timeout: request_timeout?,
             backoff_min: backoff_min?,
@@ -81,6 +83,27 @@ impl Loader<'_> {
                     "daemon.max_concurrent_requests".to_owned(),
                     format!(
                         "expected a whole number from 1 to 10000, got {}",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// 1 to 100,000 requests a second, or absent (no cap).
+    fn max_requests_per_second(&mut self, raw: Option<Spanned<i64>>) -> Option<Option<u32>> {
+        let Some(value) = raw else {
+            return Some(None);
+        };
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if (1..=100_000).contains(&n) => Some(Some(n)),
+            _ => {
+                self.problem(
+                    Some(value.span().start),
+                    "daemon.max_requests_per_second".to_owned(),
+                    format!(
+                        "expected a whole number from 1 to 100000 (requests a second, all tenants together), got {}; leave it out for no cap",
                         value.get_ref()
                     ),
                 );

@@ -23,6 +23,7 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDaemon {
     pub(super) max_concurrent_requests: Option<Spanned<i64>>,
+    pub(super) max_requests_per_second: Option<Spanned<i64>>,
     pub(super) connect_timeout: Option<Spanned<String>>,
     pub(super) request_timeout: Option<Spanned<String>>,
     pub(super) backoff_min: Option<Spanned<String>>,

@@ -833,3 +833,21 @@ fn redis_mistakes_are_named() {
         assert!(!err.contains("hunter2"), "{err}");
     }
 }
+
+#[test]
+fn max_requests_per_second_is_a_whole_positive_number() {
+    let config = parse_ok(&format!(
+        "[daemon]\nmax_requests_per_second = 50\n{MINIMAL}"
+    ));
+    assert_eq!(config.daemon.max_requests_per_second, Some(50));
+    assert_eq!(parse_ok(MINIMAL).daemon.max_requests_per_second, None);
+    for bad in ["0", "-1", "1000000", "\"fast\""] {
+        let err = parse_err(&format!(
+            "[daemon]\nmax_requests_per_second = {bad}\n{MINIMAL}"
+        ));
+        assert!(
+            err.to_string().contains("daemon.max_requests_per_second"),
+            "{bad}: {err}"
+        );
+    }
+}

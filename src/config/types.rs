@@ -516,6 +516,9 @@ pub struct ServerConfig {
 pub struct DaemonConfig {
     /// Cap on token requests in flight at once, across all tenants.
     pub max_concurrent_requests: usize,
+    /// Cap on token requests started per second, across all tenants (a token bucket holding
+    /// one second's worth); `None`: no cap beyond `max_concurrent_requests`.
+    pub max_requests_per_second: Option<u32>,
     /// TCP+TLS connect timeout.
     pub connect_timeout: Duration,
     /// Whole-request timeout, connect included.
@@ -540,6 +543,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             max_concurrent_requests: 16,
+            max_requests_per_second: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             backoff_min: Duration::from_secs(1),
