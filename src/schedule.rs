@@ -84,6 +84,41 @@ pub fn refresh_point(token: &AccessToken, refresh_at: f64, jitter_offset: f64) -
     }
 }
 
+/// The refresh point of the first token a tenant fetches after starting without one: a random
+/// point of a window one refresh period wide around the usual point (`unit` uniform in [0, 1)).
+///
+/// Every tenant of a cold start fetches at the same moment; with a fixed per-tenant jitter
+/// alone their refreshes come back in waves for many cycles (the k-th refreshes of all tenants
+/// bunch within `k × 2 × jitter × lifetime`). A random phase for the first cycle makes the
+/// refreshes that follow as spread as they will ever be; the per-tenant jitter (stable across
+/// restarts) still sets each tenant's period from then on. The window is ±0.25 of the lifetime
+/// at `refresh_at = 0.5`, narrower when `refresh_at` is near either end; with `jitter = 0` (a
+/// schedule asked to be exact) there is none.
+pub fn first_refresh_point(
+    token: &AccessToken,
+    refresh_at: f64,
+    jitter: f64,
+    unit: f64,
+) -> SystemTime {
+    // NaN counts as no jitter, like zero.
+    if jitter.is_nan() || jitter <= 0.0 {
+        return refresh_point(token, refresh_at, 0.0);
+    }
+    let refresh_at = if refresh_at.is_finite() {
+        refresh_at.clamp(0.01, 0.99)
+    } else {
+        0.5
+    };
+    let unit = if unit.is_finite() {
+        unit.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    let half_window = 0.25f64.min(refresh_at / 2.0).min((1.0 - refresh_at) / 2.0);
+    let offset = (unit * 2.0 - 1.0) * half_window;
+    refresh_point(token, refresh_at, offset)
+}
+
 /// Exponential backoff with full jitter: uniform between `min` and `min × 2^attempt` (capped at
 /// `max`). `unit` is a uniform random number in `[0, 1)`, passed in so the function stays pure.
 pub fn backoff(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duration {
@@ -379,6 +414,37 @@ mod tests {
                 "{fraction}"
             );
         }
+    }
+
+    #[test]
+    fn the_first_refresh_after_a_cold_start_spreads_over_one_period() {
+        let arrived = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let token = AccessToken::new(
+            secrecy::SecretString::from("t"),
+            "Bearer".to_owned(),
+            arrived,
+            crate::token::ClaimedExpiry::In(3600),
+            None,
+        )
+        .unwrap();
+        let at = |unit: f64| {
+            first_refresh_point(&token, 0.5, 0.1, unit)
+                .duration_since(arrived)
+                .unwrap()
+        };
+        assert_eq!(at(0.0), Duration::from_secs(900));
+        assert_eq!(at(0.5), Duration::from_secs(1800));
+        assert_eq!(at(1.0), Duration::from_secs(2700));
+        // refresh_at near the end: the window stays inside the lifetime.
+        let late = first_refresh_point(&token, 0.9, 0.1, 1.0)
+            .duration_since(arrived)
+            .unwrap();
+        assert_eq!(late, Duration::from_secs(3420));
+        // An exact schedule stays exact.
+        assert_eq!(
+            first_refresh_point(&token, 0.5, 0.0, 0.0),
+            refresh_point(&token, 0.5, 0.0)
+        );
     }
 
     #[test]

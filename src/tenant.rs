@@ -548,7 +548,18 @@ impl Tenant {
     }
 
     fn succeeded(&mut self, token: AccessToken, refreshed_by: Option<Arc<str>>) -> SystemTime {
-        let point = schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset);
+        // The first token since the tenant started without one (a cold start: every tenant at
+        // once) gets a random phase; the ones after it, the tenant's stable period.
+        let point = if self.current_issued_on.is_none() {
+            schedule::first_refresh_point(
+                &token,
+                self.config.refresh_at,
+                self.config.jitter,
+                fastrand::f64(),
+            )
+        } else {
+            schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset)
+        };
         let recovered = self.failures > 0;
         self.failures = 0;
         self.retry_not_before = None;
