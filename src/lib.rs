@@ -443,15 +443,26 @@ fn status_line(registry: &Registry) -> String {
     }
 }
 
+/// How often a slow start asks systemd for more time, and how much.
+const EXTEND_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const EXTEND_BY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Tells systemd `READY=1` once every tenant has had its first attempt or warm start (failures
 /// count: Entra being down at boot must not make systemd give up), then refreshes `STATUS=`
 /// every [`notify::STATUS_INTERVAL`] until shutdown.
+///
+/// A start that takes long (thousands of tenants behind a hanging endpoint, each waiting for its
+/// request timeout) asks systemd for more time with `EXTEND_TIMEOUT_USEC=` every
+/// [`EXTEND_EVERY`], as long as tenants keep finishing their first attempts; a start that makes
+/// no progress gets no extension, and systemd's start timeout applies.
 async fn report_to_systemd(
     registry: Registry,
     notifier: Arc<notify::Notifier>,
     stop: CancellationToken,
 ) {
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
+    let mut last_extension = tokio::time::Instant::now();
+    let mut pending_then = usize::MAX;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -464,6 +475,17 @@ async fn report_to_systemd(
             .map_or(0, |index| counts[index]);
         if pending == 0 {
             break;
+        }
+        if last_extension.elapsed() >= EXTEND_EVERY {
+            if pending < pending_then {
+                notifier.send(&format!(
+                    "EXTEND_TIMEOUT_USEC={}\nSTATUS={}",
+                    EXTEND_BY.as_micros(),
+                    status_line(&registry)
+                ));
+            }
+            pending_then = pending;
+            last_extension = tokio::time::Instant::now();
         }
     }
     notifier.send(&format!("READY=1\nSTATUS={}", status_line(&registry)));
