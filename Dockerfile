@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # powerbi-tokend in a distroless image: no shell, no package manager, uid/gid 65532.
 #
 #   docker build -t powerbi-tokend .
@@ -12,7 +11,7 @@ WORKDIR /src
 # Dependencies first, so that a source change does not rebuild them: a stub crate with the real
 # manifest and lock file.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src examples \
+RUN mkdir -p src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && cargo build --release --locked --bin powerbi-tokend \
