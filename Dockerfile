@@ -3,6 +3,8 @@
 #   docker build -t powerbi-tokend .
 #   docker run --rm -v "$PWD/config.toml:/etc/powerbi-tokend/config.toml:ro" -p 9464:9464 powerbi-tokend
 #
+# (with `[server] listen = "0.0.0.0:9464"` in that config.toml for the port to be reachable).
+#
 # The binary links only glibc (libc, libm) and libgcc_s, which the distroless "cc" image carries;
 # TLS is rustls on aws-lc-rs, compiled in, and the CA certificates come with the image.
 
