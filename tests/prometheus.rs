@@ -155,13 +155,14 @@ async fn prometheus_fires_refresh_failing_for_the_bad_tenant_only() {
     let tokens = dir.path().join("tokens");
     let daemon = daemon_with_good_and_bad(&sim, &tokens).await;
 
+    // The scrape job has a name of its own: the rules select on metric names, not on the job.
     let rules = dir.path().join("alerts.yml");
     std::fs::write(&rules, rules_with_short_for()).unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: powerbi-tokend\n    static_configs:\n      - targets: ['{}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: any-name\n    static_configs:\n      - targets: ['{}']\n",
             rules.display(),
             daemon.addr
         ),

@@ -77,13 +77,19 @@ pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
 /// The path of the external program `name` on PATH; panics naming the Debian `package` that
 /// provides it when it is missing (these tests are `#[ignore]`d by default for that reason).
 pub fn program(name: &str, package: &str) -> PathBuf {
+    program_installed_by(name, &format!("apt-get install {package}"))
+}
+
+/// The path of the external program `name` on PATH; panics with `install`, the command that
+/// installs it, when it is missing.
+pub fn program_installed_by(name: &str, install: &str) -> PathBuf {
     std::env::var_os("PATH")
         .and_then(|paths| {
             std::env::split_paths(&paths)
                 .map(|dir| dir.join(name))
                 .find(|candidate| candidate.is_file())
         })
-        .unwrap_or_else(|| panic!("{name} is not installed: apt-get install {package}"))
+        .unwrap_or_else(|| panic!("{name} is not installed: {install}"))
 }
 
 /// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
