@@ -38,20 +38,17 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
 
 mod common;
-use common::{daemon_binary, read_status_kib};
+use common::{CLIENT_ID, SECRET, daemon_binary, read_status_kib};
 use redis::aio::MultiplexedConnection;
 
 use common::BoxError;
 
-const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
-const SECRET: &str = "bench-secret-value";
 const LIFETIME: Duration = Duration::from_secs(3600);
-const SCOPE: &str = "https://analysis.windows.net/powerbi/api/.default";
 /// Requests in flight: the daemon's `max_concurrent_requests`, and the floor's workers.
 const CONCURRENCY: usize = 16;
 const KEY_PREFIX: &str = "powerbi-tokend:";
@@ -320,49 +317,18 @@ async fn floor(authority: &str, tenants: usize, redis_url: &str) -> Result<Durat
     Ok(started.elapsed())
 }
 
-#[derive(serde::Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    token_type: String,
-    expires_in: u64,
-}
-
 async fn floor_tenant(
     http: &reqwest::Client,
     conn: &mut MultiplexedConnection,
     authority: &str,
     index: usize,
 ) -> Result<(), BoxError> {
-    let tenant_id = format!("t{index}.example.com");
-    let response: TokenResponse = http
-        .post(format!("{authority}/{tenant_id}/oauth2/v2.0/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", CLIENT_ID),
-            ("client_secret", SECRET),
-            ("scope", SCOPE),
-        ])
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let value = serde_json::json!({
-        "access_token": response.access_token,
-        "token_type": response.token_type,
-        "expires_on": now + response.expires_in,
-        "tenant": format!("t{index}"),
-        "tenant_id": tenant_id,
-        "client_id": CLIENT_ID,
-        "scope": SCOPE,
-    })
-    .to_string();
+    let (value, expires_in) = common::floor_fetch(http, authority, index).await?;
     redis::cmd("SET")
         .arg(format!("{KEY_PREFIX}t{index}"))
         .arg(value)
         .arg("PX")
-        .arg(response.expires_in.max(1) * 1000)
+        .arg(expires_in.max(1) * 1000)
         .query_async::<()>(conn)
         .await?;
     Ok(())

@@ -9,19 +9,23 @@
 //! the time from spawn until every token file exists, its peak RSS (VmHWM), and the CPU seconds it
 //! uses over IDLE_SECONDS (default 60) of idling afterwards. Tokens live one hour, so no refresh
 //! falls into the idle window. Then it scrapes `/metrics` four times, as Prometheus would, and
-//! reports the scrape's size, latency, CPU cost and the RSS afterwards.
+//! reports the scrape's size, latency, CPU cost and the RSS afterwards. Last, the floor in the
+//! same run against the same simulator: per tenant one token request, its JSON parsed and the
+//! daemon's own atomic write, 16 at a time; and the daemon/floor ratio of the cold start.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
 
 mod common;
-use common::{daemon_binary, read_status_kib};
+use common::{CLIENT_ID, SECRET, daemon_binary, read_status_kib};
 
-const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
-const SECRET: &str = "bench-secret-value";
+/// Requests in flight: the daemon's default `max_concurrent_requests`, and the floor's workers.
+const CONCURRENCY: usize = 16;
 
 fn main() -> Result<(), common::BoxError> {
     let mut args = std::env::args().skip(1);
@@ -140,8 +144,54 @@ fn main() -> Result<(), common::BoxError> {
         peak_with_scrapes as f64 / 1024.0
     );
     println!("exit after SIGTERM: {exit}");
+
+    // The floor, in the same run against the same simulator: the least work the cold start
+    // needs, without the daemon around it.
+    let floor_dir = work.path().join("floor");
+    let floor = runtime.block_on(floor(&sim.authority_host(), tenants, &floor_dir))?;
+    if count_tokens(&floor_dir) < tenants {
+        return Err("the floor did not write every file".into());
+    }
+    println!(
+        "floor (request, parse, the same atomic write; {CONCURRENCY} at a time): {:.2} s; daemon/floor: {:.2}",
+        floor.as_secs_f64(),
+        all_written.as_secs_f64() / floor.as_secs_f64().max(1e-9)
+    );
     drop(runtime);
     Ok(())
+}
+
+/// One token request per tenant, its JSON parsed, and the daemon's own atomic write (temp file,
+/// fsync, rename, directory fsync) of the document, [`CONCURRENCY`] tenants at a time; timed to
+/// the last file.
+async fn floor(authority: &str, tenants: usize, dir: &Path) -> Result<Duration, common::BoxError> {
+    std::fs::create_dir_all(dir)?;
+    let started = Instant::now();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (http, next) = (http.clone(), Arc::clone(&next));
+        let (authority, dir) = (authority.to_owned(), dir.to_owned());
+        workers.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= tenants {
+                    return Ok::<(), common::BoxError>(());
+                }
+                let (value, _) = common::floor_fetch(&http, &authority, index).await?;
+                let path = dir.join(format!("t{index}.json"));
+                tokio::task::spawn_blocking(move || {
+                    powerbi_tokend::sink::file::write_atomic(&path, value.as_bytes(), 0o600)
+                })
+                .await??;
+            }
+        });
+    }
+    while let Some(joined) = workers.join_next().await {
+        joined??;
+    }
+    Ok(started.elapsed())
 }
 
 fn config_text(authority: &str, tokens: &Path, tenants: usize, admin_port: u16) -> String {

@@ -65,3 +65,54 @@ pub fn read_status_kib(pid: u32, key: &str) -> Result<u64, BoxError> {
         .ok_or("malformed status line")?
         .parse()?)
 }
+
+/// The simulated tenants' app, the same in every benchmark.
+pub const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
+/// Its secret.
+pub const SECRET: &str = "bench-secret-value";
+/// The Power BI scope the floor asks for, as the daemon does.
+pub const SCOPE: &str = "https://analysis.windows.net/powerbi/api/.default";
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    expires_in: u64,
+}
+
+/// The floor's work for tenant `index` (`t<index>.example.com`): one token request to the
+/// simulator and its JSON parsed. Returns the json document a sink would store and the lifetime.
+pub async fn floor_fetch(
+    http: &reqwest::Client,
+    authority: &str,
+    index: usize,
+) -> Result<(String, u64), BoxError> {
+    let tenant_id = format!("t{index}.example.com");
+    let response: TokenResponse = http
+        .post(format!("{authority}/{tenant_id}/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("scope", SCOPE),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs();
+    let value = serde_json::json!({
+        "access_token": response.access_token,
+        "token_type": response.token_type,
+        "expires_on": now + response.expires_in,
+        "tenant": format!("t{index}"),
+        "tenant_id": tenant_id,
+        "client_id": CLIENT_ID,
+        "scope": SCOPE,
+    })
+    .to_string();
+    Ok((value, response.expires_in))
+}
