@@ -2065,12 +2065,41 @@ managed_identity = { resource_id = "/subscriptions/0/resourceGroups/rg/providers
 sinks = [ { type = "file", path = "/tmp/{name}.json" } ]
 "#;
     let broken = "[server]\nlisten = \"nowhere\"\n[daemon]\nbackoff_min = \"1y\"\nunknown = 1\n[[tenant]]\nname = \"a/b\"\nrefresh_at = 1.5\n";
+    let shared_store = r#"
+[daemon]
+max_requests_per_second = 50
+
+[redis]
+url = ["rediss://10.0.0.1:6380", "rediss://10.0.0.2:6380"]
+cluster = true
+username = "tokend"
+password = { file = "redis.pass" }
+command_timeout = "1s"
+channel = "powerbi-tokend:tokens"
+check_interval = "20s"
+
+[fleet]
+enabled = true
+key_prefix = "powerbi-tokend:fleet"
+lease_ttl = "45s"
+replica_id = "replica-1"
+
+[defaults]
+client_id = "00000000-0000-0000-0000-000000000001"
+client_secret = { env = "SECRET" }
+sinks = [ { type = "file", path = "/run/t/{name}.json" }, { type = "redis" }, { type = "redis", key = "raw:{name}", format = "raw" } ]
+
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.onmicrosoft.com"
+"#;
     [
         example,
         minimal,
         certificate,
         workload,
         broken,
+        shared_store,
         "",
         "[[tenant]]\n",
     ]
