@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -66,8 +67,10 @@ fn temp_files(tokens: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The daemon, directly or as PID 1 of a new pid namespace (`unshare --kill-child` passes a
-/// SIGKILL of itself on to the daemon, which takes the whole namespace down).
+/// The daemon, directly or as PID 1 of a new pid namespace, in a process group of its own so
+/// that [`kill_all`] reaches `unshare` and the daemon it forked alike. (`unshare --kill-child`
+/// alone leaves a daemon behind when `unshare` dies before the child has armed its death
+/// signal.)
 fn spawn(config: &Path, as_pid_1: bool) -> Child {
     let mut command = if as_pid_1 {
         let mut command = Command::new("unshare");
@@ -83,8 +86,16 @@ fn spawn(config: &Path, as_pid_1: bool) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap()
+}
+
+/// SIGKILL to the child's whole process group, then reaps the child.
+fn kill_all(child: &mut Child) {
+    let group = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    let _ = child.wait();
 }
 
 async fn kill_loop(as_pid_1: bool) {
@@ -110,8 +121,7 @@ async fn kill_loop(as_pid_1: bool) {
         .await;
         let delay = Duration::from_micros(fastrand::u64(0..15_000));
         tokio::time::sleep(delay).await;
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_all(&mut child);
         assert_no_torn_files(&tokens);
         leftovers_seen += temp_files(&tokens).len();
     }
@@ -123,8 +133,7 @@ async fn kill_loop(as_pid_1: bool) {
     .await;
     // No refresh is due for an hour: nothing is in flight, so even a SIGKILL (which `unshare`
     // passes on, unlike SIGTERM) leaves nothing behind.
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_all(&mut child);
     assert_eq!(temp_files(&tokens), Vec::<String>::new());
     assert_eq!(assert_no_torn_files(&tokens), TENANTS);
     // The kills did land in the middle of writes, or this test proved nothing.
