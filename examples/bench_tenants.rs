@@ -64,7 +64,18 @@ fn main() -> Result<(), common::BoxError> {
 
     println!("tenants: {tenants}, binary: {}", binary.display());
     let started = Instant::now();
-    let mut child = Command::new(&binary)
+    // BENCH_WRAP runs the daemon under a profiler, e.g. "heaptrack" or "valgrind --tool=massif".
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut child = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(&binary);
+            command
+        }
+        None => Command::new(&binary),
+    };
+    let mut child = child
         .args(["run", "--config"])
         .arg(&config)
         .env("BENCH_SECRET", SECRET)
