@@ -521,7 +521,7 @@ pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(),
 /// # Errors
 /// Only set-up failures; per-tenant failures are in the outcomes.
 pub async fn once(config: &Config) -> Result<Vec<OnceOutcome>, RunError> {
-    let shared = shared_for(config, None)?;
+    let shared = Arc::new(shared_for(config, None)?);
     sink::clean_up(&config.tenants).await;
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in &config.tenants {

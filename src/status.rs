@@ -61,8 +61,9 @@ pub struct TenantStatus {
     pub last_success: Option<SystemTime>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
-    /// The failure of the last attempt; `None` after a success (or before any attempt).
-    pub last_error: Option<RefreshError>,
+    /// The failure of the last attempt; `None` after a success (or before any attempt). Boxed:
+    /// most tenants are healthy, and every tenant carries the field.
+    pub last_error: Option<Box<RefreshError>>,
     /// Whether at least one attempt (or a warm start) has completed: readiness.
     pub first_attempt_done: bool,
     /// How often the tenant's task panicked (and was restarted by the supervisor). A panic is a
@@ -188,27 +189,27 @@ mod tests {
         s.first_attempt_done = true;
         s.expires_on = Some(in_an_hour);
         assert_eq!(s.state(now), TenantState::Healthy);
-        s.last_error = Some(RefreshError::local(
+        s.last_error = Some(Box::new(RefreshError::local(
             ErrorClass::Transient,
             Reason::Network,
             "x",
-        ));
+        )));
         assert_eq!(s.state(now), TenantState::Retrying);
-        s.last_error = Some(RefreshError::local(
+        s.last_error = Some(Box::new(RefreshError::local(
             ErrorClass::Permanent,
             Reason::InvalidClient,
             "x",
-        ));
+        )));
         assert_eq!(s.state(now), TenantState::Misconfigured);
         assert_eq!(
             s.state(now + Duration::from_secs(3601)),
             TenantState::Misconfigured
         );
-        s.last_error = Some(RefreshError::local(
+        s.last_error = Some(Box::new(RefreshError::local(
             ErrorClass::Throttled,
             Reason::Throttled,
             "x",
-        ));
+        )));
         assert_eq!(
             s.state(now + Duration::from_secs(3601)),
             TenantState::Expired

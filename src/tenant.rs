@@ -1,13 +1,16 @@
-//! The per-tenant refresh loop.
+//! One tenant's refresher, as a sequence of steps.
 //!
-//! One task per tenant, shaped like mini-redis' purge task: sleep until the next planned instant
-//! or until cancelled, do one attempt, plan the next one. Tenants share nothing but the HTTP
-//! connection pool and a semaphore that caps concurrent token requests, so one broken or slow
-//! tenant never delays another.
+//! Each [`Tenant::step`] does what is due (the warm start, a check that the token is still in
+//! Redis, or an attempt) and says when the next step is due; the supervisor's timer keeps the
+//! sleeping tenants and runs each step as its own task when it falls due. Between steps a tenant
+//! is only this struct, so a hundred thousand sleeping tenants cost no task, timer or future
+//! each. Tenants share nothing but the HTTP connection pool and a semaphore that caps concurrent
+//! token requests, so one broken or slow tenant never delays another.
 //!
-//! Cancellation is honoured while sleeping and while waiting for the semaphore, but not during an
-//! attempt: an attempt that has started (request sent, sink being written) runs to completion, so
-//! shutdown never abandons a half-done write. The supervisor bounds that wait with a grace period.
+//! Cancellation is honoured while waiting for the start-up turn and the semaphore, but not during
+//! an attempt: an attempt that has started (request sent, sink being written) runs to completion,
+//! so shutdown never abandons a half-done write. The supervisor bounds that wait with a grace
+//! period.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -162,17 +165,15 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
 pub struct Tenant {
     /// The tenant's settings (immutable; a changed tenant gets a new task).
     config: Arc<TenantConfig>,
-    /// Where its tokens go, built once.
-    sinks: Vec<Sink>,
     /// Process-wide pieces.
-    shared: Shared,
+    shared: Arc<Shared>,
     /// Shown by `/status` and the metrics.
     status: StatusHandle,
     /// Stable jitter of this tenant, as a fraction of the lifetime.
     jitter_offset: f64,
     /// A token fetched but not yet written to every sink (a sink failed): written again before
     /// asking Entra for another one.
-    unwritten: Option<AccessToken>,
+    unwritten: Option<Box<AccessToken>>,
     /// Failures in a row, for the backoff exponent.
     failures: u32,
     /// When the last attempt began: the next one starts at least
@@ -187,6 +188,15 @@ pub struct Tenant {
     /// `issued_on` of the token the sinks hold (fetched, adopted or warm-started): a fleet
     /// token is adopted only if it is newer.
     current_issued_on: Option<i64>,
+    /// Whether the warm start (the first step) is done.
+    started: bool,
+    /// When the next attempt is planned by the token's lifetime or the backoff, before cron,
+    /// the minimum interval and `Retry-After` have their say.
+    next: SystemTime,
+    /// When the next attempt is due, everything considered: what [`Tenant::step`] acts on.
+    wake: SystemTime,
+    /// When to check next that the token is still in Redis; `None` for tenants without Redis.
+    next_check: Option<SystemTime>,
 }
 
 /// What a check of the token in Redis found.
@@ -209,19 +219,13 @@ const FLEET_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 impl Tenant {
     /// A refresher for one tenant.
-    pub fn new(config: Arc<TenantConfig>, shared: Shared, status: StatusHandle) -> Self {
-        let sinks = config
-            .sinks
-            .iter()
-            .filter_map(|sink| Sink::from_config(sink, shared.store.as_ref()))
-            .collect();
+    pub fn new(config: Arc<TenantConfig>, shared: Arc<Shared>, status: StatusHandle) -> Self {
         let jitter_offset = schedule::tenant_jitter(&config.name, config.jitter);
         let credential = Credential::new(&config.credential);
         status::lock(&status).credential_expiry = credential.expiry();
         Tenant {
             credential,
             config,
-            sinks,
             shared,
             status,
             jitter_offset,
@@ -231,73 +235,107 @@ impl Tenant {
             retry_not_before: None,
             slow: false,
             current_issued_on: None,
+            started: false,
+            next: SystemTime::UNIX_EPOCH,
+            wake: SystemTime::UNIX_EPOCH,
+            next_check: None,
         }
     }
 
-    /// Runs until `cancel` fires: warm start, then refresh forever.
-    pub async fn run(mut self, cancel: CancellationToken) {
-        // Warm-start reads take turns: at a cold start every tenant reads at once, and ten
-        // thousand reads in flight (file reads queued for the blocking pool, GETs pipelined to
-        // Redis) would each hold their buffers and state at the same moment, the daemon's peak.
-        let turn = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return,
-            turn = self.shared.start_up_reads.clone().acquire_owned() => turn,
-        };
-        let mut next = Box::pin(self.start_up()).await;
-        drop(turn);
-        // Tenants that keep their token in Redis look now and then whether it is still there
-        // (a restart without persistence, FLUSHALL); first at a random point of the interval, so
-        // thousands of tenants spread their checks.
-        let check_interval = self.presence_check_interval();
-        let mut next_check = check_interval
-            .map(|every| schedule::later(SystemTime::now(), every.mul_f64(fastrand::f64())));
-        loop {
-            let cron = self
-                .config
-                .schedule
-                .as_ref()
-                .and_then(|s| schedule::cron_next(&s.cron, SystemTime::now()));
-            let wake = schedule::next_wake(next, cron, self.last_attempt, self.retry_not_before);
-            status::lock(&self.status).next_refresh = Some(wake);
-            // One timer for whichever comes first: a sleeping tenant holds one, not two.
-            let check_first = next_check.filter(|check| *check < wake);
-            tokio::select! {
+    /// The tenant's sinks, built for the moment they are used: a sleeping tenant keeps only
+    /// its configuration.
+    fn sinks(&self) -> Vec<Sink> {
+        self.config
+            .sinks
+            .iter()
+            .filter_map(|sink| Sink::from_config(sink, self.shared.store.as_ref()))
+            .collect()
+    }
+
+    /// Does what is due now and returns when the next step is due; `None` when `cancel` fired
+    /// first. The first step is the warm start; after it, each step is the one the previous step
+    /// planned: a check that the token is still in Redis when that falls first, else an attempt.
+    pub async fn step(&mut self, cancel: &CancellationToken) -> Option<SystemTime> {
+        if !self.started {
+            // Warm-start reads take turns: at a cold start every tenant reads at once, and ten
+            // thousand reads in flight (file reads queued for the blocking pool, GETs pipelined
+            // to Redis) would each hold their buffers and state at the same moment, the
+            // daemon's peak.
+            let turn = tokio::select! {
                 biased;
-                () = cancel.cancelled() => return,
-                () = sleep_until(check_first.unwrap_or(wake)) => {}
-            }
-            if check_first.is_some() {
-                next_check = check_interval.map(|every| schedule::later(SystemTime::now(), every));
-                // Boxed, like the attempt: a sleeping tenant's future stays small.
-                match Box::pin(self.check_presence(wake, &cancel)).await {
-                    Presence::Cancelled => return,
-                    Presence::Lost => next = SystemTime::now(),
-                    Presence::Kept => {}
-                }
-                continue;
-            }
-            let lane = if self.slow {
-                &self.shared.slow_lane
-            } else {
-                &self.shared.limiter
+                () = cancel.cancelled() => return None,
+                turn = self.shared.start_up_reads.clone().acquire_owned() => turn,
             };
-            let permit = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                permit = lane.clone().acquire_owned() => permit,
-            };
-            // From here on the attempt runs to completion, even if cancelled meanwhile. Boxed so
-            // that a sleeping tenant's future stays small: only attempts in flight pay for the
-            // HTTP and file-write state, which matters with thousands of tenants.
-            next = Box::pin(self.attempt(permit.ok())).await;
+            self.next = Box::pin(self.start_up()).await;
+            drop(turn);
+            self.started = true;
+            // Tenants that keep their token in Redis look now and then whether it is still
+            // there (a restart without persistence, FLUSHALL); first at a random point of the
+            // interval, so thousands of tenants spread their checks.
+            self.next_check = self
+                .presence_check_interval()
+                .map(|every| schedule::later(SystemTime::now(), every.mul_f64(fastrand::f64())));
+            return Some(self.plan());
         }
+        if let Some(check) = self.next_check.filter(|check| *check < self.wake) {
+            self.next_check = self
+                .presence_check_interval()
+                .map(|every| schedule::later(check.max(SystemTime::now()), every));
+            // Boxed, like the attempt: the step's future stays small while it waits.
+            match Box::pin(self.check_presence(self.wake, cancel)).await {
+                Presence::Cancelled => return None,
+                Presence::Lost => self.next = SystemTime::now(),
+                Presence::Kept => {}
+            }
+            return Some(self.plan());
+        }
+        let lane = if self.slow {
+            &self.shared.slow_lane
+        } else {
+            &self.shared.limiter
+        };
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            permit = lane.clone().acquire_owned() => permit,
+        };
+        // From here on the attempt runs to completion, even if cancelled meanwhile. Boxed so that
+        // the many steps waiting for a permit at a cold start stay small: only attempts in
+        // flight pay for the HTTP and file-write state.
+        self.next = Box::pin(self.attempt(permit.ok())).await;
+        Some(self.plan())
+    }
+
+    /// Which lane of the supervisor's its next step waits in: 0 the warm start, 1 the main
+    /// lane, 2 the slow lane (its last request was slow or timed out).
+    pub fn lane(&self) -> usize {
+        match (self.started, self.slow) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        }
+    }
+
+    /// Plans the next attempt (the refresh point, a cron activation, the minimum interval and
+    /// `Retry-After` considered), shows it in the status, and returns when the next step is
+    /// due: that attempt, or a presence check falling before it.
+    fn plan(&mut self) -> SystemTime {
+        let cron = self
+            .config
+            .schedule
+            .as_ref()
+            .and_then(|s| schedule::cron_next(&s.cron, SystemTime::now()));
+        self.wake = schedule::next_wake(self.next, cron, self.last_attempt, self.retry_not_before);
+        status::lock(&self.status).next_refresh = Some(self.wake);
+        self.next_check
+            .filter(|check| *check < self.wake)
+            .unwrap_or(self.wake)
     }
 
     /// Adopts a still-fresh token from disk (warm start). Returns the first wake-up.
     async fn start_up(&mut self) -> SystemTime {
         let now = SystemTime::now();
-        for sink in &self.sinks {
+        for sink in self.sinks() {
             let Some(token) = sink.read_existing(&self.config).await else {
                 continue;
             };
@@ -324,9 +362,13 @@ impl Tenant {
     async fn attempt(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> SystemTime {
         let now = SystemTime::now();
         self.last_attempt = Some(now);
-        let reuse = self.unwritten.take().filter(|token| {
-            now < schedule::refresh_point(token, self.config.refresh_at, self.jitter_offset)
-        });
+        let reuse = self
+            .unwritten
+            .take()
+            .filter(|token| {
+                now < schedule::refresh_point(token, self.config.refresh_at, self.jitter_offset)
+            })
+            .map(|token| *token);
         let mut request_duration = None;
         let mut permit = permit;
         let mut leased = false;
@@ -404,7 +446,7 @@ impl Tenant {
                 (Ok(()), _) => Ok(token),
                 (Err(err), local_failed) => {
                     local_sink_failed = local_failed;
-                    self.unwritten = Some(token);
+                    self.unwritten = Some(Box::new(token));
                     Err(err)
                 }
             },
@@ -505,7 +547,11 @@ impl Tenant {
     /// How often to check that the token is still in Redis: only for tenants that keep it there.
     fn presence_check_interval(&self) -> Option<Duration> {
         let in_redis = self.shared.fleet.is_some()
-            || self.sinks.iter().any(|sink| matches!(sink, Sink::Redis(_)));
+            || self
+                .config
+                .sinks
+                .iter()
+                .any(|sink| matches!(sink, crate::config::SinkConfig::Redis(_)));
         match &self.shared.store {
             Some(store) if in_redis => Some(store.config().check_interval),
             _ => None,
@@ -522,7 +568,7 @@ impl Tenant {
         if !still_valid {
             return false;
         }
-        for sink in &self.sinks {
+        for sink in self.sinks() {
             if sink.present().await == Some(false) {
                 return true;
             }
@@ -538,7 +584,7 @@ impl Tenant {
     async fn write_sinks(&self, token: &AccessToken) -> (Result<(), RefreshError>, bool) {
         let mut first_error = None;
         let mut local_failed = false;
-        for sink in &self.sinks {
+        for sink in self.sinks() {
             if let Err(err) = sink.write(&self.config, token).await {
                 local_failed |= matches!(sink, Sink::File(_));
                 first_error.get_or_insert(err);
@@ -610,7 +656,7 @@ impl Tenant {
             let mut status = status::lock(&self.status);
             let was = status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent);
             status.consecutive_failures = self.failures;
-            status.last_error = Some(err.clone());
+            status.last_error = Some(Box::new(err.clone()));
             status.first_attempt_done = true;
             was
         };
@@ -704,7 +750,7 @@ fn log_failure(
 }
 
 /// Sleeps until a wall-clock instant (immediately if it has passed).
-async fn sleep_until(when: SystemTime) {
+pub(crate) async fn sleep_until(when: SystemTime) {
     let delay = when
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
@@ -721,12 +767,12 @@ pub struct OnceOutcome {
 }
 
 /// Fetches and writes one token for one tenant, without scheduling (the `once` command).
-pub async fn refresh_once(config: Arc<TenantConfig>, shared: Shared) -> OnceOutcome {
+pub async fn refresh_once(config: Arc<TenantConfig>, shared: Arc<Shared>) -> OnceOutcome {
     let status = StatusHandle::default();
     let mut tenant = Tenant::new(config.clone(), shared.clone(), status.clone());
     let permit = shared.limiter.clone().acquire_owned().await.ok();
     tenant.attempt(permit).await;
-    let last_error = status::lock(&status).last_error.clone();
+    let last_error = status::lock(&status).last_error.take().map(|err| *err);
     OnceOutcome {
         tenant: config.name.clone(),
         result: match last_error {
@@ -763,44 +809,18 @@ mod tests {
         assert_eq!(slow.available_permits(), 1);
     }
 
-    /// A sleeping tenant's future is what ten thousand tenants cost each: the attempt and the
-    /// Redis presence check are boxed so that their state is only paid for while they run.
-    #[tokio::test]
-    async fn a_sleeping_tenant_is_small() {
-        let daemon = DaemonConfig::default();
-        let shared = Shared {
-            client: TokenClient::new(&daemon).unwrap(),
-            limiter: Arc::new(Semaphore::new(1)),
-            slow_lane: Arc::new(Semaphore::new(1)),
-            slow_after: Arc::new(SlowAfter::new(SLOW_AFTER)),
-            policy: RetryPolicy::from(&daemon),
-            start_up_reads: Arc::new(Semaphore::new(START_UP_READS)),
-            rate: None,
-            store: None,
-            fleet: None,
-            observer: None,
-        };
-        let config = Arc::new(TenantConfig::entra(
-            "contoso",
-            "contoso.onmicrosoft.com",
-            "00000000-0000-0000-0000-000000000001",
-            crate::config::SecretSource::Env("SECRET".into()),
-            "https://login.microsoftonline.com",
-            std::path::PathBuf::from("/tmp/contoso.json"),
-        ));
-        let registry = status::Registry::new();
-        let tenant = Tenant::new(config, shared, registry.insert("contoso"));
-        let future = tenant.run(CancellationToken::new());
-        let size = std::mem::size_of_val(&future);
+    /// A sleeping tenant is its `Tenant` alone, what a hundred thousand tenants cost each
+    /// besides their configuration and status: the attempt's and the checks' state exists only
+    /// while they run.
+    #[test]
+    fn a_sleeping_tenant_is_small() {
+        let size = std::mem::size_of::<Tenant>();
         println!(
-            "a sleeping tenant's run future: {size} bytes; Tenant {} Sleep {} Shared {} Sink {} Credential {}",
-            std::mem::size_of::<Tenant>(),
-            std::mem::size_of::<tokio::time::Sleep>(),
-            std::mem::size_of::<Shared>(),
-            std::mem::size_of::<Sink>(),
-            std::mem::size_of::<Credential>()
+            "Tenant {size} bytes; Credential {} AccessToken {}",
+            std::mem::size_of::<Credential>(),
+            std::mem::size_of::<AccessToken>()
         );
-        assert!(size <= 2048, "a tenant's run future takes {size} bytes");
+        assert!(size <= 256, "a sleeping tenant takes {size} bytes");
     }
 
     #[test]

@@ -309,10 +309,10 @@ async fn cron_schedule_forces_extra_refreshes() {
         fixture(&["contoso.onmicrosoft.com"], Duration::from_secs(3600)).await;
     let mut contoso = tenant(&sim, "contoso", "contoso.onmicrosoft.com", dir.path());
     let expression = "* * * * * *";
-    contoso.schedule = Some(powerbi_tokend::config::CronSchedule {
+    contoso.schedule = Some(Box::new(powerbi_tokend::config::CronSchedule {
         expression: expression.to_owned(),
         cron: powerbi_tokend::config::parse_cron(expression).unwrap(),
-    });
+    }));
     let daemon = start_daemon(config(vec![contoso], fast_daemon())).await;
     // A one-hour token would not be refreshed for 30 minutes; the every-second cron forces it.
     wait_for("three tokens", Duration::from_secs(5), || {

@@ -91,7 +91,7 @@ impl Loader<'_> {
         let authority_host = self.authority_host(&input, cloud, kind);
         let oauth2 = match provider {
             Provider::Entra => Some(None),
-            Provider::Oauth2 => self.oauth2(&input, &credential).map(Some),
+            Provider::Oauth2 => self.oauth2(&input, &credential).map(|o| Some(Box::new(o))),
         };
         let resource = self.resource(&input, &oauth2, cloud);
         let (refresh_at, jitter) = self.fractions(&input);
@@ -121,7 +121,7 @@ impl Loader<'_> {
             refresh_at,
             jitter,
             sinks: sinks?,
-            schedule,
+            schedule: schedule.map(Box::new),
             line,
         })
     }
@@ -293,7 +293,7 @@ impl Loader<'_> {
     fn resource(
         &mut self,
         input: &TenantInput<'_>,
-        oauth2: &Option<Option<OAuth2Config>>,
+        oauth2: &Option<Option<Box<OAuth2Config>>>,
         cloud: Cloud,
     ) -> Option<String> {
         match oauth2 {

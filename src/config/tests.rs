@@ -373,13 +373,13 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
     let tenant = &config.tenants[0];
     assert_eq!(
         tenant.oauth2,
-        Some(OAuth2Config {
+        Some(Box::new(OAuth2Config {
             token_url: "https://auth.example.com/oauth2/token".into(),
             scope: Some("reports.read".into()),
             audience: Some("https://api.example.com".into()),
             resources: Vec::new(),
             auth: ClientAuth::ClientSecretBasic,
-        })
+        }))
     );
     assert_eq!(tenant.token_url(), "https://auth.example.com/oauth2/token");
     // Only what is sent is claimed: no resource indicator was asked for.
@@ -850,4 +850,15 @@ fn max_requests_per_second_is_a_whole_positive_number() {
             "{bad}: {err}"
         );
     }
+}
+
+/// A hundred thousand tenants carry a `TenantConfig` and a `TenantStatus` each: rare parts
+/// (a cron schedule, a generic OAuth2 server, the last error) are boxed so that the common tenant
+/// does not pay for them.
+#[test]
+fn per_tenant_records_stay_small() {
+    let config = std::mem::size_of::<TenantConfig>();
+    let status = std::mem::size_of::<crate::status::TenantStatus>();
+    assert!(config <= 320, "TenantConfig takes {config} bytes");
+    assert!(status <= 256, "TenantStatus takes {status} bytes");
 }

@@ -370,8 +370,9 @@ pub struct TenantConfig {
     pub client_id: String,
     /// The credential.
     pub credential: CredentialConfig,
-    /// Set for `provider = "oauth2"`; `None` for Entra.
-    pub oauth2: Option<OAuth2Config>,
+    /// Set for `provider = "oauth2"`; `None` for Entra. Boxed, like `schedule`: rare, and a
+    /// hundred thousand tenants carry the field.
+    pub oauth2: Option<Box<OAuth2Config>>,
     /// Authority host without trailing slash.
     pub authority_host: String,
     /// Endpoint version.
@@ -386,7 +387,7 @@ pub struct TenantConfig {
     /// Where the token is written.
     pub sinks: Vec<SinkConfig>,
     /// Extra forced refreshes.
-    pub schedule: Option<CronSchedule>,
+    pub schedule: Option<Box<CronSchedule>>,
     /// Line of the `[[tenant]]` header, for messages that concern the whole tenant. Not a
     /// setting: equality ignores it.
     pub line: Option<usize>,

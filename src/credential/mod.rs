@@ -43,12 +43,13 @@ pub enum Credential {
         /// `client_secret_expires`, Unix seconds.
         expires_on: Option<i64>,
     },
-    /// A certificate that signs assertions.
-    Certificate(CertificateCredential),
+    /// A certificate that signs assertions. Boxed, like the other large kinds: a secret, the
+    /// common case, keeps a sleeping tenant small.
+    Certificate(Box<CertificateCredential>),
     /// A federated token file.
-    Federated(FederatedCredential),
+    Federated(Box<FederatedCredential>),
     /// A managed identity endpoint.
-    ManagedIdentity(ManagedIdentityConfig),
+    ManagedIdentity(Box<ManagedIdentityConfig>),
 }
 
 impl Credential {
@@ -60,13 +61,13 @@ impl Credential {
                 expires_on: *expires_on,
             },
             CredentialConfig::Certificate(certificate) => {
-                Credential::Certificate(CertificateCredential::new(certificate.clone()))
+                Credential::Certificate(Box::new(CertificateCredential::new(certificate.clone())))
             }
             CredentialConfig::WorkloadIdentity { token_file } => {
-                Credential::Federated(FederatedCredential::new(token_file.clone()))
+                Credential::Federated(Box::new(FederatedCredential::new(token_file.clone())))
             }
             CredentialConfig::ManagedIdentity(source) => {
-                Credential::ManagedIdentity(source.clone())
+                Credential::ManagedIdentity(Box::new(source.clone()))
             }
         }
     }
