@@ -36,6 +36,7 @@ pub(super) fn parse_collecting(
     let mut loader = Loader {
         text,
         line_starts,
+        base: 0,
         base_dir: path.parent().map(Path::to_owned).unwrap_or_default(),
         problems: Vec::new(),
         defaults_broken: false,
@@ -66,6 +67,9 @@ pub(super) struct Loader<'a> {
     pub(super) text: &'a str,
     /// Byte offset where each line starts (line 1 at index 0).
     pub(super) line_starts: Vec<usize>,
+    /// Added to every offset: where the text being read starts in the file (a `[[tenant]]`
+    /// table parsed on its own), 0 otherwise.
+    pub(super) base: usize,
     /// Relative paths in the file are relative to the file's directory.
     pub(super) base_dir: PathBuf,
     /// Every problem found so far, in the order found.
@@ -88,6 +92,7 @@ impl<'a> Loader<'a> {
     /// 1-based line of a byte offset: a binary search over the line starts, because a config
     /// with ten thousand tenants asks this for every tenant.
     pub(super) fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.saturating_add(self.base);
         self.line_starts.partition_point(|start| *start <= offset)
     }
 
@@ -127,9 +132,9 @@ impl<'a> Loader<'a> {
     /// reported, removed and the section parsed again, so one mistake does not hide the section's
     /// other problems. Returns the section and the names of the keys removed (whose absence must
     /// not be reported again as "missing"); `None` if an error cannot be pinned to a key.
-    pub(super) fn section<T: for<'de> Deserialize<'de>>(
+    pub(super) fn section<'v, T: for<'de> Deserialize<'de>>(
         &mut self,
-        mut value: Spanned<DeValue<'a>>,
+        mut value: Spanned<DeValue<'v>>,
         label: &str,
     ) -> Option<(T, Vec<String>)> {
         let start = value.span().start;
@@ -172,13 +177,39 @@ impl<'a> Loader<'a> {
     }
 
     /// Reads every section, then every tenant against `[defaults]`, then the cross-tenant rules.
+    ///
+    /// A file of many tenants is read one `[[tenant]]` table at a time (see [`split_tenants`]),
+    /// so that the parsed document of a hundred thousand tenants never exists at once: only the
+    /// configuration it becomes. Should the split be in doubt (a table that does not parse on
+    /// its own, a `tenant` key outside the tables), the whole file is read at once instead, and
+    /// what it says is the same.
     pub(super) fn load(&mut self, path: &Path) -> Option<Config> {
-        let root = match toml::de::DeTable::parse(self.text) {
+        if let Some(split) = split_tenants(self.text) {
+            if let Some(config) = self.load_from(path, Some(&split)) {
+                return config;
+            }
+            self.problems.clear();
+            self.defaults_broken = false;
+            self.defaults_broken_keys.clear();
+            self.seen.clear();
+            self.resolved.clear();
+            self.credentials.clear();
+            self.base = 0;
+        }
+        self.load_from(path, None).flatten()
+    }
+
+    /// [`Loader::load`] from the whole text, or from `split`; `None` when the split is in
+    /// doubt (never for the whole text).
+    fn load_from(&mut self, path: &Path, split: Option<&Split>) -> Option<Option<Config>> {
+        let text = split.map_or(self.text, |split| split.rest.as_str());
+        let root = match toml::de::DeTable::parse(text) {
             Ok(root) => root.into_inner(),
+            Err(_) if split.is_some() => return None,
             Err(err) => {
                 let offset = err.span().map(|s| s.start);
                 self.problem(offset, None, format!("not valid TOML: {}", err.message()));
-                return None;
+                return Some(None);
             }
         };
         let mut sections = Sections::default();
@@ -190,6 +221,7 @@ impl<'a> Loader<'a> {
                 "redis" => sections.redis = Some(self.section(value, "redis").map(|(r, _)| r)),
                 "fleet" => sections.fleet = self.section(value, "fleet").map(|(f, _)| f),
                 "defaults" => sections.defaults = self.defaults(value),
+                "tenant" if split.is_some() => return None,
                 "tenant" => {
                     let (tenants, all_read) = self.tenant_tables(key_offset, &value);
                     sections.tenants = tenants;
@@ -218,17 +250,39 @@ impl<'a> Loader<'a> {
         });
         let defaults = sections.defaults.unwrap_or_default();
         for (index, (offset, raw, broken)) in sections.tenants.into_iter().enumerate() {
-            if let Some(tenant) = self.tenant(index, offset, raw, &broken, &defaults) {
-                // Straight into an Arc: collecting a Vec<TenantConfig> into Vec<Arc<_>> later
-                // would reuse (and keep) the large buffer, megabytes at ten thousand tenants.
-                self.resolved.push(Arc::new(tenant));
+            self.resolve(index, offset, raw, &broken, &defaults);
+        }
+        if let Some(split) = split {
+            self.resolved.reserve_exact(split.tenants.len());
+            for (index, range) in split.tenants.iter().enumerate() {
+                let Ok(table) = toml::de::DeTable::parse(&self.text[range.clone()]) else {
+                    return None;
+                };
+                let mut table = table.into_inner();
+                let Some(DeValue::Array(items)) = table.remove("tenant").map(|v| v.into_inner())
+                else {
+                    return None;
+                };
+                let mut items = items.into_iter();
+                let (Some(item), None, true) = (items.next(), items.next(), table.is_empty())
+                else {
+                    return None;
+                };
+                self.base = range.start;
+                let offset = item.span().start;
+                let label = tenant_label(&item, index);
+                match self.section::<RawTenant>(item, &label) {
+                    Some((raw, broken)) => self.resolve(index, offset, raw, &broken, &defaults),
+                    None => sections.tenants_complete = false,
+                }
+                self.base = 0;
             }
         }
         self.cross_tenant_rules(redis.is_some());
         if !sections.tenants_complete {
-            return None;
+            return Some(None);
         }
-        Some(Config {
+        Some(Some(Config {
             path: path.to_owned(),
             server: server??,
             daemon: daemon??,
@@ -238,11 +292,27 @@ impl<'a> Loader<'a> {
             },
             fleet: fleet??,
             tenants: std::mem::take(&mut self.resolved),
-        })
+        }))
+    }
+
+    /// Resolves one tenant table against `[defaults]`; a valid tenant joins `resolved`.
+    fn resolve(
+        &mut self,
+        index: usize,
+        offset: usize,
+        raw: RawTenant,
+        broken: &[String],
+        defaults: &RawTenant,
+    ) {
+        if let Some(tenant) = self.tenant(index, offset, raw, broken, defaults) {
+            // Straight into an Arc: collecting a Vec<TenantConfig> into Vec<Arc<_>> later
+            // would reuse (and keep) the large buffer, megabytes at ten thousand tenants.
+            self.resolved.push(Arc::new(tenant));
+        }
     }
 
     /// `[defaults]`: a tenant table without the keys only a tenant may have.
-    fn defaults(&mut self, value: Spanned<DeValue<'a>>) -> Option<RawTenant> {
+    fn defaults(&mut self, value: Spanned<DeValue<'_>>) -> Option<RawTenant> {
         let Some((parsed, broken)) = self.section::<RawTenant>(value, "defaults") else {
             self.defaults_broken = true;
             return None;
@@ -270,7 +340,7 @@ impl<'a> Loader<'a> {
     fn tenant_tables(
         &mut self,
         key_offset: usize,
-        value: &Spanned<DeValue<'a>>,
+        value: &Spanned<DeValue<'_>>,
     ) -> (Vec<TenantTable>, bool) {
         let Some(items) = value.get_ref().as_array() else {
             self.problem(
@@ -284,15 +354,7 @@ impl<'a> Loader<'a> {
         let mut all_read = true;
         for (index, item) in items.iter().enumerate() {
             let offset = item.span().start;
-            // Named in messages by its name when it has one: "tenant[7]" means little in a file
-            // with hundreds of tenants.
-            let label = match item.get_ref().as_table().and_then(|t| t.get("name")) {
-                Some(name) => match name.get_ref().as_str() {
-                    Some(name) => format!("tenant {name:?}"),
-                    None => format!("tenant[{index}]"),
-                },
-                None => format!("tenant[{index}]"),
-            };
+            let label = tenant_label(item, index);
             match self.section::<RawTenant>(item.clone(), &label) {
                 Some((parsed, broken)) => tenants.push((offset, parsed, broken)),
                 None => all_read = false,
@@ -339,6 +401,100 @@ fn redacted_message(key: &str, message: &str) -> String {
         "client_certificate" => "expected { cert = \"/path/app.crt\", key = \"/path/app.key\" } (the value is not shown: it may be a key)".to_owned(),
         _ => message.to_owned(),
     }
+}
+
+/// A tenant table's name in messages: its name when it has one ("tenant[7]" means little in a
+/// file with hundreds of tenants).
+fn tenant_label(item: &Spanned<DeValue<'_>>, index: usize) -> String {
+    match item
+        .get_ref()
+        .as_table()
+        .and_then(|t| t.get("name"))
+        .and_then(|name| name.get_ref().as_str())
+    {
+        Some(name) => format!("tenant {name:?}"),
+        None => format!("tenant[{index}]"),
+    }
+}
+
+/// A file split into its `[[tenant]]` tables and the rest.
+#[derive(Debug, PartialEq)]
+pub(super) struct Split {
+    /// The file with every `[[tenant]]` table blanked out (newlines kept, so offsets and lines
+    /// are the file's).
+    pub(super) rest: String,
+    /// Each `[[tenant]]` table's bytes: its header line up to the next table header that is not
+    /// one of its own sub-tables (`[tenant.x]`, `[[tenant.sinks]]`).
+    pub(super) tenants: Vec<std::ops::Range<usize>>,
+}
+
+/// Splits a file at its `[[tenant]]` headers, when that is certain to read the same as the
+/// whole: `None` when the file has no `[[tenant]]`, has a multi-line string (whose lines could
+/// look like headers), or has a line starting with `[` that is not a plain table header
+/// (`[a.b]`, `[[a.b]]`, bare keys, an optional comment) — a quoted key or an array value
+/// continued on a new line.
+pub(super) fn split_tenants(text: &str) -> Option<Split> {
+    if text.contains("\"\"\"") || text.contains("'''") {
+        return None;
+    }
+    let mut tenants: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut open: Option<usize> = None;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let start = at;
+        at += line.len();
+        let trimmed = line.trim_start_matches([' ', '\t']);
+        if !trimmed.starts_with('[') {
+            continue;
+        }
+        let (array, key) = header(trimmed)?;
+        if key == "tenant" {
+            if !array {
+                return None;
+            }
+            if let Some(begun) = open.replace(start) {
+                tenants.push(begun..start);
+            }
+        } else if key.starts_with("tenant.") {
+            open?;
+        } else if let Some(begun) = open.take() {
+            tenants.push(begun..start);
+        }
+    }
+    if let Some(begun) = open {
+        tenants.push(begun..text.len());
+    }
+    if tenants.is_empty() {
+        return None;
+    }
+    let mut rest = text.as_bytes().to_vec();
+    for range in &tenants {
+        for byte in &mut rest[range.clone()] {
+            if *byte != b'\n' {
+                *byte = b' ';
+            }
+        }
+    }
+    // Only ASCII bytes of whole lines were replaced by spaces: still UTF-8.
+    let rest = String::from_utf8(rest).ok()?;
+    Some(Split { rest, tenants })
+}
+
+/// A table header line's key and whether it is an array-of-tables header; `None` if the line is
+/// not a plain header (see [`split_tenants`]).
+fn header(line: &str) -> Option<(bool, &str)> {
+    let (array, inner, close) = match line.strip_prefix("[[") {
+        Some(inner) => (true, inner, "]]"),
+        None => (false, line.strip_prefix('[')?, "]"),
+    };
+    let end = inner.find(close)?;
+    let key = inner[..end].trim_matches([' ', '\t']);
+    let after = inner[end + close.len()..].trim_matches([' ', '\t', '\r', '\n']);
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    (plain && (after.is_empty() || after.starts_with('#'))).then_some((array, key))
 }
 
 /// A `[[tenant]]` table as read: its byte offset, its keys, and the keys removed as unreadable.
