@@ -145,7 +145,7 @@ impl TokenClient {
             .map_err(credential_error)?;
         let target = match tenant.api {
             ApiVersion::V2 => ("scope", tenant.scope()),
-            ApiVersion::V1 => ("resource", tenant.resource.clone()),
+            ApiVersion::V1 => ("resource", tenant.resource.to_string()),
         };
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "client_credentials"),

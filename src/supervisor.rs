@@ -539,12 +539,28 @@ fn budget(shared: &Shared) -> [usize; LANES] {
     ]
 }
 
-/// A tenant the supervisor runs.
-struct Running {
-    /// The settings it was started with, to detect changes on reload.
-    config: Arc<TenantConfig>,
-    /// Its slot in the timetable.
-    slot: u32,
+/// A tenant the supervisor runs, found by its name: the settings it was started with (to
+/// detect changes on reload) are the key, so the name is not copied once more per tenant.
+struct Running(Arc<TenantConfig>);
+
+impl std::hash::Hash for Running {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.name.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Running {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Running {}
+
+impl std::borrow::Borrow<str> for Running {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
 }
 
 /// What a reconcile did, for the log.
@@ -568,8 +584,8 @@ pub struct Supervisor {
     registry: Registry,
     /// The tenants, their timer and their steps.
     timetable: Arc<Timetable<Tenant>>,
-    /// Tenants by name.
-    running: HashMap<String, Running>,
+    /// Tenants by name, with their slots in the timetable.
+    running: HashMap<Running, u32>,
 }
 
 impl Supervisor {
@@ -603,26 +619,26 @@ impl Supervisor {
         let gone: Vec<String> = self
             .running
             .keys()
-            .filter(|name| !wanted.contains_key(name.as_str()))
-            .cloned()
+            .filter(|running| !wanted.contains_key(running.0.name.as_str()))
+            .map(|running| running.0.name.clone())
             .collect();
         for name in gone {
-            if let Some(running) = self.running.remove(&name) {
-                self.timetable.remove(running.slot).await;
+            if let Some(slot) = self.running.remove(name.as_str()) {
+                self.timetable.remove(slot).await;
             }
             // Its status, and so every metric series of it, goes with it.
             self.registry.remove(&name);
             result.removed.push(name);
         }
         for tenant in tenants {
-            match self.running.get(&tenant.name) {
-                Some(running) if running.config == *tenant && !restart_all => {
+            match self.running.get_key_value(tenant.name.as_str()) {
+                Some((running, _)) if running.0 == *tenant && !restart_all => {
                     result.unchanged += 1;
                     continue;
                 }
                 Some(_) => {
-                    if let Some(running) = self.running.remove(&tenant.name) {
-                        self.timetable.remove(running.slot).await;
+                    if let Some(slot) = self.running.remove(tenant.name.as_str()) {
+                        self.timetable.remove(slot).await;
                     }
                     result.changed.push(tenant.name.clone());
                 }
@@ -644,8 +660,7 @@ impl Supervisor {
             status: status.clone(),
         };
         let slot = self.timetable.add(seed, status);
-        self.running
-            .insert(config.name.clone(), Running { config, slot });
+        self.running.insert(Running(config), slot);
     }
 
     /// Stops every tenant: no new steps start; attempts in flight get `grace` to finish.

@@ -303,7 +303,7 @@ async fn timeouts_and_refused_connections() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    tenant.authority_host = format!("http://127.0.0.1:{port}");
+    tenant.authority_host = format!("http://127.0.0.1:{port}").into();
     let err = client
         .fetch(&tenant, &mut Credential::new(&tenant.credential))
         .await
@@ -333,7 +333,7 @@ async fn redirects_are_not_followed() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    tenant.authority_host = format!("http://{addr}");
+    tenant.authority_host = format!("http://{addr}").into();
     let err = client
         .fetch(&tenant, &mut Credential::new(&tenant.credential))
         .await

@@ -525,8 +525,8 @@ fn managed_tenant_with(
 ) -> TenantConfig {
     let mut tenant = tenant(sim, "vm", "", dir);
     tenant.client_id = match &identity {
-        ManagedIdentityId::ClientId(id) => id.clone(),
-        _ => String::new(),
+        ManagedIdentityId::ClientId(id) => id.as_str().into(),
+        _ => "".into(),
     };
     tenant.credential =
         CredentialConfig::ManagedIdentity(ManagedIdentityConfig { source, identity });

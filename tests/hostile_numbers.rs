@@ -133,8 +133,8 @@ async fn hardening_2_far_future_expiry_keeps_status_valid_and_is_not_trusted() {
         "issued_on": now,
         "tenant": "stale",
         "tenant_id": stale.tenant_id,
-        "client_id": stale.client_id,
-        "resource": stale.resource,
+        "client_id": &*stale.client_id,
+        "resource": &*stale.resource,
         "scope": stale.requested_scope(),
         "audience": null,
     });

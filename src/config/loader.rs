@@ -45,6 +45,7 @@ pub(super) fn parse_collecting(
         resolved: Vec::new(),
         credentials: Vec::new(),
         env,
+        strings: std::collections::HashSet::new(),
     };
     let config = loader.load(path);
     let mut problems = std::mem::take(&mut loader.problems);
@@ -86,6 +87,9 @@ pub(super) struct Loader<'a> {
     pub(super) credentials: Vec<TenantCredential>,
     /// Environment lookup (workload identity and App Service settings); injectable for tests.
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    /// One copy of each client ID, authority host and resource, shared by every tenant that
+    /// has it (most tenants share all three).
+    pub(super) strings: std::collections::HashSet<Arc<str>>,
 }
 
 impl<'a> Loader<'a> {
@@ -94,6 +98,16 @@ impl<'a> Loader<'a> {
     pub(super) fn line_of(&self, offset: usize) -> usize {
         let offset = offset.saturating_add(self.base);
         self.line_starts.partition_point(|start| *start <= offset)
+    }
+
+    /// `text` as a shared string: the copy other tenants already hold, if any.
+    pub(super) fn shared(&mut self, text: String) -> Arc<str> {
+        if let Some(shared) = self.strings.get(text.as_str()) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = text.into();
+        self.strings.insert(shared.clone());
+        shared
     }
 
     /// Records a problem at a byte offset of the file.

@@ -29,9 +29,12 @@ fn parse_err(text: &str) -> ConfigError {
 fn defaults_are_merged() {
     let config = parse_ok(MINIMAL);
     let tenant = &config.tenants[0];
-    assert_eq!(tenant.client_id, "00000000-0000-0000-0000-000000000001");
-    assert_eq!(tenant.authority_host, "https://login.microsoftonline.com");
-    assert_eq!(tenant.resource, "https://analysis.windows.net/powerbi/api");
+    assert_eq!(&*tenant.client_id, "00000000-0000-0000-0000-000000000001");
+    assert_eq!(&*tenant.authority_host, "https://login.microsoftonline.com");
+    assert_eq!(
+        &*tenant.resource,
+        "https://analysis.windows.net/powerbi/api"
+    );
     assert_eq!(tenant.api, ApiVersion::V2);
     assert_eq!(
         tenant.token_url(),
@@ -58,9 +61,9 @@ fn tenant_overrides_defaults_and_cloud_picks_pair() {
     let text = format!("{MINIMAL}cloud = \"dod\"\napi = \"v1\"\nrefresh_at = 0.7\njitter = 0.05\n");
     let config = parse_ok(&text);
     let tenant = &config.tenants[0];
-    assert_eq!(tenant.authority_host, "https://login.microsoftonline.us");
+    assert_eq!(&*tenant.authority_host, "https://login.microsoftonline.us");
     assert_eq!(
-        tenant.resource,
+        &*tenant.resource,
         "https://mil.analysis.usgovcloudapi.net/powerbi/api"
     );
     assert_eq!(
@@ -307,9 +310,9 @@ fn workload_identity_takes_missing_values_from_the_webhook_env() {
     ];
     let config = parse_env(text, &env).unwrap();
     let tenant = &config.tenants[0];
-    assert_eq!(tenant.client_id, "11111111-1111-1111-1111-111111111111");
+    assert_eq!(&*tenant.client_id, "11111111-1111-1111-1111-111111111111");
     assert_eq!(tenant.tenant_id, "22222222-2222-2222-2222-222222222222");
-    assert_eq!(tenant.authority_host, "https://login.microsoftonline.us");
+    assert_eq!(&*tenant.authority_host, "https://login.microsoftonline.us");
     assert_eq!(
         tenant.credential,
         CredentialConfig::WorkloadIdentity {
@@ -330,7 +333,7 @@ fn workload_identity_takes_missing_values_from_the_webhook_env() {
 fn managed_identity_sources() {
     let text = "[[tenant]]\nname = \"vm\"\ncredential = \"managed_identity\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
     let config = parse_env(text, &[]).unwrap();
-    assert_eq!(config.tenants[0].client_id, "");
+    assert_eq!(&*config.tenants[0].client_id, "");
     assert_eq!(config.tenants[0].tenant_id, "");
     assert_eq!(config.daemon.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
     let env = [
@@ -383,7 +386,7 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
     );
     assert_eq!(tenant.token_url(), "https://auth.example.com/oauth2/token");
     // Only what is sent is claimed: no resource indicator was asked for.
-    assert_eq!(tenant.resource, "");
+    assert_eq!(&*tenant.resource, "");
     assert_eq!(tenant.requested_scope().as_deref(), Some("reports.read"));
     assert_eq!(tenant.requested_audience(), Some("https://api.example.com"));
     // RFC 8707: one resource, or several.
@@ -396,20 +399,20 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
         one.tenants[0].oauth2.as_ref().unwrap().resources,
         ["https://api.example.com/reports"]
     );
-    assert_eq!(one.tenants[0].resource, "https://api.example.com/reports");
+    assert_eq!(&*one.tenants[0].resource, "https://api.example.com/reports");
     let two = parse_env(
         &format!("{text}resource = [\"https://a.example\", \"urn:b\"]\n"),
         &[],
     )
     .unwrap();
-    assert_eq!(two.tenants[0].resource, "https://a.example urn:b");
+    assert_eq!(&*two.tenants[0].resource, "https://a.example urn:b");
     // [defaults]' resource is Entra's App ID URI: never sent to a third-party server.
     let inherited = parse_env(
         &format!("[defaults]\nresource = \"https://analysis.windows.net/powerbi/api\"\n{text}"),
         &[],
     )
     .unwrap();
-    assert_eq!(inherited.tenants[0].resource, "");
+    assert_eq!(&*inherited.tenants[0].resource, "");
     assert!(
         inherited.tenants[0]
             .oauth2
@@ -467,7 +470,10 @@ fn managed_identity_is_chosen_explicitly_and_never_inherits_the_app_client_id() 
 
     let system = parse_env(&layout("managed_identity = \"system\"\n"), &[]).unwrap();
     let tenant = &system.tenants[0];
-    assert_eq!(tenant.client_id, "", "the app's client ID must not be used");
+    assert_eq!(
+        &*tenant.client_id, "",
+        "the app's client ID must not be used"
+    );
     let CredentialConfig::ManagedIdentity(managed) = &tenant.credential else {
         panic!("{:?}", tenant.credential);
     };
@@ -486,7 +492,7 @@ fn managed_identity_is_chosen_explicitly_and_never_inherits_the_app_client_id() 
         };
         assert_eq!(managed.identity, expected);
         let label = if selector == "client_id" { uami } else { "" };
-        assert_eq!(config.tenants[0].client_id, label);
+        assert_eq!(&*config.tenants[0].client_id, label);
     }
     let err = parse_env(&layout("managed_identity = \"user\"\n"), &[])
         .unwrap_err()

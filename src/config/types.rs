@@ -367,19 +367,19 @@ pub struct TenantConfig {
     /// (a generic OAuth2 server, a managed identity without a configured tenant).
     pub tenant_id: String,
     /// Application (client) ID; empty for a system-assigned managed identity.
-    pub client_id: String,
+    pub client_id: Arc<str>,
     /// The credential.
     pub credential: CredentialConfig,
     /// Set for `provider = "oauth2"`; `None` for Entra. Boxed, like `schedule`: rare, and a
     /// hundred thousand tenants carry the field.
     pub oauth2: Option<Box<OAuth2Config>>,
     /// Authority host without trailing slash.
-    pub authority_host: String,
+    pub authority_host: Arc<str>,
     /// Endpoint version.
     pub api: ApiVersion,
     /// App ID URI of the resource (Power BI unless overridden); for a generic OAuth2 server the
     /// RFC 8707 resource indicators sent, space-separated, or empty when none is sent.
-    pub resource: String,
+    pub resource: Arc<str>,
     /// Fraction of the lifetime after which to refresh.
     pub refresh_at: f64,
     /// ± fraction of the lifetime, stable per tenant.
@@ -445,15 +445,15 @@ impl TenantConfig {
         TenantConfig {
             name: name.to_owned(),
             tenant_id: tenant_id.to_owned(),
-            client_id: client_id.to_owned(),
+            client_id: client_id.into(),
             credential: CredentialConfig::ClientSecret {
                 source: secret,
                 expires_on: None,
             },
             oauth2: None,
-            authority_host: authority_host.to_owned(),
+            authority_host: authority_host.into(),
             api: ApiVersion::V2,
-            resource: Cloud::Public.power_bi_resource().to_owned(),
+            resource: Cloud::Public.power_bi_resource().into(),
             refresh_at: 0.5,
             jitter: 0.1,
             sinks: vec![SinkConfig::File(FileSinkConfig {

@@ -89,8 +89,8 @@ pub fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken
         Some(recorded) => *recorded == tenant.requested_scope(),
     };
     let same = file.tenant_id.unwrap_or_default() == tenant.tenant_id
-        && file.client_id.unwrap_or_default() == tenant.client_id
-        && file.resource.unwrap_or_default() == tenant.resource
+        && file.client_id.unwrap_or_default() == *tenant.client_id
+        && file.resource.unwrap_or_default() == *tenant.resource
         && same_scope
         && file.audience.as_deref() == tenant.requested_audience();
     if !same {
