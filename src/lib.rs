@@ -20,7 +20,8 @@
 //! * [`error`]: failures classified as transient, throttled, permanent or sink.
 //! * [`schedule`]: pure functions deciding the next wake-up (refresh point, jitter, backoff,
 //!   `Retry-After`, cron, the minimum interval between attempts).
-//! * [`tenant`]: the per-tenant loop; [`supervisor`] starts, stops and reconciles those loops,
+//! * [`tenant`]: one tenant's refresher, step by step; [`supervisor`] keeps the sleeping tenants
+//!   in a timetable, runs each step when due, and starts, stops and reconciles tenants,
 //!   and restarts one that panicked.
 //! * [`sink`]: where tokens are written (atomic files).
 //! * [`status`]: each tenant's current state, read by `once` and the admin endpoints.
