@@ -1,7 +1,8 @@
-//! Benchmark: the release daemon against the simulated Entra ID with many tenants.
+//! Benchmark: the release daemon against the simulated Entra ID with many tenants, and the floor.
 //!
 //! ```text
-//! cargo build --release && cargo run --release --example bench_tenants -- [TENANTS] [IDLE_SECONDS]
+//! cargo build --release && cargo build --release --example bench_tenants
+//! target/release/examples/bench_tenants [TENANTS] [IDLE_SECONDS] [--tls] [--runs N] [--dir PATH]
 //! ```
 //!
 //! Starts the simulator in this process, writes a config with TENANTS tenants (default 10000),
@@ -12,8 +13,27 @@
 //! reports the scrape's size, latency, CPU cost and the RSS afterwards. Last, the floor in the
 //! same run against the same simulator: per tenant one token request, its JSON parsed and the
 //! daemon's own atomic write, 16 at a time; and the daemon/floor ratio of the cold start.
+//!
+//! * `--tls`: the simulator serves HTTPS with a CA and a `127.0.0.1` certificate made for this
+//!   run. The daemon trusts the CA through `[daemon] ca_file`, the floor's client adds the same
+//!   CA to its roots the same way (`tls_certs_merge`), so both pay for the same handshakes.
+//! * `--runs N` (default 1): the daemon's cold start and the floor alternate N times (daemon,
+//!   floor, daemon, floor, …), each on a fresh token directory, so a drift of the machine (disk,
+//!   other load) falls on both alike. Each pair is printed, then the median daemon time, the
+//!   median floor time and the median of the per-pair ratios. Peak RSS, idle CPU and the scrapes
+//!   are measured once, in the first daemon run.
+//! * `--dir PATH` (default: the system's temporary directory): where the token directories go,
+//!   in a fresh directory under PATH that is removed at the end; e.g. `/dev/shm` for tmpfs or
+//!   `/var/tmp` for the disk. Its file system type is printed.
+//!
+//! The cold start ends when the last token file exists. Until the simulator has answered as
+//! many token requests as there are tenants, only its request counter is watched; the token
+//! directory is listed (every 5 ms) only after that, so listing 10,000 files does not take CPU
+//! from the daemon it measures. Before each timed phase, `sync` flushes the previous phase's
+//! writes, and each phase's token directory is removed after its pair, so neither lands on the
+//! next.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,22 +42,118 @@ use std::time::{Duration, Instant};
 use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
 
 mod common;
-use common::{CLIENT_ID, SECRET, daemon_binary, read_status_kib};
+use common::{BoxError, CLIENT_ID, SECRET, daemon_binary, read_status_kib};
 
 /// Requests in flight: the daemon's default `max_concurrent_requests`, and the floor's workers.
 const CONCURRENCY: usize = 16;
 
-fn main() -> Result<(), common::BoxError> {
-    let mut args = std::env::args().skip(1);
-    let tenants: usize = args
-        .next()
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(10_000);
-    let idle: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(60);
+/// The longest a cold start (daemon or floor) may take before the benchmark gives up.
+const COLD_START_LIMIT: Duration = Duration::from_secs(300);
+
+const USAGE: &str = "usage: bench_tenants [TENANTS] [IDLE_SECONDS] [--tls] [--runs N] [--dir PATH]";
+
+/// The command line.
+struct Options {
+    /// Tenants in the config and in the simulator.
+    tenants: usize,
+    /// Seconds of idling measured after the first cold start.
+    idle: u64,
+    /// Whether the simulator serves HTTPS.
+    tls: bool,
+    /// Daemon/floor pairs.
+    runs: usize,
+    /// Where the token directories go; `None` for the system's temporary directory.
+    dir: Option<PathBuf>,
+}
+
+impl Options {
+    fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, BoxError> {
+        let mut options = Options {
+            tenants: 10_000,
+            idle: 60,
+            tls: false,
+            runs: 1,
+            dir: None,
+        };
+        let mut positional = 0;
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value)),
+                _ => (arg.clone(), None),
+            };
+            let mut value = |name: &str| {
+                inline
+                    .map(str::to_owned)
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+            };
+            match flag.as_str() {
+                "--tls" => options.tls = true,
+                "--runs" => {
+                    options.runs = value("--runs")?.parse()?;
+                    if options.runs == 0 {
+                        return Err(format!("--runs must be at least 1\n{USAGE}").into());
+                    }
+                }
+                "--dir" => options.dir = Some(PathBuf::from(value("--dir")?)),
+                "-h" | "--help" => return Err(USAGE.into()),
+                other if other.starts_with('-') => {
+                    return Err(format!("unknown option {other}\n{USAGE}").into());
+                }
+                _ => {
+                    match positional {
+                        0 => options.tenants = arg.parse()?,
+                        1 => options.idle = arg.parse()?,
+                        _ => return Err(format!("unexpected argument {arg}\n{USAGE}").into()),
+                    }
+                    positional += 1;
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// What every cold start of the run shares.
+struct Bench {
+    /// The release daemon.
+    binary: PathBuf,
+    /// The simulated Entra ID, with every tenant registered.
+    sim: SimEntra,
+    /// Tenants in the config.
+    tenants: usize,
+    /// The CA file the daemon's config names and the floor trusts, with `--tls`.
+    ca_file: Option<PathBuf>,
+    /// The run's own directory under `--dir`: configs and token directories.
+    work: PathBuf,
+}
+
+fn main() -> Result<(), BoxError> {
+    let options = Options::parse(std::env::args().skip(1))?;
+    let tenants = options.tenants;
     let binary = daemon_binary()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let sim = runtime.block_on(SimEntra::start())?;
+    let work = match &options.dir {
+        Some(dir) => tempfile::Builder::new()
+            .prefix("bench_tenants.")
+            .tempdir_in(dir)?,
+        None => tempfile::Builder::new()
+            .prefix("bench_tenants.")
+            .tempdir()?,
+    };
+    let (sim, ca_file) = if options.tls {
+        let pki = common::pki::loopback_pki()?;
+        let ca_file = work.path().join("ca.pem");
+        std::fs::write(&ca_file, &pki.ca_pem)?;
+        let sim = runtime.block_on(SimEntra::start_tls(
+            pki.cert_pem.as_bytes(),
+            pki.key_pem.as_bytes(),
+        ))?;
+        (sim, Some(ca_file))
+    } else {
+        (runtime.block_on(SimEntra::start())?, None)
+    };
     for i in 0..tenants {
         sim.add_tenant(
             &format!("t{i}.example.com"),
@@ -51,18 +167,95 @@ fn main() -> Result<(), common::BoxError> {
             ),
         );
     }
-    let work = tempfile::tempdir()?;
-    let tokens = work.path().join("tokens");
-    let config = work.path().join("config.toml");
+    let bench = Bench {
+        binary,
+        sim,
+        tenants,
+        ca_file,
+        work: work.path().to_owned(),
+    };
+
+    println!(
+        "tenants: {tenants}, {}, runs: {}, binary: {}",
+        if options.tls { "HTTPS" } else { "plain HTTP" },
+        options.runs,
+        bench.binary.display()
+    );
+    println!(
+        "token directories under {} ({})",
+        bench.work.display(),
+        file_system(&bench.work).unwrap_or_else(|| "file system unknown".to_owned())
+    );
+    let mut pairs = Vec::with_capacity(options.runs);
+    for run in 1..=options.runs {
+        let idle = (run == 1).then_some(options.idle);
+        sync()?;
+        let daemon = daemon_cold_start(&bench, &runtime, run, idle)?;
+        sync()?;
+        let floor_dir = bench.work.join(format!("floor-{run}"));
+        let floor = runtime.block_on(floor(
+            &bench.sim.authority_host(),
+            bench.ca_file.as_deref(),
+            tenants,
+            &floor_dir,
+        ))?;
+        if count_tokens(&floor_dir) < tenants {
+            return Err("the floor did not write every file".into());
+        }
+        let ratio = daemon.as_secs_f64() / floor.as_secs_f64().max(1e-9);
+        println!(
+            "run {run}/{}: daemon {:.2} s, floor (request, parse, the same atomic write; {CONCURRENCY} at a time) {:.2} s, daemon/floor {ratio:.2}",
+            options.runs,
+            daemon.as_secs_f64(),
+            floor.as_secs_f64(),
+        );
+        pairs.push((daemon.as_secs_f64(), floor.as_secs_f64(), ratio));
+        std::fs::remove_dir_all(bench.work.join(format!("daemon-{run}")))?;
+        std::fs::remove_dir_all(&floor_dir)?;
+    }
+    if options.runs > 1 {
+        let median_of = |pick: fn(&(f64, f64, f64)) -> f64| median(pairs.iter().map(pick));
+        println!(
+            "median of {} runs: daemon {:.2} s, floor {:.2} s, daemon/floor {:.2} (median of the per-run ratios)",
+            options.runs,
+            median_of(|pair| pair.0),
+            median_of(|pair| pair.1),
+            median_of(|pair| pair.2),
+        );
+    }
+    drop(bench);
+    drop(runtime);
+    work.close()?;
+    Ok(())
+}
+
+/// One cold start of the daemon on a fresh token directory `daemon-<run>`: spawn to the last
+/// token file. With `idle` (the first run), also measures the idle CPU, the peak RSS and four
+/// scrapes, and prints them. The daemon is stopped with SIGTERM before returning.
+fn daemon_cold_start(
+    bench: &Bench,
+    runtime: &tokio::runtime::Runtime,
+    run: usize,
+    idle: Option<u64>,
+) -> Result<Duration, BoxError> {
+    let tenants = bench.tenants;
+    let tokens = bench.work.join(format!("daemon-{run}"));
+    let config = bench.work.join(format!("config-{run}.toml"));
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     std::fs::write(
         &config,
-        config_text(&sim.authority_host(), &tokens, tenants, admin_port),
+        config_text(
+            &bench.sim.authority_host(),
+            bench.ca_file.as_deref(),
+            &tokens,
+            tenants,
+            admin_port,
+        ),
     )?;
 
-    println!("tenants: {tenants}, binary: {}", binary.display());
+    let requests_before = bench.sim.total_requests();
     let started = Instant::now();
     // BENCH_WRAP runs the daemon under a profiler, e.g. "heaptrack" or "valgrind --tool=massif".
     let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
@@ -70,10 +263,10 @@ fn main() -> Result<(), common::BoxError> {
     let mut child = match words.next() {
         Some(program) => {
             let mut command = Command::new(program);
-            command.args(words).arg(&binary);
+            command.args(words).arg(&bench.binary);
             command
         }
-        None => Command::new(&binary),
+        None => Command::new(&bench.binary),
     };
     let mut child = child
         .args(["run", "--config"])
@@ -85,25 +278,56 @@ fn main() -> Result<(), common::BoxError> {
         .spawn()?;
     let pid = child.id();
     loop {
-        if count_tokens(&tokens) >= tenants {
+        // Listing the directory costs CPU the daemon would miss: wait on the simulator's
+        // counter until every tenant has asked, then on the files.
+        let asked = bench.sim.total_requests() - requests_before >= tenants as u64;
+        if asked && count_tokens(&tokens) >= tenants {
             break;
         }
         if let Some(status) = child.try_wait()? {
             return Err(format!("daemon exited early: {status}").into());
         }
-        if started.elapsed() > Duration::from_secs(300) {
+        if started.elapsed() > COLD_START_LIMIT {
+            let _ = child.kill();
             return Err("not all token files were written within 300 s".into());
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(if asked { 5 } else { 10 }));
     }
     let all_written = started.elapsed();
+    if let Some(idle) = idle {
+        idle_and_scrapes(bench, runtime, pid, admin_port, idle, all_written)?;
+    }
+
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()?;
+    let exit = child.wait()?;
+    if idle.is_some() {
+        println!("exit after SIGTERM: {exit}");
+    } else if !exit.success() {
+        return Err(format!("daemon exit after SIGTERM: {exit}").into());
+    }
+    Ok(all_written)
+}
+
+/// After a cold start: CPU over `idle` seconds, peak RSS, four scrapes of `/metrics`; printed.
+fn idle_and_scrapes(
+    bench: &Bench,
+    runtime: &tokio::runtime::Runtime,
+    pid: u32,
+    admin_port: u16,
+    idle: u64,
+    all_written: Duration,
+) -> Result<(), BoxError> {
+    let tenants = bench.tenants;
+    let requests_before_idle = bench.sim.total_requests();
     let rss_after_start = read_status_kib(pid, "VmRSS:")?;
     let cpu_start = cpu_seconds(pid)?;
-    let requests_before_idle = sim.total_requests();
     std::thread::sleep(Duration::from_secs(idle));
     let cpu_idle = cpu_seconds(pid)? - cpu_start;
     let peak_rss = read_status_kib(pid, "VmHWM:")?;
-    let requests_during_idle = sim.total_requests() - requests_before_idle;
+    let requests_during_idle = bench.sim.total_requests() - requests_before_idle;
 
     // Scrapes: what monitoring costs with this many tenants.
     let cpu_before_scrapes = cpu_seconds(pid)?;
@@ -127,12 +351,6 @@ fn main() -> Result<(), common::BoxError> {
     let rss_after_scrapes = read_status_kib(pid, "VmRSS:")?;
     let peak_with_scrapes = read_status_kib(pid, "VmHWM:")?;
 
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()?;
-    let exit = child.wait()?;
-
     println!(
         "all {tenants} token files written after: {:.2} s",
         all_written.as_secs_f64()
@@ -154,31 +372,28 @@ fn main() -> Result<(), common::BoxError> {
         rss_after_scrapes as f64 / 1024.0,
         peak_with_scrapes as f64 / 1024.0
     );
-    println!("exit after SIGTERM: {exit}");
-
-    // The floor, in the same run against the same simulator: the least work the cold start
-    // needs, without the daemon around it.
-    let floor_dir = work.path().join("floor");
-    let floor = runtime.block_on(floor(&sim.authority_host(), tenants, &floor_dir))?;
-    if count_tokens(&floor_dir) < tenants {
-        return Err("the floor did not write every file".into());
-    }
-    println!(
-        "floor (request, parse, the same atomic write; {CONCURRENCY} at a time): {:.2} s; daemon/floor: {:.2}",
-        floor.as_secs_f64(),
-        all_written.as_secs_f64() / floor.as_secs_f64().max(1e-9)
-    );
-    drop(runtime);
     Ok(())
 }
 
 /// One token request per tenant, its JSON parsed, and the daemon's own atomic write (temp file,
 /// fsync, rename, directory fsync) of the document, [`CONCURRENCY`] tenants at a time; timed to
-/// the last file.
-async fn floor(authority: &str, tenants: usize, dir: &Path) -> Result<Duration, common::BoxError> {
+/// the last file. With `ca_file`, the client trusts that CA on top of the system's roots, as the
+/// daemon's client does with `[daemon] ca_file`.
+async fn floor(
+    authority: &str,
+    ca_file: Option<&Path>,
+    tenants: usize,
+    dir: &Path,
+) -> Result<Duration, BoxError> {
     std::fs::create_dir_all(dir)?;
     let started = Instant::now();
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut http = reqwest::Client::builder().no_proxy();
+    if let Some(ca_file) = ca_file {
+        http = http.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&std::fs::read(
+            ca_file,
+        )?)?);
+    }
+    let http = http.build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENCY {
@@ -188,7 +403,7 @@ async fn floor(authority: &str, tenants: usize, dir: &Path) -> Result<Duration, 
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= tenants {
-                    return Ok::<(), common::BoxError>(());
+                    return Ok::<(), BoxError>(());
                 }
                 let (value, _) = common::floor_fetch(&http, &authority, index).await?;
                 let path = dir.join(format!("t{index}.json"));
@@ -199,17 +414,35 @@ async fn floor(authority: &str, tenants: usize, dir: &Path) -> Result<Duration, 
             }
         });
     }
-    while let Some(joined) = workers.join_next().await {
-        joined??;
-    }
+    let finished = tokio::time::timeout(COLD_START_LIMIT, async {
+        while let Some(joined) = workers.join_next().await {
+            joined??;
+        }
+        Ok::<(), BoxError>(())
+    })
+    .await;
+    finished.map_err(|_| "the floor did not finish within 300 s")??;
     Ok(started.elapsed())
 }
 
-fn config_text(authority: &str, tokens: &Path, tenants: usize, admin_port: u16) -> String {
-    let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[defaults]\nauthority_host = \"{authority}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"BENCH_SECRET\" }}\nsinks = [ {{ type = \"file\", path = \"{}/{{name}}.json\" }} ]\n",
+fn config_text(
+    authority: &str,
+    ca_file: Option<&Path>,
+    tokens: &Path,
+    tenants: usize,
+    admin_port: u16,
+) -> String {
+    let mut text = format!("[server]\nlisten = \"127.0.0.1:{admin_port}\"\n\n");
+    if let Some(ca_file) = ca_file {
+        text.push_str(&format!(
+            "[daemon]\nca_file = \"{}\"\n\n",
+            ca_file.display()
+        ));
+    }
+    text.push_str(&format!(
+        "[defaults]\nauthority_host = \"{authority}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ env = \"BENCH_SECRET\" }}\nsinks = [ {{ type = \"file\", path = \"{}/{{name}}.json\" }} ]\n",
         tokens.display()
-    );
+    ));
     for i in 0..tenants {
         text.push_str(&format!(
             "\n[[tenant]]\nname = \"t{i}\"\ntenant_id = \"t{i}.example.com\"\n"
@@ -230,8 +463,46 @@ fn count_tokens(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The median; the mean of the middle two for an even count.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Flushes every file system's dirty data, so one phase's writeback does not fall on the next.
+fn sync() -> Result<(), BoxError> {
+    let status = Command::new("sync").status()?;
+    if !status.success() {
+        return Err(format!("sync: {status}").into());
+    }
+    Ok(())
+}
+
+/// The type of the file system holding `path` ("tmpfs", "ext4", …): the longest mount point
+/// in /proc/self/mountinfo that contains it.
+fn file_system(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // Fields: id parent dev root mount-point options [optional…] - type source options.
+            let mount_point = line.split(' ').nth(4)?.replace("\\040", " ");
+            let fs_type = line.split(" - ").nth(1)?.split(' ').next()?;
+            path.starts_with(&mount_point)
+                .then(|| (mount_point.len(), fs_type.to_owned()))
+        })
+        .max_by_key(|(length, _)| *length)
+        .map(|(_, fs_type)| fs_type)
+}
+
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64, common::BoxError> {
+fn cpu_seconds(pid: u32) -> Result<f64, BoxError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = stat.rsplit_once(')').ok_or("malformed stat")?.1;
@@ -240,4 +511,37 @@ fn cpu_seconds(pid: u32) -> Result<f64, common::BoxError> {
     let hz = Command::new("getconf").arg("CLK_TCK").output()?;
     let hz: f64 = String::from_utf8(hz.stdout)?.trim().parse()?;
     Ok(ticks as f64 / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, BoxError> {
+        Options::parse(args.iter().map(|arg| (*arg).to_owned()))
+    }
+
+    #[test]
+    fn positional_arguments_and_options_mix() {
+        let options = parse(&["2000", "--tls", "5", "--runs", "3", "--dir=/dev/shm"]).unwrap();
+        assert_eq!((options.tenants, options.idle, options.runs), (2000, 5, 3));
+        assert!(options.tls);
+        assert_eq!(options.dir.as_deref(), Some(Path::new("/dev/shm")));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(
+            (defaults.tenants, defaults.idle, defaults.runs),
+            (10_000, 60, 1)
+        );
+        assert!(!defaults.tls && defaults.dir.is_none());
+        assert!(parse(&["--runs", "0"]).is_err());
+        assert!(parse(&["--runs"]).is_err());
+        assert!(parse(&["--fast"]).is_err());
+        assert!(parse(&["1", "2", "3"]).is_err());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+    }
 }

@@ -24,6 +24,66 @@ async fn setup() -> (SimEntra, TenantConfig, TokenClient) {
     (sim, tenant, TokenClient::new(&daemon).unwrap())
 }
 
+/// HTTPS end to end: the simulator serves a certificate from a CA made for this test, which the
+/// client trusts only through `ca_file`; failed handshakes (an untrusting client, plain HTTP sent
+/// to the TLS port) close their own connections and the server goes on.
+#[tokio::test]
+async fn https_simulator_is_trusted_through_ca_file() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    init();
+    let pki = pki::loopback_pki().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let sim = SimEntra::start_tls(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(sim.authority_host(), format!("https://{}", sim.addr()));
+    register(&sim, "contoso.onmicrosoft.com", Duration::from_secs(3599));
+    let tenant = tenant(&sim, "contoso", "contoso.onmicrosoft.com", dir.path());
+    let daemon = DaemonConfig {
+        request_timeout: Duration::from_millis(1500),
+        ..DaemonConfig::default()
+    };
+
+    let untrusting = TokenClient::new(&daemon).unwrap();
+    let error = untrusting
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(error.reason, Reason::Network, "{error:?}");
+
+    let mut plain = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    plain
+        .write_all(b"POST /contoso.onmicrosoft.com/oauth2/v2.0/token HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "the server closes a connection that is not TLS"
+    );
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "no plain HTTP answer on the TLS port"
+    );
+    assert_eq!(sim.total_requests(), 0);
+
+    let trusting = TokenClient::new(&DaemonConfig {
+        ca_file: Some(ca_file),
+        ..daemon
+    })
+    .unwrap();
+    let token = trusting
+        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        .await
+        .unwrap();
+    assert_eq!(token.lifetime().get(), Duration::from_secs(3599));
+    assert_eq!(sim.issued_count("contoso.onmicrosoft.com"), 1);
+}
+
 fn form_value(form: &[(String, String)], key: &str) -> Option<String> {
     form.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }

@@ -1,8 +1,12 @@
-//! What the benchmarks that run the release daemon as a child process share: finding the binary
-//! and reading the child's memory.
+//! What the benchmarks that run the release daemon as a child process share: finding the binary,
+//! reading the child's memory, the floor's token request, and certificates for HTTPS.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+// Only bench_tenants serves HTTPS; the other benchmarks would warn that it is unused.
+#[allow(dead_code)]
+pub mod pki;
 
 /// Errors of the benchmark helpers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

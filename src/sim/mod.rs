@@ -53,8 +53,10 @@
 //!   without one, the system-assigned identity (else a sole user-assigned one) answers. A
 //!   script of one-shot statuses (404, 410, 429, 5xx) injects the faults IMDS is known for.
 //!
-//! Not simulated: TLS. The simulator speaks plain HTTP; the daemon allows that for loopback
-//! authority hosts only.
+//! * **TLS.** [`SimEntra::start`] speaks plain HTTP, which the daemon allows for loopback
+//!   authority hosts only; [`SimEntra::start_tls`] serves the same endpoints over HTTPS with a
+//!   certificate the caller provides, so a client pays for handshakes and chain checks as it
+//!   does against Entra (the daemon then trusts the caller's CA through `[daemon] ca_file`).
 //!
 //! Cost per request is one short critical section on a `std::sync::Mutex` (never held across
 //! an `.await`), so ten thousand tenants refreshing together do not contend on the simulator.
@@ -77,6 +79,7 @@
 //! * `assertion.rs`: client assertions signed with a registered certificate, and JWT decoding.
 //! * `federated.rs`: external tokens matched against federated identity credentials.
 //! * `managed_identity.rs`: the IMDS and App Service endpoints.
+//! * `tls.rs`: the HTTPS accept loop of [`SimEntra::start_tls`].
 //! * `wire.rs`: small helpers: form and Basic decoding, GUIDs, base64, the clock, JSON headers,
 //!   redaction.
 //! * `test_support.rs` (tests only): the fixture and request helpers the test modules share.
@@ -100,6 +103,7 @@ mod federated;
 mod managed_identity;
 #[cfg(test)]
 mod test_support;
+mod tls;
 mod token_endpoint;
 mod wire;
 
@@ -260,21 +264,11 @@ pub enum RetryAfter {
 }
 
 impl SimEntra {
-    /// Binds 127.0.0.1:0 and serves in a spawned tokio task.
+    /// Binds 127.0.0.1:0 and serves plain HTTP in a spawned tokio task.
     pub async fn start() -> std::io::Result<SimEntra> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
-        let (shutdown, stopped) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            authority_host: format!("http://{addr}"),
-            registry: Mutex::new(HashMap::new()),
-            total_requests: AtomicU64::new(0),
-            serial: AtomicU64::new(0),
-            managed_identity: Mutex::new(ManagedIdentityState::default()),
-            shutdown: stopped.clone(),
-        });
-        let app = router(Arc::clone(&shared));
-        let mut stop = stopped;
+        let (listener, sim, stop) = SimEntra::bind("http").await?;
+        let app = router(Arc::clone(&sim.shared));
+        let mut stop = stop;
         tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -286,15 +280,52 @@ impl SimEntra {
                 tracing::warn!(%error, "simulated Entra ID stopped with an error");
             }
         });
-        tracing::debug!(%addr, "simulated Entra ID listening");
-        Ok(SimEntra {
+        Ok(sim)
+    }
+
+    /// Binds 127.0.0.1:0 and serves HTTPS in a spawned tokio task: the same endpoints as
+    /// [`SimEntra::start`], behind `cert_chain_pem` (the server certificate first, then any
+    /// intermediates; it must name `127.0.0.1` for a client to accept it) and its PEM private
+    /// key. A failed handshake closes that connection only.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the PEM holds no certificate or key or they do not match; binding
+    /// errors.
+    pub async fn start_tls(cert_chain_pem: &[u8], key_pem: &[u8]) -> std::io::Result<SimEntra> {
+        let acceptor = tls::acceptor(cert_chain_pem, key_pem)?;
+        let (listener, sim, stop) = SimEntra::bind("https").await?;
+        let app = router(Arc::clone(&sim.shared));
+        tokio::spawn(tls::serve(listener, acceptor, app, stop));
+        Ok(sim)
+    }
+
+    /// The listener and the handle, with `scheme` in the authority host; the receiver turns
+    /// `true` when the handle is dropped.
+    async fn bind(
+        scheme: &str,
+    ) -> std::io::Result<(tokio::net::TcpListener, SimEntra, watch::Receiver<bool>)> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stopped) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            authority_host: format!("{scheme}://{addr}"),
+            registry: Mutex::new(HashMap::new()),
+            total_requests: AtomicU64::new(0),
+            serial: AtomicU64::new(0),
+            managed_identity: Mutex::new(ManagedIdentityState::default()),
+            shutdown: stopped.clone(),
+        });
+        tracing::debug!(%addr, scheme, "simulated Entra ID listening");
+        let sim = SimEntra {
             addr,
             shared,
             shutdown,
-        })
+        };
+        Ok((listener, sim, stopped))
     }
 
-    /// `"http://127.0.0.1:PORT"` (no trailing slash), for use as the daemon's authority host.
+    /// `"http://127.0.0.1:PORT"`, or `"https://…"` from [`SimEntra::start_tls`] (no trailing
+    /// slash), for use as the daemon's authority host.
     pub fn authority_host(&self) -> String {
         self.shared.authority_host.clone()
     }
@@ -485,7 +516,8 @@ impl SimEntra {
         self.shared.managed_identity().last_request.clone()
     }
 
-    /// `"http://127.0.0.1:PORT/metadata/identity/oauth2/token"`: the IMDS token URL the daemon
+    /// `"http://127.0.0.1:PORT/metadata/identity/oauth2/token"` (`https` when started with
+    /// [`SimEntra::start_tls`]): the IMDS token URL the daemon
     /// is pointed at instead of `http://169.254.169.254/…`.
     pub fn imds_endpoint(&self) -> String {
         format!(
@@ -494,7 +526,7 @@ impl SimEntra {
         )
     }
 
-    /// `"http://127.0.0.1:PORT/msi/token"`: the value for `IDENTITY_ENDPOINT`.
+    /// `"http://127.0.0.1:PORT/msi/token"` (or `https`): the value for `IDENTITY_ENDPOINT`.
     pub fn app_service_endpoint(&self) -> String {
         format!("{}/msi/token", self.shared.authority_host)
     }
@@ -508,7 +540,7 @@ impl Drop for SimEntra {
 
 /// State shared between the [`SimEntra`] handle and the request handlers.
 struct Shared {
-    /// `http://127.0.0.1:PORT`, for discovery documents.
+    /// `http://127.0.0.1:PORT` (or `https`), for discovery documents and assertion audiences.
     authority_host: String,
     /// Per tenant path segment (lower case): configuration, behaviour and counters.
     registry: Mutex<HashMap<String, TenantEntry>>,

@@ -224,5 +224,9 @@ impl Running {
 }
 
 /// The real binary as a child process (spawn, log, signals, memory).
+/// A CA and a 127.0.0.1 server certificate for the simulator's HTTPS; the benchmark's own file,
+/// so the benchmark and the tests make their certificates the same way.
+#[path = "../../examples/common/pki.rs"]
+pub mod pki;
 pub mod process;
 pub mod redis_server;
