@@ -1,6 +1,7 @@
 //! The admin HTTP server (`[server] listen`, default 127.0.0.1:9464).
 //!
-//! * `GET /metrics` — Prometheus text exposition; per-tenant gauges are computed at scrape time.
+//! * `GET /metrics` — Prometheus text exposition; per-tenant gauges are computed at scrape time,
+//!   for the tenants `[server] per_tenant_metrics` asks for, and aggregates over all tenants.
 //! * `GET /healthz` — 200 while the runtime answers; 503 once shutdown has begun. A tenant task
 //!   that panics is restarted by the supervisor with backoff (and logged at ERROR, counted in
 //!   `powerbi_tokend_task_panics_total` and `/status`'s `task_panics`), so it does not fail the
@@ -119,7 +120,16 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, stop: C
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let body = state.metrics.render(&state.registry);
+    // Rendering a large fleet takes milliseconds of CPU: on a blocking thread, it never holds
+    // up the runtime worker that tenant tasks run on.
+    let rendered = tokio::task::spawn_blocking(move || state.metrics.render(&state.registry)).await;
+    let body = match rendered {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(error = %err, "rendering /metrics failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response();
+        }
+    };
     (
         [(
             header::CONTENT_TYPE,

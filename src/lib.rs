@@ -169,6 +169,7 @@ impl Daemon {
     /// The admin address cannot be bound, or the HTTP client cannot be built.
     pub async fn start(config: Config) -> Result<Daemon, RunError> {
         let metrics = Arc::new(Metrics::new()?);
+        metrics.set_per_tenant_metrics(config.server.per_tenant_metrics);
         let registry = Registry::new();
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
@@ -325,6 +326,9 @@ impl Daemon {
                 }
             }
         }
+        // The reload is accepted: the next scrape follows the new per-tenant metrics mode.
+        self.metrics
+            .set_per_tenant_metrics(new.server.per_tenant_metrics);
         sink::clean_up(&new.tenants).await;
         let result = self.supervisor.reconcile(&new.tenants, restart_all).await;
         self.metrics.reload(true);

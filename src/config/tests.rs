@@ -851,3 +851,32 @@ fn max_requests_per_second_is_a_whole_positive_number() {
         );
     }
 }
+
+#[test]
+fn per_tenant_metrics_is_one_of_three_modes() {
+    assert_eq!(
+        parse_ok(MINIMAL).server.per_tenant_metrics,
+        PerTenantMetrics::All
+    );
+    for mode in PerTenantMetrics::ALL {
+        let text = format!(
+            "[server]\nper_tenant_metrics = \"{}\"\n{MINIMAL}",
+            mode.as_str()
+        );
+        assert_eq!(parse_ok(&text).server.per_tenant_metrics, mode);
+    }
+    for (value, expected) in [
+        (
+            "\"failing\"",
+            ":2: server.per_tenant_metrics: unknown variant `failing`, expected one of `all`, `unhealthy`, `none`",
+        ),
+        (
+            "false",
+            ":2: server.per_tenant_metrics: invalid type: boolean `false`, expected one of `all`, `unhealthy`, `none`",
+        ),
+    ] {
+        let text = format!("[server]\nper_tenant_metrics = {value}\n{MINIMAL}");
+        let shown = parse_err(&text).to_string();
+        assert!(shown.contains(expected), "{value}: {shown}");
+    }
+}
