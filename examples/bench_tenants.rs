@@ -150,15 +150,17 @@ fn main() -> Result<(), common::BoxError> {
     println!("CPU over {idle} s idle: {cpu_idle:.3} s");
     for (mode, scrape) in &scrapes {
         println!(
-            "/metrics, per_tenant_metrics = {mode:?}: {} bytes ({:.2} MiB), slowest of 4 scrapes {:.0} ms, {:.3} CPU-s per scrape",
+            "/metrics, per_tenant_metrics = {mode:?}: {} bytes ({:.2} MiB), slowest of 4 scrapes {:.0} ms, {:.3} CPU-s per scrape; RSS before {:.1} MiB, after {:.1} MiB",
             scrape.bytes,
             scrape.bytes as f64 / 1_048_576.0,
             scrape.slowest.as_secs_f64() * 1000.0,
-            scrape.cpu_each
+            scrape.cpu_each,
+            scrape.rss_before_kib as f64 / 1024.0,
+            scrape.rss_after_kib as f64 / 1024.0,
         );
     }
     println!(
-        "RSS after the scrapes: {:.1} MiB (peak {:.1} MiB)",
+        "RSS after the scrapes and the reloads between them: {:.1} MiB (peak {:.1} MiB)",
         rss_after_scrapes as f64 / 1024.0,
         peak_with_scrapes as f64 / 1024.0
     );
@@ -234,6 +236,10 @@ struct Scrape {
     slowest: Duration,
     /// The daemon's CPU seconds per scrape.
     cpu_each: f64,
+    /// The daemon's RSS before the first (after the reload that set the mode), in KiB.
+    rss_before_kib: u64,
+    /// The daemon's RSS after the last, in KiB.
+    rss_after_kib: u64,
 }
 
 fn scrape(
@@ -241,6 +247,7 @@ fn scrape(
     admin_port: u16,
     pid: u32,
 ) -> Result<Scrape, common::BoxError> {
+    let rss_before_kib = read_status_kib(pid, "VmRSS:")?;
     let cpu_before = cpu_seconds(pid)?;
     let mut bytes = 0;
     let mut slowest = Duration::ZERO;
@@ -253,6 +260,8 @@ fn scrape(
         bytes,
         slowest,
         cpu_each: (cpu_seconds(pid)? - cpu_before) / 4.0,
+        rss_before_kib,
+        rss_after_kib: read_status_kib(pid, "VmRSS:")?,
     })
 }
 

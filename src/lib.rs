@@ -189,6 +189,7 @@ impl Daemon {
                 registry: registry.clone(),
                 metrics: metrics.clone(),
                 stopping: stopping.clone(),
+                renderer: http::Renderer::start(metrics.clone(), registry.clone()),
             },
             admin_stop.clone(),
         ));
@@ -326,11 +327,11 @@ impl Daemon {
                 }
             }
         }
-        // The reload is accepted: the next scrape follows the new per-tenant metrics mode.
-        self.metrics
-            .set_per_tenant_metrics(new.server.per_tenant_metrics);
         sink::clean_up(&new.tenants).await;
         let result = self.supervisor.reconcile(&new.tenants, restart_all).await;
+        // The next scrape follows the new per-tenant metrics mode.
+        self.metrics
+            .set_per_tenant_metrics(new.server.per_tenant_metrics);
         self.metrics.reload(true);
         tracing::info!(
             trigger,

@@ -28,8 +28,8 @@
 //! rows straight into the output, one family after the other as the text format requires: the
 //! status is not locked again, nor the registry walked nine times (which, chasing every tenant's
 //! status through the heap, took twice as long at ten thousand tenants). A tenant's refreshes
-//! never wait for more than its own copy. `/metrics` renders on a blocking thread, so a large
-//! fleet's scrape never holds up a runtime worker either.
+//! never wait for more than its own copy. `/metrics` renders on a thread of its own
+//! ([`crate::http::Renderer`]), so a large fleet's scrape never holds up a runtime worker either.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -295,7 +295,7 @@ impl Metrics {
 
     /// Renders the text exposition: fleet-wide metrics, the aggregates over tenants, then the
     /// per-tenant families the mode asks for. Takes long at a large fleet (a few milliseconds
-    /// per thousand tenants in mode `all`): call it off the async runtime.
+    /// per thousand tenants in mode `all`): the admin server calls it on a thread of its own.
     pub fn render(&self, tenants: &status::Registry) -> String {
         let now = SystemTime::now();
         let now_unix = system_to_unix_f64(now);
