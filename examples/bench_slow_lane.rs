@@ -85,6 +85,7 @@ async fn run(
             listen: "127.0.0.1:0".parse()?,
             watch_config: false,
             watch_interval: Duration::from_secs(5),
+            per_tenant_metrics: Default::default(),
         },
         daemon: DaemonConfig {
             request_timeout: Duration::from_secs(3),

@@ -9,8 +9,10 @@
 //! starts `target/release/powerbi-tokend run` as a child and reports, for the child alone:
 //! the time from spawn until every token file exists, its peak RSS (VmHWM), and the CPU seconds it
 //! uses over IDLE_SECONDS (default 60) of idling afterwards. Tokens live one hour, so no refresh
-//! falls into the idle window. Then it scrapes `/metrics` four times, as Prometheus would, and
-//! reports the scrape's size, latency, CPU cost and the RSS afterwards. Last, the floor in the
+//! falls into the idle window. Then it scrapes `/metrics` four times, as Prometheus would, in each
+//! `[server] per_tenant_metrics` mode (`all`, then `unhealthy` and `none` after a SIGHUP reload
+//! each), and reports each mode's scrape size, latency and CPU cost, and the RSS afterwards.
+//! Last, the floor in the
 //! same run against the same simulator: per tenant one token request, its JSON parsed and the
 //! daemon's own atomic write, 16 at a time; and the daemon/floor ratio of the cold start.
 //!
@@ -295,7 +297,7 @@ fn daemon_cold_start(
     }
     let all_written = started.elapsed();
     if let Some(idle) = idle {
-        idle_and_scrapes(bench, runtime, pid, admin_port, idle, all_written)?;
+        idle_and_scrapes(bench, runtime, pid, admin_port, &config, idle, all_written)?;
     }
 
     Command::new("kill")
@@ -317,6 +319,7 @@ fn idle_and_scrapes(
     runtime: &tokio::runtime::Runtime,
     pid: u32,
     admin_port: u16,
+    config: &Path,
     idle: u64,
     all_written: Duration,
 ) -> Result<(), BoxError> {
@@ -329,25 +332,27 @@ fn idle_and_scrapes(
     let peak_rss = read_status_kib(pid, "VmHWM:")?;
     let requests_during_idle = bench.sim.total_requests() - requests_before_idle;
 
-    // Scrapes: what monitoring costs with this many tenants.
-    let cpu_before_scrapes = cpu_seconds(pid)?;
-    let mut scrape_bytes = 0;
-    let mut slowest = Duration::ZERO;
-    for _ in 0..4 {
-        let scrape_started = Instant::now();
-        let body = runtime.block_on(async {
-            let client = reqwest::Client::builder().no_proxy().build()?;
-            client
-                .get(format!("http://127.0.0.1:{admin_port}/metrics"))
-                .send()
-                .await?
-                .text()
-                .await
-        })?;
-        slowest = slowest.max(scrape_started.elapsed());
-        scrape_bytes = body.len();
+    // Scrapes: what monitoring costs with this many tenants, in each `per_tenant_metrics` mode:
+    // the config starts in the default ("all"), a reload (SIGHUP) switches to the next.
+    let mut scrapes = Vec::new();
+    for mode in ["all", "unhealthy", "none"] {
+        if mode != "all" {
+            set_per_tenant_metrics(config, mode)?;
+            Command::new("kill")
+                .arg("-HUP")
+                .arg(pid.to_string())
+                .status()?;
+            let marker = format!("powerbi_tokend_per_tenant_metrics{{mode=\"{mode}\"}} 1");
+            let reloaded = Instant::now();
+            while !get_metrics(runtime, admin_port)?.contains(&marker) {
+                if reloaded.elapsed() > Duration::from_secs(120) {
+                    return Err(format!("the reload to {mode} did not show within 120 s").into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        scrapes.push((mode, scrape(runtime, admin_port, pid)?));
     }
-    let cpu_per_scrape = (cpu_seconds(pid)? - cpu_before_scrapes) / 4.0;
     let rss_after_scrapes = read_status_kib(pid, "VmRSS:")?;
     let peak_with_scrapes = read_status_kib(pid, "VmHWM:")?;
 
@@ -362,13 +367,19 @@ fn idle_and_scrapes(
     );
     println!("peak RSS (VmHWM): {:.1} MiB", peak_rss as f64 / 1024.0);
     println!("CPU over {idle} s idle: {cpu_idle:.3} s");
+    for (mode, scrape) in &scrapes {
+        println!(
+            "/metrics, per_tenant_metrics = {mode:?}: {} bytes ({:.2} MiB), slowest of 4 scrapes {:.0} ms, {:.3} CPU-s per scrape; RSS before {:.1} MiB, after {:.1} MiB",
+            scrape.bytes,
+            scrape.bytes as f64 / 1_048_576.0,
+            scrape.slowest.as_secs_f64() * 1000.0,
+            scrape.cpu_each,
+            scrape.rss_before_kib as f64 / 1024.0,
+            scrape.rss_after_kib as f64 / 1024.0,
+        );
+    }
     println!(
-        "/metrics: {:.1} MiB, slowest of 4 scrapes {:.0} ms, {cpu_per_scrape:.3} CPU-s per scrape",
-        scrape_bytes as f64 / 1_048_576.0,
-        slowest.as_secs_f64() * 1000.0
-    );
-    println!(
-        "RSS after 4 scrapes: {:.1} MiB (peak {:.1} MiB)",
+        "RSS after the scrapes and the reloads between them: {:.1} MiB (peak {:.1} MiB)",
         rss_after_scrapes as f64 / 1024.0,
         peak_with_scrapes as f64 / 1024.0
     );
@@ -449,6 +460,74 @@ fn config_text(
         ));
     }
     text
+}
+
+/// What four scrapes in a row cost.
+struct Scrape {
+    /// Size of the last one.
+    bytes: usize,
+    /// The slowest, request to last byte.
+    slowest: Duration,
+    /// The daemon's CPU seconds per scrape.
+    cpu_each: f64,
+    /// The daemon's RSS before the first (after the reload that set the mode), in KiB.
+    rss_before_kib: u64,
+    /// The daemon's RSS after the last, in KiB.
+    rss_after_kib: u64,
+}
+
+fn scrape(
+    runtime: &tokio::runtime::Runtime,
+    admin_port: u16,
+    pid: u32,
+) -> Result<Scrape, common::BoxError> {
+    let rss_before_kib = read_status_kib(pid, "VmRSS:")?;
+    let cpu_before = cpu_seconds(pid)?;
+    let mut bytes = 0;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..4 {
+        let started = Instant::now();
+        bytes = get_metrics(runtime, admin_port)?.len();
+        slowest = slowest.max(started.elapsed());
+    }
+    Ok(Scrape {
+        bytes,
+        slowest,
+        cpu_each: (cpu_seconds(pid)? - cpu_before) / 4.0,
+        rss_before_kib,
+        rss_after_kib: read_status_kib(pid, "VmRSS:")?,
+    })
+}
+
+fn get_metrics(
+    runtime: &tokio::runtime::Runtime,
+    admin_port: u16,
+) -> Result<String, common::BoxError> {
+    Ok(runtime.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        client
+            .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await
+    })?)
+}
+
+/// Rewrites the config's `[server] per_tenant_metrics`, leaving the rest as it is.
+fn set_per_tenant_metrics(config: &Path, mode: &str) -> Result<(), common::BoxError> {
+    let text = std::fs::read_to_string(config)?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with("per_tenant_metrics = "))
+        .collect();
+    let text = kept.join("\n").replacen(
+        "[server]\n",
+        &format!("[server]\nper_tenant_metrics = \"{mode}\"\n"),
+        1,
+    );
+    std::fs::write(config, text + "\n")?;
+    Ok(())
 }
 
 fn count_tokens(dir: &Path) -> usize {

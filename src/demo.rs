@@ -109,6 +109,7 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
             listen,
             watch_config: false,
             watch_interval: Duration::from_secs(5),
+            per_tenant_metrics: Default::default(),
         },
         daemon: DaemonConfig {
             permanent_retry_interval: Duration::from_secs(60),

@@ -170,6 +170,7 @@ impl Daemon {
     /// The admin address cannot be bound, or the HTTP client cannot be built.
     pub async fn start(config: Config) -> Result<Daemon, RunError> {
         let metrics = Arc::new(Metrics::new()?);
+        metrics.set_per_tenant_metrics(config.server.per_tenant_metrics);
         let registry = Registry::new();
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
@@ -189,6 +190,7 @@ impl Daemon {
                 registry: registry.clone(),
                 metrics: metrics.clone(),
                 stopping: stopping.clone(),
+                renderer: http::Renderer::start(metrics.clone(), registry.clone()),
             },
             admin_stop.clone(),
         ));
@@ -328,6 +330,9 @@ impl Daemon {
         }
         sink::clean_up(&new.tenants).await;
         let result = self.supervisor.reconcile(&new.tenants, restart_all).await;
+        // The next scrape follows the new per-tenant metrics mode.
+        self.metrics
+            .set_per_tenant_metrics(new.server.per_tenant_metrics);
         self.metrics.reload(true);
         tracing::info!(
             trigger,

@@ -136,12 +136,18 @@ pub struct Shared {
     pub observer: Option<Arc<dyn Observer>>,
 }
 
-/// Told how long every token request took (the fleet-wide latency histogram) and about tenant
-/// tasks that panicked. Per-tenant counts live in the tenant's status, so they leave with the
-/// tenant.
+/// Told how long every token request took (the fleet-wide latency histogram), how every attempt
+/// ended, and about tenant tasks that panicked. Per-tenant counts live in the tenant's status, so
+/// they leave with the tenant; what the observer counts stays.
 pub trait Observer: Send + Sync + std::fmt::Debug {
     /// A token request finished, successfully or not, after `duration`.
     fn request_finished(&self, duration: Duration);
+
+    /// An attempt ended: `Ok` with every sink written, or `Err` with the failure's reason. Counted
+    /// daemon-wide, so the totals never go backwards when a tenant leaves the configuration.
+    fn attempt_finished(&self, result: Result<(), Reason>) {
+        let _ = result;
+    }
 
     /// Fleet mode: a token was fetched by this replica (`adopted` false) or taken from the
     /// fleet (`adopted` true).
@@ -466,6 +472,7 @@ impl Tenant {
             }
         }
         if let Some(observer) = &self.shared.observer {
+            observer.attempt_finished(result.as_ref().map(|_| ()).map_err(|err| err.reason));
             if let Some(duration) = request_duration {
                 observer.request_finished(duration);
             }

@@ -26,8 +26,13 @@ impl Files {
 
     /// Writes the config with these (name, tenant_id, extra lines) tenants.
     fn write(&self, sim: &SimEntra, tenants: &[(&str, &str, &str)]) {
+        self.write_with_server(sim, "", tenants);
+    }
+
+    /// Writes the config with `server` added to `[server]` and these tenants.
+    fn write_with_server(&self, sim: &SimEntra, server: &str, tenants: &[(&str, &str, &str)]) {
         let mut text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nwatch_config = true\nwatch_interval = \"100ms\"\n\n[daemon]\nbackoff_min = \"100ms\"\nbackoff_max = \"300ms\"\n\n[defaults]\nauthority_host = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"secret\" }}\nsinks = [ {{ type = \"file\", path = \"tokens/{{name}}.json\" }} ]\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nwatch_config = true\nwatch_interval = \"100ms\"\n{server}\n[daemon]\nbackoff_min = \"100ms\"\nbackoff_max = \"300ms\"\n\n[defaults]\nauthority_host = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"secret\" }}\nsinks = [ {{ type = \"file\", path = \"tokens/{{name}}.json\" }} ]\n",
             sim.authority_host()
         );
         for (name, tenant_id, extra) in tenants {
@@ -586,5 +591,87 @@ async fn hardening_9_reload_ignores_line_numbers() {
             "{name}"
         );
     }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_tenant_metrics_follow_reloads_at_the_next_scrape() {
+    let Fixture { sim, dir } = fixture(
+        &["good.example.com", "bad.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    reject_secret(&sim, "bad.example.com");
+    let files = Files::new(dir.path());
+    let both = [
+        ("good", "good.example.com", ""),
+        ("bad", "bad.example.com", ""),
+    ];
+    files.write_with_server(&sim, "per_tenant_metrics = \"unhealthy\"\n", &both);
+    let mut config = config::load(&files.config).await.unwrap();
+    // Reloads in this test are explicit (SIGHUP).
+    config.server.watch_config = false;
+    let daemon = start_daemon(config).await;
+    wait_for("both first attempts", Duration::from_secs(5), || {
+        files.token("good").exists() && sim.request_count("bad.example.com") >= 1
+    })
+    .await;
+
+    // "unhealthy": the failing tenant is named, the healthy one only counted.
+    let metrics = daemon
+        .wait_for_get("the bad tenant's failure", "/metrics", |_, metrics| {
+            metrics.contains("powerbi_tokend_consecutive_failures{tenant=\"bad\"}")
+                && metrics.contains("powerbi_tokend_tenants{state=\"healthy\"} 1")
+        })
+        .await;
+    assert!(!metrics.contains("tenant=\"good\""), "{metrics}");
+    for line in [
+        "powerbi_tokend_per_tenant_metrics{mode=\"unhealthy\"} 1",
+        "powerbi_tokend_tenant_state{state=\"misconfigured\",tenant=\"bad\"} 1",
+        "powerbi_tokend_tenants_token_time_to_expiry_seconds_count{state=\"healthy\"} 1",
+        "powerbi_tokend_tenants_refresh_total{result=\"success\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+
+    // "none", by reload: no tenant is named from the next scrape on.
+    files.write_with_server(&sim, "per_tenant_metrics = \"none\"\n", &both);
+    daemon.control.send(Control::Reload).await.unwrap();
+    let metrics = daemon
+        .wait_for_get("mode none", "/metrics", |_, metrics| {
+            metrics.contains("powerbi_tokend_per_tenant_metrics{mode=\"none\"} 1")
+        })
+        .await;
+    assert!(!metrics.contains("tenant="), "{metrics}");
+    assert!(metrics.contains("powerbi_tokend_tenants{state=\"misconfigured\"} 1"));
+
+    // Back to the default, "all": both tenants.
+    files.write(&sim, &both);
+    daemon.control.send(Control::Reload).await.unwrap();
+    let metrics = daemon
+        .wait_for_get("mode all", "/metrics", |_, metrics| {
+            metrics.contains("powerbi_tokend_per_tenant_metrics{mode=\"all\"} 1")
+        })
+        .await;
+    assert!(metrics.contains("tenant=\"good\"") && metrics.contains("tenant=\"bad\""));
+    let failures = |metrics: &str| {
+        sample(
+            metrics,
+            "powerbi_tokend_tenants_refresh_failures_total{reason=\"invalid_client\"}",
+        )
+        .unwrap()
+    };
+    let before = failures(&metrics);
+    assert!(before >= 1.0, "{metrics}");
+
+    // The failing tenant leaves: its own series go, the fleet-wide counters keep their count.
+    files.write(&sim, &both[..1]);
+    daemon.control.send(Control::Reload).await.unwrap();
+    let metrics = daemon
+        .wait_for_get("the bad tenant gone", "/metrics", |_, metrics| {
+            !metrics.contains("tenant=\"bad\"")
+        })
+        .await;
+    assert!(failures(&metrics) >= before, "{metrics}");
     daemon.stop().await;
 }

@@ -2132,7 +2132,12 @@ const TENANT_KEYS: &[&str] = &[
     "sinks",
     "schedule",
 ];
-const SERVER_KEYS: &[&str] = &["listen", "watch_config", "watch_interval"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "watch_config",
+    "watch_interval",
+    "per_tenant_metrics",
+];
 const DAEMON_KEYS: &[&str] = &[
     "max_concurrent_requests",
     "connect_timeout",
@@ -2195,6 +2200,7 @@ fn toml_value(rng: &mut Rng, key: &str) -> String {
             ],
         ),
         "watch_config" => pick(rng, &["true", "false", "\"yes\""]).to_owned(),
+        "per_tenant_metrics" => string_of(rng, &["all", "unhealthy", "none", "some", ""]),
         "watch_interval"
         | "connect_timeout"
         | "request_timeout"

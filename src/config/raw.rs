@@ -8,7 +8,8 @@ use toml::Spanned;
 use crate::cloud::Cloud;
 
 use super::types::{
-    ApiVersion, AssertionAlgorithm, ClientAuth, FileFormat, LogFormat, Provider, SecretSource,
+    ApiVersion, AssertionAlgorithm, ClientAuth, FileFormat, LogFormat, PerTenantMetrics, Provider,
+    SecretSource,
 };
 
 #[derive(Deserialize, Default)]
@@ -17,6 +18,7 @@ pub(super) struct RawServer {
     pub(super) listen: Option<Spanned<String>>,
     pub(super) watch_config: Option<bool>,
     pub(super) watch_interval: Option<Spanned<String>>,
+    pub(super) per_tenant_metrics: Option<PerTenantMetrics>,
 }
 
 #[derive(Deserialize, Default)]

@@ -9,7 +9,8 @@ use super::raw::RawServer;
 use super::types::ServerConfig;
 
 impl Loader<'_> {
-    /// `listen` (an address and port) and the config-file watcher.
+    /// `listen` (an address and port), the config-file watcher and which tenants `/metrics`
+    /// names. An unknown `per_tenant_metrics` is reported by serde with the expected values.
     pub(super) fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
         let listen = match raw.listen {
             None => DEFAULT_LISTEN.parse().ok()?,
@@ -37,6 +38,7 @@ impl Loader<'_> {
             listen,
             watch_config: raw.watch_config.unwrap_or(false),
             watch_interval,
+            per_tenant_metrics: raw.per_tenant_metrics.unwrap_or_default(),
         })
     }
 }

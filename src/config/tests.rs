@@ -960,3 +960,32 @@ unknown_key = 1
     assert_eq!(split.tenants.len(), 4);
     assert_eq!(split.tenants[2].line, Some(19));
 }
+
+#[test]
+fn per_tenant_metrics_is_one_of_three_modes() {
+    assert_eq!(
+        parse_ok(MINIMAL).server.per_tenant_metrics,
+        PerTenantMetrics::All
+    );
+    for mode in PerTenantMetrics::ALL {
+        let text = format!(
+            "[server]\nper_tenant_metrics = \"{}\"\n{MINIMAL}",
+            mode.as_str()
+        );
+        assert_eq!(parse_ok(&text).server.per_tenant_metrics, mode);
+    }
+    for (value, expected) in [
+        (
+            "\"failing\"",
+            ":2: server.per_tenant_metrics: unknown variant `failing`, expected one of `all`, `unhealthy`, `none`",
+        ),
+        (
+            "false",
+            ":2: server.per_tenant_metrics: invalid type: boolean `false`, expected one of `all`, `unhealthy`, `none`",
+        ),
+    ] {
+        let text = format!("[server]\nper_tenant_metrics = {value}\n{MINIMAL}");
+        let shown = parse_err(&text).to_string();
+        assert!(shown.contains(expected), "{value}: {shown}");
+    }
+}

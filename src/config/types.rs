@@ -45,6 +45,63 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which tenants `/metrics` exports per-tenant series for (`[server] per_tenant_metrics`). The
+/// fleet-wide aggregates are exported in every mode, so dashboards and alerts can rely on them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PerTenantMetrics {
+    /// Every tenant: about ten series each, 500–700 bytes per tenant and scrape.
+    #[default]
+    All,
+    /// Only tenants that need attention ([`crate::metrics::needs_attention`]), so an alert
+    /// still names the tenant while a large, healthy fleet costs a few kilobytes per scrape.
+    Unhealthy,
+    /// No tenant: alerts fall back to the aggregates and cannot name a tenant.
+    None,
+}
+
+impl PerTenantMetrics {
+    /// Every mode, for gauges that show which one is in effect.
+    pub const ALL: [PerTenantMetrics; 3] = [
+        PerTenantMetrics::All,
+        PerTenantMetrics::Unhealthy,
+        PerTenantMetrics::None,
+    ];
+
+    /// The value as written in the configuration, and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PerTenantMetrics::All => "all",
+            PerTenantMetrics::Unhealthy => "unhealthy",
+            PerTenantMetrics::None => "none",
+        }
+    }
+}
+
+/// By hand rather than derived: for a value that is not a string, the derived enum reports
+/// "wanted string or table", which names neither the key's values nor the problem.
+impl<'de> Deserialize<'de> for PerTenantMetrics {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Reads the mode from a string.
+        struct Mode;
+        const NAMES: [&str; 3] = ["all", "unhealthy", "none"];
+        impl serde::de::Visitor<'_> for Mode {
+            type Value = PerTenantMetrics;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("one of `all`, `unhealthy`, `none`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                PerTenantMetrics::ALL
+                    .into_iter()
+                    .find(|mode| mode.as_str() == value)
+                    .ok_or_else(|| E::unknown_variant(value, &NAMES))
+            }
+        }
+        deserializer.deserialize_str(Mode)
+    }
+}
+
 /// Where a tenant's token goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SinkConfig {
@@ -510,6 +567,9 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// How often `watch_config` compares the file's content hash.
     pub watch_interval: Duration,
+    /// Which tenants get per-tenant series in `/metrics`; a reload changes it for the next
+    /// scrape.
+    pub per_tenant_metrics: PerTenantMetrics,
 }
 
 /// Process-wide knobs.

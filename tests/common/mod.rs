@@ -68,6 +68,7 @@ pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             watch_config: false,
             watch_interval: Duration::from_secs(5),
+            per_tenant_metrics: Default::default(),
         },
         daemon,
         tenants: tenants.into_iter().map(Arc::new).collect(),
