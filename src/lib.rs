@@ -168,7 +168,7 @@ impl Daemon {
     ///
     /// # Errors
     /// The admin address cannot be bound, or the HTTP client cannot be built.
-    pub async fn start(config: Config) -> Result<Daemon, RunError> {
+    pub async fn start(mut config: Config) -> Result<Daemon, RunError> {
         let metrics = Arc::new(Metrics::new()?);
         metrics.set_per_tenant_metrics(config.server.per_tenant_metrics);
         let registry = Registry::new();
@@ -199,7 +199,7 @@ impl Daemon {
         let mut supervisor =
             Supervisor::new(shared_for(&config, Some(observer))?, registry.clone());
         sink::clean_up(&config.tenants).await;
-        let started = supervisor.reconcile(&config.tenants, false).await;
+        let started = supervisor.reconcile(&mut config.tenants, false).await;
         tracing::info!(
             tenants = started.added.len(),
             config = %config.path.display(),
@@ -295,7 +295,7 @@ impl Daemon {
     }
 
     async fn reload_config(&mut self, trigger: &str) {
-        let new = match config::load(&self.config.path).await {
+        let mut new = match config::load(&self.config.path).await {
             Ok(new) => new,
             Err(err) => {
                 self.metrics.reload(false);
@@ -329,7 +329,10 @@ impl Daemon {
             }
         }
         sink::clean_up(&new.tenants).await;
-        let result = self.supervisor.reconcile(&new.tenants, restart_all).await;
+        let result = self
+            .supervisor
+            .reconcile(&mut new.tenants, restart_all)
+            .await;
         // The next scrape follows the new per-tenant metrics mode.
         self.metrics
             .set_per_tenant_metrics(new.server.per_tenant_metrics);

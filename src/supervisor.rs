@@ -275,6 +275,19 @@ impl<T: Stepper> Timetable<T> {
                 return;
             };
             table.free.push(slot);
+            // A removed tenant's queue entry stays until it falls due, possibly an hour away;
+            // after reloads that replace many tenants, drop the stale entries at once rather
+            // than hold them that long.
+            let live = table.slots.len() - table.free.len();
+            if table.queue.len() > 2 * live + 1024 {
+                let Table { queue, slots, .. } = &mut *table;
+                queue.retain(|Reverse(due)| {
+                    slots
+                        .get(due.slot as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|entry| entry.generation == due.generation)
+                });
+            }
             entry.running
         };
         if let Some((cancel, task)) = running {
@@ -608,9 +621,12 @@ impl Supervisor {
 
     /// Makes the running set match `tenants`. With `restart_all`, running tenants are restarted
     /// even when unchanged (new daemon-wide knobs); warm start keeps them from refetching.
+    ///
+    /// An unchanged tenant's entry in `tenants` is replaced by the settings it runs with (equal
+    /// by value), so the reloaded copy is freed at once instead of living on beside it.
     pub async fn reconcile(
         &mut self,
-        tenants: &[Arc<TenantConfig>],
+        tenants: &mut [Arc<TenantConfig>],
         restart_all: bool,
     ) -> Reconciled {
         let mut result = Reconciled::default();
@@ -630,9 +646,10 @@ impl Supervisor {
             self.registry.remove(&name);
             result.removed.push(name);
         }
-        for tenant in tenants {
+        for tenant in tenants.iter_mut() {
             match self.running.get_key_value(tenant.name.as_str()) {
                 Some((running, _)) if running.0 == *tenant && !restart_all => {
+                    *tenant = running.0.clone();
                     result.unchanged += 1;
                     continue;
                 }
@@ -916,5 +933,82 @@ mod tests {
         let table = timetable.lock();
         assert_eq!(table.in_flight, [0; LANES]);
         assert!(table.ready.iter().all(VecDeque::is_empty));
+    }
+
+    /// A reload that leaves a tenant as it was keeps one copy of its settings: the reloaded
+    /// one is swapped for the running one, not kept beside it.
+    #[tokio::test]
+    async fn an_unchanged_tenant_keeps_one_copy_of_its_settings() {
+        let daemon = crate::config::DaemonConfig::default();
+        let shared = Shared {
+            client: crate::client::TokenClient::new(&daemon).unwrap(),
+            limiter: Arc::new(tokio::sync::Semaphore::new(1)),
+            slow_lane: Arc::new(tokio::sync::Semaphore::new(1)),
+            slow_after: Arc::new(crate::tenant::SlowAfter::new(Duration::from_millis(500))),
+            policy: crate::tenant::RetryPolicy::from(&daemon),
+            start_up_reads: Arc::new(tokio::sync::Semaphore::new(1)),
+            rate: None,
+            store: None,
+            fleet: None,
+            observer: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            Arc::new(TenantConfig::entra(
+                "contoso",
+                "contoso.example.com",
+                "00000000-0000-0000-0000-000000000001",
+                crate::config::SecretSource::Env("POWERBI_TOKEND_TEST_UNSET".into()),
+                // Nothing listens there: the attempt fails at once, without leaving the host.
+                "http://127.0.0.1:1",
+                dir.path().join("contoso.json"),
+            ))
+        };
+        let mut supervisor = Supervisor::new(shared, Registry::new());
+        let mut first = vec![config()];
+        supervisor.reconcile(&mut first, false).await;
+        let mut reloaded = vec![config()];
+        assert!(!Arc::ptr_eq(&first[0], &reloaded[0]));
+        let result = supervisor.reconcile(&mut reloaded, false).await;
+        assert_eq!(result.unchanged, 1);
+        assert!(Arc::ptr_eq(&first[0], &reloaded[0]));
+        assert!(supervisor.shutdown(Duration::from_secs(5)).await);
+    }
+
+    /// Removed tenants' queue entries do not pile up over reloads that replace many tenants.
+    #[tokio::test(start_paused = true)]
+    async fn removed_tenants_leave_no_pile_of_queue_entries() {
+        struct Sleeper;
+        impl Stepper for Sleeper {
+            type Seed = ();
+            fn fresh(_: &()) -> Self {
+                Sleeper
+            }
+            fn name(_: &()) -> &str {
+                "sleeper"
+            }
+            fn step<'a>(&'a mut self, _: &'a CancellationToken) -> StepFuture<'a> {
+                Box::pin(async { Some(SystemTime::now() + Duration::from_secs(3600)) })
+            }
+            fn lane(&self) -> usize {
+                1
+            }
+        }
+        let timetable = Timetable::<Sleeper>::start(None, [64; LANES]);
+        for _ in 0..3 {
+            let slots: Vec<u32> = (0..1000)
+                .map(|_| timetable.add((), StatusHandle::default()))
+                .collect();
+            for slot in slots {
+                timetable.remove(slot).await;
+            }
+        }
+        let table = timetable.lock();
+        assert!(
+            table.queue.len() <= 1024 + 1,
+            "{} entries",
+            table.queue.len()
+        );
+        assert_eq!(table.slots.len(), 1000);
     }
 }
