@@ -125,7 +125,6 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
             tenant::SLOW_AFTER.min(config.daemon.request_timeout / 2),
         )),
         policy: RetryPolicy::from(&config.daemon),
-        start_up_reads: Arc::new(Semaphore::new(tenant::START_UP_READS)),
         rate: config
             .daemon
             .max_requests_per_second

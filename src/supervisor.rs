@@ -183,6 +183,24 @@ struct Table<T: Stepper> {
     generation: u32,
 }
 
+impl<T: Stepper> Table<T> {
+    /// The tenant in `slot`, if it is still the occupant `generation` names.
+    fn entry(&mut self, slot: u32, generation: u32) -> Option<&mut Slot<T>> {
+        self.slots
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|entry| entry.generation == generation)
+    }
+
+    /// Whether a queue entry still stands for a tenant in the table.
+    fn current(&self, due: &Due) -> bool {
+        self.slots
+            .get(due.slot as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|entry| entry.generation == due.generation)
+    }
+}
+
 /// What the timer, the steps and the supervisor share.
 struct Timetable<T: Stepper> {
     /// The table, locked briefly (never across an await).
@@ -280,13 +298,9 @@ impl<T: Stepper> Timetable<T> {
             // than hold them that long.
             let live = table.slots.len() - table.free.len();
             if table.queue.len() > 2 * live + 1024 {
-                let Table { queue, slots, .. } = &mut *table;
-                queue.retain(|Reverse(due)| {
-                    slots
-                        .get(due.slot as usize)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|entry| entry.generation == due.generation)
-                });
+                let mut queue = std::mem::take(&mut table.queue);
+                queue.retain(|Reverse(due)| table.current(due));
+                table.queue = queue;
             }
             entry.running
         };
@@ -309,13 +323,9 @@ impl<T: Stepper> Timetable<T> {
                 break;
             }
             table.queue.pop();
-            let Some(entry) = table.slots.get(due.slot as usize).and_then(Option::as_ref) else {
-                continue;
-            };
-            let Some(stepper) = entry
-                .stepper
-                .as_ref()
-                .filter(|_| entry.generation == due.generation)
+            let Some(stepper) = table
+                .entry(due.slot, due.generation)
+                .and_then(|entry| entry.stepper.as_ref())
             else {
                 continue;
             };
@@ -327,13 +337,9 @@ impl<T: Stepper> Timetable<T> {
                 let Some((slot, generation)) = table.ready[lane].pop_front() else {
                     break;
                 };
-                let Some(entry) = table.slots.get_mut(slot as usize).and_then(Option::as_mut)
-                else {
+                let Some(entry) = table.entry(slot, generation) else {
                     continue;
                 };
-                if entry.generation != generation {
-                    continue;
-                }
                 let Some(stepper) = entry.stepper.take() else {
                     continue;
                 };
@@ -387,14 +393,7 @@ impl<T: Stepper> Timetable<T> {
         } = place;
         let mut table = self.lock();
         let mut wake = self.finished(&mut table, lane);
-        if let (Some(when), Some(entry)) = (
-            when,
-            table
-                .slots
-                .get_mut(slot as usize)
-                .and_then(Option::as_mut)
-                .filter(|entry| entry.generation == generation),
-        ) {
+        if let (Some(when), Some(entry)) = (when, table.entry(slot, generation)) {
             entry.stepper = Some(stepper);
             entry.running = None;
             let at = monotonic(when);
@@ -423,12 +422,7 @@ impl<T: Stepper> Timetable<T> {
         } = place;
         let mut table = self.lock();
         let waiting = self.finished(&mut table, lane);
-        let Some(entry) = table
-            .slots
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|entry| entry.generation == generation)
-        else {
+        let Some(entry) = table.entry(slot, generation) else {
             drop(table);
             if waiting {
                 self.wake.notify_one();
@@ -946,7 +940,6 @@ mod tests {
             slow_lane: Arc::new(tokio::sync::Semaphore::new(1)),
             slow_after: Arc::new(crate::tenant::SlowAfter::new(Duration::from_millis(500))),
             policy: crate::tenant::RetryPolicy::from(&daemon),
-            start_up_reads: Arc::new(tokio::sync::Semaphore::new(1)),
             rate: None,
             store: None,
             fleet: None,

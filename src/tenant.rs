@@ -126,8 +126,6 @@ pub struct Shared {
     pub policy: RetryPolicy,
     /// `[daemon] max_requests_per_second`, when set.
     pub rate: Option<Arc<crate::rate::RateLimit>>,
-    /// Warm-start reads in flight at once ([`START_UP_READS`]).
-    pub start_up_reads: Arc<Semaphore>,
     /// The shared Redis, when `[redis]` is configured.
     pub store: Option<Arc<crate::store::Store>>,
     /// Fleet mode, when enabled.
@@ -215,8 +213,10 @@ enum Presence {
     Cancelled,
 }
 
-/// How many tenants read their existing tokens at once at start-up: enough to keep the disk or
-/// Redis busy, few enough that the reads' buffers do not set the daemon's peak memory.
+/// How many tenants read their existing tokens at once at start-up (the supervisor's budget for
+/// warm-start steps): enough to keep the disk or Redis busy, few enough that ten thousand reads
+/// in flight at a cold start (file reads queued for the blocking pool, GETs pipelined to Redis)
+/// do not each hold their buffers at the same moment, the daemon's peak.
 pub const START_UP_READS: usize = 64;
 
 /// Fleet mode: how soon to look again when another replica holds the tenant's lease. Its token
@@ -263,17 +263,8 @@ impl Tenant {
     /// planned: a check that the token is still in Redis when that falls first, else an attempt.
     pub async fn step(&mut self, cancel: &CancellationToken) -> Option<SystemTime> {
         if !self.started {
-            // Warm-start reads take turns: at a cold start every tenant reads at once, and ten
-            // thousand reads in flight (file reads queued for the blocking pool, GETs pipelined
-            // to Redis) would each hold their buffers and state at the same moment, the
-            // daemon's peak.
-            let turn = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return None,
-                turn = self.shared.start_up_reads.clone().acquire_owned() => turn,
-            };
+            // Warm starts take turns: the supervisor runs at most START_UP_READS at once.
             self.next = Box::pin(self.start_up()).await;
-            drop(turn);
             self.started = true;
             // Tenants that keep their token in Redis look now and then whether it is still
             // there (a restart without persistence, FLUSHALL); first at a random point of the
