@@ -14,7 +14,11 @@
 //! each), and reports each mode's scrape size, latency and CPU cost, and the RSS afterwards.
 //! Last, the floor in the
 //! same run against the same simulator: per tenant one token request, its JSON parsed and the
-//! daemon's own atomic write, 16 at a time; and the daemon/floor ratio of the cold start.
+//! daemon's own atomic write, 16 at a time; and the daemon/floor ratio of the cold start. The
+//! floor runs twice per run: inside this process (sharing the simulator's runtime), and as a
+//! process of its own started like the daemon (this binary, re-run with a hidden argument). Each
+//! run also prints the CPU seconds the daemon, the floor process and the simulator used, and when
+//! (and after how much CPU) the daemon sent its first token request: its start-up.
 //!
 //! * `--tls`: the simulator serves HTTPS with a CA and a `127.0.0.1` certificate made for this
 //!   run. The daemon trusts the CA through `[daemon] ca_file`, the floor's client adds the same
@@ -132,6 +136,10 @@ struct Bench {
 }
 
 fn main() -> Result<(), BoxError> {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some(FLOOR_CHILD) {
+        return floor_child(args.skip(1).collect());
+    }
     let options = Options::parse(std::env::args().skip(1))?;
     let tenants = options.tenants;
     let binary = daemon_binary()?;
@@ -192,8 +200,11 @@ fn main() -> Result<(), BoxError> {
     for run in 1..=options.runs {
         let idle = (run == 1).then_some(options.idle);
         sync()?;
-        let daemon = daemon_cold_start(&bench, &runtime, run, idle)?;
+        let own_before = cpu_seconds(std::process::id())?;
+        let (daemon, daemon_cpu) = daemon_cold_start(&bench, &runtime, run, idle)?;
+        let sim_cpu = cpu_seconds(std::process::id())? - own_before;
         sync()?;
+        let own_before = cpu_seconds(std::process::id())?;
         let floor_dir = bench.work.join(format!("floor-{run}"));
         let floor = runtime.block_on(floor(
             &bench.sim.authority_host(),
@@ -201,6 +212,18 @@ fn main() -> Result<(), BoxError> {
             tenants,
             &floor_dir,
         ))?;
+        let floor_cpu = cpu_seconds(std::process::id())? - own_before;
+        sync()?;
+        let child_dir = bench.work.join(format!("floor-process-{run}"));
+        let own_before = cpu_seconds(std::process::id())?;
+        let (floor_process, floor_process_cpu) = floor_process(&bench, &child_dir)?;
+        let sim_cpu_child = cpu_seconds(std::process::id())? - own_before;
+        println!(
+            "  floor as its own process: {:.2} s, daemon/floor {:.2}; CPU {floor_process_cpu:.2} s (simulator meanwhile {sim_cpu_child:.2} s)",
+            floor_process.as_secs_f64(),
+            daemon.as_secs_f64() / floor_process.as_secs_f64()
+        );
+        std::fs::remove_dir_all(&child_dir)?;
         if count_tokens(&floor_dir) < tenants {
             return Err("the floor did not write every file".into());
         }
@@ -210,6 +233,9 @@ fn main() -> Result<(), BoxError> {
             options.runs,
             daemon.as_secs_f64(),
             floor.as_secs_f64(),
+        );
+        println!(
+            "  CPU: daemon {daemon_cpu:.2} s (simulator meanwhile {sim_cpu:.2} s); floor and simulator together {floor_cpu:.2} s"
         );
         pairs.push((daemon.as_secs_f64(), floor.as_secs_f64(), ratio));
         std::fs::remove_dir_all(bench.work.join(format!("daemon-{run}")))?;
@@ -239,7 +265,7 @@ fn daemon_cold_start(
     runtime: &tokio::runtime::Runtime,
     run: usize,
     idle: Option<u64>,
-) -> Result<Duration, BoxError> {
+) -> Result<(Duration, f64), BoxError> {
     let tenants = bench.tenants;
     let tokens = bench.work.join(format!("daemon-{run}"));
     let config = bench.work.join(format!("config-{run}.toml"));
@@ -279,7 +305,11 @@ fn daemon_cold_start(
         .stderr(Stdio::inherit())
         .spawn()?;
     let pid = child.id();
+    let mut first_request = None;
     loop {
+        if first_request.is_none() && bench.sim.total_requests() > requests_before {
+            first_request = Some((started.elapsed(), cpu_seconds(pid)?));
+        }
         // Listing the directory costs CPU the daemon would miss: wait on the simulator's
         // counter until every tenant has asked, then on the files.
         let asked = bench.sim.total_requests() - requests_before >= tenants as u64;
@@ -296,6 +326,13 @@ fn daemon_cold_start(
         std::thread::sleep(Duration::from_millis(if asked { 5 } else { 10 }));
     }
     let all_written = started.elapsed();
+    let cpu = cpu_seconds(pid)?;
+    if let Some((at, cpu)) = first_request {
+        println!(
+            "  daemon: first token request after {:.2} s, {cpu:.2} CPU-s",
+            at.as_secs_f64()
+        );
+    }
     if let Some(idle) = idle {
         idle_and_scrapes(bench, runtime, pid, admin_port, &config, idle, all_written)?;
     }
@@ -310,7 +347,7 @@ fn daemon_cold_start(
     } else if !exit.success() {
         return Err(format!("daemon exit after SIGTERM: {exit}").into());
     }
-    Ok(all_written)
+    Ok((all_written, cpu))
 }
 
 /// After a cold start: CPU over `idle` seconds, peak RSS, four scrapes of `/metrics`; printed.
@@ -434,6 +471,48 @@ async fn floor(
     .await;
     finished.map_err(|_| "the floor did not finish within 300 s")??;
     Ok(started.elapsed())
+}
+
+/// The hidden first argument that runs [`floor`] as a child process and exits.
+const FLOOR_CHILD: &str = "--floor-child";
+
+/// The floor in a process of its own, as the daemon runs: spawn to exit, and its CPU seconds.
+fn floor_process(bench: &Bench, dir: &Path) -> Result<(Duration, f64), BoxError> {
+    let started = Instant::now();
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg(FLOOR_CHILD)
+        .arg(bench.sim.authority_host())
+        .arg(bench.tenants.to_string())
+        .arg(dir);
+    if let Some(ca_file) = &bench.ca_file {
+        command.arg(ca_file);
+    }
+    let output = command.stderr(Stdio::inherit()).output()?;
+    let took = started.elapsed();
+    if !output.status.success() {
+        return Err(format!("the floor process failed: {}", output.status).into());
+    }
+    let cpu: f64 = String::from_utf8(output.stdout)?.trim().parse()?;
+    Ok((took, cpu))
+}
+
+/// The child's side of [`floor_process`]: prints its own CPU seconds at the end.
+fn floor_child(args: Vec<String>) -> Result<(), BoxError> {
+    let [authority, tenants, dir, rest @ ..] = args.as_slice() else {
+        return Err("floor child: AUTHORITY TENANTS DIR [CA_FILE]".into());
+    };
+    let ca_file = rest.first().map(PathBuf::from);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(floor(
+        authority,
+        ca_file.as_deref(),
+        tenants.parse()?,
+        Path::new(dir),
+    ))?;
+    drop(runtime);
+    println!("{}", cpu_seconds(std::process::id())?);
+    Ok(())
 }
 
 fn config_text(

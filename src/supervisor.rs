@@ -332,6 +332,16 @@ impl<T: Stepper> Timetable<T> {
             let lane = stepper.lane().min(LANES - 1);
             table.ready[lane].push_back((due.slot, due.generation));
         }
+        self.start_ready(table);
+        next
+    }
+
+    /// Starts steps that wait in a lane's ready queue, as far as the lane's budget allows.
+    fn start_ready(self: &Arc<Self>, table: &mut Table<T>) {
+        if self.root.is_cancelled() {
+            // Stopping: nothing new starts.
+            return;
+        }
         for lane in 0..LANES {
             while table.in_flight[lane] < table.budget[lane] {
                 let Some((slot, generation)) = table.ready[lane].pop_front() else {
@@ -358,17 +368,12 @@ impl<T: Stepper> Timetable<T> {
                 table.in_flight[lane] += 1;
             }
         }
-        next
     }
 
     /// A step ended for good (its tenant is leaving): frees its place in flight.
-    fn release(&self, place: Place) {
+    fn release(self: &Arc<Self>, place: Place) {
         let mut table = self.lock();
-        let waiting = self.finished(&mut table, place.lane);
-        drop(table);
-        if waiting {
-            self.wake.notify_one();
-        }
+        self.finished(&mut table, place.lane);
     }
 
     /// Sets how many steps may be in flight per lane.
@@ -377,27 +382,30 @@ impl<T: Stepper> Timetable<T> {
         self.wake.notify_one();
     }
 
-    /// A step of `lane` ended: its place in flight is free for a waiting one.
-    fn finished(&self, table: &mut Table<T>, lane: usize) -> bool {
+    /// A step of `lane` ended: its place in flight goes to a waiting step at once, started by
+    /// the task that ends rather than by the timer, which would have to be woken for it.
+    fn finished(self: &Arc<Self>, table: &mut Table<T>, lane: usize) {
         table.in_flight[lane] = table.in_flight[lane].saturating_sub(1);
-        !table.ready[lane].is_empty()
+        if !table.ready[lane].is_empty() {
+            self.start_ready(table);
+        }
     }
 
     /// A step ended: puts its stepper back, due at `when` (`None`: cancelled, the tenant is
     /// leaving).
-    fn requeue(&self, place: Place, stepper: Box<T>, when: Option<SystemTime>) {
+    fn requeue(self: &Arc<Self>, place: Place, stepper: Box<T>, when: Option<SystemTime>) {
         let Place {
             slot,
             generation,
             lane,
         } = place;
         let mut table = self.lock();
-        let mut wake = self.finished(&mut table, lane);
+        let mut wake = false;
         if let (Some(when), Some(entry)) = (when, table.entry(slot, generation)) {
             entry.stepper = Some(stepper);
             entry.running = None;
             let at = monotonic(when);
-            wake |= table
+            wake = table
                 .queue
                 .peek()
                 .is_none_or(|Reverse(first)| at < first.at);
@@ -407,6 +415,7 @@ impl<T: Stepper> Timetable<T> {
                 generation,
             }));
         }
+        self.finished(&mut table, lane);
         drop(table);
         if wake {
             self.wake.notify_one();
@@ -414,19 +423,15 @@ impl<T: Stepper> Timetable<T> {
     }
 
     /// A step panicked: counts it, and queues a fresh stepper after [`restart_delay`].
-    fn restart(&self, place: Place, message: &str) {
+    fn restart(self: &Arc<Self>, place: Place, message: &str) {
         let Place {
             slot,
             generation,
             lane,
         } = place;
         let mut table = self.lock();
-        let waiting = self.finished(&mut table, lane);
+        self.finished(&mut table, lane);
         let Some(entry) = table.entry(slot, generation) else {
-            drop(table);
-            if waiting {
-                self.wake.notify_one();
-            }
             return;
         };
         let now = Instant::now();

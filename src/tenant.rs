@@ -259,8 +259,9 @@ impl Tenant {
     }
 
     /// Does what is due now and returns when the next step is due; `None` when `cancel` fired
-    /// first. The first step is the warm start; after it, each step is the one the previous step
-    /// planned: a check that the token is still in Redis when that falls first, else an attempt.
+    /// first. The first step is the warm start, and the first attempt too when that is due at
+    /// once; after it, each step is the one the previous step planned: a check that the token is
+    /// still in Redis when that falls first, else an attempt.
     pub async fn step(&mut self, cancel: &CancellationToken) -> Option<SystemTime> {
         if !self.started {
             // Warm starts take turns: the supervisor runs at most START_UP_READS at once.
@@ -272,7 +273,12 @@ impl Tenant {
             self.next_check = self
                 .presence_check_interval()
                 .map(|every| schedule::later(SystemTime::now(), every.mul_f64(fastrand::f64())));
-            return Some(self.plan());
+            let due = self.plan();
+            if due > SystemTime::now() {
+                return Some(due);
+            }
+            // Nothing to reuse and the first attempt is due now: it follows in this step, so a
+            // cold start costs one task per tenant, not two.
         }
         if let Some(check) = self.next_check.filter(|check| *check < self.wake) {
             self.next_check = self
