@@ -369,6 +369,72 @@ impl TokenClient {
     }
 }
 
+/// What a Power BI API call got back: the status, the headers worth logging, and the body
+/// (capped like token responses).
+#[derive(Debug)]
+pub struct ApiAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// Power BI's `RequestId` header, when present and sane: what Microsoft support asks for.
+    pub request_id: Option<String>,
+    /// Power BI's `x-ms-powerbi-error-info` header, when present and sane.
+    pub error_info: Option<String>,
+    /// `Retry-After`, bounded.
+    pub retry_after: Option<RetryAfter>,
+    /// The body, at most the client's cap.
+    pub body: Vec<u8>,
+}
+
+/// The longest header value kept from an API answer: a GUID or an error code is far shorter.
+const MAX_API_HEADER: usize = 128;
+
+/// A header value kept for the log: short, and only characters a request id or error code has.
+fn api_header(headers: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
+    let value = headers.get(name)?.to_str().ok()?.trim();
+    (!value.is_empty()
+        && value.len() <= MAX_API_HEADER
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+    .then(|| value.to_owned())
+}
+
+impl TokenClient {
+    /// `GET url` with the token as bearer, through the same pool, timeouts and body cap as
+    /// token requests. The token is never part of an error message.
+    ///
+    /// # Errors
+    /// A transport failure (connect, TLS, timeout, oversized body), sanitised.
+    pub async fn api_get(&self, url: &str, token: &AccessToken) -> Result<ApiAnswer, RefreshError> {
+        let secret = token.secret.expose_secret();
+        let request = self
+            .http
+            .get(url)
+            .bearer_auth(secret)
+            .header(reqwest::header::ACCEPT, "application/json");
+        let response = request
+            .send()
+            .await
+            .map_err(|err| transport_error(&err, &[secret]))?;
+        let status = response.status().as_u16();
+        let headers = response.headers();
+        let request_id = api_header(headers, "requestid");
+        let error_info = api_header(headers, "x-ms-powerbi-error-info");
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        let body = self.read_capped(response, &[secret]).await?;
+        Ok(ApiAnswer {
+            status,
+            request_id,
+            error_info,
+            retry_after,
+            body,
+        })
+    }
+}
+
 /// The query parameter that picks a user-assigned identity, named as each endpoint names it
 /// (azure-identity sends the same): IMDS calls a resource ID `msi_res_id`, App Service
 /// (api-version 2019-08-01) `mi_res_id`. The system-assigned identity is chosen by sending none.

@@ -43,6 +43,27 @@ impl Cloud {
             Cloud::China => "https://analysis.chinacloudapi.cn/powerbi/api",
         }
     }
+
+    /// The Power BI REST API root, without a trailing slash (reference §7; GCC High is taken to
+    /// share DoDCON's `high.` endpoints, as its resource does).
+    pub fn power_bi_api(self) -> &'static str {
+        match self {
+            Cloud::Public => "https://api.powerbi.com",
+            Cloud::Gcc => "https://api.powerbigov.us",
+            Cloud::Gcchigh => "https://api.high.powerbigov.us",
+            Cloud::Dod => "https://api.mil.powerbigov.us",
+            Cloud::China => "https://api.powerbi.cn",
+        }
+    }
+
+    /// Every cloud, for checks that a resource is one of theirs.
+    pub const ALL: [Cloud; 5] = [
+        Cloud::Public,
+        Cloud::Gcc,
+        Cloud::Gcchigh,
+        Cloud::Dod,
+        Cloud::China,
+    ];
 }
 
 #[cfg(test)]

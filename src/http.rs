@@ -260,7 +260,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 pub struct TenantView {
     /// Configured name.
     pub name: String,
-    /// pending | healthy | retrying | misconfigured | expired.
+    /// pending | healthy | retrying | misconfigured | expired | api_denied | api_failing.
     pub state: TenantState,
     /// RFC 3339 expiry of the current token. Every time in this view is `null` when RFC 3339
     /// cannot write it (after year 9999), so one odd value never breaks the whole reply.
@@ -282,6 +282,24 @@ pub struct TenantView {
     /// Fleet mode: the replica that fetched the current token; absent outside fleet mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refreshed_by: Option<String>,
+    /// The last Power BI access probe; absent for tenants without a probe or before the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_probe: Option<ProbeView>,
+}
+
+/// The last access probe in `/status`.
+#[derive(Serialize)]
+pub struct ProbeView {
+    /// RFC 3339 time of the last probe.
+    pub last_probe_at: Option<String>,
+    /// Whether Power BI accepted the token.
+    pub ok: bool,
+    /// Why not, with Power BI's status, error code and `RequestId`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::powerbi::probe::ProbeFailure>,
+    /// What to do about the failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<&'static str>,
 }
 
 /// A failure in `/status`: what Microsoft support asks for, never a secret.
@@ -331,6 +349,15 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
         }),
         task_panics: status.task_panics,
         refreshed_by: status.refreshed_by.as_deref().map(str::to_owned),
+        api_probe: status.api_probe.as_ref().map(|probe| ProbeView {
+            last_probe_at: clock::rfc3339(probe.last),
+            ok: probe.failure.is_none(),
+            failure: probe.failure.clone(),
+            advice: probe
+                .failure
+                .as_ref()
+                .map(|failure| failure.reason.advice()),
+        }),
         name,
     }
 }

@@ -23,6 +23,8 @@
 //! * [`tenant`]: one tenant's refresher, step by step; [`supervisor`] keeps the sleeping tenants
 //!   in a timetable, runs each step when due, and starts, stops and reconciles tenants,
 //!   and restarts one that panicked.
+//! * [`powerbi`]: the Power BI API beyond the token: the access probe, run after each refresh and
+//!   every `probe.interval` with the tenant's current token.
 //! * [`sink`]: where tokens are written (atomic files).
 //! * [`status`]: each tenant's current state, read by `once` and the admin endpoints.
 //! * [`metrics`] and [`http`]: Prometheus metrics and the admin server (`/metrics`, `/healthz`,
@@ -58,6 +60,7 @@ pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod powerbi;
 pub mod rate;
 pub mod safe_read;
 pub mod schedule;

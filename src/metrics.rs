@@ -41,6 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::PerTenantMetrics;
 use crate::error::Reason;
+use crate::powerbi::probe::ProbeReason;
 use crate::schedule::system_to_unix_f64;
 use crate::status::{self, TenantState, TenantStatus};
 use crate::tenant::Observer;
@@ -76,6 +77,10 @@ pub struct Metrics {
     /// Failed attempts of all tenants by reason, indexed by [`Reason::index`]: what a dashboard
     /// and the alerts read when per-tenant series are off.
     failures_by_reason: [IntCounter; Reason::ALL.len()],
+    /// Power BI access probe latency, all tenants.
+    probe_duration: Histogram,
+    /// Failed access probes of all tenants, by reason (indexed by [`ProbeReason::index`]).
+    probe_failures: [IntCounter; ProbeReason::ALL.len()],
     /// `powerbi_tokend_per_tenant_metrics{mode}`: 1 on the mode in effect, 0 on the others, so an
     /// alert can tell "no tenant has a problem" from "no tenant is named".
     per_tenant_mode: IntGaugeVec,
@@ -211,6 +216,22 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let probe_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "powerbi_tokend_api_probe_duration_seconds",
+                "Power BI access probe latency, all tenants.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )?;
+        let probe_failures = IntCounterVec::new(
+            Opts::new(
+                "powerbi_tokend_tenants_api_probe_failures_total",
+                "Failed Power BI access probes of all tenants by reason; keeps counting when a tenant leaves the configuration.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(probe_duration.clone()))?;
+        registry.register(Box::new(probe_failures.clone()))?;
         let per_tenant_mode = IntGaugeVec::new(
             Opts::new(
                 "powerbi_tokend_per_tenant_metrics",
@@ -254,6 +275,9 @@ impl Metrics {
             attempts_failed: attempts.with_label_values(&["failure"]),
             failures_by_reason: Reason::ALL
                 .map(|reason| failures_by_reason.with_label_values(&[reason.as_str()])),
+            probe_duration,
+            probe_failures: ProbeReason::ALL
+                .map(|reason| probe_failures.with_label_values(&[reason.as_str()])),
             per_tenant_mode,
             per_tenant: AtomicU8::new(0),
             last_size: AtomicUsize::new(0),
@@ -518,6 +542,9 @@ struct Row {
     failures: u64,
     /// Failed attempts by reason, indexed by [`Reason::index`].
     failures_by_reason: [u64; Reason::ALL.len()],
+    /// The access probe: Unix time of the last, whether it passed, failures by reason
+    /// ([`ProbeReason::index`]); `None` for tenants that have not probed.
+    probe: Option<(f64, bool, [u64; ProbeReason::ALL.len()])>,
 }
 
 /// The tenants one scrape shows, in name order: their rows, and all their names in one buffer.
@@ -552,6 +579,13 @@ impl Rows {
             successes: status.successes,
             failures: status.failures,
             failures_by_reason: status.failures_by_reason,
+            probe: status.api_probe.as_ref().map(|probe| {
+                (
+                    system_to_unix_f64(probe.last),
+                    probe.failure.is_none(),
+                    probe.failures_by_reason,
+                )
+            }),
         });
     }
 
@@ -603,7 +637,7 @@ fn per_tenant(out: &mut String, name: &str, tenant: &str, value: Option<impl Dis
     }
 }
 
-const FAMILIES: [Family; 9] = [
+const FAMILIES: [Family; 12] = [
     Family {
         name: "powerbi_tokend_token_expiry_timestamp_seconds",
         kind: "gauge",
@@ -648,7 +682,7 @@ const FAMILIES: [Family; 9] = [
     Family {
         name: "powerbi_tokend_tenant_state",
         kind: "gauge",
-        help: "1 for the tenant's current state (pending, healthy, retrying, misconfigured, expired).",
+        help: "1 for the tenant's current state (pending, healthy, retrying, misconfigured, expired, api_denied, api_failing).",
         samples: |out, name, tenant, row, _| {
             let state = row.state.as_str();
             sample(out, name, &[("state", state), ("tenant", tenant)], 1);
@@ -697,6 +731,39 @@ const FAMILIES: [Family; 9] = [
             }
         },
     },
+    Family {
+        name: "powerbi_tokend_api_probe_success",
+        kind: "gauge",
+        help: "1 if the last Power BI access probe with the tenant's token succeeded, else 0; absent for tenants without a probe.",
+        samples: |out, name, tenant, row, _| {
+            per_tenant(out, name, tenant, row.probe.map(|(_, ok, _)| u8::from(ok)));
+        },
+    },
+    Family {
+        name: "powerbi_tokend_api_probe_last_timestamp_seconds",
+        kind: "gauge",
+        help: "Unix time of the tenant's last Power BI access probe.",
+        samples: |out, name, tenant, row, _| {
+            per_tenant(out, name, tenant, row.probe.map(|(last, _, _)| last));
+        },
+    },
+    Family {
+        name: "powerbi_tokend_api_probe_failures_total",
+        kind: "counter",
+        help: "Failed Power BI access probes by reason.",
+        samples: |out, name, tenant, row, _| {
+            let Some((_, _, failures)) = row.probe else {
+                return;
+            };
+            for reason in ProbeReason::ALL {
+                let count = failures[reason.index()];
+                if count > 0 {
+                    let labels = [("reason", reason.as_str()), ("tenant", tenant)];
+                    sample(out, name, &labels, count);
+                }
+            }
+        },
+    },
 ];
 
 impl Observer for Metrics {
@@ -731,6 +798,15 @@ impl Observer for Metrics {
 
     fn rate_limited(&self, waited: Duration) {
         self.rate_limit_wait.inc_by(waited.as_secs_f64());
+    }
+
+    fn probe_finished(&self, result: Result<(), ProbeReason>, duration: Duration) {
+        self.probe_duration.observe(duration.as_secs_f64());
+        if let Err(reason) = result
+            && let Some(counter) = self.probe_failures.get(reason.index())
+        {
+            counter.inc();
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use crate::error::{ErrorClass, Reason, RefreshError};
+use crate::powerbi::probe::{ProbeFailure, ProbeReason};
 use crate::schedule::system_to_unix_f64;
 
 /// A tenant's state, as shown in `/status` and the `tenants` gauge.
@@ -27,16 +28,26 @@ pub enum TenantState {
     Misconfigured,
     /// The last attempt failed transiently and the token we hold has expired.
     Expired,
+    /// The token is fresh, but Power BI refuses it (the last access probe: `not_authorized`):
+    /// the customer's Power BI settings, not Entra, stand in the way.
+    #[serde(rename = "api_denied")]
+    ApiDenied,
+    /// The token is fresh, but the last access probe failed otherwise (Power BI failing,
+    /// throttling, unreachable, or a wrong probe URL).
+    #[serde(rename = "api_failing")]
+    ApiFailing,
 }
 
 impl TenantState {
     /// Every state, for gauges that must show zero counts too.
-    pub const ALL: [TenantState; 5] = [
+    pub const ALL: [TenantState; 7] = [
         TenantState::Pending,
         TenantState::Healthy,
         TenantState::Retrying,
         TenantState::Misconfigured,
         TenantState::Expired,
+        TenantState::ApiDenied,
+        TenantState::ApiFailing,
     ];
 
     /// Label value.
@@ -47,6 +58,8 @@ impl TenantState {
             TenantState::Retrying => "retrying",
             TenantState::Misconfigured => "misconfigured",
             TenantState::Expired => "expired",
+            TenantState::ApiDenied => "api_denied",
+            TenantState::ApiFailing => "api_failing",
         }
     }
 }
@@ -84,6 +97,20 @@ pub struct TenantStatus {
     /// The last attempt could not write a local (file) sink: what readiness counts. A Redis
     /// outage is not among them: no restart or new node fixes it.
     pub local_sink_failing: bool,
+    /// The Power BI access probe, for tenants that run one and have probed at least once.
+    /// Boxed: opt-in.
+    pub api_probe: Option<Box<ProbeStatus>>,
+}
+
+/// What the access probe last found, and its failures so far.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeStatus {
+    /// When the last probe ended.
+    pub last: SystemTime,
+    /// `None` when Power BI accepted the token.
+    pub failure: Option<ProbeFailure>,
+    /// Failed probes by reason, indexed by [`ProbeReason::index`].
+    pub failures_by_reason: [u64; ProbeReason::ALL.len()],
 }
 
 impl TenantStatus {
@@ -93,7 +120,17 @@ impl TenantStatus {
             return TenantState::Pending;
         }
         let Some(error) = &self.last_error else {
-            return TenantState::Healthy;
+            return match self
+                .api_probe
+                .as_ref()
+                .and_then(|probe| probe.failure.as_ref())
+            {
+                None => TenantState::Healthy,
+                Some(failure) if failure.reason == ProbeReason::NotAuthorized => {
+                    TenantState::ApiDenied
+                }
+                Some(_) => TenantState::ApiFailing,
+            };
         };
         if error.class == ErrorClass::Permanent {
             return TenantState::Misconfigured;
@@ -276,5 +313,43 @@ mod tests {
         );
         s.expires_on = None;
         assert_eq!(s.state(now), TenantState::Retrying);
+    }
+
+    #[test]
+    fn a_fresh_token_that_power_bi_refuses_is_its_own_state() {
+        let now = SystemTime::now();
+        let mut s = TenantStatus {
+            first_attempt_done: true,
+            expires_on: Some(system_to_unix_f64(now + Duration::from_secs(3600)) as i64),
+            ..TenantStatus::default()
+        };
+        let failure = |reason| ProbeFailure {
+            reason,
+            status: Some(401),
+            code: None,
+            request_id: None,
+            message: String::new(),
+            retry_after: None,
+        };
+        let mut probe = ProbeStatus {
+            last: now,
+            failure: None,
+            failures_by_reason: [0; ProbeReason::ALL.len()],
+        };
+        s.api_probe = Some(Box::new(probe.clone()));
+        assert_eq!(s.state(now), TenantState::Healthy);
+        probe.failure = Some(failure(ProbeReason::NotAuthorized));
+        s.api_probe = Some(Box::new(probe.clone()));
+        assert_eq!(s.state(now), TenantState::ApiDenied);
+        probe.failure = Some(failure(ProbeReason::ServerError));
+        s.api_probe = Some(Box::new(probe));
+        assert_eq!(s.state(now), TenantState::ApiFailing);
+        // A failing refresh says more than the probe: the token side comes first.
+        s.last_error = Some(Box::new(RefreshError::local(
+            ErrorClass::Permanent,
+            Reason::InvalidClient,
+            "x",
+        )));
+        assert_eq!(s.state(now), TenantState::Misconfigured);
     }
 }

@@ -161,6 +161,15 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
         let _ = waited;
     }
 
+    /// A Power BI access probe ended, after `duration`: `Ok`, or why it failed.
+    fn probe_finished(
+        &self,
+        result: Result<(), crate::powerbi::probe::ProbeReason>,
+        duration: Duration,
+    ) {
+        let _ = (result, duration);
+    }
+
     /// A tenant task panicked; the supervisor restarts it.
     fn task_panicked(&self);
 }
@@ -201,6 +210,11 @@ pub struct Tenant {
     wake: SystemTime,
     /// When to check next that the token is still in Redis; `None` for tenants without Redis.
     next_check: Option<SystemTime>,
+    /// The token the sinks hold, kept only for tenants that use the Power BI API with it (the
+    /// access probe); `None` for every other tenant.
+    token: Option<Box<AccessToken>>,
+    /// When the next access probe is due; `None` without a probe or without a token yet.
+    next_probe: Option<SystemTime>,
 }
 
 /// What a check of the token in Redis found.
@@ -245,6 +259,8 @@ impl Tenant {
             next: SystemTime::UNIX_EPOCH,
             wake: SystemTime::UNIX_EPOCH,
             next_check: None,
+            token: None,
+            next_probe: None,
         }
     }
 
@@ -277,8 +293,15 @@ impl Tenant {
             if due > SystemTime::now() {
                 return Some(due);
             }
-            // Nothing to reuse and the first attempt is due now: it follows in this step, so a
-            // cold start costs one task per tenant, not two.
+            // What is due now (usually the first attempt, with nothing on disk to reuse)
+            // follows in this step, so a cold start costs one task per tenant, not two.
+        }
+        if self
+            .next_probe
+            .is_some_and(|at| at < self.wake && self.next_check.is_none_or(|check| at <= check))
+        {
+            Box::pin(self.probe(cancel)).await?;
+            return Some(self.plan());
         }
         if let Some(check) = self.next_check.filter(|check| *check < self.wake) {
             self.next_check = self
@@ -306,6 +329,13 @@ impl Tenant {
         // the many steps waiting for a permit at a cold start stay small: only attempts in
         // flight pay for the HTTP and file-write state.
         self.next = Box::pin(self.attempt(permit.ok())).await;
+        if self
+            .next_probe
+            .is_some_and(|at| at <= SystemTime::now() && at < self.wake)
+        {
+            // Right after a refresh: does Power BI take the new token?
+            Box::pin(self.probe(cancel)).await?;
+        }
         Some(self.plan())
     }
 
@@ -330,9 +360,125 @@ impl Tenant {
             .and_then(|s| schedule::cron_next(&s.cron, SystemTime::now()));
         self.wake = schedule::next_wake(self.next, cron, self.last_attempt, self.retry_not_before);
         status::lock(&self.status).next_refresh = Some(self.wake);
-        self.next_check
-            .filter(|check| *check < self.wake)
+        let check = self.next_check.filter(|check| *check < self.wake);
+        let probe = self.next_probe.filter(|probe| *probe < self.wake);
+        [check, probe]
+            .into_iter()
+            .flatten()
+            .min()
             .unwrap_or(self.wake)
+    }
+
+    /// The tenant's access probe settings, when it has a probe.
+    fn probe_config(&self) -> Option<(&str, &crate::config::ProbeConfig)> {
+        let powerbi = self.config.powerbi.as_deref()?;
+        Some((&powerbi.api_root, powerbi.probe.as_ref()?))
+    }
+
+    /// Keeps `token` for the Power BI API and plans a probe now, for tenants with a probe.
+    fn hold_for_api(&mut self, token: &AccessToken) {
+        if self.probe_config().is_some() {
+            self.token = Some(Box::new(token.clone()));
+            self.next_probe = Some(SystemTime::now());
+        }
+    }
+
+    /// One access probe with the token held, through the same request limiter and rate cap as
+    /// token requests. `None` when `cancel` fired while it waited for its turn.
+    async fn probe(&mut self, cancel: &CancellationToken) -> Option<()> {
+        let now = SystemTime::now();
+        let (Some((api_root, probe)), Some(token)) = (self.probe_config(), self.token.as_deref())
+        else {
+            self.next_probe = None;
+            return Some(());
+        };
+        if token.expires_on() <= clock::unix_seconds(now) {
+            // An expired token proves nothing about access; the refresh due anyway plans the
+            // next probe.
+            self.next_probe = None;
+            return Some(());
+        }
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            permit = self.shared.limiter.clone().acquire_owned() => permit,
+        };
+        if let Some(rate) = &self.shared.rate {
+            let waited = rate.acquire().await;
+            if let (Some(observer), false) = (&self.shared.observer, waited.is_zero()) {
+                observer.rate_limited(waited);
+            }
+        }
+        let (outcome, took) =
+            crate::powerbi::probe::run(&self.shared.client, api_root, probe, token).await;
+        drop(permit);
+        let now = SystemTime::now();
+        let interval = probe.interval;
+        self.next_probe = Some(crate::powerbi::probe::next_probe(now, interval, &outcome));
+        if let Some(observer) = &self.shared.observer {
+            observer.probe_finished(
+                outcome
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|failure| failure.reason),
+                took,
+            );
+        }
+        let previous = {
+            let mut status = status::lock(&self.status);
+            let probe_status = status.api_probe.get_or_insert_with(|| {
+                Box::new(status::ProbeStatus {
+                    last: now,
+                    failure: None,
+                    failures_by_reason: [0; crate::powerbi::probe::ProbeReason::ALL.len()],
+                })
+            });
+            let previous = probe_status.failure.as_ref().map(|failure| failure.reason);
+            probe_status.last = now;
+            if let Err(failure) = &outcome {
+                let count = &mut probe_status.failures_by_reason[failure.reason.index()];
+                *count = count.saturating_add(1);
+            }
+            probe_status.failure = outcome.as_ref().err().cloned();
+            previous
+        };
+        match &outcome {
+            Ok(()) if previous.is_some() => tracing::info!(
+                tenant = %self.config.name,
+                "Power BI accepts the tenant's token again"
+            ),
+            Ok(()) => tracing::debug!(tenant = %self.config.name, "Power BI access probe passed"),
+            Err(failure) => {
+                let next = clock::display_time(self.next_probe.unwrap_or(now));
+                if previous == Some(failure.reason) {
+                    tracing::debug!(
+                        tenant = %self.config.name,
+                        reason = failure.reason.as_str(),
+                        request_id = failure.request_id.as_deref().unwrap_or("-"),
+                        next_probe = %next,
+                        "Power BI access probe still failing"
+                    );
+                } else {
+                    tracing::warn!(
+                        tenant = %self.config.name,
+                        reason = failure.reason.as_str(),
+                        status = failure.status.unwrap_or(0),
+                        code = failure.code.as_deref().unwrap_or("-"),
+                        request_id = failure.request_id.as_deref().unwrap_or("-"),
+                        error = %failure.message,
+                        next_probe = %next,
+                        "Power BI refuses the tenant's token: {}",
+                        failure.reason.advice()
+                    );
+                }
+                if failure.reason == crate::powerbi::probe::ProbeReason::TokenExpired {
+                    // Power BI's clock says the token is over: a fresh one costs one request
+                    // and settles it (the minimum interval between attempts still applies).
+                    self.next = self.next.min(now);
+                }
+            }
+        }
+        Some(())
     }
 
     /// Adopts a still-fresh token from disk (warm start). Returns the first wake-up.
@@ -351,6 +497,7 @@ impl Tenant {
                     "warm start: reusing the token on disk"
                 );
                 self.current_issued_on = Some(token.issued_on());
+                self.hold_for_api(&token);
                 let mut status = status::lock(&self.status);
                 status.expires_on = Some(token.expires_on());
                 status.first_attempt_done = true;
@@ -636,6 +783,7 @@ impl Tenant {
             "{}",
             if adopted { "token adopted from the fleet" } else { "token refreshed" }
         );
+        self.hold_for_api(&token);
         point
     }
 

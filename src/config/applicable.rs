@@ -28,8 +28,10 @@ fn oauth2_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 4] {
 }
 
 /// Keys that only Entra uses.
-fn entra_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 5] {
+fn entra_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 7] {
     [
+        ("powerbi_api", set(&raw.powerbi_api)),
+        ("probe", set(&raw.probe)),
         ("cloud", set(&raw.cloud)),
         ("authority_host", set(&raw.authority_host)),
         ("api", set(&raw.api)),

@@ -24,6 +24,7 @@
 //! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`,
 //!   `managed_identity.rs`, `oauth2.rs` and `sink.rs` hold the rules of its credential, managed
 //!   identity, generic OAuth2 provider and sinks.
+//! * `powerbi.rs`: the tenant's use of the Power BI API (`powerbi_api`, `probe`).
 //! * `applicable.rs`: keys a tenant sets that its provider or credential never uses.
 //! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file or key).
 //! * `values.rs`: value syntax shared by several sections (URLs, GUIDs, dates, cron).
@@ -35,6 +36,7 @@ mod daemon;
 mod loader;
 mod managed_identity;
 mod oauth2;
+mod powerbi;
 mod raw;
 mod redis;
 mod server;

@@ -95,6 +95,8 @@ pub(super) struct RawTenant {
     pub(super) jitter: Option<Spanned<f64>>,
     pub(super) sinks: Option<Spanned<Vec<RawSink>>>,
     pub(super) schedule: Option<Spanned<String>>,
+    pub(super) powerbi_api: Option<Spanned<String>>,
+    pub(super) probe: Option<Spanned<toml::Value>>,
 }
 
 /// `client_certificate = { cert = "…", key = "…", algorithm = "ps256", send_x5c = false }`.

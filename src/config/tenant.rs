@@ -97,6 +97,10 @@ impl Loader<'_> {
         let (refresh_at, jitter) = self.fractions(&input);
         let sinks = self.sinks(&input, name.as_deref());
         let schedule = self.schedule(&input);
+        let powerbi = match provider {
+            Provider::Entra => self.powerbi(&input, cloud, resource.as_deref()),
+            Provider::Oauth2 => Some(None),
+        };
         self.inapplicable_keys(&input);
         if let Some(name) = &name {
             let destinations = sinks
@@ -122,6 +126,7 @@ impl Loader<'_> {
             jitter,
             sinks: sinks?,
             schedule: schedule.map(Box::new),
+            powerbi: powerbi?.map(Box::new),
             line,
         })
     }

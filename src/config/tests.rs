@@ -989,3 +989,71 @@ fn per_tenant_metrics_is_one_of_three_modes() {
         assert!(shown.contains(expected), "{value}: {shown}");
     }
 }
+
+#[test]
+fn probe_defaults_cloud_roots_and_overrides() {
+    let config = parse_ok(&format!(
+        "{MINIMAL}cloud = \"gcchigh\"\nprobe = true\n\n[[tenant]]\nname = \"fabrikam\"\ntenant_id = \"fabrikam.example.com\"\npowerbi_api = \"http://127.0.0.1:9/\"\nprobe = {{ interval = \"90s\", path = \"/v1.0/myorg/reports\" }}\n\n[[tenant]]\nname = \"plain\"\ntenant_id = \"plain.example.com\"\n"
+    ));
+    let powerbi = config.tenants[0]
+        .powerbi
+        .as_deref()
+        .expect("contoso probes");
+    assert_eq!(&*powerbi.api_root, "https://api.high.powerbigov.us");
+    assert_eq!(
+        powerbi.probe,
+        Some(ProbeConfig {
+            interval: Duration::from_secs(15 * 60),
+            path: "/v1.0/myorg/groups?$top=1".to_owned(),
+        })
+    );
+    let powerbi = config.tenants[1]
+        .powerbi
+        .as_deref()
+        .expect("fabrikam probes");
+    assert_eq!(&*powerbi.api_root, "http://127.0.0.1:9");
+    assert_eq!(
+        powerbi.probe,
+        Some(ProbeConfig {
+            interval: Duration::from_secs(90),
+            path: "/v1.0/myorg/reports".to_owned(),
+        })
+    );
+    assert_eq!(config.tenants[2].powerbi, None);
+
+    // `[defaults]` turns it on, a tenant turns it off.
+    let config = parse_ok(&MINIMAL.replace(
+        "[[tenant]]\nname = \"contoso\"",
+        "probe = { interval = \"5m\" }\n\n[[tenant]]\nprobe = false\nname = \"contoso\"",
+    ));
+    assert_eq!(config.tenants[0].powerbi, None);
+}
+
+#[test]
+fn probe_mistakes_are_reported_with_their_keys() {
+    let err = parse_err(&format!(
+        "{MINIMAL}probe = {{ interval = \"2d\", path = \"https://evil.example/x\", colour = 1 }}\npowerbi_api = \"http://api.example.com\"\n"
+    ));
+    let shown = err.to_string();
+    for expected in [
+        "tenant \"contoso\": probe.interval: expected a duration between 1s and 24h",
+        "tenant \"contoso\": probe.path: expected a path under the API root",
+        "tenant \"contoso\": probe.colour: unknown key",
+        "tenant \"contoso\": powerbi_api: \"http://api.example.com\" uses http",
+    ] {
+        assert!(shown.contains(expected), "{expected}\n{shown}");
+    }
+    let err = parse_err(&format!("{MINIMAL}probe = \"yes\"\n"));
+    assert!(
+        err.to_string().contains("expected true, false or {"),
+        "{err}"
+    );
+    // A token for another resource cannot show Power BI access.
+    let err = parse_err(&format!(
+        "{MINIMAL}probe = true\nresource = \"https://graph.microsoft.com\"\n"
+    ));
+    assert!(
+        err.to_string().contains("the probe calls the Power BI API"),
+        "{err}"
+    );
+}

@@ -445,6 +445,9 @@ pub struct TenantConfig {
     pub sinks: Vec<SinkConfig>,
     /// Extra forced refreshes.
     pub schedule: Option<Box<CronSchedule>>,
+    /// What the daemon does with the Power BI API itself (the access probe); `None` when
+    /// nothing. Boxed: opt-in, and a hundred thousand tenants carry the field.
+    pub powerbi: Option<Box<PowerBiConfig>>,
     /// Line of the `[[tenant]]` header, for messages that concern the whole tenant. Not a
     /// setting: equality ignores it.
     pub line: Option<usize>,
@@ -471,6 +474,7 @@ impl PartialEq for TenantConfig {
             jitter,
             sinks,
             schedule,
+            powerbi,
             line: _,
         } = self;
         *name == other.name
@@ -485,7 +489,37 @@ impl PartialEq for TenantConfig {
             && *jitter == other.jitter
             && *sinks == other.sinks
             && *schedule == other.schedule
+            && *powerbi == other.powerbi
     }
+}
+
+/// A tenant's use of the Power BI REST API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PowerBiConfig {
+    /// The REST API root without a trailing slash: the cloud's (`https://api.powerbi.com` for
+    /// the public cloud), or `powerbi_api`.
+    pub api_root: Arc<str>,
+    /// The access probe; `None` when off.
+    pub probe: Option<ProbeConfig>,
+}
+
+/// `probe = { interval = "15m", path = "/v1.0/myorg/groups?$top=1" }`: a cheap authenticated
+/// call that shows whether Power BI accepts the tenant's tokens, which Entra issuing them does
+/// not prove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Time between probes (besides the one after every refresh).
+    pub interval: Duration,
+    /// Path and query under the API root.
+    pub path: String,
+}
+
+impl ProbeConfig {
+    /// Lists at most one workspace: the cheapest call every service principal may make.
+    pub const DEFAULT_PATH: &str = "/v1.0/myorg/groups?$top=1";
+    /// Often enough to notice a revoked setting within the half hour the alert waits; rare
+    /// enough to be noise next to the application's own calls.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
 }
 
 impl TenantConfig {
@@ -519,6 +553,7 @@ impl TenantConfig {
                 mode: 0o600,
             })],
             schedule: None,
+            powerbi: None,
             line: None,
         }
     }
