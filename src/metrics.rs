@@ -977,7 +977,8 @@ mod tests {
         assert!(text.contains("powerbi_tokend_tenants{state=\"healthy\"} 3000"));
         // Headers stay, so the families are known even while no tenant needs them.
         assert!(text.contains("# HELP powerbi_tokend_consecutive_failures "));
-        assert!(text.len() < 16 * 1024, "{} bytes", text.len());
+        // Independent of the fleet: the aggregates alone (a 3,000-tenant page would be 1.6 MB).
+        assert!(text.len() < 24 * 1024, "{} bytes", text.len());
     }
 
     #[test]
