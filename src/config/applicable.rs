@@ -28,8 +28,9 @@ fn oauth2_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 4] {
 }
 
 /// Keys that only Entra uses.
-fn entra_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 7] {
+fn entra_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 8] {
     [
+        ("embed", set(&raw.embed)),
         ("powerbi_api", set(&raw.powerbi_api)),
         ("probe", set(&raw.probe)),
         ("cloud", set(&raw.cloud)),

@@ -338,6 +338,7 @@ impl<'a> Loader<'a> {
                 parsed.tenant_id.as_ref().map(|s| s.span().start),
                 "tenant_id",
             ),
+            (parsed.embed.as_ref().map(|s| s.span().start), "embed"),
         ] {
             if let Some(offset) = present {
                 self.problem(

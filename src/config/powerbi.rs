@@ -1,13 +1,15 @@
 //! A tenant's use of the Power BI REST API: where the API is (`powerbi_api`, else the cloud's
-//! root) and the access probe (`probe`). Both may be set in `[defaults]`; a tenant's own value
-//! replaces the default whole (`probe = false` turns an inherited probe off).
+//! root), the access probe (`probe`) and embed tokens (`[[tenant.embed]]`). The first two may be
+//! set in `[defaults]`; a tenant's own value replaces the default whole (`probe = false` turns an
+//! inherited probe off). Embed tokens belong to one tenant each.
 
 use std::time::Duration;
 
 use super::loader::Loader;
+use super::raw::RawEmbed;
 use super::tenant::{TenantInput, inherited};
-use super::types::{PowerBiConfig, ProbeConfig};
-use super::values::check_authority_host;
+use super::types::{AccessLevel, EmbedConfig, PowerBiConfig, ProbeConfig};
+use super::values::{check_authority_host, is_guid};
 use crate::cloud::Cloud;
 
 /// The shortest probe interval: below it the probe would be a load test.
@@ -17,6 +19,13 @@ const PROBE_INTERVAL_MIN: Duration = Duration::from_secs(1);
 /// alert that waits half an hour can be helped by.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
 
+/// GenerateToken's limit per kind of item.
+const EMBED_ITEMS_MAX: usize = 50;
+
+/// The longest `lifetimeInMinutes` worth asking for: an embed token never outlives the Entra
+/// token it was made with, which lives about an hour.
+const EMBED_LIFETIME_MAX: Duration = Duration::from_secs(60 * 60);
+
 /// A path longer than this is not a Power BI API call.
 const PROBE_PATH_MAX: usize = 512;
 
@@ -25,20 +34,188 @@ impl Loader<'_> {
     pub(super) fn powerbi(
         &mut self,
         input: &TenantInput<'_>,
+        name: Option<&str>,
         cloud: Cloud,
         resource: Option<&str>,
     ) -> Option<Option<PowerBiConfig>> {
         let api_root = self.powerbi_api(input, cloud);
         let probe = self.probe(input, resource);
-        let probe = probe?;
-        let api_root = api_root?;
-        if probe.is_none() {
+        let embeds = self.embeds(input, name);
+        let (probe, embeds, api_root) = (probe?, embeds?, api_root?);
+        if probe.is_none() && embeds.is_empty() {
             return Some(None);
         }
         Some(Some(PowerBiConfig {
             api_root: self.shared(api_root),
             probe,
+            embeds,
         }))
+    }
+
+    /// Every `[[tenant.embed]]` of the tenant's own table (never inherited).
+    fn embeds(
+        &mut self,
+        input: &TenantInput<'_>,
+        tenant: Option<&str>,
+    ) -> Option<Vec<EmbedConfig>> {
+        let Some(list) = &input.raw.embed else {
+            return Some(Vec::new());
+        };
+        let tenant = tenant.unwrap_or("");
+        let mut embeds = Vec::new();
+        let mut ok = true;
+        for (index, raw) in list.get_ref().iter().enumerate() {
+            let at = raw.span().start;
+            match self.embed(input, index, at, raw.get_ref(), tenant) {
+                Some(embed) => {
+                    if embeds
+                        .iter()
+                        .any(|other: &EmbedConfig| other.name == embed.name)
+                    {
+                        self.problem(
+                            Some(at),
+                            input.key(&format!("embed {:?}", embed.name)),
+                            "duplicate embed name; each [[tenant.embed]] of a tenant needs its own"
+                                .to_owned(),
+                        );
+                        ok = false;
+                    }
+                    embeds.push(embed);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(embeds)
+    }
+
+    /// One `[[tenant.embed]]`.
+    fn embed(
+        &mut self,
+        input: &TenantInput<'_>,
+        index: usize,
+        at: usize,
+        raw: &RawEmbed,
+        tenant: &str,
+    ) -> Option<EmbedConfig> {
+        let before = self.problems.len();
+        let Some(name) = raw.name.clone() else {
+            self.problem(
+                Some(at),
+                input.key(&format!("embed[{index}].name")),
+                "missing; every [[tenant.embed]] needs a name (letters, digits, '.', '_', '-')"
+                    .to_owned(),
+            );
+            return None;
+        };
+        let key = input.key(&format!("embed {name:?}"));
+        if !super::tenant::is_valid_name(&name) {
+            self.problem(
+                Some(at),
+                format!("{key}.name"),
+                format!("{name:?} is not a valid name: use letters, digits, '.', '_' and '-' only"),
+            );
+        }
+        if raw.reports.is_empty() && raw.datasets.is_empty() {
+            self.problem(
+                Some(at),
+                key.clone(),
+                "names no report and no dataset; expected reports = [\"<report id>\"] and/or datasets = [\"<dataset id>\"]".to_owned(),
+            );
+        }
+        for (field, ids) in [
+            ("reports", &raw.reports),
+            ("datasets", &raw.datasets),
+            ("target_workspaces", &raw.target_workspaces),
+        ] {
+            if ids.len() > EMBED_ITEMS_MAX {
+                self.problem(
+                    Some(at),
+                    format!("{key}.{field}"),
+                    format!(
+                        "has {} ids; GenerateToken takes at most {EMBED_ITEMS_MAX}",
+                        ids.len()
+                    ),
+                );
+            }
+            if let Some(bad) = ids.iter().find(|id| !is_guid(id)) {
+                self.problem(
+                    Some(at),
+                    format!("{key}.{field}"),
+                    format!("expected GUIDs (the id in the item's URL), got {bad:?}"),
+                );
+            }
+        }
+        let access_level = match raw.access_level.as_deref() {
+            None | Some("View") => AccessLevel::View,
+            Some("Edit") => AccessLevel::Edit,
+            Some("Create") => AccessLevel::Create,
+            Some(other) => {
+                self.problem(
+                    Some(at),
+                    format!("{key}.access_level"),
+                    format!("expected \"View\", \"Edit\" or \"Create\", got {other:?}"),
+                );
+                AccessLevel::View
+            }
+        };
+        if access_level == AccessLevel::Create && raw.target_workspaces.is_empty() {
+            self.problem(
+                Some(at),
+                format!("{key}.target_workspaces"),
+                "access_level = \"Create\" needs the workspaces new content may be saved in"
+                    .to_owned(),
+            );
+        }
+        let lifetime = match raw.lifetime.as_deref().map(humantime::parse_duration) {
+            None => None,
+            Some(Ok(lifetime))
+                if lifetime >= Duration::from_secs(60)
+                    && lifetime <= EMBED_LIFETIME_MAX
+                    && lifetime.as_secs() % 60 == 0 =>
+            {
+                Some(lifetime)
+            }
+            Some(_) => {
+                self.problem(
+                    Some(at),
+                    format!("{key}.lifetime"),
+                    format!(
+                        "expected whole minutes between 1m and 60m such as \"30m\", got {:?}",
+                        raw.lifetime.as_deref().unwrap_or_default()
+                    ),
+                );
+                None
+            }
+        };
+        let sinks = match &raw.sinks {
+            None => {
+                self.problem(
+                    Some(at),
+                    format!("{key}.sinks"),
+                    "missing; expected e.g. sinks = [{ type = \"file\", path = \"/var/lib/powerbi-tokend/{name}.{embed}.embed.json\" }]".to_owned(),
+                );
+                None
+            }
+            Some(sinks) => self.sink_list(
+                sinks,
+                at,
+                &format!("{key}.sinks"),
+                &|pattern| pattern.replace("{name}", tenant).replace("{embed}", &name),
+                tenant,
+            ),
+        };
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(EmbedConfig {
+            name,
+            reports: raw.reports.clone(),
+            datasets: raw.datasets.clone(),
+            target_workspaces: raw.target_workspaces.clone(),
+            access_level,
+            lifetime,
+            sinks: sinks?,
+        })
     }
 
     /// `powerbi_api`: the REST API root, under the same https-except-loopback rule as

@@ -97,6 +97,23 @@ pub(super) struct RawTenant {
     pub(super) schedule: Option<Spanned<String>>,
     pub(super) powerbi_api: Option<Spanned<String>>,
     pub(super) probe: Option<Spanned<toml::Value>>,
+    pub(super) embed: Option<Spanned<Vec<Spanned<RawEmbed>>>>,
+}
+
+/// One `[[tenant.embed]]`: an embed token kept fresh for a set of reports and datasets.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEmbed {
+    pub(super) name: Option<String>,
+    #[serde(default)]
+    pub(super) reports: Vec<String>,
+    #[serde(default)]
+    pub(super) datasets: Vec<String>,
+    #[serde(default)]
+    pub(super) target_workspaces: Vec<String>,
+    pub(super) access_level: Option<String>,
+    pub(super) lifetime: Option<String>,
+    pub(super) sinks: Option<Vec<RawSink>>,
 }
 
 /// `client_certificate = { cert = "…", key = "…", algorithm = "ps256", send_x5c = false }`.

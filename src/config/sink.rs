@@ -30,41 +30,63 @@ impl Loader<'_> {
             Some(sinks) => sinks,
         };
         let offset = sinks.span().start;
-        if sinks.get_ref().is_empty() {
+        let key = input.key("sinks");
+        let name = name.unwrap_or("");
+        self.sink_list(
+            sinks.get_ref(),
+            offset,
+            &key,
+            &|pattern| pattern.replace("{name}", name),
+            name,
+        )
+    }
+
+    /// A list of sinks (a tenant's, or an embed token's) at `offset`, reported under `key`:
+    /// file paths through `expand`, Redis keys through `expand` with `{name}` kept as the hash
+    /// tag of `tenant`.
+    pub(super) fn sink_list(
+        &mut self,
+        sinks: &[RawSink],
+        offset: usize,
+        key: &str,
+        expand: &dyn Fn(&str) -> String,
+        tenant: &str,
+    ) -> Option<Vec<SinkConfig>> {
+        if sinks.is_empty() {
             self.problem(
                 Some(offset),
-                input.key("sinks"),
-                "is empty; a tenant needs at least one sink".to_owned(),
+                key.to_owned(),
+                "is empty; at least one sink is needed".to_owned(),
             );
             return None;
         }
         let mut out = Vec::new();
-        for sink in sinks.get_ref() {
+        for sink in sinks {
             match sink {
                 RawSink::File { path, format, mode } => {
                     let mode = match mode.as_ref().map_or(Ok(0o600), parse_mode) {
                         Ok(mode) => Some(mode),
                         Err(message) => {
-                            self.problem(Some(offset), input.key("sinks.mode"), message);
+                            self.problem(Some(offset), format!("{key}.mode"), message);
                             None
                         }
                     };
                     if path.trim().is_empty() {
                         self.problem(
                             Some(offset),
-                            input.key("sinks.path"),
+                            format!("{key}.path"),
                             "must not be empty".to_owned(),
                         );
                         continue;
                     }
-                    let expanded = path.replace("{name}", name.unwrap_or(""));
+                    let expanded = expand(path);
                     let file_name_bytes = std::path::Path::new(&expanded)
                         .file_name()
                         .map_or(0, |file| file.len());
                     if file_name_bytes > MAX_FILE_NAME_BYTES {
                         self.problem(
                             Some(offset),
-                            input.key("sinks.path"),
+                            format!("{key}.path"),
                             format!(
                                 "the file name is {file_name_bytes} bytes; at most {MAX_FILE_NAME_BYTES} fit next to the temp file's suffix (use a shorter name or path pattern)"
                             ),
@@ -79,15 +101,21 @@ impl Loader<'_> {
                         }));
                     }
                 }
-                RawSink::Redis { key, format } => {
-                    let pattern = key.as_deref().unwrap_or(DEFAULT_REDIS_KEY);
-                    match redis_key(pattern, name.unwrap_or("")) {
+                RawSink::Redis {
+                    key: redis_key_pattern,
+                    format,
+                } => {
+                    let pattern = expand_keeping_name(
+                        expand,
+                        redis_key_pattern.as_deref().unwrap_or(DEFAULT_REDIS_KEY),
+                    );
+                    match redis_key(&pattern, tenant) {
                         Ok(key) => out.push(SinkConfig::Redis(RedisSinkConfig {
                             key,
                             format: format.unwrap_or_default(),
                         })),
                         Err(message) => {
-                            self.problem(Some(offset), input.key("sinks.key"), message);
+                            self.problem(Some(offset), format!("{key}.key"), message);
                         }
                     }
                 }
@@ -95,6 +123,15 @@ impl Loader<'_> {
         }
         Some(out)
     }
+}
+
+/// `pattern` through `expand`, except `{name}`, which [`redis_key`] turns into a hash tag.
+fn expand_keeping_name(expand: &dyn Fn(&str) -> String, pattern: &str) -> String {
+    pattern
+        .split("{name}")
+        .map(expand)
+        .collect::<Vec<_>>()
+        .join("{name}")
 }
 
 /// Longest Redis key pattern, in bytes.

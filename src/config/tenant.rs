@@ -98,14 +98,20 @@ impl Loader<'_> {
         let sinks = self.sinks(&input, name.as_deref());
         let schedule = self.schedule(&input);
         let powerbi = match provider {
-            Provider::Entra => self.powerbi(&input, cloud, resource.as_deref()),
+            Provider::Entra => self.powerbi(&input, name.as_deref(), cloud, resource.as_deref()),
             Provider::Oauth2 => Some(None),
         };
         self.inapplicable_keys(&input);
         if let Some(name) = &name {
+            let embed_sinks = powerbi
+                .iter()
+                .flatten()
+                .flat_map(|powerbi| powerbi.embeds.iter())
+                .flat_map(|embed| embed.sinks.iter());
             let destinations = sinks
                 .iter()
                 .flatten()
+                .chain(embed_sinks)
                 .map(SinkConfig::destination)
                 .collect();
             self.seen.push((name.clone(), line, destinations));
@@ -376,7 +382,7 @@ impl Loader<'_> {
 }
 
 /// Letters, digits, `.`, `_` and `-`; not `.` or `..` (the name becomes a file name).
-fn is_valid_name(name: &str) -> bool {
+pub(super) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()

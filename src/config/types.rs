@@ -501,6 +501,51 @@ pub struct PowerBiConfig {
     pub api_root: Arc<str>,
     /// The access probe; `None` when off.
     pub probe: Option<ProbeConfig>,
+    /// Embed tokens kept fresh for the tenant (`[[tenant.embed]]`).
+    pub embeds: Vec<EmbedConfig>,
+}
+
+/// `[[tenant.embed]]`: an embed token (Power BI `GenerateToken`, the multi-resource V2 API) for
+/// a fixed set of reports and datasets, refreshed like the access token and written to sinks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbedConfig {
+    /// Unique within the tenant: file names, keys, logs and the `embed` metric label.
+    pub name: String,
+    /// Report ids (GUIDs).
+    pub reports: Vec<String>,
+    /// Dataset ids (GUIDs).
+    pub datasets: Vec<String>,
+    /// Workspaces in which the token may save new content (`Create`).
+    pub target_workspaces: Vec<String>,
+    /// What the token allows on the reports.
+    pub access_level: AccessLevel,
+    /// `lifetimeInMinutes`: shortens the token's life (Power BI caps it at the Entra token's).
+    pub lifetime: Option<Duration>,
+    /// Where the embed token is written.
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// `access_level`: what an embed token allows on its reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessLevel {
+    /// Read only.
+    #[default]
+    View,
+    /// Edit the reports (`allowEdit`).
+    Edit,
+    /// Edit, and save new reports in `target_workspaces`.
+    Create,
+}
+
+impl AccessLevel {
+    /// As written in the config and in the token file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLevel::View => "View",
+            AccessLevel::Edit => "Edit",
+            AccessLevel::Create => "Create",
+        }
+    }
 }
 
 /// `probe = { interval = "15m", path = "/v1.0/myorg/groups?$top=1" }`: a cheap authenticated
