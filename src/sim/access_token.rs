@@ -1,9 +1,14 @@
 //! What a successful token request gets: the v2 body (numbers as numbers), the v1 body (numbers
 //! as strings, plus `expires_on`, `not_before`, `resource`), and a JWT-shaped access token that
 //! is unique per issue. The managed identity endpoints mint their tokens with the same helpers.
+//!
+//! Every token is signed with the simulator's own HMAC key ([`sign`], [`verify`]), so the
+//! simulated Power BI API can tell the tokens this simulator issued from forged or foreign ones,
+//! as the real API checks Entra's signature.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::{constant_time, hmac};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -44,7 +49,12 @@ struct V1Token {
     access_token: String,
 }
 
-pub(super) fn success_response(incoming: &Incoming, grant: &Grant, serial: u64) -> Response {
+pub(super) fn success_response(
+    key: &hmac::Key,
+    incoming: &Incoming,
+    grant: &Grant,
+    serial: u64,
+) -> Response {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
@@ -52,7 +62,8 @@ pub(super) fn success_response(incoming: &Incoming, grant: &Grant, serial: u64) 
     let refresh_in = grant.refresh_in.map(|refresh| refresh.as_secs());
     let not_before = now.saturating_sub(NOT_BEFORE_BACKDATE_SECS);
     let expires_on = now + lifetime;
-    let access_token = fake_jwt(&incoming.tenant, grant, not_before, expires_on, serial);
+    let claims = app_token_claims(&incoming.tenant, grant, not_before, expires_on, serial);
+    let access_token = jwt_shaped(key, &claims);
     // Serialising a struct of strings and integers cannot fail.
     let body = match incoming.version {
         ApiVersion::V2 => serde_json::to_vec(&V2Token {
@@ -79,13 +90,18 @@ pub(super) fn success_response(incoming: &Incoming, grant: &Grant, serial: u64) 
     (StatusCode::OK, headers, body).into_response()
 }
 
-/// A JWT-shaped access token (unsigned: the signature is random bytes) with the claims of a
-/// real app-only Power BI token, about 1.3 KB long. `uti` carries the issue serial so no two
-/// tokens are equal.
-fn fake_jwt(tenant: &str, grant: &Grant, not_before: u64, expires_on: u64, serial: u64) -> String {
+/// The claims of a real app-only Power BI token; signed, they make a token about 1.3 KB long.
+/// `uti` carries the issue serial so no two tokens are equal.
+fn app_token_claims(
+    tenant: &str,
+    grant: &Grant,
+    not_before: u64,
+    expires_on: u64,
+    serial: u64,
+) -> Value {
     let issuer = format!("https://sts.windows.net/{tenant}/");
     let object_id = random_guid();
-    let payload = serde_json::json!({
+    serde_json::json!({
         "aud": grant.resource,
         "iss": issuer,
         "iat": not_before,
@@ -105,8 +121,7 @@ fn fake_jwt(tenant: &str, grant: &Grant, not_before: u64, expires_on: u64, seria
         "xms_idrel": "7 18",
         "xms_tcdt": 1_600_000_000_u64,
         "xms_rd": random_base64url(90),
-    });
-    jwt_shaped(&payload)
+    })
 }
 
 /// The `uti` claim: the issue serial plus random bytes, so no two tokens are equal.
@@ -117,17 +132,58 @@ pub(super) fn unique_token_id(serial: u64) -> String {
     URL_SAFE_NO_PAD.encode(uti)
 }
 
-/// A JWT with Entra's header, these claims, and random bytes for a signature.
-pub(super) fn jwt_shaped(payload: &Value) -> String {
+/// Length of the signature part, in bytes: that of Entra's RS256 signatures (RSA-2048), so a
+/// simulated token is as long as a real one and size-sensitive code (sinks, Redis values, the
+/// benchmarks) pays what it pays in production.
+const SIGNATURE_LEN: usize = 256;
+
+/// A JWT with Entra's header, these claims, and the simulator's signature ([`sign`]).
+///
+/// The header still says `RS256` with a key id: a client must treat an access token as opaque,
+/// so it should see what production sends; only the simulator itself checks the signature.
+pub(super) fn jwt_shaped(key: &hmac::Key, payload: &Value) -> String {
     const HEADER: &str = r#"{"typ":"JWT","alg":"RS256","x5t":"c2ltdWxhdGVkLWVudHJhLWtleQ","kid":"c2ltdWxhdGVkLWVudHJhLWtleQ"}"#;
-    let mut signature = [0u8; 256];
-    fastrand::fill(&mut signature);
-    format!(
-        "{}.{}.{}",
+    let signing_input = format!(
+        "{}.{}",
         URL_SAFE_NO_PAD.encode(HEADER),
-        URL_SAFE_NO_PAD.encode(payload.to_string()),
-        URL_SAFE_NO_PAD.encode(signature)
-    )
+        URL_SAFE_NO_PAD.encode(payload.to_string())
+    );
+    let signature = sign(key, &signing_input);
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// The signature of `header.payload`: HMAC-SHA256 under the simulator's key, followed by seven
+/// more HMAC blocks, each the MAC of the block before, to fill [`SIGNATURE_LEN`] bytes.
+///
+/// The filler is derived rather than random so that every byte of a token is covered: a token
+/// changed anywhere, its signature's tail included, no longer verifies, and a test that forges
+/// one cannot pass by accident.
+fn sign(key: &hmac::Key, signing_input: &str) -> [u8; SIGNATURE_LEN] {
+    let mut signature = [0u8; SIGNATURE_LEN];
+    let mut block = hmac::sign(key, signing_input.as_bytes());
+    for chunk in signature.chunks_mut(block.as_ref().len()) {
+        chunk.copy_from_slice(&block.as_ref()[..chunk.len()]);
+        block = hmac::sign(key, block.as_ref());
+    }
+    signature
+}
+
+/// The claims of `token` if this simulator (this key) signed it: three base64url parts, a
+/// signature that matches, claims that are a JSON object. `None` for anything else, however
+/// malformed; nothing here can panic on input.
+pub(super) fn verify(key: &hmac::Key, token: &str) -> Option<Value> {
+    let mut parts = token.split('.');
+    let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+    // `header.payload` is the token up to its second `.`, an ASCII byte, so the slice ends
+    // inside the token and on a character boundary.
+    let expected = sign(key, &token[..header.len() + 1 + payload.len()]);
+    constant_time::verify_slices_are_equal(&signature, &expected).ok()?;
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    claims.is_object().then_some(claims)
 }
 
 #[cfg(test)]
@@ -213,6 +269,36 @@ mod tests {
         assert_eq!(v2["expires_in"], serde_json::json!(7200));
         let v1 = post(&http, &v1_url(&sim, TENANT), &v1_form()).await.json();
         assert_eq!(v1["refresh_in"], "3600");
+    }
+
+    #[test]
+    fn signed_tokens_verify_under_their_own_key_only() {
+        let random = aws_lc_rs::rand::SystemRandom::new();
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &random).expect("key");
+        let other = hmac::Key::generate(hmac::HMAC_SHA256, &random).expect("key");
+        let claims = serde_json::json!({ "aud": POWER_BI, "tid": TENANT, "exp": 1 });
+        let token = jwt_shaped(&key, &claims);
+        assert_eq!(verify(&key, &token), Some(claims));
+        assert_eq!(verify(&other, &token), None);
+
+        let (signing_input, signature) = token.rsplit_once('.').expect("three parts");
+        let signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url");
+        assert_eq!(signature.len(), SIGNATURE_LEN);
+        assert_eq!(
+            &signature[..32],
+            hmac::sign(&key, signing_input.as_bytes()).as_ref(),
+            "the signature starts with HMAC-SHA256 over header.payload"
+        );
+        for altered in [
+            token.replacen('.', "x.", 1),
+            format!("{token}A"),
+            format!("{token}.x"),
+            token[..token.len() - 1].to_owned(),
+            String::new(),
+            "..".to_owned(),
+        ] {
+            assert_eq!(verify(&key, &altered), None, "{altered}");
+        }
     }
 
     #[tokio::test]

@@ -399,23 +399,26 @@ fn managed_identity_success(
     let issuer = format!("{}/{MANAGED_IDENTITY_TENANT}/v2.0", shared.authority_host);
     let object_id = managed_identity_object_id(&grant.client_id);
     let serial = shared.serial.fetch_add(1, Ordering::Relaxed);
-    let access_token = jwt_shaped(&serde_json::json!({
-        "aud": grant.resource,
-        "iss": issuer,
-        "iat": not_before,
-        "nbf": not_before,
-        "exp": expires_on,
-        "aio": random_base64url(72),
-        "appid": grant.client_id,
-        "azp": grant.client_id,
-        "azpacr": "2",
-        "idtyp": "app",
-        "oid": object_id,
-        "sub": object_id,
-        "tid": MANAGED_IDENTITY_TENANT,
-        "uti": unique_token_id(serial),
-        "ver": "2.0",
-    }));
+    let access_token = jwt_shaped(
+        &shared.token_key,
+        &serde_json::json!({
+            "aud": grant.resource,
+            "iss": issuer,
+            "iat": not_before,
+            "nbf": not_before,
+            "exp": expires_on,
+            "aio": random_base64url(72),
+            "appid": grant.client_id,
+            "azp": grant.client_id,
+            "azpacr": "2",
+            "idtyp": "app",
+            "oid": object_id,
+            "sub": object_id,
+            "tid": MANAGED_IDENTITY_TENANT,
+            "uti": unique_token_id(serial),
+            "ver": "2.0",
+        }),
+    );
     // Serialising a struct of strings cannot fail.
     let body = match endpoint {
         ManagedIdentityEndpoint::Imds => serde_json::to_vec(&ImdsToken {

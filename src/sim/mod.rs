@@ -1,9 +1,11 @@
-//! A simulated Microsoft Entra ID token service, served in-process over real HTTP.
+//! A simulated Microsoft Entra ID token service and Power BI REST API, served in-process over
+//! real HTTP.
 //!
 //! The `demo` subcommand, the integration tests and the many-tenant benchmark all need an Entra
 //! ID that behaves like the real one but runs on `127.0.0.1:0`, needs no network and can be told
 //! to misbehave. A simulator that is kinder than Entra hides bugs, so this one copies the wire
-//! format the daemon will meet in production (see `reference/entra-protocol.md` §1, §2 and §9):
+//! format the daemon will meet in production (see `reference/entra-protocol.md` §1, §2, §8 and
+//! §9):
 //!
 //! * **Endpoints.** `POST /{tenant}/oauth2/v2.0/token` (v2) and `POST /{tenant}/oauth2/token`
 //!   (v1), form-encoded only, plus `GET /{tenant}/v2.0/.well-known/openid-configuration`.
@@ -13,6 +15,9 @@
 //!   is configured for it) as JSON numbers; v1 sends every number as a JSON *string* and adds
 //!   `expires_on`, `not_before` and `resource`. The access token is JWT-shaped, about 1 KB, and
 //!   unique per issue (claim `uti`), so a client that caches or compares tokens is exercised.
+//!   It is signed with a key made for each simulator (HMAC-SHA256, in a signature part as long
+//!   as Entra's RS256 one), so the simulated Power BI API accepts only tokens this simulator
+//!   issued.
 //! * **Errors.** Every rejection has Entra's body shape (`error`, `error_description` ending in
 //!   `\r\nTrace ID: …\r\nCorrelation ID: …\r\nTimestamp: …`, `error_codes`, `timestamp`,
 //!   `trace_id`, `correlation_id`, `error_uri`) and the HTTP status Entra is observed to use.
@@ -53,6 +58,16 @@
 //!   without one, the system-assigned identity (else a sole user-assigned one) answers. A
 //!   script of one-shot statuses (404, 410, 429, 5xx) injects the faults IMDS is known for.
 //!
+//! * **Power BI** (§8). `GET /v1.0/myorg/groups` (the daemon's probe; `$top` and `$skip`
+//!   honoured, `$filter` ignored) and `POST /v1.0/myorg/GenerateToken` (V2 embed tokens), on
+//!   the same listener, so [`SimEntra::powerbi_api`] is the authority host. The bearer token
+//!   must be one this simulator signed, for the Power BI resource of the cloud set with
+//!   [`SimEntra::set_powerbi_cloud`], and not expired: else 401 `PowerBINotAuthorizedException`
+//!   (403 `TokenExpired` when only its time is up). Its `tid` names the tenant whose
+//!   [`PowerBiBehavior`] applies (401, 403, 404, 429 with `Retry-After`, 500). An embed token
+//!   expires no later than the bearer token. Every answer carries a `RequestId` header, every
+//!   error an `X-PowerBI-Error-Info` header.
+//!
 //! * **TLS.** [`SimEntra::start`] speaks plain HTTP, which the daemon allows for loopback
 //!   authority hosts only; [`SimEntra::start_tls`] serves the same endpoints over HTTPS with a
 //!   certificate the caller provides, so a client pays for handshakes and chain checks as it
@@ -60,7 +75,7 @@
 //!
 //! Cost per request is one short critical section on a `std::sync::Mutex` (never held across
 //! an `.await`), so ten thousand tenants refreshing together do not contend on the simulator.
-//! The simulator never logs a client secret, an assertion or an issued token;
+//! The simulator never logs a client secret, an assertion, an issued token or an embed token;
 //! [`SimEntra::last_request`] and [`SimEntra::last_managed_identity_request`] keep credentials
 //! only as `[REDACTED]`.
 //!
@@ -72,13 +87,16 @@
 //! * `token_endpoint.rs`: the v1 and v2 token endpoints and the discovery document: reading a
 //!   request, the validation order, rejections.
 //! * `access_token.rs`: what a successful request gets: the v1 and v2 bodies and the JWT-shaped
-//!   access tokens (the managed identity endpoints mint theirs with it too).
+//!   access tokens, signed and verified with the simulator's key (the managed identity
+//!   endpoints mint theirs with it too; the Power BI API verifies them with it).
 //! * `catalogue.rs`: the AADSTS table ([`catalogue`](fn@catalogue)) and Entra's error body.
 //! * `faults.rs`: the answers of the injected [`Behavior`]s that are not a validation result
 //!   (throttling, 5xx, proxy pages, truncated and oversized bodies).
 //! * `assertion.rs`: client assertions signed with a registered certificate, and JWT decoding.
 //! * `federated.rs`: external tokens matched against federated identity credentials.
 //! * `managed_identity.rs`: the IMDS and App Service endpoints.
+//! * `powerbi.rs`: the Power BI REST API: bearer checks, workspaces, embed tokens, and the
+//!   per-tenant [`PowerBiBehavior`]s.
 //! * `tls.rs`: the HTTPS accept loop of [`SimEntra::start_tls`].
 //! * `wire.rs`: small helpers: form and Basic decoding, GUIDs, base64, the clock, JSON headers,
 //!   redaction.
@@ -90,7 +108,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use aws_lc_rs::digest;
+use aws_lc_rs::{digest, hmac};
 use axum::Router;
 use axum::routing::{any, get};
 use tokio::sync::watch;
@@ -101,6 +119,7 @@ mod catalogue;
 mod faults;
 mod federated;
 mod managed_identity;
+mod powerbi;
 #[cfg(test)]
 mod test_support;
 mod tls;
@@ -114,9 +133,13 @@ pub use managed_identity::{
     ManagedIdentityEndpoint, SIM_SYSTEM_ASSIGNED_CLIENT_ID, SimManagedIdentity,
     SimManagedIdentityRequest, managed_identity_object_id, managed_identity_resource_id,
 };
+pub use powerbi::{PowerBiBehavior, PowerBiEndpoint};
 pub use token_endpoint::POWER_BI_RESOURCES;
 
+use crate::cloud::Cloud;
+
 use managed_identity::{app_service_token, imds_token};
+use powerbi::{PowerBiState, generate_token, groups};
 use token_endpoint::{openid_configuration, token_v1, token_v2};
 use wire::{client_key, tenant_key};
 
@@ -307,12 +330,17 @@ impl SimEntra {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = watch::channel(false);
+        let token_key =
+            hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())
+                .map_err(|_| std::io::Error::other("no randomness for the token signing key"))?;
         let shared = Arc::new(Shared {
             authority_host: format!("{scheme}://{addr}"),
+            token_key,
             registry: Mutex::new(HashMap::new()),
             total_requests: AtomicU64::new(0),
             serial: AtomicU64::new(0),
             managed_identity: Mutex::new(ManagedIdentityState::default()),
+            powerbi: Mutex::new(PowerBiState::default()),
             shutdown: stopped.clone(),
         });
         tracing::debug!(%addr, scheme, "simulated Entra ID listening");
@@ -530,6 +558,62 @@ impl SimEntra {
     pub fn app_service_endpoint(&self) -> String {
         format!("{}/msi/token", self.shared.authority_host)
     }
+
+    /// `"http://127.0.0.1:PORT"` (or `https`, no trailing slash): the value for the daemon's
+    /// `powerbi_api = "…"` key. The Power BI API (`/v1.0/myorg/…`) shares the listener of the
+    /// simulated Entra ID, so this equals [`SimEntra::authority_host`].
+    pub fn powerbi_api(&self) -> String {
+        self.shared.authority_host.clone()
+    }
+
+    /// Sets the cloud whose Power BI resource ([`Cloud::power_bi_resource`]) the API expects as
+    /// the `aud` of bearer tokens; until then, [`Cloud::Public`]. A token for another cloud's
+    /// resource gets 401, as a daemon that pairs one cloud's API root with another cloud's
+    /// token would in production.
+    pub fn set_powerbi_cloud(&self, cloud: Cloud) {
+        self.shared.powerbi().cloud = cloud;
+    }
+
+    /// Sets how the Power BI API answers callers whose bearer token names this tenant (`tid`,
+    /// matched case-insensitively), on both endpoints, until changed. May precede any token.
+    pub fn set_powerbi_behavior(&self, tenant_id: &str, behavior: PowerBiBehavior) {
+        self.shared
+            .powerbi()
+            .tenants
+            .entry(tenant_key(tenant_id))
+            .or_default()
+            .behavior = behavior;
+    }
+
+    /// Power BI requests for this tenant at one endpoint, whatever the answer. Only requests
+    /// whose bearer token verified are counted: before that the tenant is unknown.
+    pub fn powerbi_request_count(&self, tenant_id: &str, endpoint: PowerBiEndpoint) -> u64 {
+        self.shared
+            .powerbi()
+            .tenants
+            .get(&tenant_key(tenant_id))
+            .map_or(0, |tenant| tenant.requests(endpoint))
+    }
+
+    /// The body of the tenant's latest GenerateToken request that was JSON, as parsed, even if
+    /// it was then refused: what the daemon asked for.
+    pub fn last_generate_token_request(&self, tenant_id: &str) -> Option<serde_json::Value> {
+        self.shared
+            .powerbi()
+            .tenants
+            .get(&tenant_key(tenant_id))
+            .and_then(|tenant| tenant.last_generate_token_request.clone())
+    }
+
+    /// The `tokenId` and `expiration` of the latest embed token issued for the tenant (the
+    /// token itself is not kept).
+    pub fn last_embed_token(&self, tenant_id: &str) -> Option<(String, SystemTime)> {
+        self.shared
+            .powerbi()
+            .tenants
+            .get(&tenant_key(tenant_id))
+            .and_then(|tenant| tenant.last_embed_token.clone())
+    }
 }
 
 impl Drop for SimEntra {
@@ -542,6 +626,10 @@ impl Drop for SimEntra {
 struct Shared {
     /// `http://127.0.0.1:PORT` (or `https`), for discovery documents and assertion audiences.
     authority_host: String,
+    /// Signs every access token the simulator issues and verifies bearer tokens at the Power BI
+    /// API. Random per simulator, so a token from another simulator (or a forged one) is
+    /// refused as a token from another directory would be.
+    token_key: hmac::Key,
     /// Per tenant path segment (lower case): configuration, behaviour and counters.
     registry: Mutex<HashMap<String, TenantEntry>>,
     /// Token requests over all path segments.
@@ -551,6 +639,9 @@ struct Shared {
     /// The managed identity endpoints' configuration, script and counters, under their own
     /// lock so they never contend with token requests.
     managed_identity: Mutex<ManagedIdentityState>,
+    /// The Power BI API's cloud, per-tenant behaviours and records, under their own lock for
+    /// the same reason.
+    powerbi: Mutex<PowerBiState>,
     /// Becomes `true` when the simulator is dropped; releases hung and slow handlers.
     shutdown: watch::Receiver<bool>,
 }
@@ -654,6 +745,12 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn powerbi(&self) -> MutexGuard<'_, PowerBiState> {
+        // Every update is a single assignment or increment, so the state is consistent even
+        // after a panic.
+        self.powerbi.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Applies `change` to one app's credentials in one tenant, creating them if needed.
     fn update_credentials(
         &self,
@@ -668,8 +765,9 @@ impl Shared {
     }
 }
 
-/// The routes of Entra and of the managed identity endpoints. They share one listener, so one
-/// simulator serves a test whatever credential it exercises.
+/// The routes of Entra, of the managed identity endpoints and of Power BI. They share one
+/// listener, so one simulator serves a test whatever credential it exercises, and the tokens it
+/// issues are good at the API it serves.
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", any(token_v2))
@@ -680,6 +778,8 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/metadata/identity/oauth2/token", any(imds_token))
         .route("/msi/token", any(app_service_token))
+        .route("/v1.0/myorg/groups", any(groups))
+        .route("/v1.0/myorg/GenerateToken", any(generate_token))
         .with_state(shared)
 }
 

@@ -399,7 +399,7 @@ fn answer_normally(shared: &Shared, incoming: &Incoming, admission: &Admission) 
         Ok(grant) => {
             shared.count_issued(&incoming.tenant_key);
             let serial = shared.serial.fetch_add(1, Ordering::Relaxed);
-            success_response(incoming, &grant, serial).into()
+            success_response(&shared.token_key, incoming, &grant, serial).into()
         }
         Err(rejection) => {
             let (status, error, text) = catalogue(rejection.code);
