@@ -377,7 +377,7 @@ pub struct ApiAnswer {
     pub status: u16,
     /// Power BI's `RequestId` header, when present and sane: what Microsoft support asks for.
     pub request_id: Option<String>,
-    /// Power BI's `x-ms-powerbi-error-info` header, when present and sane.
+    /// Power BI's `X-PowerBI-Error-Info` header (the error code), when present and sane.
     pub error_info: Option<String>,
     /// `Retry-After`, bounded.
     pub retry_after: Option<RetryAfter>,
@@ -419,7 +419,9 @@ impl TokenClient {
         let status = response.status().as_u16();
         let headers = response.headers();
         let request_id = api_header(headers, "requestid");
-        let error_info = api_header(headers, "x-ms-powerbi-error-info");
+        // Power BI names it `X-PowerBI-Error-Info`; some documents give it an `x-ms-` prefix.
+        let error_info = api_header(headers, "x-powerbi-error-info")
+            .or_else(|| api_header(headers, "x-ms-powerbi-error-info"));
         let retry_after = headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
