@@ -406,10 +406,30 @@ impl TokenClient {
     /// # Errors
     /// A transport failure (connect, TLS, timeout, oversized body), sanitised.
     pub async fn api_get(&self, url: &str, token: &AccessToken) -> Result<ApiAnswer, RefreshError> {
+        self.api_call(self.http.get(url), token).await
+    }
+
+    /// `POST url` with a JSON body and the token as bearer; otherwise as [`Self::api_get`].
+    ///
+    /// # Errors
+    /// A transport failure, sanitised.
+    pub async fn api_post_json(
+        &self,
+        url: &str,
+        token: &AccessToken,
+        body: &serde_json::Value,
+    ) -> Result<ApiAnswer, RefreshError> {
+        self.api_call(self.http.post(url).json(body), token).await
+    }
+
+    /// Sends a Power BI API request with the bearer token and reads the answer.
+    async fn api_call(
+        &self,
+        request: reqwest::RequestBuilder,
+        token: &AccessToken,
+    ) -> Result<ApiAnswer, RefreshError> {
         let secret = token.secret.expose_secret();
-        let request = self
-            .http
-            .get(url)
+        let request = request
             .bearer_auth(secret)
             .header(reqwest::header::ACCEPT, "application/json");
         let response = request

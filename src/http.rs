@@ -285,6 +285,25 @@ pub struct TenantView {
     /// The last Power BI access probe; absent for tenants without a probe or before the first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_probe: Option<ProbeView>,
+    /// The tenant's embed tokens; absent for tenants without any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub embeds: Vec<EmbedView>,
+}
+
+/// One embed token in `/status`. Never the token itself.
+#[derive(Serialize)]
+pub struct EmbedView {
+    /// The embed's name.
+    pub name: String,
+    /// RFC 3339 expiry of the embed token in the sinks.
+    pub expires_at: Option<String>,
+    /// RFC 3339 time of the next planned refresh.
+    pub next_refresh_at: Option<String>,
+    /// RFC 3339 time of the last embed token written.
+    pub last_success_at: Option<String>,
+    /// Why the last attempt failed; absent after a success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::powerbi::probe::ProbeFailure>,
 }
 
 /// The last access probe in `/status`.
@@ -358,6 +377,17 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
                 .as_ref()
                 .map(|failure| failure.reason.advice()),
         }),
+        embeds: status
+            .embeds
+            .iter()
+            .map(|embed| EmbedView {
+                name: embed.name.clone(),
+                expires_at: embed.expires_on.and_then(clock::rfc3339_unix),
+                next_refresh_at: embed.next_refresh.and_then(clock::rfc3339),
+                last_success_at: embed.last_success.and_then(clock::rfc3339),
+                failure: embed.failure.clone(),
+            })
+            .collect(),
         name,
     }
 }

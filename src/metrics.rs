@@ -77,6 +77,12 @@ pub struct Metrics {
     /// Failed attempts of all tenants by reason, indexed by [`Reason::index`]: what a dashboard
     /// and the alerts read when per-tenant series are off.
     failures_by_reason: [IntCounter; Reason::ALL.len()],
+    /// Embed token refreshes that wrote every sink, all tenants.
+    embeds_succeeded: IntCounter,
+    /// Embed token refreshes that failed, all tenants.
+    embeds_failed: IntCounter,
+    /// Failed embed token refreshes by reason (indexed by [`ProbeReason::index`]).
+    embed_failures: [IntCounter; ProbeReason::ALL.len()],
     /// Power BI access probe latency, all tenants.
     probe_duration: Histogram,
     /// Failed access probes of all tenants, by reason (indexed by [`ProbeReason::index`]).
@@ -230,6 +236,22 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let embed_results = IntCounterVec::new(
+            Opts::new(
+                "powerbi_tokend_tenants_embed_refresh_total",
+                "Embed token refreshes of all tenants by result; keeps counting when a tenant leaves the configuration.",
+            ),
+            &["result"],
+        )?;
+        let embed_failures = IntCounterVec::new(
+            Opts::new(
+                "powerbi_tokend_tenants_embed_refresh_failures_total",
+                "Failed embed token refreshes of all tenants by reason; keeps counting when a tenant leaves the configuration.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(embed_results.clone()))?;
+        registry.register(Box::new(embed_failures.clone()))?;
         registry.register(Box::new(probe_duration.clone()))?;
         registry.register(Box::new(probe_failures.clone()))?;
         let per_tenant_mode = IntGaugeVec::new(
@@ -275,6 +297,10 @@ impl Metrics {
             attempts_failed: attempts.with_label_values(&["failure"]),
             failures_by_reason: Reason::ALL
                 .map(|reason| failures_by_reason.with_label_values(&[reason.as_str()])),
+            embeds_succeeded: embed_results.with_label_values(&["success"]),
+            embeds_failed: embed_results.with_label_values(&["failure"]),
+            embed_failures: ProbeReason::ALL
+                .map(|reason| embed_failures.with_label_values(&[reason.as_str()])),
             probe_duration,
             probe_failures: ProbeReason::ALL
                 .map(|reason| probe_failures.with_label_values(&[reason.as_str()])),
@@ -547,12 +573,29 @@ struct Row {
     probe: Option<(f64, bool, [u64; ProbeReason::ALL.len()])>,
 }
 
+/// One embed token of a tenant shown, copied like [`Row`].
+#[derive(Clone, Copy)]
+struct EmbedRow {
+    /// Where the tenant's name is in [`Rows::names`].
+    tenant: (usize, usize),
+    /// Where the embed's name is in [`Rows::names`].
+    embed: (usize, usize),
+    /// Unix seconds the embed token expires.
+    expires_on: Option<i64>,
+    /// Embed tokens made and written.
+    successes: u64,
+    /// Failures by reason ([`ProbeReason::index`]).
+    failures: [u64; ProbeReason::ALL.len()],
+}
+
 /// The tenants one scrape shows, in name order: their rows, and all their names in one buffer.
 struct Rows {
     /// Every name, one after the other.
     names: String,
     /// One row per tenant.
     rows: Vec<Row>,
+    /// One row per embed token of the tenants shown.
+    embeds: Vec<EmbedRow>,
 }
 
 impl Rows {
@@ -562,12 +605,25 @@ impl Rows {
         Rows {
             names: String::with_capacity(tenants.saturating_mul(16)),
             rows: Vec::with_capacity(tenants),
+            embeds: Vec::new(),
         }
     }
 
     fn push(&mut self, name: &str, status: &TenantStatus, state: TenantState) {
         let start = self.names.len();
         self.names.push_str(name);
+        let tenant = (start, self.names.len());
+        for embed in &status.embeds {
+            let embed_start = self.names.len();
+            self.names.push_str(&embed.name);
+            self.embeds.push(EmbedRow {
+                tenant,
+                embed: (embed_start, self.names.len()),
+                expires_on: embed.expires_on,
+                successes: embed.successes,
+                failures: embed.failures_by_reason,
+            });
+        }
         self.rows.push(Row {
             name: (start, self.names.len()),
             state,
@@ -597,6 +653,68 @@ impl Rows {
             for row in &self.rows {
                 let tenant = self.names.get(row.name.0..row.name.1).unwrap_or_default();
                 (family.samples)(out, family.name, tenant, row, now_unix);
+            }
+        }
+        self.write_embeds(out);
+    }
+
+    /// The embed token families: expiry, attempts by result, failures by reason.
+    fn write_embeds(&self, out: &mut String) {
+        let name_of = |range: (usize, usize)| self.names.get(range.0..range.1).unwrap_or_default();
+        let families: [(&str, &str, &str); 3] = [
+            (
+                "powerbi_tokend_embed_token_expiry_timestamp_seconds",
+                "gauge",
+                "Unix time the embed token in the sinks expires.",
+            ),
+            (
+                "powerbi_tokend_embed_refresh_total",
+                "counter",
+                "Embed token refreshes by result.",
+            ),
+            (
+                "powerbi_tokend_embed_refresh_failures_total",
+                "counter",
+                "Failed embed token refreshes by reason.",
+            ),
+        ];
+        for (index, (family, kind, help)) in families.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {family} {help}");
+            let _ = writeln!(out, "# TYPE {family} {kind}");
+            for row in &self.embeds {
+                let (tenant, embed) = (name_of(row.tenant), name_of(row.embed));
+                match index {
+                    0 => {
+                        if let Some(expires_on) = row.expires_on {
+                            sample(
+                                out,
+                                family,
+                                &[("embed", embed), ("tenant", tenant)],
+                                expires_on,
+                            );
+                        }
+                    }
+                    1 => {
+                        let failed: u64 = row.failures.iter().sum();
+                        for (result, count) in [("failure", failed), ("success", row.successes)] {
+                            let labels = [("embed", embed), ("result", result), ("tenant", tenant)];
+                            sample(out, family, &labels, count);
+                        }
+                    }
+                    _ => {
+                        for reason in ProbeReason::ALL {
+                            let count = row.failures[reason.index()];
+                            if count > 0 {
+                                let labels = [
+                                    ("embed", embed),
+                                    ("reason", reason.as_str()),
+                                    ("tenant", tenant),
+                                ];
+                                sample(out, family, &labels, count);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -798,6 +916,19 @@ impl Observer for Metrics {
 
     fn rate_limited(&self, waited: Duration) {
         self.rate_limit_wait.inc_by(waited.as_secs_f64());
+    }
+
+    fn embed_finished(&self, result: Result<(), ProbeReason>, duration: Duration) {
+        let _ = duration;
+        match result {
+            Ok(()) => self.embeds_succeeded.inc(),
+            Err(reason) => {
+                self.embeds_failed.inc();
+                if let Some(counter) = self.embed_failures.get(reason.index()) {
+                    counter.inc();
+                }
+            }
+        }
     }
 
     fn probe_finished(&self, result: Result<(), ProbeReason>, duration: Duration) {

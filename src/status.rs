@@ -100,6 +100,27 @@ pub struct TenantStatus {
     /// The Power BI access probe, for tenants that run one and have probed at least once.
     /// Boxed: opt-in.
     pub api_probe: Option<Box<ProbeStatus>>,
+    /// The tenant's embed tokens, in config order; empty for tenants without any.
+    pub embeds: Box<[EmbedStatus]>,
+}
+
+/// One embed token of a tenant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbedStatus {
+    /// The embed's name (the `embed` label).
+    pub name: String,
+    /// Unix seconds the embed token in the sinks expires.
+    pub expires_on: Option<i64>,
+    /// When the last embed token was written.
+    pub last_success: Option<SystemTime>,
+    /// When the next one is planned.
+    pub next_refresh: Option<SystemTime>,
+    /// The last attempt's failure; `None` after a success.
+    pub failure: Option<ProbeFailure>,
+    /// Embed tokens made and written.
+    pub successes: u64,
+    /// Failed attempts by reason, indexed by [`ProbeReason::index`].
+    pub failures_by_reason: [u64; ProbeReason::ALL.len()],
 }
 
 /// What the access probe last found, and its failures so far.
@@ -120,17 +141,23 @@ impl TenantStatus {
             return TenantState::Pending;
         }
         let Some(error) = &self.last_error else {
-            return match self
+            let failures = self
                 .api_probe
-                .as_ref()
-                .and_then(|probe| probe.failure.as_ref())
-            {
-                None => TenantState::Healthy,
-                Some(failure) if failure.reason == ProbeReason::NotAuthorized => {
-                    TenantState::ApiDenied
+                .iter()
+                .filter_map(|probe| probe.failure.as_ref())
+                .chain(
+                    self.embeds
+                        .iter()
+                        .filter_map(|embed| embed.failure.as_ref()),
+                );
+            let mut state = TenantState::Healthy;
+            for failure in failures {
+                if failure.reason == ProbeReason::NotAuthorized {
+                    return TenantState::ApiDenied;
                 }
-                Some(_) => TenantState::ApiFailing,
-            };
+                state = TenantState::ApiFailing;
+            }
+            return state;
         };
         if error.class == ErrorClass::Permanent {
             return TenantState::Misconfigured;

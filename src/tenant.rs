@@ -23,6 +23,8 @@ use crate::config::{DaemonConfig, TenantConfig};
 use crate::credential::Credential;
 use crate::error::{ErrorClass, Reason, RefreshError};
 use crate::fleet::{Claim, Fleet};
+use crate::powerbi::embed::EmbedToken;
+use crate::powerbi::probe::ProbeReason;
 use crate::schedule;
 use crate::sink::Sink;
 use crate::status::{self, StatusHandle};
@@ -170,6 +172,11 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
         let _ = (result, duration);
     }
 
+    /// An embed token refresh ended, after `duration`: `Ok` with every sink written, or why not.
+    fn embed_finished(&self, result: Result<(), ProbeReason>, duration: Duration) {
+        let _ = (result, duration);
+    }
+
     /// A tenant task panicked; the supervisor restarts it.
     fn task_panicked(&self);
 }
@@ -215,6 +222,19 @@ pub struct Tenant {
     token: Option<Box<AccessToken>>,
     /// When the next access probe is due; `None` without a probe or without a token yet.
     next_probe: Option<SystemTime>,
+    /// The tenant's embed tokens, in config order (`[[tenant.embed]]`); empty for most.
+    embeds: Box<[EmbedState]>,
+}
+
+/// One embed token's refresher state.
+#[derive(Debug, Default)]
+struct EmbedState {
+    /// The embed token the sinks hold.
+    token: Option<EmbedToken>,
+    /// When to make the next one; `None` until there is an Entra token to make it with.
+    next: Option<SystemTime>,
+    /// Failures in a row, for the backoff.
+    failures: u32,
 }
 
 /// What a check of the token in Redis found.
@@ -242,7 +262,30 @@ impl Tenant {
     pub fn new(config: Arc<TenantConfig>, shared: Arc<Shared>, status: StatusHandle) -> Self {
         let jitter_offset = schedule::tenant_jitter(&config.name, config.jitter);
         let credential = Credential::new(&config.credential);
-        status::lock(&status).credential_expiry = credential.expiry();
+        let embed_configs = config
+            .powerbi
+            .as_deref()
+            .map_or(&[][..], |powerbi| &powerbi.embeds);
+        let embeds = embed_configs
+            .iter()
+            .map(|_| EmbedState::default())
+            .collect();
+        {
+            let mut status = status::lock(&status);
+            status.credential_expiry = credential.expiry();
+            status.embeds = embed_configs
+                .iter()
+                .map(|embed| status::EmbedStatus {
+                    name: embed.name.clone(),
+                    expires_on: None,
+                    last_success: None,
+                    next_refresh: None,
+                    failure: None,
+                    successes: 0,
+                    failures_by_reason: [0; ProbeReason::ALL.len()],
+                })
+                .collect();
+        }
         Tenant {
             credential,
             config,
@@ -261,6 +304,7 @@ impl Tenant {
             next_check: None,
             token: None,
             next_probe: None,
+            embeds,
         }
     }
 
@@ -297,10 +341,10 @@ impl Tenant {
             // follows in this step, so a cold start costs one task per tenant, not two.
         }
         if self
-            .next_probe
+            .next_api_call()
             .is_some_and(|at| at < self.wake && self.next_check.is_none_or(|check| at <= check))
         {
-            Box::pin(self.probe(cancel)).await?;
+            Box::pin(self.api_calls(cancel)).await?;
             return Some(self.plan());
         }
         if let Some(check) = self.next_check.filter(|check| *check < self.wake) {
@@ -330,11 +374,12 @@ impl Tenant {
         // flight pay for the HTTP and file-write state.
         self.next = Box::pin(self.attempt(permit.ok())).await;
         if self
-            .next_probe
+            .next_api_call()
             .is_some_and(|at| at <= SystemTime::now() && at < self.wake)
         {
-            // Right after a refresh: does Power BI take the new token?
-            Box::pin(self.probe(cancel)).await?;
+            // Right after a refresh: does Power BI take the new token, and new embed tokens
+            // made with it.
+            Box::pin(self.api_calls(cancel)).await?;
         }
         Some(self.plan())
     }
@@ -361,8 +406,8 @@ impl Tenant {
         self.wake = schedule::next_wake(self.next, cron, self.last_attempt, self.retry_not_before);
         status::lock(&self.status).next_refresh = Some(self.wake);
         let check = self.next_check.filter(|check| *check < self.wake);
-        let probe = self.next_probe.filter(|probe| *probe < self.wake);
-        [check, probe]
+        let api = self.next_api_call().filter(|api| *api < self.wake);
+        [check, api]
             .into_iter()
             .flatten()
             .min()
@@ -375,12 +420,238 @@ impl Tenant {
         Some((&powerbi.api_root, powerbi.probe.as_ref()?))
     }
 
-    /// Keeps `token` for the Power BI API and plans a probe now, for tenants with a probe.
+    /// Keeps `token` for the Power BI API, for tenants that call it, and plans a probe and
+    /// new embed tokens now: an embed token is made again after every Entra refresh.
     fn hold_for_api(&mut self, token: &AccessToken) {
-        if self.probe_config().is_some() {
-            self.token = Some(Box::new(token.clone()));
-            self.next_probe = Some(SystemTime::now());
+        if self.config.powerbi.is_none() {
+            return;
         }
+        let now = SystemTime::now();
+        self.token = Some(Box::new(token.clone()));
+        if self.probe_config().is_some() {
+            self.next_probe = Some(now);
+        }
+        for embed in &mut self.embeds {
+            embed.next = Some(now);
+        }
+    }
+
+    /// When the next Power BI call (probe or embed token) is due.
+    fn next_api_call(&self) -> Option<SystemTime> {
+        self.embeds
+            .iter()
+            .filter_map(|embed| embed.next)
+            .chain(self.next_probe)
+            .min()
+    }
+
+    /// Every Power BI call that is due: the probe, then each embed token. `None` when `cancel`
+    /// fired while one waited for its turn.
+    async fn api_calls(&mut self, cancel: &CancellationToken) -> Option<()> {
+        let now = SystemTime::now();
+        if self.next_probe.is_some_and(|at| at <= now) {
+            self.probe(cancel).await?;
+        }
+        for index in 0..self.embeds.len() {
+            if self.embeds[index].next.is_some_and(|at| at <= now) {
+                self.refresh_embed(index, cancel).await?;
+            }
+        }
+        Some(())
+    }
+
+    /// Reuses the embed tokens in the sinks (a warm start) that were made with the warm-started
+    /// Entra token or an earlier one and are not yet due.
+    async fn warm_start_embeds(&mut self) {
+        let config = Arc::clone(&self.config);
+        let (Some(powerbi), Some(entra)) = (config.powerbi.as_deref(), self.token.as_deref())
+        else {
+            return;
+        };
+        let entra_expires_on = entra.expires_on();
+        let now = SystemTime::now();
+        for (index, embed) in powerbi.embeds.iter().enumerate() {
+            let store = self.shared.store.as_ref();
+            let Some(token) =
+                crate::powerbi::embed::read_existing(&self.config, embed, store).await
+            else {
+                continue;
+            };
+            let point = token.refresh_point(self.config.refresh_at);
+            if token.expires_on > entra_expires_on || point <= now {
+                continue;
+            }
+            tracing::info!(
+                tenant = %self.config.name,
+                embed = %embed.name,
+                token_id = %token.token_id,
+                next_refresh = %clock::display_time(point),
+                "warm start: reusing the embed token on disk"
+            );
+            if let Some(status) = status::lock(&self.status).embeds.get_mut(index) {
+                status.expires_on = Some(token.expires_on);
+                status.next_refresh = Some(point);
+            }
+            self.embeds[index] = EmbedState {
+                token: Some(token),
+                next: Some(point),
+                failures: 0,
+            };
+        }
+    }
+
+    /// Makes and writes embed token `index` with the Entra token held, through the request
+    /// limiter and rate cap. `None` when `cancel` fired while it waited for its turn.
+    async fn refresh_embed(&mut self, index: usize, cancel: &CancellationToken) -> Option<()> {
+        let now = SystemTime::now();
+        let config = Arc::clone(&self.config);
+        let Some(powerbi) = config.powerbi.as_deref() else {
+            return Some(());
+        };
+        let (Some(embed), Some(entra)) = (powerbi.embeds.get(index), self.token.as_deref()) else {
+            return Some(());
+        };
+        if entra.expires_on() <= clock::unix_seconds(now) {
+            // The refresh due anyway plans the next embed token.
+            self.embeds[index].next = None;
+            return Some(());
+        }
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            permit = self.shared.limiter.clone().acquire_owned() => permit,
+        };
+        if let Some(rate) = &self.shared.rate {
+            let waited = rate.acquire().await;
+            if let (Some(observer), false) = (&self.shared.observer, waited.is_zero()) {
+                observer.rate_limited(waited);
+            }
+        }
+        let (made, took) =
+            crate::powerbi::embed::generate(&self.shared.client, &powerbi.api_root, embed, entra)
+                .await;
+        let outcome = match made {
+            Ok(token) => {
+                match crate::powerbi::embed::write(
+                    &self.config,
+                    embed,
+                    &token,
+                    self.shared.store.as_ref(),
+                )
+                .await
+                {
+                    Ok(()) => Ok(token),
+                    Err(message) => Err(crate::powerbi::probe::ProbeFailure {
+                        reason: ProbeReason::Sink,
+                        status: None,
+                        code: None,
+                        request_id: None,
+                        message,
+                        retry_after: None,
+                    }),
+                }
+            }
+            Err(failure) => Err(failure),
+        };
+        drop(permit);
+        if let Some(observer) = &self.shared.observer {
+            observer.embed_finished(
+                outcome
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|failure| failure.reason),
+                took,
+            );
+        }
+        let now = SystemTime::now();
+        let policy = self.shared.policy;
+        let state = &mut self.embeds[index];
+        let next = match &outcome {
+            Ok(token) => {
+                state.failures = 0;
+                token.refresh_point(self.config.refresh_at)
+            }
+            Err(failure) => {
+                state.failures = state.failures.saturating_add(1);
+                let delay = match failure.reason {
+                    ProbeReason::NotAuthorized | ProbeReason::NotFound => {
+                        policy.permanent_retry_interval
+                    }
+                    _ => schedule::backoff(
+                        state.failures - 1,
+                        policy.backoff_min,
+                        policy.backoff_max,
+                        fastrand::f64(),
+                    ),
+                };
+                schedule::later(now, delay.max(failure.retry_after.unwrap_or_default()))
+            }
+        };
+        state.next = Some(next);
+        let previous = {
+            let mut status = status::lock(&self.status);
+            let Some(embed_status) = status.embeds.get_mut(index) else {
+                return Some(());
+            };
+            let previous = embed_status.failure.as_ref().map(|failure| failure.reason);
+            embed_status.next_refresh = Some(next);
+            match &outcome {
+                Ok(token) => {
+                    embed_status.expires_on = Some(token.expires_on);
+                    embed_status.last_success = Some(now);
+                    embed_status.successes = embed_status.successes.saturating_add(1);
+                    embed_status.failure = None;
+                }
+                Err(failure) => {
+                    let count = &mut embed_status.failures_by_reason[failure.reason.index()];
+                    *count = count.saturating_add(1);
+                    embed_status.failure = Some(failure.clone());
+                }
+            }
+            previous
+        };
+        match outcome {
+            Ok(token) => {
+                tracing::info!(
+                    tenant = %self.config.name,
+                    embed = %embed.name,
+                    token_id = %token.token_id,
+                    expires_at = %clock::display_time(clock::unix_to_system(token.expires_on)),
+                    next_refresh = %clock::display_time(next),
+                    "embed token refreshed"
+                );
+                self.embeds[index].token = Some(token);
+            }
+            Err(failure) => {
+                let log_level_warn = previous != Some(failure.reason);
+                if log_level_warn {
+                    tracing::warn!(
+                        tenant = %self.config.name,
+                        embed = %embed.name,
+                        reason = failure.reason.as_str(),
+                        status = failure.status.unwrap_or(0),
+                        code = failure.code.as_deref().unwrap_or("-"),
+                        request_id = failure.request_id.as_deref().unwrap_or("-"),
+                        error = %failure.message,
+                        retry_at = %clock::display_time(next),
+                        "embed token not refreshed: {}",
+                        failure.reason.advice()
+                    );
+                } else {
+                    tracing::debug!(
+                        tenant = %self.config.name,
+                        embed = %embed.name,
+                        reason = failure.reason.as_str(),
+                        retry_at = %clock::display_time(next),
+                        "embed token still not refreshed"
+                    );
+                }
+                if failure.reason == ProbeReason::TokenExpired {
+                    self.next = self.next.min(now);
+                }
+            }
+        }
+        Some(())
     }
 
     /// One access probe with the token held, through the same request limiter and rate cap as
@@ -430,7 +701,7 @@ impl Tenant {
                 Box::new(status::ProbeStatus {
                     last: now,
                     failure: None,
-                    failures_by_reason: [0; crate::powerbi::probe::ProbeReason::ALL.len()],
+                    failures_by_reason: [0; ProbeReason::ALL.len()],
                 })
             });
             let previous = probe_status.failure.as_ref().map(|failure| failure.reason);
@@ -471,7 +742,7 @@ impl Tenant {
                         failure.reason.advice()
                     );
                 }
-                if failure.reason == crate::powerbi::probe::ProbeReason::TokenExpired {
+                if failure.reason == ProbeReason::TokenExpired {
                     // Power BI's clock says the token is over: a fresh one costs one request
                     // and settles it (the minimum interval between attempts still applies).
                     self.next = self.next.min(now);
@@ -498,6 +769,7 @@ impl Tenant {
                 );
                 self.current_issued_on = Some(token.issued_on());
                 self.hold_for_api(&token);
+                self.warm_start_embeds().await;
                 let mut status = status::lock(&self.status);
                 status.expires_on = Some(token.expires_on());
                 status.first_attempt_done = true;

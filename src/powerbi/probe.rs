@@ -38,13 +38,15 @@ pub enum ProbeReason {
     ServerError,
     /// No answer: connect, TLS, timeout, a body cut short.
     Network,
-    /// Any other status.
+    /// Any other status, or a 200 that is not what was asked for.
     Unexpected,
+    /// Embed tokens only: a sink could not be written.
+    Sink,
 }
 
 impl ProbeReason {
     /// Every reason, for counters that show zeros too.
-    pub const ALL: [ProbeReason; 7] = [
+    pub const ALL: [ProbeReason; 8] = [
         ProbeReason::NotAuthorized,
         ProbeReason::TokenExpired,
         ProbeReason::NotFound,
@@ -52,6 +54,7 @@ impl ProbeReason {
         ProbeReason::ServerError,
         ProbeReason::Network,
         ProbeReason::Unexpected,
+        ProbeReason::Sink,
     ];
 
     /// Label value.
@@ -64,6 +67,7 @@ impl ProbeReason {
             ProbeReason::ServerError => "server_error",
             ProbeReason::Network => "network",
             ProbeReason::Unexpected => "unexpected",
+            ProbeReason::Sink => "sink",
         }
     }
 
@@ -87,7 +91,8 @@ impl ProbeReason {
             ProbeReason::Throttled => "Power BI throttles the probe; it waits as told",
             ProbeReason::ServerError => "Power BI is failing; nothing to do on this side",
             ProbeReason::Network => "Power BI could not be reached",
-            ProbeReason::Unexpected => "Power BI answered in a way the probe does not know",
+            ProbeReason::Unexpected => "Power BI answered in a way the daemon does not know",
+            ProbeReason::Sink => "the embed token could not be written; see the error",
         }
     }
 }

@@ -1,0 +1,449 @@
+//! Embed tokens: Power BI's `GenerateToken` (the multi-resource V2 API) for a configured set of
+//! reports and datasets, made with the tenant's fresh Entra token and written to sinks like the
+//! access token.
+//!
+//! An embed token never outlives the Entra token it was made with (Power BI caps it at the
+//! Entra token's remaining life), so it is made again after every Entra refresh, and when it
+//! reaches the tenant's `refresh_at` fraction of its own life. Its file holds
+//! `{"token", "token_id", "expiration", "expires_on", "issued_on", "tenant", "embed", "reports",
+//! "datasets", "access_level"}`; the identity fields let a warm start reuse only a token made for
+//! the same tenant, embed and items.
+
+use std::time::{Duration, SystemTime};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::probe::{ProbeFailure, ProbeReason, classify};
+use crate::client::TokenClient;
+use crate::clock;
+use crate::config::{AccessLevel, EmbedConfig, FileFormat, SinkConfig, TenantConfig};
+use crate::error;
+use crate::safe_read::{self, Symlinks};
+use crate::sink::file::write_atomic;
+use crate::store::Store;
+use crate::token::AccessToken;
+
+/// The longest embed token accepted: real ones are a few kilobytes.
+const MAX_EMBED_TOKEN: usize = 64 * 1024;
+
+/// The longest embed token file read back at a warm start.
+const MAX_EMBED_FILE: u64 = 256 * 1024;
+
+/// An embed token and when it stops working.
+#[derive(Clone, Debug)]
+pub struct EmbedToken {
+    /// The token; `Debug` prints `[REDACTED]`.
+    pub secret: SecretString,
+    /// Power BI's `tokenId`: shown in logs and `/status` to tell tokens apart.
+    pub token_id: String,
+    /// Unix seconds it expires: Power BI's `expiration`, never later than the Entra token's.
+    pub expires_on: i64,
+    /// Unix seconds it was received.
+    pub issued_on: i64,
+}
+
+impl EmbedToken {
+    /// When to make the next one: `refresh_at` of the way from issue to expiry.
+    pub fn refresh_point(&self, refresh_at: f64) -> SystemTime {
+        let life = self.expires_on.saturating_sub(self.issued_on).max(0) as f64;
+        let offset = (life * refresh_at.clamp(0.0, 1.0)).round() as i64;
+        clock::unix_to_system(self.issued_on.saturating_add(offset))
+    }
+}
+
+/// The `GenerateToken` request body for `embed`.
+pub fn request_body(embed: &EmbedConfig) -> serde_json::Value {
+    let allow_edit = embed.access_level != AccessLevel::View;
+    let mut body = serde_json::json!({
+        "reports": embed
+            .reports
+            .iter()
+            .map(|id| serde_json::json!({ "id": id, "allowEdit": allow_edit }))
+            .collect::<Vec<_>>(),
+        "datasets": embed
+            .datasets
+            .iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect::<Vec<_>>(),
+    });
+    if !embed.target_workspaces.is_empty() {
+        body["targetWorkspaces"] = embed
+            .target_workspaces
+            .iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect();
+    }
+    if let Some(lifetime) = embed.lifetime {
+        body["lifetimeInMinutes"] = serde_json::json!(lifetime.as_secs() / 60);
+    }
+    body
+}
+
+/// `GenerateToken`'s success body.
+#[derive(Deserialize)]
+struct EmbedResponse {
+    token: Option<String>,
+    #[serde(rename = "tokenId")]
+    token_id: Option<String>,
+    expiration: Option<String>,
+}
+
+/// A failure of ours to read Power BI's answer, classified like the probe's `unexpected`.
+fn bad_response(message: &str) -> ProbeFailure {
+    ProbeFailure {
+        reason: ProbeReason::Unexpected,
+        status: Some(200),
+        code: None,
+        request_id: None,
+        message: message.to_owned(),
+        retry_after: None,
+    }
+}
+
+/// Parses a 200 answer at `now`; the expiry is capped at `entra_expires_on`, the Entra token's.
+pub fn parse_response(
+    body: &[u8],
+    now: SystemTime,
+    entra_expires_on: i64,
+) -> Result<EmbedToken, ProbeFailure> {
+    let response: EmbedResponse = serde_json::from_slice(body)
+        .map_err(|_| bad_response("GenerateToken answered 200 without an embed token"))?;
+    let token = response
+        .token
+        .filter(|token| {
+            !token.is_empty()
+                && token.len() <= MAX_EMBED_TOKEN
+                && token.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| bad_response("GenerateToken's token is missing or malformed"))?;
+    let token_id = response
+        .token_id
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .unwrap_or_default();
+    let expiration = response
+        .expiration
+        .as_deref()
+        .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+        .map(|at| at.timestamp())
+        .ok_or_else(|| bad_response("GenerateToken's expiration is missing or not a date"))?;
+    let issued_on = clock::unix_seconds(now);
+    let expires_on = expiration.min(entra_expires_on);
+    if expires_on <= issued_on {
+        return Err(bad_response(
+            "GenerateToken's embed token has already expired (is this host's clock right?)",
+        ));
+    }
+    Ok(EmbedToken {
+        secret: SecretString::from(token),
+        token_id,
+        expires_on,
+        issued_on,
+    })
+}
+
+/// Makes an embed token with the tenant's Entra token; the outcome and how long it took.
+pub async fn generate(
+    client: &TokenClient,
+    api_root: &str,
+    embed: &EmbedConfig,
+    entra: &AccessToken,
+) -> (Result<EmbedToken, ProbeFailure>, Duration) {
+    let url = format!("{api_root}/v1.0/myorg/GenerateToken");
+    let started = std::time::Instant::now();
+    let answer = client
+        .api_post_json(&url, entra, &request_body(embed))
+        .await;
+    let took = started.elapsed();
+    let secret = entra.secret.expose_secret();
+    let outcome = match answer {
+        Ok(answer) => match classify(&answer, &[secret]) {
+            Ok(()) => parse_response(&answer.body, SystemTime::now(), entra.expires_on()).map_err(
+                |mut failure| {
+                    failure.request_id = answer.request_id.clone();
+                    failure
+                },
+            ),
+            Err(failure) => Err(failure),
+        },
+        Err(err) => Err(ProbeFailure {
+            reason: ProbeReason::Network,
+            status: None,
+            code: None,
+            request_id: None,
+            message: error::sanitise(&err.message, &[secret]),
+            retry_after: None,
+        }),
+    };
+    (outcome, took)
+}
+
+/// The json document of a token file or Redis value.
+pub fn document(tenant: &TenantConfig, embed: &EmbedConfig, token: &EmbedToken) -> SecretString {
+    let value = serde_json::json!({
+        "token": token.secret.expose_secret(),
+        "token_id": token.token_id,
+        "expiration": clock::rfc3339_unix(token.expires_on),
+        "expires_on": token.expires_on,
+        "issued_on": token.issued_on,
+        "tenant": tenant.name,
+        "embed": embed.name,
+        "reports": embed.reports,
+        "datasets": embed.datasets,
+        "access_level": embed.access_level.as_str(),
+    });
+    SecretString::from(value.to_string())
+}
+
+/// What a sink holds: the json document, or the token alone (`format = "raw"`).
+fn contents(
+    format: FileFormat,
+    tenant: &TenantConfig,
+    embed: &EmbedConfig,
+    token: &EmbedToken,
+) -> SecretString {
+    match format {
+        FileFormat::Json => document(tenant, embed, token),
+        FileFormat::Raw => token.secret.clone(),
+    }
+}
+
+/// The fields of a stored document a warm start checks.
+#[derive(Deserialize)]
+struct Stored {
+    token: String,
+    #[serde(default)]
+    token_id: String,
+    expires_on: i64,
+    issued_on: i64,
+    tenant: String,
+    embed: String,
+    reports: Vec<String>,
+    datasets: Vec<String>,
+    access_level: String,
+}
+
+/// A stored embed token made for this tenant, embed, items and access level; `None` otherwise.
+pub fn parse_existing(
+    bytes: &[u8],
+    tenant: &TenantConfig,
+    embed: &EmbedConfig,
+) -> Option<EmbedToken> {
+    let stored: Stored = serde_json::from_slice(bytes).ok()?;
+    let same = stored.tenant == tenant.name
+        && stored.embed == embed.name
+        && stored.reports == embed.reports
+        && stored.datasets == embed.datasets
+        && stored.access_level == embed.access_level.as_str();
+    (same
+        && !stored.token.is_empty()
+        && stored.token.len() <= MAX_EMBED_TOKEN
+        && stored.issued_on < stored.expires_on)
+        .then(|| EmbedToken {
+            secret: SecretString::from(stored.token),
+            token_id: stored.token_id,
+            expires_on: stored.expires_on,
+            issued_on: stored.issued_on,
+        })
+}
+
+/// Writes the token to every sink of `embed`; the first failure, described without the token.
+pub async fn write(
+    tenant: &TenantConfig,
+    embed: &EmbedConfig,
+    token: &EmbedToken,
+    store: Option<&std::sync::Arc<Store>>,
+) -> Result<(), String> {
+    let mut first_error = None;
+    for sink in &embed.sinks {
+        let result = match sink {
+            SinkConfig::File(file) => {
+                let contents = contents(file.format, tenant, embed, token);
+                let (path, mode) = (file.path.clone(), file.mode);
+                tokio::task::spawn_blocking(move || {
+                    write_atomic(&path, contents.expose_secret().as_bytes(), mode)
+                        .map_err(|err| err.to_string())
+                })
+                .await
+                .unwrap_or_else(|join| Err(join.to_string()))
+            }
+            SinkConfig::Redis(redis) => match store {
+                None => Err("no [redis] is configured".to_owned()),
+                Some(store) => {
+                    let contents = contents(redis.format, tenant, embed, token);
+                    let notification = serde_json::json!({
+                        "tenant": tenant.name,
+                        "embed": embed.name,
+                        "key": redis.key,
+                        "expires_on": token.expires_on,
+                    })
+                    .to_string();
+                    store
+                        .write_newer(
+                            &redis.key,
+                            contents.expose_secret(),
+                            token.expires_on,
+                            Some(store.channel()),
+                            &notification,
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|err| err.to_string())
+                }
+            },
+        };
+        if let Err(err) = result {
+            first_error.get_or_insert(err);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The newest usable embed token in the json sinks of `embed` (a warm start), if any.
+pub async fn read_existing(
+    tenant: &TenantConfig,
+    embed: &EmbedConfig,
+    store: Option<&std::sync::Arc<Store>>,
+) -> Option<EmbedToken> {
+    let mut found: Option<EmbedToken> = None;
+    for sink in &embed.sinks {
+        let bytes = match sink {
+            SinkConfig::File(file) if file.format == FileFormat::Json => {
+                safe_read::read(&file.path, MAX_EMBED_FILE, Symlinks::Refuse)
+                    .await
+                    .ok()
+            }
+            SinkConfig::Redis(redis) if redis.format == FileFormat::Json => match store {
+                Some(store) => store
+                    .get(&redis.key, MAX_EMBED_FILE as usize)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(String::into_bytes),
+                None => None,
+            },
+            _ => None,
+        };
+        if let Some(token) = bytes.and_then(|bytes| parse_existing(&bytes, tenant, embed))
+            && found
+                .as_ref()
+                .is_none_or(|best| token.expires_on > best.expires_on)
+        {
+            found = Some(token);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileSinkConfig, SecretSource};
+    use std::path::PathBuf;
+
+    const REPORT: &str = "5b218778-0000-4b8a-9c7c-000000000004";
+    const DATASET: &str = "cfafbeb1-0000-4d0c-896e-000000000003";
+
+    fn embed(access_level: AccessLevel) -> EmbedConfig {
+        EmbedConfig {
+            name: "sales".to_owned(),
+            reports: vec![REPORT.to_owned()],
+            datasets: vec![DATASET.to_owned()],
+            target_workspaces: Vec::new(),
+            access_level,
+            lifetime: Some(Duration::from_secs(1800)),
+            sinks: vec![SinkConfig::File(FileSinkConfig {
+                path: PathBuf::from("/tmp/x.json"),
+                format: FileFormat::Json,
+                mode: 0o600,
+            })],
+        }
+    }
+
+    fn tenant() -> TenantConfig {
+        TenantConfig::entra(
+            "contoso",
+            "contoso.example.com",
+            "c",
+            SecretSource::Env("S".to_owned()),
+            "https://login.microsoftonline.com",
+            PathBuf::from("/tmp/contoso.json"),
+        )
+    }
+
+    #[test]
+    fn the_request_is_the_v2_multi_resource_body() {
+        assert_eq!(
+            request_body(&embed(AccessLevel::View)),
+            serde_json::json!({
+                "reports": [{ "id": REPORT, "allowEdit": false }],
+                "datasets": [{ "id": DATASET }],
+                "lifetimeInMinutes": 30,
+            })
+        );
+        let mut create = embed(AccessLevel::Create);
+        create.lifetime = None;
+        create.target_workspaces = vec!["f089354e-0000-4e18-aea3-000000000005".to_owned()];
+        let body = request_body(&create);
+        assert_eq!(body["reports"][0]["allowEdit"], true);
+        assert_eq!(
+            body["targetWorkspaces"],
+            serde_json::json!([{ "id": "f089354e-0000-4e18-aea3-000000000005" }])
+        );
+        assert!(body.get("lifetimeInMinutes").is_none());
+    }
+
+    #[test]
+    fn the_expiry_never_passes_the_entra_token_and_bad_answers_are_refused() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let body = br#"{"token":"H4sIAAAAAAAA","tokenId":"49ae3742-0000-4c29-af52-000000000006","expiration":"2027-01-15T08:40:00Z"}"#;
+        let issued = clock::unix_seconds(now);
+        let token = parse_response(body, now, issued + 600).expect("parsed");
+        assert_eq!(token.expires_on, issued + 600);
+        assert_eq!(token.token_id, "49ae3742-0000-4c29-af52-000000000006");
+        assert_eq!(
+            token.refresh_point(0.5),
+            clock::unix_to_system(issued + 300)
+        );
+        for bad in [
+            &b"not json"[..],
+            br#"{"tokenId":"x","expiration":"2027-01-15T08:40:00Z"}"#,
+            br#"{"token":"a b","expiration":"2027-01-15T08:40:00Z"}"#,
+            br#"{"token":"abc","expiration":"tomorrow"}"#,
+            br#"{"token":"abc","expiration":"2001-01-01T00:00:00Z"}"#,
+        ] {
+            let failure = parse_response(bad, now, issued + 600).expect_err("refused");
+            assert_eq!(failure.reason, ProbeReason::Unexpected);
+        }
+    }
+
+    #[test]
+    fn a_warm_start_reuses_only_a_token_made_for_the_same_items() {
+        let tenant = tenant();
+        let embed = embed(AccessLevel::View);
+        let token = EmbedToken {
+            secret: SecretString::from("H4sIsecret".to_owned()),
+            token_id: "id".to_owned(),
+            expires_on: 2_000_000_600,
+            issued_on: 2_000_000_000,
+        };
+        let stored = document(&tenant, &embed, &token);
+        let back =
+            parse_existing(stored.expose_secret().as_bytes(), &tenant, &embed).expect("reused");
+        assert_eq!(back.expires_on, token.expires_on);
+        assert_eq!(back.secret.expose_secret(), "H4sIsecret");
+        let mut other = embed.clone();
+        other.reports.push(DATASET.to_owned());
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &other).is_none());
+        let edit = self::embed(AccessLevel::Edit);
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &edit).is_none());
+        let mut renamed = tenant.clone();
+        renamed.name = "fabrikam".to_owned();
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &renamed, &embed).is_none());
+        assert!(!format!("{back:?}").contains("H4sIsecret"));
+    }
+}
