@@ -1,0 +1,304 @@
+//! Embed tokens against the simulated Power BI API: the request, the refreshes, the cap at the
+//! Entra token's expiry, failures, the warm start, and the log of the real binary.
+
+mod common;
+
+use common::process::Spawned;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+use powerbi_tokend::config::{
+    AccessLevel, EmbedConfig, FileFormat, FileSinkConfig, PowerBiConfig, SinkConfig, TenantConfig,
+};
+use powerbi_tokend::sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
+
+const REPORT: &str = "5b218778-0000-4b8a-9c7c-000000000004";
+const OTHER_REPORT: &str = "6c329889-0000-4b8a-9c7c-000000000007";
+const DATASET: &str = "cfafbeb1-0000-4d0c-896e-000000000003";
+
+/// An embed token for two reports and a dataset, written to `<dir>/<tenant>.sales.embed.json`.
+fn sales(dir: &Path, tenant: &str, access_level: AccessLevel) -> EmbedConfig {
+    EmbedConfig {
+        name: "sales".to_owned(),
+        reports: vec![REPORT.to_owned(), OTHER_REPORT.to_owned()],
+        datasets: vec![DATASET.to_owned()],
+        target_workspaces: Vec::new(),
+        access_level,
+        lifetime: None,
+        sinks: vec![SinkConfig::File(FileSinkConfig {
+            path: dir.join(format!("{tenant}.sales.embed.json")),
+            format: FileFormat::Json,
+            mode: 0o600,
+        })],
+    }
+}
+
+/// A tenant of the simulator with one embed token.
+fn embedding(sim: &SimEntra, name: &str, dir: &Path, embed: EmbedConfig) -> TenantConfig {
+    let mut tenant = tenant(sim, name, &format!("{name}.example.com"), dir);
+    tenant.powerbi = Some(Box::new(PowerBiConfig {
+        api_root: sim.powerbi_api().into(),
+        probe: None,
+        embeds: vec![embed],
+    }));
+    tenant
+}
+
+fn embed_file(dir: &Path, tenant: &str) -> std::path::PathBuf {
+    dir.join(format!("{tenant}.sales.embed.json"))
+}
+
+#[tokio::test]
+async fn embed_tokens_follow_every_entra_refresh_and_never_outlive_it() {
+    // A 6-second Entra token, refreshed every 3 s: each refresh brings a new embed token.
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(6)).await;
+    let tenant = embedding(
+        &sim,
+        "contoso",
+        dir.path(),
+        sales(dir.path(), "contoso", AccessLevel::Edit),
+    );
+    let daemon = start_daemon(config(vec![tenant], fast_daemon())).await;
+
+    wait_for("three Entra tokens", Duration::from_secs(20), || {
+        sim.issued_count("contoso.example.com") >= 3
+    })
+    .await;
+    wait_for(
+        "an embed token after each of them",
+        Duration::from_secs(5),
+        || sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken) >= 3,
+    )
+    .await;
+
+    // The V2 multi-resource body.
+    assert_eq!(
+        sim.last_generate_token_request("contoso.example.com"),
+        Some(serde_json::json!({
+            "reports": [
+                { "id": REPORT, "allowEdit": true },
+                { "id": OTHER_REPORT, "allowEdit": true },
+            ],
+            "datasets": [{ "id": DATASET }],
+        }))
+    );
+
+    // The file holds the token Power BI issued last, which expires no later than the Entra
+    // token it was made with.
+    let path = embed_file(dir.path(), "contoso");
+    wait_for(
+        "the file to hold the last token",
+        Duration::from_secs(5),
+        || {
+            let last = sim
+                .last_embed_token("contoso.example.com")
+                .map(|(id, _)| id);
+            read_json(&path).is_some_and(|doc| doc["token_id"].as_str() == last.as_deref())
+        },
+    )
+    .await;
+    let doc = read_json(&path).unwrap();
+    assert_eq!(doc["tenant"], "contoso");
+    assert_eq!(doc["embed"], "sales");
+    assert_eq!(doc["access_level"], "Edit");
+    assert_eq!(doc["reports"], serde_json::json!([REPORT, OTHER_REPORT]));
+    assert!(doc["token"].as_str().is_some_and(|t| t.starts_with("H4sI")));
+    let expires_on = doc["expires_on"].as_i64().unwrap();
+    let entra = read_json(&dir.path().join("contoso.json")).unwrap();
+    let entra_expires_on = entra["expires_on"].as_i64().unwrap();
+    assert!(
+        expires_on <= entra_expires_on,
+        "embed token expires at {expires_on}, its Entra token at {entra_expires_on}"
+    );
+    assert!(expires_on > powerbi_tokend::clock::unix_seconds(std::time::SystemTime::now()));
+    assert!(doc["expiration"].as_str().unwrap().ends_with('Z'));
+
+    let (_, status) = daemon.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let embeds = &status["tenants"][0]["embeds"];
+    assert_eq!(embeds[0]["name"], "sales");
+    assert!(embeds[0]["expires_at"].is_string(), "{embeds}");
+    assert!(embeds[0]["failure"].is_null(), "{embeds}");
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(metrics.contains(
+        "powerbi_tokend_embed_token_expiry_timestamp_seconds{embed=\"sales\",tenant=\"contoso\"}"
+    ));
+    assert!(metrics.contains(
+        "powerbi_tokend_embed_refresh_total{embed=\"sales\",result=\"failure\",tenant=\"contoso\"} 0"
+    ));
+    // The embed token is nowhere in what the daemon shows.
+    let token = doc["token"].as_str().unwrap();
+    assert!(!status.to_string().contains(token));
+    assert!(!metrics.contains(token));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_embed_token_keeps_the_last_one_and_names_the_reason() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    let tenant = embedding(
+        &sim,
+        "contoso",
+        dir.path(),
+        sales(dir.path(), "contoso", AccessLevel::View),
+    );
+    let daemon = start_daemon(config(vec![tenant], fast_daemon())).await;
+    let path = embed_file(dir.path(), "contoso");
+    wait_for("a first embed token", Duration::from_secs(10), || {
+        read_json(&path).is_some()
+    })
+    .await;
+    let first = read_json(&path).unwrap();
+
+    sim.set_powerbi_behavior("contoso.example.com", PowerBiBehavior::NotAuthorized);
+    let body = daemon
+        .wait_for_get("the refusal in /status", "/status", |_, body| {
+            body.contains("\"api_denied\"")
+        })
+        .await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let tenant = &status["tenants"][0];
+    assert_eq!(tenant["embeds"][0]["failure"]["reason"], "not_authorized");
+    assert_eq!(tenant["embeds"][0]["failure"]["status"], 401);
+    // Entra keeps issuing; the access token side is healthy.
+    assert!(tenant["last_error"].is_null(), "{tenant}");
+    // The last good embed token stays where it was.
+    assert_eq!(read_json(&path).unwrap()["token_id"], first["token_id"]);
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "powerbi_tokend_embed_refresh_failures_total{embed=\"sales\",reason=\"not_authorized\",tenant=\"contoso\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(
+        "powerbi_tokend_tenants_embed_refresh_failures_total{reason=\"not_authorized\"} 0"
+    ));
+
+    // Fixed on the customer's side: the next refresh brings a new embed token.
+    sim.set_powerbi_behavior("contoso.example.com", PowerBiBehavior::Ok);
+    daemon
+        .wait_for_get("healthy again", "/status", |_, body| {
+            body.contains("\"healthy\"")
+        })
+        .await;
+    wait_for("a new embed token", Duration::from_secs(10), || {
+        read_json(&path).is_some_and(|doc| doc["token_id"] != first["token_id"])
+    })
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_reuses_the_embed_token_made_for_the_same_items() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let make = || {
+        embedding(
+            &sim,
+            "contoso",
+            dir.path(),
+            sales(dir.path(), "contoso", AccessLevel::View),
+        )
+    };
+    let daemon = start_daemon(config(vec![make()], fast_daemon())).await;
+    let path = embed_file(dir.path(), "contoso");
+    wait_for("an embed token", Duration::from_secs(10), || {
+        read_json(&path).is_some()
+    })
+    .await;
+    daemon.stop().await;
+    let made = sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken);
+    let first = read_json(&path).unwrap();
+
+    // Same tenant, same items: both tokens are reused, nothing is asked.
+    let daemon = start_daemon(config(vec![make()], fast_daemon())).await;
+    daemon
+        .wait_for_get("the warm start", "/status", |_, body| {
+            body.contains("\"healthy\"") && body.contains("\"embeds\"")
+        })
+        .await;
+    assert_eq!(sim.issued_count("contoso.example.com"), 1);
+    assert_eq!(
+        sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken),
+        made
+    );
+    assert_eq!(read_json(&path).unwrap()["token_id"], first["token_id"]);
+    daemon.stop().await;
+
+    // Another report in the embed: the stored token does not cover it, a new one is made.
+    let mut changed = make();
+    if let Some(powerbi) = changed.powerbi.as_deref_mut() {
+        powerbi.embeds[0].reports.truncate(1);
+    }
+    let daemon = start_daemon(config(vec![changed], fast_daemon())).await;
+    wait_for("a token for the new items", Duration::from_secs(10), || {
+        read_json(&path).is_some_and(|doc| doc["token_id"] != first["token_id"])
+    })
+    .await;
+    assert_eq!(
+        read_json(&path).unwrap()["reports"],
+        serde_json::json!([REPORT])
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn no_embed_or_access_token_reaches_the_log_at_trace_level() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    let tokens = dir.path().join("tokens");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+
+[defaults]
+authority_host = "{authority}"
+powerbi_api = "{authority}"
+client_id = "{CLIENT_ID}"
+client_secret = {{ env = "EMBED_TEST_SECRET" }}
+sinks = [ {{ type = "file", path = "{tokens}/{{name}}.json" }} ]
+probe = {{ interval = "1s" }}
+
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.example.com"
+
+[[tenant.embed]]
+name = "sales"
+reports = ["{REPORT}"]
+sinks = [ {{ type = "file", path = "{tokens}/{{name}}.{{embed}}.embed.json" }} ]
+"#,
+            authority = sim.authority_host(),
+            tokens = tokens.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = Spawned::run(&config, &log, "trace", &[("EMBED_TEST_SECRET", SECRET)]);
+    let path = tokens.join("contoso.sales.embed.json");
+    // Two embed tokens, so a refresh has been logged too.
+    wait_for("two embed tokens", Duration::from_secs(20), || {
+        sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken) >= 2
+            && read_json(&path).is_some()
+    })
+    .await;
+    let embed_token = read_json(&path).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let access_token = token_in(&tokens.join("contoso.json")).unwrap();
+    daemon.signal("TERM");
+    daemon.wait_exit(Duration::from_secs(10)).await;
+    let text = daemon.log_text();
+    assert!(text.contains("embed token refreshed"), "{text}");
+    for (what, secret) in [
+        ("client secret", SECRET),
+        ("embed token", embed_token.as_str()),
+        ("access token", access_token.as_str()),
+    ] {
+        assert!(!text.contains(secret), "the {what} is in the log");
+    }
+}
