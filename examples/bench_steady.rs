@@ -86,6 +86,7 @@ async fn run(
     let config = Config {
         redis: None,
         fleet: None,
+        key_vault: None,
         path: "<bench>".into(),
         server: ServerConfig {
             listen: "127.0.0.1:0".parse()?,

@@ -56,6 +56,16 @@ impl Cloud {
         }
     }
 
+    /// The Azure Key Vault resource (v1 `resource`; v2 scope is this plus `/.default`) whose
+    /// tokens this cloud's vaults accept (reference §10). GCC runs on the commercial cloud.
+    pub fn key_vault_resource(self) -> &'static str {
+        match self {
+            Cloud::Public | Cloud::Gcc => "https://vault.azure.net",
+            Cloud::Gcchigh | Cloud::Dod => "https://vault.usgovcloudapi.net",
+            Cloud::China => "https://vault.azure.cn",
+        }
+    }
+
     /// Every cloud, for checks that a resource is one of theirs.
     pub const ALL: [Cloud; 5] = [
         Cloud::Public,

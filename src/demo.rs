@@ -1,13 +1,27 @@
-//! `powerbi-tokend demo`: the whole daemon against the built-in simulated Entra ID.
+//! `powerbi-tokend demo`: the whole daemon against the built-in simulated Entra ID and Power BI
+//! REST API.
 //!
-//! Needs nothing but the binary: the simulator listens on 127.0.0.1, three tenants show the three
-//! things a user wants to see — a v2 tenant and a v1 tenant refreshing every minute or so (tokens
-//! live 120 s), and a tenant whose secret Entra rejects (AADSTS7000215), failing loudly without
-//! ever printing the secret. Tokens land in `./demo-tokens/<name>.json`.
+//! Needs nothing but the binary: the simulator listens on 127.0.0.1, and four tenants show the
+//! four things a user wants to see:
+//!
+//! * `contoso` (v2 endpoint) and `fabrikam` (v1 endpoint) refresh every minute or so (tokens
+//!   live 120 s), and Power BI accepts their tokens (the access probe passes);
+//! * `contoso` also keeps an embed token (`sales`: one report and its dataset) fresh next to its
+//!   access token, made again after every refresh;
+//! * `northwind`'s secret is rejected by Entra (AADSTS7000215): it fails loudly without ever
+//!   printing the secret;
+//! * `tailspin` gets its tokens from Entra, but Power BI refuses its service principal (as when
+//!   the customer's Fabric admin has not let service principals use the APIs): the access probe
+//!   says so and `/status` shows the tenant as `api_denied`, which Entra alone would never
+//!   reveal.
+//!
+//! Every tenant probes Power BI after each refresh and every 30 s. Tokens land in
+//! `./demo-tokens/<name>.json`, embed tokens in `./demo-tokens/<name>.<embed>.embed.json`; the
+//! demo prints where the embed token is and how to see the denied tenant in `/status`.
 //!
 //! `demo --redis` also starts a `redis-server` from PATH on a free loopback port (no persistence,
-//! stopped with the demo) and writes every token there too, in fleet mode, so the shared store
-//! can be watched with `redis-cli`.
+//! stopped with the demo) and writes every access token there too, in fleet mode, so the shared
+//! store can be watched with `redis-cli`.
 
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -17,17 +31,89 @@ use tokio::sync::mpsc;
 
 use crate::config::SecretSource;
 use crate::config::{
-    ApiVersion, Config, DaemonConfig, FileFormat, FleetConfig, RedisConfig, RedisSinkConfig,
-    ServerConfig, SinkConfig, TenantConfig,
+    AccessLevel, ApiVersion, Config, DaemonConfig, EmbedConfig, FileFormat, FileSinkConfig,
+    FleetConfig, PowerBiConfig, ProbeConfig, RedisConfig, RedisSinkConfig, ServerConfig,
+    SinkConfig, TenantConfig,
 };
-use crate::sim::{SimApp, SimEntra, SimTenant};
-use crate::{Control, RunError};
+use crate::sim::{PowerBiBehavior, SimApp, SimEntra, SimTenant};
+use crate::{Control, Daemon, RunError};
 
 /// Token lifetime the simulator grants in the demo: short, so refreshes are visible.
 pub const DEMO_LIFETIME: Duration = Duration::from_secs(120);
 
 /// Where the demo writes tokens, relative to the working directory.
 pub const DEMO_DIR: &str = "demo-tokens";
+
+/// Time between access probes besides the one after every refresh: short, so a change of the
+/// simulator's Power BI behaviour shows in `/status` while one watches.
+pub const DEMO_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// One demo tenant and what it is there to show.
+struct DemoTenant {
+    /// The daemon's name for it: file names, logs, `/status`.
+    name: &'static str,
+    /// A verified domain or a GUID, to show that both work in the token URL.
+    tenant_id: &'static str,
+    /// Which token endpoint; the two answer in different shapes.
+    api: ApiVersion,
+    /// Whether the configured secret is the registered one; `false` shows Entra's rejection.
+    secret_matches: bool,
+    /// How the simulated Power BI API treats the tenant's tokens; anything but `Ok` shows a
+    /// tenant whose Entra tokens are fine and whose API calls still fail.
+    powerbi: PowerBiBehavior,
+    /// The embed token kept for the tenant, if any.
+    embed: Option<DemoEmbed>,
+}
+
+/// An embed token of the demo. The simulator accepts any GUIDs, so the ids are made up; fixed,
+/// so a warm start after a restart of the demo reuses the token on disk.
+struct DemoEmbed {
+    /// The embed's name (`[[tenant.embed]] name`).
+    name: &'static str,
+    /// The report the token opens.
+    report: &'static str,
+    /// The report's dataset.
+    dataset: &'static str,
+}
+
+const TENANTS: [DemoTenant; 4] = [
+    DemoTenant {
+        name: "contoso",
+        tenant_id: "contoso.onmicrosoft.com",
+        api: ApiVersion::V2,
+        secret_matches: true,
+        powerbi: PowerBiBehavior::Ok,
+        embed: Some(DemoEmbed {
+            name: "sales",
+            report: "8a4f2c61-93d7-4b5e-a0c8-1f6e2d9b7a34",
+            dataset: "c37e9b05-2d14-4f8a-b6e1-5a0d9c4f2e78",
+        }),
+    },
+    DemoTenant {
+        name: "fabrikam",
+        tenant_id: "7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60",
+        api: ApiVersion::V1,
+        secret_matches: true,
+        powerbi: PowerBiBehavior::Ok,
+        embed: None,
+    },
+    DemoTenant {
+        name: "northwind",
+        tenant_id: "northwind.onmicrosoft.com",
+        api: ApiVersion::V2,
+        secret_matches: false,
+        powerbi: PowerBiBehavior::Ok,
+        embed: None,
+    },
+    DemoTenant {
+        name: "tailspin",
+        tenant_id: "tailspintoys.onmicrosoft.com",
+        api: ApiVersion::V2,
+        secret_matches: true,
+        powerbi: PowerBiBehavior::NotAuthorized,
+        embed: None,
+    },
+];
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,36 +136,22 @@ fn random_secret(tag: &str) -> String {
     text
 }
 
-/// Builds the demo tenants and registers them with the simulator.
+/// Builds the demo tenants and registers them, and their Power BI behaviour, with the
+/// simulator.
 pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -> Config {
-    let specs = [
-        ("contoso", "contoso.onmicrosoft.com", ApiVersion::V2, true),
-        (
-            "fabrikam",
-            "7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60",
-            ApiVersion::V1,
-            true,
-        ),
-        (
-            "northwind",
-            "northwind.onmicrosoft.com",
-            ApiVersion::V2,
-            false,
-        ),
-    ];
-    let tenants = specs
+    let tenants = TENANTS
         .iter()
         .enumerate()
-        .map(|(index, (name, tenant_id, api, secret_matches))| {
+        .map(|(index, spec)| {
             let client_id = format!("5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5{index}");
-            let registered = random_secret(name);
-            let configured = if *secret_matches {
+            let registered = random_secret(spec.name);
+            let configured = if spec.secret_matches {
                 registered.clone()
             } else {
                 random_secret("wrong")
             };
             sim.add_tenant(
-                tenant_id,
+                spec.tenant_id,
                 SimTenant::new(
                     SimApp {
                         client_id: client_id.clone(),
@@ -89,21 +161,47 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
                     DEMO_LIFETIME,
                 ),
             );
+            sim.set_powerbi_behavior(spec.tenant_id, spec.powerbi);
             let mut tenant = TenantConfig::entra(
-                name,
-                tenant_id,
+                spec.name,
+                spec.tenant_id,
                 &client_id,
                 SecretSource::Inline(SecretString::from(configured)),
                 &sim.authority_host(),
-                dir.join(format!("{name}.json")),
+                dir.join(format!("{}.json", spec.name)),
             );
-            tenant.api = *api;
+            tenant.api = spec.api;
+            tenant.powerbi = Some(Box::new(PowerBiConfig {
+                api_root: sim.powerbi_api().into(),
+                probe: Some(ProbeConfig {
+                    interval: DEMO_PROBE_INTERVAL,
+                    path: ProbeConfig::DEFAULT_PATH.to_owned(),
+                }),
+                embeds: spec
+                    .embed
+                    .iter()
+                    .map(|embed| EmbedConfig {
+                        name: embed.name.to_owned(),
+                        reports: vec![embed.report.to_owned()],
+                        datasets: vec![embed.dataset.to_owned()],
+                        target_workspaces: Vec::new(),
+                        access_level: AccessLevel::View,
+                        lifetime: None,
+                        sinks: vec![SinkConfig::File(FileSinkConfig {
+                            path: dir.join(format!("{}.{}.embed.json", spec.name, embed.name)),
+                            format: FileFormat::Json,
+                            mode: 0o600,
+                        })],
+                    })
+                    .collect(),
+            }));
             Arc::new(tenant)
         })
         .collect();
     Config {
         redis: None,
         fleet: None,
+        key_vault: None,
         path: PathBuf::from("<demo>"),
         server: ServerConfig {
             listen,
@@ -118,6 +216,28 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
         },
         tenants,
     }
+}
+
+/// Every embed token file in `config`: `("<tenant>/<embed>", path)`, for the start-up message.
+fn embed_files(config: &Config) -> Vec<(String, PathBuf)> {
+    config
+        .tenants
+        .iter()
+        .flat_map(|tenant| {
+            let embeds = tenant
+                .powerbi
+                .as_deref()
+                .map_or(&[][..], |powerbi| &powerbi.embeds);
+            embeds.iter().flat_map(move |embed| {
+                embed.sinks.iter().filter_map(move |sink| match sink {
+                    SinkConfig::File(file) => {
+                        Some((format!("{}/{}", tenant.name, embed.name), file.path.clone()))
+                    }
+                    SinkConfig::Redis(_) => None,
+                })
+            })
+        })
+        .collect()
 }
 
 /// Runs the demo until a shutdown message arrives; with `redis`, against a `redis-server` of
@@ -145,18 +265,49 @@ pub async fn run(
     } else {
         None
     };
-    tracing::info!(
-        simulated_entra = %sim.authority_host(),
-        tokens = %dir.display(),
-        lifetime = %humantime::format_duration(DEMO_LIFETIME),
-        "demo: contoso (v2) and fabrikam (v1) refresh at about half their lifetime; northwind's secret is rejected (AADSTS7000215). Ctrl-C to stop"
-    );
-    let result = crate::run(config, control).await;
+    let embeds = embed_files(&config);
+    // The daemon is started before the hints are printed: `--listen` may name port 0, and the
+    // `/status` hint needs the port actually bound.
+    let result = match Daemon::start(config).await {
+        Ok(daemon) => {
+            announce(&sim, &dir, &embeds, daemon.admin_addr());
+            daemon.run(control).await
+        }
+        Err(err) => Err(err),
+    };
     if let Some(server) = server {
         server.stop().await;
     }
     drop(sim);
     result.map_err(DemoError::from)
+}
+
+/// Prints what the demo shows and where to look: the token directory, each embed token's file,
+/// and the `/status` query that shows the tenant Power BI refuses.
+fn announce(
+    sim: &SimEntra,
+    dir: &std::path::Path,
+    embeds: &[(String, PathBuf)],
+    admin: std::net::SocketAddr,
+) {
+    tracing::info!(
+        simulated_entra = %sim.authority_host(),
+        tokens = %dir.display(),
+        lifetime = %humantime::format_duration(DEMO_LIFETIME),
+        "demo: contoso (v2) and fabrikam (v1) refresh at about half their lifetime and Power BI accepts their tokens; northwind's secret is rejected (AADSTS7000215); tailspin's tokens are issued but Power BI refuses them. Ctrl-C to stop"
+    );
+    for (embed, path) in embeds {
+        tracing::info!("demo: embed token for {embed}: {}", path.display());
+    }
+    for tenant in TENANTS
+        .iter()
+        .filter(|tenant| tenant.powerbi == PowerBiBehavior::NotAuthorized)
+    {
+        tracing::info!(
+            "demo: Power BI refuses {name}'s service principal (Entra issues its tokens), so /status shows {name} as api_denied: curl -s http://{admin}/status | jq '.tenants[] | select(.name == \"{name}\") | {{state, api_probe}}'",
+            name = tenant.name
+        );
+    }
 }
 
 /// Adds `[redis]` at `url`, a Redis sink to every tenant, and fleet mode.

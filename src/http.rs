@@ -297,7 +297,8 @@ pub struct EmbedView {
     pub name: String,
     /// RFC 3339 expiry of the embed token in the sinks.
     pub expires_at: Option<String>,
-    /// RFC 3339 time of the next planned refresh.
+    /// RFC 3339 time of the next planned refresh; `null` when the next one follows the next
+    /// access token refresh (a token capped at the access token's expiry).
     pub next_refresh_at: Option<String>,
     /// RFC 3339 time of the last embed token written.
     pub last_success_at: Option<String>,

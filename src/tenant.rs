@@ -436,6 +436,30 @@ impl Tenant {
         }
     }
 
+    /// A Power BI call's turn: a permit of the request limiter, then the rate cap, as token
+    /// requests take theirs. `None` when `cancel` fires first.
+    async fn api_turn(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Option<Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> {
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            permit = self.shared.limiter.clone().acquire_owned() => permit,
+        };
+        if let Some(rate) = &self.shared.rate {
+            let waited = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
+                waited = rate.acquire() => waited,
+            };
+            if let (Some(observer), false) = (&self.shared.observer, waited.is_zero()) {
+                observer.rate_limited(waited);
+            }
+        }
+        Some(permit)
+    }
+
     /// When the next Power BI call (probe or embed token) is due.
     fn next_api_call(&self) -> Option<SystemTime> {
         self.embeds
@@ -511,22 +535,13 @@ impl Tenant {
         let (Some(embed), Some(entra)) = (powerbi.embeds.get(index), self.token.as_deref()) else {
             return Some(());
         };
-        if entra.expires_on() <= clock::unix_seconds(now) {
+        let entra_expires_on = entra.expires_on();
+        if entra_expires_on <= clock::unix_seconds(now) {
             // The refresh due anyway plans the next embed token.
             self.embeds[index].next = None;
             return Some(());
         }
-        let permit = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return None,
-            permit = self.shared.limiter.clone().acquire_owned() => permit,
-        };
-        if let Some(rate) = &self.shared.rate {
-            let waited = rate.acquire().await;
-            if let (Some(observer), false) = (&self.shared.observer, waited.is_zero()) {
-                observer.rate_limited(waited);
-            }
-        }
+        let permit = self.api_turn(cancel).await?;
         let (made, took) =
             crate::powerbi::embed::generate(&self.shared.client, &powerbi.api_root, embed, entra)
                 .await;
@@ -587,14 +602,18 @@ impl Tenant {
                 schedule::later(now, delay.max(failure.retry_after.unwrap_or_default()))
             }
         };
-        state.next = Some(next);
+        // An embed token capped at the Entra token's expiry is not made again before the next
+        // Entra refresh (which makes the next one): made with the same Entra token, it would
+        // expire at the same moment.
+        let capped = matches!(&outcome, Ok(token) if token.expires_on >= entra_expires_on);
+        state.next = (!capped).then_some(next);
         let previous = {
             let mut status = status::lock(&self.status);
             let Some(embed_status) = status.embeds.get_mut(index) else {
                 return Some(());
             };
             let previous = embed_status.failure.as_ref().map(|failure| failure.reason);
-            embed_status.next_refresh = Some(next);
+            embed_status.next_refresh = (!capped).then_some(next);
             match &outcome {
                 Ok(token) => {
                     embed_status.expires_on = Some(token.expires_on);
@@ -669,17 +688,7 @@ impl Tenant {
             self.next_probe = None;
             return Some(());
         }
-        let permit = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return None,
-            permit = self.shared.limiter.clone().acquire_owned() => permit,
-        };
-        if let Some(rate) = &self.shared.rate {
-            let waited = rate.acquire().await;
-            if let (Some(observer), false) = (&self.shared.observer, waited.is_zero()) {
-                observer.rate_limited(waited);
-            }
-        }
+        let permit = self.api_turn(cancel).await?;
         let (outcome, took) =
             crate::powerbi::probe::run(&self.shared.client, api_root, probe, token).await;
         drop(permit);
@@ -738,7 +747,8 @@ impl Tenant {
                         request_id = failure.request_id.as_deref().unwrap_or("-"),
                         error = %failure.message,
                         next_probe = %next,
-                        "Power BI refuses the tenant's token: {}",
+                        "Power BI access probe failed ({}): {}",
+                        failure.reason.as_str(),
                         failure.reason.advice()
                     );
                 }

@@ -331,6 +331,7 @@ async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     let contoso = dir.path().join("demo-tokens/contoso.json");
     let fabrikam = dir.path().join("demo-tokens/fabrikam.json");
     wait_for(
@@ -341,15 +342,104 @@ async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
     .await;
     assert!(started.elapsed() < Duration::from_secs(5));
     wait_for("northwind's AADSTS7000215", Duration::from_secs(5), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("AADSTS7000215")
+        logs().contains("AADSTS7000215")
     })
     .await;
     assert!(!dir.path().join("demo-tokens/northwind.json").exists());
     let life = read_json(&contoso).unwrap();
     let lifetime = life["expires_on"].as_i64().unwrap() - life["issued_on"].as_i64().unwrap();
     assert_eq!(lifetime, 120);
+
+    // contoso's embed token is written next to its access token, and the demo says where.
+    let embed_file = dir.path().join("demo-tokens/contoso.sales.embed.json");
+    wait_for("contoso's embed token", Duration::from_secs(5), || {
+        read_json(&embed_file).is_some()
+    })
+    .await;
+    let embed = read_json(&embed_file).unwrap();
+    for field in ["token", "token_id", "expiration"] {
+        assert!(
+            embed[field].as_str().is_some_and(|value| !value.is_empty()),
+            "{field}: {embed}"
+        );
+    }
+    assert_eq!(embed["tenant"], "contoso", "{embed}");
+    assert_eq!(embed["embed"], "sales", "{embed}");
+    assert!(
+        logs().contains("embed token for contoso/sales: demo-tokens/contoso.sales.embed.json"),
+        "{}",
+        logs()
+    );
+
+    // The demo names the tenant Power BI refuses and how to see it in /status; following the
+    // hint shows it as api_denied, while the healthy tenants pass their probe.
+    let hint = logs()
+        .lines()
+        .find(|line| line.contains("curl -s http://"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no /status hint in the demo's output:\n{}", logs()));
+    assert!(hint.contains("tailspin"), "{hint}");
+    let url = hint
+        .split("curl -s ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert!(url.ends_with("/status"), "{hint}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let tenant_in = |status: &serde_json::Value, name: &str| {
+        status["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|tenant| tenant["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} is not in /status: {status}"))
+    };
+    let start = Instant::now();
+    let status = loop {
+        let status: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        let settled = ["contoso", "fabrikam"]
+            .iter()
+            .all(|name| tenant_in(&status, name)["api_probe"]["ok"] == true)
+            && tenant_in(&status, "tailspin")["state"] == "api_denied";
+        if settled {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the probes did not settle: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let tailspin = tenant_in(&status, "tailspin");
+    assert_eq!(
+        tailspin["api_probe"]["failure"]["reason"], "not_authorized",
+        "{tailspin}"
+    );
+    assert!(dir.path().join("demo-tokens/tailspin.json").exists());
+    for name in ["contoso", "fabrikam"] {
+        assert_eq!(tenant_in(&status, name)["state"], "healthy", "{status}");
+    }
+    let contoso_status = tenant_in(&status, "contoso");
+    assert_eq!(contoso_status["embeds"][0]["name"], "sales", "{status}");
+    assert!(
+        contoso_status["embeds"][0].get("failure").is_none(),
+        "{status}"
+    );
+    assert_eq!(tenant_in(&status, "northwind")["state"], "misconfigured");
+
+    // Nothing secret is printed or served: the demo's secrets all begin `demo~`, and the
+    // tokens are in their files only.
+    let access_token = token_in(&contoso).unwrap();
+    let embed_token = embed["token"].as_str().unwrap().to_owned();
+    let served = status.to_string();
+    for (what, text) in [("the output", logs()), ("/status", served)] {
+        assert!(!text.contains("demo~"), "a secret in {what}:\n{text}");
+        assert!(!text.contains(&access_token), "an access token in {what}");
+        assert!(!text.contains(&embed_token), "an embed token in {what}");
+    }
+
     kill(&child, "INT");
     let stopping = Instant::now();
     let status = wait_exit(&mut child, Duration::from_secs(5)).await;

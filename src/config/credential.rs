@@ -117,6 +117,24 @@ impl Loader<'_> {
             RawSecret::Reference(source) => {
                 let source = match source {
                     SecretSource::File(path) => SecretSource::File(self.resolve_path(path.clone())),
+                    SecretSource::KeyVault(url) => {
+                        let at = Some(secret.span().start);
+                        match super::key_vault::check_key_vault_url(url) {
+                            Ok(url) if self.key_vault_section => SecretSource::KeyVault(url),
+                            Ok(_) => {
+                                self.problem(
+                                    at,
+                                    input.key("client_secret"),
+                                    "is in Key Vault; add a [key_vault] section naming the managed or workload identity that reads it".to_owned(),
+                                );
+                                return None;
+                            }
+                            Err(message) => {
+                                self.problem(at, input.key("client_secret.key_vault"), message);
+                                return None;
+                            }
+                        }
+                    }
                     other => other.clone(),
                 };
                 Some(CredentialConfig::ClientSecret { source, expires_on })

@@ -42,6 +42,7 @@ pub(super) fn parse_collecting(
         defaults_broken: false,
         defaults_broken_keys: Vec::new(),
         seen: Vec::new(),
+        key_vault_section: false,
         resolved: Vec::new(),
         credentials: Vec::new(),
         env,
@@ -81,6 +82,8 @@ pub(super) struct Loader<'a> {
     pub(super) defaults_broken_keys: Vec<String>,
     /// (name, line, sink paths) of every tenant read, valid or not, for cross-tenant rules.
     pub(super) seen: Vec<(String, Option<usize>, Vec<Destination>)>,
+    /// Whether the file has a `[key_vault]` section (a secret in Key Vault needs one).
+    pub(super) key_vault_section: bool,
     /// Tenants that passed every rule, in file order.
     pub(super) resolved: Vec<Arc<TenantConfig>>,
     /// Every credential that was well-formed, for `check`.
@@ -234,6 +237,13 @@ impl<'a> Loader<'a> {
                 "daemon" => sections.daemon = self.section(value, "daemon").map(|(d, _)| d),
                 "redis" => sections.redis = Some(self.section(value, "redis").map(|(r, _)| r)),
                 "fleet" => sections.fleet = self.section(value, "fleet").map(|(f, _)| f),
+                "key_vault" => {
+                    let offset = value.span().start;
+                    sections.key_vault = Some(
+                        self.section::<super::raw::RawKeyVault>(value, "key_vault")
+                            .map(|(raw, _)| (raw, offset)),
+                    );
+                }
                 "defaults" => sections.defaults = self.defaults(value),
                 "tenant" if split.is_some() => return None,
                 "tenant" => {
@@ -244,7 +254,7 @@ impl<'a> Loader<'a> {
                 other => self.problem(
                     Some(key_offset),
                     other.to_owned(),
-                    "unknown section; expected one of `server`, `daemon`, `redis`, `fleet`, `defaults`, `tenant`"
+                    "unknown section; expected one of `server`, `daemon`, `redis`, `fleet`, `key_vault`, `defaults`, `tenant`"
                         .to_owned(),
                 ),
             }
@@ -262,6 +272,10 @@ impl<'a> Loader<'a> {
                 daemon.as_ref().and_then(Option::as_ref),
             )
         });
+        let key_vault = sections
+            .key_vault
+            .map(|raw| raw.and_then(|(raw, offset)| self.key_vault(raw, offset)));
+        self.key_vault_section = key_vault.is_some();
         let defaults = sections.defaults.unwrap_or_default();
         for (index, (offset, raw, broken)) in sections.tenants.into_iter().enumerate() {
             self.resolve(index, offset, raw, &broken, &defaults);
@@ -305,6 +319,10 @@ impl<'a> Loader<'a> {
                 Some(redis) => Some(redis?),
             },
             fleet: fleet??,
+            key_vault: match key_vault {
+                None => None,
+                Some(key_vault) => Some(key_vault?),
+            },
             tenants: std::mem::take(&mut self.resolved),
         }))
     }
@@ -524,6 +542,8 @@ struct Sections {
     daemon: Option<RawDaemon>,
     /// `[redis]`: `None` when absent, `Some(None)` when present but unreadable.
     redis: Option<Option<RawRedis>>,
+    /// `[key_vault]` and its offset: `None` when absent, `Some(None)` when unreadable.
+    key_vault: Option<Option<(super::raw::RawKeyVault, usize)>>,
     /// `[fleet]`.
     fleet: Option<RawFleet>,
     /// `[defaults]`.
@@ -540,6 +560,7 @@ impl Default for Sections {
             server: Some(RawServer::default()),
             daemon: Some(RawDaemon::default()),
             redis: None,
+            key_vault: None,
             fleet: Some(RawFleet::default()),
             defaults: Some(RawTenant::default()),
             tenants: Vec::new(),

@@ -24,6 +24,7 @@
 //! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`,
 //!   `managed_identity.rs`, `oauth2.rs` and `sink.rs` hold the rules of its credential, managed
 //!   identity, generic OAuth2 provider and sinks.
+//! * `key_vault.rs`: `[key_vault]` (the identity that reads Azure Key Vault) and secret URLs.
 //! * `powerbi.rs`: the tenant's use of the Power BI API (`powerbi_api`, `probe`).
 //! * `applicable.rs`: keys a tenant sets that its provider or credential never uses.
 //! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file or key).
@@ -33,6 +34,7 @@ mod applicable;
 mod credential;
 mod cross_tenant;
 mod daemon;
+mod key_vault;
 mod loader;
 mod managed_identity;
 mod oauth2;

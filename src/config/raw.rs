@@ -60,6 +60,20 @@ pub(super) enum RawUrls {
     Many(Vec<String>),
 }
 
+/// `[key_vault]`: the identity keys of a tenant's managed or workload identity, and how often.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeyVault {
+    pub(super) credential: Option<Spanned<String>>,
+    pub(super) managed_identity: Option<Spanned<toml::Value>>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) tenant_id: Option<Spanned<String>>,
+    pub(super) federated_token_file: Option<Spanned<PathBuf>>,
+    pub(super) authority_host: Option<Spanned<String>>,
+    pub(super) cloud: Option<Spanned<Cloud>>,
+    pub(super) refresh_interval: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFleet {

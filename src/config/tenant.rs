@@ -23,6 +23,9 @@ pub(super) struct TenantInput<'r> {
     pub(super) label: String,
     /// Keys of the tenant's table removed as unreadable (already reported).
     pub(super) broken: &'r [String],
+    /// Set for a section that borrows the tenant rules (`[key_vault]`): problems are named
+    /// `key_vault.<key>`.
+    pub(super) section: Option<&'static str>,
 }
 
 impl TenantInput<'_> {
@@ -33,7 +36,10 @@ impl TenantInput<'_> {
 
     /// The key path of a problem: `tenant "contoso": client_id`.
     pub(super) fn key(&self, key: &str) -> String {
-        format!("tenant {:?}: {key}", self.label)
+        match self.section {
+            Some(section) => format!("{section}.{key}"),
+            None => format!("tenant {:?}: {key}", self.label),
+        }
     }
 }
 
@@ -48,11 +54,11 @@ pub(super) use inherited;
 /// What the credential rules tell the identity rules: a workload or managed identity fills in or
 /// drops keys that every other tenant must set.
 #[derive(Clone, Copy)]
-struct CredentialKind {
+pub(super) struct CredentialKind {
     /// `credential = "workload_identity"`: the webhook's env vars fill in missing ids.
-    workload: bool,
+    pub(super) workload: bool,
     /// `credential = "managed_identity"`: no client or tenant id is needed.
-    managed: bool,
+    pub(super) managed: bool,
 }
 
 impl Loader<'_> {
@@ -74,6 +80,7 @@ impl Loader<'_> {
             offset,
             label: name.clone().unwrap_or_else(|| format!("tenant[{index}]")),
             broken,
+            section: None,
         };
         let provider = input.provider();
         let (credential, kind) = self.tenant_credential(&input);
@@ -139,7 +146,7 @@ impl Loader<'_> {
 
     /// The tenant's credential and its line, kept for `check` even if the tenant has other
     /// problems, and what kind it is as written.
-    fn tenant_credential(
+    pub(super) fn tenant_credential(
         &mut self,
         input: &TenantInput<'_>,
     ) -> (Option<CredentialConfig>, CredentialKind) {
@@ -196,7 +203,7 @@ impl Loader<'_> {
     }
 
     /// `tenant_id`: a GUID or verified domain; never a multi-tenant alias.
-    fn tenant_id(
+    pub(super) fn tenant_id(
         &mut self,
         input: &TenantInput<'_>,
         provider: Provider,
@@ -242,7 +249,11 @@ impl Loader<'_> {
     }
 
     /// `client_id`: the application (client) ID, from the tenant or `[defaults]`.
-    fn client_id(&mut self, input: &TenantInput<'_>, kind: CredentialKind) -> Option<String> {
+    pub(super) fn client_id(
+        &mut self,
+        input: &TenantInput<'_>,
+        kind: CredentialKind,
+    ) -> Option<String> {
         match inherited!(input, client_id) {
             None if kind.workload && (self.env)("AZURE_CLIENT_ID").is_some() => {
                 (self.env)("AZURE_CLIENT_ID")
@@ -269,7 +280,7 @@ impl Loader<'_> {
 
     /// `authority_host`: configured, else the webhook's `AZURE_AUTHORITY_HOST` for workload
     /// identity, else the cloud's.
-    fn authority_host(
+    pub(super) fn authority_host(
         &mut self,
         input: &TenantInput<'_>,
         cloud: Cloud,

@@ -242,6 +242,10 @@ pub enum SecretSource {
     File(PathBuf),
     /// A systemd credential (`LoadCredential=name:…`), read from `$CREDENTIALS_DIRECTORY/name`.
     Systemd(String),
+    /// A secret in Azure Key Vault: its URL (`https://<vault>.vault.azure.net/secrets/<name>`,
+    /// optionally `/<version>`), read with the `[key_vault]` identity and cached.
+    #[serde(rename = "key_vault")]
+    KeyVault(String),
     /// A secret held in memory, for configurations built in code (`demo`, tests). A config file
     /// cannot express it: secrets are never written in the file.
     #[serde(skip)]
@@ -255,6 +259,7 @@ impl PartialEq for SecretSource {
             (SecretSource::Env(a), SecretSource::Env(b)) => a == b,
             (SecretSource::File(a), SecretSource::File(b)) => a == b,
             (SecretSource::Systemd(a), SecretSource::Systemd(b)) => a == b,
+            (SecretSource::KeyVault(a), SecretSource::KeyVault(b)) => a == b,
             (SecretSource::Inline(a), SecretSource::Inline(b)) => {
                 a.expose_secret() == b.expose_secret()
             }
@@ -493,6 +498,22 @@ impl PartialEq for TenantConfig {
     }
 }
 
+/// `[key_vault]`: the identity that reads secrets from Azure Key Vault, and how often.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVaultConfig {
+    /// The identity as a token request: a managed or workload identity asking for the Key Vault
+    /// resource of its cloud. Never written to a sink.
+    pub identity: Arc<TenantConfig>,
+    /// How long a value read from Key Vault is used before it is read again (rotation).
+    pub refresh_interval: Duration,
+}
+
+impl KeyVaultConfig {
+    /// An hour: a rotation is picked up within the hour anyway, and at once when Entra rejects
+    /// the old value; Key Vault's limits are per vault, shared with everyone else reading it.
+    pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+}
+
 /// A tenant's use of the Power BI REST API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PowerBiConfig {
@@ -711,6 +732,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Fleet mode, when enabled.
     pub fleet: Option<FleetConfig>,
+    /// `[key_vault]`: how secrets in Azure Key Vault are read, when any tenant names one.
+    pub key_vault: Option<KeyVaultConfig>,
     /// Tenants in file order.
     pub tenants: Vec<Arc<TenantConfig>>,
 }

@@ -51,6 +51,10 @@ pub enum CredentialError {
     /// The signature could not be computed.
     #[error("signing the client assertion failed")]
     Signing,
+    /// A secret in Key Vault asked for where no Key Vault reader exists (`once` without
+    /// `[key_vault]` cannot happen: `check` refuses such a config).
+    #[error("secret {0} is in Key Vault, and no [key_vault] identity is configured to read it")]
+    KeyVaultUnavailable(String),
     /// A managed identity sends no form; the caller asked for one.
     #[error("a managed identity does not authenticate with a form")]
     NotForm,
@@ -78,6 +82,7 @@ impl From<ReadError> for CredentialError {
 /// The source is missing, unreadable, not a regular file, too large, empty, or too slow.
 pub async fn read_secret(source: &SecretSource) -> Result<SecretString, CredentialError> {
     match source {
+        SecretSource::KeyVault(url) => Err(CredentialError::KeyVaultUnavailable(url.clone())),
         SecretSource::Env(name) => {
             let value =
                 std::env::var(name).map_err(|_| CredentialError::MissingEnv(name.clone()))?;

@@ -9,9 +9,6 @@
 //! Embed tokens are what "app owns data" backends hand to browsers. They expire too, never later
 //! than the Entra token they were made with, so they are kept fresh here, next to it.
 //!
-//! Embed tokens are what "app owns data" backends hand to browsers. They expire too, never later
-//! than the Entra token they were made with, so they are kept fresh here, next to it.
-//!
 //! # Files
 //!
 //! * `probe.rs`: the probe call and the classification of its answer (embed token failures are

@@ -204,7 +204,7 @@ pub async fn run(
             status: None,
             code: None,
             request_id: None,
-            message: err.message,
+            message: error::sanitise(&err.message, &[token.secret.expose_secret()]),
             retry_after: None,
         }),
     };

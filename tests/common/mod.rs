@@ -63,6 +63,7 @@ pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
     Config {
         redis: None,
         fleet: None,
+        key_vault: None,
         path: PathBuf::from("<test>"),
         server: ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -1,0 +1,178 @@
+//! `[key_vault]`: the identity that reads secrets from Azure Key Vault (a managed identity or a
+//! workload identity, chosen with the same keys as a tenant's), and `client_secret = { key_vault
+//! = "…" }` URLs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::loader::Loader;
+use super::raw::{RawKeyVault, RawTenant};
+use super::tenant::TenantInput;
+use super::types::{ApiVersion, CredentialConfig, KeyVaultConfig, Provider, TenantConfig};
+use super::values::check_url;
+use crate::cloud::Cloud;
+
+/// The shortest `refresh_interval`: Key Vault's limits are per vault, shared with every other
+/// reader of it.
+const REFRESH_INTERVAL_MIN: Duration = Duration::from_secs(60);
+
+impl Loader<'_> {
+    /// `[key_vault]`: its identity as a token request for the Key Vault resource of its cloud.
+    pub(super) fn key_vault(&mut self, raw: RawKeyVault, offset: usize) -> Option<KeyVaultConfig> {
+        let before = self.problems.len();
+        let refresh_interval = match &raw.refresh_interval {
+            None => Some(KeyVaultConfig::DEFAULT_REFRESH_INTERVAL),
+            Some(text) => match humantime::parse_duration(text.get_ref()) {
+                Ok(interval) if interval >= REFRESH_INTERVAL_MIN => Some(interval),
+                _ => {
+                    self.problem(
+                        Some(text.span().start),
+                        "key_vault.refresh_interval".to_owned(),
+                        format!(
+                            "expected a duration of at least 1m such as \"1h\", got {:?}",
+                            text.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let cloud = raw
+            .cloud
+            .as_ref()
+            .map_or_else(Cloud::default, |c| *c.get_ref());
+        let table = RawTenant {
+            credential: raw.credential,
+            managed_identity: raw.managed_identity,
+            client_id: raw.client_id,
+            tenant_id: raw.tenant_id,
+            federated_token_file: raw.federated_token_file,
+            authority_host: raw.authority_host,
+            ..RawTenant::default()
+        };
+        let defaults = RawTenant::default();
+        let input = TenantInput {
+            raw: &table,
+            defaults: &defaults,
+            offset,
+            label: "key_vault".to_owned(),
+            broken: &[],
+            section: Some("key_vault"),
+        };
+        let (credential, kind) = self.tenant_credential(&input);
+        let credential = match credential {
+            Some(credential @ CredentialConfig::ManagedIdentity(_))
+            | Some(credential @ CredentialConfig::WorkloadIdentity { .. }) => Some(credential),
+            Some(_) => None,
+            None => None,
+        };
+        if credential.is_none() && self.problems.len() == before {
+            self.problem(
+                Some(offset),
+                "key_vault.credential".to_owned(),
+                "expected credential = \"managed_identity\" or \"workload_identity\": the identity that reads the vault".to_owned(),
+            );
+        }
+        let (tenant_id, client_id) = if kind.managed {
+            let client_id = match &credential {
+                Some(CredentialConfig::ManagedIdentity(managed)) => match &managed.identity {
+                    super::types::ManagedIdentityId::ClientId(id) => id.clone(),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            (Some(String::new()), Some(client_id))
+        } else {
+            (
+                self.tenant_id(&input, Provider::Entra, kind),
+                self.client_id(&input, kind),
+            )
+        };
+        let authority_host = self.authority_host(&input, cloud, kind);
+        if self.problems.len() != before {
+            return None;
+        }
+        let identity = TenantConfig {
+            name: "key_vault".to_owned(),
+            tenant_id: tenant_id?,
+            client_id: self.shared(client_id?),
+            credential: credential?,
+            oauth2: None,
+            authority_host: self.shared(authority_host?),
+            api: ApiVersion::V2,
+            resource: self.shared(cloud.key_vault_resource().to_owned()),
+            refresh_at: 0.5,
+            jitter: 0.0,
+            sinks: Vec::new(),
+            schedule: None,
+            powerbi: None,
+            line: Some(self.line_of(offset)),
+        };
+        Some(KeyVaultConfig {
+            identity: Arc::new(identity),
+            refresh_interval: refresh_interval?,
+        })
+    }
+}
+
+/// A Key Vault secret URL: `https://<vault host>/secrets/<name>` or `…/<name>/<version>` (http
+/// for loopback only, as for `authority_host`), without a query. Any host: private endpoints and
+/// sovereign clouds have their own.
+pub(super) fn check_key_vault_url(raw: &str) -> Result<String, String> {
+    let expected =
+        "expected https://<vault>.vault.azure.net/secrets/<name> (or …/<name>/<version>)";
+    let url = check_url(raw, true).map_err(|message| format!("{message}; {expected}"))?;
+    let Some((_, rest)) = url.split_once("://") else {
+        return Err(format!("{expected}, got {raw:?}"));
+    };
+    let path = rest.find('/').map_or("", |at| &rest[at..]);
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let (name, version) = match segments.as_slice() {
+        ["secrets", name] => (*name, None),
+        ["secrets", name, version] => (*name, Some(*version)),
+        _ => return Err(format!("{expected}, got {raw:?}")),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 127
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let version_ok = version.is_none_or(|version| {
+        !version.is_empty()
+            && version.len() <= 64
+            && version.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    if !name_ok || !version_ok || path.contains(['?', '#']) {
+        return Err(format!(
+            "{expected}: a secret name of 1 to 127 letters, digits and '-', and a version of letters and digits; got {raw:?}"
+        ));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_urls() {
+        assert_eq!(
+            check_key_vault_url("https://kv1.vault.azure.net/secrets/app-secret/").unwrap(),
+            "https://kv1.vault.azure.net/secrets/app-secret"
+        );
+        assert!(
+            check_key_vault_url("https://kv1.privatelink.vaultcore.azure.net/secrets/s/0123abcd")
+                .is_ok()
+        );
+        assert!(check_key_vault_url("http://127.0.0.1:8200/secrets/s").is_ok());
+        for bad in [
+            "http://kv1.vault.azure.net/secrets/s",
+            "https://kv1.vault.azure.net/keys/s",
+            "https://kv1.vault.azure.net/secrets/",
+            "https://kv1.vault.azure.net/secrets/a_b",
+            "https://kv1.vault.azure.net/secrets/s/v/x",
+            "https://kv1.vault.azure.net/secrets/s?api-version=7.5",
+            "kv1.vault.azure.net/secrets/s",
+        ] {
+            assert!(check_key_vault_url(bad).is_err(), "{bad}");
+        }
+    }
+}
