@@ -10,13 +10,15 @@
 //!   that very request ([`crate::error::sanitise`]), because a server can reflect what it was sent.
 
 use base64::Engine;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{
     ApiVersion, ClientAuth, DaemonConfig, ManagedIdentityConfig, ManagedIdentityId,
-    ManagedIdentitySource, OAuth2Config, TenantConfig,
+    ManagedIdentitySource, OAuth2Config, SecretSource, TenantConfig,
 };
+use crate::credential::key_vault::KeyVault;
 use crate::credential::{Credential, CredentialError, read_secret};
 use crate::error::{self, ErrorClass, Reason, RefreshError};
 use crate::schedule::parse_retry_after;
@@ -64,6 +66,8 @@ pub struct TokenClient {
     max_response_bytes: usize,
     /// The instance metadata service's token URL (overridable for tests).
     imds_endpoint: String,
+    /// Reads secrets kept in Azure Key Vault (`[key_vault]`), shared by every tenant.
+    key_vault: Option<Arc<KeyVault>>,
 }
 
 impl TokenClient {
@@ -100,7 +104,58 @@ impl TokenClient {
             http: builder.build()?,
             max_response_bytes: MAX_RESPONSE_BYTES,
             imds_endpoint: daemon.imds_endpoint.clone(),
+            key_vault: None,
         })
+    }
+
+    /// Reads secrets in Azure Key Vault with `key_vault`.
+    pub fn with_key_vault(mut self, key_vault: Option<Arc<KeyVault>>) -> Self {
+        self.key_vault = key_vault;
+        self
+    }
+
+    /// A client secret from where it lives: Key Vault (cached, shared) or a local source.
+    /// A Key Vault secret's expiry is remembered in `credential`.
+    async fn client_secret(
+        &self,
+        credential: &mut Credential,
+    ) -> Result<SecretString, CredentialError> {
+        let Credential::Secret {
+            source,
+            vault_expires_on,
+            ..
+        } = credential
+        else {
+            return Err(CredentialError::NotForm);
+        };
+        match (&*source, &self.key_vault) {
+            (SecretSource::KeyVault(url), Some(key_vault)) => {
+                let secret = key_vault.secret(self, url).await?;
+                *vault_expires_on = secret.expires_on;
+                Ok(secret.value)
+            }
+            (source, _) => read_secret(source).await,
+        }
+    }
+
+    /// After Entra rejected a secret read from Key Vault, reads it again at the next attempt
+    /// (a rotation) and makes the failure transient, so that attempt comes after the backoff,
+    /// not after the permanent retry interval.
+    fn after_rejection(&self, credential: &Credential, err: &mut RefreshError) {
+        if let (
+            Some(key_vault),
+            Credential::Secret {
+                source: SecretSource::KeyVault(url),
+                ..
+            },
+        ) = (&self.key_vault, credential)
+            && crate::credential::key_vault::rejects_credential(&err.aadsts)
+            && key_vault.reject(url)
+        {
+            err.class = ErrorClass::Transient;
+            err.message
+                .push_str(" (reading the secret from Key Vault again: it may have been rotated)");
+        }
     }
 
     /// Changes the body cap (tests).
@@ -126,8 +181,10 @@ impl TokenClient {
         } else {
             self.entra(tenant, credential).await
         };
-        if let Err(err) = &result {
+        let mut result = result;
+        if let Err(err) = &mut result {
             credential.after_failure(err);
+            self.after_rejection(credential, err);
         }
         result
     }
@@ -139,10 +196,19 @@ impl TokenClient {
         credential: &mut Credential,
     ) -> Result<AccessToken, RefreshError> {
         let token_url = tenant.token_url();
-        let fields = credential
-            .form(&tenant.client_id, &token_url)
-            .await
-            .map_err(credential_error)?;
+        let fields = if matches!(credential, Credential::Secret { .. }) {
+            vec![(
+                "client_secret",
+                self.client_secret(credential)
+                    .await
+                    .map_err(credential_error)?,
+            )]
+        } else {
+            credential
+                .form(&tenant.client_id, &token_url)
+                .await
+                .map_err(credential_error)?
+        };
         let target = match tenant.api {
             ApiVersion::V2 => ("scope", tenant.scope()),
             ApiVersion::V1 => ("resource", tenant.resource.to_string()),
@@ -175,10 +241,10 @@ impl TokenClient {
         oauth2: &OAuth2Config,
         credential: &mut Credential,
     ) -> Result<AccessToken, RefreshError> {
-        let Credential::Secret { source, .. } = credential else {
-            return Err(credential_error(CredentialError::NotForm));
-        };
-        let secret = read_secret(source).await.map_err(credential_error)?;
+        let secret = self
+            .client_secret(credential)
+            .await
+            .map_err(credential_error)?;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if let Some(scope) = &oauth2.scope {
             form.push(("scope", scope));
@@ -381,6 +447,8 @@ pub struct ApiAnswer {
     pub error_info: Option<String>,
     /// `Retry-After`, bounded.
     pub retry_after: Option<RetryAfter>,
+    /// `WWW-Authenticate` (Key Vault's challenge), when present and short.
+    pub www_authenticate: Option<String>,
     /// The body, at most the client's cap.
     pub body: Vec<u8>,
 }
@@ -446,12 +514,18 @@ impl TokenClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
+        let www_authenticate = headers
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| value.len() <= 1024)
+            .map(str::to_owned);
         let body = self.read_capped(response, &[secret]).await?;
         Ok(ApiAnswer {
             status,
             request_id,
             error_info,
             retry_after,
+            www_authenticate,
             body,
         })
     }
@@ -521,7 +595,20 @@ fn with_request_id(mut err: RefreshError, request_id: &str) -> RefreshError {
 
 /// A credential that cannot be read locally: permanent until someone fixes the file or variable.
 fn credential_error(err: CredentialError) -> RefreshError {
-    RefreshError::local(ErrorClass::Permanent, Reason::Credential, err.to_string())
+    let (class, retry_after) = match &err {
+        CredentialError::KeyVault {
+            transient: true,
+            retry_after,
+            ..
+        } => (
+            ErrorClass::Transient,
+            retry_after.map(crate::token::RetryAfter::capped),
+        ),
+        _ => (ErrorClass::Permanent, None),
+    };
+    let mut refresh = RefreshError::local(class, Reason::Credential, err.to_string());
+    refresh.retry_after = retry_after;
+    refresh
 }
 
 /// A reqwest failure as a refresh error, with the cause chain. The chain never holds the form

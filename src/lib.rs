@@ -121,7 +121,12 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
         .as_ref()
         .map(|redis| Arc::new(Store::new(redis.clone(), config.daemon.ca_file.clone())));
     Ok(Shared {
-        client: TokenClient::new(&config.daemon)?,
+        client: TokenClient::new(&config.daemon)?.with_key_vault(
+            config
+                .key_vault
+                .as_ref()
+                .map(|key_vault| Arc::new(credential::key_vault::KeyVault::new(key_vault))),
+        ),
         limiter: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_lane: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_after: Arc::new(tenant::SlowAfter::new(
@@ -316,7 +321,8 @@ impl Daemon {
         }
         let restart_all = new.daemon != self.config.daemon
             || new.redis != self.config.redis
-            || new.fleet != self.config.fleet;
+            || new.fleet != self.config.fleet
+            || new.key_vault != self.config.key_vault;
         if restart_all {
             let observer: Arc<dyn Observer> = self.metrics.clone();
             match shared_for(&new, Some(observer)) {

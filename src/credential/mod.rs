@@ -3,6 +3,7 @@
 //! | kind | config | what is sent |
 //! |---|---|---|
 //! | client secret | `client_secret = { env / file / systemd }` | `client_secret`, read at every refresh |
+//! | … in Key Vault | `client_secret = { key_vault = "https://…/secrets/…" }` | `client_secret`, read with `[key_vault]`'s identity and cached ([`key_vault`]) |
 //! | certificate | `client_certificate = { cert, key }` | a fresh signed JWT `client_assertion` |
 //! | workload identity | `credential = "workload_identity"` | the federated token file as `client_assertion` |
 //! | managed identity | `credential = "managed_identity"` | nothing: a GET to IMDS or App Service |
@@ -13,6 +14,7 @@
 
 pub mod certificate;
 pub mod federated;
+pub mod key_vault;
 mod secret;
 mod verify;
 pub mod x509;
@@ -42,6 +44,8 @@ pub enum Credential {
         source: SecretSource,
         /// `client_secret_expires`, Unix seconds.
         expires_on: Option<i64>,
+        /// A secret in Key Vault: its `attributes.exp` at the last read.
+        vault_expires_on: Option<i64>,
     },
     /// A certificate that signs assertions. Boxed, like the other large kinds: a secret, the
     /// common case, keeps a sleeping tenant small.
@@ -59,6 +63,7 @@ impl Credential {
             CredentialConfig::ClientSecret { source, expires_on } => Credential::Secret {
                 source: source.clone(),
                 expires_on: *expires_on,
+                vault_expires_on: None,
             },
             CredentialConfig::Certificate(certificate) => {
                 Credential::Certificate(Box::new(CertificateCredential::new(certificate.clone())))
@@ -114,7 +119,13 @@ impl Credential {
     /// When the credential itself expires, and its kind: for the expiry metric and `check`.
     pub fn expiry(&self) -> Option<(i64, &'static str)> {
         match self {
-            Credential::Secret { expires_on, .. } => expires_on.map(|e| (e, "client_secret")),
+            Credential::Secret {
+                expires_on,
+                vault_expires_on,
+                ..
+            } => expires_on
+                .or(*vault_expires_on)
+                .map(|e| (e, "client_secret")),
             Credential::Certificate(certificate) => {
                 certificate.not_after().map(|e| (e, "certificate"))
             }

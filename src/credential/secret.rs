@@ -55,6 +55,18 @@ pub enum CredentialError {
     /// `[key_vault]` cannot happen: `check` refuses such a config).
     #[error("secret {0} is in Key Vault, and no [key_vault] identity is configured to read it")]
     KeyVaultUnavailable(String),
+    /// Key Vault could not give the secret. Names the vault, the secret and the identity; never
+    /// a value.
+    #[error("{message}")]
+    KeyVault {
+        /// What happened and what to do.
+        message: String,
+        /// Worth retrying soon (throttled, failing, unreachable) rather than after the permanent
+        /// retry interval (refused, not found).
+        transient: bool,
+        /// Key Vault's `Retry-After`.
+        retry_after: Option<std::time::Duration>,
+    },
     /// A managed identity sends no form; the caller asked for one.
     #[error("a managed identity does not authenticate with a form")]
     NotForm,

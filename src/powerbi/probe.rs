@@ -236,6 +236,7 @@ mod tests {
             request_id: Some("6f1b9d8e-0000-4000-8000-000000000001".to_owned()),
             error_info: None,
             retry_after: None,
+            www_authenticate: None,
             body: body.as_bytes().to_vec(),
         }
     }

@@ -1,0 +1,513 @@
+//! Secrets read from Azure Key Vault with the daemon's own managed or workload identity.
+//!
+//! One [`KeyVault`] serves every tenant: a value is read once and cached in memory (as a
+//! secret), shared by every tenant that names the same URL, and read again after
+//! `refresh_interval`, or at once when Entra rejects it (a rotation in Key Vault is then picked up
+//! within one retry). Concurrent readers of one URL wait for the one read in flight instead of
+//! each asking Key Vault. A failed re-read keeps the value already held: Key Vault being down or
+//! throttling must not take away a secret that still works.
+//!
+//! Key Vault's answers (reference §10): a request without a valid token gets 401 with a
+//! `WWW-Authenticate: Bearer authorization="…", resource="…"` challenge, which is followed once
+//! (the token is fetched anew, for the challenge's resource when it belongs to a Key Vault
+//! cloud); 403 means the identity lacks the `Key Vault Secrets User` role (or a `get` access
+//! policy) and is permanent until someone grants it; 404 permanent; 429 (with `Retry-After`) and
+//! 5xx transient. `attributes.exp` becomes the credential's expiry.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::{Credential, CredentialError};
+use crate::client::TokenClient;
+use crate::cloud::Cloud;
+use crate::config::{CredentialConfig, KeyVaultConfig, ManagedIdentityId, TenantConfig};
+use crate::error;
+use crate::schedule;
+use crate::token::AccessToken;
+
+/// The Key Vault REST API version asked for.
+pub const API_VERSION: &str = "7.5";
+
+/// A secret value larger than this is not a client secret or a PEM key.
+const MAX_VALUE_BYTES: usize = 256 * 1024;
+
+/// After Entra rejects a value read less than this long ago, it is not read again at once: a
+/// secret that is simply wrong in Key Vault is not re-read at every retry.
+const FORCED_REREAD_AFTER: Duration = Duration::from_secs(30);
+
+/// A value read from Key Vault.
+#[derive(Clone, Debug)]
+pub struct VaultSecret {
+    /// The secret (a client secret, or a PEM certificate with its key).
+    pub value: SecretString,
+    /// `attributes.exp`: when the secret expires, Unix seconds.
+    pub expires_on: Option<i64>,
+    /// `contentType`, e.g. `application/x-pem-file`.
+    pub content_type: Option<String>,
+}
+
+/// One cached URL.
+#[derive(Default)]
+struct Entry {
+    /// The value and when it was read; locked for the whole read, so one read serves all.
+    cached: tokio::sync::Mutex<Option<(VaultSecret, Instant)>>,
+    /// Entra rejected the value: read it again at the next use.
+    stale: AtomicBool,
+}
+
+/// The identity's token for Key Vault, and what fetching it needs.
+struct Access {
+    /// The identity's runtime credential (a cached federated token, or the managed identity).
+    credential: Credential,
+    /// The current token, if any.
+    token: Option<AccessToken>,
+    /// The identity as a token request; its resource follows a challenge that names another.
+    identity: Arc<TenantConfig>,
+}
+
+/// The daemon's Key Vault reader.
+pub struct KeyVault {
+    /// Token for Key Vault; locked while one is fetched.
+    access: tokio::sync::Mutex<Access>,
+    /// The identity in words, for messages: which identity lacks access.
+    who: String,
+    /// How long a value is used before it is read again.
+    refresh_interval: Duration,
+    /// Every URL read so far.
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+impl std::fmt::Debug for KeyVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVault")
+            .field("identity", &self.who)
+            .field("refresh_interval", &self.refresh_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The identity in words: `the system-assigned managed identity`, `the workload identity
+/// <client id> of tenant <id>`…
+fn describe(identity: &TenantConfig) -> String {
+    match &identity.credential {
+        CredentialConfig::ManagedIdentity(managed) => match &managed.identity {
+            ManagedIdentityId::System => "the system-assigned managed identity".to_owned(),
+            ManagedIdentityId::ClientId(id) => format!("the managed identity with client ID {id}"),
+            ManagedIdentityId::ObjectId(id) => format!("the managed identity with object ID {id}"),
+            ManagedIdentityId::ResourceId(id) => format!("the managed identity {id}"),
+        },
+        _ => format!(
+            "the workload identity with client ID {} in tenant {}",
+            identity.client_id, identity.tenant_id
+        ),
+    }
+}
+
+/// The vault part of a secret URL (scheme and host), and the secret's name.
+fn vault_and_name(url: &str) -> (&str, &str) {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    let path_at = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |at| after_scheme + at);
+    let name = url[path_at..].split('/').nth(2).unwrap_or_default();
+    (&url[..path_at], name)
+}
+
+/// Key Vault's error body: `{"error":{"code":…,"message":…,"innererror":{"code":…}}}`.
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: Option<String>,
+    innererror: Option<InnerError>,
+}
+
+#[derive(Deserialize)]
+struct InnerError {
+    code: Option<String>,
+}
+
+/// Key Vault's 200 body.
+#[derive(Deserialize)]
+struct SecretBundle {
+    value: Option<String>,
+    #[serde(rename = "contentType")]
+    content_type: Option<String>,
+    attributes: Option<Attributes>,
+}
+
+#[derive(Deserialize)]
+struct Attributes {
+    exp: Option<i64>,
+}
+
+/// `code` and `innererror.code` of an error body, sanitised, for messages.
+fn error_codes(body: &[u8]) -> String {
+    let Some(error) = serde_json::from_slice::<ErrorEnvelope>(body)
+        .ok()
+        .and_then(|envelope| envelope.error)
+    else {
+        return String::new();
+    };
+    let codes: Vec<String> = [error.code, error.innererror.and_then(|inner| inner.code)]
+        .into_iter()
+        .flatten()
+        .map(|code| error::sanitise(&code, &[]))
+        .filter(|code| !code.is_empty() && code.len() <= 64)
+        .collect();
+    if codes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", codes.join("/"))
+    }
+}
+
+/// The `resource` of a `WWW-Authenticate: Bearer …` challenge, if it is a Key Vault resource of a
+/// known cloud (a challenge naming anything else is not followed: the token would go elsewhere).
+fn challenged_resource(header: &str) -> Option<&'static str> {
+    let rest = header.trim().strip_prefix("Bearer")?;
+    let resource = rest.split(',').find_map(|part| {
+        let (key, value) = part.trim().split_once('=')?;
+        matches!(key.trim(), "resource" | "scope").then(|| {
+            value
+                .trim()
+                .trim_matches('"')
+                .trim_end_matches("/.default")
+                .trim_end_matches('/')
+        })
+    })?;
+    Cloud::ALL
+        .iter()
+        .map(|cloud| cloud.key_vault_resource())
+        .find(|known| known.eq_ignore_ascii_case(resource))
+}
+
+/// A failure to read `url`: transient ones are retried with the refresh backoff.
+fn failure(message: String, transient: bool, retry_after: Option<Duration>) -> CredentialError {
+    CredentialError::KeyVault {
+        message,
+        transient,
+        retry_after,
+    }
+}
+
+impl KeyVault {
+    /// A reader with the `[key_vault]` identity.
+    pub fn new(config: &KeyVaultConfig) -> KeyVault {
+        KeyVault {
+            access: tokio::sync::Mutex::new(Access {
+                credential: Credential::new(&config.identity.credential),
+                token: None,
+                identity: Arc::clone(&config.identity),
+            }),
+            who: describe(&config.identity),
+            refresh_interval: config.refresh_interval,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entry(&self, url: &str) -> Arc<Entry> {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(entries.entry(url.to_owned()).or_default())
+    }
+
+    /// The value at `url`: cached while younger than the refresh interval and not rejected,
+    /// else read (one read for all concurrent callers). A failed re-read returns the value
+    /// held, with a warning.
+    ///
+    /// # Errors
+    /// The first read failed: the vault refuses the identity (403), the secret does not exist
+    /// (404), or Key Vault is throttling, failing or unreachable (transient).
+    ///
+    /// Boxed, with `Send` spelled out: the client's token requests read Key Vault secrets
+    /// through this reader, whose own token requests go through the client, so the future types
+    /// would otherwise contain themselves (the identity itself is a managed or workload
+    /// identity, which never reads Key Vault).
+    pub fn secret<'a>(
+        &'a self,
+        client: &'a TokenClient,
+        url: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<VaultSecret, CredentialError>> + Send + 'a>,
+    > {
+        Box::pin(self.secret_now(client, url))
+    }
+
+    async fn secret_now(
+        &self,
+        client: &TokenClient,
+        url: &str,
+    ) -> Result<VaultSecret, CredentialError> {
+        let entry = self.entry(url);
+        let mut cached = entry.cached.lock().await;
+        let stale = entry.stale.load(Ordering::Relaxed);
+        if let Some((value, read_at)) = cached.as_ref()
+            && !stale
+            && read_at.elapsed() < self.refresh_interval
+        {
+            return Ok(value.clone());
+        }
+        match self.read(client, url).await {
+            Ok(value) => {
+                entry.stale.store(false, Ordering::Relaxed);
+                *cached = Some((value.clone(), Instant::now()));
+                Ok(value)
+            }
+            Err(err) => match cached.as_mut() {
+                Some((value, read_at)) => {
+                    tracing::warn!(
+                        secret = %url,
+                        error = %err,
+                        "cannot read the secret from Key Vault again; keeping the value read before"
+                    );
+                    // Not again at every use: after a short wait, or at the next rejection.
+                    *read_at = Instant::now()
+                        .checked_sub(self.refresh_interval.saturating_sub(FORCED_REREAD_AFTER))
+                        .unwrap_or(*read_at);
+                    entry.stale.store(false, Ordering::Relaxed);
+                    Ok(value.clone())
+                }
+                None => Err(err),
+            },
+        }
+    }
+
+    /// Entra rejected the value of `url` (a rotated secret): reads it again at its next use,
+    /// unless it was read moments ago. Returns whether it will be.
+    pub fn reject(&self, url: &str) -> bool {
+        let entry = self.entry(url);
+        let fresh = match entry.cached.try_lock() {
+            Ok(cached) => cached
+                .as_ref()
+                .is_some_and(|(_, read_at)| read_at.elapsed() < FORCED_REREAD_AFTER),
+            // A read is in flight: it brings the newest value.
+            Err(_) => true,
+        };
+        if !fresh {
+            entry.stale.store(true, Ordering::Relaxed);
+        }
+        !fresh
+    }
+
+    /// One read of `url`, following one 401 challenge.
+    async fn read(&self, client: &TokenClient, url: &str) -> Result<VaultSecret, CredentialError> {
+        let (vault, name) = vault_and_name(url);
+        let request = format!("{url}?api-version={API_VERSION}");
+        let mut challenged = false;
+        loop {
+            let token = self.token(client).await?;
+            let answer = client.api_get(&request, &token).await.map_err(|err| {
+                failure(
+                    format!("cannot reach Key Vault {vault}: {}", err.message),
+                    true,
+                    None,
+                )
+            })?;
+            match answer.status {
+                200 => return parse_bundle(&answer.body, vault, name),
+                401 if !challenged => {
+                    challenged = true;
+                    let resource = answer
+                        .www_authenticate
+                        .as_deref()
+                        .and_then(challenged_resource);
+                    let mut access = self.access.lock().await;
+                    access.token = None;
+                    if let Some(resource) = resource
+                        && *access.identity.resource != *resource
+                    {
+                        let mut identity = (*access.identity).clone();
+                        identity.resource = resource.into();
+                        access.identity = Arc::new(identity);
+                    }
+                }
+                401 => {
+                    return Err(failure(
+                        format!(
+                            "Key Vault {vault} does not accept the token of {}{}: is the vault in this identity's tenant and cloud?",
+                            self.who,
+                            error_codes(&answer.body)
+                        ),
+                        false,
+                        None,
+                    ));
+                }
+                403 => {
+                    return Err(failure(
+                        format!(
+                            "Key Vault {vault} refuses {} read access to secret {name:?}{}: grant it the \"Key Vault Secrets User\" role on the vault or the secret (or a get-secret access policy)",
+                            self.who,
+                            error_codes(&answer.body)
+                        ),
+                        false,
+                        None,
+                    ));
+                }
+                404 => {
+                    return Err(failure(
+                        format!(
+                            "Key Vault {vault} has no secret {name:?} (or not that version){}",
+                            error_codes(&answer.body)
+                        ),
+                        false,
+                        None,
+                    ));
+                }
+                status => {
+                    let retry_after = answer.retry_after.map(|after| after.get());
+                    return Err(failure(
+                        format!(
+                            "Key Vault {vault} answered HTTP {status}{} reading secret {name:?}",
+                            error_codes(&answer.body)
+                        ),
+                        status == 429 || status >= 500,
+                        retry_after,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The identity's token for Key Vault: the cached one until its refresh point, else a new
+    /// one from the managed identity endpoint or Entra. Never written anywhere.
+    async fn token(&self, client: &TokenClient) -> Result<AccessToken, CredentialError> {
+        let mut access = self.access.lock().await;
+        let now = SystemTime::now();
+        if let Some(token) = &access.token
+            && now < schedule::refresh_point(token, 0.5, 0.0)
+        {
+            return Ok(token.clone());
+        }
+        let Access {
+            credential,
+            identity,
+            ..
+        } = &mut *access;
+        let identity = Arc::clone(identity);
+        match client.fetch(&identity, credential).await {
+            Ok(token) => {
+                access.token = Some(token.clone());
+                Ok(token)
+            }
+            Err(err) => Err(failure(
+                format!(
+                    "cannot get a token for Key Vault as {}: {}",
+                    self.who, err.message
+                ),
+                err.class != crate::error::ErrorClass::Permanent,
+                err.retry_after.map(|after| after.get()),
+            )),
+        }
+    }
+}
+
+/// Reads a 200 body: the value, `attributes.exp`, `contentType`.
+fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<VaultSecret, CredentialError> {
+    let bundle: SecretBundle = serde_json::from_slice(body).map_err(|_| {
+        failure(
+            format!("Key Vault {vault} answered 200 for secret {name:?} without a secret"),
+            true,
+            None,
+        )
+    })?;
+    let value = bundle
+        .value
+        .filter(|value| !value.is_empty() && value.len() <= MAX_VALUE_BYTES)
+        .ok_or_else(|| {
+            failure(
+                format!("secret {name:?} in Key Vault {vault} is empty or larger than {MAX_VALUE_BYTES} bytes"),
+                false,
+                None,
+            )
+        })?;
+    Ok(VaultSecret {
+        value: SecretString::from(value),
+        expires_on: bundle.attributes.and_then(|attributes| attributes.exp),
+        content_type: bundle
+            .content_type
+            .filter(|kind| kind.len() <= 128 && kind.bytes().all(|b| b.is_ascii_graphic())),
+    })
+}
+
+/// Whether an Entra failure means the credential itself was rejected: a wrong or expired secret,
+/// or a certificate Entra does not know (AADSTS7000215, 7000222, 700027).
+pub fn rejects_credential(aadsts: &[u32]) -> bool {
+    aadsts
+        .iter()
+        .any(|code| matches!(code, 7_000_215 | 7_000_222 | 700_027))
+}
+
+impl VaultSecret {
+    /// The value, for a form field.
+    pub fn expose(&self) -> &str {
+        self.value.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_vault_and_name() {
+        assert_eq!(
+            vault_and_name("https://kv1.vault.azure.net/secrets/app-secret/0123"),
+            ("https://kv1.vault.azure.net", "app-secret")
+        );
+        assert_eq!(
+            vault_and_name("http://127.0.0.1:9/secrets/s"),
+            ("http://127.0.0.1:9", "s")
+        );
+    }
+
+    #[test]
+    fn only_key_vault_challenges_are_followed() {
+        assert_eq!(
+            challenged_resource(
+                r#"Bearer authorization="https://login.microsoftonline.com/72f988bf", resource="https://vault.azure.net""#
+            ),
+            Some("https://vault.azure.net")
+        );
+        assert_eq!(
+            challenged_resource(
+                r#"Bearer authorization="https://login.microsoftonline.us/x", scope="https://vault.usgovcloudapi.net/.default""#
+            ),
+            Some("https://vault.usgovcloudapi.net")
+        );
+        assert_eq!(
+            challenged_resource(r#"Bearer authorization="x", resource="https://evil.example""#),
+            None
+        );
+        assert_eq!(challenged_resource("Basic realm=x"), None);
+    }
+
+    #[test]
+    fn error_codes_are_short_and_clean() {
+        assert_eq!(
+            error_codes(
+                br#"{"error":{"code":"Forbidden","innererror":{"code":"ForbiddenByRbac"}}}"#
+            ),
+            " (Forbidden/ForbiddenByRbac)"
+        );
+        assert_eq!(error_codes(b"<html>"), "");
+    }
+
+    #[test]
+    fn rejections_that_call_for_a_fresh_read() {
+        assert!(rejects_credential(&[7_000_215]));
+        assert!(rejects_credential(&[7_000_222]));
+        assert!(rejects_credential(&[700_027]));
+        assert!(!rejects_credential(&[700_016]));
+    }
+}
