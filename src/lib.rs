@@ -32,9 +32,10 @@
 //! * [`clock`]: reading and printing the wall clock, below every module that needs it.
 //! * [`safe_read`]: reading files others control (secrets, certificates, token files, the
 //!   config) with size caps, regular-file checks and a deadline, off the async workers.
-//! * [`sim`]: a simulated Entra ID for `demo`, the tests and the benchmark, one file per concern
-//!   (error catalogue, token endpoints, access tokens, faults, client assertions, federated
-//!   credentials, managed identity, wire helpers).
+//! * [`sim`]: a simulated Entra ID, Power BI API and Key Vault for `demo`, the tests and the
+//!   benchmark, one file per concern (error catalogue, token endpoints, access tokens, faults,
+//!   client assertions, federated credentials, managed identity, Power BI, Key Vault, wire
+//!   helpers).
 //! * [`demo`]: the self-contained demonstration.
 //!
 //! `config`, `credential` and `client` depend one way: `config` needs only `cloud`;

@@ -30,12 +30,15 @@ pub const SIM_SYSTEM_ASSIGNED_CLIENT_ID: &str = "3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3
 const SECRET_MANAGED_IDENTITY_HEADERS: &[&str] = &["x-identity-header", "secret", "authorization"];
 
 /// The subscription that holds the simulated host's user-assigned identities, the first part
-/// of their Azure resource ids.
-const MANAGED_IDENTITY_SUBSCRIPTION: &str = "5a1e0c3d-7b2f-4e6a-9d8c-1f0e2d3c4b5a";
+/// of their Azure resource ids; the simulated key vault lives in it too (its resource id appears
+/// in Key Vault's RBAC refusals).
+pub(super) const MANAGED_IDENTITY_SUBSCRIPTION: &str = "5a1e0c3d-7b2f-4e6a-9d8c-1f0e2d3c4b5a";
 
 /// The tenant that owns the simulated host's managed identities; their tokens are issued by
-/// `{authority_host}/{this}/v2.0`.
-const MANAGED_IDENTITY_TENANT: &str = "0d7c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+/// `{authority_host}/{this}/v2.0`. The simulated key vault belongs to it until
+/// [`SimEntra::set_key_vault_tenant`](super::SimEntra::set_key_vault_tenant) says otherwise, as
+/// a vault and the identities that read it usually share a directory.
+pub(super) const MANAGED_IDENTITY_TENANT: &str = "0d7c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
 
 /// The oldest IMDS `api-version` with the identity endpoint (reference §5.1).
 const OLDEST_IMDS_API_VERSION: &str = "2018-02-01";

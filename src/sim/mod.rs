@@ -1,16 +1,18 @@
-//! A simulated Microsoft Entra ID token service and Power BI REST API, served in-process over
-//! real HTTP.
+//! A simulated Microsoft Entra ID token service, Power BI REST API and Azure Key Vault, served
+//! in-process over real HTTP.
 //!
 //! The `demo` subcommand, the integration tests and the many-tenant benchmark all need an Entra
 //! ID that behaves like the real one but runs on `127.0.0.1:0`, needs no network and can be told
 //! to misbehave. A simulator that is kinder than Entra hides bugs, so this one copies the wire
-//! format the daemon will meet in production (see `reference/entra-protocol.md` §1, §2, §8 and
-//! §9):
+//! format the daemon will meet in production (see `reference/entra-protocol.md` §1, §2, §8, §9
+//! and §10):
 //!
 //! * **Endpoints.** `POST /{tenant}/oauth2/v2.0/token` (v2) and `POST /{tenant}/oauth2/token`
 //!   (v1), form-encoded only, plus `GET /{tenant}/v2.0/.well-known/openid-configuration`.
 //!   Extra form fields and headers sent by real libraries (`client_info`, `x-client-*`,
-//!   `x-ms-lib-capability`) are ignored, as Entra ignores them.
+//!   `x-ms-lib-capability`) are ignored, as Entra ignores them. Tokens are issued for the Power
+//!   BI resources of every cloud ([`POWER_BI_RESOURCES`]) and for the Key Vault resources
+//!   ([`KEY_VAULT_RESOURCES`]); any other resource gets AADSTS500011.
 //! * **Success bodies.** v2 sends `expires_in`, `ext_expires_in` (and `refresh_in` when the tenant
 //!   is configured for it) as JSON numbers; v1 sends every number as a JSON *string* and adds
 //!   `expires_on`, `not_before` and `resource`. The access token is JWT-shaped, about 1 KB, and
@@ -68,6 +70,21 @@
 //!   expires no later than the bearer token. Every answer carries a `RequestId` header, every
 //!   error an `X-PowerBI-Error-Info` header.
 //!
+//! * **Key Vault** (§10). `GET /secrets/{name}` and `GET /secrets/{name}/{version}` (with
+//!   `api-version`, `7.x`), on the same listener, so [`SimEntra::key_vault_url`] is the
+//!   authority host. A request without a bearer token, or with one this simulator did not sign,
+//!   that has expired, that is for another resource than the vault of the cloud set with
+//!   [`SimEntra::set_powerbi_cloud`], or that comes from another directory than the vault's
+//!   ([`SimEntra::set_key_vault_tenant`]; by default that of the managed identities) gets 401
+//!   `Unauthorized` with an `AKV…` message and the `WWW-Authenticate: Bearer
+//!   authorization="…", resource="…"` challenge. Then a [`KeyVaultFault`] injected for the
+//!   secret, then access: only client ids granted with [`SimEntra::grant_key_vault_access`]
+//!   read (else 403 `ForbiddenByRbac`; nobody is granted by default). Unknown secrets and
+//!   versions get 404 `SecretNotFound`, disabled ones 403 `SecretDisabled`. Every
+//!   [`SimEntra::set_key_vault_secret`] adds a version that becomes current; earlier ones stay
+//!   readable by id. Every answer carries `x-ms-request-id` and
+//!   `x-ms-keyvault-service-version`.
+//!
 //! * **TLS.** [`SimEntra::start`] speaks plain HTTP, which the daemon allows for loopback
 //!   authority hosts only; [`SimEntra::start_tls`] serves the same endpoints over HTTPS with a
 //!   certificate the caller provides, so a client pays for handshakes and chain checks as it
@@ -75,9 +92,9 @@
 //!
 //! Cost per request is one short critical section on a `std::sync::Mutex` (never held across
 //! an `.await`), so ten thousand tenants refreshing together do not contend on the simulator.
-//! The simulator never logs a client secret, an assertion, an issued token or an embed token;
-//! [`SimEntra::last_request`] and [`SimEntra::last_managed_identity_request`] keep credentials
-//! only as `[REDACTED]`.
+//! The simulator never logs a client secret, an assertion, an issued token, an embed token or
+//! a Key Vault secret value; [`SimEntra::last_request`] and
+//! [`SimEntra::last_managed_identity_request`] keep credentials only as `[REDACTED]`.
 //!
 //! # Files
 //!
@@ -88,7 +105,8 @@
 //!   request, the validation order, rejections.
 //! * `access_token.rs`: what a successful request gets: the v1 and v2 bodies and the JWT-shaped
 //!   access tokens, signed and verified with the simulator's key (the managed identity
-//!   endpoints mint theirs with it too; the Power BI API verifies them with it).
+//!   endpoints mint theirs with it too; the Power BI API and the key vault verify them with
+//!   it).
 //! * `catalogue.rs`: the AADSTS table ([`catalogue`](fn@catalogue)) and Entra's error body.
 //! * `faults.rs`: the answers of the injected [`Behavior`]s that are not a validation result
 //!   (throttling, 5xx, proxy pages, truncated and oversized bodies).
@@ -97,6 +115,8 @@
 //! * `managed_identity.rs`: the IMDS and App Service endpoints.
 //! * `powerbi.rs`: the Power BI REST API: bearer checks, workspaces, embed tokens, and the
 //!   per-tenant [`PowerBiBehavior`]s.
+//! * `key_vault.rs`: Azure Key Vault's secrets endpoint: bearer checks and the challenge,
+//!   access grants, secret versions, [`KeyVaultFault`]s.
 //! * `tls.rs`: the HTTPS accept loop of [`SimEntra::start_tls`].
 //! * `wire.rs`: small helpers: form and Basic decoding, GUIDs, base64, the clock, JSON headers,
 //!   redaction.
@@ -118,6 +138,7 @@ mod assertion;
 mod catalogue;
 mod faults;
 mod federated;
+mod key_vault;
 mod managed_identity;
 mod powerbi;
 #[cfg(test)]
@@ -129,6 +150,7 @@ mod wire;
 pub use assertion::SimAssertion;
 pub use catalogue::{CATALOGUE_CODES, catalogue};
 pub use federated::SimFederatedCredential;
+pub use key_vault::{KEY_VAULT_RESOURCES, KeyVaultFault, SimSecretAttributes};
 pub use managed_identity::{
     ManagedIdentityEndpoint, SIM_SYSTEM_ASSIGNED_CLIENT_ID, SimManagedIdentity,
     SimManagedIdentityRequest, managed_identity_object_id, managed_identity_resource_id,
@@ -138,6 +160,7 @@ pub use token_endpoint::POWER_BI_RESOURCES;
 
 use crate::cloud::Cloud;
 
+use key_vault::{KeyVaultState, name_key, secret};
 use managed_identity::{app_service_token, imds_token};
 use powerbi::{PowerBiState, generate_token, groups};
 use token_endpoint::{openid_configuration, token_v1, token_v2};
@@ -186,7 +209,8 @@ pub struct SimTenant {
     /// When set, responses carry `refresh_in` (proactive refresh hint, protocol reference §1.2).
     pub refresh_in: Option<Duration>,
     /// Whether the Power BI service principal exists in the tenant; `false` answers every
-    /// otherwise valid request with AADSTS500011 `invalid_resource`.
+    /// otherwise valid request for a Power BI resource with AADSTS500011 `invalid_resource`
+    /// (requests for Key Vault are unaffected).
     pub power_bi_present: bool,
 }
 
@@ -341,6 +365,7 @@ impl SimEntra {
             serial: AtomicU64::new(0),
             managed_identity: Mutex::new(ManagedIdentityState::default()),
             powerbi: Mutex::new(PowerBiState::default()),
+            key_vault: Mutex::new(KeyVaultState::default()),
             shutdown: stopped.clone(),
         });
         tracing::debug!(%addr, scheme, "simulated Entra ID listening");
@@ -569,7 +594,10 @@ impl SimEntra {
     /// Sets the cloud whose Power BI resource ([`Cloud::power_bi_resource`]) the API expects as
     /// the `aud` of bearer tokens; until then, [`Cloud::Public`]. A token for another cloud's
     /// resource gets 401, as a daemon that pairs one cloud's API root with another cloud's
-    /// token would in production.
+    /// token would in production. The key vault follows the same cloud: it expects tokens for
+    /// that cloud's vault resource (public `https://vault.azure.net` for Public and GCC, US
+    /// Government `https://vault.usgovcloudapi.net` for GCC High and DoD, China
+    /// `https://vault.azure.cn`) and names it in its challenge.
     pub fn set_powerbi_cloud(&self, cloud: Cloud) {
         self.shared.powerbi().cloud = cloud;
     }
@@ -616,6 +644,106 @@ impl SimEntra {
     }
 }
 
+/// The simulated Azure Key Vault (`key_vault.rs`): its URL, directory, access grants, secrets,
+/// faults and counters.
+impl SimEntra {
+    /// `"http://127.0.0.1:PORT"` (or `https`, no trailing slash): the vault URL to give the
+    /// daemon, which reads `{this}/secrets/{name}[/{version}]`. The vault shares the listener
+    /// of the simulated Entra ID, so this equals [`SimEntra::authority_host`]; secret ids in
+    /// its answers begin with it.
+    pub fn key_vault_url(&self) -> String {
+        self.shared.authority_host.clone()
+    }
+
+    /// Sets the directory the vault belongs to: bearer tokens must name it as `tid` (matched
+    /// case-insensitively, so a token requested with a domain name in the path needs the same
+    /// domain here), and 401 challenges send clients to `{authority host}/{tenant_id}`. Until
+    /// then, the tenant of the simulated host's managed identities ([`SimEntra::key_vault_tenant`]).
+    pub fn set_key_vault_tenant(&self, tenant_id: &str) {
+        self.shared.key_vault().tenant = tenant_id.to_owned();
+    }
+
+    /// The directory the vault belongs to (see [`SimEntra::set_key_vault_tenant`]).
+    pub fn key_vault_tenant(&self) -> String {
+        self.shared.key_vault().tenant.clone()
+    }
+
+    /// Lets the app or managed identity with this client id (`appid` of its tokens, matched
+    /// case-insensitively) read secrets, as the "Key Vault Secrets User" role does. Nobody may
+    /// read until granted: other callers get 403 `ForbiddenByRbac`.
+    pub fn grant_key_vault_access(&self, principal: &str) {
+        self.shared
+            .key_vault()
+            .readers
+            .insert(client_key(principal));
+    }
+
+    /// Takes a grant back (a role assignment removed); later reads get 403 `ForbiddenByRbac`.
+    pub fn revoke_key_vault_access(&self, principal: &str) {
+        self.shared
+            .key_vault()
+            .readers
+            .remove(&client_key(principal));
+    }
+
+    /// Stores a new version of a secret (creating the secret if needed) and makes it the
+    /// current one, as setting a secret in Key Vault does; earlier versions stay readable by
+    /// id. Returns the new version's id: 32 lower-case hex digits. Names are matched
+    /// case-insensitively; the `id` in answers spells the name as it was first set. A name the
+    /// endpoint refuses (not 1-127 letters, digits and hyphens) is stored but can never be read.
+    pub fn set_key_vault_secret(
+        &self,
+        name: &str,
+        value: &str,
+        attributes: SimSecretAttributes,
+    ) -> String {
+        self.shared.key_vault().set_secret(name, value, attributes)
+    }
+
+    /// Disables one version of a secret (it then gets 403 `SecretDisabled`; if it is the
+    /// current version, so do reads without a version). `false` when the secret or version is
+    /// unknown.
+    pub fn disable_key_vault_secret_version(&self, name: &str, version: &str) -> bool {
+        self.shared.key_vault().disable_version(name, version)
+    }
+
+    /// Injects a failure for every read of the secret (any version) by a caller whose token
+    /// verified, or with `None` removes it. May precede the secret.
+    pub fn set_key_vault_fault(&self, name: &str, fault: Option<KeyVaultFault>) {
+        let mut state = self.shared.key_vault();
+        match fault {
+            Some(fault) => {
+                state.faults.insert(name_key(name), fault);
+            }
+            None => {
+                state.faults.remove(&name_key(name));
+            }
+        }
+    }
+
+    /// Successful reads (200 answers) of the secret, any version, by name case-insensitively:
+    /// how a test proves that many tenants sharing one credential cost one read.
+    pub fn key_vault_read_count(&self, name: &str) -> u64 {
+        self.shared
+            .key_vault()
+            .reads
+            .get(&name_key(name))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every request to `/secrets/…`, whatever the answer, 401 challenges included.
+    pub fn key_vault_request_count(&self) -> u64 {
+        self.shared.key_vault().requests
+    }
+
+    /// The client id (`appid`) of the latest caller that passed the vault's access check, as
+    /// its token spelled it: which identity read.
+    pub fn last_key_vault_caller(&self) -> Option<String> {
+        self.shared.key_vault().last_caller.clone()
+    }
+}
+
 impl Drop for SimEntra {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
@@ -627,7 +755,7 @@ struct Shared {
     /// `http://127.0.0.1:PORT` (or `https`), for discovery documents and assertion audiences.
     authority_host: String,
     /// Signs every access token the simulator issues and verifies bearer tokens at the Power BI
-    /// API. Random per simulator, so a token from another simulator (or a forged one) is
+    /// API and the key vault. Random per simulator, so a token from another simulator (or a forged one) is
     /// refused as a token from another directory would be.
     token_key: hmac::Key,
     /// Per tenant path segment (lower case): configuration, behaviour and counters.
@@ -642,6 +770,9 @@ struct Shared {
     /// The Power BI API's cloud, per-tenant behaviours and records, under their own lock for
     /// the same reason.
     powerbi: Mutex<PowerBiState>,
+    /// The key vault's directory, grants, secrets, faults and counters, under their own lock
+    /// for the same reason.
+    key_vault: Mutex<KeyVaultState>,
     /// Becomes `true` when the simulator is dropped; releases hung and slow handlers.
     shutdown: watch::Receiver<bool>,
 }
@@ -751,6 +882,14 @@ impl Shared {
         self.powerbi.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn key_vault(&self) -> MutexGuard<'_, KeyVaultState> {
+        // Every update is a single assignment, insertion, push or increment, so the state is
+        // consistent even after a panic.
+        self.key_vault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Applies `change` to one app's credentials in one tenant, creating them if needed.
     fn update_credentials(
         &self,
@@ -765,9 +904,9 @@ impl Shared {
     }
 }
 
-/// The routes of Entra, of the managed identity endpoints and of Power BI. They share one
-/// listener, so one simulator serves a test whatever credential it exercises, and the tokens it
-/// issues are good at the API it serves.
+/// The routes of Entra, of the managed identity endpoints, of Power BI and of Key Vault. They
+/// share one listener, so one simulator serves a test whatever credential it exercises, and the
+/// tokens it issues are good at the APIs it serves.
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", any(token_v2))
@@ -780,6 +919,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/msi/token", any(app_service_token))
         .route("/v1.0/myorg/groups", any(groups))
         .route("/v1.0/myorg/GenerateToken", any(generate_token))
+        .route("/secrets/{*path}", any(secret))
         .with_state(shared)
 }
 

@@ -19,6 +19,7 @@ use super::faults::{
     oversized_response, proxy_login_page, raw_response, server_error_reply, stopped_response,
     throttle_reply, truncated_response,
 };
+use super::key_vault::KEY_VAULT_RESOURCES;
 use super::wire::{
     REDACTED, client_key, decode_component, is_dns_like, is_guid, json_headers, parse_basic,
     parse_form, tenant_key, unix_now,
@@ -26,7 +27,8 @@ use super::wire::{
 use super::{ApiVersion, AppCredentials, Behavior, Shared, SimRequest, SimTenant};
 
 /// The Power BI resource identifiers (App ID URIs) of every sovereign cloud (protocol reference
-/// §7). A v1 `resource` or a v2 scope without its `/.default` suffix must be one of these.
+/// §7). A v1 `resource` or a v2 scope without its `/.default` suffix must be one of these or
+/// one of the [`KEY_VAULT_RESOURCES`]; any other resource gets AADSTS500011.
 pub const POWER_BI_RESOURCES: &[&str] = &[
     "https://analysis.windows.net/powerbi/api",
     "https://analysis.usgovcloudapi.net/powerbi/api",
@@ -349,7 +351,7 @@ fn behavior_label(behavior: &Behavior) -> &'static str {
 pub(super) struct Grant {
     /// The app's client id as registered, for the `appid` claim.
     pub(super) client_id: String,
-    /// The Power BI resource the token is for (`aud`, and v1's `resource`).
+    /// The resource the token is for, Power BI's or Key Vault's (`aud`, and v1's `resource`).
     pub(super) resource: String,
     /// `expires_in` of the token, from the tenant.
     pub(super) lifetime: Duration,
@@ -488,7 +490,14 @@ fn validate(
             Some(resource) => resource.to_owned(),
         },
     };
-    if !tenant.power_bi_present || !POWER_BI_RESOURCES.contains(&resource.as_str()) {
+    // Key Vault's service principal is in every tenant with an Azure subscription, so only
+    // Power BI's can be missing.
+    let known = if POWER_BI_RESOURCES.contains(&resource.as_str()) {
+        tenant.power_bi_present
+    } else {
+        KEY_VAULT_RESOURCES.contains(&resource.as_str())
+    };
+    if !known {
         return Err(Rejection::new(500011).with("resource", resource));
     }
     Ok(Grant {
@@ -654,6 +663,40 @@ mod tests {
             form.push(("scope", &scope));
             let answer = post(&http, &v2_url(&sim, TENANT), &form).await;
             assert_eq!(answer.status, 200, "{resource}: {}", answer.body);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_key_vault_resource_is_accepted_on_both_endpoints() {
+        let Fixture { sim, http } = fixture().await;
+        let mut tenant = SimTenant::new(SimApp::new(APP, SECRET), Duration::from_secs(3599));
+        // Key Vault does not depend on Power BI's service principal.
+        tenant.power_bi_present = false;
+        sim.add_tenant(TENANT, tenant);
+        for resource in KEY_VAULT_RESOURCES {
+            let scope = format!("{resource}/.default");
+            let mut form: Vec<(&str, &str)> = without(v2_form(), "scope");
+            form.push(("scope", &scope));
+            let answer = post(&http, &v2_url(&sim, TENANT), &form).await;
+            assert_eq!(answer.status, 200, "{resource}: {}", answer.body);
+            let claims = decode_claims(answer.json()["access_token"].as_str().expect("token"));
+            assert_eq!(claims["aud"], *resource);
+
+            let mut form: Vec<(&str, &str)> = without(v1_form(), "resource");
+            form.push(("resource", resource));
+            let answer = post(&http, &v1_url(&sim, TENANT), &form).await;
+            assert_eq!(answer.status, 200, "{resource}: {}", answer.body);
+            assert_eq!(answer.json()["resource"], *resource);
+        }
+        // Near misses are other resources.
+        for resource in [
+            "https://vault.azure.net/",
+            "https://myvault.vault.azure.net",
+        ] {
+            let mut form: Vec<(&str, &str)> = without(v1_form(), "resource");
+            form.push(("resource", resource));
+            let answer = post(&http, &v1_url(&sim, TENANT), &form).await;
+            assert_entra_error(&answer, 400, "invalid_resource", 500011);
         }
     }
 
