@@ -38,7 +38,7 @@ const MAX_VALUE_BYTES: usize = 256 * 1024;
 
 /// After Entra rejects a value read less than this long ago, it is not read again at once: a
 /// secret that is simply wrong in Key Vault is not re-read at every retry.
-const FORCED_REREAD_AFTER: Duration = Duration::from_secs(30);
+const FORCED_REREAD_AFTER: Duration = Duration::from_secs(5);
 
 /// A value read from Key Vault.
 #[derive(Clone, Debug)]

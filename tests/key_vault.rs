@@ -1,0 +1,371 @@
+//! Client secrets read from the simulated Azure Key Vault with a managed or workload identity:
+//! one read for many tenants, rotation, expiry, refusal, and nothing secret in what the daemon
+//! shows.
+
+mod common;
+
+use common::process::Spawned;
+use common::*;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use powerbi_tokend::config::{
+    CredentialConfig, DaemonConfig, KeyVaultConfig, ManagedIdentityConfig, ManagedIdentityId,
+    ManagedIdentitySource, SecretSource, TenantConfig,
+};
+use powerbi_tokend::sim::{
+    SIM_SYSTEM_ASSIGNED_CLIENT_ID, SimEntra, SimFederatedCredential, SimManagedIdentity,
+    SimSecretAttributes,
+};
+
+/// `attributes.exp` of the secret in the tests: 2030-01-01.
+const SECRET_EXPIRES: i64 = 1_893_456_000;
+
+/// The simulator's host has a system-assigned managed identity.
+fn with_managed_identity(sim: &SimEntra) {
+    sim.set_managed_identity(SimManagedIdentity {
+        system_assigned: true,
+        user_assigned: Vec::new(),
+        lifetime: Duration::from_secs(3600),
+        identity_header: String::new(),
+    });
+}
+
+/// `[key_vault]` with the system-assigned managed identity.
+fn managed_identity_reader(sim: &SimEntra, refresh_interval: Duration) -> KeyVaultConfig {
+    let mut identity = tenant(sim, "key_vault", "", Path::new("/nonexistent"));
+    identity.client_id = "".into();
+    identity.sinks.clear();
+    identity.resource = "https://vault.azure.net".into();
+    identity.credential = CredentialConfig::ManagedIdentity(ManagedIdentityConfig {
+        source: ManagedIdentitySource::Imds,
+        identity: ManagedIdentityId::System,
+    });
+    KeyVaultConfig {
+        identity: Arc::new(identity),
+        refresh_interval,
+    }
+}
+
+/// A tenant whose client secret is `url` in Key Vault.
+fn vault_tenant(sim: &SimEntra, name: &str, dir: &Path, url: &str) -> TenantConfig {
+    let mut tenant = tenant(sim, name, &format!("{name}.example.com"), dir);
+    tenant.credential = CredentialConfig::ClientSecret {
+        source: SecretSource::KeyVault(url.to_owned()),
+        expires_on: None,
+    };
+    tenant
+}
+
+fn daemon_knobs(sim: &SimEntra) -> DaemonConfig {
+    DaemonConfig {
+        imds_endpoint: sim.imds_endpoint(),
+        ..fast_daemon()
+    }
+}
+
+/// A secret with an expiry, as Key Vault holds it.
+fn expiring() -> SimSecretAttributes {
+    SimSecretAttributes {
+        exp: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(SECRET_EXPIRES as u64)),
+        ..SimSecretAttributes::default()
+    }
+}
+
+#[tokio::test]
+async fn one_read_serves_every_tenant_and_its_expiry_is_exported() {
+    let names = ["contoso", "fabrikam", "northwind"];
+    let ids: Vec<String> = names.iter().map(|n| format!("{n}.example.com")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let Fixture { sim, dir } = fixture(&ids, Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, expiring());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let tenants = names
+        .iter()
+        .map(|name| vault_tenant(&sim, name, dir.path(), &url))
+        .collect();
+    let mut config = config(tenants, daemon_knobs(&sim));
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+
+    wait_for("every tenant's token", Duration::from_secs(10), || {
+        names
+            .iter()
+            .all(|name| token_in(&dir.path().join(format!("{name}.json"))).is_some())
+    })
+    .await;
+    // Three tenants, one secret, one read.
+    assert_eq!(sim.key_vault_read_count("app-secret"), 1);
+    assert_eq!(
+        sim.last_key_vault_caller().as_deref(),
+        Some(SIM_SYSTEM_ASSIGNED_CLIENT_ID)
+    );
+    let metrics = daemon
+        .wait_for_get("the expiry from Key Vault", "/metrics", |_, body| {
+            body.contains(&format!(
+                "powerbi_tokend_credential_expiry_timestamp_seconds{{kind=\"client_secret\",tenant=\"northwind\"}} {SECRET_EXPIRES}"
+            ))
+        })
+        .await;
+    let (_, status) = daemon.get("/status").await;
+    assert!(status.contains("\"credential_expires_at\":\"2030-01-01T00:00:00Z\""));
+    for text in [&metrics, &status] {
+        assert!(!text.contains(SECRET));
+        assert!(!text.contains("eyJ"), "a token-shaped string is shown");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_workload_identity_reads_the_vault_too() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    // The reading identity is an app of the vault's own directory, federated with a
+    // Kubernetes service account.
+    let vault_tenant_id = sim.key_vault_tenant();
+    register(&sim, &vault_tenant_id, Duration::from_secs(3600));
+    let (issuer, subject, audience) = (
+        "https://oidc.prod-aks.azure.com/0000/",
+        "system:serviceaccount:powerbi:tokend",
+        "api://AzureADTokenExchange",
+    );
+    sim.add_federated_credential(
+        &vault_tenant_id,
+        CLIENT_ID,
+        SimFederatedCredential {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            audience: audience.to_owned(),
+        },
+    );
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, federated_token(issuer, subject, audience)).unwrap();
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(CLIENT_ID);
+
+    let mut identity = tenant(&sim, "key_vault", &vault_tenant_id, dir.path());
+    identity.sinks.clear();
+    identity.resource = "https://vault.azure.net".into();
+    identity.credential = CredentialConfig::WorkloadIdentity { token_file };
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let mut config = config(
+        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
+        daemon_knobs(&sim),
+    );
+    config.key_vault = Some(KeyVaultConfig {
+        identity: Arc::new(identity),
+        refresh_interval: Duration::from_secs(3600),
+    });
+    let daemon = start_daemon(config).await;
+    wait_for("the token", Duration::from_secs(10), || {
+        token_in(&dir.path().join("contoso.json")).is_some()
+    })
+    .await;
+    assert_eq!(sim.last_key_vault_caller().as_deref(), Some(CLIENT_ID));
+    assert_eq!(sim.key_vault_read_count("app-secret"), 1);
+    daemon.stop().await;
+}
+
+/// An unsigned projected service-account token, valid for an hour.
+fn federated_token(issuer: &str, subject: &str, audience: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = powerbi_tokend::clock::unix_now();
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"k8s"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(
+        serde_json::json!({"iss": issuer, "sub": subject, "aud": [audience], "exp": now + 3600, "iat": now})
+            .to_string(),
+    );
+    format!("{header}.{claims}.c2lnbmF0dXJl")
+}
+
+#[tokio::test]
+async fn a_rotation_is_picked_up_after_the_refresh_interval() {
+    // Tokens live 4 s (a refresh every 2 s); Key Vault is read again after 1 s.
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let mut config = config(
+        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
+        daemon_knobs(&sim),
+    );
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(1)));
+    let daemon = start_daemon(config).await;
+    wait_for("the first token", Duration::from_secs(10), || {
+        sim.issued_count("contoso.example.com") >= 1
+    })
+    .await;
+
+    // Rotated: a new version in Key Vault, and Entra knows only the new secret.
+    sim.set_key_vault_secret(
+        "app-secret",
+        "rotated-secret-value",
+        SimSecretAttributes::default(),
+    );
+    set_secret(&sim, "contoso.example.com", "rotated-secret-value");
+    let issued = sim.issued_count("contoso.example.com");
+    wait_for(
+        "a token with the rotated secret",
+        Duration::from_secs(10),
+        || sim.issued_count("contoso.example.com") > issued,
+    )
+    .await;
+    // Read again because the value had aged, not because Entra refused it.
+    let (_, status) = daemon.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["tenants"][0]["state"], "healthy");
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        !metrics.contains("powerbi_tokend_refresh_failures_total{reason=\"invalid_client\""),
+        "the rotation cost a failure:\n{metrics}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejected_secret_is_read_again_at_once() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    // Read once an hour: only the rejection can bring the new value within the test.
+    let mut config = config(
+        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
+        daemon_knobs(&sim),
+    );
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+    wait_for("the first token", Duration::from_secs(10), || {
+        sim.issued_count("contoso.example.com") >= 1
+    })
+    .await;
+    // Let the cached read age past the guard against re-reading at every retry.
+    let read_at = std::time::Instant::now();
+    sim.set_key_vault_secret(
+        "app-secret",
+        "rotated-secret-value",
+        SimSecretAttributes::default(),
+    );
+    set_secret(&sim, "contoso.example.com", "rotated-secret-value");
+    let issued = sim.issued_count("contoso.example.com");
+    wait_for(
+        "AADSTS7000215, a second read and a token",
+        Duration::from_secs(45),
+        || sim.issued_count("contoso.example.com") > issued,
+    )
+    .await;
+    assert_eq!(sim.key_vault_read_count("app-secret"), 2);
+    // Well before the permanent retry interval of a rejected secret would have passed again.
+    assert!(read_at.elapsed() < Duration::from_secs(45));
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains("powerbi_tokend_refresh_failures_total{reason=\"invalid_client\""),
+        "{metrics}"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_vault_that_refuses_the_identity_is_a_permanent_failure_naming_both() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    // No role assignment for the identity.
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let mut config = config(
+        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
+        daemon_knobs(&sim),
+    );
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+    let body = daemon
+        .wait_for_get("the refusal", "/status", |_, body| {
+            body.contains("\"misconfigured\"")
+        })
+        .await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = &status["tenants"][0]["last_error"];
+    assert_eq!(error["class"], "permanent", "{error}");
+    assert_eq!(error["reason"], "credential", "{error}");
+    let message = error["message"].as_str().unwrap();
+    for part in [
+        sim.key_vault_url().as_str(),
+        "the system-assigned managed identity",
+        "\"app-secret\"",
+        "ForbiddenByRbac",
+        "Key Vault Secrets User",
+    ] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+    assert_eq!(sim.issued_count("contoso.example.com"), 0);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn no_vault_token_secret_or_key_reaches_the_log_at_trace_level() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, expiring());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let tokens = dir.path().join("tokens");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+
+[daemon]
+imds_endpoint = "{imds}"
+
+[key_vault]
+credential = "managed_identity"
+managed_identity = "system"
+
+[defaults]
+authority_host = "{authority}"
+client_id = "{CLIENT_ID}"
+client_secret = {{ key_vault = "{vault}/secrets/app-secret" }}
+sinks = [ {{ type = "file", path = "{tokens}/{{name}}.json" }} ]
+
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.example.com"
+
+[[tenant]]
+name = "refused"
+tenant_id = "contoso.example.com"
+client_secret = {{ key_vault = "{vault}/secrets/missing" }}
+"#,
+            imds = sim.imds_endpoint(),
+            authority = sim.authority_host(),
+            vault = sim.key_vault_url(),
+            tokens = tokens.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = Spawned::run(&config, &log, "trace", &[]);
+    wait_for("two tokens for contoso", Duration::from_secs(20), || {
+        sim.issued_count("contoso.example.com") >= 2
+    })
+    .await;
+    let addr = daemon.admin_addr().await;
+    let (_, status, _) = common::process::get(addr, "/status", Duration::from_secs(5)).await;
+    let (_, metrics, _) = common::process::get(addr, "/metrics", Duration::from_secs(5)).await;
+    daemon.signal("TERM");
+    daemon.wait_exit(Duration::from_secs(10)).await;
+    let text = daemon.log_text();
+    // The missing secret was reported, by name.
+    assert!(text.contains("has no secret \\\"missing\\\""), "{text}");
+    for shown in [&text, &status, &metrics] {
+        assert!(!shown.contains(SECRET), "the client secret is shown");
+        // Access tokens for Power BI and for Key Vault are JWTs: none may appear.
+        assert!(!shown.contains("eyJ"), "a token is shown");
+    }
+}
