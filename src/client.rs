@@ -138,17 +138,44 @@ impl TokenClient {
         }
     }
 
+    /// A client assertion signed with the certificate and key kept in Key Vault at `url`.
+    async fn vault_assertion(
+        &self,
+        certificate: &mut crate::credential::certificate::CertificateCredential,
+        url: &str,
+        client_id: &str,
+        token_url: &str,
+    ) -> Result<SecretString, CredentialError> {
+        let Some(key_vault) = &self.key_vault else {
+            return Err(CredentialError::KeyVaultUnavailable(url.to_owned()));
+        };
+        let secret = key_vault.secret(self, url).await?;
+        let content_type = secret.content_type.as_deref().unwrap_or_default();
+        if content_type.eq_ignore_ascii_case("application/x-pkcs12") {
+            return Err(CredentialError::KeyVault {
+                message: format!(
+                    "certificate {url} is kept as PKCS#12; only PEM is read: create or import it with content type application/x-pem-file (see README \"Credentials\")"
+                ),
+                transient: false,
+                retry_after: None,
+            });
+        }
+        certificate.assertion_from_pem(&secret.value, client_id, token_url)
+    }
+
     /// After Entra rejected a secret read from Key Vault, reads it again at the next attempt
     /// (a rotation) and makes the failure transient, so that attempt comes after the backoff,
     /// not after the permanent retry interval.
     fn after_rejection(&self, credential: &Credential, err: &mut RefreshError) {
-        if let (
-            Some(key_vault),
+        let url = match credential {
             Credential::Secret {
                 source: SecretSource::KeyVault(url),
                 ..
-            },
-        ) = (&self.key_vault, credential)
+            } => Some(url.as_str()),
+            Credential::Certificate(certificate) => certificate.key_vault(),
+            _ => None,
+        };
+        if let (Some(key_vault), Some(url)) = (&self.key_vault, url)
             && crate::credential::key_vault::rejects_credential(&err.aadsts)
             && key_vault.reject(url)
         {
@@ -203,6 +230,21 @@ impl TokenClient {
                     .await
                     .map_err(credential_error)?,
             )]
+        } else if let Credential::Certificate(certificate) = credential
+            && let Some(url) = certificate.key_vault().map(str::to_owned)
+        {
+            vec![
+                (
+                    "client_assertion_type",
+                    SecretString::from(crate::credential::JWT_BEARER),
+                ),
+                (
+                    "client_assertion",
+                    self.vault_assertion(certificate, &url, &tenant.client_id, &token_url)
+                        .await
+                        .map_err(credential_error)?,
+                ),
+            ]
         } else {
             credential
                 .form(&tenant.client_id, &token_url)

@@ -71,6 +71,7 @@ fn make_certificate(dir: &Path, stem: &str, days: u32) -> CertificateConfig {
         key: dir.join(key),
         algorithm: AssertionAlgorithm::Ps256,
         send_x5c: false,
+        key_vault: None,
     }
 }
 

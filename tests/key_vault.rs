@@ -369,3 +369,64 @@ client_secret = {{ key_vault = "{vault}/secrets/missing" }}
         assert!(!shown.contains("eyJ"), "a token is shown");
     }
 }
+
+/// An RSA certificate and its key as one PEM (what Key Vault's secret of a certificate with
+/// content type `application/x-pem-file` holds), and the certificate's DER.
+fn rsa_certificate_pem() -> (String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let params = rcgen::CertificateParams::new(vec!["powerbi-tokend".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (
+        format!("{}{}", key.serialize_pem(), cert.pem()),
+        cert.der().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn a_certificate_in_key_vault_signs_the_assertion() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    let (pem, der) = rsa_certificate_pem();
+    sim.add_certificate("contoso.example.com", CLIENT_ID, der);
+    sim.set_key_vault_secret(
+        "app-cert",
+        &pem,
+        SimSecretAttributes {
+            content_type: Some("application/x-pem-file".to_owned()),
+            certificate: true,
+            ..SimSecretAttributes::default()
+        },
+    );
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let url = format!("{}/secrets/app-cert", sim.key_vault_url());
+    let mut tenant = tenant(&sim, "contoso", "contoso.example.com", dir.path());
+    tenant.credential = CredentialConfig::Certificate(powerbi_tokend::config::CertificateConfig {
+        cert: url.clone().into(),
+        key: url.clone().into(),
+        algorithm: Default::default(),
+        send_x5c: false,
+        key_vault: Some(url),
+    });
+    let mut config = config(vec![tenant], daemon_knobs(&sim));
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+    wait_for(
+        "a token signed with the vault's certificate",
+        Duration::from_secs(10),
+        || token_in(&dir.path().join("contoso.json")).is_some(),
+    )
+    .await;
+    assert_eq!(
+        sim.last_assertion("contoso.example.com").unwrap().claims["iss"],
+        CLIENT_ID
+    );
+    assert_eq!(sim.key_vault_read_count("app-cert"), 1);
+    // The certificate's notAfter is the credential's expiry.
+    let metrics = daemon
+        .wait_for_get("the certificate expiry", "/metrics", |_, body| {
+            body.contains("powerbi_tokend_credential_expiry_timestamp_seconds{kind=\"certificate\",tenant=\"contoso\"}")
+        })
+        .await;
+    assert!(!metrics.contains("PRIVATE KEY"));
+    daemon.stop().await;
+}

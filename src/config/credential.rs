@@ -85,7 +85,7 @@ impl Loader<'_> {
         let line = Some(self.line_of(at));
         let credential = match kind {
             "client_secret" => self.client_secret(level, secret_expires(input), input),
-            "client_certificate" => self.certificate(level),
+            "client_certificate" => self.certificate(level, input),
             _ => self.credential_kind(level, input),
         };
         (credential, line)
@@ -151,9 +151,54 @@ impl Loader<'_> {
     }
 
     /// `client_certificate = { cert, key, algorithm, send_x5c }`, paths relative to the file.
-    fn certificate(&mut self, level: &RawTenant) -> Option<CredentialConfig> {
+    fn certificate(
+        &mut self,
+        level: &RawTenant,
+        input: &TenantInput<'_>,
+    ) -> Option<CredentialConfig> {
         let raw = level.client_certificate.as_ref()?;
-        let cert = self.resolve_path(raw.get_ref().cert.clone());
+        let at = Some(raw.span().start);
+        if let Some(url) = &raw.get_ref().key_vault {
+            if raw.get_ref().cert.is_some() || raw.get_ref().key.is_some() {
+                self.problem(
+                    at,
+                    input.key("client_certificate"),
+                    "key_vault replaces cert and key; set one or the other".to_owned(),
+                );
+                return None;
+            }
+            let url = match super::key_vault::check_key_vault_url(url) {
+                Ok(url) => url,
+                Err(message) => {
+                    self.problem(at, input.key("client_certificate.key_vault"), message);
+                    return None;
+                }
+            };
+            if !self.key_vault_section {
+                self.problem(
+                    at,
+                    input.key("client_certificate"),
+                    "is in Key Vault; add a [key_vault] section naming the managed or workload identity that reads it".to_owned(),
+                );
+                return None;
+            }
+            return Some(CredentialConfig::Certificate(CertificateConfig {
+                cert: PathBuf::from(&url),
+                key: PathBuf::from(&url),
+                algorithm: raw.get_ref().algorithm.unwrap_or_default(),
+                send_x5c: raw.get_ref().send_x5c.unwrap_or(false),
+                key_vault: Some(url),
+            }));
+        }
+        let Some(cert) = raw.get_ref().cert.clone() else {
+            self.problem(
+                at,
+                input.key("client_certificate.cert"),
+                "missing; expected { cert = \"app.pem\", key = \"app.key\" } or { key_vault = \"https://<vault>.vault.azure.net/secrets/<name>\" }".to_owned(),
+            );
+            return None;
+        };
+        let cert = self.resolve_path(cert);
         let key = raw
             .get_ref()
             .key
@@ -164,6 +209,7 @@ impl Loader<'_> {
             key,
             algorithm: raw.get_ref().algorithm.unwrap_or_default(),
             send_x5c: raw.get_ref().send_x5c.unwrap_or(false),
+            key_vault: None,
         };
         Some(CredentialConfig::Certificate(config))
     }

@@ -134,7 +134,8 @@ pub(super) struct RawEmbed {
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawCertificate {
-    pub(super) cert: PathBuf,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key_vault: Option<String>,
     pub(super) key: Option<PathBuf>,
     pub(super) algorithm: Option<AssertionAlgorithm>,
     pub(super) send_x5c: Option<bool>,

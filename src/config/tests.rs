@@ -274,6 +274,7 @@ fn certificate_and_secret_expiry() {
             key: PathBuf::from("/etc/p/pki/both.pem"),
             algorithm: AssertionAlgorithm::Rs256,
             send_x5c: true,
+            key_vault: None,
         })
     );
     for (value, expected) in [

@@ -339,6 +339,9 @@ pub struct CertificateConfig {
     pub algorithm: AssertionAlgorithm,
     /// Send the certificate chain in the assertion header (subject-name/issuer authentication).
     pub send_x5c: bool,
+    /// Read from Azure Key Vault instead of files: the secret URL of a certificate whose
+    /// content type is PEM (`cert` and `key` then name that URL in messages).
+    pub key_vault: Option<String>,
 }
 
 /// Where a managed identity token comes from.

@@ -20,7 +20,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::os::unix::fs::MetadataExt;
 
 use crate::safe_read::{self, Symlinks};
@@ -93,7 +93,26 @@ impl Certificate {
     /// A file is unreadable, not PEM, not RSA, or the key does not belong to the certificate.
     pub fn load(config: &CertificateConfig) -> Result<Certificate, CredentialError> {
         let cert_pem = read(&config.cert)?;
-        let chain: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&cert_pem)
+        let key_pem = if config.key == config.cert {
+            None
+        } else {
+            Some(read(&config.key)?)
+        };
+        Certificate::from_pem(config, &cert_pem, key_pem.as_deref())
+    }
+
+    /// Checks PEM text (a certificate chain, and the key: in `key_pem`, or in `cert_pem` too
+    /// when `None`), named in messages by `config`'s paths (a Key Vault URL for a certificate
+    /// read from Key Vault).
+    ///
+    /// # Errors
+    /// Not PEM, not RSA, or the key does not belong to the certificate.
+    pub fn from_pem(
+        config: &CertificateConfig,
+        cert_pem: &[u8],
+        key_pem: Option<&[u8]>,
+    ) -> Result<Certificate, CredentialError> {
+        let chain: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(cert_pem)
             .map(|cert| cert.map(|c| c.to_vec()))
             .collect::<Result<_, _>>()
             .map_err(|err| invalid(&config.cert, format!("not a PEM certificate: {err}")))?;
@@ -101,12 +120,8 @@ impl Certificate {
             .first()
             .ok_or_else(|| invalid(&config.cert, "no CERTIFICATE block found"))?
             .clone();
-        let key_pem = if config.key == config.cert {
-            cert_pem
-        } else {
-            read(&config.key)?
-        };
-        let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        let key_pem = key_pem.unwrap_or(cert_pem);
+        let key = match PrivateKeyDer::from_pem_slice(key_pem) {
             Ok(PrivateKeyDer::Pkcs8(der)) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
             Ok(PrivateKeyDer::Pkcs1(der)) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
             Ok(_) => {
@@ -260,6 +275,8 @@ pub struct CertificateCredential {
     config: CertificateConfig,
     /// The loaded certificate and the stamps of the files it came from.
     loaded: Option<(Stamps, Certificate)>,
+    /// A certificate read from Key Vault, and a hash of the value it was parsed from.
+    from_vault: Option<(u64, Certificate)>,
 }
 
 impl CertificateCredential {
@@ -268,6 +285,7 @@ impl CertificateCredential {
         CertificateCredential {
             config,
             loaded: None,
+            from_vault: None,
         }
     }
 
@@ -313,7 +331,50 @@ impl CertificateCredential {
 
     /// The certificate's expiry, from the last successful load.
     pub fn not_after(&self) -> Option<i64> {
-        self.loaded.as_ref().map(|(_, c)| c.not_after())
+        self.loaded
+            .as_ref()
+            .map(|(_, c)| c.not_after())
+            .or_else(|| self.from_vault.as_ref().map(|(_, c)| c.not_after()))
+    }
+
+    /// The Key Vault URL of a certificate kept there.
+    pub fn key_vault(&self) -> Option<&str> {
+        self.config.key_vault.as_deref()
+    }
+
+    /// A fresh assertion with the certificate and key in `pem` (read from Key Vault, PEM content
+    /// type): parsed again only when the value changed (a rotation).
+    ///
+    /// # Errors
+    /// The value is not a PEM certificate chain with its matching RSA key.
+    pub fn assertion_from_pem(
+        &mut self,
+        pem: &SecretString,
+        client_id: &str,
+        audience: &str,
+    ) -> Result<SecretString, CredentialError> {
+        let fingerprint = crate::token::fnv1a(pem.expose_secret().as_bytes());
+        let fresh = matches!(&self.from_vault, Some((seen, _)) if *seen == fingerprint);
+        if !fresh {
+            let certificate =
+                Certificate::from_pem(&self.config, pem.expose_secret().as_bytes(), None)?;
+            if self.from_vault.is_some() {
+                tracing::info!(
+                    cert = %self.config.cert.display(),
+                    thumbprint = certificate.thumbprint_sha256(),
+                    "certificate in Key Vault changed; using the new certificate"
+                );
+            }
+            self.from_vault = Some((fingerprint, certificate));
+        }
+        let (algorithm, send_x5c) = (self.config.algorithm, self.config.send_x5c);
+        let now = crate::clock::unix_now();
+        match &self.from_vault {
+            Some((_, certificate)) => {
+                certificate.assertion(algorithm, send_x5c, client_id, audience, now)
+            }
+            None => Err(CredentialError::Signing),
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Verified {
                 problems.push(problem("client_secret", err.to_string()));
             }
         }
+        // A certificate in Key Vault is read by `check --online`; offline, its URL was checked.
+        CredentialConfig::Certificate(config) if config.key_vault.is_some() => {}
         CredentialConfig::Certificate(config) => match Certificate::load_async(config).await {
             Ok(loaded) if loaded.not_after() <= now => problems.push(problem(
                 "client_certificate",
