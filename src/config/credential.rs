@@ -143,7 +143,7 @@ impl Loader<'_> {
                 self.problem(
                     Some(secret.span().start),
                     input.key("client_secret"),
-                    "secrets are not written in the config file; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
+                    "secrets are not written in the config file; expected { env = \"VAR\" }, { file = \"/path\" } { systemd = \"name\" } or { key_vault = \"https://…/secrets/…\" }".to_owned(),
                 );
                 None
             }

@@ -37,6 +37,14 @@ impl Loader<'_> {
                 }
             },
         };
+        if raw.credential.is_none() {
+            self.problem(
+                Some(offset),
+                "key_vault.credential".to_owned(),
+                "missing; expected credential = \"managed_identity\" or \"workload_identity\": the identity that reads the vault".to_owned(),
+            );
+            return None;
+        }
         let cloud = raw
             .cloud
             .as_ref()

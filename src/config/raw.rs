@@ -159,12 +159,12 @@ impl<'de> Deserialize<'de> for RawSecret {
                 .map(RawSecret::Reference)
                 .map_err(|err| {
                     D::Error::custom(format!(
-                        "{}; expected {{ env = \"VAR\" }}, {{ file = \"/path\" }} or {{ systemd = \"name\" }}",
+                        "{}; expected {{ env = \"VAR\" }}, {{ file = \"/path\" }} {{ systemd = \"name\" }} or {{ key_vault = \"https://…/secrets/…\" }}",
                         err.message()
                     ))
                 }),
             other => Err(D::Error::custom(format!(
-                "expected {{ env = \"VAR\" }}, {{ file = \"/path\" }} or {{ systemd = \"name\" }}, got a {}",
+                "expected {{ env = \"VAR\" }}, {{ file = \"/path\" }} {{ systemd = \"name\" }} or {{ key_vault = \"https://…/secrets/…\" }}, got a {}",
                 other.type_str()
             ))),
         }

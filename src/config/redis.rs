@@ -49,6 +49,14 @@ impl Loader<'_> {
                 RawSecret::Reference(SecretSource::File(path)) => {
                     Some(SecretSource::File(self.resolve_path(path)))
                 }
+                RawSecret::Reference(SecretSource::KeyVault(_)) => {
+                    self.problem(
+                        Some(offset),
+                        "redis.password".to_owned(),
+                        "is read before any Key Vault access exists; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
+                    );
+                    None
+                }
                 RawSecret::Reference(other) => Some(other),
                 RawSecret::Literal => {
                     self.problem(
