@@ -572,6 +572,84 @@ pub fn expiry_warning(tenant: &str, expiry: (i64, &str), now: i64) -> Option<Str
     })
 }
 
+/// `check --online`: reads every Key Vault URL the tenants name, once each.
+async fn check_key_vault(
+    config: &Config,
+    reader: &config::KeyVaultConfig,
+    now: i64,
+    problems: &mut Vec<config::Problem>,
+    warnings: &mut Vec<String>,
+) {
+    let client = match TokenClient::new(&config.daemon) {
+        Ok(client) => client,
+        Err(err) => {
+            problems.push(config::Problem {
+                line: None,
+                key: Some("daemon.ca_file".to_owned()),
+                message: err.to_string(),
+            });
+            return;
+        }
+    };
+    let key_vault = credential::key_vault::KeyVault::new(reader);
+    let mut seen = std::collections::HashSet::new();
+    for tenant in &config.tenants {
+        let (url, key, certificate) = match &tenant.credential {
+            config::CredentialConfig::ClientSecret {
+                source: config::SecretSource::KeyVault(url),
+                ..
+            } => (url, "client_secret", None),
+            config::CredentialConfig::Certificate(certificate) => match &certificate.key_vault {
+                Some(url) => (url, "client_certificate", Some(certificate)),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if !seen.insert(url.clone()) {
+            continue;
+        }
+        let problem = |message: String| config::Problem {
+            line: tenant.line,
+            key: Some(format!("tenant {:?}: {key}", tenant.name)),
+            message,
+        };
+        let secret = match key_vault.secret(&client, url).await {
+            Ok(secret) => secret,
+            Err(err) => {
+                problems.push(problem(err.to_string()));
+                continue;
+            }
+        };
+        let mut expiry = secret.expires_on.map(|exp| (exp, "client_secret"));
+        if let Some(certificate) = certificate {
+            use secrecy::ExposeSecret;
+            match credential::certificate::Certificate::from_pem(
+                certificate,
+                secret.value.expose_secret().as_bytes(),
+                None,
+            ) {
+                Ok(loaded) => expiry = Some((loaded.not_after(), "certificate")),
+                Err(err) => {
+                    problems.push(problem(format!(
+                        "{url} is not a PEM certificate with its key (content type {}): {err}",
+                        secret.content_type.as_deref().unwrap_or("none")
+                    )));
+                    continue;
+                }
+            }
+        }
+        match expiry {
+            Some((expires_on, kind)) if expires_on <= now => problems.push(problem(format!(
+                "the {} in {url} expired on {}",
+                kind.replace('_', " "),
+                clock::format_date(expires_on)
+            ))),
+            Some(expiry) => warnings.extend(expiry_warning(&tenant.name, expiry, now)),
+            None => {}
+        }
+    }
+}
+
 /// A configuration that passed `check`, with early warnings about expiring credentials.
 #[derive(Debug)]
 pub struct Checked {
@@ -588,7 +666,11 @@ pub struct Checked {
 ///
 /// # Errors
 /// Every problem found, in file order.
-pub async fn check(path: &std::path::Path) -> Result<Checked, config::ConfigError> {
+///
+/// With `online`, every secret and certificate kept in Azure Key Vault is read once with the
+/// `[key_vault]` identity: access problems (403, 404), expired secrets and certificates that are
+/// not PEM are problems; secrets expiring soon are warnings.
+pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, config::ConfigError> {
     let now = clock::unix_now();
     let (loaded, credentials) = config::load_for_check(path).await;
     let (config, mut err) = match loaded {
@@ -643,6 +725,12 @@ pub async fn check(path: &std::path::Path) -> Result<Checked, config::ConfigErro
                 ));
             }
         }
+    }
+    if online
+        && let Some(config) = &config
+        && let Some(reader) = &config.key_vault
+    {
+        check_key_vault(config, reader, now, &mut err.problems, &mut warnings).await;
     }
     match config {
         Some(config) if err.problems.is_empty() => Ok(Checked { config, warnings }),

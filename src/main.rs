@@ -35,7 +35,14 @@ enum Command {
     /// Fetch every tenant's token once, write all sinks, exit 0 if all succeeded, else 1.
     Once(ConfigArg),
     /// Validate the configuration and every referenced secret without contacting Entra; exit 2 on problems.
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also read every secret and certificate kept in Azure Key Vault, once, with the
+        /// `[key_vault]` identity (the tenants' token endpoints are still not contacted).
+        #[arg(long)]
+        online: bool,
+    },
     /// Run end to end against a built-in simulated Entra ID; tokens go to ./demo-tokens/.
     Demo {
         /// Admin HTTP address for the demo.
@@ -101,9 +108,12 @@ fn main() -> ExitCode {
 
 async fn async_main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Check(args) => {
+        Command::Check {
+            config: args,
+            online,
+        } => {
             init_logging(cli.log_format.unwrap_or_default());
-            match check(&args.config).await {
+            match check(&args.config, online).await {
                 Ok(powerbi_tokend::Checked { config, warnings }) => {
                     for warning in warnings {
                         eprintln!("{}: warning: {warning}", config.path.display());

@@ -430,3 +430,98 @@ async fn a_certificate_in_key_vault_signs_the_assertion() {
     assert!(!metrics.contains("PRIVATE KEY"));
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn check_online_reads_each_secret_once_and_reports_what_is_wrong() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, expiring());
+    sim.set_key_vault_secret(
+        "old-secret",
+        "an-old-secret-value",
+        SimSecretAttributes {
+            exp: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
+            ..SimSecretAttributes::default()
+        },
+    );
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[daemon]
+imds_endpoint = "{imds}"
+
+[key_vault]
+credential = "managed_identity"
+managed_identity = "system"
+
+[defaults]
+authority_host = "{authority}"
+client_id = "{CLIENT_ID}"
+client_secret = {{ key_vault = "{vault}/secrets/app-secret" }}
+sinks = [ {{ type = "file", path = "tokens/{{name}}.json" }} ]
+
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.example.com"
+
+[[tenant]]
+name = "fabrikam"
+tenant_id = "contoso.example.com"
+
+[[tenant]]
+name = "stale"
+tenant_id = "contoso.example.com"
+client_secret = {{ key_vault = "{vault}/secrets/old-secret" }}
+
+[[tenant]]
+name = "gone"
+tenant_id = "contoso.example.com"
+client_secret = {{ key_vault = "{vault}/secrets/deleted" }}
+"#,
+            imds = sim.imds_endpoint(),
+            authority = sim.authority_host(),
+            vault = sim.key_vault_url(),
+        ),
+    )
+    .unwrap();
+    let run = |online: bool| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(common::process::BIN);
+            command.arg("check").arg("--config").arg(&config);
+            if online {
+                command.arg("--online");
+            }
+            command.output().unwrap()
+        })
+    };
+    // Offline, the URLs are well formed and nothing is read.
+    let offline = run(false).await.unwrap();
+    assert!(offline.status.success(), "{offline:?}");
+    assert_eq!(sim.key_vault_request_count(), 0);
+
+    let online = run(true).await.unwrap();
+    assert_eq!(online.status.code(), Some(2), "{online:?}");
+    let stderr = String::from_utf8_lossy(&online.stderr);
+    assert!(
+        stderr.contains("tenant \"gone\": client_secret: Key Vault")
+            && stderr.contains("has no secret \"deleted\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tenant \"stale\": client_secret: the client secret in")
+            && stderr.contains("expired on 2020-09-13"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("tenant \"contoso\""), "{stderr}");
+    // app-secret once for two tenants; the tenants' token endpoint never asked.
+    assert_eq!(sim.key_vault_read_count("app-secret"), 1);
+    assert_eq!(sim.issued_count("contoso.example.com"), 0);
+    let stdout = String::from_utf8_lossy(&online.stdout);
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(SECRET) && !text.contains("an-old-secret-value"));
+        assert!(!text.contains("eyJ"));
+    }
+}
