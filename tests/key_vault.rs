@@ -308,9 +308,24 @@ async fn a_vault_that_refuses_the_identity_is_a_permanent_failure_naming_both() 
 
 #[tokio::test]
 async fn no_vault_token_secret_or_key_reaches_the_log_at_trace_level() {
-    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    let Fixture { sim, dir } = fixture(
+        &["contoso.example.com", "certified.example.com"],
+        Duration::from_secs(4),
+    )
+    .await;
     with_managed_identity(&sim);
     sim.set_key_vault_secret("app-secret", SECRET, expiring());
+    let (pem, der) = rsa_certificate_pem();
+    sim.add_certificate("certified.example.com", CLIENT_ID, der);
+    sim.set_key_vault_secret(
+        "app-cert",
+        &pem,
+        SimSecretAttributes {
+            content_type: Some("application/x-pem-file".to_owned()),
+            certificate: true,
+            ..SimSecretAttributes::default()
+        },
+    );
     sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
     let tokens = dir.path().join("tokens");
     let config = dir.path().join("config.toml");
@@ -341,6 +356,11 @@ tenant_id = "contoso.example.com"
 name = "refused"
 tenant_id = "contoso.example.com"
 client_secret = {{ key_vault = "{vault}/secrets/missing" }}
+
+[[tenant]]
+name = "certified"
+tenant_id = "certified.example.com"
+client_certificate = {{ key_vault = "{vault}/secrets/app-cert" }}
 "#,
             imds = sim.imds_endpoint(),
             authority = sim.authority_host(),
@@ -351,9 +371,14 @@ client_secret = {{ key_vault = "{vault}/secrets/missing" }}
     .unwrap();
     let log = dir.path().join("daemon.log");
     let mut daemon = Spawned::run(&config, &log, "trace", &[]);
-    wait_for("two tokens for contoso", Duration::from_secs(20), || {
-        sim.issued_count("contoso.example.com") >= 2
-    })
+    wait_for(
+        "two tokens for contoso, one for certified",
+        Duration::from_secs(20),
+        || {
+            sim.issued_count("contoso.example.com") >= 2
+                && sim.issued_count("certified.example.com") >= 1
+        },
+    )
     .await;
     let addr = daemon.admin_addr().await;
     let (_, status, _) = common::process::get(addr, "/status", Duration::from_secs(5)).await;
@@ -363,8 +388,18 @@ client_secret = {{ key_vault = "{vault}/secrets/missing" }}
     let text = daemon.log_text();
     // The missing secret was reported, by name.
     assert!(text.contains("has no secret \\\"missing\\\""), "{text}");
+    // A line of the private key's base64, as it would appear if the PEM leaked.
+    let key_line = pem
+        .lines()
+        .nth(2)
+        .expect("a PEM key has several lines")
+        .to_owned();
     for shown in [&text, &status, &metrics] {
         assert!(!shown.contains(SECRET), "the client secret is shown");
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains(&key_line),
+            "the key is shown"
+        );
         // Access tokens for Power BI and for Key Vault are JWTs: none may appear.
         assert!(!shown.contains("eyJ"), "a token is shown");
     }
@@ -524,4 +559,72 @@ client_secret = {{ key_vault = "{vault}/secrets/deleted" }}
         assert!(!text.contains(SECRET) && !text.contains("an-old-secret-value"));
         assert!(!text.contains("eyJ"));
     }
+}
+
+#[tokio::test]
+async fn a_challenge_for_another_clouds_vault_is_followed_once() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    // The vault is a US Government one; the reader was configured for the public cloud.
+    sim.set_powerbi_cloud(powerbi_tokend::cloud::Cloud::Gcchigh);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    // The tenant's own token is for the same government cloud's Power BI.
+    let mut tenant = vault_tenant(&sim, "contoso", dir.path(), &url);
+    tenant.resource = powerbi_tokend::cloud::Cloud::Gcchigh
+        .power_bi_resource()
+        .into();
+    let mut config = config(vec![tenant], daemon_knobs(&sim));
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+    wait_for(
+        "the token after the challenge",
+        Duration::from_secs(10),
+        || token_in(&dir.path().join("contoso.json")).is_some(),
+    )
+    .await;
+    let query = sim.last_managed_identity_request().unwrap().query;
+    assert!(
+        query
+            .iter()
+            .any(|(key, value)| key == "resource" && value == "https://vault.usgovcloudapi.net"),
+        "{query:?}"
+    );
+    assert_eq!(sim.key_vault_read_count("app-secret"), 1);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_throttled_vault_is_a_transient_failure() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    sim.set_key_vault_fault(
+        "app-secret",
+        Some(powerbi_tokend::sim::KeyVaultFault::Throttled {
+            retry_after_secs: 1,
+        }),
+    );
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let mut config = config(
+        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
+        daemon_knobs(&sim),
+    );
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+    let body = daemon
+        .wait_for_get("the throttling", "/status", |_, body| {
+            body.contains("\"retrying\"")
+        })
+        .await;
+    assert!(body.contains("answered HTTP 429"), "{body}");
+    // Over: the next attempt reads the secret and gets the token.
+    sim.set_key_vault_fault("app-secret", None);
+    wait_for("the token", Duration::from_secs(10), || {
+        token_in(&dir.path().join("contoso.json")).is_some()
+    })
+    .await;
+    daemon.stop().await;
 }
