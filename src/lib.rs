@@ -11,7 +11,7 @@
 //!   loader that keeps going after a mistake. It reads the config file and nothing else.
 //! * [`cloud`]: which authority host and Power BI resource belong to each sovereign cloud.
 //! * [`credential`]: how a tenant proves itself, one file per kind (secret, certificate,
-//!   federated token; a managed identity is a GET that [`client`] sends), plus
+//!   federated token, Azure Key Vault; a managed identity is a GET that [`client`] sends), plus
 //!   [`credential::verify`], which `check` uses to read every file and variable a config names.
 //! * [`client`]: the HTTP call to the token endpoint: timeouts, a body cap, no redirects, a fresh
 //!   `client-request-id` per request.
