@@ -73,6 +73,54 @@ fn expiring() -> SimSecretAttributes {
     }
 }
 
+/// A config file in `dir` with `[key_vault]` reading through the simulator's managed identity,
+/// `[defaults]` naming `app-secret` in its vault, and `tenants` (TOML, `{vault}` replaced).
+fn write_vault_config(
+    sim: &SimEntra,
+    dir: &Path,
+    server: &str,
+    tenants: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("config.toml");
+    let text = format!(
+        r#"{server}
+[daemon]
+imds_endpoint = "{imds}"
+
+[key_vault]
+credential = "managed_identity"
+managed_identity = "system"
+
+[defaults]
+authority_host = "{authority}"
+client_id = "{CLIENT_ID}"
+client_secret = {{ key_vault = "{vault}/secrets/app-secret" }}
+sinks = [ {{ type = "file", path = "{tokens}/{{name}}.json" }} ]
+{tenants}"#,
+        imds = sim.imds_endpoint(),
+        authority = sim.authority_host(),
+        vault = sim.key_vault_url(),
+        tokens = dir.join("tokens").display(),
+        tenants = tenants.replace("{vault}", &sim.key_vault_url()),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// The certificate and key of `rsa_certificate_pem` stored as Key Vault stores a PEM
+/// certificate's secret.
+fn store_certificate(sim: &SimEntra, name: &str, pem: &str) {
+    sim.set_key_vault_secret(
+        name,
+        pem,
+        SimSecretAttributes {
+            content_type: Some("application/x-pem-file".to_owned()),
+            certificate: true,
+            ..SimSecretAttributes::default()
+        },
+    );
+}
+
 #[tokio::test]
 async fn one_read_serves_every_tenant_and_its_expiry_is_exported() {
     let names = ["contoso", "fabrikam", "northwind"];
@@ -181,32 +229,49 @@ fn federated_token(issuer: &str, subject: &str, audience: &str) -> String {
     format!("{header}.{claims}.c2lnbmF0dXJl")
 }
 
+/// The simulator's managed identity may read `app-secret`, which holds `SECRET`.
+fn readable_secret(sim: &SimEntra) -> String {
+    with_managed_identity(sim);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    format!("{}/secrets/app-secret", sim.key_vault_url())
+}
+
+/// A daemon with `tenants`, reading Key Vault every `refresh_interval`.
+async fn start_reading(
+    sim: &SimEntra,
+    tenants: Vec<TenantConfig>,
+    refresh_interval: Duration,
+) -> Running {
+    let mut config = config(tenants, daemon_knobs(sim));
+    config.key_vault = Some(managed_identity_reader(sim, refresh_interval));
+    start_daemon(config).await
+}
+
+/// Key Vault and Entra both move to a new secret, as a rotation does.
+fn rotate(sim: &SimEntra) {
+    sim.set_key_vault_secret(
+        "app-secret",
+        "rotated-secret-value",
+        SimSecretAttributes::default(),
+    );
+    set_secret(sim, "contoso.example.com", "rotated-secret-value");
+}
+
 #[tokio::test]
 async fn a_rotation_is_picked_up_after_the_refresh_interval() {
     // Tokens live 4 s (a refresh every 2 s); Key Vault is read again after 1 s.
     let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
-    with_managed_identity(&sim);
-    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
-    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
-    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
-    let mut config = config(
-        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
-        daemon_knobs(&sim),
-    );
-    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(1)));
-    let daemon = start_daemon(config).await;
+    let url = readable_secret(&sim);
+    let tenants = vec![vault_tenant(&sim, "contoso", dir.path(), &url)];
+    let daemon = start_reading(&sim, tenants, Duration::from_secs(1)).await;
     wait_for("the first token", Duration::from_secs(10), || {
         sim.issued_count("contoso.example.com") >= 1
     })
     .await;
 
     // Rotated: a new version in Key Vault, and Entra knows only the new secret.
-    sim.set_key_vault_secret(
-        "app-secret",
-        "rotated-secret-value",
-        SimSecretAttributes::default(),
-    );
-    set_secret(&sim, "contoso.example.com", "rotated-secret-value");
+    rotate(&sim);
     let issued = sim.issued_count("contoso.example.com");
     wait_for(
         "a token with the rotated secret",
@@ -229,29 +294,17 @@ async fn a_rotation_is_picked_up_after_the_refresh_interval() {
 #[tokio::test]
 async fn a_rejected_secret_is_read_again_at_once() {
     let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
-    with_managed_identity(&sim);
-    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
-    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
-    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let url = readable_secret(&sim);
     // Read once an hour: only the rejection can bring the new value within the test.
-    let mut config = config(
-        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
-        daemon_knobs(&sim),
-    );
-    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
-    let daemon = start_daemon(config).await;
+    let tenants = vec![vault_tenant(&sim, "contoso", dir.path(), &url)];
+    let daemon = start_reading(&sim, tenants, Duration::from_secs(3600)).await;
     wait_for("the first token", Duration::from_secs(10), || {
         sim.issued_count("contoso.example.com") >= 1
     })
     .await;
     // Let the cached read age past the guard against re-reading at every retry.
     let read_at = std::time::Instant::now();
-    sim.set_key_vault_secret(
-        "app-secret",
-        "rotated-secret-value",
-        SimSecretAttributes::default(),
-    );
-    set_secret(&sim, "contoso.example.com", "rotated-secret-value");
+    rotate(&sim);
     let issued = sim.issued_count("contoso.example.com");
     wait_for(
         "AADSTS7000215, a second read and a token",
@@ -317,37 +370,13 @@ async fn no_vault_token_secret_or_key_reaches_the_log_at_trace_level() {
     sim.set_key_vault_secret("app-secret", SECRET, expiring());
     let (pem, der) = rsa_certificate_pem();
     sim.add_certificate("certified.example.com", CLIENT_ID, der);
-    sim.set_key_vault_secret(
-        "app-cert",
-        &pem,
-        SimSecretAttributes {
-            content_type: Some("application/x-pem-file".to_owned()),
-            certificate: true,
-            ..SimSecretAttributes::default()
-        },
-    );
+    store_certificate(&sim, "app-cert", &pem);
     sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
-    let tokens = dir.path().join("tokens");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-
-[daemon]
-imds_endpoint = "{imds}"
-
-[key_vault]
-credential = "managed_identity"
-managed_identity = "system"
-
-[defaults]
-authority_host = "{authority}"
-client_id = "{CLIENT_ID}"
-client_secret = {{ key_vault = "{vault}/secrets/app-secret" }}
-sinks = [ {{ type = "file", path = "{tokens}/{{name}}.json" }} ]
-
+    let config = write_vault_config(
+        &sim,
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+        r#"
 [[tenant]]
 name = "contoso"
 tenant_id = "contoso.example.com"
@@ -355,20 +384,14 @@ tenant_id = "contoso.example.com"
 [[tenant]]
 name = "refused"
 tenant_id = "contoso.example.com"
-client_secret = {{ key_vault = "{vault}/secrets/missing" }}
+client_secret = { key_vault = "{vault}/secrets/missing" }
 
 [[tenant]]
 name = "certified"
 tenant_id = "certified.example.com"
-client_certificate = {{ key_vault = "{vault}/secrets/app-cert" }}
+client_certificate = { key_vault = "{vault}/secrets/app-cert" }
 "#,
-            imds = sim.imds_endpoint(),
-            authority = sim.authority_host(),
-            vault = sim.key_vault_url(),
-            tokens = tokens.display(),
-        ),
-    )
-    .unwrap();
+    );
     let log = dir.path().join("daemon.log");
     let mut daemon = Spawned::run(&config, &log, "trace", &[]);
     wait_for(
@@ -423,15 +446,7 @@ async fn a_certificate_in_key_vault_signs_the_assertion() {
     with_managed_identity(&sim);
     let (pem, der) = rsa_certificate_pem();
     sim.add_certificate("contoso.example.com", CLIENT_ID, der);
-    sim.set_key_vault_secret(
-        "app-cert",
-        &pem,
-        SimSecretAttributes {
-            content_type: Some("application/x-pem-file".to_owned()),
-            certificate: true,
-            ..SimSecretAttributes::default()
-        },
-    );
+    store_certificate(&sim, "app-cert", &pem);
     sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
     let url = format!("{}/secrets/app-cert", sim.key_vault_url());
     let mut tenant = tenant(&sim, "contoso", "contoso.example.com", dir.path());
@@ -480,23 +495,11 @@ async fn check_online_reads_each_secret_once_and_reports_what_is_wrong() {
         },
     );
     sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-imds_endpoint = "{imds}"
-
-[key_vault]
-credential = "managed_identity"
-managed_identity = "system"
-
-[defaults]
-authority_host = "{authority}"
-client_id = "{CLIENT_ID}"
-client_secret = {{ key_vault = "{vault}/secrets/app-secret" }}
-sinks = [ {{ type = "file", path = "tokens/{{name}}.json" }} ]
-
+    let config = write_vault_config(
+        &sim,
+        dir.path(),
+        "",
+        r#"
 [[tenant]]
 name = "contoso"
 tenant_id = "contoso.example.com"
@@ -508,19 +511,14 @@ tenant_id = "contoso.example.com"
 [[tenant]]
 name = "stale"
 tenant_id = "contoso.example.com"
-client_secret = {{ key_vault = "{vault}/secrets/old-secret" }}
+client_secret = { key_vault = "{vault}/secrets/old-secret" }
 
 [[tenant]]
 name = "gone"
 tenant_id = "contoso.example.com"
-client_secret = {{ key_vault = "{vault}/secrets/deleted" }}
+client_secret = { key_vault = "{vault}/secrets/deleted" }
 "#,
-            imds = sim.imds_endpoint(),
-            authority = sim.authority_host(),
-            vault = sim.key_vault_url(),
-        ),
-    )
-    .unwrap();
+    );
     let run = |online: bool| {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
