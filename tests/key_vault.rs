@@ -58,6 +58,19 @@ fn vault_tenant(sim: &SimEntra, name: &str, dir: &Path, url: &str) -> TenantConf
     tenant
 }
 
+/// A tenant whose client certificate is the PEM secret `url` in Key Vault.
+fn vault_certificate_tenant(sim: &SimEntra, name: &str, dir: &Path, url: &str) -> TenantConfig {
+    let mut tenant = tenant(sim, name, &format!("{name}.example.com"), dir);
+    tenant.credential = CredentialConfig::Certificate(powerbi_tokend::config::CertificateConfig {
+        cert: url.into(),
+        key: url.into(),
+        algorithm: Default::default(),
+        send_x5c: false,
+        key_vault: Some(url.to_owned()),
+    });
+    tenant
+}
+
 fn daemon_knobs(sim: &SimEntra) -> DaemonConfig {
     DaemonConfig {
         imds_endpoint: sim.imds_endpoint(),
@@ -168,8 +181,12 @@ async fn one_read_serves_every_tenant_and_its_expiry_is_exported() {
 }
 
 #[tokio::test]
-async fn a_workload_identity_reads_the_vault_too() {
-    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+async fn a_workload_identity_reads_secrets_and_certificates_too() {
+    let Fixture { sim, dir } = fixture(
+        &["contoso.example.com", "fabrikam.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
     // The reading identity is an app of the vault's own directory, federated with a
     // Kubernetes service account.
     let vault_tenant_id = sim.key_vault_tenant();
@@ -191,6 +208,9 @@ async fn a_workload_identity_reads_the_vault_too() {
     let token_file = dir.path().join("azure-identity-token");
     std::fs::write(&token_file, federated_token(issuer, subject, audience)).unwrap();
     sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    let (pem, der) = rsa_certificate_pem();
+    sim.add_certificate("fabrikam.example.com", CLIENT_ID, der);
+    store_certificate(&sim, "app-cert", &pem);
     sim.grant_key_vault_access(CLIENT_ID);
 
     let mut identity = tenant(&sim, "key_vault", &vault_tenant_id, dir.path());
@@ -198,8 +218,12 @@ async fn a_workload_identity_reads_the_vault_too() {
     identity.resource = "https://vault.azure.net".into();
     identity.credential = CredentialConfig::WorkloadIdentity { token_file };
     let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let certificate_url = format!("{}/secrets/app-cert", sim.key_vault_url());
     let mut config = config(
-        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
+        vec![
+            vault_tenant(&sim, "contoso", dir.path(), &url),
+            vault_certificate_tenant(&sim, "fabrikam", dir.path(), &certificate_url),
+        ],
         daemon_knobs(&sim),
     );
     config.key_vault = Some(KeyVaultConfig {
@@ -207,12 +231,18 @@ async fn a_workload_identity_reads_the_vault_too() {
         refresh_interval: Duration::from_secs(3600),
     });
     let daemon = start_daemon(config).await;
-    wait_for("the token", Duration::from_secs(10), || {
+    wait_for("both tokens", Duration::from_secs(10), || {
         token_in(&dir.path().join("contoso.json")).is_some()
+            && token_in(&dir.path().join("fabrikam.json")).is_some()
     })
     .await;
     assert_eq!(sim.last_key_vault_caller().as_deref(), Some(CLIENT_ID));
     assert_eq!(sim.key_vault_read_count("app-secret"), 1);
+    assert_eq!(sim.key_vault_read_count("app-cert"), 1);
+    assert_eq!(
+        sim.last_assertion("fabrikam.example.com").unwrap().claims["iss"],
+        CLIENT_ID
+    );
     daemon.stop().await;
 }
 
@@ -449,14 +479,7 @@ async fn a_certificate_in_key_vault_signs_the_assertion() {
     store_certificate(&sim, "app-cert", &pem);
     sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
     let url = format!("{}/secrets/app-cert", sim.key_vault_url());
-    let mut tenant = tenant(&sim, "contoso", "contoso.example.com", dir.path());
-    tenant.credential = CredentialConfig::Certificate(powerbi_tokend::config::CertificateConfig {
-        cert: url.clone().into(),
-        key: url.clone().into(),
-        algorithm: Default::default(),
-        send_x5c: false,
-        key_vault: Some(url),
-    });
+    let tenant = vault_certificate_tenant(&sim, "contoso", dir.path(), &url);
     let mut config = config(vec![tenant], daemon_knobs(&sim));
     config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
     let daemon = start_daemon(config).await;
