@@ -1,6 +1,7 @@
 //! A mutation fuzzer on stable Rust for the parsers that read what others send: the token
 //! endpoint's success body, its error bodies, the sanitiser every server text goes through,
-//! `Retry-After`, and the configuration file.
+//! `Retry-After`, the configuration file, and Power BI's answers (probe, `GenerateToken`, stored
+//! embed tokens).
 //!
 //! No new crates and no coverage instrumentation: each target has a seed corpus of real inputs
 //! (what the simulated Entra ID sends, error bodies from its catalogue, proxy pages, HTTP dates,
@@ -2828,4 +2829,164 @@ fn checks_reject_what_they_should() {
     );
     assert_eq!(violation.detail, "not empty");
     assert!(execute(&target, b"", &()).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target: Power BI answers (probe classification, GenerateToken, stored embed tokens)
+// ---------------------------------------------------------------------------------------------
+
+/// What a Power BI answer comes with besides its body: the status, the bearer token that was
+/// sent (which a hostile server may echo), and the Entra token's expiry.
+#[derive(Clone, Debug)]
+struct PowerBiContext {
+    status: u16,
+    bearer: String,
+    entra_expires_on: i64,
+}
+
+fn powerbi_context(rng: &mut Rng) -> PowerBiContext {
+    PowerBiContext {
+        status: *pick(
+            rng,
+            &[&200u16, &200, &401, &403, &404, &429, &500, &302, &400],
+        ),
+        bearer: jwt(rng, NOW + 3600),
+        entra_expires_on: match rng.u8(..4) {
+            0 => NOW - 60,
+            1 => NOW + 1,
+            _ => NOW + rng.i64(60..7200),
+        },
+    }
+}
+
+fn powerbi_seeds() -> Vec<Vec<u8>> {
+    [
+        r#"{"value":[{"id":"3d9b93c6-0000-4801-a491-000000000001","isReadOnly":false,"name":"Sales"}]}"#,
+        r#"{"error":{"code":"PowerBINotAuthorizedException","pbi.error":{"code":"PowerBINotAuthorizedException","parameters":{},"details":[],"exceptionCulprit":1}}}"#,
+        r#"{"error":{"code":"TokenExpired","message":"Access token has expired, resubmit with a new access token"}}"#,
+        r#"{"token":"H4sIAAAAAAAEAB2Wxw6sVgJ","tokenId":"49ae3742-0000-4c29-af52-000000000006","expiration":"2026-01-01T01:00:00Z"}"#,
+        r#"{"token":"H4sI","token_id":"x","expiration":"2026-01-01T01:00:00Z","expires_on":1767229200,"issued_on":1767225600,"tenant":"contoso","embed":"sales","reports":["5b218778-0000-4b8a-9c7c-000000000004"],"datasets":[],"access_level":"View"}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
+
+fn generate_powerbi(rng: &mut Rng, context: &PowerBiContext) -> Vec<u8> {
+    let echo = if rng.bool() {
+        context.bearer.clone()
+    } else {
+        tricky_text(rng, 4)
+    };
+    let expiration =
+        powerbi_tokend::clock::rfc3339_unix(NOW + rng.i64(-7200..7200)).unwrap_or_default();
+    let guid = random_guid(rng);
+    let text = tricky_text(rng, 3);
+    let fields = [
+        ("token".to_owned(), json_string(&echo)),
+        ("tokenId".to_owned(), json_string(&guid)),
+        ("expiration".to_owned(), json_string(&expiration)),
+        (
+            "error".to_owned(),
+            format!(
+                r#"{{"code":{},"message":{}}}"#,
+                json_string(&echo),
+                json_string(&text)
+            ),
+        ),
+    ];
+    json_object(rng, &fields)
+}
+
+fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violation> {
+    use powerbi_tokend::client::ApiAnswer;
+    use powerbi_tokend::powerbi::{embed, probe};
+    let answer = ApiAnswer {
+        status: context.status,
+        request_id: None,
+        error_info: None,
+        retry_after: None,
+        www_authenticate: None,
+        body: body.to_vec(),
+    };
+    let classified = probe::classify(&answer, &[&context.bearer]);
+    if let Err(failure) = &classified {
+        let shown = format!("{} {:?}", failure.message, failure.code);
+        if shown.contains(&context.bearer) {
+            return Err(Violation::new("the bearer token is never shown", shown));
+        }
+        if failure
+            .code
+            .as_ref()
+            .is_some_and(|code| code.chars().count() > 96)
+        {
+            return Err(Violation::new("error codes are short", shown));
+        }
+    }
+    let now = unix_to_system(NOW);
+    let made = embed::parse_response(body, now, context.entra_expires_on);
+    if let Ok(token) = &made {
+        if token.expires_on > context.entra_expires_on || token.expires_on <= NOW {
+            return Err(Violation::new(
+                "an embed token expires after now and never after the Entra token",
+                format!("{} (entra {})", token.expires_on, context.entra_expires_on),
+            ));
+        }
+        let _ = token.refresh_point(0.5);
+    }
+    let tenant = config::TenantConfig::entra(
+        "contoso",
+        "contoso.example.com",
+        "c",
+        config::SecretSource::Env("S".to_owned()),
+        "https://login.microsoftonline.com",
+        std::path::PathBuf::from("/tmp/contoso.json"),
+    );
+    let embed = config::EmbedConfig {
+        name: "sales".to_owned(),
+        reports: vec!["5b218778-0000-4b8a-9c7c-000000000004".to_owned()],
+        datasets: Vec::new(),
+        target_workspaces: Vec::new(),
+        access_level: config::AccessLevel::View,
+        lifetime: None,
+        sinks: Vec::new(),
+    };
+    let stored = embed::parse_existing(body, &tenant, &embed);
+    if let Some(token) = &stored {
+        if token.issued_on >= token.expires_on {
+            return Err(Violation::new(
+                "a stored embed token was issued before it expires",
+                format!("{} {}", token.issued_on, token.expires_on),
+            ));
+        }
+        let _ = token.refresh_point(0.5);
+    }
+    Ok(format!(
+        "{}:{}:{}",
+        classified.map_or_else(|f| f.reason.as_str().to_owned(), |()| "ok".to_owned()),
+        made.is_ok(),
+        stored.is_some()
+    ))
+}
+
+#[test]
+fn fuzz_powerbi_answers() {
+    fuzz(Target {
+        name: "powerbi_answers",
+        seeds: powerbi_seeds(),
+        dictionary: [
+            "\"pbi.error\"",
+            "\"tokenId\"",
+            "\"expiration\"",
+            "T00:00:00Z",
+            "+14:00",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
+        max_len: 64 * 1024,
+        context: powerbi_context,
+        generate: generate_powerbi,
+        check: check_powerbi,
+    });
 }
