@@ -1,0 +1,170 @@
+//! `probe`, `powerbi_api` and `[[tenant.embed]]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::super::*;
+use super::{MINIMAL, parse_err, parse_ok};
+
+#[test]
+fn probe_defaults_cloud_roots_and_overrides() {
+    let config = parse_ok(&format!(
+        "{MINIMAL}cloud = \"gcchigh\"\nprobe = true\n\n[[tenant]]\nname = \"fabrikam\"\ntenant_id = \"fabrikam.example.com\"\npowerbi_api = \"http://127.0.0.1:9/\"\nprobe = {{ interval = \"90s\", path = \"/v1.0/myorg/reports\" }}\n\n[[tenant]]\nname = \"plain\"\ntenant_id = \"plain.example.com\"\n"
+    ));
+    let powerbi = config.tenants[0]
+        .powerbi
+        .as_deref()
+        .expect("contoso probes");
+    assert_eq!(&*powerbi.api_root, "https://api.high.powerbigov.us");
+    assert_eq!(
+        powerbi.probe,
+        Some(ProbeConfig {
+            interval: Duration::from_secs(15 * 60),
+            path: "/v1.0/myorg/groups?$top=1".to_owned(),
+        })
+    );
+    let powerbi = config.tenants[1]
+        .powerbi
+        .as_deref()
+        .expect("fabrikam probes");
+    assert_eq!(&*powerbi.api_root, "http://127.0.0.1:9");
+    assert_eq!(
+        powerbi.probe,
+        Some(ProbeConfig {
+            interval: Duration::from_secs(90),
+            path: "/v1.0/myorg/reports".to_owned(),
+        })
+    );
+    assert_eq!(config.tenants[2].powerbi, None);
+
+    // `[defaults]` turns it on, a tenant turns it off.
+    let config = parse_ok(&MINIMAL.replace(
+        "[[tenant]]\nname = \"contoso\"",
+        "probe = { interval = \"5m\" }\n\n[[tenant]]\nprobe = false\nname = \"contoso\"",
+    ));
+    assert_eq!(config.tenants[0].powerbi, None);
+}
+
+#[test]
+fn probe_mistakes_are_reported_with_their_keys() {
+    let err = parse_err(&format!(
+        "{MINIMAL}probe = {{ interval = \"2d\", path = \"https://evil.example/x\", colour = 1 }}\npowerbi_api = \"http://api.example.com\"\n"
+    ));
+    let shown = err.to_string();
+    for expected in [
+        "tenant \"contoso\": probe.interval: expected a duration between 1s and 24h",
+        "tenant \"contoso\": probe.path: expected a path under the API root",
+        "tenant \"contoso\": probe.colour: unknown key",
+        "tenant \"contoso\": powerbi_api: \"http://api.example.com\" uses http",
+    ] {
+        assert!(shown.contains(expected), "{expected}\n{shown}");
+    }
+    let err = parse_err(&format!("{MINIMAL}probe = \"yes\"\n"));
+    assert!(
+        err.to_string().contains("expected true, false or {"),
+        "{err}"
+    );
+    // A token for another resource cannot show Power BI access.
+    let err = parse_err(&format!(
+        "{MINIMAL}probe = true\nresource = \"https://graph.microsoft.com\"\n"
+    ));
+    assert!(
+        err.to_string().contains("the probe calls the Power BI API"),
+        "{err}"
+    );
+}
+
+const REPORT: &str = "5b218778-0000-4b8a-9c7c-000000000004";
+const DATASET: &str = "cfafbeb1-0000-4d0c-896e-000000000003";
+const WORKSPACE: &str = "f089354e-0000-4e18-aea3-000000000005";
+
+#[test]
+fn embed_tokens_with_placeholders_and_access_levels() {
+    let config = parse_ok(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "sales"
+reports = ["{REPORT}"]
+datasets = ["{DATASET}"]
+lifetime = "30m"
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+
+[[tenant.embed]]
+name = "author"
+reports = ["{REPORT}"]
+target_workspaces = ["{WORKSPACE}"]
+access_level = "Create"
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}-{{embed}}.json", format = "raw" }} ]
+"#
+    ));
+    let powerbi = config.tenants[0].powerbi.as_deref().expect("embeds");
+    assert_eq!(powerbi.probe, None);
+    assert_eq!(&*powerbi.api_root, "https://api.powerbi.com");
+    let [sales, author] = powerbi.embeds.as_slice() else {
+        panic!("two embeds: {:?}", powerbi.embeds);
+    };
+    assert_eq!(sales.name, "sales");
+    assert_eq!(sales.reports, [REPORT]);
+    assert_eq!(sales.datasets, [DATASET]);
+    assert_eq!(sales.access_level, AccessLevel::View);
+    assert_eq!(sales.lifetime, Some(Duration::from_secs(1800)));
+    assert_eq!(
+        sales.sinks[0].destination(),
+        Destination::File(PathBuf::from("/tmp/t/contoso.sales.embed.json"))
+    );
+    assert_eq!(author.access_level, AccessLevel::Create);
+    assert_eq!(author.target_workspaces, [WORKSPACE]);
+    assert_eq!(
+        author.sinks[0].destination(),
+        Destination::File(PathBuf::from("/tmp/t/contoso-author.json"))
+    );
+}
+
+#[test]
+fn embed_mistakes_are_all_reported() {
+    let err = parse_err(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "a b"
+reports = ["not-a-guid"]
+access_level = "Admin"
+lifetime = "90m"
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.json" }} ]
+
+[[tenant.embed]]
+name = "empty"
+access_level = "Create"
+sinks = []
+
+[[tenant.embed]]
+reports = ["{REPORT}"]
+"#
+    ));
+    let shown = err.to_string();
+    for expected in [
+        "tenant \"contoso\": embed \"a b\".name: \"a b\" is not a valid name",
+        "tenant \"contoso\": embed \"a b\".reports: expected GUIDs",
+        "tenant \"contoso\": embed \"a b\".access_level: expected \"View\", \"Edit\" or \"Create\"",
+        "tenant \"contoso\": embed \"a b\".lifetime: expected whole minutes between 1m and 60m",
+        "tenant \"contoso\": embed \"empty\": names no report and no dataset",
+        "tenant \"contoso\": embed \"empty\".target_workspaces: access_level = \"Create\" needs",
+        "tenant \"contoso\": embed \"empty\".sinks: is empty",
+        "tenant \"contoso\": embed[2].name: missing",
+    ] {
+        assert!(shown.contains(expected), "{expected}\n{shown}");
+    }
+    // An embed token written over the tenant's own token file: one writer per file.
+    let err = parse_err(&format!(
+        "{MINIMAL}\n[[tenant.embed]]\nname = \"x\"\nreports = [\"{REPORT}\"]\nsinks = [ {{ type = \"file\", path = \"/tmp/t/{{name}}.json\" }} ]\n"
+    ));
+    assert!(err.to_string().contains("/tmp/t/contoso.json"), "{err}");
+    let err = parse_err(&MINIMAL.replace(
+        "[[tenant]]",
+        &format!("embed = [ {{ name = \"x\", reports = [\"{REPORT}\"] }} ]\n\n[[tenant]]"),
+    ));
+    assert!(
+        err.to_string()
+            .contains("`embed` belongs in a [[tenant]], not in [defaults]"),
+        "{err}"
+    );
+}
