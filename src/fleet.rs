@@ -22,7 +22,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{FleetConfig, TenantConfig};
 use crate::sink::file::MAX_TOKEN_FILE_BYTES;
-use crate::sink::format::{json_document, parse_existing};
+use crate::sink::format::{Document, json_text, parse_existing};
 use crate::store::{Store, StoreError};
 use crate::token::AccessToken;
 
@@ -159,9 +159,9 @@ impl Fleet {
         tenant: &TenantConfig,
         token: &AccessToken,
     ) -> Result<(), StoreError> {
-        let mut document = json_document(tenant, token);
-        document["refreshed_by"] = serde_json::Value::from(&*self.replica_id);
-        let text = secrecy::SecretString::from(document.to_string());
+        let mut document = Document::new(tenant, token);
+        document.refreshed_by = Some(&self.replica_id);
+        let text = secrecy::SecretString::from(json_text(&document));
         drop(document);
         self.store
             .write_newer(

@@ -206,8 +206,11 @@ impl Daemon {
         let observer: Arc<dyn Observer> = metrics.clone();
         let mut supervisor =
             Supervisor::new(shared_for(&config, Some(observer))?, registry.clone());
-        sink::clean_up(&config.tenants).await;
-        let started = supervisor.reconcile(&mut config.tenants, false).await;
+        let on_disk = sink::clean_up(&config.tenants).await;
+        let started = supervisor
+            .reconcile(&mut config.tenants, false, on_disk.as_ref())
+            .await;
+        drop(on_disk);
         tracing::info!(
             tenants = started.added.len(),
             config = %config.path.display(),
@@ -337,11 +340,12 @@ impl Daemon {
                 }
             }
         }
-        sink::clean_up(&new.tenants).await;
+        let on_disk = sink::clean_up(&new.tenants).await;
         let result = self
             .supervisor
-            .reconcile(&mut new.tenants, restart_all)
+            .reconcile(&mut new.tenants, restart_all, on_disk.as_ref())
             .await;
+        drop(on_disk);
         // The next scrape follows the new per-tenant metrics mode.
         self.metrics
             .set_per_tenant_metrics(new.server.per_tenant_metrics);

@@ -23,9 +23,10 @@
 
 use futures_util::FutureExt;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -246,8 +247,15 @@ impl<T: Stepper> Timetable<T> {
     }
 
     /// Adds a tenant whose first step is due at once; returns its slot.
+    #[cfg(test)]
     fn add(&self, seed: T::Seed, status: StatusHandle) -> u32 {
         let stepper = Box::new(T::fresh(&seed));
+        self.add_made(seed, status, stepper)
+    }
+
+    /// Adds a tenant, made from `seed` by the caller, whose first step is due at once; returns
+    /// its slot.
+    fn add_made(&self, seed: T::Seed, status: StatusHandle, stepper: Box<T>) -> u32 {
         let now = Instant::now();
         let slot = {
             let mut table = self.lock();
@@ -623,10 +631,15 @@ impl Supervisor {
     ///
     /// An unchanged tenant's entry in `tenants` is replaced by the settings it runs with (equal
     /// by value), so the reloaded copy is freed at once instead of living on beside it.
+    ///
+    /// `on_disk`: the token files that may exist (from [`crate::sink::clean_up`]); a tenant
+    /// started now none of whose files is among them skips reading them for its warm start.
+    /// `None`: unknown, every tenant reads its files.
     pub async fn reconcile(
         &mut self,
         tenants: &mut [Arc<TenantConfig>],
         restart_all: bool,
+        on_disk: Option<&HashSet<PathBuf>>,
     ) -> Reconciled {
         let mut result = Reconciled::default();
         let wanted: HashMap<&str, &Arc<TenantConfig>> =
@@ -660,13 +673,13 @@ impl Supervisor {
                 }
                 None => result.added.push(tenant.name.clone()),
             }
-            self.start(tenant.clone());
+            self.start(tenant.clone(), on_disk);
         }
         result.removed.sort();
         result
     }
 
-    fn start(&mut self, config: Arc<TenantConfig>) {
+    fn start(&mut self, config: Arc<TenantConfig>, on_disk: Option<&HashSet<PathBuf>>) {
         let status = self.registry.insert(&config.name);
         // The tenant is made here, not in its first step, so its status (credential expiry) is
         // filled in before `reconcile` returns.
@@ -675,7 +688,11 @@ impl Supervisor {
             shared: self.shared.clone(),
             status: status.clone(),
         };
-        let slot = self.timetable.add(seed, status);
+        let mut tenant = Box::new(Tenant::fresh(&seed));
+        if let Some(present) = on_disk {
+            tenant.note_files_on_disk(present);
+        }
+        let slot = self.timetable.add_made(seed, status, tenant);
         self.running.insert(Running(config), slot);
     }
 
@@ -964,10 +981,10 @@ mod tests {
         };
         let mut supervisor = Supervisor::new(shared, Registry::new());
         let mut first = vec![config()];
-        supervisor.reconcile(&mut first, false).await;
+        supervisor.reconcile(&mut first, false, None).await;
         let mut reloaded = vec![config()];
         assert!(!Arc::ptr_eq(&first[0], &reloaded[0]));
-        let result = supervisor.reconcile(&mut reloaded, false).await;
+        let result = supervisor.reconcile(&mut reloaded, false, None).await;
         assert_eq!(result.unchanged, 1);
         assert!(Arc::ptr_eq(&first[0], &reloaded[0]));
         assert!(supervisor.shutdown(Duration::from_secs(5)).await);

@@ -11,8 +11,9 @@ impl Loader<'_> {
     /// sinks only with a `[redis]` section.
     pub(super) fn cross_tenant_rules(&mut self, has_redis: bool) {
         let seen = std::mem::take(&mut self.seen);
-        let mut names: HashMap<&str, Option<usize>> = HashMap::new();
-        let mut destinations: HashMap<&Destination, &str> = HashMap::new();
+        // Sized up front: growing them tenant by tenant rehashes every entry again and again.
+        let mut names: HashMap<&str, Option<usize>> = HashMap::with_capacity(seen.len());
+        let mut destinations: HashMap<&Destination, &str> = HashMap::with_capacity(seen.len());
         for (name, line, sink_destinations) in &seen {
             if let Some(first_line) = names.get(name.as_str()) {
                 let first = first_line

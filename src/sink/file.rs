@@ -183,42 +183,78 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileS
 }
 
 /// Removes temp files interrupted writes left next to any of `paths`; returns how many.
-///
-/// Each directory is read once, so ten thousand tenants sharing a directory cost one scan. Only
-/// names this writer produces match (`.<configured file>.tmp-<digits>-<16 hex>-<digits>`), and a
-/// configured file itself is never touched. A temp file whose lock is held is a write in flight
-/// (of this process during a reload, or of `once` next to a running daemon) and is kept.
 pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
-    let mut prefixes: HashMap<&Path, Vec<String>> = HashMap::new();
+    scan(paths).removed
+}
+
+/// What one look at the token directories found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Temp files of interrupted writes removed.
+    pub removed: usize,
+    /// The configured files that may exist: those the listing showed, and every file of a
+    /// directory that could not be listed for another reason than not existing. A path not in
+    /// it was not there when its directory was read.
+    pub present: HashSet<PathBuf>,
+}
+
+/// Reads each directory of `paths` once: removes the temp files interrupted writes left there
+/// and notes which of `paths` exist, so start-up neither asks the file system about each of ten
+/// thousand absent files nor hands a read of each to the blocking pool.
+///
+/// Only names this writer produces match (`.<configured file>.tmp-<digits>-<16 hex>-<digits>`),
+/// and a configured file itself is never touched. A temp file whose lock is held is a write in
+/// flight (of this process during a reload, or of `once` next to a running daemon) and is kept.
+pub fn scan(paths: &[PathBuf]) -> Scan {
+    let mut directories: HashMap<&Path, Vec<&Path>> = HashMap::new();
     for path in paths {
         let dir = path.parent().unwrap_or(Path::new("."));
-        prefixes.entry(dir).or_default().push(temp_prefix(path));
+        directories.entry(dir).or_default().push(path);
     }
-    let targets: HashSet<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    let mut removed = 0;
-    for (dir, prefixes) in prefixes {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let prefixes: HashSet<&str> = prefixes.iter().map(String::as_str).collect();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if targets.contains(path.as_path()) || !is_our_temp(&name, &prefixes) {
+    let mut scan = Scan::default();
+    for (dir, files) in directories {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            // Not there yet: neither are its files.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => {
+                scan.present
+                    .extend(files.iter().map(|file| file.to_path_buf()));
                 continue;
             }
-            if writer_gone(&path) && std::fs::remove_file(&path).is_ok() {
-                removed += 1;
+        };
+        let targets: HashSet<&std::ffi::OsStr> =
+            files.iter().filter_map(|file| file.file_name()).collect();
+        let mut prefixes: Option<HashSet<String>> = None;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if targets.contains(name.as_os_str()) {
+                scan.present.insert(entry.path());
+                continue;
+            }
+            let text = name.to_string_lossy();
+            if !text.starts_with('.') || !text.contains(".tmp-") {
+                continue;
+            }
+            // Built at the first candidate only: a directory without leftovers (the usual
+            // case) costs no string per configured file.
+            let prefixes = prefixes
+                .get_or_insert_with(|| files.iter().map(|file| temp_prefix(file)).collect());
+            let path = entry.path();
+            if is_our_temp(&text, prefixes)
+                && writer_gone(&path)
+                && std::fs::remove_file(&path).is_ok()
+            {
+                scan.removed += 1;
             }
         }
     }
-    removed
+    scan
 }
 
 /// `.<file>.tmp-<pid>-<nonce>-<n>` for one of `prefixes` (each `.<file>.tmp-`), exactly as
 /// [`write_atomic`] names them.
-fn is_our_temp(name: &str, prefixes: &HashSet<&str>) -> bool {
+fn is_our_temp(name: &str, prefixes: &HashSet<String>) -> bool {
     let Some(at) = name.rfind(".tmp-").map(|at| at + ".tmp-".len()) else {
         return false;
     };
@@ -425,6 +461,23 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"keep");
         drop(holder);
         assert_eq!(remove_stale_temps(std::slice::from_ref(&path)), 1);
+    }
+
+    #[test]
+    fn the_scan_says_which_configured_files_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("there.json");
+        let absent = dir.path().join("absent.json");
+        let unborn = dir.path().join("not-yet").join("t.json");
+        std::fs::write(&there, "{}").unwrap();
+        // A leftover of the absent file's interrupted write is not the file.
+        let leftover = dir.path().join(".absent.json.tmp-1-00000000deadbeef-4");
+        std::fs::write(&leftover, "x").unwrap();
+        std::fs::write(dir.path().join("unrelated.json"), "{}").unwrap();
+        let scan = scan(&[there.clone(), absent, unborn]);
+        assert_eq!(scan.removed, 1);
+        assert!(!leftover.exists());
+        assert_eq!(scan.present, HashSet::from([there]));
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod file;
 pub mod format;
 pub mod redis;
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{SinkConfig, TenantConfig};
@@ -84,9 +86,11 @@ impl Sink {
 
 /// Removes leftovers of interrupted writes (temp files from a crash) next to every configured
 /// file, reading each directory once however many tenants write into it, and narrows existing
-/// token files whose mode is wider than configured.
-pub async fn clean_up(tenants: &[Arc<TenantConfig>]) {
-    let files: Vec<(std::path::PathBuf, u32)> = tenants
+/// token files whose mode is wider than configured. Returns the configured files that may exist
+/// (see [`file::Scan::present`]): a tenant whose files are not among them has nothing on disk to
+/// warm-start from. `None` if the look failed (read every file then).
+pub async fn clean_up(tenants: &[Arc<TenantConfig>]) -> Option<HashSet<PathBuf>> {
+    let files: Vec<(PathBuf, u32)> = tenants
         .iter()
         .flat_map(|tenant| tenant.sinks.iter())
         .filter_map(|sink| match sink {
@@ -94,11 +98,11 @@ pub async fn clean_up(tenants: &[Arc<TenantConfig>]) {
             SinkConfig::Redis(_) => None,
         })
         .collect();
-    let (removed, tightened) = tokio::task::spawn_blocking(move || {
+    let (removed, tightened, present) = tokio::task::spawn_blocking(move || {
         let paths: Vec<_> = files.iter().map(|(path, _)| path.clone()).collect();
-        let removed = file::remove_stale_temps(&paths);
+        let file::Scan { removed, present } = file::scan(&paths);
         let mut tightened = 0;
-        for (path, mode) in &files {
+        for (path, mode) in files.iter().filter(|(path, _)| present.contains(path)) {
             match file::tighten_mode(path, *mode) {
                 Ok(changed) => tightened += usize::from(changed),
                 Err(err) => {
@@ -106,10 +110,10 @@ pub async fn clean_up(tenants: &[Arc<TenantConfig>]) {
                 }
             }
         }
-        (removed, tightened)
+        (removed, tightened, Some(present))
     })
     .await
-    .unwrap_or((0, 0));
+    .unwrap_or((0, 0, None));
     if removed > 0 {
         tracing::info!(removed, "removed temp files left by an interrupted write");
     }
@@ -119,4 +123,5 @@ pub async fn clean_up(tenants: &[Arc<TenantConfig>]) {
             "narrowed token files whose mode was wider than configured"
         );
     }
+    present
 }
