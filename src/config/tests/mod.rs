@@ -967,6 +967,37 @@ unknown_key = 1
     assert_eq!(split.tenants[2].line, Some(19));
 }
 
+/// A file large enough to be parsed on a second thread reads like the whole file too: the
+/// same tenants in the same order, the same problems on the same lines.
+#[test]
+fn a_large_file_parsed_ahead_reads_like_the_whole_file() {
+    let mut text = String::from(
+        "[defaults]\nclient_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret = { env = \"S\" }\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n",
+    );
+    let tenants = 1500;
+    for i in 0..tenants {
+        text.push_str(&format!(
+            "\n[[tenant]]\nname = \"t{i}\"\ntenant_id = \"t{i}.example.com\"\n"
+        ));
+    }
+    let env = [("S", "secret")];
+    let split = parse_env(&text, &env).unwrap();
+    let whole = parse_env(&format!("{text}# '''\n"), &env).unwrap();
+    assert_eq!(split.tenants, whole.tenants);
+    assert_eq!(split.tenants.len(), tenants);
+    assert_eq!(split.tenants[1499].name, "t1499");
+    assert_eq!(split.tenants[1499].line, Some(6 + 4 * 1499));
+
+    let broken = text
+        .replace("name = \"t3\"\n", "name = \"t3\"\nrefresh_at = 1.5\n")
+        .replace("name = \"t700\"\n", "name = \"t700\"\nunknown_key = 1\n")
+        .replace("name = \"t1499\"", "name = \"t0\"");
+    let split = parse_env(&broken, &env).unwrap_err();
+    let whole = parse_env(&format!("{broken}# '''\n"), &env).unwrap_err();
+    assert_eq!(split.problems, whole.problems);
+    assert_eq!(split.problems.len(), 3, "{:?}", split.problems);
+}
+
 #[test]
 fn per_tenant_metrics_is_one_of_three_modes() {
     assert_eq!(
