@@ -326,14 +326,14 @@ impl<'a> Loader<'a> {
             scope.spawn(move || {
                 for range in &split.tenants {
                     let table = parse_table(&text[range.clone()]);
-                    let doubt = matches!(table, Table::Doubt);
+                    let doubt = table.is_none();
                     // A closed channel: the reader stopped (the split is in doubt).
                     if sender.send(table).is_err() || doubt {
                         return;
                     }
                 }
             });
-            // The parser ends when the file does, or sends `Doubt` before it stops.
+            // The parser ends when the file does, or sends `None` before it stops.
             let tables = std::iter::from_fn(|| receiver.recv().ok());
             self.tenant_tables_from(split, tables, defaults)
         })
@@ -349,20 +349,15 @@ impl<'a> Loader<'a> {
         let mut complete = true;
         for ((index, range), table) in split.tenants.iter().enumerate().zip(tables) {
             self.base = range.start;
-            match table {
-                Table::Read { offset, raw } => self.resolve(index, offset, *raw, &[], defaults),
-                Table::Again(item) => {
-                    let offset = item.span().start;
-                    let label = tenant_label(&item, index);
-                    match self.section::<RawTenant>(item, &label) {
-                        Some((raw, broken)) => self.resolve(index, offset, raw, &broken, defaults),
-                        None => complete = false,
-                    }
-                }
-                Table::Doubt => {
-                    self.base = 0;
-                    return None;
-                }
+            let Some(item) = table else {
+                self.base = 0;
+                return None;
+            };
+            let offset = item.span().start;
+            let label = tenant_label(&item, index);
+            match self.section::<RawTenant>(item, &label) {
+                Some((raw, broken)) => self.resolve(index, offset, raw, &broken, defaults),
+                None => complete = false,
             }
             self.base = 0;
         }
@@ -486,37 +481,25 @@ const PARSE_AHEAD_FROM: usize = 512;
 /// busy, few enough that a hundred thousand tenants are never all parsed at once.
 const PARSE_AHEAD: usize = 128;
 
-/// One `[[tenant]]` table of a split file, parsed.
-enum Table<'v> {
-    /// Parsed into its keys at the first try; its byte offset in the table's text.
-    Read { offset: usize, raw: Box<RawTenant> },
-    /// It has a mistake: [`Loader::section`] reports it, and every other, with their lines.
-    Again(Spanned<DeValue<'v>>),
-    /// It does not parse on its own: the split is in doubt.
-    Doubt,
-}
+/// One `[[tenant]]` table of a split file, parsed: the tenant's table, or `None` when it does
+/// not parse on its own (the split is in doubt).
+///
+/// Only the TOML is parsed ahead, into values that borrow the file's text; turning a table into
+/// its keys is left to the thread that keeps them, so the strings every tenant keeps for good
+/// are allocated where the rest of the configuration is.
+type Table<'v> = Option<Spanned<DeValue<'v>>>;
 
 /// Parses one `[[tenant]]` table's text (`[[tenant]]` and its keys, nothing else).
 fn parse_table(text: &str) -> Table<'_> {
-    let Ok(table) = toml::de::DeTable::parse(text) else {
-        return Table::Doubt;
-    };
-    let mut table = table.into_inner();
+    let mut table = toml::de::DeTable::parse(text).ok()?.into_inner();
     let Some(DeValue::Array(items)) = table.remove("tenant").map(|v| v.into_inner()) else {
-        return Table::Doubt;
+        return None;
     };
     let mut items = items.into_iter();
     let (Some(item), None, true) = (items.next(), items.next(), table.is_empty()) else {
-        return Table::Doubt;
+        return None;
     };
-    let offset = item.span().start;
-    match RawTenant::deserialize(ValueDeserializer::from(item.clone())) {
-        Ok(raw) => Table::Read {
-            offset,
-            raw: Box::new(raw),
-        },
-        Err(_) => Table::Again(item),
-    }
+    Some(item)
 }
 
 /// A tenant table's name in messages: its name when it has one ("tenant[7]" means little in a
