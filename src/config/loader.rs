@@ -282,8 +282,29 @@ impl<'a> Loader<'a> {
         }
         if let Some(split) = split {
             self.resolved.reserve_exact(split.tenants.len());
-            let complete = self.split_tenants(split, &defaults)?;
-            sections.tenants_complete &= complete;
+            for (index, range) in split.tenants.iter().enumerate() {
+                let Ok(table) = toml::de::DeTable::parse(&self.text[range.clone()]) else {
+                    return None;
+                };
+                let mut table = table.into_inner();
+                let Some(DeValue::Array(items)) = table.remove("tenant").map(|v| v.into_inner())
+                else {
+                    return None;
+                };
+                let mut items = items.into_iter();
+                let (Some(item), None, true) = (items.next(), items.next(), table.is_empty())
+                else {
+                    return None;
+                };
+                self.base = range.start;
+                let offset = item.span().start;
+                let label = tenant_label(&item, index);
+                match self.section::<RawTenant>(item, &label) {
+                    Some((raw, broken)) => self.resolve(index, offset, raw, &broken, &defaults),
+                    None => sections.tenants_complete = false,
+                }
+                self.base = 0;
+            }
         }
         self.cross_tenant_rules(redis.is_some());
         if !sections.tenants_complete {
@@ -304,64 +325,6 @@ impl<'a> Loader<'a> {
             },
             tenants: std::mem::take(&mut self.resolved),
         }))
-    }
-
-    /// Reads the `[[tenant]]` tables of `split`; whether every one could be read, `None` when
-    /// the split is in doubt.
-    ///
-    /// A large file's tables are parsed on a second thread, a few hundred ahead of this one,
-    /// which checks them against `[defaults]` in file order: on a machine with a second core,
-    /// the daemon's first token request goes out that much sooner.
-    fn split_tenants(&mut self, split: &Split, defaults: &RawTenant) -> Option<bool> {
-        let text = self.text;
-        if split.tenants.len() < PARSE_AHEAD_FROM {
-            let tables = split
-                .tenants
-                .iter()
-                .map(|range| parse_table(&text[range.clone()]));
-            return self.tenant_tables_from(split, tables, defaults);
-        }
-        std::thread::scope(|scope| {
-            let (sender, receiver) = std::sync::mpsc::sync_channel(PARSE_AHEAD);
-            scope.spawn(move || {
-                for range in &split.tenants {
-                    let table = parse_table(&text[range.clone()]);
-                    let doubt = table.is_none();
-                    // A closed channel: the reader stopped (the split is in doubt).
-                    if sender.send(table).is_err() || doubt {
-                        return;
-                    }
-                }
-            });
-            // The parser ends when the file does, or sends `None` before it stops.
-            let tables = std::iter::from_fn(|| receiver.recv().ok());
-            self.tenant_tables_from(split, tables, defaults)
-        })
-    }
-
-    /// Checks each parsed table of `split`, in order, against `[defaults]`.
-    fn tenant_tables_from<'v>(
-        &mut self,
-        split: &Split,
-        tables: impl Iterator<Item = Table<'v>>,
-        defaults: &RawTenant,
-    ) -> Option<bool> {
-        let mut complete = true;
-        for ((index, range), table) in split.tenants.iter().enumerate().zip(tables) {
-            self.base = range.start;
-            let Some(item) = table else {
-                self.base = 0;
-                return None;
-            };
-            let offset = item.span().start;
-            let label = tenant_label(&item, index);
-            match self.section::<RawTenant>(item, &label) {
-                Some((raw, broken)) => self.resolve(index, offset, raw, &broken, defaults),
-                None => complete = false,
-            }
-            self.base = 0;
-        }
-        Some(complete)
     }
 
     /// Resolves one tenant table against `[defaults]`; a valid tenant joins `resolved`.
@@ -471,35 +434,6 @@ fn redacted_message(key: &str, message: &str) -> String {
         "client_certificate" => "expected { cert = \"/path/app.crt\", key = \"/path/app.key\" } (the value is not shown: it may be a key)".to_owned(),
         _ => message.to_owned(),
     }
-}
-
-/// Files with fewer `[[tenant]]` tables are read on one thread: a second would not pay for
-/// itself.
-const PARSE_AHEAD_FROM: usize = 512;
-
-/// How many parsed tables the parser thread may hold ahead of the checks: enough to keep both
-/// busy, few enough that a hundred thousand tenants are never all parsed at once.
-const PARSE_AHEAD: usize = 128;
-
-/// One `[[tenant]]` table of a split file, parsed: the tenant's table, or `None` when it does
-/// not parse on its own (the split is in doubt).
-///
-/// Only the TOML is parsed ahead, into values that borrow the file's text; turning a table into
-/// its keys is left to the thread that keeps them, so the strings every tenant keeps for good
-/// are allocated where the rest of the configuration is.
-type Table<'v> = Option<Spanned<DeValue<'v>>>;
-
-/// Parses one `[[tenant]]` table's text (`[[tenant]]` and its keys, nothing else).
-fn parse_table(text: &str) -> Table<'_> {
-    let mut table = toml::de::DeTable::parse(text).ok()?.into_inner();
-    let Some(DeValue::Array(items)) = table.remove("tenant").map(|v| v.into_inner()) else {
-        return None;
-    };
-    let mut items = items.into_iter();
-    let (Some(item), None, true) = (items.next(), items.next(), table.is_empty()) else {
-        return None;
-    };
-    Some(item)
 }
 
 /// A tenant table's name in messages: its name when it has one ("tenant[7]" means little in a

@@ -967,10 +967,10 @@ unknown_key = 1
     assert_eq!(split.tenants[2].line, Some(19));
 }
 
-/// A file large enough to be parsed on a second thread reads like the whole file too: the
-/// same tenants in the same order, the same problems on the same lines.
+/// A file of many tenants read table by table reads like the whole file too: the same tenants
+/// in the same order, the same problems on the same lines, far down the file.
 #[test]
-fn a_large_file_parsed_ahead_reads_like_the_whole_file() {
+fn a_large_file_read_table_by_table_reads_like_the_whole_file() {
     let mut text = String::from(
         "[defaults]\nclient_id = \"00000000-0000-0000-0000-000000000001\"\nclient_secret = { env = \"S\" }\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n",
     );
