@@ -469,6 +469,18 @@ fn status_line(registry: &Registry) -> String {
 const EXTEND_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const EXTEND_BY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long to wait between two looks at whether every tenant has had its first attempt: 50 ms,
+/// or 10 µs per tenant when that is longer. A look visits every tenant (9.8 ms for a hundred
+/// thousand, in a release build), so it costs about 1 % of a core however many tenants start,
+/// where a fixed 50 ms made a 16-second cold start of a hundred thousand tenants spend 3 CPU-s
+/// looking; `READY=1` comes at most a second late.
+fn readiness_poll(tenants: usize) -> std::time::Duration {
+    let per_tenant = std::time::Duration::from_micros(10);
+    per_tenant
+        .saturating_mul(u32::try_from(tenants).unwrap_or(u32::MAX))
+        .max(std::time::Duration::from_millis(50))
+}
+
 /// Tells systemd `READY=1` once every tenant has had its first attempt or warm start (failures
 /// count: Entra being down at boot must not make systemd give up), then refreshes `STATUS=`
 /// every [`notify::STATUS_INTERVAL`] until shutdown.
@@ -482,15 +494,16 @@ async fn report_to_systemd(
     notifier: Arc<notify::Notifier>,
     stop: CancellationToken,
 ) {
-    let mut poll = tokio::time::interval(std::time::Duration::from_millis(50));
     let mut last_extension = tokio::time::Instant::now();
     let mut pending_then = usize::MAX;
+    let mut tenants = 0;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = poll.tick() => {}
+            () = tokio::time::sleep(readiness_poll(tenants)) => {}
         }
         let counts = registry.state_counts(std::time::SystemTime::now());
+        tenants = counts.iter().sum();
         let pending = status::TenantState::ALL
             .iter()
             .position(|s| *s == status::TenantState::Pending)
@@ -742,5 +755,21 @@ pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, conf
             err.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             Err(err)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readiness_poll;
+    use std::time::Duration;
+
+    #[test]
+    fn readiness_is_looked_at_less_often_the_more_tenants_there_are() {
+        assert_eq!(readiness_poll(0), Duration::from_millis(50));
+        assert_eq!(readiness_poll(5_000), Duration::from_millis(50));
+        assert_eq!(readiness_poll(10_000), Duration::from_millis(100));
+        assert_eq!(readiness_poll(100_000), Duration::from_secs(1));
+        // No overflow, however large the count.
+        assert!(readiness_poll(usize::MAX) >= Duration::from_secs(1));
     }
 }
