@@ -150,16 +150,7 @@ impl TokenClient {
             return Err(CredentialError::KeyVaultUnavailable(url.to_owned()));
         };
         let secret = key_vault.secret(self, url).await?;
-        let content_type = secret.content_type.as_deref().unwrap_or_default();
-        if content_type.eq_ignore_ascii_case("application/x-pkcs12") {
-            return Err(CredentialError::KeyVault {
-                message: format!(
-                    "certificate {url} is kept as PKCS#12; only PEM is read: create or import it with content type application/x-pem-file (see README \"Credentials\")"
-                ),
-                transient: false,
-                retry_after: None,
-            });
-        }
+        secret.require_pem(url)?;
         certificate.assertion_from_pem(&secret.value, client_id, token_url)
     }
 

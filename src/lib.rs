@@ -640,6 +640,10 @@ async fn check_key_vault(
         let mut expiry = secret.expires_on.map(|exp| (exp, "client_secret"));
         if let Some(certificate) = certificate {
             use secrecy::ExposeSecret;
+            if let Err(err) = secret.require_pem(url) {
+                problems.push(problem(err.to_string()));
+                continue;
+            }
             match credential::certificate::Certificate::from_pem(
                 certificate,
                 secret.value.expose_secret().as_bytes(),

@@ -517,6 +517,16 @@ async fn check_online_reads_each_secret_once_and_reports_what_is_wrong() {
             ..SimSecretAttributes::default()
         },
     );
+    // A certificate kept as PKCS#12: refused with the advice the daemon gives.
+    sim.set_key_vault_secret(
+        "p12-cert",
+        "MIIKdgIBAzCCCjwGCSqGSIb3DQEHAaCCCi0EggopMIIKJTCCBL8GCSqGSIb3",
+        SimSecretAttributes {
+            content_type: Some("application/x-pkcs12".to_owned()),
+            certificate: true,
+            ..SimSecretAttributes::default()
+        },
+    );
     sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
     let config = write_vault_config(
         &sim,
@@ -540,6 +550,11 @@ client_secret = { key_vault = "{vault}/secrets/old-secret" }
 name = "gone"
 tenant_id = "contoso.example.com"
 client_secret = { key_vault = "{vault}/secrets/deleted" }
+
+[[tenant]]
+name = "p12"
+tenant_id = "contoso.example.com"
+client_certificate = { key_vault = "{vault}/secrets/p12-cert" }
 "#,
     );
     let run = |online: bool| {
@@ -569,6 +584,12 @@ client_secret = { key_vault = "{vault}/secrets/deleted" }
     assert!(
         stderr.contains("tenant \"stale\": client_secret: the client secret in")
             && stderr.contains("expired on 2020-09-13"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tenant \"p12\"")
+            && stderr.contains("is kept as PKCS#12; only PEM is read")
+            && stderr.contains("application/x-pem-file"),
         "{stderr}"
     );
     assert!(!stderr.contains("tenant \"contoso\""), "{stderr}");

@@ -51,6 +51,27 @@ pub struct VaultSecret {
     pub content_type: Option<String>,
 }
 
+impl VaultSecret {
+    /// Refuses a certificate kept as PKCS#12 (only PEM is read), saying how to store it instead;
+    /// the daemon and `check --online` give the same advice.
+    ///
+    /// # Errors
+    /// The secret's content type is `application/x-pkcs12`; permanent.
+    pub fn require_pem(&self, url: &str) -> Result<(), CredentialError> {
+        let content_type = self.content_type.as_deref().unwrap_or_default();
+        if !content_type.eq_ignore_ascii_case("application/x-pkcs12") {
+            return Ok(());
+        }
+        Err(CredentialError::KeyVault {
+            message: format!(
+                "certificate {url} is kept as PKCS#12; only PEM is read: create or import it with content type application/x-pem-file (see README \"Credentials\")"
+            ),
+            transient: false,
+            retry_after: None,
+        })
+    }
+}
+
 /// One cached URL.
 #[derive(Default)]
 struct Entry {
