@@ -137,36 +137,36 @@ fn keys_that_do_not_apply_to_the_tenant_are_errors() {
         "{err}"
     );
 
-    // A generic OAuth2 tenant with Entra keys.
+    // A generic OAuth2 tenant with Entra keys, and a managed identity tenant with Entra app keys.
     let oauth2 = "[[tenant]]\nname = \"partner\"\nprovider = \"oauth2\"\ntoken_url = \"https://auth.example.com/token\"\nclient_id = \"p\"\nclient_secret = { env = \"S\" }\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
-    for key in [
-        "cloud = \"gcc\"",
-        "authority_host = \"https://login.example.com\"",
-        "api = \"v1\"",
-    ] {
-        let err = parse_env(&format!("{oauth2}{key}\n"), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("does not apply to provider = \"oauth2\""),
-            "{key}: {err}"
-        );
-    }
-
-    // A managed identity tenant with Entra app keys.
     let managed = "[[tenant]]\nname = \"vm\"\ncredential = \"managed_identity\"\nmanaged_identity = \"system\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
-    for key in [
-        "client_id = \"33333333-3333-3333-3333-333333333333\"",
-        "api = \"v1\"",
-        "authority_host = \"https://login.example.com\"",
-    ] {
-        let err = parse_env(&format!("{managed}{key}\n"), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("does not apply to a managed identity"),
-            "{key}: {err}"
-        );
+    let cases = [
+        (
+            oauth2,
+            [
+                "cloud = \"gcc\"",
+                "authority_host = \"https://login.example.com\"",
+                "api = \"v1\"",
+            ],
+            "does not apply to provider = \"oauth2\"",
+        ),
+        (
+            managed,
+            [
+                "client_id = \"33333333-3333-3333-3333-333333333333\"",
+                "api = \"v1\"",
+                "authority_host = \"https://login.example.com\"",
+            ],
+            "does not apply to a managed identity",
+        ),
+    ];
+    for (tenant, keys, says) in cases {
+        for key in keys {
+            let err = parse_env(&format!("{tenant}{key}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{key}: {err}");
+        }
     }
 
     // [defaults] is shared by every kind of tenant: a default that does not apply is fine.
