@@ -594,30 +594,40 @@ enum Endpoint {
 /// even when no answer arrived. Entra requests also announce `x-ms-lib-capability: retry-after,
 /// h429`: this client honours `Retry-After` on 429.
 fn tag(request: reqwest::RequestBuilder, endpoint: Endpoint) -> (reqwest::RequestBuilder, String) {
+    use reqwest::header::{HeaderName, HeaderValue};
+    // Names and values known at compile time: nothing to parse or check per request.
+    const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
+    const RETURN_CLIENT_REQUEST_ID: HeaderName =
+        HeaderName::from_static("return-client-request-id");
+    const LIB_CAPABILITY: HeaderName = HeaderName::from_static("x-ms-lib-capability");
     let request_id = new_request_id();
     let mut request = request
-        .header("client-request-id", &request_id)
-        .header("return-client-request-id", "true");
+        .header(CLIENT_REQUEST_ID, &request_id)
+        .header(RETURN_CLIENT_REQUEST_ID, HeaderValue::from_static("true"));
     if endpoint == Endpoint::Entra {
-        request = request.header("x-ms-lib-capability", "retry-after, h429");
+        request = request.header(
+            LIB_CAPABILITY,
+            HeaderValue::from_static("retry-after, h429"),
+        );
     }
     (request, request_id)
 }
 
 /// A random (version 4) UUID in its usual lower-case form.
 fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..);
     // Version 4 in the high nibble of the seventh byte, variant 10 in the ninth.
     let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut id = String::with_capacity(36);
+    for nibble in 0..32 {
+        if matches!(nibble, 8 | 12 | 16 | 20) {
+            id.push('-');
+        }
+        let value = (bits >> (124 - 4 * nibble)) & 0xf;
+        id.push(char::from(HEX[value as usize]));
+    }
+    id
 }
 
 /// A failure with the id of the request it belongs to.

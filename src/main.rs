@@ -84,8 +84,23 @@ fn raise_file_limit() {
     }
 }
 
+/// Has the crypto library gather its first entropy on a thread of its own, while the
+/// configuration is read. aws-lc seeds its random generator from CPU jitter as well as from the
+/// kernel, once per process, and that takes tens of milliseconds of CPU (about 70 ms on a
+/// 2-core VM); left to the first TLS handshake, it would hold back every token request of a cold
+/// start for that long. Only a warm-up: a failure here fails again, and is reported, where the
+/// randomness is needed.
+fn gather_entropy_early() {
+    let _ = std::thread::Builder::new()
+        .name("entropy".to_owned())
+        .spawn(|| aws_lc_rs::rand::fill(&mut [0u8; 16]));
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Check { online: false, .. }) {
+        gather_entropy_early();
+    }
     // One crypto provider for every TLS user in the process, before anything builds a client.
     // An error means a provider is already installed, which is just as good.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

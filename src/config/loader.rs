@@ -20,7 +20,7 @@ pub(super) fn parse_with_env(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    parse_collecting(text, path, env).0
+    parse_inner(text, path, env, false).0
 }
 
 /// Like [`parse_with_env`], and also returns every well-formed credential, of valid tenants and
@@ -29,6 +29,17 @@ pub(super) fn parse_collecting(
     text: &str,
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+) -> (Result<Config, ConfigError>, Vec<TenantCredential>) {
+    parse_inner(text, path, env, true)
+}
+
+/// The parse itself; the credentials are collected only when asked for (`check`): a copy of
+/// every tenant's credential is work and memory the daemon has no use for.
+fn parse_inner(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    collect_credentials: bool,
 ) -> (Result<Config, ConfigError>, Vec<TenantCredential>) {
     let line_starts = std::iter::once(0)
         .chain(text.match_indices('\n').map(|(at, _)| at + 1))
@@ -45,6 +56,7 @@ pub(super) fn parse_collecting(
         key_vault_section: false,
         resolved: Vec::new(),
         credentials: Vec::new(),
+        collect_credentials,
         env,
         strings: std::collections::HashSet::new(),
     };
@@ -88,6 +100,8 @@ pub(super) struct Loader<'a> {
     pub(super) resolved: Vec<Arc<TenantConfig>>,
     /// Every credential that was well-formed, for `check`.
     pub(super) credentials: Vec<TenantCredential>,
+    /// Whether to fill `credentials`.
+    pub(super) collect_credentials: bool,
     /// Environment lookup (workload identity and App Service settings); injectable for tests.
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
     /// One copy of each client ID, authority host and resource, shared by every tenant that
@@ -283,25 +297,24 @@ impl<'a> Loader<'a> {
         if let Some(split) = split {
             self.resolved.reserve_exact(split.tenants.len());
             for (index, range) in split.tenants.iter().enumerate() {
-                let Ok(table) = toml::de::DeTable::parse(&self.text[range.clone()]) else {
-                    return None;
-                };
-                let mut table = table.into_inner();
-                let Some(DeValue::Array(items)) = table.remove("tenant").map(|v| v.into_inner())
-                else {
-                    return None;
-                };
-                let mut items = items.into_iter();
-                let (Some(item), None, true) = (items.next(), items.next(), table.is_empty())
-                else {
-                    return None;
-                };
                 self.base = range.start;
+                let item = tenant_item(&self.text[range.clone()])?;
                 let offset = item.span().start;
-                let label = tenant_label(&item, index);
-                match self.section::<RawTenant>(item, &label) {
-                    Some((raw, broken)) => self.resolve(index, offset, raw, &broken, &defaults),
-                    None => sections.tenants_complete = false,
+                // Read straight from the parsed table: no copy to fall back on, since nearly every
+                // tenant reads cleanly. One that does not is parsed again (the same bytes give the
+                // same table) and gets the error-by-error treatment of `section`.
+                match RawTenant::deserialize(ValueDeserializer::from(item)) {
+                    Ok(raw) => self.resolve(index, offset, raw, &[], &defaults),
+                    Err(_) => {
+                        let item = tenant_item(&self.text[range.clone()])?;
+                        let label = tenant_label(&item, index);
+                        match self.section::<RawTenant>(item, &label) {
+                            Some((raw, broken)) => {
+                                self.resolve(index, offset, raw, &broken, &defaults);
+                            }
+                            None => sections.tenants_complete = false,
+                        }
+                    }
                 }
                 self.base = 0;
             }
@@ -447,6 +460,20 @@ fn tenant_label(item: &Spanned<DeValue<'_>>, index: usize) -> String {
     {
         Some(name) => format!("tenant {name:?}"),
         None => format!("tenant[{index}]"),
+    }
+}
+
+/// The one `[[tenant]]` table of a split tenant's bytes; `None` if they do not parse on their
+/// own as exactly that (the split is then in doubt).
+fn tenant_item(text: &str) -> Option<Spanned<DeValue<'_>>> {
+    let mut table = toml::de::DeTable::parse(text).ok()?.into_inner();
+    let Some(DeValue::Array(items)) = table.remove("tenant").map(Spanned::into_inner) else {
+        return None;
+    };
+    let mut items = items.into_iter();
+    match (items.next(), items.next(), table.is_empty()) {
+        (Some(item), None, true) => Some(item),
+        _ => None,
     }
 }
 

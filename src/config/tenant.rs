@@ -151,7 +151,7 @@ impl Loader<'_> {
         input: &TenantInput<'_>,
     ) -> (Option<CredentialConfig>, CredentialKind) {
         let (credential, line) = self.credential(input);
-        if let Some(credential) = &credential {
+        if let Some(credential) = credential.as_ref().filter(|_| self.collect_credentials) {
             let expires_line = secret_expires(input).map(|value| self.line_of(value.span().start));
             self.credentials.push(TenantCredential {
                 tenant: input.label.clone(),
