@@ -96,8 +96,21 @@ fn gather_entropy_early() {
         .spawn(|| aws_lc_rs::rand::fill(&mut [0u8; 16]));
 }
 
+/// Gives the heap's free pages back to the system (glibc keeps them mapped after a large free
+/// that is not at the top of the heap). Run after a reload: see [`powerbi_tokend::after_reload`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_freed_memory() {
+    // SAFETY: malloc_trim takes no pointers and has no preconditions; it only releases pages
+    // of free chunks inside the allocator, under the allocator's own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    powerbi_tokend::after_reload(return_freed_memory);
     if !matches!(cli.command, Command::Check { online: false, .. }) {
         gather_entropy_early();
     }
