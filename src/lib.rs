@@ -311,7 +311,7 @@ impl Daemon {
     }
 
     async fn reload_config(&mut self, trigger: &str) {
-        let mut new = match config::load(&self.config.path).await {
+        let mut new = match config::load_reusing(&self.config.path, &self.config.tenants).await {
             Ok(new) => new,
             Err(err) => {
                 self.metrics.reload(false);

@@ -20,7 +20,19 @@ pub(super) fn parse_with_env(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    parse_inner(text, path, env, false).0
+    parse_inner(text, path, env, false, &[]).0
+}
+
+/// Like [`parse_with_env`], for a reload: a tenant equal to one of `previous` (the running
+/// configuration's) is that tenant's `Arc`, not a new copy, so a reload of a large file does not
+/// hold a second copy of every unchanged tenant until the supervisor compares them.
+pub(super) fn parse_reusing(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    previous: &[Arc<TenantConfig>],
+) -> Result<Config, ConfigError> {
+    parse_inner(text, path, env, false, previous).0
 }
 
 /// Like [`parse_with_env`], and also returns every well-formed credential, of valid tenants and
@@ -30,7 +42,7 @@ pub(super) fn parse_collecting(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> (Result<Config, ConfigError>, Vec<TenantCredential>) {
-    parse_inner(text, path, env, true)
+    parse_inner(text, path, env, true, &[])
 }
 
 /// The parse itself; the credentials are collected only when asked for (`check`): a copy of
@@ -40,6 +52,7 @@ fn parse_inner(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     collect_credentials: bool,
+    previous: &[Arc<TenantConfig>],
 ) -> (Result<Config, ConfigError>, Vec<TenantCredential>) {
     let line_starts = std::iter::once(0)
         .chain(text.match_indices('\n').map(|(at, _)| at + 1))
@@ -57,6 +70,8 @@ fn parse_inner(
         resolved: Vec::new(),
         credentials: Vec::new(),
         collect_credentials,
+        previous,
+        previous_by_name: None,
         env,
         strings: std::collections::HashSet::new(),
     };
@@ -102,6 +117,11 @@ pub(super) struct Loader<'a> {
     pub(super) credentials: Vec<TenantCredential>,
     /// Whether to fill `credentials`.
     pub(super) collect_credentials: bool,
+    /// The running configuration's tenants on a reload (else empty): an equal tenant is reused.
+    previous: &'a [Arc<TenantConfig>],
+    /// `previous` by name, made on the first tenant not found at its own index (most reloads
+    /// keep the order, and then never need it).
+    previous_by_name: Option<std::collections::HashMap<&'a str, &'a Arc<TenantConfig>>>,
     /// Environment lookup (workload identity and App Service settings); injectable for tests.
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
     /// One copy of each client ID, authority host and resource, shared by every tenant that
@@ -352,8 +372,34 @@ impl<'a> Loader<'a> {
         if let Some(tenant) = self.tenant(index, offset, raw, broken, defaults) {
             // Straight into an Arc: collecting a Vec<TenantConfig> into Vec<Arc<_>> later
             // would reuse (and keep) the large buffer, megabytes at ten thousand tenants.
-            self.resolved.push(Arc::new(tenant));
+            let tenant = match self.previous_equal(index, &tenant) {
+                Some(running) => running,
+                None => Arc::new(tenant),
+            };
+            self.resolved.push(tenant);
         }
+    }
+
+    /// The running configuration's tenant equal to `tenant`, if any: looked for at the same
+    /// index first, then by name.
+    fn previous_equal(&mut self, index: usize, tenant: &TenantConfig) -> Option<Arc<TenantConfig>> {
+        let previous = self.previous;
+        if previous.is_empty() {
+            return None;
+        }
+        let running = match previous.get(index) {
+            Some(running) if running.name == tenant.name => running,
+            _ => self
+                .previous_by_name
+                .get_or_insert_with(|| {
+                    previous
+                        .iter()
+                        .map(|running| (running.name.as_str(), running))
+                        .collect()
+                })
+                .get(tenant.name.as_str())?,
+        };
+        (**running == *tenant).then(|| Arc::clone(running))
     }
 
     /// `[defaults]`: a tenant table without the keys only a tenant may have.

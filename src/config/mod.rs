@@ -139,6 +139,24 @@ pub async fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&read_text(path).await?, path)
 }
 
+/// Like [`load`], for a reload: tenants equal to one of `previous` (the running configuration's)
+/// are its `Arc`s, so the unchanged tenants of a large file are not held twice while the reload
+/// runs.
+///
+/// # Errors
+/// Every problem found, with lines where known.
+pub async fn load_reusing(
+    path: &Path,
+    previous: &[std::sync::Arc<TenantConfig>],
+) -> Result<Config, ConfigError> {
+    loader::parse_reusing(
+        &read_text(path).await?,
+        path,
+        &|key| std::env::var(key).ok(),
+        previous,
+    )
+}
+
 /// Like [`load`], and also returns every well-formed credential the file names (of tenants
 /// with other problems too, with the lines to blame), so `check` can read them all in one run.
 ///

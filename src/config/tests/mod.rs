@@ -377,3 +377,46 @@ fn per_tenant_metrics_is_one_of_three_modes() {
         assert!(shown.contains(expected), "{value}: {shown}");
     }
 }
+
+#[test]
+fn a_reload_reuses_the_running_copy_of_each_unchanged_tenant() {
+    let tenants = |list: &[(&str, &str)]| {
+        let mut text = MINIMAL[..MINIMAL.find("[[tenant]]").unwrap()].to_owned();
+        for (name, tenant_id) in list {
+            text.push_str(&format!(
+                "[[tenant]]\nname = \"{name}\"\ntenant_id = \"{tenant_id}\"\n\n"
+            ));
+        }
+        text
+    };
+    let path = Path::new("/etc/powerbi-tokend/config.toml");
+    let env = |key: &str| (key == "SECRET").then(|| "s".to_owned());
+    let running = parse_ok(&tenants(&[
+        ("a", "a.example.com"),
+        ("b", "b.example.com"),
+        ("c", "c.example.com"),
+    ]))
+    .tenants;
+    // `c` moves ahead of `a`, `b` gets another tenant ID, `d` is new.
+    let changed = tenants(&[
+        ("c", "c.example.com"),
+        ("a", "a.example.com"),
+        ("b", "b2.example.com"),
+        ("d", "d.example.com"),
+    ]);
+    let reloaded = super::loader::parse_reusing(&changed, path, &env, &running)
+        .unwrap()
+        .tenants;
+    let names: Vec<&str> = reloaded.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["c", "a", "b", "d"]);
+    assert!(std::sync::Arc::ptr_eq(&reloaded[0], &running[2]), "c");
+    assert!(std::sync::Arc::ptr_eq(&reloaded[1], &running[0]), "a");
+    assert!(
+        !std::sync::Arc::ptr_eq(&reloaded[2], &running[1]),
+        "b changed"
+    );
+    assert_eq!(reloaded[2].tenant_id, "b2.example.com");
+    // The same file read afresh gives equal tenants: reuse changes identity, never content.
+    let fresh = parse_env(&changed, &[("SECRET", "s")]).unwrap().tenants;
+    assert_eq!(fresh, reloaded);
+}
