@@ -299,14 +299,18 @@ impl Daemon {
     pub async fn reload(&mut self, trigger: &str) {
         self.notifier.reloading();
         self.reload_config(trigger).await;
-        // Accepted or rejected, the reload parsed the whole file; what it built and no longer
-        // needs is freed by now. Off the workers: the hook walks the allocator's free lists.
-        if let Some(hook) = AFTER_RELOAD.get().copied() {
-            let _ = tokio::task::spawn_blocking(hook).await;
-        }
         if self.notifier.enabled() {
             self.notifier
                 .send(&format!("READY=1\nSTATUS={}", status_line(&self.registry)));
+        }
+        // Accepted or rejected, the reload parsed the whole file, and what it built only to
+        // compare is freed by now. On a thread of its own, not awaited: the hook walks the
+        // allocator's free lists, and neither the next signal nor the blocking pool's file
+        // writes should wait for it.
+        if let Some(hook) = AFTER_RELOAD.get().copied() {
+            let _ = std::thread::Builder::new()
+                .name("after-reload".to_owned())
+                .spawn(hook);
         }
     }
 
@@ -552,11 +556,13 @@ async fn file_hash(path: &std::path::Path) -> Option<u64> {
 /// [`after_reload`]).
 static AFTER_RELOAD: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
-/// Sets what the daemon runs after each reload (accepted or rejected), once the replaced
-/// configuration and everything the reload built only to compare are freed: the binary gives that memory back to the system
-/// there. A reload of a hundred thousand tenants parses the whole file again next to the running
-/// configuration, and the allocator would otherwise keep the freed hundred-odd megabytes mapped.
-/// Only the first call counts.
+/// Sets what the daemon runs after each reload (accepted or rejected), on a thread of its own,
+/// once the replaced configuration and what the reload built only to compare have been
+/// dropped: the binary gives that memory back to the system there. A reload of a hundred
+/// thousand tenants reads the whole file again next to the running configuration, and the
+/// allocator would otherwise keep the freed hundred-odd megabytes mapped. (A changed or removed
+/// tenant's old configuration lives on until its step in flight, if any, ends.) Only the first
+/// call counts.
 pub fn after_reload(hook: fn()) {
     let _ = AFTER_RELOAD.set(hook);
 }

@@ -660,7 +660,12 @@ impl Supervisor {
         }
         for tenant in tenants.iter_mut() {
             match self.running.get_key_value(tenant.name.as_str()) {
-                Some((running, _)) if running.0 == *tenant && !restart_all => {
+                // The same Arc when the reload reused the running tenant (the usual case): no
+                // field-by-field comparison.
+                Some((running, _))
+                    if (Arc::ptr_eq(&running.0, tenant) || running.0 == *tenant)
+                        && !restart_all =>
+                {
                     *tenant = running.0.clone();
                     result.unchanged += 1;
                     continue;

@@ -25,7 +25,9 @@ pub(super) fn parse_with_env(
 
 /// Like [`parse_with_env`], for a reload: a tenant equal to one of `previous` (the running
 /// configuration's) is that tenant's `Arc`, not a new copy, so a reload of a large file does not
-/// hold a second copy of every unchanged tenant until the supervisor compares them.
+/// hold a second copy of every unchanged tenant until the supervisor compares them. Equal means
+/// equal but for `line`: a reused tenant keeps the line it had, as the supervisor's running copy
+/// always did.
 pub(super) fn parse_reusing(
     text: &str,
     path: &Path,

@@ -380,8 +380,9 @@ fn per_tenant_metrics_is_one_of_three_modes() {
 
 #[test]
 fn a_reload_reuses_the_running_copy_of_each_unchanged_tenant() {
-    let tenants = |list: &[(&str, &str)]| {
+    let tenants = |comment: &str, list: &[(&str, &str)]| {
         let mut text = MINIMAL[..MINIMAL.find("[[tenant]]").unwrap()].to_owned();
+        text.push_str(comment);
         for (name, tenant_id) in list {
             text.push_str(&format!(
                 "[[tenant]]\nname = \"{name}\"\ntenant_id = \"{tenant_id}\"\n\n"
@@ -391,24 +392,33 @@ fn a_reload_reuses_the_running_copy_of_each_unchanged_tenant() {
     };
     let path = Path::new("/etc/powerbi-tokend/config.toml");
     let env = |key: &str| (key == "SECRET").then(|| "s".to_owned());
-    let running = parse_ok(&tenants(&[
-        ("a", "a.example.com"),
-        ("b", "b.example.com"),
-        ("c", "c.example.com"),
-    ]))
+    let running = parse_ok(&tenants(
+        "",
+        &[
+            ("a", "a.example.com"),
+            ("b", "b.example.com"),
+            ("c", "c.example.com"),
+            ("e", "e.example.com"),
+        ],
+    ))
     .tenants;
-    // `c` moves ahead of `a`, `b` gets another tenant ID, `d` is new.
-    let changed = tenants(&[
-        ("c", "c.example.com"),
-        ("a", "a.example.com"),
-        ("b", "b2.example.com"),
-        ("d", "d.example.com"),
-    ]);
+    // `c` moves ahead of `a`, `b` gets another tenant ID, `e` keeps its place but not its line
+    // (a comment above the tenants), `d` is new.
+    let changed = tenants(
+        "# two\n# lines\n",
+        &[
+            ("c", "c.example.com"),
+            ("a", "a.example.com"),
+            ("b", "b2.example.com"),
+            ("e", "e.example.com"),
+            ("d", "d.example.com"),
+        ],
+    );
     let reloaded = super::loader::parse_reusing(&changed, path, &env, &running)
         .unwrap()
         .tenants;
     let names: Vec<&str> = reloaded.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["c", "a", "b", "d"]);
+    assert_eq!(names, ["c", "a", "b", "e", "d"]);
     assert!(std::sync::Arc::ptr_eq(&reloaded[0], &running[2]), "c");
     assert!(std::sync::Arc::ptr_eq(&reloaded[1], &running[0]), "a");
     assert!(
@@ -416,7 +426,11 @@ fn a_reload_reuses_the_running_copy_of_each_unchanged_tenant() {
         "b changed"
     );
     assert_eq!(reloaded[2].tenant_id, "b2.example.com");
-    // The same file read afresh gives equal tenants: reuse changes identity, never content.
+    assert!(std::sync::Arc::ptr_eq(&reloaded[3], &running[3]), "e");
+    // The same file read afresh gives equal tenants: reuse changes identity, never content,
+    // and a reused tenant keeps the line it had.
     let fresh = parse_env(&changed, &[("SECRET", "s")]).unwrap().tenants;
     assert_eq!(fresh, reloaded);
+    assert_eq!(fresh[3].line, running[3].line.map(|line| line + 2));
+    assert_eq!(reloaded[3].line, running[3].line);
 }
