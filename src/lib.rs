@@ -478,18 +478,6 @@ fn status_line(registry: &Registry) -> String {
 const EXTEND_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 const EXTEND_BY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// How long to wait between two looks at whether every tenant has had its first attempt: 50 ms,
-/// or 10 µs per tenant when that is longer. A look visits every tenant (9.8 ms for a hundred
-/// thousand, in a release build), so it costs about 1 % of a core however many tenants start,
-/// where a fixed 50 ms made a 16-second cold start of a hundred thousand tenants spend 3 CPU-s
-/// looking; `READY=1` comes at most a second late.
-fn readiness_poll(tenants: usize) -> std::time::Duration {
-    let per_tenant = std::time::Duration::from_micros(10);
-    per_tenant
-        .saturating_mul(u32::try_from(tenants).unwrap_or(u32::MAX))
-        .max(std::time::Duration::from_millis(50))
-}
-
 /// Tells systemd `READY=1` once every tenant has had its first attempt or warm start (failures
 /// count: Entra being down at boot must not make systemd give up), then refreshes `STATUS=`
 /// every [`notify::STATUS_INTERVAL`] until shutdown.
@@ -505,32 +493,24 @@ async fn report_to_systemd(
 ) {
     let mut last_extension = tokio::time::Instant::now();
     let mut pending_then = usize::MAX;
-    let mut tenants = 0;
+    // Woken when the last pending tenant finishes its first attempt, and every EXTEND_EVERY
+    // to ask for more time: nothing looks at the tenants in between.
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(readiness_poll(tenants)) => {}
+            () = registry.settled() => break,
+            () = tokio::time::sleep_until(last_extension + EXTEND_EVERY) => {}
         }
-        let counts = registry.state_counts(std::time::SystemTime::now());
-        tenants = counts.iter().sum();
-        let pending = status::TenantState::ALL
-            .iter()
-            .position(|s| *s == status::TenantState::Pending)
-            .map_or(0, |index| counts[index]);
-        if pending == 0 {
-            break;
+        let pending = registry.pending();
+        if pending < pending_then {
+            notifier.send(&format!(
+                "EXTEND_TIMEOUT_USEC={}\nSTATUS={}",
+                EXTEND_BY.as_micros(),
+                status_line(&registry)
+            ));
         }
-        if last_extension.elapsed() >= EXTEND_EVERY {
-            if pending < pending_then {
-                notifier.send(&format!(
-                    "EXTEND_TIMEOUT_USEC={}\nSTATUS={}",
-                    EXTEND_BY.as_micros(),
-                    status_line(&registry)
-                ));
-            }
-            pending_then = pending;
-            last_extension = tokio::time::Instant::now();
-        }
+        pending_then = pending;
+        last_extension = tokio::time::Instant::now();
     }
     notifier.send(&format!("READY=1\nSTATUS={}", status_line(&registry)));
     tracing::info!("told systemd the daemon is ready");
@@ -783,21 +763,5 @@ pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, conf
             err.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
             Err(err)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::readiness_poll;
-    use std::time::Duration;
-
-    #[test]
-    fn readiness_is_looked_at_less_often_the_more_tenants_there_are() {
-        assert_eq!(readiness_poll(0), Duration::from_millis(50));
-        assert_eq!(readiness_poll(5_000), Duration::from_millis(50));
-        assert_eq!(readiness_poll(10_000), Duration::from_millis(100));
-        assert_eq!(readiness_poll(100_000), Duration::from_secs(1));
-        // No overflow, however large the count.
-        assert!(readiness_poll(usize::MAX) >= Duration::from_secs(1));
     }
 }

@@ -6,7 +6,9 @@
 
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -78,7 +80,8 @@ pub struct TenantStatus {
     /// The failure of the last attempt; `None` after a success (or before any attempt). Boxed:
     /// most tenants are healthy, and every tenant carries the field.
     pub last_error: Option<Box<RefreshError>>,
-    /// Whether at least one attempt (or a warm start) has completed: readiness.
+    /// Whether at least one attempt (or a warm start) has completed: readiness. Set with
+    /// [`TenantStatus::first_attempt_finished`], which also counts it in the registry.
     pub first_attempt_done: bool,
     /// How often the tenant's task panicked (and was restarted by the supervisor). A panic is a
     /// bug; this makes it visible in `/status` long after the log line scrolled away.
@@ -171,6 +174,41 @@ impl TenantStatus {
             TenantState::Retrying
         }
     }
+
+    /// Records that the tenant's first attempt (or warm start) has completed and, the first
+    /// time, takes it off its registry's count of pending tenants (`pending`, `None` for a
+    /// tenant in no registry). Whoever sets `first_attempt_done` under the status lock (this, or
+    /// the registry removing a pending tenant) is the one who counts it, so no tenant is
+    /// counted off twice.
+    pub fn first_attempt_finished(&mut self, pending: Option<&Pending>) {
+        if !self.first_attempt_done {
+            self.first_attempt_done = true;
+            if let Some(pending) = pending {
+                pending.one_less();
+            }
+        }
+    }
+}
+
+/// How many of a registry's tenants still wait for their first attempt, and a wake-up for the
+/// one who waits for none: systemd's `READY=1` is sent when the count reaches zero, without
+/// looking at every tenant again and again.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Tenants inserted whose first attempt has not completed (and that were not removed).
+    count: AtomicUsize,
+    /// Notified when `count` reaches zero.
+    settled: tokio::sync::Notify,
+}
+
+impl Pending {
+    /// One tenant fewer pending; wakes the waiter when it was the last.
+    fn one_less(&self) {
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // `notify_one` keeps the wake-up for a waiter that has not started waiting yet.
+            self.settled.notify_one();
+        }
+    }
 }
 
 /// A shared handle to one tenant's status.
@@ -192,6 +230,8 @@ pub const VISIT_CHUNK: usize = 1024;
 pub struct Registry {
     /// Name → handle; a BTreeMap so `/status` lists tenants in a stable order.
     tenants: Arc<Mutex<BTreeMap<String, StatusHandle>>>,
+    /// How many of them wait for their first attempt.
+    pending: Arc<Pending>,
 }
 
 impl Registry {
@@ -206,14 +246,42 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds (or returns the existing) handle for a tenant.
+    /// Adds (or returns the existing) handle for a tenant. A new tenant counts as pending until
+    /// its first attempt finishes.
     pub fn insert(&self, name: &str) -> StatusHandle {
-        self.map().entry(name.to_owned()).or_default().clone()
+        match self.map().entry(name.to_owned()) {
+            Entry::Occupied(entry) => entry.get().clone(),
+            Entry::Vacant(entry) => {
+                self.pending.count.fetch_add(1, Ordering::SeqCst);
+                entry.insert(StatusHandle::default()).clone()
+            }
+        }
     }
 
-    /// Forgets a tenant that left the configuration.
+    /// Forgets a tenant that left the configuration (no longer pending, if it was).
     pub fn remove(&self, name: &str) {
-        self.map().remove(name);
+        let removed = self.map().remove(name);
+        if let Some(handle) = removed {
+            lock(&handle).first_attempt_finished(Some(&self.pending));
+        }
+    }
+
+    /// The count of pending tenants, for the tenants to take themselves off
+    /// ([`TenantStatus::first_attempt_finished`]).
+    pub fn pending_count(&self) -> Arc<Pending> {
+        self.pending.clone()
+    }
+
+    /// How many tenants have not finished their first attempt.
+    pub fn pending(&self) -> usize {
+        self.pending.count.load(Ordering::SeqCst)
+    }
+
+    /// Returns once no tenant is pending (at once if none is).
+    pub async fn settled(&self) {
+        while self.pending() > 0 {
+            self.pending.settled.notified().await;
+        }
     }
 
     /// How many tenants are in each state at `now`, indexed like [`TenantState::ALL`]; cheaper
@@ -302,6 +370,45 @@ mod tests {
         let mut visits = 0;
         registry.visit(|_, _| visits += 1);
         assert_eq!(visits, VISIT_CHUNK);
+    }
+
+    #[tokio::test]
+    async fn the_registry_counts_pending_tenants_and_wakes_when_none_is_left() {
+        let registry = Registry::new();
+        tokio::time::timeout(Duration::from_secs(5), registry.settled())
+            .await
+            .expect("no tenant, nothing pending");
+        let a = registry.insert("a");
+        let b = registry.insert("b");
+        let again = registry.insert("a");
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(registry.pending(), 2, "a tenant inserted twice counts once");
+        let waiter = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.settled().await }
+        });
+        let pending = registry.pending_count();
+        lock(&a).first_attempt_finished(Some(&pending));
+        lock(&a).first_attempt_finished(Some(&pending));
+        assert_eq!(registry.pending(), 1, "a second finish counts once");
+        assert!(!waiter.is_finished());
+        // A tenant removed before its first attempt is no longer waited for.
+        registry.remove("b");
+        assert_eq!(registry.pending(), 0);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the last pending tenant is gone")
+            .unwrap();
+        // A step of `b` still in flight finishing now counts nothing.
+        lock(&b).first_attempt_finished(Some(&pending));
+        assert_eq!(registry.pending(), 0);
+        // A tenant added later is pending until its first attempt.
+        let c = registry.insert("c");
+        assert_eq!(registry.pending(), 1);
+        lock(&c).first_attempt_finished(Some(&pending));
+        tokio::time::timeout(Duration::from_secs(5), registry.settled())
+            .await
+            .expect("settled again");
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub struct TenantSeed {
     shared: Arc<Shared>,
     /// Its status record.
     status: StatusHandle,
+    /// The registry's count of tenants waiting for their first attempt.
+    pending: Arc<crate::status::Pending>,
 }
 
 impl Stepper for Tenant {
@@ -107,6 +109,7 @@ impl Stepper for Tenant {
             seed.shared.clone(),
             seed.status.clone(),
         )
+        .counted_in(seed.pending.clone())
     }
 
     fn name(seed: &TenantSeed) -> &str {
@@ -692,6 +695,7 @@ impl Supervisor {
             config: config.clone(),
             shared: self.shared.clone(),
             status: status.clone(),
+            pending: self.registry.pending_count(),
         };
         let mut tenant = Box::new(Tenant::fresh(&seed));
         if let Some(present) = on_disk {

@@ -212,6 +212,9 @@ pub struct Tenant {
     current_issued_on: Option<i64>,
     /// Whether the warm start (the first step) is done.
     started: bool,
+    /// The registry's count of tenants waiting for their first attempt (systemd readiness);
+    /// `None` outside a registry (`once`).
+    pending: Option<Arc<status::Pending>>,
     /// None of its token files existed when the daemon looked at start-up (or reload): the warm
     /// start does not read them.
     files_absent: bool,
@@ -293,6 +296,7 @@ impl Tenant {
             slow: false,
             current_issued_on: None,
             started: false,
+            pending: None,
             files_absent: false,
             next: SystemTime::UNIX_EPOCH,
             wake: SystemTime::UNIX_EPOCH,
@@ -301,6 +305,12 @@ impl Tenant {
             next_probe: None,
             embeds,
         }
+    }
+
+    /// Counts the tenant's first attempt in `pending` (its registry's count).
+    pub fn counted_in(mut self, pending: Arc<status::Pending>) -> Self {
+        self.pending = Some(pending);
+        self
     }
 
     /// Notes whether any of its token files is among those found on disk (`present`): if none
@@ -442,7 +452,7 @@ impl Tenant {
                 self.warm_start_embeds().await;
                 let mut status = status::lock(&self.status);
                 status.expires_on = Some(token.expires_on());
-                status.first_attempt_done = true;
+                status.first_attempt_finished(self.pending.as_deref());
                 return point;
             }
         }
@@ -714,7 +724,7 @@ impl Tenant {
             status.last_success = Some(SystemTime::now());
             status.consecutive_failures = 0;
             status.last_error = None;
-            status.first_attempt_done = true;
+            status.first_attempt_finished(self.pending.as_deref());
         }
         tracing::info!(
             tenant = %self.config.name,
@@ -751,7 +761,7 @@ impl Tenant {
             let was = status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent);
             status.consecutive_failures = self.failures;
             status.last_error = Some(Box::new(err.clone()));
-            status.first_attempt_done = true;
+            status.first_attempt_finished(self.pending.as_deref());
             was
         };
         let planned = schedule::later(now, delay);
