@@ -20,7 +20,7 @@ pub(super) fn parse_with_env(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    parse_inner(text, path, env, false, &[]).0
+    parse_reusing(text, path, env, &[])
 }
 
 /// Like [`parse_with_env`], for a reload: a tenant equal to one of `previous` (the running

@@ -136,7 +136,7 @@ pub async fn read_text(path: &Path) -> Result<String, ConfigError> {
 /// # Errors
 /// Every problem found, with lines where known.
 pub async fn load(path: &Path) -> Result<Config, ConfigError> {
-    parse(&read_text(path).await?, path)
+    load_reusing(path, &[]).await
 }
 
 /// Like [`load`], for a reload: tenants equal to one of `previous` (the running configuration's)
