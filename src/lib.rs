@@ -685,7 +685,8 @@ pub struct Checked {
 }
 
 /// Validates a config file and reads every secret, certificate and token file it names, without
-/// contacting Entra; with `[redis]`, connects and PINGs (a failure is a warning). Every
+/// contacting Entra; with `[redis]`, connects and asks for the server's time (a failure is a
+/// warning). Every
 /// well-formed credential is read, even in a tenant with other problems, so one run reports
 /// everything.
 ///
@@ -744,7 +745,7 @@ pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, conf
             });
         } else {
             let store = Store::new(redis.clone(), config.daemon.ca_file.clone());
-            if let Err(unreachable) = store.ping().await {
+            if let Err(unreachable) = store.answers().await {
                 warnings.push(format!(
                     "{unreachable}; tenants that write to Redis will fail with reason sink until it can be reached"
                 ));

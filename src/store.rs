@@ -403,14 +403,17 @@ impl Store {
         }
     }
 
-    /// Connects (if not connected) and PINGs: `check` uses it to say whether Redis answers.
+    /// Connects (if not connected) and asks for the server's `TIME`: `check` uses it to say
+    /// whether Redis answers. `TIME` rather than `PING`: the write script needs it, so every
+    /// ACL user the daemon can work as may run it, while `PING` is not among the commands the
+    /// daemon needs.
     ///
     /// # Errors
     /// Redis unreachable, refusing the credentials, or not answering.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub async fn answers(&self) -> Result<(), StoreError> {
         self.run(|mut conn| async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
+            redis::cmd("TIME")
+                .query_async::<(String, String)>(&mut conn)
                 .await
                 .map(|_| ())
         })

@@ -905,3 +905,102 @@ async fn a_hung_redis_times_out_and_a_rotated_password_is_read_at_reconnect() {
     }
     daemon.stop().await;
 }
+
+/// The ACL rules README calls enough for the daemon, as written there.
+fn readme_daemon_acl() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (_, after) = flat
+        .split_once("these ACL rules are enough for the daemon: `")
+        .expect("README states the daemon's ACL rules");
+    let (rules, _) = after.split_once('`').unwrap();
+    rules.split(' ').map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+async fn check_and_run_work_with_exactly_the_acl_readme_documents() {
+    let rules = readme_daemon_acl();
+    assert!(rules.iter().any(|rule| rule == "+evalsha"), "{rules:?}");
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let mut args = vec![
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "tokend",
+        "on",
+        ">acl-pw-0451",
+    ];
+    args.extend(rules.iter().map(String::as_str));
+    let server = RedisServer::start(&dir.path().join("redis"), &args);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+
+[redis]
+url = "{url}"
+username = "tokend"
+password = {{ env = "REDIS_PASSWORD" }}
+
+[fleet]
+enabled = true
+
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.example.com"
+client_id = "{CLIENT_ID}"
+client_secret = {{ env = "TEST_SECRET" }}
+authority_host = "{authority}"
+sinks = [
+  {{ type = "file", path = "tokens/{{name}}.json" }},
+  {{ type = "redis" }},
+]
+"#,
+            url = server.url(),
+            authority = sim.authority_host(),
+        ),
+    )
+    .unwrap();
+    let env = [("TEST_SECRET", SECRET), ("REDIS_PASSWORD", "acl-pw-0451")];
+
+    // `check` reaches Redis as this user without a warning.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_powerbi-tokend"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .envs(env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("Redis at"), "{stderr}");
+
+    // `run` as this user: the sink, the fleet's shared token, lease and release all work.
+    let mut daemon = Spawned::run(&config, &dir.path().join("daemon.log"), "info", &env);
+    let addr = daemon.admin_addr().await;
+    wait_for_status(addr, "contoso healthy", Duration::from_secs(10), |status| {
+        tenant_in(status, "contoso").is_some_and(|t| t["state"] == "healthy")
+    })
+    .await;
+    let mut conn = server_connection_as(&server, "tokend", "acl-pw-0451").await;
+    let value: Option<String> = conn.get("powerbi-tokend:{contoso}").await.unwrap();
+    assert!(value.is_some(), "the Redis sink was not written");
+    let shared: Option<String> = conn
+        .get("powerbi-tokend:fleet:{contoso}:token")
+        .await
+        .unwrap();
+    assert!(shared.is_some(), "the fleet's shared token was not written");
+    let lease: Option<String> = conn
+        .get("powerbi-tokend:fleet:{contoso}:lease")
+        .await
+        .unwrap();
+    assert_eq!(lease, None, "the lease was not released");
+    daemon.signal("TERM");
+    daemon.wait_exit(Duration::from_secs(10)).await;
+    let log = daemon.log_text();
+    assert!(!log.contains("NOPERM"), "{log}");
+}
