@@ -144,6 +144,7 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
             _ => None,
         },
         observer,
+        once: false,
     })
 }
 
@@ -560,7 +561,10 @@ pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(),
 /// # Errors
 /// Only set-up failures; per-tenant failures are in the outcomes.
 pub async fn once(config: &Config) -> Result<Vec<OnceOutcome>, RunError> {
-    let shared = Arc::new(shared_for(config, None)?);
+    let shared = Arc::new(Shared {
+        once: true,
+        ..shared_for(config, None)?
+    });
     sink::clean_up(&config.tenants).await;
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in &config.tenants {

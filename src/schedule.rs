@@ -177,6 +177,29 @@ pub fn next_wake(
         .fold(wanted, SystemTime::max)
 }
 
+/// The first wait before writing a token in hand again to a sink that could not take it.
+pub const WRITE_RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// The longest wait between writes of a token in hand.
+pub const WRITE_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// When to write a token in hand again after its `tries`-th failed write (1 or more), while
+/// the token the sinks hold (or the one in hand, if it expires first) has `remaining` of its
+/// life left: 1 s, 2 s, 4 s… but never more than a quarter of that (the nearer the consumers'
+/// token is to its end, the more often the write is tried, so they get the new one soon after
+/// the sink takes it) nor more than [`WRITE_RETRY_MAX`], and never less than [`WRITE_RETRY_MIN`].
+/// Unlike the backoff of token requests, nothing here costs Entra a request.
+pub fn write_retry(tries: u32, remaining: Duration) -> Duration {
+    let doubling = 1u32
+        .checked_shl(tries.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    WRITE_RETRY_MIN
+        .saturating_mul(doubling)
+        .min(remaining / 4)
+        .min(WRITE_RETRY_MAX)
+        .max(WRITE_RETRY_MIN)
+}
+
 /// The next cron activation strictly after `after`, in UTC.
 pub fn cron_next(cron: &croner::Cron, after: SystemTime) -> Option<SystemTime> {
     // `DateTime::from(SystemTime)` panics outside chrono's range; go through whole seconds.
@@ -505,5 +528,21 @@ mod tests {
             let d = backoff(5, min, max, unit);
             assert!(d >= min && d <= max, "{unit}: {d:?}");
         }
+    }
+
+    #[test]
+    fn writes_of_a_token_in_hand_are_retried_soon_and_ever_sooner_near_its_end() {
+        let hour = Duration::from_secs(3600);
+        let tries: Vec<u64> = (1..=8).map(|n| write_retry(n, hour).as_secs()).collect();
+        assert_eq!(tries, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // A 30-s token with 16 s left: at most 4 s apart; with 3 s left, the floor.
+        assert_eq!(
+            write_retry(5, Duration::from_secs(16)),
+            Duration::from_secs(4)
+        );
+        assert_eq!(write_retry(3, Duration::from_secs(3)), WRITE_RETRY_MIN);
+        assert_eq!(write_retry(1, Duration::ZERO), WRITE_RETRY_MIN);
+        assert_eq!(write_retry(0, hour), WRITE_RETRY_MIN);
+        assert_eq!(write_retry(u32::MAX, Duration::MAX), WRITE_RETRY_MAX);
     }
 }

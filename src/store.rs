@@ -4,21 +4,26 @@
 //! redis-rs pipelines concurrent requests on it, so ten thousand tenants do not need ten
 //! thousand sockets. The connection is made lazily and made again after it breaks, with
 //! exponential backoff, reading the password again each time so a rotated one is picked up.
-//! While Redis is unreachable, callers get an error at once (no queueing behind a dead server):
-//! a Redis outage is a `sink` failure of the tenants that write there, never a stall of the
-//! daemon.
+//!
+//! A connection attempt runs as a task of its own, never under the lock callers take to find
+//! the connection. Callers wait for it only while Redis is in good standing (the first
+//! connection, or one after a clean disconnect such as a server restart). Once Redis has
+//! failed to connect or left a command unanswered (a hung or frozen server), callers get an
+//! error at once until an attempt in the background succeeds: a Redis outage is a `sink`
+//! failure of the tenants that write there, never a queue of callers behind a dead server.
 //!
 //! The scripts live here too: the newer-wins token write and the lease release are single
 //! server-side scripts, so two writers racing cannot leave an older token behind, and a replica
 //! can only release a lease it still owns.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use secrecy::ExposeSecret;
+use tokio::sync::watch;
 
 use crate::config::RedisConfig;
 use crate::safe_read::{self, Symlinks};
@@ -26,8 +31,15 @@ use crate::safe_read::{self, Symlinks};
 /// Shortest wait before connecting again after a failure.
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
 
-/// Longest wait before connecting again: a Redis that comes back is used within this.
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Longest wait before connecting again: a Redis that comes back is used within this. An
+/// attempt costs a connect (or a socket that waits `connect_timeout` on a hung server) and no
+/// log line, so it can be short.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// How long the caller that starts a connection attempt while Redis is in bad standing waits
+/// for it: long enough for a refused connection or one to a server that is back, short enough
+/// that a hung server costs that caller little.
+const QUICK_CONNECT: Duration = Duration::from_millis(200);
 
 /// Largest `ca_file` read for Redis TLS.
 const MAX_CA_BYTES: u64 = 1024 * 1024;
@@ -82,6 +94,14 @@ impl ConnectionLike for Conn {
 
 /// The shared Redis connection.
 pub struct Store {
+    /// What a connection is made from; shared with the connecting task.
+    settings: Arc<Settings>,
+    /// The connection and its standing, locked only briefly (never across an await).
+    state: Arc<Mutex<State>>,
+}
+
+/// What every connection attempt needs.
+struct Settings {
     config: RedisConfig,
     /// The trust anchors for `rediss://` when set (the daemon's `ca_file`); the system's
     /// otherwise. Unlike for HTTPS they replace the system's: redis-rs takes one root store, and
@@ -89,13 +109,12 @@ pub struct Store {
     ca_file: Option<std::path::PathBuf>,
     /// For messages: the first URL.
     server: Arc<str>,
-    state: tokio::sync::Mutex<State>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("server", &self.server)
+            .field("server", &self.settings.server)
             .finish_non_exhaustive()
     }
 }
@@ -106,12 +125,15 @@ struct State {
     /// fail drops it).
     conn: Option<(Conn, u64)>,
     generation: u64,
-    /// Connection failures in a row, for the backoff.
+    /// Failed connection attempts and unanswered commands since the last good connection: the
+    /// backoff's exponent, and while above zero, callers do not wait for a connection attempt.
     failures: u32,
     /// No connection attempt before this.
     not_before: Option<Instant>,
-    /// Why the last attempt failed, repeated to callers during the backoff.
+    /// Why Redis is not usable now, repeated to callers until a connection succeeds.
     last_error: Option<String>,
+    /// The attempt in flight: it sends `true` when it has ended, whatever its outcome.
+    connecting: Option<watch::Receiver<bool>>,
 }
 
 /// What the newer-wins write did.
@@ -159,150 +181,128 @@ impl Store {
     pub fn new(config: RedisConfig, ca_file: Option<std::path::PathBuf>) -> Self {
         let server: Arc<str> = config.urls.first().map_or("", String::as_str).into();
         Store {
-            config,
-            ca_file,
-            server,
-            state: tokio::sync::Mutex::new(State::default()),
+            settings: Arc::new(Settings {
+                config,
+                ca_file,
+                server,
+            }),
+            state: Arc::new(Mutex::new(State::default())),
         }
     }
 
     /// The configuration it was made from (reloads compare it).
     pub fn config(&self) -> &RedisConfig {
-        &self.config
+        &self.settings.config
     }
 
     /// The notification channel.
     pub fn channel(&self) -> &str {
-        &self.config.channel
+        &self.settings.config.channel
     }
 
     fn error(&self, message: impl Into<String>) -> StoreError {
-        StoreError {
-            server: self.server.clone(),
-            message: message.into(),
-        }
+        self.settings.error(message)
     }
 
-    /// The current connection, connecting first if there is none (and the backoff allows).
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// The current connection. Without one, starts a connection attempt (unless one is under
+    /// way or the backoff holds) and waits for it, but only while Redis is in good standing:
+    /// after a failure, callers are told at once and the attempt goes on without them.
     async fn connection(&self) -> Result<(Conn, u64), StoreError> {
-        let mut state = self.state.lock().await;
-        if let Some((conn, generation)) = &state.conn {
-            return Ok((conn.clone(), *generation));
-        }
-        if let Some(not_before) = state.not_before
-            && Instant::now() < not_before
-        {
-            let why = state.last_error.clone().unwrap_or_default();
-            return Err(self.error(format!("{why} (connecting again shortly)")));
-        }
-        let attempt = tokio::time::timeout(self.config.connect_timeout, self.connect()).await;
-        let result = match attempt {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(message)) => Err(message),
-            Err(_) => Err(format!(
-                "no connection within {} (redis.connect_timeout)",
-                humantime::format_duration(self.config.connect_timeout)
-            )),
+        let (mut attempt, wait) = {
+            let mut state = self.lock();
+            if let Some((conn, generation)) = &state.conn {
+                return Ok((conn.clone(), *generation));
+            }
+            // An attempt whose task is gone (it cannot panic, but if it did) no longer counts.
+            let under_way = state
+                .connecting
+                .as_ref()
+                .filter(|attempt| !*attempt.borrow() && attempt.has_changed().is_ok())
+                .cloned();
+            let (attempt, started) = match under_way {
+                Some(attempt) => (attempt, false),
+                None if state
+                    .not_before
+                    .is_some_and(|not_before| Instant::now() < not_before) =>
+                {
+                    return Err(self.unusable(&state));
+                }
+                None => (self.start_connecting(&mut state), true),
+            };
+            if state.failures > 0 && !started {
+                return Err(self.unusable(&state));
+            }
+            // In bad standing, the caller that started the attempt waits only briefly: a
+            // server that is back answers within that, a hung one does not hold it long.
+            let wait = (state.failures > 0).then_some(QUICK_CONNECT);
+            (attempt, wait)
         };
-        match result {
-            Ok(conn) => {
-                state.generation += 1;
-                state.failures = 0;
-                state.not_before = None;
-                state.last_error = None;
-                let generation = state.generation;
-                state.conn = Some((conn.clone(), generation));
-                tracing::info!(server = %self.server, "connected to Redis");
-                Ok((conn, generation))
+        // The attempt is bounded by `connect_timeout` and always reports its end; if its task
+        // vanished, the channel closes and the wait ends too.
+        match wait {
+            None => {
+                let _ = attempt.wait_for(|ended| *ended).await;
             }
-            Err(message) => {
-                state.failures = state.failures.saturating_add(1);
-                let backoff = RECONNECT_MIN
-                    .saturating_mul(1 << (state.failures - 1).min(8))
-                    .min(RECONNECT_MAX);
-                state.not_before = Some(Instant::now() + backoff);
-                state.last_error = Some(message.clone());
-                Err(self.error(message))
+            Some(wait) => {
+                let _ = tokio::time::timeout(wait, attempt.wait_for(|ended| *ended)).await;
             }
+        }
+        let state = self.lock();
+        match &state.conn {
+            Some((conn, generation)) => Ok((conn.clone(), *generation)),
+            None => Err(self.unusable(&state)),
         }
     }
 
-    /// Connects: reads the password (a rotated one is picked up here) and the CA file, then
-    /// opens the multiplexed or cluster connection.
-    async fn connect(&self) -> Result<Conn, String> {
-        let password = match &self.config.password {
-            None => None,
-            Some(source) => Some(
-                crate::credential::read_secret(source)
-                    .await
-                    .map_err(|err| format!("cannot read redis.password: {err}"))?,
-            ),
-        };
-        let tls = self
-            .config
-            .urls
-            .iter()
-            .any(|url| url.starts_with("rediss://"));
-        let root_cert = match (&self.ca_file, tls) {
-            (Some(path), true) => Some(
-                safe_read::read(path, MAX_CA_BYTES, Symlinks::Follow)
-                    .await
-                    .map_err(|err| format!("cannot read [daemon] ca_file: {err}"))?,
-            ),
-            _ => None,
-        };
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert,
-        };
-        let describe = |err: redis::RedisError| describe(&err);
-        if self.config.cluster {
-            let mut builder = redis::cluster::ClusterClient::builder(self.config.urls.clone())
-                .connection_timeout(self.config.connect_timeout)
-                .response_timeout(self.config.command_timeout)
-                .retries(2);
-            if let Some(username) = &self.config.username {
-                builder = builder.username(username);
+    /// The error for a caller while there is no connection: why, and that an attempt follows.
+    fn unusable(&self, state: &State) -> StoreError {
+        let why = state.last_error.as_deref().unwrap_or("not connected yet");
+        self.error(format!("{why} (connecting again in the background)"))
+    }
+
+    /// Starts a connection attempt as a task of its own, which records its outcome in the
+    /// state; returns what reports its end.
+    fn start_connecting(&self, state: &mut State) -> watch::Receiver<bool> {
+        let (ended, attempt) = watch::channel(false);
+        state.connecting = Some(attempt.clone());
+        let settings = self.settings.clone();
+        let shared = self.state.clone();
+        tokio::spawn(async move {
+            let timeout = settings.config.connect_timeout;
+            let result = match tokio::time::timeout(timeout, settings.connect()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "no connection within {} (redis.connect_timeout)",
+                    humantime::format_duration(timeout)
+                )),
+            };
+            {
+                let mut state = lock(&shared);
+                state.connecting = None;
+                match result {
+                    Ok(conn) => {
+                        state.generation += 1;
+                        state.failures = 0;
+                        state.not_before = None;
+                        state.last_error = None;
+                        state.conn = Some((conn, state.generation));
+                        tracing::info!(server = %settings.server, "connected to Redis");
+                    }
+                    Err(message) => failed(&mut state, message),
+                }
             }
-            if let Some(password) = &password {
-                builder = builder.password(password.expose_secret());
-            }
-            if tls {
-                builder = builder.certs(certificates);
-            }
-            let client = builder.build().map_err(describe)?;
-            let conn = client.get_async_connection().await.map_err(describe)?;
-            Ok(Conn::Cluster(conn))
-        } else {
-            let url = self.config.urls.first().map_or("", String::as_str);
-            let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(describe)?;
-            let mut settings = info.redis_settings().clone();
-            if let Some(username) = &self.config.username {
-                settings = settings.set_username(username);
-            }
-            if let Some(password) = &password {
-                settings = settings.set_password(password.expose_secret());
-            }
-            let info = info.set_redis_settings(settings);
-            let client = if tls {
-                redis::Client::build_with_tls(info, certificates)
-            } else {
-                redis::Client::open(info)
-            }
-            .map_err(describe)?;
-            let options = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(self.config.connect_timeout))
-                .set_response_timeout(Some(self.config.command_timeout));
-            let conn = client
-                .get_multiplexed_async_connection_with_config(&options)
-                .await
-                .map_err(describe)?;
-            Ok(Conn::Single(conn))
-        }
+            let _ = ended.send(true);
+        });
+        attempt
     }
 
     /// Runs one operation on the shared connection, within `command_timeout`. A connection
-    /// that fails (I/O, dropped, timed out) is put aside, so the next caller connects anew.
+    /// that fails (I/O, dropped) is put aside, so the next caller connects anew; one that leaves
+    /// a command unanswered also puts Redis in bad standing, so callers stop waiting on it.
     async fn run<T, F, Fut>(&self, operation: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
@@ -311,34 +311,41 @@ impl Store {
         let (conn, generation) = self.connection().await?;
         // The connection's own response timeout applies per command; this bounds the whole
         // operation (a script load and its call) as well.
-        let limit = self.config.command_timeout.saturating_mul(2);
+        let limit = self.settings.config.command_timeout.saturating_mul(2);
         let outcome = tokio::time::timeout(limit, operation(conn)).await;
         let err = match outcome {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(err)) => err,
             Err(_) => {
-                self.drop_connection(generation).await;
-                return Err(self.error(format!(
+                let message = format!(
                     "no answer within {} (redis.command_timeout)",
                     humantime::format_duration(limit)
-                )));
+                );
+                self.drop_connection(generation, Some(&message));
+                return Err(self.error(message));
             }
         };
-        if err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_timeout()
-            || err.is_unrecoverable_error()
-        {
-            self.drop_connection(generation).await;
+        let message = describe(&err);
+        if err.is_timeout() {
+            self.drop_connection(generation, Some(&message));
+        } else if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error() {
+            self.drop_connection(generation, None);
         }
-        Err(self.error(describe(&err)))
+        Err(self.error(message))
     }
 
-    async fn drop_connection(&self, generation: u64) {
-        let mut state = self.state.lock().await;
+    /// Puts the connection of `generation` aside, if it is still the one in use. `hung`: why
+    /// it left a command unanswered; callers then stop waiting for connection attempts.
+    fn drop_connection(&self, generation: u64, hung: Option<&str>) {
+        let mut state = self.lock();
         if state.conn.as_ref().is_some_and(|(_, g)| *g == generation) {
             state.conn = None;
-            tracing::warn!(server = %self.server, "Redis connection lost; connecting again");
+            if let Some(message) = hung {
+                failed(&mut state, message.to_owned());
+                // The first attempt may start at once; only callers stop waiting.
+                state.not_before = None;
+            }
+            tracing::warn!(server = %self.settings.server, "Redis connection lost; connecting again");
         }
     }
 
@@ -472,6 +479,108 @@ impl Store {
         })
         .await
     }
+}
+
+impl Settings {
+    fn error(&self, message: impl Into<String>) -> StoreError {
+        StoreError {
+            server: self.server.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Connects: reads the password (a rotated one is picked up here) and the CA file, then
+    /// opens the multiplexed or cluster connection.
+    async fn connect(&self) -> Result<Conn, String> {
+        let password = match &self.config.password {
+            None => None,
+            Some(source) => Some(
+                crate::credential::read_secret(source)
+                    .await
+                    .map_err(|err| format!("cannot read redis.password: {err}"))?,
+            ),
+        };
+        let tls = self
+            .config
+            .urls
+            .iter()
+            .any(|url| url.starts_with("rediss://"));
+        let root_cert = match (&self.ca_file, tls) {
+            (Some(path), true) => Some(
+                safe_read::read(path, MAX_CA_BYTES, Symlinks::Follow)
+                    .await
+                    .map_err(|err| format!("cannot read [daemon] ca_file: {err}"))?,
+            ),
+            _ => None,
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert,
+        };
+        let describe = |err: redis::RedisError| describe(&err);
+        if self.config.cluster {
+            let mut builder = redis::cluster::ClusterClient::builder(self.config.urls.clone())
+                .connection_timeout(self.config.connect_timeout)
+                .response_timeout(self.config.command_timeout)
+                .retries(2);
+            if let Some(username) = &self.config.username {
+                builder = builder.username(username);
+            }
+            if let Some(password) = &password {
+                builder = builder.password(password.expose_secret());
+            }
+            if tls {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(describe)?;
+            let conn = client.get_async_connection().await.map_err(describe)?;
+            Ok(Conn::Cluster(conn))
+        } else {
+            let url = self.config.urls.first().map_or("", String::as_str);
+            let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(describe)?;
+            let mut settings = info.redis_settings().clone();
+            if let Some(username) = &self.config.username {
+                settings = settings.set_username(username);
+            }
+            if let Some(password) = &password {
+                settings = settings.set_password(password.expose_secret());
+            }
+            let info = info.set_redis_settings(settings);
+            let client = if tls {
+                redis::Client::build_with_tls(info, certificates)
+            } else {
+                redis::Client::open(info)
+            }
+            .map_err(describe)?;
+            let options = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.config.connect_timeout))
+                .set_response_timeout(Some(self.config.command_timeout));
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&options)
+                .await
+                .map_err(describe)?;
+            Ok(Conn::Single(conn))
+        }
+    }
+}
+
+/// Locks the state; a panic never happens while it is held (plain bookkeeping), so a poisoned
+/// lock still holds consistent state.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Records a failed attempt or an unanswered command: callers are told `message` at once, and
+/// the next attempt waits for the backoff.
+fn failed(state: &mut State, message: String) {
+    state.failures = state.failures.saturating_add(1);
+    let backoff = RECONNECT_MIN
+        .saturating_mul(1 << (state.failures - 1).min(8))
+        .min(RECONNECT_MAX);
+    state.not_before = Some(Instant::now() + backoff);
+    state.last_error = Some(message);
 }
 
 /// An operator's reading of a redis-rs error: the kind and the server's words (which never

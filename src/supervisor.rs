@@ -85,8 +85,9 @@ pub trait Stepper: Send + 'static {
     fn lane(&self) -> usize;
 }
 
-/// Lanes of steps: the warm start, the main lane, the slow lane (see [`Tenant::lane`]).
-pub const LANES: usize = 3;
+/// Lanes of steps: the warm start, the main lane, the slow lane, the Redis lane (see
+/// [`Tenant::lane`]).
+pub const LANES: usize = 4;
 
 /// What a tenant is made from.
 pub struct TenantSeed {
@@ -550,7 +551,7 @@ async fn run_step<T: Stepper>(
 
 /// Steps in flight per lane: the warm start as many as read at once; each request lane four
 /// times its permits, so a lane never idles for want of a started step, and the steps that wait
-/// for its permits stay few.
+/// for its permits stay few; the Redis lane [`REDIS_STEPS`].
 fn budget(shared: &Shared) -> [usize; LANES] {
     // Called with a fresh semaphore, none of whose permits is taken yet: all of them are
     // available.
@@ -559,8 +560,14 @@ fn budget(shared: &Shared) -> [usize; LANES] {
         crate::tenant::START_UP_READS,
         permits.saturating_mul(4),
         permits.saturating_mul(4),
+        REDIS_STEPS,
     ]
 }
+
+/// Steps in flight in the Redis lane. Their commands share one multiplexed connection, so many
+/// cost little; while Redis hangs, each waits at most its command timeout before the store
+/// answers the next ones at once, so the lane drains within seconds of a freeze.
+const REDIS_STEPS: usize = 256;
 
 /// A tenant the supervisor runs, found by its name: the settings it was started with (to
 /// detect changes on reload) are the key, so the name is not copied once more per tenant.
@@ -947,7 +954,7 @@ mod tests {
             }
         }
         let load = Arc::new(Load::default());
-        let timetable = Timetable::<Busy>::start(None, [1, 3, 1]);
+        let timetable = Timetable::<Busy>::start(None, [1, 3, 1, 1]);
         for _ in 0..50 {
             timetable.add(load.clone(), StatusHandle::default());
         }
@@ -975,6 +982,7 @@ mod tests {
             store: None,
             fleet: None,
             observer: None,
+            once: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let config = || {

@@ -208,16 +208,8 @@ async fn once_exits_0_when_all_succeed_and_1_naming_each_failure() {
     ];
     let path = config_file(dir.path(), &sim.authority_host(), &mixed);
     let stderr_path = dir.path().join("stderr");
-    let mut child = Command::new(BIN)
-        .args(["once", "--config"])
-        .arg(&path)
-        .env("GOOD_SECRET", SECRET)
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    let (status, stderr) = once_with_stderr(&path, &stderr_path).await;
     assert_eq!(status.code(), Some(1));
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(
         stderr.contains("northwind: permanent invalid_client AADSTS7000215"),
         "{stderr}"
@@ -229,6 +221,52 @@ async fn once_exits_0_when_all_succeed_and_1_naming_each_failure() {
     assert!(!stderr.contains("contoso:"), "{stderr}");
     assert!(stderr.contains("2 of 3 tenant(s) failed"), "{stderr}");
     assert!(!stderr.contains(SECRET));
+    once_words_failures_as_final(&stderr);
+
+    // A transient failure is final too: `once` exits, it does not retry.
+    sim.set_behavior(
+        "contoso.onmicrosoft.com",
+        powerbi_tokend::sim::Behavior::TemporarilyUnavailable,
+    );
+    let (status, stderr) = once_with_stderr(&path, &stderr_path).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("contoso: transient"), "{stderr}");
+    assert!(stderr.contains("3 of 3 tenant(s) failed"), "{stderr}");
+    once_words_failures_as_final(&stderr);
+}
+
+/// `once` on `config` with `GOOD_SECRET` set, its stderr through `stderr_path`.
+async fn once_with_stderr(
+    config: &std::path::Path,
+    stderr_path: &std::path::Path,
+) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(config)
+        .env("GOOD_SECRET", SECRET)
+        .stderr(std::fs::File::create(stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
+    (status, std::fs::read_to_string(stderr_path).unwrap())
+}
+
+/// `once` makes one attempt per tenant: none of its own words may promise another (Entra's
+/// messages may say "try again", which is advice to the operator).
+fn once_words_failures_as_final(stderr: &str) {
+    for promise in [
+        "will retry",
+        "retrying",
+        "retry_in",
+        "will write it again",
+        "until fixed",
+    ] {
+        assert!(
+            !stderr.to_lowercase().contains(promise),
+            "once promises a retry ({promise:?}):\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("refresh failed"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -259,7 +259,16 @@ pub async fn write(
     store: Option<&std::sync::Arc<Store>>,
 ) -> Result<(), String> {
     let mut first_error = None;
-    for sink in &embed.sinks {
+    // Files first: a hung Redis must not delay them.
+    let files = embed
+        .sinks
+        .iter()
+        .filter(|sink| matches!(sink, SinkConfig::File(_)));
+    let others = embed
+        .sinks
+        .iter()
+        .filter(|sink| !matches!(sink, SinkConfig::File(_)));
+    for sink in files.chain(others) {
         let result = match sink {
             SinkConfig::File(file) => {
                 let contents = contents(file.format, tenant, embed, token);

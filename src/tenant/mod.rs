@@ -136,6 +136,8 @@ pub struct Shared {
     pub fleet: Option<Arc<Fleet>>,
     /// Hook called after every finished attempt (metrics); `None` in `once` and tests.
     pub observer: Option<Arc<dyn Observer>>,
+    /// `once`: one attempt per tenant, so failures are logged as final, with no retry planned.
+    pub once: bool,
 }
 
 /// Told how long every token request took (the fleet-wide latency histogram), how every attempt
@@ -193,10 +195,10 @@ pub struct Tenant {
     status: StatusHandle,
     /// Stable jitter of this tenant, as a fraction of the lifetime.
     jitter_offset: f64,
-    /// A token fetched but not yet written to every sink (a sink failed): written again before
-    /// asking Entra for another one.
-    unwritten: Option<Box<AccessToken>>,
-    /// Failures in a row, for the backoff exponent.
+    /// A token fetched or adopted that not every sink holds yet: written again on a short
+    /// schedule of its own, without asking Entra for another one, until its refresh point.
+    unwritten: Option<Box<Unwritten>>,
+    /// Failed token requests in a row, for the backoff exponent.
     failures: u32,
     /// When the last attempt began: the next one starts at least
     /// [`schedule::MIN_ATTEMPT_INTERVAL`] later, whatever asks for it.
@@ -232,6 +234,8 @@ pub struct Tenant {
     next_probe: Option<SystemTime>,
     /// The tenant's embed tokens, in config order (`[[tenant.embed]]`); empty for most.
     embeds: Box<[EmbedState]>,
+    /// What the next step does, decided with its time by [`Tenant::plan`].
+    due: Due,
 }
 
 /// What a check of the token in Redis found.
@@ -243,6 +247,50 @@ enum Presence {
     /// Shutdown began during the check.
     Cancelled,
 }
+
+/// What a tenant's next step does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// Fetch a token (or adopt the fleet's) and write it.
+    Attempt,
+    /// Write the token in hand to the sinks that do not hold it yet.
+    Write,
+    /// Look whether the token is still in Redis.
+    Check,
+    /// The Power BI calls: the access probe, embed tokens.
+    Api,
+}
+
+/// A token that some of the tenant's sinks do not hold yet: the Redis sinks right after a
+/// refresh (they are written in a step of their own, so a slow Redis never holds a request
+/// permit or a file write), or sinks whose write failed.
+struct Unwritten {
+    /// The token.
+    token: AccessToken,
+    /// Fleet mode: the replica that fetched it.
+    refreshed_by: Option<Arc<str>>,
+    /// When to ask Entra for the next one, planned when it came.
+    refresh_point: SystemTime,
+    /// The sinks (indices into the tenant's `sinks`) that do not hold it yet.
+    sinks: Vec<usize>,
+    /// Failed writes of it so far.
+    tries: u32,
+    /// When to write it next.
+    write_at: SystemTime,
+}
+
+/// What writing a token to some sinks came to.
+struct Written {
+    /// The sinks (indices into the tenant's `sinks`) that failed.
+    failed: Vec<usize>,
+    /// The first failure.
+    error: Option<RefreshError>,
+}
+
+/// The lane of steps that only talk to Redis (presence checks, Redis writes): its own budget
+/// in the supervisor, so that a hung Redis fills this lane and never the ones token requests
+/// and file writes wait in.
+pub const REDIS_LANE: usize = 3;
 
 /// How many tenants read their existing tokens at once at start-up (the supervisor's budget for
 /// warm-start steps): enough to keep the disk or Redis busy, few enough that ten thousand reads
@@ -304,6 +352,7 @@ impl Tenant {
             token: None,
             next_probe: None,
             embeds,
+            due: Due::Attempt,
         }
     }
 
@@ -335,8 +384,9 @@ impl Tenant {
 
     /// Does what is due now and returns when the next step is due; `None` when `cancel` fired
     /// first. The first step is the warm start, and the first attempt too when that is due at
-    /// once; after it, each step is the one the previous step planned: a check that the token is
-    /// still in Redis when that falls first, else an attempt.
+    /// once; after it, each step does what [`Tenant::plan`] found due first: an attempt, the
+    /// writes of a token in hand, a check that the token is still in Redis, or the Power BI
+    /// calls.
     pub async fn step(&mut self, cancel: &CancellationToken) -> Option<SystemTime> {
         if !self.started {
             // Warm starts take turns: the supervisor runs at most START_UP_READS at once.
@@ -355,63 +405,116 @@ impl Tenant {
             // What is due now (usually the first attempt, with nothing on disk to reuse)
             // follows in this step, so a cold start costs one task per tenant, not two.
         }
-        if self
-            .next_api_call()
-            .is_some_and(|at| at < self.wake && self.next_check.is_none_or(|check| at <= check))
-        {
-            Box::pin(self.api_calls(cancel)).await?;
-            return Some(self.plan());
-        }
-        if let Some(check) = self.next_check.filter(|check| *check < self.wake) {
-            self.next_check = self
-                .presence_check_interval()
-                .map(|every| schedule::later(check.max(SystemTime::now()), every));
-            // Boxed, like the attempt: the step's future stays small while it waits.
-            match Box::pin(self.check_presence(self.wake, cancel)).await {
-                Presence::Cancelled => return None,
-                Presence::Lost => self.next = SystemTime::now(),
-                Presence::Kept => {}
+        match self.due {
+            Due::Api => Box::pin(self.api_calls(cancel)).await?,
+            Due::Write => Box::pin(self.write_held()).await,
+            Due::Check => {
+                let check = self.next_check.unwrap_or_else(SystemTime::now);
+                self.next_check = self
+                    .presence_check_interval()
+                    .map(|every| schedule::later(check.max(SystemTime::now()), every));
+                // Boxed, like the attempt: the step's future stays small while it waits.
+                match Box::pin(self.check_presence(self.wake, cancel)).await {
+                    Presence::Cancelled => return None,
+                    Presence::Lost => self.next = SystemTime::now(),
+                    Presence::Kept => {}
+                }
             }
-            return Some(self.plan());
-        }
-        let lane = if self.slow {
-            &self.shared.slow_lane
-        } else {
-            &self.shared.limiter
-        };
-        let permit = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return None,
-            permit = lane.clone().acquire_owned() => permit,
-        };
-        // From here on the attempt runs to completion, even if cancelled meanwhile. Boxed so that
-        // the many steps waiting for a permit at a cold start stay small: only attempts in
-        // flight pay for the HTTP and file-write state.
-        self.next = Box::pin(self.attempt(permit.ok())).await;
-        if self
-            .next_api_call()
-            .is_some_and(|at| at <= SystemTime::now() && at < self.wake)
-        {
-            // Right after a refresh: does Power BI take the new token, and new embed tokens
-            // made with it.
-            Box::pin(self.api_calls(cancel)).await?;
+            Due::Attempt => {
+                // Boxed so that the many steps waiting for a permit at a cold start stay small:
+                // only attempts in flight pay for the HTTP and file-write state.
+                self.next = Box::pin(self.claim_and_attempt(cancel)).await?;
+                if self
+                    .next_api_call()
+                    .is_some_and(|at| at <= SystemTime::now() && at < self.wake)
+                {
+                    // Right after a refresh: does Power BI take the new token, and new embed
+                    // tokens made with it.
+                    Box::pin(self.api_calls(cancel)).await?;
+                }
+            }
         }
         Some(self.plan())
     }
 
+    /// An attempt with its turn: in fleet mode the lease first (Redis, before any request
+    /// permit is taken, so a slow Redis holds back no other tenant's request), then a permit of
+    /// the lane. From the permit on, the attempt runs to completion, even if cancelled
+    /// meanwhile. `None` when `cancel` fired first.
+    async fn claim_and_attempt(&mut self, cancel: &CancellationToken) -> Option<SystemTime> {
+        let claim = match self.shared.fleet.clone() {
+            Some(fleet) => Some(self.claim(&fleet).await),
+            None => None,
+        };
+        let permit = match &claim {
+            // Adopting a token or looking again later needs no request.
+            Some(Claim::Adopt { .. } | Claim::Busy) => None,
+            _ => {
+                let lane = if self.slow {
+                    &self.shared.slow_lane
+                } else {
+                    &self.shared.limiter
+                };
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => {
+                        if let (Some(Claim::Lease), Some(fleet)) = (&claim, &self.shared.fleet) {
+                            fleet.release(&self.config).await;
+                        }
+                        return None;
+                    }
+                    permit = lane.clone().acquire_owned() => permit.ok(),
+                }
+            }
+        };
+        Some(self.attempt(claim, permit).await)
+    }
+
+    /// Fleet mode: adopt the shared token, take the lease, or look again later.
+    async fn claim(&self, fleet: &Fleet) -> Claim {
+        let now = SystemTime::now();
+        let (refresh_at, jitter, ours) = (
+            self.config.refresh_at,
+            self.jitter_offset,
+            self.current_issued_on,
+        );
+        let adoptable = |token: &AccessToken| {
+            ours.is_none_or(|ours| token.issued_on() > ours)
+                && now < schedule::refresh_point(token, refresh_at, jitter)
+        };
+        fleet.claim(&self.config, adoptable).await
+    }
+
     /// Which lane of the supervisor's its next step waits in: 0 the warm start, 1 the main
-    /// lane, 2 the slow lane (its last request was slow or timed out).
+    /// lane, 2 the slow lane (its last request was slow or timed out), [`REDIS_LANE`] a step
+    /// that only talks to Redis.
     pub fn lane(&self) -> usize {
-        match (self.started, self.slow) {
-            (false, _) => 0,
-            (true, false) => 1,
-            (true, true) => 2,
+        if !self.started {
+            return 0;
+        }
+        let redis_only = match self.due {
+            Due::Check => true,
+            Due::Write => self.unwritten.as_ref().is_some_and(|held| {
+                held.sinks.iter().all(|&index| {
+                    matches!(
+                        self.config.sinks.get(index),
+                        Some(crate::config::SinkConfig::Redis(_))
+                    )
+                })
+            }),
+            Due::Attempt | Due::Api => false,
+        };
+        match (redis_only, self.slow) {
+            (true, _) => REDIS_LANE,
+            (false, false) => 1,
+            (false, true) => 2,
         }
     }
 
     /// Plans the next attempt (the refresh point, a cron activation, the minimum interval and
     /// `Retry-After` considered), shows it in the status, and returns when the next step is
-    /// due: that attempt, or a presence check falling before it.
+    /// due: that attempt, or what falls before it (writes of the token in hand, a presence
+    /// check, a Power BI call), noted in `due`.
     fn plan(&mut self) -> SystemTime {
         let cron = self
             .config
@@ -420,13 +523,21 @@ impl Tenant {
             .and_then(|s| schedule::cron_next(&s.cron, SystemTime::now()));
         self.wake = schedule::next_wake(self.next, cron, self.last_attempt, self.retry_not_before);
         status::lock(&self.status).next_refresh = Some(self.wake);
-        let check = self.next_check.filter(|check| *check < self.wake);
-        let api = self.next_api_call().filter(|api| *api < self.wake);
-        [check, api]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.wake)
+        let (at, due) = [
+            self.unwritten
+                .as_ref()
+                .map(|held| (held.write_at, Due::Write)),
+            self.next_api_call().map(|at| (at, Due::Api)),
+            self.next_check.map(|at| (at, Due::Check)),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|(at, _)| *at < self.wake)
+        // The first of equals: writes before calls before checks.
+        .min_by_key(|(at, _)| *at)
+        .unwrap_or((self.wake, Due::Attempt));
+        self.due = due;
+        at
     }
 
     /// Adopts a still-fresh token from disk (warm start). Returns the first wake-up.
@@ -459,108 +570,230 @@ impl Tenant {
         now
     }
 
-    /// One attempt: fetch (unless a fetched token still awaits its write), write every sink,
-    /// record the outcome. Returns when to wake next.
-    async fn attempt(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> SystemTime {
+    /// One attempt: fetch (or adopt the fleet's token, as `claim` says), write the local sinks
+    /// while holding `permit`, and leave the rest (Redis) to a step of their own that follows
+    /// at once. Returns when to ask for the next token.
+    async fn attempt(
+        &mut self,
+        claim: Option<Claim>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> SystemTime {
         let now = SystemTime::now();
         self.last_attempt = Some(now);
-        let reuse = self
-            .unwritten
-            .take()
-            .filter(|token| {
-                now < schedule::refresh_point(token, self.config.refresh_at, self.jitter_offset)
-            })
-            .map(|token| *token);
         let mut request_duration = None;
         let mut permit = permit;
         let mut leased = false;
         let mut adopted_from = None;
-        let token = match reuse {
-            Some(token) => Ok(token),
-            None => {
-                let claim = match &self.shared.fleet {
-                    Some(fleet) => {
-                        let (refresh_at, jitter, ours) = (
-                            self.config.refresh_at,
-                            self.jitter_offset,
-                            self.current_issued_on,
-                        );
-                        let adoptable = |token: &AccessToken| {
-                            ours.is_none_or(|ours| token.issued_on() > ours)
-                                && now < schedule::refresh_point(token, refresh_at, jitter)
-                        };
-                        Some(fleet.claim(&self.config, adoptable).await)
-                    }
-                    None => None,
-                };
-                match claim {
-                    Some(Claim::Adopt {
-                        token,
-                        refreshed_by,
-                    }) => {
-                        adopted_from = Some(refreshed_by);
-                        Ok(token)
-                    }
-                    Some(Claim::Busy) => {
-                        if let Some(observer) = &self.shared.observer {
-                            observer.fleet_lease_busy();
-                        }
-                        return schedule::later(now, FLEET_BUSY_RETRY);
-                    }
-                    Some(Claim::Unavailable(err)) => {
-                        tracing::warn!(
-                            tenant = %self.config.name,
-                            error = %err,
-                            "fleet: Redis cannot say whether another replica refreshed; fetching without the fleet"
-                        );
-                        self.fetch_in_lanes(&mut permit, &mut request_duration)
-                            .await
-                    }
-                    Some(Claim::Lease) => {
-                        leased = true;
-                        self.fetch_in_lanes(&mut permit, &mut request_duration)
-                            .await
-                    }
-                    None => {
-                        self.fetch_in_lanes(&mut permit, &mut request_duration)
-                            .await
-                    }
+        let fetched = match claim {
+            Some(Claim::Adopt {
+                token,
+                refreshed_by,
+            }) => {
+                adopted_from = Some(refreshed_by);
+                Ok(token)
+            }
+            Some(Claim::Busy) => {
+                if let Some(observer) = &self.shared.observer {
+                    observer.fleet_lease_busy();
                 }
+                return schedule::later(now, FLEET_BUSY_RETRY);
+            }
+            Some(Claim::Unavailable(err)) => {
+                tracing::warn!(
+                    tenant = %self.config.name,
+                    error = %err,
+                    "fleet: Redis cannot say whether another replica refreshed; fetching without the fleet"
+                );
+                self.fetch_in_lanes(&mut permit, &mut request_duration)
+                    .await
+            }
+            Some(Claim::Lease) => {
+                leased = true;
+                self.fetch_in_lanes(&mut permit, &mut request_duration)
+                    .await
+            }
+            None => {
+                self.fetch_in_lanes(&mut permit, &mut request_duration)
+                    .await
             }
         };
-        if let (Some(fleet), Ok(token)) = (&self.shared.fleet, &token)
-            && request_duration.is_some()
-        {
-            // Shared before the sinks are written, so replicas waiting on the lease adopt it
-            // as soon as possible.
-            if let Err(err) = fleet.publish(&self.config, token).await {
+        if let (Some(observer), Some(duration)) = (&self.shared.observer, request_duration) {
+            observer.request_finished(duration);
+        }
+        let token = match fetched {
+            Ok(token) => token,
+            Err(err) => {
+                drop(permit);
+                if leased && let Some(fleet) = &self.shared.fleet {
+                    fleet.release(&self.config).await;
+                }
+                // A token in hand that never reached its sinks is past its refresh point by now
+                // (attempts come no earlier): the sinks keep what they hold.
+                self.unwritten = None;
+                self.count_attempt(Err(&err));
+                return self.failed(err);
+            }
+        };
+        self.failures = 0;
+        self.retry_not_before = None;
+        // The first token since the tenant started without one (a cold start: every tenant at
+        // once) gets a random phase; the ones after it, the tenant's stable period.
+        let refresh_point = if self.current_issued_on.is_none() {
+            schedule::first_refresh_point(
+                &token,
+                self.config.refresh_at,
+                self.config.jitter,
+                fastrand::f64(),
+            )
+        } else {
+            schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset)
+        };
+        let refreshed_by = match (&self.shared.fleet, adopted_from) {
+            (_, Some(by)) => Some(by),
+            (Some(fleet), None) => Some(fleet.replica_id().clone()),
+            (None, None) => None,
+        };
+        // The permit is held through the local writes: when the disk is slower than Entra,
+        // tenants wait before fetching rather than piling up fetched tokens in memory. Redis
+        // is written without it, after the files.
+        let all: Vec<usize> = (0..self.config.sinks.len()).collect();
+        let (local, rest): (Vec<usize>, Vec<usize>) = all.into_iter().partition(|&index| {
+            matches!(
+                self.config.sinks.get(index),
+                Some(crate::config::SinkConfig::File(_))
+            )
+        });
+        let written = self.write_sinks(&token, &local).await;
+        drop(permit);
+        if let Some(fleet) = &self.shared.fleet {
+            if request_duration.is_some()
+                && let Err(err) = fleet.publish(&self.config, &token).await
+            {
                 tracing::warn!(tenant = %self.config.name, error = %err, "fleet: cannot share the token");
             }
+            if leased {
+                fleet.release(&self.config).await;
+            }
         }
-        if leased && let Some(fleet) = &self.shared.fleet {
-            fleet.release(&self.config).await;
+        let mut sinks = written.failed;
+        sinks.extend(rest);
+        self.unwritten = Some(Box::new(Unwritten {
+            token,
+            refreshed_by,
+            refresh_point,
+            sinks,
+            tries: 0,
+            write_at: SystemTime::now(),
+        }));
+        match written.error {
+            // A local sink failed: the failure is recorded now, and its write tried again on
+            // the short schedule, with Redis.
+            Some(err) => self.write_failed(err),
+            None if self
+                .unwritten
+                .as_ref()
+                .is_some_and(|held| held.sinks.is_empty()) =>
+            {
+                self.written();
+            }
+            // Redis follows in a step of its own, due now.
+            None => {}
         }
-        // The permit is held through the sink writes: when the disk is slower than Entra,
-        // tenants wait before fetching rather than piling up fetched tokens in memory.
-        let mut local_sink_failed = false;
-        let result = match token {
-            Ok(token) => match self.write_sinks(&token).await {
-                (Ok(()), _) => Ok(token),
-                (Err(err), local_failed) => {
-                    local_sink_failed = local_failed;
-                    self.unwritten = Some(Box::new(token));
-                    Err(err)
-                }
-            },
-            Err(err) => Err(err),
+        refresh_point
+    }
+
+    /// Writes the token in hand to the sinks that do not hold it yet; Redis sinks in a step of
+    /// their own (see [`Tenant::lane`]). A token that expired meanwhile is dropped: the sinks
+    /// keep what they hold, and the next attempt fetches.
+    async fn write_held(&mut self) {
+        let Some(held) = self.unwritten.as_ref() else {
+            return;
         };
-        drop(permit);
+        if held.token.expires_on() <= clock::unix_now() {
+            self.unwritten = None;
+            return;
+        }
+        let sinks = held.sinks.clone();
+        let token = held.token.clone();
+        let written = self.write_sinks(&token, &sinks).await;
+        if let Some(held) = self.unwritten.as_mut() {
+            held.sinks = written.failed;
+        }
+        match written.error {
+            Some(err) => self.write_failed(err),
+            None => self.written(),
+        }
+    }
+
+    /// Every sink holds the token in hand: the refresh succeeded.
+    fn written(&mut self) {
+        let Some(held) = self.unwritten.take() else {
+            return;
+        };
+        let Unwritten {
+            token,
+            refreshed_by,
+            refresh_point,
+            ..
+        } = *held;
+        status::lock(&self.status).local_sink_failing = false;
+        self.count_attempt(Ok(()));
+        if self.shared.fleet.is_some()
+            && let Some(observer) = &self.shared.observer
+        {
+            let adopted = match (&refreshed_by, &self.shared.fleet) {
+                (Some(by), Some(fleet)) => by != fleet.replica_id(),
+                _ => false,
+            };
+            observer.fleet_token(adopted);
+        }
+        self.succeeded(token, refreshed_by, refresh_point);
+    }
+
+    /// A write of the token in hand failed: recorded like a failed attempt, and tried again
+    /// after [`schedule::write_retry`], without asking Entra for another token.
+    fn write_failed(&mut self, err: RefreshError) {
+        let now = SystemTime::now();
+        let Some(held) = self.unwritten.as_mut() else {
+            return;
+        };
+        held.tries = held.tries.saturating_add(1);
+        // The token the sinks still hold runs out first: its consumers are the ones waiting.
+        let in_sinks = status::lock(&self.status).expires_on;
+        let runs_out = in_sinks.map_or(held.token.expires_on(), |exp| {
+            exp.min(held.token.expires_on())
+        });
+        let remaining = schedule::unix_to_system(runs_out)
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO);
+        let delay = schedule::write_retry(held.tries, remaining);
+        held.write_at = schedule::later(now, delay);
+        let local_failing = held.sinks.iter().any(|&index| {
+            matches!(
+                self.config.sinks.get(index),
+                Some(crate::config::SinkConfig::File(_))
+            )
+        });
+        let consecutive = {
+            let mut status = status::lock(&self.status);
+            status.local_sink_failing = local_failing;
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            status.last_error = Some(Box::new(err.clone()));
+            status.first_attempt_finished(self.pending.as_deref());
+            status.consecutive_failures
+        };
+        self.count_attempt(Err(&err));
+        let retry_in = (!self.shared.once).then_some(delay);
+        log_failure(&self.config.name, &err, retry_in, consecutive, false);
+    }
+
+    /// Counts an attempt's (or a write's) outcome in the tenant's status and daemon-wide.
+    fn count_attempt(&self, result: Result<(), &RefreshError>) {
         {
             let mut status = status::lock(&self.status);
-            status.local_sink_failing = local_sink_failed;
             status.credential_expiry = self.credential.expiry();
-            match &result {
-                Ok(_) => status.successes += 1,
+            match result {
+                Ok(()) => status.successes += 1,
                 Err(err) => {
                     status.failures += 1;
                     status.failures_by_reason[err.reason.index()] += 1;
@@ -568,24 +801,7 @@ impl Tenant {
             }
         }
         if let Some(observer) = &self.shared.observer {
-            observer.attempt_finished(result.as_ref().map(|_| ()).map_err(|err| err.reason));
-            if let Some(duration) = request_duration {
-                observer.request_finished(duration);
-            }
-            if self.shared.fleet.is_some() && result.is_ok() {
-                observer.fleet_token(adopted_from.is_some());
-            }
-        }
-        match result {
-            Ok(token) => {
-                let refreshed_by = match (&self.shared.fleet, adopted_from) {
-                    (_, Some(by)) => Some(by),
-                    (Some(fleet), None) => Some(fleet.replica_id().clone()),
-                    (None, None) => None,
-                };
-                self.succeeded(token, refreshed_by)
-            }
-            Err(err) => self.failed(err),
+            observer.attempt_finished(result.map_err(|err| err.reason));
         }
     }
 
@@ -627,8 +843,8 @@ impl Tenant {
     /// Whether the token is still in Redis; a refresh falling due (`wake`) or a shutdown ends the
     /// check early: a slow or hung Redis must not hold either back.
     async fn check_presence(&self, wake: SystemTime, cancel: &CancellationToken) -> Presence {
-        if self.failures > 0 {
-            // Failing already: the next attempt writes every sink anyway.
+        if self.failures > 0 || self.unwritten.is_some() {
+            // Failing already, or writing a token in hand: every sink is written again anyway.
             return Presence::Kept;
         }
         let lost = tokio::select! {
@@ -682,36 +898,34 @@ impl Tenant {
         }
     }
 
-    /// Writes every sink, even after one failed: a Redis outage must not keep the token from
-    /// the local file. Returns the first failure, and whether a local (file) sink failed.
-    async fn write_sinks(&self, token: &AccessToken) -> (Result<(), RefreshError>, bool) {
-        let mut first_error = None;
-        let mut local_failed = false;
-        for sink in self.sinks() {
+    /// Writes the sinks `indices` (of the tenant's `sinks`), every one even after one failed:
+    /// a Redis outage must not keep the token from the local file. Returns those that failed
+    /// and the first failure.
+    async fn write_sinks(&self, token: &AccessToken, indices: &[usize]) -> Written {
+        let mut written = Written {
+            failed: Vec::new(),
+            error: None,
+        };
+        for &index in indices {
+            let Some(sink) = self
+                .config
+                .sinks
+                .get(index)
+                .and_then(|sink| Sink::from_config(sink, self.shared.store.as_ref()))
+            else {
+                continue;
+            };
             if let Err(err) = sink.write(&self.config, token).await {
-                local_failed |= matches!(sink, Sink::File(_));
-                first_error.get_or_insert(err);
+                written.failed.push(index);
+                written.error.get_or_insert(err);
             }
         }
-        (first_error.map_or(Ok(()), Err), local_failed)
+        written
     }
 
-    fn succeeded(&mut self, token: AccessToken, refreshed_by: Option<Arc<str>>) -> SystemTime {
-        // The first token since the tenant started without one (a cold start: every tenant at
-        // once) gets a random phase; the ones after it, the tenant's stable period.
-        let point = if self.current_issued_on.is_none() {
-            schedule::first_refresh_point(
-                &token,
-                self.config.refresh_at,
-                self.config.jitter,
-                fastrand::f64(),
-            )
-        } else {
-            schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset)
-        };
-        let recovered = self.failures > 0;
-        self.failures = 0;
-        self.retry_not_before = None;
+    /// Every sink holds `token`, to be refreshed at `point`.
+    fn succeeded(&mut self, token: AccessToken, refreshed_by: Option<Arc<str>>, point: SystemTime) {
+        let recovered = status::lock(&self.status).consecutive_failures > 0;
         self.current_issued_on = Some(token.issued_on());
         let adopted = match (&refreshed_by, &self.shared.fleet) {
             (Some(by), Some(fleet)) => by != fleet.replica_id(),
@@ -736,9 +950,10 @@ impl Tenant {
             if adopted { "token adopted from the fleet" } else { "token refreshed" }
         );
         self.hold_for_api(&token);
-        point
     }
 
+    /// A token request failed: backs off (or waits the permanent-failure interval, or the
+    /// server's `Retry-After`) and returns when to ask again.
     fn failed(&mut self, err: RefreshError) -> SystemTime {
         self.failures = self.failures.saturating_add(1);
         let policy = self.shared.policy;
@@ -756,13 +971,13 @@ impl Tenant {
         self.retry_not_before = err
             .retry_after
             .map(|retry_after| schedule::later(now, retry_after.get()));
-        let was_permanent = {
+        let (was_permanent, consecutive) = {
             let mut status = status::lock(&self.status);
             let was = status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Permanent);
-            status.consecutive_failures = self.failures;
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
             status.last_error = Some(Box::new(err.clone()));
             status.first_attempt_finished(self.pending.as_deref());
-            was
+            (was, status.consecutive_failures)
         };
         let planned = schedule::later(now, delay);
         // What the log says is when the next attempt really comes: the minimum interval
@@ -772,8 +987,8 @@ impl Tenant {
         log_failure(
             &self.config.name,
             &err,
-            retry_in,
-            self.failures,
+            (!self.shared.once).then_some(retry_in),
+            consecutive,
             was_permanent,
         );
         planned
@@ -809,11 +1024,12 @@ async fn in_lanes<F: std::future::Future>(
 }
 
 /// One line per failure with everything needed to open a support case; ERROR only when a tenant
-/// enters the permanent state, so a misconfigured tenant does not flood the log.
+/// enters the permanent state, so a misconfigured tenant does not flood the log. `retry_in`:
+/// when the next try comes; `None` in `once`, where a failure is final.
 fn log_failure(
     tenant: &str,
     err: &RefreshError,
-    retry_in: Duration,
+    retry_in: Option<Duration>,
     failures: u32,
     was_permanent: bool,
 ) {
@@ -822,6 +1038,16 @@ fn log_failure(
     let correlation_id = err.correlation_id.as_deref().unwrap_or("");
     let client_request_id = err.client_request_id.as_deref().unwrap_or("");
     let status = err.status.unwrap_or(0);
+    let class = err.class.as_str();
+    let reason = err.reason.as_str();
+    let message = err.message.as_str();
+    let Some(retry_in) = retry_in else {
+        tracing::error!(
+            tenant, class, reason, aadsts = %aadsts, status, trace_id, correlation_id,
+            client_request_id, error = message, "refresh failed"
+        );
+        return;
+    };
     // Whole seconds, except for the short waits of fast backoffs, which would all read "0s".
     let shown = if retry_in < Duration::from_secs(10) {
         Duration::from_millis(u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX))
@@ -829,9 +1055,6 @@ fn log_failure(
         Duration::from_secs(retry_in.as_secs())
     };
     let retry_in = humantime::format_duration(shown).to_string();
-    let class = err.class.as_str();
-    let reason = err.reason.as_str();
-    let message = err.message.as_str();
     macro_rules! emit {
         ($level:ident, $text:literal) => {
             tracing::$level!(
@@ -849,6 +1072,7 @@ fn log_failure(
             )
         }
         ErrorClass::Permanent => emit!(info, "refresh still failing: configuration problem"),
+        ErrorClass::Sink => emit!(warn, "token not written, will write it again"),
         _ => emit!(warn, "refresh failed, will retry"),
     }
 }
@@ -870,12 +1094,20 @@ pub struct OnceOutcome {
     pub result: Result<(), RefreshError>,
 }
 
-/// Fetches and writes one token for one tenant, without scheduling (the `once` command).
+/// Fetches and writes one token for one tenant, without scheduling (the `once` command): one
+/// attempt and one write of every sink, each failure final.
 pub async fn refresh_once(config: Arc<TenantConfig>, shared: Arc<Shared>) -> OnceOutcome {
     let status = StatusHandle::default();
     let mut tenant = Tenant::new(config.clone(), shared.clone(), status.clone());
-    let permit = shared.limiter.clone().acquire_owned().await.ok();
-    tenant.attempt(permit).await;
+    let never = CancellationToken::new();
+    let _ = tenant.claim_and_attempt(&never).await;
+    if tenant
+        .unwritten
+        .as_ref()
+        .is_some_and(|held| held.tries == 0)
+    {
+        tenant.write_held().await;
+    }
     let last_error = status::lock(&status).last_error.take().map(|err| *err);
     OnceOutcome {
         tenant: config.name.clone(),

@@ -159,6 +159,8 @@ impl Tenant {
         let (made, took) =
             crate::powerbi::embed::generate(&self.shared.client, &powerbi.api_root, embed, entra)
                 .await;
+        // The permit is for the request: a slow sink (a hung Redis) must not hold it.
+        drop(permit);
         let outcome = match made {
             Ok(token) => {
                 match crate::powerbi::embed::write(
@@ -182,7 +184,6 @@ impl Tenant {
             }
             Err(failure) => Err(failure),
         };
-        drop(permit);
         if let Some(observer) = &self.shared.observer {
             observer.embed_finished(
                 outcome
