@@ -991,14 +991,15 @@ fn assert_every_line_holds_its_key(path: &Path, stderr: &str) -> Vec<(String, St
     problems
 }
 
-/// `check` on a file, in its directory, with no variable it could name set; its output.
-fn check_without_env(path: &Path) -> String {
+/// `check` on a file, in its directory, with only `env` (and `PATH`) set; its output.
+fn check_in(path: &Path, env: &[(&str, &str)]) -> String {
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(path)
         .current_dir(path.parent().unwrap())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -1006,12 +1007,14 @@ fn check_without_env(path: &Path) -> String {
     stderr
 }
 
-/// A broken config file for `check`: its name, its text, and the (tenant, key) of problems it
-/// must have.
+/// A broken config file for `check`: its name, its text, the (tenant, key) of problems it must
+/// have, and the environment it is checked in.
 struct Broken {
     name: &'static str,
     text: String,
     expected: Vec<(&'static str, &'static str)>,
+    /// The environment `check` runs in (nothing else is set).
+    env: &'static [(&'static str, &'static str)],
 }
 
 fn broken(name: &'static str, text: String, expected: Vec<(&'static str, &'static str)>) -> Broken {
@@ -1019,6 +1022,7 @@ fn broken(name: &'static str, text: String, expected: Vec<(&'static str, &'stati
         name,
         text,
         expected,
+        env: &[],
     }
 }
 
@@ -1027,6 +1031,7 @@ fn every_line_check_names_holds_the_key_or_the_tenant_header() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap();
     std::fs::create_dir(dir.path().join("a-directory")).unwrap();
+    std::fs::write(dir.path().join("empty-token"), "").unwrap();
     let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shipped = |file: &str| std::fs::read_to_string(repository.join(file)).unwrap();
     // Every key a tenant inherits from [defaults] sits further up the file than the tenant, as
@@ -1145,11 +1150,73 @@ client_secret = { env = "POWERBI_TOKEND_TEST_UNSET" }
                 ("own", "client_secret"),
             ],
         ),
+        // A workload identity reads the token file its federated_token_file names, the
+        // tenant's or [defaults]', wherever its `credential` is set.
+        broken(
+            "workload-identity.toml",
+            r#"[server]
+listen = "127.0.0.1:0"
+
+[defaults]
+client_id = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f"
+credential = "workload_identity"
+federated_token_file = "empty-token"
+sinks = [ { type = "file", path = "tokens/{name}.json" } ]
+
+[[tenant]]
+name = "inherits"
+tenant_id = "inherits.onmicrosoft.com"
+
+[[tenant]]
+name = "own-token-file"
+tenant_id = "own-token-file.onmicrosoft.com"
+federated_token_file = "no-such-token"
+
+[[tenant]]
+name = "own-credential"
+tenant_id = "own-credential.onmicrosoft.com"
+credential = "workload_identity"
+"#
+            .to_owned(),
+            vec![
+                ("inherits", "federated_token_file"),
+                ("own-token-file", "federated_token_file"),
+                ("own-credential", "federated_token_file"),
+            ],
+        ),
+        // Without federated_token_file, AZURE_FEDERATED_TOKEN_FILE's file: no line names it, so
+        // the tenant is blamed.
+        Broken {
+            env: &[("AZURE_FEDERATED_TOKEN_FILE", "no-such-projected-token")],
+            ..broken(
+                "workload-identity-environment.toml",
+                r#"[defaults]
+client_id = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f"
+credential = "workload_identity"
+sinks = [ { type = "file", path = "tokens/{name}.json" } ]
+
+[[tenant]]
+name = "inherits"
+tenant_id = "inherits.onmicrosoft.com"
+
+[[tenant]]
+name = "own-credential"
+tenant_id = "own-credential.onmicrosoft.com"
+credential = "workload_identity"
+"#
+                .to_owned(),
+                vec![
+                    ("inherits", "federated_token_file"),
+                    ("own-credential", "federated_token_file"),
+                ],
+            )
+        },
     ];
     for Broken {
         name,
         text,
         expected,
+        env,
     } in configs
     {
         // Large files are read one [[tenant]] table at a time, others whole; a `'''` (even in
@@ -1160,7 +1227,7 @@ client_secret = { env = "POWERBI_TOKEND_TEST_UNSET" }
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, &text).unwrap();
-            let stderr = check_without_env(&path);
+            let stderr = check_in(&path, env);
             let found = assert_every_line_holds_its_key(&path, &stderr);
             for (tenant, key) in &expected {
                 assert!(
