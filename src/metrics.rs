@@ -612,6 +612,8 @@ impl Rows {
     fn push(&mut self, name: &str, status: &TenantStatus, state: TenantState) {
         let start = self.names.len();
         self.names.push_str(name);
+        // The tenant's name ends here: its embeds' names follow it in the buffer, so the end
+        // is taken now, before they are pushed, and the row and the embed rows share it.
         let tenant = (start, self.names.len());
         for embed in &status.embeds {
             let embed_start = self.names.len();
@@ -625,7 +627,7 @@ impl Rows {
             });
         }
         self.rows.push(Row {
-            name: (start, self.names.len()),
+            name: tenant,
             state,
             expires_on: status.expires_on,
             next_refresh: status.next_refresh.map(system_to_unix_f64),
@@ -980,6 +982,51 @@ mod tests {
         let text = metrics.render(&registry);
         assert!(!text.contains("tenant=\"gone\""), "{text}");
         assert!(text.contains("powerbi_tokend_tenants{state=\"pending\"} 0"));
+    }
+
+    #[test]
+    fn a_tenant_with_embed_tokens_keeps_its_own_name_in_every_family() {
+        let registry = status::Registry::new();
+        let embed = |name: &str| status::EmbedStatus {
+            name: name.to_owned(),
+            expires_on: Some(4_000_000_000),
+            last_success: None,
+            next_refresh: None,
+            failure: None,
+            successes: 1,
+            failures_by_reason: [0; ProbeReason::ALL.len()],
+        };
+        for (name, embeds) in [
+            ("contoso", vec![embed("sales"), embed("finance")]),
+            ("fabrikam", vec![embed("sales")]),
+            ("northwind", Vec::new()),
+        ] {
+            let handle = registry.insert(name);
+            let mut status = status::lock(&handle);
+            status.first_attempt_done = true;
+            status.expires_on = Some(4_000_000_000);
+            status.embeds = embeds.into();
+        }
+        let text = Metrics::new().unwrap().render(&registry);
+        let mut tenants = std::collections::BTreeSet::new();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            if let Some((_, rest)) = line.split_once("tenant=\"") {
+                tenants.insert(rest.split('"').next().unwrap_or_default());
+            }
+        }
+        assert_eq!(
+            tenants,
+            ["contoso", "fabrikam", "northwind"].into(),
+            "{text}"
+        );
+        for line in [
+            "powerbi_tokend_tenant_state{state=\"healthy\",tenant=\"contoso\"} 1",
+            "powerbi_tokend_tenant_state{state=\"healthy\",tenant=\"fabrikam\"} 1",
+            "powerbi_tokend_embed_token_expiry_timestamp_seconds{embed=\"finance\",tenant=\"contoso\"} 4000000000",
+            "powerbi_tokend_embed_refresh_total{embed=\"sales\",result=\"success\",tenant=\"fabrikam\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 
     /// A fleet with one tenant of each kind: `contoso` healthy with nothing due; `northwind`

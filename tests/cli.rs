@@ -932,3 +932,347 @@ async fn check_as_another_user_reports_a_token_directory_it_cannot_write() {
         "{stderr}"
     );
 }
+
+/// The table a line of a config file is in: `Some("defaults")`, `Some("tenant <name>")` (with
+/// its sub-tables), or `None` before any header or in another section.
+fn table_of(lines: &[&str], index: usize) -> Option<String> {
+    let header = |line: &str| line.trim_start().starts_with('[');
+    let at = (0..=index).rev().find(|i| header(lines[*i]))?;
+    let key = lines[at].trim().trim_start_matches('[');
+    let key = key.split(']').next().unwrap_or_default().trim();
+    if key == "defaults" {
+        return Some("defaults".to_owned());
+    }
+    if key != "tenant" && !key.starts_with("tenant.") {
+        return None;
+    }
+    // A tenant's sub-tables belong to the last [[tenant]] above them; its name is set before them.
+    let start = (0..=at).rev().find(|i| {
+        lines[*i]
+            .trim()
+            .trim_start_matches("[[")
+            .starts_with("tenant]]")
+    })?;
+    let name = lines[start + 1..]
+        .iter()
+        .take_while(|line| !header(line))
+        .find_map(|line| line.trim().strip_prefix("name = \""))?;
+    Some(format!(
+        "tenant {}",
+        name.split('"').next().unwrap_or_default()
+    ))
+}
+
+/// Checks every `<file>:<line>: …` problem `check` printed: the line is one of the file's and
+/// holds the key the problem names where the tenant's value comes from (its own table when it
+/// sets the key, else `[defaults]`), or is the tenant's `[[tenant]]` header. Returns the
+/// (tenant, key) of every problem.
+fn assert_every_line_holds_its_key(path: &Path, stderr: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let prefix = format!("{}:", path.display());
+    let mut problems = Vec::new();
+    for printed in stderr.lines() {
+        let Some(rest) = printed.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((number, problem)) = rest.split_once(": ") else {
+            continue;
+        };
+        let Ok(number) = number.parse::<usize>() else {
+            continue; // a problem or warning without a line
+        };
+        assert!(
+            (1..=lines.len()).contains(&number),
+            "{printed}\npoints past the end of the {}-line file",
+            lines.len()
+        );
+        let line = lines[number - 1];
+        let (tenant, key) = match problem.strip_prefix("tenant \"") {
+            Some(rest) => {
+                let (tenant, rest) = rest.split_once("\": ").unwrap();
+                (Some(tenant), rest.split(": ").next().unwrap())
+            }
+            None => (None, problem.split(": ").next().unwrap()),
+        };
+        // `client_secret.key_vault`, `authority_host (from AZURE_AUTHORITY_HOST)`: the key as
+        // written in the file is the first word.
+        let written = key
+            .strip_prefix("defaults.")
+            .unwrap_or(key)
+            .split(['.', ' '])
+            .next()
+            .unwrap();
+        assert!(
+            written.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{printed}\nnames no key"
+        );
+        let sets_key = |line: &str| line.trim_start().starts_with(&format!("{written} ="));
+        let table = table_of(&lines, number - 1);
+        let own_table = tenant.map(|tenant| format!("tenant {tenant}"));
+        // The tenant's own key when it sets one, else the one it inherits.
+        let own_key = (0..lines.len())
+            .any(|index| sets_key(lines[index]) && table_of(&lines, index) == own_table);
+        let in_place = if own_key {
+            table == own_table
+        } else {
+            table.as_deref() == Some("defaults")
+        };
+        let holds_key = sets_key(line);
+        let is_header = line.trim().starts_with("[[tenant]]") && table == own_table;
+        assert!(
+            (holds_key && in_place) || is_header,
+            "{printed}\nline {number} is {line:?}, in {table:?}: not {key} of {tenant:?}, nor its header"
+        );
+        problems.push((tenant.unwrap_or_default().to_owned(), written.to_owned()));
+    }
+    problems
+}
+
+/// `check` on a file, in its directory, with only `env` (and `PATH`) set; its output.
+fn check_in(path: &Path, env: &[(&str, &str)]) -> String {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .current_dir(path.parent().unwrap())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+/// A broken config file for `check`: its name, its text, the (tenant, key) of problems it must
+/// have, and the environment it is checked in.
+struct Broken {
+    name: &'static str,
+    text: String,
+    expected: Vec<(&'static str, &'static str)>,
+    /// The environment `check` runs in (nothing else is set).
+    env: &'static [(&'static str, &'static str)],
+}
+
+fn broken(name: &'static str, text: String, expected: Vec<(&'static str, &'static str)>) -> Broken {
+    Broken {
+        name,
+        text,
+        expected,
+        env: &[],
+    }
+}
+
+#[test]
+fn every_line_check_names_holds_the_key_or_the_tenant_header() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap();
+    std::fs::create_dir(dir.path().join("a-directory")).unwrap();
+    std::fs::write(dir.path().join("empty-token"), "").unwrap();
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = |file: &str| std::fs::read_to_string(repository.join(file)).unwrap();
+    // Every key a tenant inherits from [defaults] sits further up the file than the tenant, as
+    // people write them.
+    let configs = [
+        // The reference file: fabrikam inherits a secret file that is not there.
+        broken(
+            "shipped.toml",
+            shipped("config.toml"),
+            vec![("fabrikam", "client_secret"), ("contoso", "client_secret")],
+        ),
+        // What install.sh installs: the systemd credential, outside a unit.
+        broken(
+            "systemd.toml",
+            shipped("deploy/systemd/config.toml"),
+            vec![("contoso", "client_secret")],
+        ),
+        broken(
+            "secret-file.toml",
+            format!(
+                r#"[server]
+listen = "127.0.0.1:0"
+
+[defaults]
+client_id = "{CLIENT_ID}"
+# Every tenant without a credential of its own inherits this one: a file that is not there,
+# and an expiry that has passed.
+client_secret = {{ file = "no-such-secret" }}
+client_secret_expires = "2020-01-01"
+sinks = [ {{ type = "file", path = "tokens/{{name}}.json" }} ]
+
+[[tenant]]
+name = "inherits"
+tenant_id = "inherits.onmicrosoft.com"
+
+[[tenant]]
+name = "own-env"
+tenant_id = "own-env.onmicrosoft.com"
+client_secret = {{ env = "POWERBI_TOKEND_TEST_UNSET" }}
+
+[[tenant]]
+name = "own-directory"
+tenant_id = "own-directory.onmicrosoft.com"
+client_secret = {{ file = "a-directory" }}
+
+[[tenant]]
+name = "own-certificate"
+tenant_id = "own-certificate.onmicrosoft.com"
+client_certificate = {{ cert = "garbage.pem", key = "garbage.pem" }}
+"#
+            ),
+            vec![
+                ("inherits", "client_secret"),
+                ("inherits", "client_secret_expires"),
+                ("own-env", "client_secret"),
+                ("own-directory", "client_secret"),
+                ("own-certificate", "client_certificate"),
+            ],
+        ),
+        broken(
+            "certificate.toml",
+            format!(
+                r#"[server]
+listen = "127.0.0.1:0"
+
+[defaults]
+client_id = "{CLIENT_ID}"
+client_certificate = {{ cert = "garbage.pem", key = "no-such.key" }}
+sinks = [ {{ type = "file", path = "tokens/{{name}}.json" }} ]
+schedule = "0 0 25 * * *"
+
+[[tenant]]
+name = "inherits"
+tenant_id = "inherits.onmicrosoft.com"
+
+[[tenant]]
+name = "own-secret"
+tenant_id = "own-secret.onmicrosoft.com"
+client_secret = {{ env = "POWERBI_TOKEND_TEST_UNSET" }}
+schedule = "0 0 * * * *"
+"#
+            ),
+            vec![
+                ("inherits", "client_certificate"),
+                ("inherits", "schedule"),
+                ("own-secret", "client_secret"),
+            ],
+        ),
+        broken(
+            "systemd-and-rules.toml",
+            r#"[server]
+listen = "127.0.0.1:0"
+
+[defaults]
+client_id = ""
+client_secret = { systemd = "client-secret" }
+refresh_at = 0.99
+sinks = [ { type = "file", path = "tokens/{name}.json" } ]
+
+[[tenant]]
+name = "inherits"
+tenant_id = "inherits.onmicrosoft.com"
+
+[[tenant]]
+name = "own"
+tenant_id = "own.onmicrosoft.com"
+client_id = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f"
+refresh_at = 0.5
+client_secret = { env = "POWERBI_TOKEND_TEST_UNSET" }
+"#
+            .to_owned(),
+            vec![
+                ("inherits", "client_id"),
+                ("inherits", "client_secret"),
+                ("inherits", "refresh_at"),
+                ("own", "client_secret"),
+            ],
+        ),
+        // A workload identity reads the token file its federated_token_file names, the
+        // tenant's or [defaults]', wherever its `credential` is set.
+        broken(
+            "workload-identity.toml",
+            r#"[server]
+listen = "127.0.0.1:0"
+
+[defaults]
+client_id = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f"
+credential = "workload_identity"
+federated_token_file = "empty-token"
+sinks = [ { type = "file", path = "tokens/{name}.json" } ]
+
+[[tenant]]
+name = "inherits"
+tenant_id = "inherits.onmicrosoft.com"
+
+[[tenant]]
+name = "own-token-file"
+tenant_id = "own-token-file.onmicrosoft.com"
+federated_token_file = "no-such-token"
+
+[[tenant]]
+name = "own-credential"
+tenant_id = "own-credential.onmicrosoft.com"
+credential = "workload_identity"
+"#
+            .to_owned(),
+            vec![
+                ("inherits", "federated_token_file"),
+                ("own-token-file", "federated_token_file"),
+                ("own-credential", "federated_token_file"),
+            ],
+        ),
+        // Without federated_token_file, AZURE_FEDERATED_TOKEN_FILE's file: no line names it, so
+        // the tenant is blamed.
+        Broken {
+            env: &[("AZURE_FEDERATED_TOKEN_FILE", "no-such-projected-token")],
+            ..broken(
+                "workload-identity-environment.toml",
+                r#"[defaults]
+client_id = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f"
+credential = "workload_identity"
+sinks = [ { type = "file", path = "tokens/{name}.json" } ]
+
+[[tenant]]
+name = "inherits"
+tenant_id = "inherits.onmicrosoft.com"
+
+[[tenant]]
+name = "own-credential"
+tenant_id = "own-credential.onmicrosoft.com"
+credential = "workload_identity"
+"#
+                .to_owned(),
+                vec![
+                    ("inherits", "federated_token_file"),
+                    ("own-credential", "federated_token_file"),
+                ],
+            )
+        },
+    ];
+    for Broken {
+        name,
+        text,
+        expected,
+        env,
+    } in configs
+    {
+        // Large files are read one [[tenant]] table at a time, others whole; a `'''` (even in
+        // a comment) makes the loader read the whole file, so both ways are checked.
+        for (way, text) in [
+            ("by table", text.clone()),
+            ("whole", format!("{text}# '''\n")),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &text).unwrap();
+            let stderr = check_in(&path, env);
+            let found = assert_every_line_holds_its_key(&path, &stderr);
+            for (tenant, key) in &expected {
+                assert!(
+                    found.iter().any(|(t, k)| t == tenant && k == key),
+                    "{name} read {way}: no problem with {key} of {tenant}:\n{stderr}"
+                );
+            }
+        }
+    }
+}

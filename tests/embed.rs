@@ -5,11 +5,13 @@ mod common;
 
 use common::process::Spawned;
 use common::*;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use powerbi_tokend::config::{
-    AccessLevel, EmbedConfig, FileFormat, FileSinkConfig, PowerBiConfig, SinkConfig, TenantConfig,
+    AccessLevel, EmbedConfig, FileFormat, FileSinkConfig, PerTenantMetrics, PowerBiConfig,
+    SinkConfig, TenantConfig,
 };
 use powerbi_tokend::sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
 
@@ -300,5 +302,112 @@ sinks = [ {{ type = "file", path = "{tokens}/{{name}}.{{embed}}.embed.json" }} ]
         ("access token", access_token.as_str()),
     ] {
         assert!(!text.contains(secret), "the {what} is in the log");
+    }
+}
+
+/// Every sample of an exposition as (metric name, labels); comments are skipped.
+fn samples(metrics: &str) -> Vec<(&str, Vec<(&str, &str)>)> {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let Some((name, rest)) = line.split_once('{') else {
+                return (line.split(' ').next().unwrap(), Vec::new());
+            };
+            let (labels, _) = rest.split_once('}').unwrap();
+            // Label values here never hold a comma or a quote (names are [A-Za-z0-9._-]+).
+            let labels = labels
+                .split(',')
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap();
+                    (key, value.trim_matches('"'))
+                })
+                .collect();
+            (name, labels)
+        })
+        .collect()
+}
+
+/// The values of `label` in the samples of families whose name starts with `prefix`.
+fn label_values(metrics: &str, prefix: &str, label: &str) -> BTreeSet<String> {
+    samples(metrics)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .flat_map(|(_, labels)| labels)
+        .filter(|(key, _)| *key == label)
+        .map(|(_, value)| value.to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tenant_label_is_a_configured_tenant_with_or_without_embeds_in_every_mode() {
+    let Fixture { sim, dir } = fixture(
+        &["bad.example.com", "good.example.com", "plain.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    reject_secret(&sim, "bad.example.com");
+    let configured = BTreeSet::from(["bad", "good", "plain"].map(str::to_owned));
+    for with_embeds in [true, false] {
+        for mode in PerTenantMetrics::ALL {
+            let tokens = dir
+                .path()
+                .join(format!("{}-embeds-{with_embeds}", mode.as_str()));
+            // `bad` and `good` have an embed token (when the run has any), `plain` never does:
+            // a tenant without one after tenants with one, in name order.
+            let tenants = ["bad", "good", "plain"]
+                .map(|name| {
+                    if with_embeds && name != "plain" {
+                        embedding(&sim, name, &tokens, sales(&tokens, name, AccessLevel::View))
+                    } else {
+                        tenant(&sim, name, &format!("{name}.example.com"), &tokens)
+                    }
+                })
+                .to_vec();
+            let mut config = config(tenants, fast_daemon());
+            config.server.per_tenant_metrics = mode;
+            let daemon = start_daemon(config).await;
+            let metrics = daemon
+                .wait_for_get("every tenant's first attempt", "/metrics", |_, body| {
+                    body.contains("powerbi_tokend_tenants{state=\"healthy\"} 2")
+                        && body.contains("powerbi_tokend_tenants{state=\"misconfigured\"} 1")
+                })
+                .await;
+            let context = format!("mode {mode:?}, embeds {with_embeds}:\n{metrics}");
+            // Whom each mode names: everyone, the tenant needing attention, no one.
+            let shown: BTreeSet<String> = match mode {
+                PerTenantMetrics::All => configured.clone(),
+                PerTenantMetrics::Unhealthy => BTreeSet::from(["bad".to_owned()]),
+                PerTenantMetrics::None => BTreeSet::new(),
+            };
+            let named = label_values(&metrics, "powerbi_tokend_", "tenant");
+            assert!(named.is_subset(&configured), "{named:?} in {context}");
+            assert_eq!(named, shown, "{context}");
+            // Every per-tenant family that has a sample for each tenant shown names it.
+            for family in [
+                "powerbi_tokend_tenant_state",
+                "powerbi_tokend_consecutive_failures",
+                "powerbi_tokend_refresh_total",
+            ] {
+                let named = label_values(&metrics, family, "tenant");
+                assert_eq!(named, shown, "{family} in {context}");
+            }
+            let embed_tenants = label_values(&metrics, "powerbi_tokend_embed_", "tenant");
+            let embeds = label_values(&metrics, "powerbi_tokend_embed_", "embed");
+            if with_embeds {
+                let with_embed: BTreeSet<String> =
+                    shown.iter().filter(|t| *t != "plain").cloned().collect();
+                assert_eq!(embed_tenants, with_embed, "{context}");
+                let expected = if with_embed.is_empty() {
+                    BTreeSet::new()
+                } else {
+                    BTreeSet::from(["sales".to_owned()])
+                };
+                assert_eq!(embeds, expected, "{context}");
+            } else {
+                assert!(embed_tenants.is_empty() && embeds.is_empty(), "{context}");
+            }
+            daemon.stop().await;
+        }
     }
 }

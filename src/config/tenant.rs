@@ -153,10 +153,19 @@ impl Loader<'_> {
         let (credential, line) = self.credential(input);
         if let Some(credential) = credential.as_ref().filter(|_| self.collect_credentials) {
             let expires_line = secret_expires(input).map(|value| self.line_of(value.span().start));
+            let token_file_key = matches!(credential, CredentialConfig::WorkloadIdentity { .. })
+                .then(|| match inherited!(input, federated_token_file) {
+                    Some(path) => (self.line_of(path.span().start), "federated_token_file"),
+                    None => (
+                        self.line_of(input.offset),
+                        "federated_token_file (from AZURE_FEDERATED_TOKEN_FILE)",
+                    ),
+                });
             self.credentials.push(TenantCredential {
                 tenant: input.label.clone(),
                 line,
                 expires_line,
+                token_file_key,
                 credential: credential.clone(),
             });
         }

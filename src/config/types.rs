@@ -313,6 +313,10 @@ pub struct TenantCredential {
     pub line: Option<usize>,
     /// Line of `client_secret_expires`, when it is set.
     pub expires_line: Option<usize>,
+    /// For a workload identity, the line and the name of the key that names its token file:
+    /// `federated_token_file` (the tenant's or `[defaults]`'), or, for the file
+    /// `AZURE_FEDERATED_TOKEN_FILE` names, the tenant's header and a name that says so.
+    pub token_file_key: Option<(usize, &'static str)>,
     /// The credential.
     pub credential: CredentialConfig,
 }

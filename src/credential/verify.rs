@@ -64,14 +64,24 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Verified {
             Err(err) => problems.push(problem("client_certificate", err.to_string())),
         },
         CredentialConfig::WorkloadIdentity { token_file } => {
-            match read_secret(&SecretSource::File(token_file.clone())).await {
-                Ok(_) => {}
-                Err(CredentialError::Empty(_)) => problems.push(problem(
-                    "federated_token_file",
-                    format!("{} is empty", token_file.display()),
-                )),
-                Err(err) => problems.push(problem("federated_token_file", err.to_string())),
-            }
+            // At the key that names the file, not at `credential`: the two can be far apart,
+            // one in the tenant and the other in [defaults].
+            let (line, key) = tenant
+                .token_file_key
+                .map_or((tenant.line, "federated_token_file"), |(line, key)| {
+                    (Some(line), key)
+                });
+            let message = match read_secret(&SecretSource::File(token_file.clone())).await {
+                Ok(_) => None,
+                Err(CredentialError::Empty(_)) => {
+                    Some(format!("{} is empty", token_file.display()))
+                }
+                Err(err) => Some(err.to_string()),
+            };
+            problems.extend(message.map(|message| Problem {
+                line,
+                ..problem(key, message)
+            }));
         }
         // The managed identity endpoint is only known on the Azure host itself.
         CredentialConfig::ManagedIdentity(_) => {}

@@ -124,3 +124,53 @@ fn a_large_file_read_table_by_table_reads_like_the_whole_file() {
     assert_eq!(split.problems, whole.problems);
     assert_eq!(split.problems.len(), 3, "{:?}", split.problems);
 }
+
+/// A tenant read table by table reports a problem with a key it inherits on the line of that key
+/// in `[defaults]`, as reading the whole file does, and so does the credential `check` reads.
+#[test]
+fn an_inherited_key_is_blamed_on_its_line_in_defaults_read_either_way() {
+    let text = r#"[defaults]
+client_id = ""
+client_secret = { file = "/no/such/secret" }
+client_secret_expires = "2020-01-01"
+schedule = "0 0 25 * * *"
+sinks = [ { type = "file", path = "/t/{name}.json" } ]
+
+[[tenant]]
+name = "first"
+tenant_id = "first.example.com"
+
+[[tenant]]
+name = "second"
+tenant_id = "second.example.com"
+client_id = "00000000-0000-0000-0000-000000000001"
+schedule = "0 0 * * * *"
+"#;
+    assert!(super::loader::split_tenants(text).is_some());
+    let path = Path::new("/etc/powerbi-tokend/config.toml");
+    let read = |text: &str| super::loader::parse_collecting(text, path, &|_| None);
+    let (split, split_credentials) = read(text);
+    let (whole, whole_credentials) = read(&format!("{text}# '''\n"));
+    let lines = |problems: &[Problem]| -> Vec<(Option<usize>, Option<String>)> {
+        problems
+            .iter()
+            .map(|problem| (problem.line, problem.key.clone()))
+            .collect()
+    };
+    let expected = [
+        (Some(2), Some("tenant \"first\": client_id".to_owned())),
+        (Some(5), Some("tenant \"first\": schedule".to_owned())),
+    ];
+    assert_eq!(lines(&split.unwrap_err().problems), expected);
+    assert_eq!(lines(&whole.unwrap_err().problems), expected);
+    for credentials in [split_credentials, whole_credentials] {
+        let lines: Vec<_> = credentials
+            .iter()
+            .map(|c| (c.tenant.as_str(), c.line, c.expires_line))
+            .collect();
+        assert_eq!(
+            lines,
+            [("first", Some(3), Some(4)), ("second", Some(3), Some(4))]
+        );
+    }
+}
