@@ -359,7 +359,12 @@ impl TokenClient {
                         })?;
                     value.set_sensitive(true);
                     header_secret = Some(secret);
-                    self.http.get(endpoint).header("X-IDENTITY-HEADER", value)
+                    // Azure Automation serves this protocol too and refuses a request without
+                    // `Metadata: true`; azure-identity and MSAL send it everywhere for that.
+                    self.http
+                        .get(endpoint)
+                        .header("X-IDENTITY-HEADER", value)
+                        .header("Metadata", "true")
                 }
             };
             let secrets: Vec<&str> = header_secret.iter().map(|s| s.expose_secret()).collect();

@@ -1498,7 +1498,8 @@ mod tests {
             fixture
                 .http
                 .get(url)
-                .header("X-IDENTITY-HEADER", IDENTITY_HEADER),
+                .header("X-IDENTITY-HEADER", IDENTITY_HEADER)
+                .header("Metadata", "true"),
         )
         .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
