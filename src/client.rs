@@ -285,7 +285,7 @@ impl TokenClient {
         if let Some(audience) = &oauth2.audience {
             form.push(("audience", audience));
         }
-        for resource in &oauth2.resources {
+        if let Some(resource) = &oauth2.resource {
             form.push(("resource", resource));
         }
         let mut request = self.http.post(&oauth2.token_url);
