@@ -510,6 +510,58 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
     assert_eq!(log.matches("wrong client_secret").count(), 2, "{log}");
 }
 
+/// RFC 8707's `invalid_target` (a resource the server does not know) has no reason of its own;
+/// the server's code is shown beside the reason, in `once`'s line and in the log line.
+#[test]
+#[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
+fn once_shows_the_servers_error_code_beside_the_reason() {
+    let node = node();
+    let dir = tempfile::tempdir().unwrap();
+    let server = MockServer::start(&node, dir.path(), 3600);
+    let tenant = Tenant {
+        name: "unknown-resource",
+        auth: None,
+        secret_env: "PARTNER_SECRET",
+        scope: None,
+        audience: None,
+        resource: Some("https://elsewhere.partner.example"),
+    };
+    let config = config_file(
+        dir.path(),
+        &server.token_url,
+        std::slice::from_ref(&tenant),
+        "",
+    );
+    let mut daemon = spawn(
+        dir.path(),
+        &["once"],
+        &config,
+        &[("PARTNER_SECRET", SECRET)],
+    );
+    let context = || {
+        let (stdout, stderr) = daemon_output(dir.path());
+        format!(
+            "--- stdout:\n{stdout}\n--- stderr:\n{stderr}\n{}",
+            server.log()
+        )
+    };
+    let status = wait_exit(&mut daemon, Duration::from_secs(10), context);
+    assert_eq!(status.code(), Some(1), "{}", context());
+    let (stdout, stderr) = daemon_output(dir.path());
+    assert!(
+        stderr.lines().any(|line| line
+            == "unknown-resource: permanent invalid_request invalid_target -: resource indicator is missing, or unknown"),
+        "{}",
+        context()
+    );
+    assert!(
+        stderr.contains("reason=\"invalid_request\" error_code=\"invalid_target\""),
+        "{}",
+        context()
+    );
+    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
+}
+
 #[test]
 #[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
 fn run_refreshes_at_half_life_and_exits_0_on_sigterm() {
