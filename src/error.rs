@@ -586,7 +586,17 @@ fn push_run(out: &mut String, run: &str) {
 ///   the upper/lower/digit mix of random base64. URL paths (`…/oauth2/v2.0/token`, which
 ///   transport errors quote) stay readable; base64url tokens, hex tokens and Entra secrets have
 ///   no `/`, and standard-base64 ones have the mix.
+///
+/// A lower-case name, `=` and a GUID (`appid=…`, `oid=…`, as Key Vault's RBAC refusal names
+/// the caller) is neither: it is a GUID, readable like a bare one, and the one operators need to
+/// grant the role.
 pub fn looks_like_token(run: &str) -> bool {
+    let named_guid = run.split_once('=').is_some_and(|(name, value)| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase()) && is_guid(value)
+    });
+    if named_guid {
+        return false;
+    }
     let mixed = |text: &str| {
         text.bytes().any(|b| b.is_ascii_uppercase())
             && text.bytes().any(|b| b.is_ascii_lowercase())
@@ -604,6 +614,15 @@ pub fn looks_like_token(run: &str) -> bool {
     let opaque =
         run.chars().count() >= MIN_OPAQUE_TOKEN_CHARS && (!run.contains('/') || mixed(run));
     jwt_shaped || opaque
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_guid(text: &str) -> bool {
+    text.len() == 36
+        && text.bytes().enumerate().all(|(index, b)| match index {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// Step 4 of [`sanitise`]: at most `max_chars` characters, the last one `…` when cut.
@@ -908,6 +927,7 @@ mod tests {
             "Trace ID: 5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f Correlation ID: 0a1b2c3d-3b4f-4a6d-8e9f-5d1e7c2a4e5f",
             "error sending request for url (https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token)",
             "HTTP 502 from proxy.corp.example.com v2.0",
+            "Caller: appid=3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3d2e1f;oid=5D1E7C2A-3B4F-4A6D-8E9F-0A1B2C3D4E5F;iss=https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/",
         ] {
             assert_eq!(sanitise(keep, &[]), keep);
         }
@@ -930,6 +950,15 @@ mod tests {
                 false,
             ),
             ("//host/Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv1Wx2Yz3", true),
+            ("appid=3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3d2e1f", false),
+            // Only a GUID is let through that way, and only after a plain name.
+            ("appid=3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3d2e1f0", true),
+            ("appid=3c6f0e1d9b2a-4c8d-8e7f-6a5b4c3d2e1f0", true),
+            (
+                "client_secret=Xy8Q~abcdefghijklmnopqrstuvwxyz0123456789",
+                true,
+            ),
+            ("Ab=3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3d2e1f-Xy8Q~abc", true),
         ];
         for (run, expected) in cases {
             assert_eq!(looks_like_token(run), expected, "{run}");
