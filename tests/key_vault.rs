@@ -382,10 +382,55 @@ async fn a_vault_that_refuses_the_identity_is_a_permanent_failure_naming_both() 
         "\"app-secret\"",
         "ForbiddenByRbac",
         "Key Vault Secrets User",
+        // Key Vault's own words, which name the caller it saw.
+        "Caller is not authorized to perform action on resource.",
+        &format!("Caller: appid={SIM_SYSTEM_ASSIGNED_CLIENT_ID};"),
     ] {
         assert!(message.contains(part), "{part} not in {message}");
     }
     assert_eq!(sim.issued_count("contoso.example.com"), 0);
+    daemon.stop().await;
+}
+
+/// A vault in another directory than the identity's refuses its token twice (before and after
+/// the challenge); the failure quotes Key Vault's `AKV10032` with the issuers it expected, which
+/// says what is wrong better than any hint.
+#[tokio::test]
+async fn a_vault_in_another_directory_is_refused_in_key_vaults_words() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    let other_directory = "7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1908";
+    sim.set_key_vault_tenant(other_directory);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let mut config = config(
+        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
+        daemon_knobs(&sim),
+    );
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+    let body = daemon
+        .wait_for_get("the refusal", "/status", |_, body| {
+            body.contains("\"misconfigured\"")
+        })
+        .await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = &status["tenants"][0]["last_error"];
+    assert_eq!(error["reason"], "credential", "{error}");
+    let message = error["message"].as_str().unwrap();
+    for part in [
+        "does not accept the token of the system-assigned managed identity",
+        "Unauthorized",
+        &format!(
+            "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{other_directory}/"
+        ),
+        "is the vault in this identity's tenant and cloud?",
+    ] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+    assert!(!message.contains("eyJ"), "{message}");
+    assert_eq!(sim.key_vault_read_count("app-secret"), 0);
     daemon.stop().await;
 }
 

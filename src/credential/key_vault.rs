@@ -12,7 +12,9 @@
 //! (the token is fetched anew, for the challenge's resource when it belongs to a Key Vault
 //! cloud); 403 means the identity lacks the `Key Vault Secrets User` role (or a `get` access
 //! policy) and is permanent until someone grants it; 404 permanent; 429 (with `Retry-After`) and
-//! 5xx transient. `attributes.exp` becomes the credential's expiry.
+//! 5xx transient. Each failure quotes Key Vault's code and message (`AKV10032: Invalid issuer…`),
+//! which say what is wrong where our hint can only guess. `attributes.exp` becomes the
+//! credential's expiry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,6 +150,7 @@ struct ErrorEnvelope {
 #[derive(Deserialize)]
 struct ErrorBody {
     code: Option<String>,
+    message: Option<String>,
     innererror: Option<InnerError>,
 }
 
@@ -170,8 +173,12 @@ struct Attributes {
     exp: Option<i64>,
 }
 
-/// `code` and `innererror.code` of an error body, sanitised, for messages.
-fn error_codes(body: &[u8]) -> String {
+/// What Key Vault said, for messages: ` (code/innererror.code: message)`, or less when the
+/// body has less. The message is the diagnosis our hint can only guess at (`AKV10032: Invalid
+/// issuer. Expected one of …, found …`, or the caller, action and resource an RBAC refusal
+/// names), so it is kept, [`error::sanitise`]d with `secrets` (the bearer token sent) like any
+/// server text: it could quote the request.
+fn vault_error(body: &[u8], secrets: &[&str]) -> String {
     let Some(error) = serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .and_then(|envelope| envelope.error)
@@ -181,13 +188,18 @@ fn error_codes(body: &[u8]) -> String {
     let codes: Vec<String> = [error.code, error.innererror.and_then(|inner| inner.code)]
         .into_iter()
         .flatten()
-        .map(|code| error::sanitise(&code, &[]))
+        .map(|code| error::sanitise(&code, secrets))
         .filter(|code| !code.is_empty() && code.len() <= 64)
         .collect();
-    if codes.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", codes.join("/"))
+    let message = error
+        .message
+        .map(|message| error::sanitise(&message, secrets))
+        .unwrap_or_default();
+    match (codes.join("/"), message) {
+        (codes, message) if codes.is_empty() && message.is_empty() => String::new(),
+        (codes, message) if message.is_empty() => format!(" ({codes})"),
+        (codes, message) if codes.is_empty() => format!(" ({message})"),
+        (codes, message) => format!(" ({codes}: {message})"),
     }
 }
 
@@ -328,6 +340,7 @@ impl KeyVault {
         let mut challenged = false;
         loop {
             let token = self.token(client).await?;
+            let sent = [token.secret.expose_secret()];
             let answer = client.api_get(&request, &token).await.map_err(|err| {
                 failure(
                     format!("cannot reach Key Vault {vault}: {}", err.message),
@@ -358,7 +371,7 @@ impl KeyVault {
                         format!(
                             "Key Vault {vault} does not accept the token of {}{}: is the vault in this identity's tenant and cloud?",
                             self.who,
-                            error_codes(&answer.body)
+                            vault_error(&answer.body, &sent)
                         ),
                         false,
                         None,
@@ -369,7 +382,7 @@ impl KeyVault {
                         format!(
                             "Key Vault {vault} refuses {} read access to secret {name:?}{}: grant it the \"Key Vault Secrets User\" role on the vault or the secret (or a get-secret access policy)",
                             self.who,
-                            error_codes(&answer.body)
+                            vault_error(&answer.body, &sent)
                         ),
                         false,
                         None,
@@ -379,7 +392,7 @@ impl KeyVault {
                     return Err(failure(
                         format!(
                             "Key Vault {vault} has no secret {name:?} (or not that version){}",
-                            error_codes(&answer.body)
+                            vault_error(&answer.body, &sent)
                         ),
                         false,
                         None,
@@ -390,7 +403,7 @@ impl KeyVault {
                     return Err(failure(
                         format!(
                             "Key Vault {vault} answered HTTP {status}{} reading secret {name:?}",
-                            error_codes(&answer.body)
+                            vault_error(&answer.body, &sent)
                         ),
                         status == 429 || status >= 500,
                         retry_after,
@@ -514,14 +527,39 @@ mod tests {
     }
 
     #[test]
-    fn error_codes_are_short_and_clean() {
+    fn key_vaults_codes_and_message_are_kept_short_and_clean() {
         assert_eq!(
-            error_codes(
-                br#"{"error":{"code":"Forbidden","innererror":{"code":"ForbiddenByRbac"}}}"#
+            vault_error(
+                br#"{"error":{"code":"Forbidden","innererror":{"code":"ForbiddenByRbac"}}}"#,
+                &[]
             ),
             " (Forbidden/ForbiddenByRbac)"
         );
-        assert_eq!(error_codes(b"<html>"), "");
+        assert_eq!(
+            vault_error(
+                br#"{"error":{"code":"Unauthorized","message":"AKV10032: Invalid issuer. Expected one of https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/, found https://sts.windows.net/0d7c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b/."}}"#,
+                &[]
+            ),
+            " (Unauthorized: AKV10032: Invalid issuer. Expected one of https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/, found https://sts.windows.net/0d7c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b/.)"
+        );
+        assert_eq!(vault_error(br#"{"error":{"message":"m"}}"#, &[]), " (m)");
+        assert_eq!(vault_error(b"<html>", &[]), "");
+        assert_eq!(vault_error(br#"{"error":{}}"#, &[]), "");
+        // A vault (or something posing as one) quoting the bearer token it was sent, with
+        // terminal escapes, at length: none of it is kept.
+        let token = "opaque-bearer~token";
+        let body = serde_json::json!({"error": {
+            "code": format!("\u{1b}[2J{token}"),
+            "message": format!("bad token {token}\r\nforged line \u{202e}{}", "x ".repeat(1000)),
+        }})
+        .to_string();
+        let kept = vault_error(body.as_bytes(), &[token]);
+        assert!(
+            kept.starts_with(" ([2J[REDACTED]: bad token [REDACTED] forged line x x"),
+            "{kept}"
+        );
+        assert!(!kept.contains(token) && !kept.contains(['\u{1b}', '\r', '\n', '\u{202e}']));
+        assert!(kept.chars().count() < 2 * error::MAX_TEXT_CHARS, "{kept}");
     }
 
     #[test]
