@@ -13,8 +13,9 @@
 //! cloud); 403 means the identity lacks the `Key Vault Secrets User` role (or a `get` access
 //! policy) and is permanent until someone grants it; 404 permanent; 429 (with `Retry-After`) and
 //! 5xx transient. Each failure quotes Key Vault's code and message (`AKV10032: Invalid issuer…`),
-//! which say what is wrong where our hint can only guess. `attributes.exp` becomes the
-//! credential's expiry.
+//! which say what is wrong where our hint can only guess, and the `x-ms-client-request-id` the
+//! call carried (fresh for each, as the Azure SDKs send it), which Microsoft support traces a
+//! call by. `attributes.exp` becomes the credential's expiry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{Credential, CredentialError};
-use crate::client::TokenClient;
+use crate::client::{TokenClient, new_request_id};
 use crate::cloud::Cloud;
 use crate::config::{CredentialConfig, KeyVaultConfig, ManagedIdentityId, TenantConfig};
 use crate::error;
@@ -223,6 +224,22 @@ fn challenged_resource(header: &str) -> Option<&'static str> {
         .find(|known| known.eq_ignore_ascii_case(resource))
 }
 
+/// `err` naming the Key Vault call it came from by its `x-ms-client-request-id`.
+fn traced(err: CredentialError, request_id: &str) -> CredentialError {
+    match err {
+        CredentialError::KeyVault {
+            message,
+            transient,
+            retry_after,
+        } => CredentialError::KeyVault {
+            message: format!("{message}; x-ms-client-request-id {request_id}"),
+            transient,
+            retry_after,
+        },
+        other => other,
+    }
+}
+
 /// A failure to read `url`: transient ones are retried with the refresh backoff.
 fn failure(message: String, transient: bool, retry_after: Option<Duration>) -> CredentialError {
     CredentialError::KeyVault {
@@ -335,82 +352,92 @@ impl KeyVault {
 
     /// One read of `url`, following one 401 challenge.
     async fn read(&self, client: &TokenClient, url: &str) -> Result<VaultSecret, CredentialError> {
-        let (vault, name) = vault_and_name(url);
         let request = format!("{url}?api-version={API_VERSION}");
         let mut challenged = false;
         loop {
             let token = self.token(client).await?;
-            let sent = [token.secret.expose_secret()];
-            let answer = client.api_get(&request, &token).await.map_err(|err| {
+            // Fresh for every call, the one after a challenge too, as the Azure SDKs make them;
+            // named in the call's failure, so Microsoft support can find it in Key Vault's logs.
+            let request_id = new_request_id();
+            let read = self
+                .call(client, url, &request, &token, &request_id, challenged)
+                .await
+                .map_err(|err| traced(err, &request_id))?;
+            match read {
+                Some(secret) => return Ok(secret),
+                None => challenged = true,
+            }
+        }
+    }
+
+    /// One call: the secret, or `None` when a first 401's challenge was taken (the token is
+    /// dropped, and its resource follows the challenge's), so the caller asks again.
+    async fn call(
+        &self,
+        client: &TokenClient,
+        url: &str,
+        request: &str,
+        token: &AccessToken,
+        request_id: &str,
+        challenged: bool,
+    ) -> Result<Option<VaultSecret>, CredentialError> {
+        let (vault, name) = vault_and_name(url);
+        let sent = [token.secret.expose_secret()];
+        let answer = client
+            .key_vault_get(request, token, request_id)
+            .await
+            .map_err(|err| {
                 failure(
                     format!("cannot reach Key Vault {vault}: {}", err.message),
                     true,
                     None,
                 )
             })?;
-            match answer.status {
-                200 => return parse_bundle(&answer.body, vault, name),
-                401 if !challenged => {
-                    challenged = true;
-                    let resource = answer
-                        .www_authenticate
-                        .as_deref()
-                        .and_then(challenged_resource);
-                    let mut access = self.access.lock().await;
-                    access.token = None;
-                    if let Some(resource) = resource
-                        && *access.identity.resource != *resource
-                    {
-                        let mut identity = (*access.identity).clone();
-                        identity.resource = resource.into();
-                        access.identity = Arc::new(identity);
-                    }
+        let message = match answer.status {
+            200 => return parse_bundle(&answer.body, vault, name).map(Some),
+            401 if !challenged => {
+                let resource = answer
+                    .www_authenticate
+                    .as_deref()
+                    .and_then(challenged_resource);
+                let mut access = self.access.lock().await;
+                access.token = None;
+                if let Some(resource) = resource
+                    && *access.identity.resource != *resource
+                {
+                    let mut identity = (*access.identity).clone();
+                    identity.resource = resource.into();
+                    access.identity = Arc::new(identity);
                 }
-                401 => {
-                    return Err(failure(
-                        format!(
-                            "Key Vault {vault} does not accept the token of {}{}: is the vault in this identity's tenant and cloud?",
-                            self.who,
-                            vault_error(&answer.body, &sent)
-                        ),
-                        false,
-                        None,
-                    ));
-                }
-                403 => {
-                    return Err(failure(
-                        format!(
-                            "Key Vault {vault} refuses {} read access to secret {name:?}{}: grant it the \"Key Vault Secrets User\" role on the vault or the secret (or a get-secret access policy)",
-                            self.who,
-                            vault_error(&answer.body, &sent)
-                        ),
-                        false,
-                        None,
-                    ));
-                }
-                404 => {
-                    return Err(failure(
-                        format!(
-                            "Key Vault {vault} has no secret {name:?} (or not that version){}",
-                            vault_error(&answer.body, &sent)
-                        ),
-                        false,
-                        None,
-                    ));
-                }
-                status => {
-                    let retry_after = answer.retry_after.map(|after| after.get());
-                    return Err(failure(
-                        format!(
-                            "Key Vault {vault} answered HTTP {status}{} reading secret {name:?}",
-                            vault_error(&answer.body, &sent)
-                        ),
-                        status == 429 || status >= 500,
-                        retry_after,
-                    ));
-                }
+                return Ok(None);
             }
-        }
+            401 => format!(
+                "Key Vault {vault} does not accept the token of {}{}: is the vault in this identity's tenant and cloud?",
+                self.who,
+                vault_error(&answer.body, &sent)
+            ),
+            403 => format!(
+                "Key Vault {vault} refuses {} read access to secret {name:?}{}: grant it the \"Key Vault Secrets User\" role on the vault or the secret (or a get-secret access policy)",
+                self.who,
+                vault_error(&answer.body, &sent)
+            ),
+            404 => format!(
+                "Key Vault {vault} has no secret {name:?} (or not that version){}",
+                vault_error(&answer.body, &sent)
+            ),
+            status => {
+                let retry_after = answer.retry_after.map(|after| after.get());
+                return Err(failure(
+                    format!(
+                        "Key Vault {vault} answered HTTP {status}{} reading secret {name:?}",
+                        vault_error(&answer.body, &sent)
+                    ),
+                    status == 429 || status >= 500,
+                    retry_after,
+                ));
+            }
+        };
+        Err(failure(message, false, None))
     }
 
     /// The identity's token for Key Vault: the cached one until its refresh point, else a new

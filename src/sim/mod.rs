@@ -738,6 +738,17 @@ impl SimEntra {
         self.shared.key_vault().requests
     }
 
+    /// The `x-ms-client-request-id` header of each request to `/secrets/…`, oldest first, the
+    /// latest 1024: `None` where a request had none. How a test proves every call can be traced.
+    pub fn key_vault_client_request_ids(&self) -> Vec<Option<String>> {
+        self.shared
+            .key_vault()
+            .client_request_ids
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// The client id (`appid`) of the latest caller that passed the vault's access check, as
     /// its token spelled it: which identity read.
     pub fn last_key_vault_caller(&self) -> Option<String> {
