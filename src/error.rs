@@ -146,7 +146,9 @@ pub struct RefreshError {
     pub reason: Reason,
     /// HTTP status of the token endpoint's answer, when there was one.
     pub status: Option<u16>,
-    /// The OAuth `error` field (`invalid_client`, …), when the body had one.
+    /// The server's OAuth `error` code (`invalid_client`, `invalid_target`, …), when the body had
+    /// one: shown as `error_code` beside the reason, which maps only the codes the retry policy
+    /// knows and calls every other one `invalid_request`. Kept as [`error_code`] leaves it.
     pub oauth_error: Option<String>,
     /// AADSTS numbers from `error_codes` (or parsed from the description), first is the cause.
     pub aadsts: Vec<u32>,
@@ -247,7 +249,11 @@ pub fn classify(
             .map(|value| sanitise_to(&value, secrets, MAX_FIELD_CHARS))
             .filter(|value| !value.is_empty())
     };
-    let oauth_error = field(body_json.error);
+    let oauth_error = body_json
+        .error
+        .as_deref()
+        .map(|raw| error_code(raw, secrets))
+        .filter(|code| !code.is_empty());
     // Secrets are redacted in the whole description before its first line is cut out, so a
     // secret that spans a line break cannot leave its first half behind.
     let message = body_json
@@ -334,8 +340,12 @@ fn classify_opaque(
 /// Longest sanitised text, in characters (the `…` included): enough for an Entra description's
 /// first line or a proxy's one-line excuse, short enough for a log line and a `/status` field.
 pub const MAX_TEXT_CHARS: usize = 300;
-/// Cap for short fields from a server (OAuth `error`, trace and correlation IDs: GUIDs in Entra).
+/// Cap for short fields from a server (trace and correlation IDs: GUIDs in Entra).
 const MAX_FIELD_CHARS: usize = 100;
+/// Cap for an OAuth `error` code. The codes of RFC 6749, RFC 8707 and Entra are at most 25
+/// characters (`unsupported_response_type`); the cap leaves room for other servers' codes
+/// without letting one fill a log line.
+pub const MAX_ERROR_CODE_CHARS: usize = 64;
 /// Secrets shorter than this are not redacted: redacting `a` or `ab` would shred every message,
 /// and a secret that short protects nothing anyway.
 pub const MIN_SECRET_CHARS: usize = 4;
@@ -374,6 +384,35 @@ fn sanitise_to(text: &str, secrets: &[&str], max_chars: usize) -> String {
     let text = redact_secrets(&text, secrets);
     let text = redact_tokens(&text);
     cap(&text, max_chars)
+}
+
+/// Whether RFC 6749 allows `c` in an `error` code (§5.2, Appendix A.7: %x20-21 / %x23-5B /
+/// %x5D-7E, printable ASCII without `"` and `\`), leaving out the space it also allows: the code
+/// is one space-separated field of `once`'s line, and no registered code has one.
+fn is_error_code_char(c: char) -> bool {
+    matches!(c, '\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e')
+}
+
+/// An OAuth `error` code as the log, `/status` and `once` show it. Stricter than [`sanitise`],
+/// because a code is a token, not prose, and RFC 6749 says which characters it has:
+/// 1. every form of the request's secrets becomes [`REDACTED`], before anything else, so no
+///    later step can cut one into pieces that no longer match;
+/// 2. the ends are trimmed, and each character a code may not contain (controls, bidi
+///    controls, `"`, `\`, spaces, anything beyond ASCII) becomes `?`: visibly not what the server
+///    sent, never a terminal escape, a forged log line or a second field;
+/// 3. the secrets again (a `?` completes a secret that has one where the server sent a
+///    control), then token-like runs ([`looks_like_token`]);
+/// 4. at most [`MAX_ERROR_CODE_CHARS`] characters, cut without `…`, which a code may not contain.
+///    Only ASCII is left, so the cut cannot split a character.
+fn error_code(raw: &str, secrets: &[&str]) -> String {
+    let redacted = redact_secrets(raw, secrets);
+    let restricted: String = redacted
+        .trim()
+        .chars()
+        .map(|c| if is_error_code_char(c) { c } else { '?' })
+        .collect();
+    let redacted = redact_tokens(&redact_secrets(&restricted, secrets));
+    redacted.chars().take(MAX_ERROR_CODE_CHARS).collect()
 }
 
 /// Step 1 of [`sanitise`]: every form of every secret replaced by [`REDACTED`].
@@ -547,7 +586,17 @@ fn push_run(out: &mut String, run: &str) {
 ///   the upper/lower/digit mix of random base64. URL paths (`…/oauth2/v2.0/token`, which
 ///   transport errors quote) stay readable; base64url tokens, hex tokens and Entra secrets have
 ///   no `/`, and standard-base64 ones have the mix.
+///
+/// A lower-case name, `=` and a GUID (`appid=…`, `oid=…`, as Key Vault's RBAC refusal names
+/// the caller) is neither: it is a GUID, readable like a bare one, and the one operators need to
+/// grant the role.
 pub fn looks_like_token(run: &str) -> bool {
+    let named_guid = run.split_once('=').is_some_and(|(name, value)| {
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase()) && is_guid(value)
+    });
+    if named_guid {
+        return false;
+    }
     let mixed = |text: &str| {
         text.bytes().any(|b| b.is_ascii_uppercase())
             && text.bytes().any(|b| b.is_ascii_lowercase())
@@ -565,6 +614,15 @@ pub fn looks_like_token(run: &str) -> bool {
     let opaque =
         run.chars().count() >= MIN_OPAQUE_TOKEN_CHARS && (!run.contains('/') || mixed(run));
     jwt_shaped || opaque
+}
+
+/// `8-4-4-4-12` hex digits.
+fn is_guid(text: &str) -> bool {
+    text.len() == 36
+        && text.bytes().enumerate().all(|(index, b)| match index {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// Step 4 of [`sanitise`]: at most `max_chars` characters, the last one `…` when cut.
@@ -869,6 +927,7 @@ mod tests {
             "Trace ID: 5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f Correlation ID: 0a1b2c3d-3b4f-4a6d-8e9f-5d1e7c2a4e5f",
             "error sending request for url (https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/oauth2/v2.0/token)",
             "HTTP 502 from proxy.corp.example.com v2.0",
+            "Caller: appid=3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3d2e1f;oid=5D1E7C2A-3B4F-4A6D-8E9F-0A1B2C3D4E5F;iss=https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/",
         ] {
             assert_eq!(sanitise(keep, &[]), keep);
         }
@@ -891,6 +950,15 @@ mod tests {
                 false,
             ),
             ("//host/Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv1Wx2Yz3", true),
+            ("appid=3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3d2e1f", false),
+            // Only a GUID is let through that way, and only after a plain name.
+            ("appid=3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3d2e1f0", true),
+            ("appid=3c6f0e1d9b2a-4c8d-8e7f-6a5b4c3d2e1f0", true),
+            (
+                "client_secret=Xy8Q~abcdefghijklmnopqrstuvwxyz0123456789",
+                true,
+            ),
+            ("Ab=3c6f0e1d-9b2a-4c8d-8e7f-6a5b4c3d2e1f-Xy8Q~abc", true),
         ];
         for (run, expected) in cases {
             assert_eq!(looks_like_token(run), expected, "{run}");
@@ -999,8 +1067,8 @@ mod tests {
         let body = serde_json::json!({ "error": format!("\u{1b}]0;x\u{7}{secret}") }).to_string();
         let err = classify(400, body.as_bytes(), None, &[secret]);
         assert_eq!(err.reason, Reason::InvalidRequest);
-        assert_eq!(err.oauth_error.as_deref(), Some("]0;x [REDACTED]"));
-        assert_eq!(err.message, "HTTP 400 ]0;x [REDACTED]");
+        assert_eq!(err.oauth_error.as_deref(), Some("?]0;x?[REDACTED]"));
+        assert_eq!(err.message, "HTTP 400 ?]0;x?[REDACTED]");
 
         // Not an OAuth body: quoted, sanitised and capped, prefix included.
         let body = format!(
@@ -1019,7 +1087,43 @@ mod tests {
         let err = classify(502, b" \r\n\x1b ", None, &[]);
         assert_eq!(err.message, "HTTP 502 with an empty body");
         let err = classify(400, br#"{"error":"\u001b"}"#, None, &[]);
+        assert_eq!(err.message, "HTTP 400 ?");
+        assert_eq!(err.oauth_error.as_deref(), Some("?"));
+        let err = classify(400, br#"{"error":" \r\n "}"#, None, &[]);
         assert_eq!(err.message, "HTTP 400");
         assert_eq!(err.oauth_error, None);
+    }
+
+    #[test]
+    fn error_codes_keep_what_rfc_6749_allows_and_no_secret() {
+        let code = |raw: &str| error_code(raw, &["hunter22~secret"]);
+        // Every registered code, RFC 8707's included, passes untouched.
+        for kept in [
+            "invalid_request",
+            "invalid_client",
+            "invalid_grant",
+            "unauthorized_client",
+            "unsupported_grant_type",
+            "invalid_scope",
+            "invalid_target",
+            "temporarily_unavailable",
+            "unsupported_response_type",
+            "!#$%&'()*+,-./0123456789:;<=>?@AZ[]^_`az{|}~",
+        ] {
+            assert_eq!(code(kept), kept);
+        }
+        // Outside %x20-21 / %x23-5B / %x5D-7E (and the space): one `?` each; ends trimmed.
+        assert_eq!(code(" \tinvalid_target\r\n"), "invalid_target");
+        assert_eq!(code("a\"b\\c d\u{1b}e\u{202e}fé漢"), "a?b?c?d?e?f??");
+        // The secret, as sent and as reflected, and a token, whatever surrounds them.
+        assert_eq!(code("hunter22~secret"), REDACTED);
+        assert_eq!(code("x\u{7}HUNTER22%7Esecret\u{7}"), "x?[REDACTED]?");
+        assert_eq!(code(JWT), REDACTED);
+        // A secret rebuilt by the `?` of a control is redacted too.
+        assert_eq!(error_code("ab\u{1}cd?ef", &["ab?cd?ef"]), REDACTED);
+        // Capped without a character outside the set.
+        let long = code(&"invalid:".repeat(100));
+        assert_eq!(long.chars().count(), MAX_ERROR_CODE_CHARS);
+        assert!(long.chars().all(is_error_code_char), "{long}");
     }
 }

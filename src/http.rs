@@ -13,7 +13,8 @@
 //!   unready: an unready pod drops out of Prometheus' Kubernetes service discovery, and the alerts
 //!   about that very failure would go blind.
 //! * `GET /status` — JSON, one entry per tenant: state, expiry, next refresh, last success,
-//!   consecutive failures and the last error with Entra's AADSTS code, trace and correlation IDs.
+//!   consecutive failures and the last error with the server's OAuth error code, Entra's AADSTS
+//!   code, trace and correlation IDs.
 //!   Never a secret or a token.
 //!
 //! At most [`MAX_CONNECTIONS`] connections are served at once (more are closed on accept), a
@@ -329,6 +330,9 @@ pub struct ErrorView {
     pub class: &'static str,
     /// The metric reason label.
     pub reason: &'static str,
+    /// The server's OAuth `error` code (`invalid_client`, `invalid_target`, …), which the reason
+    /// does not always keep; only the characters RFC 6749 allows in one.
+    pub error_code: Option<String>,
     /// `AADSTSnnnn`, when Entra sent one.
     pub aadsts: Option<String>,
     /// HTTP status of the token endpoint's answer.
@@ -360,6 +364,7 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
         last_error: status.last_error.as_ref().map(|err| ErrorView {
             class: err.class.as_str(),
             reason: err.reason.as_str(),
+            error_code: err.oauth_error.clone(),
             aadsts: err.aadsts_code(),
             http_status: err.status,
             message: err.message.clone(),

@@ -170,11 +170,15 @@ async fn async_main(cli: Cli) -> ExitCode {
                     for outcome in &outcomes {
                         if let Err(err) = &outcome.result {
                             failed += 1;
+                            // The server's own code beside the reason: the reason is a fixed
+                            // set, and codes outside it (RFC 8707's invalid_target) are
+                            // otherwise lost in `invalid_request`.
                             eprintln!(
-                                "{}: {} {} {}: {}",
+                                "{}: {} {} {} {}: {}",
                                 outcome.tenant,
                                 err.class,
                                 err.reason,
+                                err.oauth_error.as_deref().unwrap_or("-"),
                                 err.aadsts_code().unwrap_or_else(|| "-".to_owned()),
                                 err.message
                             );

@@ -160,6 +160,7 @@ async fn metrics_status_and_probes() {
     assert_eq!(bad["last_error"]["class"], "permanent");
     assert_eq!(bad["last_error"]["reason"], "invalid_client");
     assert_eq!(bad["last_error"]["aadsts"], "AADSTS7000215");
+    assert_eq!(bad["last_error"]["error_code"], "invalid_client");
     assert!(bad["last_error"]["trace_id"].is_string());
     assert!(bad["last_error"]["correlation_id"].is_string());
     assert!(bad["next_refresh_at"].is_string());

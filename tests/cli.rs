@@ -211,11 +211,11 @@ async fn once_exits_0_when_all_succeed_and_1_naming_each_failure() {
     let (status, stderr) = once_with_stderr(&path, &stderr_path).await;
     assert_eq!(status.code(), Some(1));
     assert!(
-        stderr.contains("northwind: permanent invalid_client AADSTS7000215"),
+        stderr.contains("northwind: permanent invalid_client invalid_client AADSTS7000215: "),
         "{stderr}"
     );
     assert!(
-        stderr.contains("ghost: permanent tenant_not_found AADSTS90002"),
+        stderr.contains("ghost: permanent tenant_not_found invalid_request AADSTS90002: "),
         "{stderr}"
     );
     assert!(!stderr.contains("contoso:"), "{stderr}");
@@ -720,6 +720,8 @@ async fn a_failure_names_its_client_request_id_in_the_log_and_in_status() {
     let fields = &failure;
     assert_eq!(fields["client_request_id"], sent.as_str(), "{failure}");
     assert_eq!(fields["correlation_id"], sent.as_str(), "{failure}");
+    // The server's own OAuth `error` beside the reason the daemon made of it.
+    assert_eq!(fields["error_code"], "invalid_client", "{failure}");
 
     let listening = line_with("admin server listening").unwrap();
     let addr = listening["addr"].as_str().unwrap().to_owned();
@@ -736,6 +738,7 @@ async fn a_failure_names_its_client_request_id_in_the_log_and_in_status() {
         .unwrap();
     let last_error = &status["tenants"][0]["last_error"];
     assert_eq!(last_error["client_request_id"], sent.as_str(), "{status}");
+    assert_eq!(last_error["error_code"], "invalid_client", "{status}");
     kill(&child, "TERM");
     assert_eq!(
         wait_exit(&mut child, Duration::from_secs(5)).await.code(),

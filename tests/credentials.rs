@@ -743,6 +743,15 @@ async fn managed_identity_app_service() {
             .iter()
             .any(|(k, v)| k == "api-version" && v == "2019-08-01")
     );
+    // As azure-identity and MSAL send it: Azure Automation, which hands out the same two
+    // variables, refuses a request without it.
+    assert!(
+        request
+            .headers
+            .contains(&("metadata".to_owned(), "true".to_owned())),
+        "{:?}",
+        request.headers
+    );
     let bad = managed_tenant(&sim, dir.path(), source("wrong"), "");
     assert!(
         client

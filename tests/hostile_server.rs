@@ -113,7 +113,8 @@ impl Drop for DripGuard {
 }
 
 /// A token endpoint for two tenants the simulator cannot play: `reflect.example.com` quotes the
-/// secret it was actually sent, in every encoding, in an Entra-shaped 400; `drip.example.com`
+/// secret it was actually sent, in every encoding, in an Entra-shaped 400 (its OAuth `error`
+/// code included); `drip.example.com`
 /// answers 200 and then sends a valid token body one byte per [`DRIP_INTERVAL`].
 async fn hostile_server(drips: Arc<Mutex<Vec<Drip>>>) -> SocketAddr {
     let drip_body = serde_json::json!({
@@ -136,7 +137,7 @@ async fn hostile_server(drips: Arc<Mutex<Vec<Drip>>>) -> SocketAddr {
                         .unwrap_or_default();
                     let echoed = encodings(&secret).join(" / ");
                     let reply = serde_json::json!({
-                        "error": "invalid_request",
+                        "error": encodings(&secret).join("/"),
                         "error_description": format!(
                             "AADSTS900144: The request body must contain the following parameter: '{echoed}'.\r\nTrace ID: {echoed}\r\nCorrelation ID: {echoed}\r\nTimestamp: 2026-01-01 00:00:00Z"
                         ),
@@ -391,6 +392,18 @@ async fn every_hostile_answer_at_once_leaves_healthy_tenants_and_every_output_cl
     assert_eq!(reflect["state"], "misconfigured", "{reflect}");
     assert_eq!(reflect["last_error"]["aadsts"], "AADSTS900144", "{reflect}");
     assert!(message("reflect").contains("[REDACTED]"), "{reflect}");
+    // The code is kept, but only as RFC 6749 allows one (and shorter): the secret in it is gone.
+    let code = reflect["last_error"]["error_code"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(code.starts_with("[REDACTED]/[REDACTED]/"), "{reflect}");
+    assert!(
+        code.len() <= 64
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
+        "{reflect}"
+    );
     assert_eq!(
         message("opaque"),
         "token endpoint answered 200 with a body that is not JSON (60 bytes)"
@@ -457,9 +470,17 @@ async fn every_hostile_answer_at_once_leaves_healthy_tenants_and_every_output_cl
         serde_json::from_str::<serde_json::Value>(line)
             .unwrap_or_else(|err| panic!("log line is not JSON ({err}): {line}"));
     }
+    // The refresh failure's line (the one with the failure count), not a debug line about it.
+    let failure = log_text
+        .lines()
+        .find(|line| line.contains("AADSTS900144") && line.contains("consecutive_failures"))
+        .expect("the reflect failure is logged");
+    let failure: serde_json::Value = serde_json::from_str(failure).unwrap();
     assert!(
-        log_text.contains("AADSTS900144"),
-        "the reflect failure is not logged"
+        failure["error_code"]
+            .as_str()
+            .is_some_and(|code| code.starts_with("[REDACTED]/")),
+        "{failure}"
     );
 
     let mut forbidden = encodings(SECRET);

@@ -334,6 +334,18 @@ async fn hardening_4_once_prints_no_escape_and_no_secret() {
         if seen.path.starts_with("/reflect.example.com/") {
             let reflected = reflections(&seen.form("client_secret")).join(" ");
             (401, entra_error(7000215, "invalid_client", &reflected))
+        } else if seen.path.starts_with("/target.example.com/") {
+            // An RFC 8707 server's refusal: the code is the diagnosis.
+            let body = serde_json::json!({
+                "error": "invalid_target",
+                "error_description": "only a single resource indicator value is supported for this grant type",
+            });
+            (400, body.to_string())
+        } else if seen.path.starts_with("/code.example.com/") {
+            // The secret it was sent as the error code, behind terminal escapes.
+            let secret = seen.form("client_secret");
+            let body = serde_json::json!({ "error": format!("\u{1b}]0;x\u{7}{secret}\u{202e}") });
+            (400, body.to_string())
         } else {
             (
                 503,
@@ -353,6 +365,8 @@ async fn hardening_4_once_prints_no_escape_and_no_secret() {
     for (name, tenant_id) in [
         ("reflect", "reflect.example.com"),
         ("garbage", "garbage.example.com"),
+        ("target", "target.example.com"),
+        ("code", "code.example.com"),
     ] {
         text.push_str(&format!(
             "\n[[tenant]]\nname = \"{name}\"\ntenant_id = \"{tenant_id}\"\n"
@@ -373,11 +387,31 @@ async fn hardening_4_once_prints_no_escape_and_no_secret() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("reflect: permanent invalid_client AADSTS7000215: AADSTS7000215: The request body must contain the following parameter: '[REDACTED] [REDACTED] [REDACTED]'"),
+        stderr.contains("reflect: permanent invalid_client invalid_client AADSTS7000215: AADSTS7000215: The request body must contain the following parameter: '[REDACTED] [REDACTED] [REDACTED]'"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("garbage: transient server_error -: HTTP 503 with a non-OAuth body: [2J ]0;pwned fake log line [REDACTED]"),
+        stderr.contains("garbage: transient server_error - -: HTTP 503 with a non-OAuth body: [2J ]0;pwned fake log line [REDACTED]"),
+        "{stderr}"
+    );
+    // The server's code beside the reason, on the summary line and in the log line.
+    assert!(
+        stderr.contains("target: permanent invalid_request invalid_target -: only a single resource indicator value is supported for this grant type"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("tenant=\"target\" class=\"permanent\" reason=\"invalid_request\" error_code=\"invalid_target\""),
+        "{stderr}"
+    );
+    // Only the characters RFC 6749 allows in a code, one field wide, and no secret.
+    assert!(
+        stderr.contains(
+            "code: permanent invalid_request ?]0;x?[REDACTED]? -: HTTP 400 ?]0;x?[REDACTED]?"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error_code=\"?]0;x?[REDACTED]?\""),
         "{stderr}"
     );
     assert!(!output.stderr.contains(&0x1b), "{stderr:?}");

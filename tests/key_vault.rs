@@ -382,11 +382,146 @@ async fn a_vault_that_refuses_the_identity_is_a_permanent_failure_naming_both() 
         "\"app-secret\"",
         "ForbiddenByRbac",
         "Key Vault Secrets User",
+        // Key Vault's own words, which name the caller it saw.
+        "Caller is not authorized to perform action on resource.",
+        &format!("Caller: appid={SIM_SYSTEM_ASSIGNED_CLIENT_ID};"),
     ] {
         assert!(message.contains(part), "{part} not in {message}");
     }
     assert_eq!(sim.issued_count("contoso.example.com"), 0);
     daemon.stop().await;
+}
+
+/// A vault in another directory than the identity's refuses its token twice (before and after
+/// the challenge); the failure quotes Key Vault's `AKV10032` with the issuers it expected, which
+/// says what is wrong better than any hint.
+#[tokio::test]
+async fn a_vault_in_another_directory_is_refused_in_key_vaults_words() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    let other_directory = "7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1908";
+    sim.set_key_vault_tenant(other_directory);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let mut config = config(
+        vec![vault_tenant(&sim, "contoso", dir.path(), &url)],
+        daemon_knobs(&sim),
+    );
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+    let body = daemon
+        .wait_for_get("the refusal", "/status", |_, body| {
+            body.contains("\"misconfigured\"")
+        })
+        .await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let error = &status["tenants"][0]["last_error"];
+    assert_eq!(error["reason"], "credential", "{error}");
+    let message = error["message"].as_str().unwrap();
+    for part in [
+        "does not accept the token of the system-assigned managed identity",
+        "Unauthorized",
+        &format!(
+            "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{other_directory}/"
+        ),
+        "is the vault in this identity's tenant and cloud?",
+    ] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+    assert!(!message.contains("eyJ"), "{message}");
+    assert_eq!(sim.key_vault_read_count("app-secret"), 0);
+    daemon.stop().await;
+}
+
+/// A version 4 UUID in lower case, as the daemon's request ids are.
+fn is_uuid_v4(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.iter().map(|group| group.len()).eq([8, 4, 4, 4, 12])
+        && id
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && groups[2].starts_with('4')
+        && groups[3].starts_with(['8', '9', 'a', 'b'])
+}
+
+/// Every call to Key Vault carries its own `x-ms-client-request-id`, as the Azure SDKs send
+/// it, and a failure names the one of the call that failed, so Microsoft support can find it.
+/// A refused token costs two calls per attempt (before and after the challenge).
+#[tokio::test]
+async fn every_key_vault_call_carries_a_fresh_client_request_id_and_a_failure_names_it() {
+    let Fixture { sim, dir } = fixture(
+        &["contoso.example.com", "fabrikam.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let url = format!("{}/secrets/app-secret", sim.key_vault_url());
+    let missing = format!("{}/secrets/missing", sim.key_vault_url());
+    let mut config = config(
+        vec![
+            vault_tenant(&sim, "contoso", dir.path(), &url),
+            vault_tenant(&sim, "fabrikam", dir.path(), &missing),
+        ],
+        daemon_knobs(&sim),
+    );
+    config.key_vault = Some(managed_identity_reader(&sim, Duration::from_secs(3600)));
+    let daemon = start_daemon(config).await;
+    let body = daemon
+        .wait_for_get("one token and one refusal", "/status", |_, body| {
+            body.contains("\"healthy\"") && body.contains("\"misconfigured\"")
+        })
+        .await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let refused = status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|tenant| tenant["name"] == "fabrikam")
+        .unwrap();
+    let message = refused["last_error"]["message"].as_str().unwrap();
+    assert!(message.contains("has no secret \"missing\""), "{message}");
+    let named = message
+        .split_once("x-ms-client-request-id ")
+        .and_then(|(_, rest)| rest.get(..36))
+        .unwrap_or_else(|| panic!("no request id in {message}"));
+    // Stopped, so the calls below are the last ones. The vault now belongs to another
+    // directory: a read is refused before and after the challenge.
+    daemon.stop().await;
+    sim.set_key_vault_tenant("7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1908");
+    let other = format!("{}/secrets/other", sim.key_vault_url());
+    let mut reader = managed_identity_reader(&sim, Duration::from_secs(3600));
+    reader.identity = Arc::new(TenantConfig {
+        name: "reader".to_owned(),
+        ..(*reader.identity).clone()
+    });
+    let key_vault = powerbi_tokend::credential::key_vault::KeyVault::new(&reader);
+    let client = powerbi_tokend::client::TokenClient::new(&daemon_knobs(&sim)).unwrap();
+    let err = key_vault.secret(&client, &other).await.unwrap_err();
+    let refusal = err.to_string();
+    assert!(refusal.contains("AKV10032"), "{refusal}");
+    let ids = sim.key_vault_client_request_ids();
+    assert!(ids.len() >= 4, "{ids:?}");
+    let ids: Vec<String> = ids
+        .into_iter()
+        .map(|id| id.expect("every call carries x-ms-client-request-id"))
+        .collect();
+    for id in &ids {
+        assert!(is_uuid_v4(id), "{id}");
+    }
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+    assert!(ids.iter().any(|id| id == named), "{named} not in {ids:?}");
+    // The refusal names the call after the challenge: the last one.
+    let last = ids.last().unwrap();
+    assert!(
+        refusal.contains(&format!("x-ms-client-request-id {last}")),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]

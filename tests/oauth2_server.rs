@@ -25,6 +25,10 @@ const SERVER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oauth2-mock
 const CLIENT_ID: &str = "partner:client-1";
 const SECRET: &str = "p@ss w0rd+/:%&=é~never-logged";
 
+/// The RFC 8707 resource indicators the server knows (`RESOURCE_INDICATORS`); it refuses others
+/// with `invalid_target`, as oidc-provider does.
+const KNOWN_RESOURCES: &str = "https://api.partner.example https://api.partner.example/reports";
+
 /// `node`, with the package installed; these tests are ignored unless asked for, so a missing
 /// one fails.
 fn node() -> PathBuf {
@@ -80,6 +84,7 @@ impl MockServer {
             .env("EXPECTED_CLIENT_ID", CLIENT_ID)
             .env("EXPECTED_CLIENT_SECRET", SECRET)
             .env("TOKEN_LIFETIME", lifetime.to_string())
+            .env("RESOURCE_INDICATORS", KNOWN_RESOURCES)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(File::create(&log).unwrap())
@@ -174,8 +179,8 @@ struct Tenant<'a> {
     secret_env: &'a str,
     scope: Option<&'a str>,
     audience: Option<&'a str>,
-    /// RFC 8707 resource indicators.
-    resource: &'a [&'a str],
+    /// The RFC 8707 resource indicator.
+    resource: Option<&'a str>,
 }
 
 fn config_file(dir: &Path, token_url: &str, tenants: &[Tenant], extra: &str) -> PathBuf {
@@ -196,8 +201,8 @@ fn config_file(dir: &Path, token_url: &str, tenants: &[Tenant], extra: &str) -> 
         if let Some(audience) = tenant.audience {
             text.push_str(&format!("audience = \"{audience}\"\n"));
         }
-        if !tenant.resource.is_empty() {
-            text.push_str(&format!("resource = {:?}\n", tenant.resource));
+        if let Some(resource) = tenant.resource {
+            text.push_str(&format!("resource = \"{resource}\"\n"));
         }
     }
     let path = dir.join("config.toml");
@@ -237,10 +242,9 @@ fn check_token_file(dir: &Path, tenant: &Tenant, lifetime: i64, context: &str) -
     assert_eq!(file["token_type"], "Bearer", "{file}");
     assert!(file["expires_at"].is_string(), "{file}");
     // The file says what was asked, nothing else.
-    let resource = (!tenant.resource.is_empty()).then(|| tenant.resource.join(" "));
     assert_eq!(
         file["resource"],
-        json_or_null(resource.as_deref()),
+        json_or_null(tenant.resource),
         "{name}: {file}"
     );
     assert_eq!(file["scope"], json_or_null(tenant.scope), "{name}: {file}");
@@ -280,15 +284,11 @@ fn check_token_file(dir: &Path, tenant: &Tenant, lifetime: i64, context: &str) -
     );
     assert_eq!(
         claims["resource"],
-        serde_json::json!(tenant.resource),
+        serde_json::json!(Vec::from_iter(tenant.resource)),
         "{name}: {claims}"
     );
     // The server issues the token for the resource when one was indicated (RFC 8707 §2.2).
-    let aud = match tenant.resource {
-        [] => json_or_null(tenant.audience),
-        [one] => Value::String((*one).to_owned()),
-        many => serde_json::json!(many),
-    };
+    let aud = json_or_null(tenant.resource.or(tenant.audience));
     assert_eq!(claims["aud"], aud, "{name}: {claims}");
     assert_eq!(
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
@@ -307,7 +307,7 @@ fn check_token_file(dir: &Path, tenant: &Tenant, lifetime: i64, context: &str) -
     if tenant.audience.is_some() {
         fields.push("audience");
     }
-    if !tenant.resource.is_empty() {
+    if tenant.resource.is_some() {
         fields.push("resource");
     }
     fields.sort_unstable();
@@ -336,7 +336,7 @@ fn once_authenticates_with_post_and_basic_and_sends_scope_audience_and_resource(
             secret_env: "PARTNER_SECRET",
             scope: Some("reports.read reports.write"),
             audience: Some("https://api.partner.example"),
-            resource: &[],
+            resource: None,
         },
         Tenant {
             name: "partner-basic",
@@ -344,7 +344,7 @@ fn once_authenticates_with_post_and_basic_and_sends_scope_audience_and_resource(
             secret_env: "PARTNER_SECRET",
             scope: Some("datasets.read"),
             audience: Some("https://datasets.partner.example"),
-            resource: &[],
+            resource: None,
         },
         // The defaults: client_secret_post, no audience.
         Tenant {
@@ -353,24 +353,25 @@ fn once_authenticates_with_post_and_basic_and_sends_scope_audience_and_resource(
             secret_env: "PARTNER_SECRET",
             scope: Some("reports.read"),
             audience: None,
-            resource: &[],
+            resource: None,
         },
-        // RFC 8707 resource indicators, one and several, instead of a vendor's `audience`.
+        // An RFC 8707 resource indicator instead of a vendor's `audience`, with and without a
+        // scope.
         Tenant {
             name: "partner-resource",
             auth: Some("client_secret_basic"),
             secret_env: "PARTNER_SECRET",
             scope: Some("reports.read"),
             audience: None,
-            resource: &["https://api.partner.example"],
+            resource: Some("https://api.partner.example"),
         },
         Tenant {
-            name: "partner-resources",
+            name: "partner-resource-only",
             auth: None,
             secret_env: "PARTNER_SECRET",
             scope: None,
             audience: None,
-            resource: &["https://api.partner.example/reports", "urn:partner:exports"],
+            resource: Some("https://api.partner.example/reports"),
         },
     ];
     let config = config_file(dir.path(), &server.token_url, &tenants, "");
@@ -396,6 +397,42 @@ fn once_authenticates_with_post_and_basic_and_sends_scope_audience_and_resource(
     assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
 }
 
+/// Conforming servers refuse several resource indicators in a client-credentials request (the
+/// mock server does, as oidc-provider), so a list could never get a token: it is a config error
+/// at its line, before any request. No server is needed to show that.
+#[test]
+fn a_list_of_resources_is_a_config_error_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[tenant]]\nname = \"partner\"\nprovider = \"oauth2\"\n\
+         token_url = \"https://auth.partner.invalid/token\"\nclient_id = \"partner-client\"\n\
+         client_secret = { env = \"PARTNER_SECRET\" }\n\
+         sinks = [ { type = \"file\", path = \"tokens/{name}.json\" } ]\n\
+         resource = [\"https://api.partner.example/reports\", \"urn:partner:exports\"]\n",
+    )
+    .unwrap();
+    for command in ["check", "once"] {
+        let output = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&config)
+            .env("PARTNER_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        let expected = format!(
+            "{}:8: tenant \"partner\": resource: expected one absolute URI (RFC 8707) such as \
+             \"https://api.partner.example\", not a list",
+            config.display()
+        );
+        assert!(stderr.contains(&expected), "{command}: {stderr}");
+        assert!(!dir.path().join("tokens").exists(), "{command}");
+    }
+}
+
 #[test]
 #[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
 fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
@@ -409,7 +446,7 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
             secret_env: "GOOD_SECRET",
             scope: Some("reports.read"),
             audience: Some("https://api.partner.example"),
-            resource: &[],
+            resource: None,
         },
         Tenant {
             name: "bad-post",
@@ -417,7 +454,7 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
             secret_env: "WRONG_SECRET",
             scope: Some("reports.read"),
             audience: Some("https://api.partner.example"),
-            resource: &[],
+            resource: None,
         },
         Tenant {
             name: "bad-basic",
@@ -425,7 +462,7 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
             secret_env: "WRONG_SECRET",
             scope: Some("reports.read"),
             audience: Some("https://api.partner.example"),
-            resource: &[],
+            resource: None,
         },
     ];
     let config = config_file(dir.path(), &server.token_url, &tenants, "");
@@ -473,6 +510,58 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
     assert_eq!(log.matches("wrong client_secret").count(), 2, "{log}");
 }
 
+/// RFC 8707's `invalid_target` (a resource the server does not know) has no reason of its own;
+/// the server's code is shown beside the reason, in `once`'s line and in the log line.
+#[test]
+#[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
+fn once_shows_the_servers_error_code_beside_the_reason() {
+    let node = node();
+    let dir = tempfile::tempdir().unwrap();
+    let server = MockServer::start(&node, dir.path(), 3600);
+    let tenant = Tenant {
+        name: "unknown-resource",
+        auth: None,
+        secret_env: "PARTNER_SECRET",
+        scope: None,
+        audience: None,
+        resource: Some("https://elsewhere.partner.example"),
+    };
+    let config = config_file(
+        dir.path(),
+        &server.token_url,
+        std::slice::from_ref(&tenant),
+        "",
+    );
+    let mut daemon = spawn(
+        dir.path(),
+        &["once"],
+        &config,
+        &[("PARTNER_SECRET", SECRET)],
+    );
+    let context = || {
+        let (stdout, stderr) = daemon_output(dir.path());
+        format!(
+            "--- stdout:\n{stdout}\n--- stderr:\n{stderr}\n{}",
+            server.log()
+        )
+    };
+    let status = wait_exit(&mut daemon, Duration::from_secs(10), context);
+    assert_eq!(status.code(), Some(1), "{}", context());
+    let (stdout, stderr) = daemon_output(dir.path());
+    assert!(
+        stderr.lines().any(|line| line
+            == "unknown-resource: permanent invalid_request invalid_target -: resource indicator is missing, or unknown"),
+        "{}",
+        context()
+    );
+    assert!(
+        stderr.contains("reason=\"invalid_request\" error_code=\"invalid_target\""),
+        "{}",
+        context()
+    );
+    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
+}
+
 #[test]
 #[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
 fn run_refreshes_at_half_life_and_exits_0_on_sigterm() {
@@ -485,7 +574,7 @@ fn run_refreshes_at_half_life_and_exits_0_on_sigterm() {
         secret_env: "PARTNER_SECRET",
         scope: Some("reports.read"),
         audience: Some("https://api.partner.example"),
-        resource: &[],
+        resource: None,
     };
     let config = config_file(
         dir.path(),

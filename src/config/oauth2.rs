@@ -50,40 +50,42 @@ impl Loader<'_> {
                 .map(|v| v.get_ref().trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        let resources = self.resource_indicators(input);
+        let resource = self.resource_indicator(input);
         Some(OAuth2Config {
             token_url: token_url?,
             scope: text(raw.scope.as_ref().or(defaults.scope.as_ref())),
             audience: text(raw.audience.as_ref().or(defaults.audience.as_ref())),
-            resources: resources?,
+            resource: resource?,
             auth: inherited!(input, auth).map_or_else(Default::default, |a| *a.get_ref()),
         })
     }
 
-    /// `resource`: RFC 8707 resource indicators, one or several, each an absolute URI without a
-    /// fragment (§2). Only the tenant's own: in `[defaults]`, `resource` is the Entra tenants'
-    /// App ID URI, which a third-party server must not be sent.
-    fn resource_indicators(&mut self, input: &TenantInput<'_>) -> Option<Vec<String>> {
+    /// `resource`: one RFC 8707 resource indicator, an absolute URI without a fragment (§2), or
+    /// none (`Some(None)`). Only the tenant's own: in `[defaults]`, `resource` is the Entra
+    /// tenants' App ID URI, which a third-party server must not be sent.
+    ///
+    /// One only: RFC 8707 lets a server refuse several, and conforming servers do for client
+    /// credentials (oidc-provider: `invalid_target`, "only a single resource indicator value is
+    /// supported for this grant type"), so a list could only ever fail at the server, attempt
+    /// after attempt. It is refused here, where the line is known.
+    fn resource_indicator(&mut self, input: &TenantInput<'_>) -> Option<Option<String>> {
         let Some(resource) = input.raw.resource.as_ref() else {
-            return Some(Vec::new());
+            return Some(None);
         };
-        let values = match resource.get_ref() {
-            RawResource::One(one) => vec![one.trim().to_owned()],
-            RawResource::Many(many) => many.iter().map(|one| one.trim().to_owned()).collect(),
+        let message = match resource.get_ref() {
+            RawResource::One(one) if is_resource_indicator(one.trim()) => {
+                return Some(Some(one.trim().to_owned()));
+            }
+            RawResource::One(one) => format!(
+                "expected one absolute URI without a fragment (RFC 8707) such as \"https://api.partner.example\"; got {one:?}"
+            ),
+            RawResource::Many(many) => format!(
+                "expected one absolute URI (RFC 8707) such as \"https://api.partner.example\", not a list (of {}): OAuth2 servers refuse several resource indicators in a client-credentials request (invalid_target)",
+                many.len()
+            ),
         };
-        let bad = values.iter().find(|value| !is_resource_indicator(value));
-        if values.is_empty() || bad.is_some() {
-            self.problem(
-                Some(resource.span().start),
-                input.key("resource"),
-                format!(
-                    "expected an absolute URI without a fragment (RFC 8707) such as \"https://api.partner.example\", or a list of them; got {:?}",
-                    bad.map_or("[]", String::as_str)
-                ),
-            );
-            return None;
-        }
-        Some(values)
+        self.problem(Some(resource.span().start), input.key("resource"), message);
+        None
     }
 }
 

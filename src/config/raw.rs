@@ -185,14 +185,15 @@ pub(super) enum RawSink {
     },
 }
 
-/// `resource = "…"`, or for a generic OAuth2 server several RFC 8707 resource indicators.
+/// `resource = "…"`. A list is read only to be refused with a message saying why: a token
+/// request names one resource.
 #[derive(Deserialize, Clone)]
 #[serde(untagged)]
 pub(super) enum RawResource {
     /// One resource.
     One(String),
-    /// Several (generic OAuth2 only).
-    Many(Vec<String>),
+    /// A list (of anything), which is a config error.
+    Many(Vec<toml::Value>),
 }
 
 /// `mode = "0600"` or `mode = 0o600`.

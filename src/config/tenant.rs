@@ -328,7 +328,7 @@ impl Loader<'_> {
         cloud: Cloud,
     ) -> Option<String> {
         match oauth2 {
-            Some(Some(oauth2)) => return Some(oauth2.resources.join(" ")),
+            Some(Some(oauth2)) => return Some(oauth2.resource.clone().unwrap_or_default()),
             // A generic OAuth2 tenant whose rules failed: its `resource` is theirs to report.
             None => return None,
             Some(None) => {}
@@ -340,7 +340,7 @@ impl Loader<'_> {
             self.problem(
                 Some(resource.span().start),
                 input.key("resource"),
-                "expected one App ID URI such as https://analysis.windows.net/powerbi/api; a list is for provider = \"oauth2\" only".to_owned(),
+                "expected one App ID URI such as https://analysis.windows.net/powerbi/api, not a list".to_owned(),
             );
             return None;
         };

@@ -418,8 +418,9 @@ pub struct OAuth2Config {
     pub scope: Option<String>,
     /// `audience`, sent when set (Auth0, Okta and others use it).
     pub audience: Option<String>,
-    /// RFC 8707 resource indicators, each sent as a `resource` parameter.
-    pub resources: Vec<String>,
+    /// The RFC 8707 resource indicator sent as `resource`, when set. One at most: conforming
+    /// servers refuse several in a client-credentials request (`invalid_target`).
+    pub resource: Option<String>,
     /// Basic or form-body client authentication.
     pub auth: ClientAuth,
 }
@@ -447,7 +448,7 @@ pub struct TenantConfig {
     /// Endpoint version.
     pub api: ApiVersion,
     /// App ID URI of the resource (Power BI unless overridden); for a generic OAuth2 server the
-    /// RFC 8707 resource indicators sent, space-separated, or empty when none is sent.
+    /// RFC 8707 resource indicator sent, or empty when none is sent.
     pub resource: Arc<str>,
     /// Fraction of the lifetime after which to refresh.
     pub refresh_at: f64,

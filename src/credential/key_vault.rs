@@ -12,7 +12,10 @@
 //! (the token is fetched anew, for the challenge's resource when it belongs to a Key Vault
 //! cloud); 403 means the identity lacks the `Key Vault Secrets User` role (or a `get` access
 //! policy) and is permanent until someone grants it; 404 permanent; 429 (with `Retry-After`) and
-//! 5xx transient. `attributes.exp` becomes the credential's expiry.
+//! 5xx transient. Each failure quotes Key Vault's code and message (`AKV10032: Invalid issuer…`),
+//! which say what is wrong where our hint can only guess, and the `x-ms-client-request-id` the
+//! call carried (fresh for each, as the Azure SDKs send it), which Microsoft support traces a
+//! call by. `attributes.exp` becomes the credential's expiry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{Credential, CredentialError};
-use crate::client::TokenClient;
+use crate::client::{TokenClient, new_request_id};
 use crate::cloud::Cloud;
 use crate::config::{CredentialConfig, KeyVaultConfig, ManagedIdentityId, TenantConfig};
 use crate::error;
@@ -148,6 +151,7 @@ struct ErrorEnvelope {
 #[derive(Deserialize)]
 struct ErrorBody {
     code: Option<String>,
+    message: Option<String>,
     innererror: Option<InnerError>,
 }
 
@@ -170,8 +174,12 @@ struct Attributes {
     exp: Option<i64>,
 }
 
-/// `code` and `innererror.code` of an error body, sanitised, for messages.
-fn error_codes(body: &[u8]) -> String {
+/// What Key Vault said, for messages: ` (code/innererror.code: message)`, or less when the
+/// body has less. The message is the diagnosis our hint can only guess at (`AKV10032: Invalid
+/// issuer. Expected one of …, found …`, or the caller, action and resource an RBAC refusal
+/// names), so it is kept, [`error::sanitise`]d with `secrets` (the bearer token sent) like any
+/// server text: it could quote the request.
+fn vault_error(body: &[u8], secrets: &[&str]) -> String {
     let Some(error) = serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .and_then(|envelope| envelope.error)
@@ -181,13 +189,18 @@ fn error_codes(body: &[u8]) -> String {
     let codes: Vec<String> = [error.code, error.innererror.and_then(|inner| inner.code)]
         .into_iter()
         .flatten()
-        .map(|code| error::sanitise(&code, &[]))
+        .map(|code| error::sanitise(&code, secrets))
         .filter(|code| !code.is_empty() && code.len() <= 64)
         .collect();
-    if codes.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", codes.join("/"))
+    let message = error
+        .message
+        .map(|message| error::sanitise(&message, secrets))
+        .unwrap_or_default();
+    match (codes.join("/"), message) {
+        (codes, message) if codes.is_empty() && message.is_empty() => String::new(),
+        (codes, message) if message.is_empty() => format!(" ({codes})"),
+        (codes, message) if codes.is_empty() => format!(" ({message})"),
+        (codes, message) => format!(" ({codes}: {message})"),
     }
 }
 
@@ -209,6 +222,22 @@ fn challenged_resource(header: &str) -> Option<&'static str> {
         .iter()
         .map(|cloud| cloud.key_vault_resource())
         .find(|known| known.eq_ignore_ascii_case(resource))
+}
+
+/// `err` naming the Key Vault call it came from by its `x-ms-client-request-id`.
+fn traced(err: CredentialError, request_id: &str) -> CredentialError {
+    match err {
+        CredentialError::KeyVault {
+            message,
+            transient,
+            retry_after,
+        } => CredentialError::KeyVault {
+            message: format!("{message}; x-ms-client-request-id {request_id}"),
+            transient,
+            retry_after,
+        },
+        other => other,
+    }
 }
 
 /// A failure to read `url`: transient ones are retried with the refresh backoff.
@@ -323,81 +352,92 @@ impl KeyVault {
 
     /// One read of `url`, following one 401 challenge.
     async fn read(&self, client: &TokenClient, url: &str) -> Result<VaultSecret, CredentialError> {
-        let (vault, name) = vault_and_name(url);
         let request = format!("{url}?api-version={API_VERSION}");
         let mut challenged = false;
         loop {
             let token = self.token(client).await?;
-            let answer = client.api_get(&request, &token).await.map_err(|err| {
+            // Fresh for every call, the one after a challenge too, as the Azure SDKs make them;
+            // named in the call's failure, so Microsoft support can find it in Key Vault's logs.
+            let request_id = new_request_id();
+            let read = self
+                .call(client, url, &request, &token, &request_id, challenged)
+                .await
+                .map_err(|err| traced(err, &request_id))?;
+            match read {
+                Some(secret) => return Ok(secret),
+                None => challenged = true,
+            }
+        }
+    }
+
+    /// One call: the secret, or `None` when a first 401's challenge was taken (the token is
+    /// dropped, and its resource follows the challenge's), so the caller asks again.
+    async fn call(
+        &self,
+        client: &TokenClient,
+        url: &str,
+        request: &str,
+        token: &AccessToken,
+        request_id: &str,
+        challenged: bool,
+    ) -> Result<Option<VaultSecret>, CredentialError> {
+        let (vault, name) = vault_and_name(url);
+        let sent = [token.secret.expose_secret()];
+        let answer = client
+            .key_vault_get(request, token, request_id)
+            .await
+            .map_err(|err| {
                 failure(
                     format!("cannot reach Key Vault {vault}: {}", err.message),
                     true,
                     None,
                 )
             })?;
-            match answer.status {
-                200 => return parse_bundle(&answer.body, vault, name),
-                401 if !challenged => {
-                    challenged = true;
-                    let resource = answer
-                        .www_authenticate
-                        .as_deref()
-                        .and_then(challenged_resource);
-                    let mut access = self.access.lock().await;
-                    access.token = None;
-                    if let Some(resource) = resource
-                        && *access.identity.resource != *resource
-                    {
-                        let mut identity = (*access.identity).clone();
-                        identity.resource = resource.into();
-                        access.identity = Arc::new(identity);
-                    }
+        let message = match answer.status {
+            200 => return parse_bundle(&answer.body, vault, name).map(Some),
+            401 if !challenged => {
+                let resource = answer
+                    .www_authenticate
+                    .as_deref()
+                    .and_then(challenged_resource);
+                let mut access = self.access.lock().await;
+                access.token = None;
+                if let Some(resource) = resource
+                    && *access.identity.resource != *resource
+                {
+                    let mut identity = (*access.identity).clone();
+                    identity.resource = resource.into();
+                    access.identity = Arc::new(identity);
                 }
-                401 => {
-                    return Err(failure(
-                        format!(
-                            "Key Vault {vault} does not accept the token of {}{}: is the vault in this identity's tenant and cloud?",
-                            self.who,
-                            error_codes(&answer.body)
-                        ),
-                        false,
-                        None,
-                    ));
-                }
-                403 => {
-                    return Err(failure(
-                        format!(
-                            "Key Vault {vault} refuses {} read access to secret {name:?}{}: grant it the \"Key Vault Secrets User\" role on the vault or the secret (or a get-secret access policy)",
-                            self.who,
-                            error_codes(&answer.body)
-                        ),
-                        false,
-                        None,
-                    ));
-                }
-                404 => {
-                    return Err(failure(
-                        format!(
-                            "Key Vault {vault} has no secret {name:?} (or not that version){}",
-                            error_codes(&answer.body)
-                        ),
-                        false,
-                        None,
-                    ));
-                }
-                status => {
-                    let retry_after = answer.retry_after.map(|after| after.get());
-                    return Err(failure(
-                        format!(
-                            "Key Vault {vault} answered HTTP {status}{} reading secret {name:?}",
-                            error_codes(&answer.body)
-                        ),
-                        status == 429 || status >= 500,
-                        retry_after,
-                    ));
-                }
+                return Ok(None);
             }
-        }
+            401 => format!(
+                "Key Vault {vault} does not accept the token of {}{}: is the vault in this identity's tenant and cloud?",
+                self.who,
+                vault_error(&answer.body, &sent)
+            ),
+            403 => format!(
+                "Key Vault {vault} refuses {} read access to secret {name:?}{}: grant it the \"Key Vault Secrets User\" role on the vault or the secret (or a get-secret access policy)",
+                self.who,
+                vault_error(&answer.body, &sent)
+            ),
+            404 => format!(
+                "Key Vault {vault} has no secret {name:?} (or not that version){}",
+                vault_error(&answer.body, &sent)
+            ),
+            status => {
+                let retry_after = answer.retry_after.map(|after| after.get());
+                return Err(failure(
+                    format!(
+                        "Key Vault {vault} answered HTTP {status}{} reading secret {name:?}",
+                        vault_error(&answer.body, &sent)
+                    ),
+                    status == 429 || status >= 500,
+                    retry_after,
+                ));
+            }
+        };
+        Err(failure(message, false, None))
     }
 
     /// The identity's token for Key Vault: the cached one until its refresh point, else a new
@@ -514,14 +554,39 @@ mod tests {
     }
 
     #[test]
-    fn error_codes_are_short_and_clean() {
+    fn key_vaults_codes_and_message_are_kept_short_and_clean() {
         assert_eq!(
-            error_codes(
-                br#"{"error":{"code":"Forbidden","innererror":{"code":"ForbiddenByRbac"}}}"#
+            vault_error(
+                br#"{"error":{"code":"Forbidden","innererror":{"code":"ForbiddenByRbac"}}}"#,
+                &[]
             ),
             " (Forbidden/ForbiddenByRbac)"
         );
-        assert_eq!(error_codes(b"<html>"), "");
+        assert_eq!(
+            vault_error(
+                br#"{"error":{"code":"Unauthorized","message":"AKV10032: Invalid issuer. Expected one of https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/, found https://sts.windows.net/0d7c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b/."}}"#,
+                &[]
+            ),
+            " (Unauthorized: AKV10032: Invalid issuer. Expected one of https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/, found https://sts.windows.net/0d7c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b/.)"
+        );
+        assert_eq!(vault_error(br#"{"error":{"message":"m"}}"#, &[]), " (m)");
+        assert_eq!(vault_error(b"<html>", &[]), "");
+        assert_eq!(vault_error(br#"{"error":{}}"#, &[]), "");
+        // A vault (or something posing as one) quoting the bearer token it was sent, with
+        // terminal escapes, at length: none of it is kept.
+        let token = "opaque-bearer~token";
+        let body = serde_json::json!({"error": {
+            "code": format!("\u{1b}[2J{token}"),
+            "message": format!("bad token {token}\r\nforged line \u{202e}{}", "x ".repeat(1000)),
+        }})
+        .to_string();
+        let kept = vault_error(body.as_bytes(), &[token]);
+        assert!(
+            kept.starts_with(" ([2J[REDACTED]: bad token [REDACTED] forged line x x"),
+            "{kept}"
+        );
+        assert!(!kept.contains(token) && !kept.contains(['\u{1b}', '\r', '\n', '\u{202e}']));
+        assert!(kept.chars().count() < 2 * error::MAX_TEXT_CHARS, "{kept}");
     }
 
     #[test]

@@ -59,6 +59,9 @@
 //!   in Azure/azure-sdk-for-python#27266), `x-ms-keyvault-region`, the caller's
 //!   `x-ms-client-request-id` echoed, `Cache-Control: no-cache`, `Pragma`, `Expires: -1`,
 //!   `X-Content-Type-Options` and `Strict-Transport-Security` (Azure/azure-sdk-for-net#7925).
+//!   The caller's `x-ms-client-request-id` is also recorded per request
+//!   ([`SimEntra::key_vault_client_request_ids`](super::SimEntra::key_vault_client_request_ids)),
+//!   so a test can see that every call carried one.
 //! * The 200 body: `value`, `id`, `attributes` (`enabled`, `nbf`, `exp`, `created`, `updated`,
 //!   `recoveryLevel`, `recoverableDays`), `contentType`, `tags`, and for a certificate's secret
 //!   `kid` and `managed` (reference §10; the Get Secret REST reference). `tags` is always sent,
@@ -68,7 +71,7 @@
 //! Nothing here logs a secret value or a bearer token: the request log names the secret, the
 //! status, the error code and the caller's client id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -122,8 +125,13 @@ const MAX_VERSION_LEN: usize = 64;
 /// The RBAC action a secret read needs ("Key Vault Secrets User" grants it).
 const GET_SECRET_ACTION: &str = "Microsoft.KeyVault/vaults/secrets/getSecret/action";
 
-/// The `x-ms-client-request-id` a client sends is echoed only up to this length.
+/// The `x-ms-client-request-id` a client sends is echoed (and recorded) only up to this length.
 const MAX_CLIENT_REQUEST_ID_LEN: usize = 256;
+
+/// How many requests' `x-ms-client-request-id` are kept for
+/// [`SimEntra::key_vault_client_request_ids`](super::SimEntra::key_vault_client_request_ids):
+/// plenty for a test, bounded for a long `demo`.
+const RECORDED_CLIENT_REQUEST_IDS: usize = 1024;
 
 /// The attributes of one secret version, given to
 /// [`SimEntra::set_key_vault_secret`](super::SimEntra::set_key_vault_secret).
@@ -192,6 +200,9 @@ pub(super) struct KeyVaultState {
     pub(super) reads: HashMap<String, u64>,
     /// Every request to `/secrets/…`, whatever the answer.
     pub(super) requests: u64,
+    /// The `x-ms-client-request-id` of the latest requests to `/secrets/…`, oldest first;
+    /// `None` for a request without one (or with one too long or not text).
+    pub(super) client_request_ids: VecDeque<Option<String>>,
     /// The client id of the latest caller that passed the access check.
     pub(super) last_caller: Option<String>,
 }
@@ -205,6 +216,7 @@ impl Default for KeyVaultState {
             faults: HashMap::new(),
             reads: HashMap::new(),
             requests: 0,
+            client_request_ids: VecDeque::new(),
             last_caller: None,
         }
     }
@@ -295,9 +307,20 @@ fn key_vault_resource(cloud: Cloud) -> &'static str {
 /// The handler of `/secrets/{*path}`.
 pub(super) async fn secret(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
+    // What support would trace the call by (azure-keyvault-secrets sends one per request).
+    let client_request_id = parts
+        .headers
+        .get("x-ms-client-request-id")
+        .filter(|id| id.len() <= MAX_CLIENT_REQUEST_ID_LEN)
+        .and_then(|id| id.to_str().ok())
+        .map(str::to_owned);
     let vault = {
         let mut state = shared.key_vault();
         state.requests += 1;
+        if state.client_request_ids.len() == RECORDED_CLIENT_REQUEST_IDS {
+            state.client_request_ids.pop_front();
+        }
+        state.client_request_ids.push_back(client_request_id);
         state.tenant.clone()
     };
     let resource = key_vault_resource(shared.powerbi().cloud);
@@ -1313,6 +1336,14 @@ mod tests {
             Some("2f1e0d9c-aaaa-4bbb-8ccc-dddddddddddd")
         );
         assert_eq!(fixture.sim.key_vault_read_count(NAME), 5);
+        // Recorded per request, in order: the traced one last, after the ones sent without.
+        let recorded = fixture.sim.key_vault_client_request_ids();
+        assert_eq!(recorded.len() as u64, fixture.sim.key_vault_request_count());
+        assert_eq!(
+            recorded.last().cloned().flatten().as_deref(),
+            Some("2f1e0d9c-aaaa-4bbb-8ccc-dddddddddddd")
+        );
+        assert!(recorded[..recorded.len() - 1].iter().all(Option::is_none));
     }
 
     #[tokio::test]
@@ -1498,7 +1529,8 @@ mod tests {
             fixture
                 .http
                 .get(url)
-                .header("X-IDENTITY-HEADER", IDENTITY_HEADER),
+                .header("X-IDENTITY-HEADER", IDENTITY_HEADER)
+                .header("Metadata", "true"),
         )
         .await;
         assert_eq!(reply.status, 200, "{}", reply.body);

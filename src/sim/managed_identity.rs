@@ -1,6 +1,6 @@
 //! The managed identity endpoints of a simulated Azure host (reference §5):
 //! `GET /metadata/identity/oauth2/token` like IMDS on VMs, scale sets and AKS nodes, and
-//! `GET /msi/token` like App Service and Functions. Both share one configuration
+//! `GET /msi/token` like App Service, Functions and Azure Automation. Both share one configuration
 //! ([`SimManagedIdentity`]), one fault script and one set of counters.
 
 use std::sync::Arc;
@@ -124,7 +124,7 @@ struct ManagedIdentityCall<'a> {
     endpoint: ManagedIdentityEndpoint,
     /// Anything but `GET` is refused with 405.
     method: &'a Method,
-    /// `Metadata` (IMDS) or `X-IDENTITY-HEADER` (App Service) prove the caller is local.
+    /// `Metadata` (both) and `X-IDENTITY-HEADER` (App Service) prove the caller is local.
     headers: &'a HeaderMap,
     /// The decoded query string: all parameters travel there.
     query: Vec<(String, String)>,
@@ -219,15 +219,18 @@ fn validate_managed_identity(
             "Only GET requests are supported.",
         ));
     }
+    // The SSRF guard: exactly `true`, as the reference requires of IMDS.
+    let metadata_missing = || {
+        managed_identity_error(
+            BAD_REQUEST,
+            "invalid_request",
+            "Required metadata header not specified",
+        )
+    };
     let selectors: &[&str] = match call.endpoint {
         ManagedIdentityEndpoint::Imds => {
-            // The SSRF guard: exactly `true`, as the reference requires.
             if call.header("metadata") != Some("true") {
-                return Err(managed_identity_error(
-                    BAD_REQUEST,
-                    "invalid_request",
-                    "Required metadata header not specified",
-                ));
+                return Err(metadata_missing());
             }
             // IMDS's text for a missing or unknown `api-version` on the identity endpoint is
             // not in the reference.
@@ -253,6 +256,13 @@ fn validate_managed_identity(
                     "unauthorized",
                     "The X-IDENTITY-HEADER header is missing or does not match.",
                 ));
+            }
+            // Azure Automation serves the same IDENTITY_ENDPOINT protocol and needs `Metadata:
+            // true` too (MSAL sends it for that reason, as azure-identity does), so a client
+            // that leaves it out works on App Service alone. Refused here so it cannot; the
+            // status and text of a real refusal are not documented, IMDS's are used.
+            if call.header("metadata") != Some("true") {
+                return Err(metadata_missing());
             }
             if call.param("api-version") != Some(APP_SERVICE_API_VERSION) {
                 return Err(managed_identity_error(
@@ -722,8 +732,12 @@ mod tests {
                 ("client_id", USER_ASSIGNED),
             ],
         );
-        let answer =
-            self::answer(http.get(&url).header("X-IDENTITY-HEADER", IDENTITY_HEADER)).await;
+        let answer = self::answer(
+            http.get(&url)
+                .header("X-IDENTITY-HEADER", IDENTITY_HEADER)
+                .header("Metadata", "true"),
+        )
+        .await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         let body = answer.json();
         for field in [
@@ -753,22 +767,50 @@ mod tests {
                 .contains(&("x-identity-header".to_owned(), REDACTED.to_owned()))
         );
 
-        let wrong = self::answer(http.get(&url).header("X-IDENTITY-HEADER", "guess")).await;
+        let wrong = self::answer(
+            http.get(&url)
+                .header("X-IDENTITY-HEADER", "guess")
+                .header("Metadata", "true"),
+        )
+        .await;
         assert_eq!(wrong.status, 401);
         assert!(!wrong.body.contains(IDENTITY_HEADER));
-        let missing = self::answer(http.get(&url)).await;
+        let missing = self::answer(http.get(&url).header("Metadata", "true")).await;
         assert_eq!(missing.status, 401);
+        // The identity header alone is not enough: Azure Automation wants `Metadata: true`.
+        let without_metadata =
+            self::answer(http.get(&url).header("X-IDENTITY-HEADER", IDENTITY_HEADER)).await;
+        assert_eq!(without_metadata.status, 400);
+        assert_eq!(
+            without_metadata.json(),
+            serde_json::json!({
+                "error": "invalid_request",
+                "error_description": "Required metadata header not specified",
+            })
+        );
+        let wrong_metadata = self::answer(
+            http.get(&url)
+                .header("X-IDENTITY-HEADER", IDENTITY_HEADER)
+                .header("Metadata", "yes"),
+        )
+        .await;
+        assert_eq!(wrong_metadata.status, 400);
         let legacy = query_url(
             &sim.app_service_endpoint(),
             &[("resource", POWER_BI), ("api-version", "2017-09-01")],
         );
         let legacy = self::answer(
             http.get(&legacy)
-                .header("X-IDENTITY-HEADER", IDENTITY_HEADER),
+                .header("X-IDENTITY-HEADER", IDENTITY_HEADER)
+                .header("Metadata", "true"),
         )
         .await;
         assert_eq!(legacy.status, 400);
-        assert_eq!(sim.managed_identity_request_count(), 4);
+        assert_eq!(
+            legacy.json()["error_description"],
+            "Required api-version parameter not specified or not supported"
+        );
+        assert_eq!(sim.managed_identity_request_count(), 6);
         assert_eq!(sim.managed_identity_issued_count(), 1);
         assert!(!format!("{:?}", host_identity()).contains(IDENTITY_HEADER));
     }
@@ -790,7 +832,12 @@ mod tests {
         query: &[(&str, &str)],
     ) -> Answer {
         let url = query_url(&sim.app_service_endpoint(), query);
-        answer(http.get(url).header("X-IDENTITY-HEADER", IDENTITY_HEADER)).await
+        answer(
+            http.get(url)
+                .header("X-IDENTITY-HEADER", IDENTITY_HEADER)
+                .header("Metadata", "true"),
+        )
+        .await
     }
 
     /// The client id a successful answer was issued to, after checking that the body's

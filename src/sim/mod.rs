@@ -51,14 +51,15 @@
 //!   must match a federated credential exactly and it must not have expired. Its signature is
 //!   not checked (the simulator has no keys of external issuers).
 //! * **Managed identity** (§5). `GET /metadata/identity/oauth2/token` answers like IMDS (header
-//!   `Metadata: true`, every field a string) and `GET /msi/token` like App Service
-//!   (`X-IDENTITY-HEADER`, `expires_on` as an epoch string), for the identities configured with
-//!   [`SimEntra::set_managed_identity`]. A request names at most one identity, by client id
-//!   (`client_id`), by object id (`object_id`, or `principal_id` on App Service; see
-//!   [`managed_identity_object_id`]) or, for a user-assigned identity, by Azure resource id
-//!   (`msi_res_id` on IMDS, `mi_res_id` on App Service; see [`managed_identity_resource_id`]);
-//!   without one, the system-assigned identity (else a sole user-assigned one) answers. A
-//!   script of one-shot statuses (404, 410, 429, 5xx) injects the faults IMDS is known for.
+//!   `Metadata: true`, every field a string) and `GET /msi/token` like App Service and Azure
+//!   Automation (`X-IDENTITY-HEADER` and `Metadata: true`, `expires_on` as an epoch string), for
+//!   the identities configured with [`SimEntra::set_managed_identity`]. A request names at most
+//!   one identity, by client id (`client_id`), by object id (`object_id`, or `principal_id` on
+//!   App Service; see [`managed_identity_object_id`]) or, for a user-assigned identity, by Azure
+//!   resource id (`msi_res_id` on IMDS, `mi_res_id` on App Service; see
+//!   [`managed_identity_resource_id`]); without one, the system-assigned identity (else a sole
+//!   user-assigned one) answers. A script of one-shot statuses (404, 410, 429, 5xx) injects the
+//!   faults IMDS is known for.
 //!
 //! * **Power BI** (§8). `GET /v1.0/myorg/groups` (the daemon's probe; `$top` and `$skip`
 //!   honoured, `$filter` ignored) and `POST /v1.0/myorg/GenerateToken` (V2 embed tokens), on
@@ -735,6 +736,17 @@ impl SimEntra {
     /// Every request to `/secrets/…`, whatever the answer, 401 challenges included.
     pub fn key_vault_request_count(&self) -> u64 {
         self.shared.key_vault().requests
+    }
+
+    /// The `x-ms-client-request-id` header of each request to `/secrets/…`, oldest first, the
+    /// latest 1024: `None` where a request had none. How a test proves every call can be traced.
+    pub fn key_vault_client_request_ids(&self) -> Vec<Option<String>> {
+        self.shared
+            .key_vault()
+            .client_request_ids
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The client id (`appid`) of the latest caller that passed the vault's access check, as

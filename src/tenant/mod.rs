@@ -1034,6 +1034,7 @@ fn log_failure(
     was_permanent: bool,
 ) {
     let aadsts = err.aadsts_code().unwrap_or_default();
+    let error_code = err.oauth_error.as_deref().unwrap_or("");
     let trace_id = err.trace_id.as_deref().unwrap_or("");
     let correlation_id = err.correlation_id.as_deref().unwrap_or("");
     let client_request_id = err.client_request_id.as_deref().unwrap_or("");
@@ -1043,8 +1044,8 @@ fn log_failure(
     let message = err.message.as_str();
     let Some(retry_in) = retry_in else {
         tracing::error!(
-            tenant, class, reason, aadsts = %aadsts, status, trace_id, correlation_id,
-            client_request_id, error = message, "refresh failed"
+            tenant, class, reason, error_code, aadsts = %aadsts, status, trace_id,
+            correlation_id, client_request_id, error = message, "refresh failed"
         );
         return;
     };
@@ -1058,8 +1059,8 @@ fn log_failure(
     macro_rules! emit {
         ($level:ident, $text:literal) => {
             tracing::$level!(
-                tenant, class, reason, aadsts = %aadsts, status, trace_id, correlation_id,
-                client_request_id,
+                tenant, class, reason, error_code, aadsts = %aadsts, status, trace_id,
+                correlation_id, client_request_id,
                 retry_in = %retry_in, consecutive_failures = failures, error = message, $text
             )
         };

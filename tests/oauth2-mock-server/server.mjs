@@ -3,6 +3,8 @@
 //
 //   EXPECTED_CLIENT_ID, EXPECTED_CLIENT_SECRET  the only client the token endpoint accepts
 //   TOKEN_LIFETIME                              seconds, `expires_in` and `exp - iat` (default 3600)
+//   RESOURCE_INDICATORS                         space-separated RFC 8707 resources the server knows;
+//                                               when set, a request for another is refused
 //
 // Prints one line of JSON to stdout once listening: {"url":"http://127.0.0.1:PORT","token_url":…}
 // and serves until SIGTERM/SIGINT or until stdin is closed (so it dies with the test that spawned
@@ -18,6 +20,10 @@
 //   "basic" | "post"), `client_id`, `grant_type`, the requested `scope` and `audience`, the RFC 8707
 //   `resource` indicators (an array; `aud` is the resource(s) when indicated, else `audience`), the names (never the values) of the form fields received (`form_fields`, sorted), a
 //   request counter `seq` and a `jti`; `exp` is `iat + TOKEN_LIFETIME`.
+// * RFC 8707 as oidc-provider (a conforming server) enforces it for client credentials: several
+//   `resource` parameters answer 400 {"error":"invalid_target","error_description":"only a single
+//   resource indicator value is supported for this grant type"}; with RESOURCE_INDICATORS set, an
+//   unknown resource answers 400 invalid_target "resource indicator is missing, or unknown".
 
 import { randomUUID } from 'node:crypto';
 import { OAuth2Server } from 'oauth2-mock-server';
@@ -28,6 +34,7 @@ if (!expectedId || !expectedSecret) {
   console.error('server.mjs: EXPECTED_CLIENT_ID and EXPECTED_CLIENT_SECRET must be set');
   process.exit(2);
 }
+const knownResources = process.env.RESOURCE_INDICATORS?.split(' ').filter((r) => r !== '');
 const lifetime = Number.parseInt(process.env.TOKEN_LIFETIME ?? '3600', 10);
 if (!Number.isInteger(lifetime) || lifetime <= 0) {
   console.error(`server.mjs: TOKEN_LIFETIME must be a positive integer, not ${process.env.TOKEN_LIFETIME}`);
@@ -129,6 +136,19 @@ server.service.on('beforeResponse', (response, req) => {
     }
     response.statusCode = 401;
     response.body = { error: 'invalid_client', error_description: problem };
+    return;
+  }
+  const resources = resourcesOf(req.body ?? {});
+  const target =
+    resources.length > 1
+      ? 'only a single resource indicator value is supported for this grant type'
+      : knownResources && resources.some((r) => !knownResources.includes(r))
+        ? 'resource indicator is missing, or unknown'
+        : null;
+  if (target) {
+    console.error(`token request rejected: invalid_target: ${target}`);
+    response.statusCode = 400;
+    response.body = { error: 'invalid_target', error_description: target };
     return;
   }
   if (response.statusCode === 200) response.body.expires_in = lifetime;

@@ -24,7 +24,7 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
             token_url: "https://auth.example.com/oauth2/token".into(),
             scope: Some("reports.read".into()),
             audience: Some("https://api.example.com".into()),
-            resources: Vec::new(),
+            resource: None,
             auth: ClientAuth::ClientSecretBasic,
         }))
     );
@@ -33,23 +33,46 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
     assert_eq!(&*tenant.resource, "");
     assert_eq!(tenant.requested_scope().as_deref(), Some("reports.read"));
     assert_eq!(tenant.requested_audience(), Some("https://api.example.com"));
-    // RFC 8707: one resource, or several.
+    // RFC 8707: one resource indicator.
     let one = parse_env(
         &format!("{text}resource = \"https://api.example.com/reports\"\n"),
         &[],
     )
     .unwrap();
     assert_eq!(
-        one.tenants[0].oauth2.as_ref().unwrap().resources,
-        ["https://api.example.com/reports"]
+        one.tenants[0].oauth2.as_ref().unwrap().resource.as_deref(),
+        Some("https://api.example.com/reports")
     );
     assert_eq!(&*one.tenants[0].resource, "https://api.example.com/reports");
-    let two = parse_env(
-        &format!("{text}resource = [\"https://a.example\", \"urn:b\"]\n"),
-        &[],
-    )
-    .unwrap();
-    assert_eq!(&*two.tenants[0].resource, "https://a.example urn:b");
+    // Several are refused by conforming servers (oidc-provider: `invalid_target`, "only a single
+    // resource indicator value is supported for this grant type"), so a list is a config error
+    // at its line; a list of one too, so the key has one spelling.
+    for list in [
+        "[\"https://a.example\", \"urn:b\"]",
+        "[\"https://a.example\"]",
+        "[]",
+    ] {
+        let err = parse_env(&format!("{text}resource = {list}\n"), &[]).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains(
+                "/etc/p/config.toml:12: tenant \"partner\": resource: expected one absolute URI"
+            ),
+            "{list}: {shown}"
+        );
+        assert!(shown.contains("not a list"), "{list}: {shown}");
+    }
+    // An Entra tenant's resource is one App ID URI too.
+    let err = parse_err(&format!(
+        "{MINIMAL}resource = [\"https://analysis.windows.net/powerbi/api\"]\n"
+    ));
+    assert!(
+        err.to_string()
+            .contains("contoso\": resource: expected one App ID URI")
+            && err.to_string().contains("not a list"),
+        "{err}"
+    );
     // [defaults]' resource is Entra's App ID URI: never sent to a third-party server.
     let inherited = parse_env(
         &format!("[defaults]\nresource = \"https://analysis.windows.net/powerbi/api\"\n{text}"),
@@ -57,18 +80,11 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
     )
     .unwrap();
     assert_eq!(&*inherited.tenants[0].resource, "");
-    assert!(
-        inherited.tenants[0]
-            .oauth2
-            .as_ref()
-            .unwrap()
-            .resources
-            .is_empty()
-    );
+    assert_eq!(inherited.tenants[0].oauth2.as_ref().unwrap().resource, None);
     let err = parse_env(&format!("{text}resource = \"reports\"\n"), &[]).unwrap_err();
     assert!(
         err.to_string()
-            .contains("partner\": resource: expected an absolute URI"),
+            .contains("partner\": resource: expected one absolute URI"),
         "{err}"
     );
     assert_eq!(tenant.tenant_id, "");
