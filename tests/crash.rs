@@ -91,11 +91,42 @@ fn spawn(config: &Path, as_pid_1: bool) -> Child {
         .unwrap()
 }
 
-/// SIGKILL to the child's whole process group, then reaps the child.
+/// SIGKILL to the child's whole process group, then reaps the child and waits until its own
+/// children (the daemon `unshare` forked) are dead too: a killed process keeps its file locks
+/// until it has exited, and the next start must find the temp files of this one unlocked, or it
+/// takes them for writes in flight and leaves them.
 fn kill_all(child: &mut Child) {
+    let children = children_of(child.id());
     let group = rustix::process::Pid::from_child(child);
     let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
     let _ = child.wait();
+    let start = std::time::Instant::now();
+    while children.iter().any(|pid| alive(*pid)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "processes {children:?} survived SIGKILL for 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The pids of a process's children, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
+/// Whether a process still runs: a zombie has exited (and released its locks) already.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 async fn kill_loop(as_pid_1: bool) {
