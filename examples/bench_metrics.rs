@@ -77,19 +77,19 @@ fn fleet(tenants: usize) -> Registry {
         let mut status = status::lock(&handle);
         let left = 1800 + (i as i64 * 7919) % 1800;
         status.first_attempt_done = true;
-        status.expires_on = Some(now_unix + left);
-        status.next_refresh = Some(now + Duration::from_secs(left as u64 / 2));
-        status.last_success = Some(now - Duration::from_secs(600));
-        status.successes = 10;
+        status.token.expires_on = Some(now_unix + left);
+        status.token.next_refresh = Some(now + Duration::from_secs(left as u64 / 2));
+        status.token.last_success = Some(now - Duration::from_secs(600));
+        status.token.successes = 10;
         status.credential_expiry = Some((now_unix + 365 * 86_400, "certificate"));
         if i % 200 == 0 {
             status.credential_expiry = Some((now_unix + 20 * 86_400, "client_secret"));
         }
         if i % 100 == 0 {
-            status.consecutive_failures = 3;
-            status.failures = 3;
-            status.failures_by_reason[Reason::InvalidClient.index()] = 3;
-            status.last_error = Some(Box::new(RefreshError::local(
+            status.token.consecutive_failures = 3;
+            status.token.failures = 3;
+            status.token.failures_by_reason[Reason::InvalidClient.index()] = 3;
+            status.token.last_error = Some(Box::new(RefreshError::local(
                 ErrorClass::Permanent,
                 Reason::InvalidClient,
                 "AADSTS7000215: Invalid client secret provided.",

@@ -81,11 +81,41 @@ pub enum Reason {
     Sink,
     /// The credential could not be read locally (missing env var, unreadable secret file).
     Credential,
+    /// Power BI refuses the service principal (401, or 403 other than an expired token).
+    NotAuthorized,
+    /// Power BI says the token has expired.
+    TokenExpired,
+    /// 404 from Power BI: the path or API root is wrong.
+    NotFound,
+    /// Power BI answered another status, or a 200 that is not what was asked for.
+    Unexpected,
 }
 
 impl Reason {
-    /// Every reason, in label order; used to document and pre-register metric series.
-    pub const ALL: [Reason; 13] = [
+    /// Every reason, in label order: the size of per-reason counters kept in an array.
+    pub const ALL: [Reason; 17] = [
+        Reason::InvalidClient,
+        Reason::UnauthorizedClient,
+        Reason::TenantNotFound,
+        Reason::InvalidResource,
+        Reason::InvalidScope,
+        Reason::InvalidRequest,
+        Reason::Throttled,
+        Reason::ServerError,
+        Reason::Timeout,
+        Reason::Network,
+        Reason::BadResponse,
+        Reason::Sink,
+        Reason::Credential,
+        Reason::NotAuthorized,
+        Reason::TokenExpired,
+        Reason::NotFound,
+        Reason::Unexpected,
+    ];
+
+    /// The reasons a token request (and the writes of its token) can fail with: the series
+    /// of the token failure counters.
+    pub const TOKEN: [Reason; 13] = [
         Reason::InvalidClient,
         Reason::UnauthorizedClient,
         Reason::TenantNotFound,
@@ -100,6 +130,38 @@ impl Reason {
         Reason::Sink,
         Reason::Credential,
     ];
+
+    /// The reasons a Power BI call can fail with: the access probe's series.
+    pub const API: [Reason; 7] = [
+        Reason::NotAuthorized,
+        Reason::TokenExpired,
+        Reason::NotFound,
+        Reason::Throttled,
+        Reason::ServerError,
+        Reason::Network,
+        Reason::Unexpected,
+    ];
+
+    /// An embed token's: a Power BI call's, and its writes.
+    pub const EMBED: [Reason; 8] = [
+        Reason::NotAuthorized,
+        Reason::TokenExpired,
+        Reason::NotFound,
+        Reason::Throttled,
+        Reason::ServerError,
+        Reason::Network,
+        Reason::Unexpected,
+        Reason::Sink,
+    ];
+
+    /// `counts` (indexed like [`Reason::ALL`]) for the reasons of `set` only, in its order: the
+    /// copies a metrics scrape makes stay as small as the set.
+    pub fn counts_in<const N: usize>(
+        counts: &[u32; Reason::ALL.len()],
+        set: &[Reason; N],
+    ) -> [u64; N] {
+        set.map(|reason| u64::from(counts[reason.index()]))
+    }
 
     /// Position in [`Reason::ALL`], for per-reason counters kept in an array.
     pub fn index(self) -> usize {
@@ -122,7 +184,31 @@ impl Reason {
             Reason::BadResponse => "bad_response",
             Reason::Sink => "sink",
             Reason::Credential => "credential",
+            Reason::NotAuthorized => "not_authorized",
+            Reason::TokenExpired => "token_expired",
+            Reason::NotFound => "not_found",
+            Reason::Unexpected => "unexpected",
         }
+    }
+
+    /// What an operator should do about a failure, for the log and `/status`: for the Power BI
+    /// reasons and those a server of any kind can cause; `None` for the token endpoint's own,
+    /// whose messages say it.
+    pub fn advice(self) -> Option<&'static str> {
+        Some(match self {
+            Reason::NotAuthorized => {
+                "Power BI refuses this service principal: in the customer's Fabric admin portal, Tenant settings > Developer settings, \"Service principals can use Fabric APIs\" must be on for the organisation or for a security group that contains the service principal, and the service principal must be a Member or Admin of the workspaces it uses"
+            }
+            Reason::TokenExpired => {
+                "Power BI says the token has expired although the daemon holds it as fresh: check this host's clock (NTP); if the clock is right, this is a bug in the daemon"
+            }
+            Reason::NotFound => "the URL does not exist: check powerbi_api and probe.path",
+            Reason::Unexpected => "Power BI answered in a way the daemon does not know",
+            Reason::Throttled => "the server asks to slow down; the daemon waits as told",
+            Reason::ServerError => "the server is failing; nothing to do on this side",
+            Reason::Network => "the server could not be reached",
+            _ => return None,
+        })
     }
 }
 
@@ -144,15 +230,17 @@ pub struct RefreshError {
     pub class: ErrorClass,
     /// The metric label.
     pub reason: Reason,
-    /// HTTP status of the token endpoint's answer, when there was one.
+    /// HTTP status of the server's answer, when there was one.
     pub status: Option<u16>,
-    /// The server's OAuth `error` code (`invalid_client`, `invalid_target`, …), when the body had
-    /// one: shown as `error_code` beside the reason, which maps only the codes the retry policy
-    /// knows and calls every other one `invalid_request`. Kept as [`error_code`] leaves it.
+    /// The server's own error code, when the body had one: the OAuth `error` of a token endpoint
+    /// (`invalid_client`, `invalid_target`, …; kept as [`error_code`] leaves it), or Power BI's
+    /// (`PowerBINotAuthorizedException`, `TokenExpired`, …). Shown as `error_code` beside the
+    /// reason, which maps only what the retry policy knows.
     pub oauth_error: Option<String>,
     /// AADSTS numbers from `error_codes` (or parsed from the description), first is the cause.
     pub aadsts: Vec<u32>,
-    /// Entra's trace ID: what Microsoft support asks for.
+    /// The server's id of the request, what Microsoft support asks for: Entra's trace ID, or
+    /// Power BI's `RequestId`.
     pub trace_id: Option<String>,
     /// Entra's correlation ID: ties the failure to our request.
     pub correlation_id: Option<String>,
@@ -180,6 +268,31 @@ impl RefreshError {
             client_request_id: None,
             retry_after: None,
             message: message.into(),
+        }
+    }
+
+    /// A failed Power BI call: the class follows from the reason (a refusal or a wrong URL is
+    /// permanent until someone acts; throttling waits for `retry_after`; the rest is transient).
+    pub fn api(
+        reason: Reason,
+        status: Option<u16>,
+        code: Option<String>,
+        request_id: Option<String>,
+        message: String,
+        retry_after: Option<RetryAfter>,
+    ) -> Self {
+        let class = match reason {
+            Reason::NotAuthorized | Reason::NotFound => ErrorClass::Permanent,
+            Reason::Throttled => ErrorClass::Throttled,
+            Reason::Sink => ErrorClass::Sink,
+            _ => ErrorClass::Transient,
+        };
+        RefreshError {
+            status,
+            oauth_error: code,
+            trace_id: request_id,
+            retry_after,
+            ..RefreshError::local(class, reason, message)
         }
     }
 

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 
 use crate::config::{FleetConfig, TenantConfig};
-use crate::sink::file::MAX_TOKEN_FILE_BYTES;
-use crate::sink::format::{Document, json_text, parse_existing};
+use crate::sink::MAX_DOCUMENT_BYTES;
 use crate::store::{Store, StoreError};
 use crate::token::AccessToken;
+use crate::token::document::{Document, json_text, parse_existing};
 
 /// The fleet as one replica sees it.
 #[derive(Debug)]
@@ -128,7 +128,7 @@ impl Fleet {
         &self,
         tenant: &TenantConfig,
     ) -> Result<Option<(AccessToken, Arc<str>)>, StoreError> {
-        let max = usize::try_from(MAX_TOKEN_FILE_BYTES).unwrap_or(usize::MAX);
+        let max = usize::try_from(MAX_DOCUMENT_BYTES).unwrap_or(usize::MAX);
         let Some(text) = self
             .store
             .get(&self.key(&tenant.name, "token"), max)

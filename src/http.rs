@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::error::ErrorClass;
+use crate::error::{ErrorClass, RefreshError};
 use crate::metrics::Metrics;
 use crate::schedule::system_to_unix_f64;
 use crate::status::{Registry, TenantState, TenantStatus};
@@ -238,8 +238,8 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     for (name, status) in snapshot {
         if !status.first_attempt_done {
             readiness.pending.push(name);
-        } else if status.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Sink) {
-            if status.local_sink_failing {
+        } else if status.token.last_error.as_ref().map(|e| e.class) == Some(ErrorClass::Sink) {
+            if status.token.local_sink_failing {
                 readiness.sink_failing.push(name);
             } else {
                 readiness.redis_failing.push(name);
@@ -291,7 +291,8 @@ pub struct TenantView {
     pub embeds: Vec<EmbedView>,
 }
 
-/// One embed token in `/status`. Never the token itself.
+/// One embed token in `/status`, in the shape of the access token's fields. Never the token
+/// itself.
 #[derive(Serialize)]
 pub struct EmbedView {
     /// The embed's name.
@@ -303,9 +304,10 @@ pub struct EmbedView {
     pub next_refresh_at: Option<String>,
     /// RFC 3339 time of the last embed token written.
     pub last_success_at: Option<String>,
-    /// Why the last attempt failed; absent after a success.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<crate::powerbi::probe::ProbeFailure>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Why the last attempt failed, as for the access token; `null` after a success.
+    pub last_error: Option<ErrorView>,
 }
 
 /// The last access probe in `/status`.
@@ -315,9 +317,10 @@ pub struct ProbeView {
     pub last_probe_at: Option<String>,
     /// Whether Power BI accepted the token.
     pub ok: bool,
-    /// Why not, with Power BI's status, error code and `RequestId`.
+    /// Why not, with Power BI's status (`http_status`), error code (`error_code`) and
+    /// `RequestId` (`trace_id`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<crate::powerbi::probe::ProbeFailure>,
+    pub failure: Option<ErrorView>,
     /// What to do about the failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<&'static str>,
@@ -345,23 +348,15 @@ pub struct ErrorView {
     pub correlation_id: Option<String>,
     /// The `client-request-id` the daemon sent; `null` when no request was sent.
     pub client_request_id: Option<String>,
+    /// What to do about a failed Power BI call; absent for token failures, whose message says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<&'static str>,
 }
 
-/// Builds the `/status` entry of one tenant at `now`.
-pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView {
-    TenantView {
-        state: status.state(now),
-        expires_at: status.expires_on.and_then(clock::rfc3339_unix),
-        time_to_expiry_seconds: status
-            .expires_on
-            .map(|e| (e as f64 - system_to_unix_f64(now)).round()),
-        next_refresh_at: status.next_refresh.and_then(clock::rfc3339),
-        last_success_at: status.last_success.and_then(clock::rfc3339),
-        consecutive_failures: status.consecutive_failures,
-        credential_expires_at: status
-            .credential_expiry
-            .and_then(|(expires_on, _)| clock::rfc3339_unix(expires_on)),
-        last_error: status.last_error.as_ref().map(|err| ErrorView {
+impl ErrorView {
+    /// The view of a failure.
+    fn of(err: &RefreshError) -> Self {
+        ErrorView {
             class: err.class.as_str(),
             reason: err.reason.as_str(),
             error_code: err.oauth_error.clone(),
@@ -371,27 +366,48 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
             trace_id: err.trace_id.clone(),
             correlation_id: err.correlation_id.clone(),
             client_request_id: err.client_request_id.clone(),
-        }),
+            advice: err.reason.advice(),
+        }
+    }
+}
+
+/// Builds the `/status` entry of one tenant at `now`.
+pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView {
+    let token = &status.token;
+    TenantView {
+        state: status.state(now),
+        expires_at: token.expires_on.and_then(clock::rfc3339_unix),
+        time_to_expiry_seconds: token
+            .expires_on
+            .map(|e| (e as f64 - system_to_unix_f64(now)).round()),
+        next_refresh_at: token.next_refresh.and_then(clock::rfc3339),
+        last_success_at: token.last_success.and_then(clock::rfc3339),
+        consecutive_failures: token.consecutive_failures,
+        credential_expires_at: status
+            .credential_expiry
+            .and_then(|(expires_on, _)| clock::rfc3339_unix(expires_on)),
+        last_error: token.last_error.as_deref().map(ErrorView::of),
         task_panics: status.task_panics,
         refreshed_by: status.refreshed_by.as_deref().map(str::to_owned),
         api_probe: status.api_probe.as_ref().map(|probe| ProbeView {
             last_probe_at: clock::rfc3339(probe.last),
             ok: probe.failure.is_none(),
-            failure: probe.failure.clone(),
+            failure: probe.failure.as_ref().map(ErrorView::of),
             advice: probe
                 .failure
                 .as_ref()
-                .map(|failure| failure.reason.advice()),
+                .and_then(|failure| failure.reason.advice()),
         }),
         embeds: status
             .embeds
             .iter()
             .map(|embed| EmbedView {
                 name: embed.name.clone(),
-                expires_at: embed.expires_on.and_then(clock::rfc3339_unix),
-                next_refresh_at: embed.next_refresh.and_then(clock::rfc3339),
-                last_success_at: embed.last_success.and_then(clock::rfc3339),
-                failure: embed.failure.clone(),
+                expires_at: embed.token.expires_on.and_then(clock::rfc3339_unix),
+                next_refresh_at: embed.token.next_refresh.and_then(clock::rfc3339),
+                last_success_at: embed.token.last_success.and_then(clock::rfc3339),
+                consecutive_failures: embed.token.consecutive_failures,
+                last_error: embed.token.last_error.as_deref().map(ErrorView::of),
             })
             .collect(),
         name,
@@ -425,9 +441,12 @@ mod tests {
     fn hardening_status_view_survives_times_past_year_9999() {
         let far = UNIX_EPOCH + Duration::from_secs(1_000_000_000_000);
         let status = TenantStatus {
-            expires_on: Some(i64::MAX),
-            next_refresh: Some(far),
-            last_success: Some(far),
+            token: crate::status::TokenStatus {
+                expires_on: Some(i64::MAX),
+                next_refresh: Some(far),
+                last_success: Some(far),
+                ..Default::default()
+            },
             credential_expiry: Some((i64::MIN, "certificate")),
             first_attempt_done: true,
             ..TenantStatus::default()
@@ -442,8 +461,11 @@ mod tests {
         assert!(json["time_to_expiry_seconds"].is_number(), "{json}");
 
         let in_range = TenantStatus {
-            expires_on: Some(1_767_225_600),
-            next_refresh: Some(UNIX_EPOCH + Duration::from_secs(1_767_225_600)),
+            token: crate::status::TokenStatus {
+                expires_on: Some(1_767_225_600),
+                next_refresh: Some(UNIX_EPOCH + Duration::from_secs(1_767_225_600)),
+                ..Default::default()
+            },
             ..TenantStatus::default()
         };
         let view = view_of(&in_range);

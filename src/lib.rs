@@ -63,6 +63,7 @@ pub mod metrics;
 pub mod notify;
 pub mod powerbi;
 pub mod rate;
+pub mod refresh;
 pub mod safe_read;
 pub mod schedule;
 pub mod sim;
@@ -83,10 +84,11 @@ use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::http::AdminState;
 use crate::metrics::Metrics;
+use crate::refresh::{Observer, RetryPolicy, Shared};
 use crate::status::Registry;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
-use crate::tenant::{Observer, OnceOutcome, RetryPolicy, Shared};
+use crate::tenant::OnceOutcome;
 
 /// Messages from the process (signals) to the running daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,8 +132,8 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
         ),
         limiter: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_lane: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
-        slow_after: Arc::new(tenant::SlowAfter::new(
-            tenant::SLOW_AFTER.min(config.daemon.request_timeout / 2),
+        slow_after: Arc::new(refresh::lanes::SlowAfter::new(
+            refresh::lanes::SLOW_AFTER.min(config.daemon.request_timeout / 2),
         )),
         policy: RetryPolicy::from(&config.daemon),
         rate: config

@@ -41,10 +41,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::PerTenantMetrics;
 use crate::error::Reason;
-use crate::powerbi::probe::ProbeReason;
+use crate::refresh::Observer;
 use crate::schedule::system_to_unix_f64;
 use crate::status::{self, TenantState, TenantStatus};
-use crate::tenant::Observer;
 
 /// Fleet-wide metrics; per-tenant ones and the aggregates over tenants are rendered from the
 /// status registry.
@@ -74,19 +73,19 @@ pub struct Metrics {
     attempts_succeeded: IntCounter,
     /// Failed attempts of all tenants (`result="failure"`).
     attempts_failed: IntCounter,
-    /// Failed attempts of all tenants by reason, indexed by [`Reason::index`]: what a dashboard
-    /// and the alerts read when per-tenant series are off.
-    failures_by_reason: [IntCounter; Reason::ALL.len()],
+    /// Failed attempts of all tenants by reason, in the order of [`Reason::TOKEN`]: what a
+    /// dashboard and the alerts read when per-tenant series are off.
+    failures_by_reason: [IntCounter; Reason::TOKEN.len()],
     /// Embed token refreshes that wrote every sink, all tenants.
     embeds_succeeded: IntCounter,
     /// Embed token refreshes that failed, all tenants.
     embeds_failed: IntCounter,
-    /// Failed embed token refreshes by reason (indexed by [`ProbeReason::index`]).
-    embed_failures: [IntCounter; ProbeReason::ALL.len()],
+    /// Failed embed token refreshes by reason (in the order of [`Reason::EMBED`]).
+    embed_failures: [IntCounter; Reason::EMBED.len()],
     /// Power BI access probe latency, all tenants.
     probe_duration: Histogram,
-    /// Failed access probes of all tenants, by reason (indexed by [`ProbeReason::index`]).
-    probe_failures: [IntCounter; ProbeReason::ALL.len()],
+    /// Failed access probes of all tenants, by reason (in the order of [`Reason::API`]).
+    probe_failures: [IntCounter; Reason::API.len()],
     /// `powerbi_tokend_per_tenant_metrics{mode}`: 1 on the mode in effect, 0 on the others, so an
     /// alert can tell "no tenant has a problem" from "no tenant is named".
     per_tenant_mode: IntGaugeVec,
@@ -295,14 +294,14 @@ impl Metrics {
             rate_limit_wait,
             attempts_succeeded: attempts.with_label_values(&["success"]),
             attempts_failed: attempts.with_label_values(&["failure"]),
-            failures_by_reason: Reason::ALL
+            failures_by_reason: Reason::TOKEN
                 .map(|reason| failures_by_reason.with_label_values(&[reason.as_str()])),
             embeds_succeeded: embed_results.with_label_values(&["success"]),
             embeds_failed: embed_results.with_label_values(&["failure"]),
-            embed_failures: ProbeReason::ALL
+            embed_failures: Reason::EMBED
                 .map(|reason| embed_failures.with_label_values(&[reason.as_str()])),
             probe_duration,
-            probe_failures: ProbeReason::ALL
+            probe_failures: Reason::API
                 .map(|reason| probe_failures.with_label_values(&[reason.as_str()])),
             per_tenant_mode,
             per_tenant: AtomicU8::new(0),
@@ -406,8 +405,9 @@ impl Metrics {
 /// marks stale: its alerts resolve as they would on recovery in mode `all`.
 pub fn needs_attention(status: &TenantStatus, state: TenantState, now_unix: f64) -> bool {
     state != TenantState::Healthy
-        || status.consecutive_failures > 0
+        || status.token.consecutive_failures > 0
         || status
+            .token
             .expires_on
             .is_none_or(|expires_on| expires_on as f64 <= now_unix)
         || status.credential_expiry.is_some_and(|(expires_on, _)| {
@@ -490,7 +490,7 @@ impl Aggregates {
             .position(|s| *s == state)
             .unwrap_or_default();
         self.states[index] += 1;
-        if let Some(expires_on) = status.expires_on {
+        if let Some(expires_on) = status.token.expires_on {
             self.token_expiry[index].observe(&TOKEN_BUCKETS, expires_on as f64 - now_unix);
         }
         if let Some((expires_on, kind)) = status.credential_expiry {
@@ -566,11 +566,11 @@ struct Row {
     successes: u64,
     /// Failed attempts.
     failures: u64,
-    /// Failed attempts by reason, indexed by [`Reason::index`].
-    failures_by_reason: [u64; Reason::ALL.len()],
+    /// Failed attempts by reason, in the order of [`Reason::TOKEN`].
+    failures_by_reason: [u64; Reason::TOKEN.len()],
     /// The access probe: Unix time of the last, whether it passed, failures by reason
-    /// ([`ProbeReason::index`]); `None` for tenants that have not probed.
-    probe: Option<(f64, bool, [u64; ProbeReason::ALL.len()])>,
+    /// (in the order of [`Reason::API`]); `None` for tenants that have not probed.
+    probe: Option<(f64, bool, [u64; Reason::API.len()])>,
 }
 
 /// One embed token of a tenant shown, copied like [`Row`].
@@ -584,8 +584,8 @@ struct EmbedRow {
     expires_on: Option<i64>,
     /// Embed tokens made and written.
     successes: u64,
-    /// Failures by reason ([`ProbeReason::index`]).
-    failures: [u64; ProbeReason::ALL.len()],
+    /// Failures by reason (in the order of [`Reason::EMBED`]).
+    failures: [u64; Reason::EMBED.len()],
 }
 
 /// The tenants one scrape shows, in name order: their rows, and all their names in one buffer.
@@ -621,27 +621,27 @@ impl Rows {
             self.embeds.push(EmbedRow {
                 tenant,
                 embed: (embed_start, self.names.len()),
-                expires_on: embed.expires_on,
-                successes: embed.successes,
-                failures: embed.failures_by_reason,
+                expires_on: embed.token.expires_on,
+                successes: embed.token.successes,
+                failures: Reason::counts_in(&embed.token.failures_by_reason, &Reason::EMBED),
             });
         }
         self.rows.push(Row {
             name: tenant,
             state,
-            expires_on: status.expires_on,
-            next_refresh: status.next_refresh.map(system_to_unix_f64),
-            last_success: status.last_success.map(system_to_unix_f64),
-            consecutive_failures: status.consecutive_failures,
+            expires_on: status.token.expires_on,
+            next_refresh: status.token.next_refresh.map(system_to_unix_f64),
+            last_success: status.token.last_success.map(system_to_unix_f64),
+            consecutive_failures: status.token.consecutive_failures,
             credential_expiry: status.credential_expiry,
-            successes: status.successes,
-            failures: status.failures,
-            failures_by_reason: status.failures_by_reason,
+            successes: status.token.successes,
+            failures: status.token.failures,
+            failures_by_reason: Reason::counts_in(&status.token.failures_by_reason, &Reason::TOKEN),
             probe: status.api_probe.as_ref().map(|probe| {
                 (
                     system_to_unix_f64(probe.last),
                     probe.failure.is_none(),
-                    probe.failures_by_reason,
+                    Reason::counts_in(&probe.failures_by_reason, &Reason::API),
                 )
             }),
         });
@@ -704,8 +704,7 @@ impl Rows {
                         }
                     }
                     _ => {
-                        for reason in ProbeReason::ALL {
-                            let count = row.failures[reason.index()];
+                        for (reason, count) in Reason::EMBED.iter().zip(row.failures) {
                             if count > 0 {
                                 let labels = [
                                     ("embed", embed),
@@ -842,8 +841,7 @@ const FAMILIES: [Family; 12] = [
         kind: "counter",
         help: "Failed refresh attempts by reason.",
         samples: |out, name, tenant, row, _| {
-            for reason in Reason::ALL {
-                let count = row.failures_by_reason[reason.index()];
+            for (reason, count) in Reason::TOKEN.iter().zip(row.failures_by_reason) {
                 if count > 0 {
                     let labels = [("reason", reason.as_str()), ("tenant", tenant)];
                     sample(out, name, &labels, count);
@@ -875,8 +873,7 @@ const FAMILIES: [Family; 12] = [
             let Some((_, _, failures)) = row.probe else {
                 return;
             };
-            for reason in ProbeReason::ALL {
-                let count = failures[reason.index()];
+            for (reason, count) in Reason::API.iter().zip(failures) {
                 if count > 0 {
                     let labels = [("reason", reason.as_str()), ("tenant", tenant)];
                     sample(out, name, &labels, count);
@@ -896,8 +893,8 @@ impl Observer for Metrics {
             Ok(()) => self.attempts_succeeded.inc(),
             Err(reason) => {
                 self.attempts_failed.inc();
-                if let Some(counter) = self.failures_by_reason.get(reason.index()) {
-                    counter.inc();
+                if let Some(index) = Reason::TOKEN.iter().position(|r| *r == reason) {
+                    self.failures_by_reason[index].inc();
                 }
             }
         }
@@ -920,25 +917,24 @@ impl Observer for Metrics {
         self.rate_limit_wait.inc_by(waited.as_secs_f64());
     }
 
-    fn embed_finished(&self, result: Result<(), ProbeReason>, duration: Duration) {
-        let _ = duration;
+    fn embed_finished(&self, result: Result<(), Reason>) {
         match result {
             Ok(()) => self.embeds_succeeded.inc(),
             Err(reason) => {
                 self.embeds_failed.inc();
-                if let Some(counter) = self.embed_failures.get(reason.index()) {
-                    counter.inc();
+                if let Some(index) = Reason::EMBED.iter().position(|r| *r == reason) {
+                    self.embed_failures[index].inc();
                 }
             }
         }
     }
 
-    fn probe_finished(&self, result: Result<(), ProbeReason>, duration: Duration) {
+    fn probe_finished(&self, result: Result<(), Reason>, duration: Duration) {
         self.probe_duration.observe(duration.as_secs_f64());
         if let Err(reason) = result
-            && let Some(counter) = self.probe_failures.get(reason.index())
+            && let Some(index) = Reason::API.iter().position(|r| *r == reason)
         {
-            counter.inc();
+            self.probe_failures[index].inc();
         }
     }
 }
@@ -955,10 +951,10 @@ mod tests {
         {
             let mut status = status::lock(&contoso);
             status.first_attempt_done = true;
-            status.expires_on = Some(4_000_000_000);
-            status.successes = 3;
-            status.failures = 2;
-            status.failures_by_reason[Reason::Throttled.index()] = 2;
+            status.token.expires_on = Some(4_000_000_000);
+            status.token.successes = 3;
+            status.token.failures = 2;
+            status.token.failures_by_reason[Reason::Throttled.index()] = 2;
             status.credential_expiry = Some((1_803_859_200, "certificate"));
         }
         registry.insert("gone");
@@ -989,12 +985,11 @@ mod tests {
         let registry = status::Registry::new();
         let embed = |name: &str| status::EmbedStatus {
             name: name.to_owned(),
-            expires_on: Some(4_000_000_000),
-            last_success: None,
-            next_refresh: None,
-            failure: None,
-            successes: 1,
-            failures_by_reason: [0; ProbeReason::ALL.len()],
+            token: status::TokenStatus {
+                expires_on: Some(4_000_000_000),
+                successes: 1,
+                ..Default::default()
+            },
         };
         for (name, embeds) in [
             ("contoso", vec![embed("sales"), embed("finance")]),
@@ -1004,7 +999,7 @@ mod tests {
             let handle = registry.insert(name);
             let mut status = status::lock(&handle);
             status.first_attempt_done = true;
-            status.expires_on = Some(4_000_000_000);
+            status.token.expires_on = Some(4_000_000_000);
             status.embeds = embeds.into();
         }
         let text = Metrics::new().unwrap().render(&registry);
@@ -1040,8 +1035,8 @@ mod tests {
             let handle = registry.insert(name);
             let mut status = status::lock(&handle);
             status.first_attempt_done = true;
-            status.expires_on = Some(expires_on);
-            status.successes = 5;
+            status.token.expires_on = Some(expires_on);
+            status.token.successes = 5;
             status.credential_expiry = credential;
         };
         healthy(
@@ -1059,10 +1054,10 @@ mod tests {
             let handle = registry.insert("northwind");
             let mut status = status::lock(&handle);
             status.first_attempt_done = true;
-            status.consecutive_failures = 3;
-            status.failures = 3;
-            status.failures_by_reason[Reason::InvalidClient.index()] = 3;
-            status.last_error = Some(Box::new(crate::error::RefreshError::local(
+            status.token.consecutive_failures = 3;
+            status.token.failures = 3;
+            status.token.failures_by_reason[Reason::InvalidClient.index()] = 3;
+            status.token.last_error = Some(Box::new(crate::error::RefreshError::local(
                 crate::error::ErrorClass::Permanent,
                 Reason::InvalidClient,
                 "rejected",
@@ -1146,7 +1141,7 @@ mod tests {
             let handle = registry.insert(&format!("t{i}"));
             let mut status = status::lock(&handle);
             status.first_attempt_done = true;
-            status.expires_on = Some(now + 3000);
+            status.token.expires_on = Some(now + 3000);
         }
         let metrics = Metrics::new().unwrap();
         metrics.set_per_tenant_metrics(PerTenantMetrics::Unhealthy);
@@ -1203,11 +1198,11 @@ mod tests {
     fn needs_attention_follows_the_alerts() {
         let now = SystemTime::now();
         let now_unix = system_to_unix_f64(now);
-        let fresh = TenantStatus {
+        let mut fresh = TenantStatus {
             first_attempt_done: true,
-            expires_on: Some(now_unix as i64 + 3000),
             ..TenantStatus::default()
         };
+        fresh.token.expires_on = Some(now_unix as i64 + 3000);
         let attention =
             |status: &TenantStatus| needs_attention(status, status.state(now), now_unix);
         assert!(!attention(&fresh));
@@ -1215,9 +1210,9 @@ mod tests {
         assert!(attention(&TenantStatus::default()));
         // Failures with the token still valid (RefreshFailing, ExpiringSoon).
         let mut failing = fresh.clone();
-        failing.consecutive_failures = 1;
+        failing.token.consecutive_failures = 1;
         assert!(attention(&failing));
-        failing.last_error = Some(Box::new(crate::error::RefreshError::local(
+        failing.token.last_error = Some(Box::new(crate::error::RefreshError::local(
             crate::error::ErrorClass::Transient,
             Reason::Network,
             "x",
@@ -1225,9 +1220,9 @@ mod tests {
         assert!(attention(&failing));
         // Healthy by its last attempt, without a token or with an expired one (TokenExpired).
         let mut late = fresh.clone();
-        late.expires_on = Some(now_unix as i64);
+        late.token.expires_on = Some(now_unix as i64);
         assert!(attention(&late));
-        late.expires_on = None;
+        late.token.expires_on = None;
         assert!(attention(&late));
         // A credential within CredentialExpiring's 30 days, not one beyond them.
         let mut rotating = fresh.clone();
@@ -1275,7 +1270,7 @@ mod tests {
             let handle = registry.insert(name);
             let mut status = status::lock(&handle);
             status.first_attempt_done = true;
-            status.expires_on = Some(expires_on);
+            status.token.expires_on = Some(expires_on);
             status.credential_expiry = Some((expires_on, "certificate"));
         }
         let text = Metrics::new().unwrap().render(&registry);

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use crate::error::{ErrorClass, Reason, RefreshError};
-use crate::powerbi::probe::{ProbeFailure, ProbeReason};
 use crate::schedule::system_to_unix_f64;
 
 /// A tenant's state, as shown in `/status` and the `tenants` gauge.
@@ -66,20 +65,40 @@ impl TenantState {
     }
 }
 
-/// The mutable record of one tenant.
+/// The record of one token (a tenant's access token, or one of its embed tokens): the same
+/// shape for every kind, kept by its refresher.
 #[derive(Clone, Debug, Default)]
-pub struct TenantStatus {
-    /// Unix seconds the current token expires (the newest one written, or warm-started).
+pub struct TokenStatus {
+    /// Unix seconds the token every sink holds expires (the newest one written, or
+    /// warm-started).
     pub expires_on: Option<i64>,
-    /// When the next attempt is planned.
+    /// When the next attempt is planned; `None` when the next one follows another token's
+    /// refresh (an embed token capped at its access token's expiry).
     pub next_refresh: Option<SystemTime>,
     /// Last successful refresh including every sink write.
     pub last_success: Option<SystemTime>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
     /// The failure of the last attempt; `None` after a success (or before any attempt). Boxed:
-    /// most tenants are healthy, and every tenant carries the field.
+    /// most tokens are healthy, and every one carries the field.
     pub last_error: Option<Box<RefreshError>>,
+    /// Successful attempts since the tenant started (the `refresh_total` counter).
+    pub successes: u64,
+    /// Failed attempts since the tenant started.
+    pub failures: u64,
+    /// Failed attempts by reason, indexed by [`Reason::index`]; 32 bits (saturating) keep a
+    /// hundred thousand tenants' records small, and last 136 years at one failure a second.
+    pub failures_by_reason: [u32; Reason::ALL.len()],
+    /// The last attempt could not write a local (file) sink: what readiness counts. A Redis
+    /// outage is not among them: no restart or new node fixes it.
+    pub local_sink_failing: bool,
+}
+
+/// The mutable record of one tenant.
+#[derive(Clone, Debug, Default)]
+pub struct TenantStatus {
+    /// The tenant's access token.
+    pub token: TokenStatus,
     /// Whether at least one attempt (or a warm start) has completed: readiness. Set with
     /// [`TenantStatus::first_attempt_finished`], which also counts it in the registry.
     pub first_attempt_done: bool,
@@ -89,17 +108,8 @@ pub struct TenantStatus {
     /// When the credential itself expires (certificate notAfter, `client_secret_expires`), and
     /// the credential kind.
     pub credential_expiry: Option<(i64, &'static str)>,
-    /// Successful attempts since the tenant started (the `refresh_total` counter).
-    pub successes: u64,
-    /// Failed attempts since the tenant started.
-    pub failures: u64,
-    /// Failed attempts by reason, indexed by [`Reason::index`].
-    pub failures_by_reason: [u64; Reason::ALL.len()],
     /// Fleet mode: the replica that fetched the current token (this one or another).
     pub refreshed_by: Option<Arc<str>>,
-    /// The last attempt could not write a local (file) sink: what readiness counts. A Redis
-    /// outage is not among them: no restart or new node fixes it.
-    pub local_sink_failing: bool,
     /// The Power BI access probe, for tenants that run one and have probed at least once.
     /// Boxed: opt-in.
     pub api_probe: Option<Box<ProbeStatus>>,
@@ -108,33 +118,23 @@ pub struct TenantStatus {
 }
 
 /// One embed token of a tenant.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct EmbedStatus {
     /// The embed's name (the `embed` label).
     pub name: String,
-    /// Unix seconds the embed token in the sinks expires.
-    pub expires_on: Option<i64>,
-    /// When the last embed token was written.
-    pub last_success: Option<SystemTime>,
-    /// When the next one is planned.
-    pub next_refresh: Option<SystemTime>,
-    /// The last attempt's failure; `None` after a success.
-    pub failure: Option<ProbeFailure>,
-    /// Embed tokens made and written.
-    pub successes: u64,
-    /// Failed attempts by reason, indexed by [`ProbeReason::index`].
-    pub failures_by_reason: [u64; ProbeReason::ALL.len()],
+    /// Its record.
+    pub token: TokenStatus,
 }
 
 /// What the access probe last found, and its failures so far.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ProbeStatus {
     /// When the last probe ended.
     pub last: SystemTime,
     /// `None` when Power BI accepted the token.
-    pub failure: Option<ProbeFailure>,
-    /// Failed probes by reason, indexed by [`ProbeReason::index`].
-    pub failures_by_reason: [u64; ProbeReason::ALL.len()],
+    pub failure: Option<RefreshError>,
+    /// Failed probes by reason, indexed by [`Reason::index`] (saturating, as the token's).
+    pub failures_by_reason: [u32; Reason::ALL.len()],
 }
 
 impl TenantStatus {
@@ -143,7 +143,7 @@ impl TenantStatus {
         if !self.first_attempt_done {
             return TenantState::Pending;
         }
-        let Some(error) = &self.last_error else {
+        let Some(error) = &self.token.last_error else {
             let failures = self
                 .api_probe
                 .iter()
@@ -151,11 +151,11 @@ impl TenantStatus {
                 .chain(
                     self.embeds
                         .iter()
-                        .filter_map(|embed| embed.failure.as_ref()),
+                        .filter_map(|embed| embed.token.last_error.as_deref()),
                 );
             let mut state = TenantState::Healthy;
             for failure in failures {
-                if failure.reason == ProbeReason::NotAuthorized {
+                if failure.reason == Reason::NotAuthorized {
                     return TenantState::ApiDenied;
                 }
                 state = TenantState::ApiFailing;
@@ -166,6 +166,7 @@ impl TenantStatus {
             return TenantState::Misconfigured;
         }
         let expired = self
+            .token
             .expires_on
             .is_some_and(|exp| system_to_unix_f64(now) >= exp as f64);
         if expired {
@@ -418,15 +419,15 @@ mod tests {
         let mut s = TenantStatus::default();
         assert_eq!(s.state(now), TenantState::Pending);
         s.first_attempt_done = true;
-        s.expires_on = Some(in_an_hour);
+        s.token.expires_on = Some(in_an_hour);
         assert_eq!(s.state(now), TenantState::Healthy);
-        s.last_error = Some(Box::new(RefreshError::local(
+        s.token.last_error = Some(Box::new(RefreshError::local(
             ErrorClass::Transient,
             Reason::Network,
             "x",
         )));
         assert_eq!(s.state(now), TenantState::Retrying);
-        s.last_error = Some(Box::new(RefreshError::local(
+        s.token.last_error = Some(Box::new(RefreshError::local(
             ErrorClass::Permanent,
             Reason::InvalidClient,
             "x",
@@ -436,7 +437,7 @@ mod tests {
             s.state(now + Duration::from_secs(3601)),
             TenantState::Misconfigured
         );
-        s.last_error = Some(Box::new(RefreshError::local(
+        s.token.last_error = Some(Box::new(RefreshError::local(
             ErrorClass::Throttled,
             Reason::Throttled,
             "x",
@@ -445,7 +446,7 @@ mod tests {
             s.state(now + Duration::from_secs(3601)),
             TenantState::Expired
         );
-        s.expires_on = None;
+        s.token.expires_on = None;
         assert_eq!(s.state(now), TenantState::Retrying);
     }
 
@@ -454,32 +455,26 @@ mod tests {
         let now = SystemTime::now();
         let mut s = TenantStatus {
             first_attempt_done: true,
-            expires_on: Some(system_to_unix_f64(now + Duration::from_secs(3600)) as i64),
             ..TenantStatus::default()
         };
-        let failure = |reason| ProbeFailure {
-            reason,
-            status: Some(401),
-            code: None,
-            request_id: None,
-            message: String::new(),
-            retry_after: None,
-        };
+        s.token.expires_on = Some(system_to_unix_f64(now + Duration::from_secs(3600)) as i64);
+        let failure =
+            |reason| RefreshError::api(reason, Some(401), None, None, String::new(), None);
         let mut probe = ProbeStatus {
             last: now,
             failure: None,
-            failures_by_reason: [0; ProbeReason::ALL.len()],
+            failures_by_reason: [0; Reason::ALL.len()],
         };
         s.api_probe = Some(Box::new(probe.clone()));
         assert_eq!(s.state(now), TenantState::Healthy);
-        probe.failure = Some(failure(ProbeReason::NotAuthorized));
+        probe.failure = Some(failure(Reason::NotAuthorized));
         s.api_probe = Some(Box::new(probe.clone()));
         assert_eq!(s.state(now), TenantState::ApiDenied);
-        probe.failure = Some(failure(ProbeReason::ServerError));
+        probe.failure = Some(failure(Reason::ServerError));
         s.api_probe = Some(Box::new(probe));
         assert_eq!(s.state(now), TenantState::ApiFailing);
         // A failing refresh says more than the probe: the token side comes first.
-        s.last_error = Some(Box::new(RefreshError::local(
+        s.token.last_error = Some(Box::new(RefreshError::local(
             ErrorClass::Permanent,
             Reason::InvalidClient,
             "x",

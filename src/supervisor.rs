@@ -37,9 +37,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::TenantConfig;
+use crate::refresh::{Observer, Shared};
 use crate::schedule;
 use crate::status::{self, Registry, StatusHandle};
-use crate::tenant::{Observer, Shared, Tenant};
+use crate::tenant::Tenant;
 
 /// The wait before the first restart of a tenant whose step panicked: long enough that a tenant
 /// panicking at start-up costs one log line a second at most, short enough that a one-off
@@ -457,7 +458,7 @@ impl<T: Stepper> Timetable<T> {
         {
             let mut status = status::lock(&entry.status);
             status.task_panics = status.task_panics.saturating_add(1);
-            status.next_refresh = Some(schedule::later(SystemTime::now(), delay));
+            status.token.next_refresh = Some(schedule::later(SystemTime::now(), delay));
         }
         // Made now, not when due, so that a panic while making it is the supervisor's to see at
         // once rather than a silent loss; `born` counts from the restart.
@@ -976,8 +977,10 @@ mod tests {
             client: crate::client::TokenClient::new(&daemon).unwrap(),
             limiter: Arc::new(tokio::sync::Semaphore::new(1)),
             slow_lane: Arc::new(tokio::sync::Semaphore::new(1)),
-            slow_after: Arc::new(crate::tenant::SlowAfter::new(Duration::from_millis(500))),
-            policy: crate::tenant::RetryPolicy::from(&daemon),
+            slow_after: Arc::new(crate::refresh::lanes::SlowAfter::new(
+                Duration::from_millis(500),
+            )),
+            policy: crate::refresh::RetryPolicy::from(&daemon),
             rate: None,
             store: None,
             fleet: None,

@@ -462,7 +462,9 @@ async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
     let contoso_status = tenant_in(&status, "contoso");
     assert_eq!(contoso_status["embeds"][0]["name"], "sales", "{status}");
     assert!(
-        contoso_status["embeds"][0].get("failure").is_none(),
+        contoso_status["embeds"][0]
+            .get("last_error")
+            .is_some_and(serde_json::Value::is_null),
         "{status}"
     );
     assert_eq!(tenant_in(&status, "northwind")["state"], "misconfigured");

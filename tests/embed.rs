@@ -121,7 +121,14 @@ async fn embed_tokens_follow_every_entra_refresh_and_never_outlive_it() {
     let embeds = &status["tenants"][0]["embeds"];
     assert_eq!(embeds[0]["name"], "sales");
     assert!(embeds[0]["expires_at"].is_string(), "{embeds}");
-    assert!(embeds[0]["failure"].is_null(), "{embeds}");
+    // The same shape as the access token's fields: no failure, none in a row.
+    assert!(
+        embeds[0]
+            .get("last_error")
+            .is_some_and(serde_json::Value::is_null),
+        "{embeds}"
+    );
+    assert_eq!(embeds[0]["consecutive_failures"], 0, "{embeds}");
     let (_, metrics) = daemon.get("/metrics").await;
     assert!(metrics.contains(
         "powerbi_tokend_embed_token_expiry_timestamp_seconds{embed=\"sales\",tenant=\"contoso\"}"
@@ -161,8 +168,22 @@ async fn a_refused_embed_token_keeps_the_last_one_and_names_the_reason() {
         .await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     let tenant = &status["tenants"][0];
-    assert_eq!(tenant["embeds"][0]["failure"]["reason"], "not_authorized");
-    assert_eq!(tenant["embeds"][0]["failure"]["status"], 401);
+    // Classified like any refresh failure: the reason, the class, Power BI's status, and what
+    // to do about it.
+    let error = &tenant["embeds"][0]["last_error"];
+    assert_eq!(error["reason"], "not_authorized", "{tenant}");
+    assert_eq!(error["class"], "permanent", "{tenant}");
+    assert_eq!(error["http_status"], 401, "{tenant}");
+    assert!(
+        error["advice"]
+            .as_str()
+            .is_some_and(|advice| advice.contains("Service principals can use Fabric APIs")),
+        "{tenant}"
+    );
+    assert!(
+        tenant["embeds"][0]["consecutive_failures"].as_u64() >= Some(1),
+        "{tenant}"
+    );
     // Entra keeps issuing; the access token side is healthy.
     assert!(tenant["last_error"].is_null(), "{tenant}");
     // The last good embed token stays where it was.

@@ -2911,12 +2911,12 @@ fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violat
     };
     let classified = probe::classify(&answer, &[&context.bearer]);
     if let Err(failure) = &classified {
-        let shown = format!("{} {:?}", failure.message, failure.code);
+        let shown = format!("{} {:?}", failure.message, failure.oauth_error);
         if shown.contains(&context.bearer) {
             return Err(Violation::new("the bearer token is never shown", shown));
         }
         if failure
-            .code
+            .oauth_error
             .as_ref()
             .is_some_and(|code| code.chars().count() > 96)
         {

@@ -128,9 +128,9 @@ async fn each_probe_outcome_is_classified_in_status_and_metrics_and_readiness_st
             Some((reason, code)) => {
                 assert_eq!(probe["ok"], false, "{tenant}");
                 assert_eq!(probe["failure"]["reason"], *reason, "{tenant}");
-                assert_eq!(probe["failure"]["status"], *code, "{tenant}");
+                assert_eq!(probe["failure"]["http_status"], *code, "{tenant}");
                 // Power BI's RequestId, for Microsoft support.
-                let request_id = probe["failure"]["request_id"].as_str().unwrap();
+                let request_id = probe["failure"]["trace_id"].as_str().unwrap();
                 assert_eq!(request_id.len(), 36, "{request_id}");
                 assert!(probe["advice"].as_str().is_some_and(|a| !a.is_empty()));
             }
@@ -138,7 +138,7 @@ async fn each_probe_outcome_is_classified_in_status_and_metrics_and_readiness_st
     }
     let denied = entry(&status, "denied");
     assert_eq!(
-        denied["api_probe"]["failure"]["code"],
+        denied["api_probe"]["failure"]["error_code"],
         "PowerBINotAuthorizedException"
     );
     assert!(

@@ -14,21 +14,15 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::probe::{ProbeFailure, ProbeReason, classify};
+use super::probe::{classify, unanswered};
 use crate::client::TokenClient;
 use crate::clock;
-use crate::config::{AccessLevel, EmbedConfig, FileFormat, SinkConfig, TenantConfig};
-use crate::error;
-use crate::safe_read::{self, Symlinks};
-use crate::sink::file::write_atomic;
-use crate::store::Store;
+use crate::config::{AccessLevel, EmbedConfig, FileFormat, TenantConfig};
+use crate::error::{Reason, RefreshError};
 use crate::token::AccessToken;
 
 /// The longest embed token accepted: real ones are a few kilobytes.
 const MAX_EMBED_TOKEN: usize = 64 * 1024;
-
-/// The longest embed token file read back at a warm start.
-const MAX_EMBED_FILE: u64 = 256 * 1024;
 
 /// An embed token and when it stops working.
 #[derive(Clone, Debug)]
@@ -90,15 +84,15 @@ struct EmbedResponse {
 }
 
 /// A failure of ours to read Power BI's answer, classified like the probe's `unexpected`.
-fn bad_response(message: &str) -> ProbeFailure {
-    ProbeFailure {
-        reason: ProbeReason::Unexpected,
-        status: Some(200),
-        code: None,
-        request_id: None,
-        message: message.to_owned(),
-        retry_after: None,
-    }
+fn bad_response(message: &str) -> RefreshError {
+    RefreshError::api(
+        Reason::Unexpected,
+        Some(200),
+        None,
+        None,
+        message.to_owned(),
+        None,
+    )
 }
 
 /// Parses a 200 answer at `now`; the expiry is capped at `entra_expires_on`, the Entra token's.
@@ -106,7 +100,7 @@ pub fn parse_response(
     body: &[u8],
     now: SystemTime,
     entra_expires_on: i64,
-) -> Result<EmbedToken, ProbeFailure> {
+) -> Result<EmbedToken, RefreshError> {
     let response: EmbedResponse = serde_json::from_slice(body)
         .map_err(|_| bad_response("GenerateToken answered 200 without an embed token"))?;
     let token = response
@@ -152,7 +146,7 @@ pub async fn generate(
     api_root: &str,
     embed: &EmbedConfig,
     entra: &AccessToken,
-) -> (Result<EmbedToken, ProbeFailure>, Duration) {
+) -> (Result<EmbedToken, RefreshError>, Duration) {
     let url = format!("{api_root}/v1.0/myorg/GenerateToken");
     let started = std::time::Instant::now();
     let answer = client
@@ -164,20 +158,13 @@ pub async fn generate(
         Ok(answer) => match classify(&answer, &[secret]) {
             Ok(()) => parse_response(&answer.body, SystemTime::now(), entra.expires_on()).map_err(
                 |mut failure| {
-                    failure.request_id = answer.request_id.clone();
+                    failure.trace_id = answer.request_id.clone();
                     failure
                 },
             ),
             Err(failure) => Err(failure),
         },
-        Err(err) => Err(ProbeFailure {
-            reason: ProbeReason::Network,
-            status: None,
-            code: None,
-            request_id: None,
-            message: error::sanitise(&err.message, &[secret]),
-            retry_after: None,
-        }),
+        Err(err) => Err(unanswered(&err.message, &[secret])),
     };
     (outcome, took)
 }
@@ -200,7 +187,7 @@ pub fn document(tenant: &TenantConfig, embed: &EmbedConfig, token: &EmbedToken) 
 }
 
 /// What a sink holds: the json document, or the token alone (`format = "raw"`).
-fn contents(
+pub fn render(
     format: FileFormat,
     tenant: &TenantConfig,
     embed: &EmbedConfig,
@@ -251,107 +238,10 @@ pub fn parse_existing(
         })
 }
 
-/// Writes the token to every sink of `embed`; the first failure, described without the token.
-pub async fn write(
-    tenant: &TenantConfig,
-    embed: &EmbedConfig,
-    token: &EmbedToken,
-    store: Option<&std::sync::Arc<Store>>,
-) -> Result<(), String> {
-    let mut first_error = None;
-    // Files first: a hung Redis must not delay them.
-    let files = embed
-        .sinks
-        .iter()
-        .filter(|sink| matches!(sink, SinkConfig::File(_)));
-    let others = embed
-        .sinks
-        .iter()
-        .filter(|sink| !matches!(sink, SinkConfig::File(_)));
-    for sink in files.chain(others) {
-        let result = match sink {
-            SinkConfig::File(file) => {
-                let contents = contents(file.format, tenant, embed, token);
-                let (path, mode) = (file.path.clone(), file.mode);
-                tokio::task::spawn_blocking(move || {
-                    write_atomic(&path, contents.expose_secret().as_bytes(), mode)
-                        .map_err(|err| err.to_string())
-                })
-                .await
-                .unwrap_or_else(|join| Err(join.to_string()))
-            }
-            SinkConfig::Redis(redis) => match store {
-                None => Err("no [redis] is configured".to_owned()),
-                Some(store) => {
-                    let contents = contents(redis.format, tenant, embed, token);
-                    let notification = serde_json::json!({
-                        "tenant": tenant.name,
-                        "embed": embed.name,
-                        "key": redis.key,
-                        "expires_on": token.expires_on,
-                    })
-                    .to_string();
-                    store
-                        .write_newer(
-                            &redis.key,
-                            contents.expose_secret(),
-                            token.expires_on,
-                            Some(store.channel()),
-                            &notification,
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|err| err.to_string())
-                }
-            },
-        };
-        if let Err(err) = result {
-            first_error.get_or_insert(err);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
-/// The newest usable embed token in the json sinks of `embed` (a warm start), if any.
-pub async fn read_existing(
-    tenant: &TenantConfig,
-    embed: &EmbedConfig,
-    store: Option<&std::sync::Arc<Store>>,
-) -> Option<EmbedToken> {
-    let mut found: Option<EmbedToken> = None;
-    for sink in &embed.sinks {
-        let bytes = match sink {
-            SinkConfig::File(file) if file.format == FileFormat::Json => {
-                safe_read::read(&file.path, MAX_EMBED_FILE, Symlinks::Refuse)
-                    .await
-                    .ok()
-            }
-            SinkConfig::Redis(redis) if redis.format == FileFormat::Json => match store {
-                Some(store) => store
-                    .get(&redis.key, MAX_EMBED_FILE as usize)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(String::into_bytes),
-                None => None,
-            },
-            _ => None,
-        };
-        if let Some(token) = bytes.and_then(|bytes| parse_existing(&bytes, tenant, embed))
-            && found
-                .as_ref()
-                .is_none_or(|best| token.expires_on > best.expires_on)
-        {
-            found = Some(token);
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileSinkConfig, SecretSource};
+    use crate::config::{FileSinkConfig, SecretSource, SinkConfig};
     use std::path::PathBuf;
 
     const REPORT: &str = "5b218778-0000-4b8a-9c7c-000000000004";
@@ -426,7 +316,7 @@ mod tests {
             br#"{"token":"abc","expiration":"2001-01-01T00:00:00Z"}"#,
         ] {
             let failure = parse_response(bad, now, issued + 600).expect_err("refused");
-            assert_eq!(failure.reason, ProbeReason::Unexpected);
+            assert_eq!(failure.reason, Reason::Unexpected);
         }
     }
 

@@ -19,104 +19,8 @@ use serde::Deserialize;
 
 use crate::client::{ApiAnswer, TokenClient};
 use crate::config::ProbeConfig;
-use crate::error;
+use crate::error::{self, Reason, RefreshError};
 use crate::token::AccessToken;
-
-/// Why a probe failed; the label of the probe failure counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeReason {
-    /// Power BI refuses the service principal (401, or 403 other than an expired token).
-    NotAuthorized,
-    /// Power BI says the token has expired.
-    TokenExpired,
-    /// 404: the path or API root is wrong.
-    NotFound,
-    /// 429.
-    Throttled,
-    /// 5xx.
-    ServerError,
-    /// No answer: connect, TLS, timeout, a body cut short.
-    Network,
-    /// Any other status, or a 200 that is not what was asked for.
-    Unexpected,
-    /// Embed tokens only: a sink could not be written.
-    Sink,
-}
-
-impl ProbeReason {
-    /// Every reason, for counters that show zeros too.
-    pub const ALL: [ProbeReason; 8] = [
-        ProbeReason::NotAuthorized,
-        ProbeReason::TokenExpired,
-        ProbeReason::NotFound,
-        ProbeReason::Throttled,
-        ProbeReason::ServerError,
-        ProbeReason::Network,
-        ProbeReason::Unexpected,
-        ProbeReason::Sink,
-    ];
-
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProbeReason::NotAuthorized => "not_authorized",
-            ProbeReason::TokenExpired => "token_expired",
-            ProbeReason::NotFound => "not_found",
-            ProbeReason::Throttled => "throttled",
-            ProbeReason::ServerError => "server_error",
-            ProbeReason::Network => "network",
-            ProbeReason::Unexpected => "unexpected",
-            ProbeReason::Sink => "sink",
-        }
-    }
-
-    /// Position in [`ProbeReason::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// What an operator should do about it, for the log and `/status`.
-    pub fn advice(self) -> &'static str {
-        match self {
-            ProbeReason::NotAuthorized => {
-                "Power BI refuses this service principal: in the customer's Fabric admin portal, Tenant settings > Developer settings, \"Service principals can use Fabric APIs\" must be on for the organisation or for a security group that contains the service principal, and the service principal must be a Member or Admin of the workspaces it uses"
-            }
-            ProbeReason::TokenExpired => {
-                "Power BI says the token has expired although the daemon holds it as fresh: check this host's clock (NTP); if the clock is right, this is a bug in the daemon"
-            }
-            ProbeReason::NotFound => {
-                "the probe's URL does not exist: check powerbi_api and probe.path"
-            }
-            ProbeReason::Throttled => "Power BI throttles the probe; it waits as told",
-            ProbeReason::ServerError => "Power BI is failing; nothing to do on this side",
-            ProbeReason::Network => "Power BI could not be reached",
-            ProbeReason::Unexpected => "Power BI answered in a way the daemon does not know",
-            ProbeReason::Sink => "the embed token could not be written; see the error",
-        }
-    }
-}
-
-/// A failed probe, as `/status` shows it. Holds no token: Power BI's text is sanitised.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ProbeFailure {
-    /// Why.
-    pub reason: ProbeReason,
-    /// The HTTP status, when there was an answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// Power BI's error code (`PowerBINotAuthorizedException`, `TokenExpired`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    /// Power BI's `RequestId`: what Microsoft support asks for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    /// What happened, sanitised.
-    pub message: String,
-    /// How long Power BI asked us to wait (429).
-    #[serde(skip)]
-    pub retry_after: Option<Duration>,
-}
 
 /// The longest error code kept: Power BI's are short identifiers.
 const MAX_CODE: usize = 96;
@@ -140,9 +44,10 @@ struct PbiError {
     code: Option<String>,
 }
 
-/// Classifies an answer: `Ok` for 200 (any 2xx), else why not. Pure, so every row of the table
-/// above is unit tested.
-pub fn classify(answer: &ApiAnswer, secrets: &[&str]) -> Result<(), ProbeFailure> {
+/// Classifies a Power BI answer: `Ok` for 200 (any 2xx), else why not, with Power BI's status,
+/// error code and `RequestId`. Pure, so every row of the table above is unit tested. Embed
+/// tokens are classified the same way.
+pub fn classify(answer: &ApiAnswer, secrets: &[&str]) -> Result<(), RefreshError> {
     if (200..300).contains(&answer.status) {
         return Ok(());
     }
@@ -161,12 +66,12 @@ pub fn classify(answer: &ApiAnswer, secrets: &[&str]) -> Result<(), ProbeFailure
         .map(|code| error::sanitise(&code, secrets))
         .filter(|code| !code.is_empty() && code.chars().count() <= MAX_CODE);
     let reason = match answer.status {
-        403 if code.as_deref() == Some("TokenExpired") => ProbeReason::TokenExpired,
-        401 | 403 => ProbeReason::NotAuthorized,
-        404 => ProbeReason::NotFound,
-        429 => ProbeReason::Throttled,
-        500..=599 => ProbeReason::ServerError,
-        _ => ProbeReason::Unexpected,
+        403 if code.as_deref() == Some("TokenExpired") => Reason::TokenExpired,
+        401 | 403 => Reason::NotAuthorized,
+        404 => Reason::NotFound,
+        429 => Reason::Throttled,
+        500..=599 => Reason::ServerError,
+        _ => Reason::Unexpected,
     };
     let text = envelope
         .and_then(|error| error.message)
@@ -176,14 +81,26 @@ pub fn classify(answer: &ApiAnswer, secrets: &[&str]) -> Result<(), ProbeFailure
         Some(text) => format!("HTTP {}: {text}", answer.status),
         None => format!("HTTP {}", answer.status),
     };
-    Err(ProbeFailure {
+    Err(RefreshError::api(
         reason,
-        status: Some(answer.status),
+        Some(answer.status),
         code,
-        request_id: answer.request_id.clone(),
+        answer.request_id.clone(),
         message,
-        retry_after: answer.retry_after.map(|after| after.get()),
-    })
+        answer.retry_after,
+    ))
+}
+
+/// A Power BI call that got no answer (connect, TLS, timeout, a body cut short).
+pub fn unanswered(message: &str, secrets: &[&str]) -> RefreshError {
+    RefreshError::api(
+        Reason::Network,
+        None,
+        None,
+        None,
+        error::sanitise(message, secrets),
+        None,
+    )
 }
 
 /// Probes once with `token` and returns the outcome and how long it took.
@@ -192,21 +109,14 @@ pub async fn run(
     api_root: &str,
     probe: &ProbeConfig,
     token: &AccessToken,
-) -> (Result<(), ProbeFailure>, Duration) {
+) -> (Result<(), RefreshError>, Duration) {
     let url = format!("{api_root}{}", probe.path);
     let started = std::time::Instant::now();
     let answer = client.api_get(&url, token).await;
     let took = started.elapsed();
     let outcome = match answer {
         Ok(answer) => classify(&answer, &[token.secret.expose_secret()]),
-        Err(err) => Err(ProbeFailure {
-            reason: ProbeReason::Network,
-            status: None,
-            code: None,
-            request_id: None,
-            message: error::sanitise(&err.message, &[token.secret.expose_secret()]),
-            retry_after: None,
-        }),
+        Err(err) => Err(unanswered(&err.message, &[token.secret.expose_secret()])),
     };
     (outcome, took)
 }
@@ -216,10 +126,12 @@ pub async fn run(
 pub fn next_probe(
     now: SystemTime,
     interval: Duration,
-    outcome: &Result<(), ProbeFailure>,
+    outcome: &Result<(), RefreshError>,
 ) -> SystemTime {
     let asked = match outcome {
-        Err(failure) => failure.retry_after.unwrap_or(Duration::ZERO),
+        Err(failure) => failure
+            .retry_after
+            .map_or(Duration::ZERO, |after| after.get()),
         Ok(()) => Duration::ZERO,
     };
     crate::schedule::later(now, interval.max(asked))
@@ -245,41 +157,42 @@ mod tests {
 
     #[test]
     fn every_answer_of_the_table_gets_its_reason() {
-        assert_eq!(classify(&answer(200, r#"{"value":[]}"#), &[]), Ok(()));
+        assert!(classify(&answer(200, r#"{"value":[]}"#), &[]).is_ok());
         let cases = [
-            (401, NOT_AUTHORIZED, ProbeReason::NotAuthorized),
-            (401, "", ProbeReason::NotAuthorized),
+            (401, NOT_AUTHORIZED, Reason::NotAuthorized),
+            (401, "", Reason::NotAuthorized),
             (
                 403,
                 r#"{"error":{"code":"TokenExpired","message":"Access token has expired, resubmit with a new access token"}}"#,
-                ProbeReason::TokenExpired,
+                Reason::TokenExpired,
             ),
             (
                 403,
                 r#"{"error":{"code":"Forbidden"}}"#,
-                ProbeReason::NotAuthorized,
+                Reason::NotAuthorized,
             ),
-            (404, "", ProbeReason::NotFound),
-            (429, "", ProbeReason::Throttled),
-            (500, "<html>oops</html>", ProbeReason::ServerError),
-            (503, "", ProbeReason::ServerError),
-            (400, "{}", ProbeReason::Unexpected),
-            (302, "", ProbeReason::Unexpected),
+            (404, "", Reason::NotFound),
+            (429, "", Reason::Throttled),
+            (500, "<html>oops</html>", Reason::ServerError),
+            (503, "", Reason::ServerError),
+            (400, "{}", Reason::Unexpected),
+            (302, "", Reason::Unexpected),
         ];
         for (status, body, reason) in cases {
             let failure = classify(&answer(status, body), &[]).expect_err("a failure");
             assert_eq!(failure.reason, reason, "HTTP {status} {body}");
             assert_eq!(failure.status, Some(status));
             assert_eq!(
-                failure.request_id.as_deref(),
+                failure.trace_id.as_deref(),
                 Some("6f1b9d8e-0000-4000-8000-000000000001")
             );
         }
         let failure = classify(&answer(401, NOT_AUTHORIZED), &[]).expect_err("denied");
         assert_eq!(
-            failure.code.as_deref(),
+            failure.oauth_error.as_deref(),
             Some("PowerBINotAuthorizedException")
         );
+        assert_eq!(failure.class, crate::error::ErrorClass::Permanent);
     }
 
     #[test]

@@ -24,18 +24,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::{FileFormat, FileSinkConfig, TenantConfig};
+use crate::config::{FileFormat, FileSinkConfig};
 use crate::safe_read::{self, Symlinks};
-use crate::token::AccessToken;
 
-use super::format::{parse_existing, render};
+use super::{MAX_DOCUMENT_BYTES, Owner, Rendered};
 
 /// Makes temp names unique within the process; the pid and [`process_nonce`] make them unique
 /// across processes and across restarts that reuse a pid.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Largest existing token file read back at start-up; a real one is a few KiB.
-pub const MAX_TOKEN_FILE_BYTES: u64 = 256 * 1024;
 
 /// Bytes a temp name adds to the token file's name: `.` + `.tmp-` + pid (≤ 10 digits) + `-` +
 /// nonce (16) + `-` + counter (≤ 20 digits). Config validation keeps names short enough for it.
@@ -50,7 +46,7 @@ fn process_nonce() -> &'static str {
     NONCE.get_or_init(|| format!("{:016x}", fastrand::u64(..)))
 }
 
-/// Writes one tenant's token to one path.
+/// Writes one token to one path.
 #[derive(Clone, Debug)]
 pub struct FileSink {
     /// Target path, format and mode.
@@ -75,16 +71,12 @@ impl FileSink {
         FileSink { config }
     }
 
-    /// Renders and writes the token.
+    /// Writes a rendered token.
     ///
     /// # Errors
     /// Any step of the atomic write failed; the previous file is untouched.
-    pub async fn write(
-        &self,
-        tenant: &TenantConfig,
-        token: &AccessToken,
-    ) -> Result<(), FileSinkError> {
-        let contents = render(self.config.format, tenant, token);
+    pub async fn write(&self, document: &Rendered<'_>) -> Result<(), FileSinkError> {
+        let contents = document.contents.clone();
         let path = self.config.path.clone();
         let mode = self.config.mode;
         let target = path.clone();
@@ -101,17 +93,18 @@ impl FileSink {
         })
     }
 
-    /// Reads back a json token file written for the same tenant, client and resource.
-    pub async fn read_existing(&self, tenant: &TenantConfig) -> Option<AccessToken> {
+    /// The file's bytes, when it is a json file that exists and can be read (at most
+    /// [`MAX_DOCUMENT_BYTES`], a regular file, no symlink followed).
+    pub async fn read_json(&self, owner: Owner<'_>) -> Option<Vec<u8>> {
         if self.config.format != FileFormat::Json {
             return None;
         }
-        let read = safe_read::read(&self.config.path, MAX_TOKEN_FILE_BYTES, Symlinks::Refuse).await;
+        let read = safe_read::read(&self.config.path, MAX_DOCUMENT_BYTES, Symlinks::Refuse).await;
         match read {
-            Ok(bytes) => parse_existing(&bytes, tenant),
+            Ok(bytes) => Some(bytes),
             Err(err) if err.is_not_found() => None,
             Err(err) => {
-                tracing::warn!(tenant = %tenant.name, error = %err, "not reusing the existing token file");
+                tracing::warn!(tenant = %owner.tenant, embed = owner.embed, error = %err, "not reusing the existing token file");
                 None
             }
         }
@@ -310,95 +303,7 @@ pub fn tighten_mode(path: &Path, mode: u32) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock;
-    use crate::token::ClaimedExpiry;
     use std::os::unix::fs::MetadataExt;
-
-    /// A Power BI tenant writing `/t/contoso.json`.
-    fn contoso() -> TenantConfig {
-        TenantConfig::entra(
-            "contoso",
-            "contoso.onmicrosoft.com",
-            "app",
-            crate::config::SecretSource::Env("S".into()),
-            "https://login.microsoftonline.com",
-            "/t/contoso.json".into(),
-        )
-    }
-
-    /// A token that arrived at `issued` (Unix seconds).
-    fn token_at(issued: i64, expiry: ClaimedExpiry) -> AccessToken {
-        AccessToken::new(
-            secrecy::SecretString::from("eyJ.x.y"),
-            "Bearer".into(),
-            clock::unix_to_system(issued),
-            expiry,
-            None,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn warm_start_needs_the_same_request() {
-        let mut tenant = contoso();
-        let token = token_at(1_000, ClaimedExpiry::At(4_600));
-        let written = render(FileFormat::Json, &tenant, &token);
-        let bytes = written.expose_secret().as_bytes().to_vec();
-        assert!(parse_existing(&bytes, &tenant).is_some());
-        // v1 asks no scope: the file's `"scope": null` is not the v2 scope.
-        let mut v1 = tenant.clone();
-        v1.api = crate::config::ApiVersion::V1;
-        assert!(parse_existing(&bytes, &v1).is_none());
-        let v1_bytes = render(FileFormat::Json, &v1, &token)
-            .expose_secret()
-            .as_bytes()
-            .to_vec();
-        assert!(parse_existing(&v1_bytes, &v1).is_some());
-        assert!(parse_existing(&v1_bytes, &tenant).is_none());
-        // A file from before `scope` was recorded still counts, by its resource alone.
-        let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        old.as_object_mut().unwrap().remove("scope");
-        old.as_object_mut().unwrap().remove("audience");
-        let old = serde_json::to_vec(&old).unwrap();
-        assert!(parse_existing(&old, &tenant).is_some());
-        tenant.resource = "https://other.example".into();
-        assert!(parse_existing(&old, &tenant).is_none());
-    }
-
-    #[test]
-    fn hardening_absurd_times_in_a_file_are_not_adopted() {
-        let tenant = contoso();
-        let token = token_at(1_767_225_600, ClaimedExpiry::In(3600));
-        let written = render(FileFormat::Json, &tenant, &token);
-        let good: serde_json::Value = serde_json::from_str(written.expose_secret()).unwrap();
-        assert_eq!(good["expires_at"], "2026-01-01T01:00:00Z");
-        let adopted = parse_existing(written.expose_secret().as_bytes(), &tenant).unwrap();
-        assert_eq!(adopted.expires_on(), 1_767_229_200);
-        assert_eq!(
-            adopted.lifetime().get(),
-            std::time::Duration::from_secs(3600)
-        );
-        let with = |issued_on: i64, expires_on: i64| {
-            let mut file = good.clone();
-            file["issued_on"] = issued_on.into();
-            file["expires_on"] = expires_on.into();
-            serde_json::to_vec(&file).unwrap()
-        };
-        for (issued_on, expires_on) in [
-            // Some 31,700 years, and the end of i64.
-            (1_767_225_600, 1_767_225_600 + 1_000_000_000_000),
-            (1_767_225_600, i64::MAX),
-            // Expired before it was issued, and times before 1970.
-            (1_767_225_600, 1_767_225_000),
-            (i64::MIN, i64::MIN + 10),
-            (i64::MIN, 1_767_229_200),
-        ] {
-            assert!(
-                parse_existing(&with(issued_on, expires_on), &tenant).is_none(),
-                "{issued_on} {expires_on}"
-            );
-        }
-    }
 
     #[test]
     fn mode_is_exact_and_parents_are_private() {

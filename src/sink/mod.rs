@@ -1,27 +1,52 @@
-//! Where tokens go.
+//! Where tokens go, whatever their kind.
 //!
-//! A sink receives every new token of a tenant. A failed write is a refresh failure of class
-//! `sink`: the tenant retries with backoff, and whatever the sink held before stays intact.
+//! A sink stores a [`Rendered`] document: the bytes a token kind made for the sink's format,
+//! the expiry a key takes, and whose token it is (for a notification and the log). Sinks know
+//! nothing of access or embed tokens: the file sink replaces a file atomically, the Redis sink
+//! writes newer-wins with an expiry and publishes a notification, and both read their bytes back
+//! for a warm start, which the token kind parses. A failed write is a refresh failure of class
+//! `sink`, and whatever the sink held before stays intact.
+//!
 //! Sinks are a closed enum rather than trait objects: the set is small and known, dispatch needs
 //! no boxing of futures, and each variant can still keep its own state.
 
 pub mod file;
-pub mod format;
 pub mod redis;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{SinkConfig, TenantConfig};
+use crate::config::{FileFormat, SinkConfig, TenantConfig};
 use crate::error::{ErrorClass, Reason, RefreshError};
 use crate::store::Store;
-use crate::token::AccessToken;
 
 pub use file::FileSink;
 pub use redis::RedisSink;
 
-/// A configured destination for one tenant's token.
+/// Largest stored token document read back at a warm start; a real one is a few KiB.
+pub const MAX_DOCUMENT_BYTES: u64 = 256 * 1024;
+
+/// Whose token a document holds: a tenant's access token, or one of its embed tokens.
+#[derive(Clone, Copy, Debug)]
+pub struct Owner<'a> {
+    /// The tenant's name.
+    pub tenant: &'a str,
+    /// The embed token's name, for embed tokens.
+    pub embed: Option<&'a str>,
+}
+
+/// A token rendered for one sink's format.
+pub struct Rendered<'a> {
+    /// What the sink stores: the json document or the bare token.
+    pub contents: secrecy::SecretString,
+    /// Unix seconds the token expires: when a key expires, and what newer-wins compares.
+    pub expires_on: i64,
+    /// Whose token it is.
+    pub owner: Owner<'a>,
+}
+
+/// A configured destination for one token.
 #[derive(Clone, Debug)]
 pub enum Sink {
     /// An atomically replaced file.
@@ -42,36 +67,30 @@ impl Sink {
         }
     }
 
-    /// Writes a token.
+    /// Writes a rendered token.
     ///
     /// # Errors
     /// A `sink` class error naming the destination and the cause.
-    pub async fn write(
-        &self,
-        tenant: &TenantConfig,
-        token: &AccessToken,
-    ) -> Result<(), RefreshError> {
-        match self {
-            Sink::File(file) => file.write(tenant, token).await.map_err(|err| {
-                RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
-            }),
+    pub async fn write(&self, document: &Rendered<'_>) -> Result<(), RefreshError> {
+        let result = match self {
+            Sink::File(file) => file.write(document).await.map_err(|err| err.to_string()),
             // Redis futures are boxed (here and below): their connection and script state would
             // otherwise make every file-only tenant's futures as large as theirs, and at start-up
             // every tenant's warm-start read is alive at once.
-            Sink::Redis(redis) => Box::pin(redis.write(tenant, token))
+            Sink::Redis(redis) => Box::pin(redis.write(document))
                 .await
                 .map(|_| ())
-                .map_err(|err| {
-                    RefreshError::local(ErrorClass::Sink, Reason::Sink, err.to_string())
-                }),
-        }
+                .map_err(|err| err.to_string()),
+        };
+        result.map_err(|message| RefreshError::local(ErrorClass::Sink, Reason::Sink, message))
     }
 
-    /// A token this sink already holds for this tenant, if it can be trusted at start-up.
-    pub async fn read_existing(&self, tenant: &TenantConfig) -> Option<AccessToken> {
+    /// The json document this sink holds, for a warm start: `None` for a raw-format sink, one
+    /// that holds nothing, or one that cannot be read (logged, naming `owner`).
+    pub async fn read_json(&self, owner: Owner<'_>) -> Option<Vec<u8>> {
         match self {
-            Sink::File(file) => file.read_existing(tenant).await,
-            Sink::Redis(redis) => Box::pin(redis.read_existing(tenant)).await,
+            Sink::File(file) => file.read_json(owner).await,
+            Sink::Redis(redis) => Box::pin(redis.read_json(owner)).await,
         }
     }
 
@@ -81,6 +100,20 @@ impl Sink {
             Sink::File(_) => None,
             Sink::Redis(redis) => Box::pin(redis.present()).await,
         }
+    }
+}
+
+/// Whether `config` is a sink on this host (a file), as opposed to a shared store: local sinks
+/// are written while a request permit is held, and count for readiness.
+pub fn is_local(config: &SinkConfig) -> bool {
+    matches!(config, SinkConfig::File(_))
+}
+
+/// The format a configured sink stores.
+pub fn format_of(config: &SinkConfig) -> FileFormat {
+    match config {
+        SinkConfig::File(file) => file.format,
+        SinkConfig::Redis(redis) => redis.format,
     }
 }
 

@@ -9,18 +9,27 @@ use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
-use crate::config::{FileFormat, RedisSinkConfig, TenantConfig};
+use crate::config::{FileFormat, RedisSinkConfig};
 use crate::store::{Store, StoreError, WriteOutcome};
-use crate::token::AccessToken;
 
-use super::file::MAX_TOKEN_FILE_BYTES;
-use super::format::{parse_existing, render};
+use super::{MAX_DOCUMENT_BYTES, Owner, Rendered};
 
-/// Writes one tenant's token to one key.
+/// Writes one token to one key.
 #[derive(Clone, Debug)]
 pub struct RedisSink {
     config: RedisSinkConfig,
     store: Arc<Store>,
+}
+
+/// The notification published after a write: whose token, at which key, until when; never the
+/// token. Fields in alphabetical order, the order the message has always had.
+#[derive(serde::Serialize)]
+struct Notification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embed: Option<&'a str>,
+    expires_on: i64,
+    key: &'a str,
+    tenant: &'a str,
 }
 
 impl RedisSink {
@@ -34,35 +43,33 @@ impl RedisSink {
         &self.config.key
     }
 
-    /// Renders and writes the token unless Redis holds a newer one.
+    /// Writes a rendered token unless Redis holds a newer one.
     ///
     /// # Errors
     /// Redis unreachable, too slow, or refusing the write.
-    pub async fn write(
-        &self,
-        tenant: &TenantConfig,
-        token: &AccessToken,
-    ) -> Result<WriteOutcome, StoreError> {
-        let contents = render(self.config.format, tenant, token);
-        let notification = serde_json::json!({
-            "tenant": tenant.name,
-            "key": self.config.key,
-            "expires_on": token.expires_on(),
+    pub async fn write(&self, document: &Rendered<'_>) -> Result<WriteOutcome, StoreError> {
+        let notification = serde_json::to_string(&Notification {
+            embed: document.owner.embed,
+            expires_on: document.expires_on,
+            key: &self.config.key,
+            tenant: document.owner.tenant,
         })
-        .to_string();
+        // Strings and a number: serialising cannot fail.
+        .unwrap_or_default();
         let outcome = self
             .store
             .write_newer(
                 &self.config.key,
-                contents.expose_secret(),
-                token.expires_on(),
+                document.contents.expose_secret(),
+                document.expires_on,
                 Some(self.store.channel()),
                 &notification,
             )
             .await?;
         if outcome == WriteOutcome::Newer {
             tracing::info!(
-                tenant = %tenant.name,
+                tenant = %document.owner.tenant,
+                embed = document.owner.embed,
                 key = %self.config.key,
                 "Redis already holds a token that expires later; kept it"
             );
@@ -70,18 +77,16 @@ impl RedisSink {
         Ok(outcome)
     }
 
-    /// A json token at the key written for the same tenant, client and resource (the checks the
-    /// file sink's warm start makes).
-    pub async fn read_existing(&self, tenant: &TenantConfig) -> Option<AccessToken> {
+    /// The json document at the key, if there is one and Redis can say.
+    pub async fn read_json(&self, owner: Owner<'_>) -> Option<Vec<u8>> {
         if self.config.format != FileFormat::Json {
             return None;
         }
-        let max = usize::try_from(MAX_TOKEN_FILE_BYTES).unwrap_or(usize::MAX);
+        let max = usize::try_from(MAX_DOCUMENT_BYTES).unwrap_or(usize::MAX);
         match self.store.get(&self.config.key, max).await {
-            Ok(Some(text)) => parse_existing(text.as_bytes(), tenant),
-            Ok(None) => None,
+            Ok(text) => text.map(String::into_bytes),
             Err(err) => {
-                tracing::warn!(tenant = %tenant.name, error = %err, "not reusing the token in Redis");
+                tracing::warn!(tenant = %owner.tenant, embed = owner.embed, error = %err, "not reusing the token in Redis");
                 None
             }
         }

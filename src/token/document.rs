@@ -1,14 +1,15 @@
-//! What a sink stores: the json document (or the raw token), and reading it back for warm start.
+//! An access token as the sinks store it: the json document (or the raw token), and reading it
+//! back for a warm start.
 //!
-//! The file and Redis sinks store exactly the same bytes for a format, so a consumer can switch
-//! between them without changing its parser, and warm start applies the same identity checks
-//! to both.
+//! Every sink gets exactly the same bytes for a format, so a consumer can switch between a file
+//! and Redis without changing its parser, and warm start applies the same identity checks to
+//! both. The fleet shares the same document, with the replica that fetched it.
 
 use secrecy::ExposeSecret;
 
+use super::{AccessToken, ClaimedExpiry};
 use crate::clock;
 use crate::config::{FileFormat, TenantConfig};
-use crate::token::{AccessToken, ClaimedExpiry};
 
 /// The file contents, held as a secret because they contain the token.
 pub fn render(
@@ -146,4 +147,96 @@ pub fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken
         None,
     )
     .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileFormat;
+
+    /// A Power BI tenant writing `/t/contoso.json`.
+    fn contoso() -> TenantConfig {
+        TenantConfig::entra(
+            "contoso",
+            "contoso.onmicrosoft.com",
+            "app",
+            crate::config::SecretSource::Env("S".into()),
+            "https://login.microsoftonline.com",
+            "/t/contoso.json".into(),
+        )
+    }
+
+    /// A token that arrived at `issued` (Unix seconds).
+    fn token_at(issued: i64, expiry: ClaimedExpiry) -> AccessToken {
+        AccessToken::new(
+            secrecy::SecretString::from("eyJ.x.y"),
+            "Bearer".into(),
+            clock::unix_to_system(issued),
+            expiry,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn warm_start_needs_the_same_request() {
+        let mut tenant = contoso();
+        let token = token_at(1_000, ClaimedExpiry::At(4_600));
+        let written = render(FileFormat::Json, &tenant, &token);
+        let bytes = written.expose_secret().as_bytes().to_vec();
+        assert!(parse_existing(&bytes, &tenant).is_some());
+        // v1 asks no scope: the file's `"scope": null` is not the v2 scope.
+        let mut v1 = tenant.clone();
+        v1.api = crate::config::ApiVersion::V1;
+        assert!(parse_existing(&bytes, &v1).is_none());
+        let v1_bytes = render(FileFormat::Json, &v1, &token)
+            .expose_secret()
+            .as_bytes()
+            .to_vec();
+        assert!(parse_existing(&v1_bytes, &v1).is_some());
+        assert!(parse_existing(&v1_bytes, &tenant).is_none());
+        // A file from before `scope` was recorded still counts, by its resource alone.
+        let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        old.as_object_mut().unwrap().remove("scope");
+        old.as_object_mut().unwrap().remove("audience");
+        let old = serde_json::to_vec(&old).unwrap();
+        assert!(parse_existing(&old, &tenant).is_some());
+        tenant.resource = "https://other.example".into();
+        assert!(parse_existing(&old, &tenant).is_none());
+    }
+
+    #[test]
+    fn hardening_absurd_times_in_a_file_are_not_adopted() {
+        let tenant = contoso();
+        let token = token_at(1_767_225_600, ClaimedExpiry::In(3600));
+        let written = render(FileFormat::Json, &tenant, &token);
+        let good: serde_json::Value = serde_json::from_str(written.expose_secret()).unwrap();
+        assert_eq!(good["expires_at"], "2026-01-01T01:00:00Z");
+        let adopted = parse_existing(written.expose_secret().as_bytes(), &tenant).unwrap();
+        assert_eq!(adopted.expires_on(), 1_767_229_200);
+        assert_eq!(
+            adopted.lifetime().get(),
+            std::time::Duration::from_secs(3600)
+        );
+        let with = |issued_on: i64, expires_on: i64| {
+            let mut file = good.clone();
+            file["issued_on"] = issued_on.into();
+            file["expires_on"] = expires_on.into();
+            serde_json::to_vec(&file).unwrap()
+        };
+        for (issued_on, expires_on) in [
+            // Some 31,700 years, and the end of i64.
+            (1_767_225_600, 1_767_225_600 + 1_000_000_000_000),
+            (1_767_225_600, i64::MAX),
+            // Expired before it was issued, and times before 1970.
+            (1_767_225_600, 1_767_225_000),
+            (i64::MIN, i64::MIN + 10),
+            (i64::MIN, 1_767_229_200),
+        ] {
+            assert!(
+                parse_existing(&with(issued_on, expires_on), &tenant).is_none(),
+                "{issued_on} {expires_on}"
+            );
+        }
+    }
 }

@@ -21,6 +21,8 @@
 //! With those bounds every instant the daemon computes lies within about a year of now, so
 //! adding never overflows and RFC 3339 (four-digit years) can always print it.
 
+pub mod document;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
