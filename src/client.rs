@@ -637,21 +637,9 @@ fn tag(request: reqwest::RequestBuilder, endpoint: Endpoint) -> (reqwest::Reques
     (request, request_id)
 }
 
-/// A random (version 4) UUID in its usual lower-case form.
+/// A random (version 4) UUID in its usual lower-case form, as MSAL and the Azure SDKs send.
 pub(crate) fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = fastrand::u128(..);
-    // Version 4 in the high nibble of the seventh byte, variant 10 in the ninth.
-    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let mut id = String::with_capacity(36);
-    for nibble in 0..32 {
-        if matches!(nibble, 8 | 12 | 16 | 20) {
-            id.push('-');
-        }
-        let value = (bits >> (124 - 4 * nibble)) & 0xf;
-        id.push(char::from(HEX[value as usize]));
-    }
-    id
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// A failure with the id of the request it belongs to.
