@@ -360,7 +360,7 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
         consecutive_failures: status.consecutive_failures,
         credential_expires_at: status
             .credential_expiry
-            .and_then(|(expires_on, _)| clock::rfc3339_unix(expires_on)),
+            .and_then(|expiry| clock::rfc3339_unix(expiry.expires_on)),
         last_error: status.last_error.as_ref().map(|err| ErrorView {
             class: err.class.as_str(),
             reason: err.reason.as_str(),
@@ -428,7 +428,7 @@ mod tests {
             expires_on: Some(i64::MAX),
             next_refresh: Some(far),
             last_success: Some(far),
-            credential_expiry: Some((i64::MIN, "certificate")),
+            credential_expiry: Some(crate::credential::CredentialExpiry::certificate(i64::MIN)),
             first_attempt_done: true,
             ..TenantStatus::default()
         };

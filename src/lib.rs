@@ -80,6 +80,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, TokenClient};
 use crate::config::Config;
+use crate::credential::CredentialExpiry;
 use crate::fleet::Fleet;
 use crate::http::AdminState;
 use crate::metrics::Metrics;
@@ -585,13 +586,12 @@ pub const CREDENTIAL_WARNING_DAYS: i64 = 30;
 
 /// The warning for a credential of `tenant` that expires within [`CREDENTIAL_WARNING_DAYS`] of
 /// `now`, if it does.
-pub fn expiry_warning(tenant: &str, expiry: (i64, &str), now: i64) -> Option<String> {
-    let (expires_on, kind) = expiry;
+pub fn expiry_warning(tenant: &str, expiry: CredentialExpiry, now: i64) -> Option<String> {
+    let CredentialExpiry { expires_on, kind } = expiry;
     let days = expires_on.saturating_sub(now) / 86_400;
     (expires_on > now && days < CREDENTIAL_WARNING_DAYS).then(|| {
         format!(
-            "tenant {tenant:?}: the {} expires on {} (in {days} day(s)); rotate it before then",
-            kind.replace('_', " "),
+            "tenant {tenant:?}: the {kind} expires on {} (in {days} day(s)); rotate it before then",
             clock::format_date(expires_on)
         )
     })
@@ -645,7 +645,7 @@ async fn check_key_vault(
                 continue;
             }
         };
-        let mut expiry = secret.expires_on.map(|exp| (exp, "client_secret"));
+        let mut expiry = secret.expires_on.map(CredentialExpiry::client_secret);
         if let Some(certificate) = certificate {
             use secrecy::ExposeSecret;
             if let Err(err) = secret.require_pem(url) {
@@ -657,7 +657,7 @@ async fn check_key_vault(
                 secret.value.expose_secret().as_bytes(),
                 None,
             ) {
-                Ok(loaded) => expiry = Some((loaded.not_after(), "certificate")),
+                Ok(loaded) => expiry = Some(CredentialExpiry::certificate(loaded.not_after())),
                 Err(err) => {
                     problems.push(problem(format!(
                         "{url} is not a PEM certificate with its key (content type {}): {err}",
@@ -668,11 +668,12 @@ async fn check_key_vault(
             }
         }
         match expiry {
-            Some((expires_on, kind)) if expires_on <= now => problems.push(problem(format!(
-                "the {} in {url} expired on {}",
-                kind.replace('_', " "),
-                clock::format_date(expires_on)
-            ))),
+            Some(CredentialExpiry { expires_on, kind }) if expires_on <= now => {
+                problems.push(problem(format!(
+                    "the {kind} in {url} expired on {}",
+                    clock::format_date(expires_on)
+                )));
+            }
             Some(expiry) => warnings.extend(expiry_warning(&tenant.name, expiry, now)),
             None => {}
         }

@@ -88,7 +88,7 @@ pub struct TenantStatus {
     pub task_panics: u64,
     /// When the credential itself expires (certificate notAfter, `client_secret_expires`), and
     /// the credential kind.
-    pub credential_expiry: Option<(i64, &'static str)>,
+    pub credential_expiry: Option<crate::credential::CredentialExpiry>,
     /// Successful attempts since the tenant started (the `refresh_total` counter).
     pub successes: u64,
     /// Failed attempts since the tenant started.

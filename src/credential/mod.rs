@@ -13,12 +13,14 @@
 //! variable a tenant's credential names, for `check`.
 
 pub mod certificate;
+mod expiry;
 pub mod federated;
 pub mod key_vault;
 mod secret;
 mod verify;
 pub mod x509;
 
+pub use expiry::{CredentialExpiry, CredentialKind};
 pub use secret::{CredentialError, read_secret};
 pub use verify::{Verified, verify};
 
@@ -117,7 +119,7 @@ impl Credential {
     }
 
     /// When the credential itself expires, and its kind: for the expiry metric and `check`.
-    pub fn expiry(&self) -> Option<(i64, &'static str)> {
+    pub fn expiry(&self) -> Option<CredentialExpiry> {
         match self {
             Credential::Secret {
                 expires_on,
@@ -125,9 +127,9 @@ impl Credential {
                 ..
             } => expires_on
                 .or(*vault_expires_on)
-                .map(|e| (e, "client_secret")),
+                .map(CredentialExpiry::client_secret),
             Credential::Certificate(certificate) => {
-                certificate.not_after().map(|e| (e, "certificate"))
+                certificate.not_after().map(CredentialExpiry::certificate)
             }
             Credential::Federated(_) | Credential::ManagedIdentity(_) => None,
         }
