@@ -2,7 +2,7 @@
 //! credential, generic OAuth2 and sink rules are in their own files.
 
 use super::credential::{credential_level, secret_expires};
-use super::loader::Loader;
+use super::loader::{Loader, Reported};
 use super::raw::{RawResource, RawTenant};
 use super::types::{
     CredentialConfig, CronSchedule, ManagedIdentityId, OAuth2Config, Provider, SinkConfig,
@@ -97,8 +97,11 @@ impl Loader<'_> {
         let cloud = inherited!(input, cloud).map_or_else(Cloud::default, |c| *c.get_ref());
         let authority_host = self.authority_host(&input, cloud, kind);
         let oauth2 = match provider {
-            Provider::Entra => Some(None),
-            Provider::Oauth2 => self.oauth2(&input, &credential).map(|o| Some(Box::new(o))),
+            Provider::Entra => Ok(None),
+            Provider::Oauth2 => match self.oauth2(&input, &credential) {
+                Some(oauth2) => Ok(Some(Box::new(oauth2))),
+                None => Err(Reported),
+            },
         };
         let resource = self.resource(&input, &oauth2, cloud);
         let (refresh_at, jitter) = self.fractions(&input);
@@ -106,7 +109,7 @@ impl Loader<'_> {
         let schedule = self.schedule(&input);
         let powerbi = match provider {
             Provider::Entra => self.powerbi(&input, name.as_deref(), cloud, resource.as_deref()),
-            Provider::Oauth2 => Some(None),
+            Provider::Oauth2 => Ok(None),
         };
         self.inapplicable_keys(&input);
         if let Some(name) = &name {
@@ -131,7 +134,7 @@ impl Loader<'_> {
             tenant_id: tenant_id?,
             client_id: self.shared(client_id?),
             credential: credential?,
-            oauth2: oauth2?,
+            oauth2: oauth2.ok()?,
             authority_host: self.shared(authority_host?),
             api: inherited!(input, api).map_or_else(Default::default, |a| *a.get_ref()),
             resource: self.shared(resource?),
@@ -139,7 +142,7 @@ impl Loader<'_> {
             jitter,
             sinks: sinks?,
             schedule: schedule.map(Box::new),
-            powerbi: powerbi?.map(Box::new),
+            powerbi: powerbi.ok()?.map(Box::new),
             line,
         })
     }
@@ -324,14 +327,15 @@ impl Loader<'_> {
     fn resource(
         &mut self,
         input: &TenantInput<'_>,
-        oauth2: &Option<Option<Box<OAuth2Config>>>,
+        oauth2: &Result<Option<Box<OAuth2Config>>, Reported>,
         cloud: Cloud,
     ) -> Option<String> {
         match oauth2 {
-            Some(Some(oauth2)) => return Some(oauth2.resource.clone().unwrap_or_default()),
+            Ok(Some(oauth2)) => return Some(oauth2.resource.clone().unwrap_or_default()),
             // A generic OAuth2 tenant whose rules failed: its `resource` is theirs to report.
-            None => return None,
-            Some(None) => {}
+            Err(Reported) => return None,
+            // Entra.
+            Ok(None) => {}
         }
         let Some(resource) = inherited!(input, resource) else {
             return Some(cloud.power_bi_resource().to_owned());

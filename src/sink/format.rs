@@ -104,19 +104,27 @@ struct ExistingFile {
     tenant_id: Option<String>,
     client_id: Option<String>,
     resource: Option<String>,
-    /// Absent in files written before the scope was recorded (then `None`); `null` when no scope
-    /// was asked (then `Some(None)`).
-    #[serde(default, deserialize_with = "present")]
-    scope: Option<Option<String>>,
+    #[serde(default)]
+    scope: RecordedScope,
     audience: Option<String>,
 }
 
-/// A field that is present, `null` included: `Some(None)` for `null`, so that "absent" (serde's
-/// default, `None`) stays distinguishable.
-fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<String>>, D::Error> {
-    <Option<String> as serde::Deserialize>::deserialize(deserializer).map(Some)
+/// What a token file says about the scope its token was asked with.
+#[derive(Default, serde::Deserialize)]
+#[serde(from = "Option<String>")]
+enum RecordedScope {
+    /// No `scope` field: a file written before the scope was recorded.
+    #[default]
+    NotRecorded,
+    /// The scope asked (`null`: none was).
+    Asked(Option<String>),
+}
+
+/// A `scope` field that is present, `null` included.
+impl From<Option<String>> for RecordedScope {
+    fn from(scope: Option<String>) -> Self {
+        RecordedScope::Asked(scope)
+    }
 }
 
 /// The token in a json file written for the same request, with the same bounds as a fresh
@@ -127,8 +135,8 @@ pub fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken
     // Files written before `scope` was recorded name only the resource; for them the resource
     // says everything that was asked.
     let same_scope = match &file.scope {
-        None => true,
-        Some(recorded) => *recorded == tenant.requested_scope(),
+        RecordedScope::NotRecorded => true,
+        RecordedScope::Asked(asked) => *asked == tenant.requested_scope(),
     };
     let same = file.tenant_id.unwrap_or_default() == tenant.tenant_id
         && file.client_id.unwrap_or_default() == *tenant.client_id
