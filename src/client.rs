@@ -213,7 +213,7 @@ impl TokenClient {
         tenant: &TenantConfig,
         credential: &mut Credential,
     ) -> Result<AccessToken, RefreshError> {
-        let token_url = tenant.token_url();
+        let (token_url, client_id) = app(tenant)?;
         let fields = if matches!(credential, Credential::Secret { .. }) {
             vec![(
                 "client_secret",
@@ -231,14 +231,14 @@ impl TokenClient {
                 ),
                 (
                     "client_assertion",
-                    self.vault_assertion(certificate, &url, &tenant.client_id, &token_url)
+                    self.vault_assertion(certificate, &url, client_id, &token_url)
                         .await
                         .map_err(credential_error)?,
                 ),
             ]
         } else {
             credential
-                .form(&tenant.client_id, &token_url)
+                .form(client_id, &token_url)
                 .await
                 .map_err(credential_error)?
         };
@@ -248,7 +248,7 @@ impl TokenClient {
         };
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "client_credentials"),
-            ("client_id", &tenant.client_id),
+            ("client_id", client_id),
             (target.0, &target.1),
         ];
         form.extend(
@@ -274,6 +274,7 @@ impl TokenClient {
         oauth2: &OAuth2Config,
         credential: &mut Credential,
     ) -> Result<AccessToken, RefreshError> {
+        let (_, client_id) = app(tenant)?;
         let secret = self
             .client_secret(credential)
             .await
@@ -293,15 +294,14 @@ impl TokenClient {
         let mut basic = None;
         match oauth2.auth {
             ClientAuth::ClientSecretPost => {
-                form.push(("client_id", &tenant.client_id));
+                form.push(("client_id", client_id));
                 form.push(("client_secret", secret.expose_secret()));
             }
             ClientAuth::ClientSecretBasic => {
                 // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
                 let credentials = format!(
                     "{}:{}",
-                    form_urlencoded::byte_serialize(tenant.client_id.as_bytes())
-                        .collect::<String>(),
+                    form_urlencoded::byte_serialize(client_id.as_bytes()).collect::<String>(),
                     form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
                         .collect::<String>()
                 );
@@ -640,6 +640,20 @@ fn tag(request: reqwest::RequestBuilder, endpoint: Endpoint) -> (reqwest::Reques
 /// A random (version 4) UUID in its usual lower-case form, as MSAL and the Azure SDKs send.
 pub(crate) fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// The token URL and client ID of a tenant that signs in as an app (a secret or an assertion).
+/// Validation gives every such tenant both; one built in code without them fails for good, as
+/// the token endpoint would refuse the request.
+fn app(tenant: &TenantConfig) -> Result<(String, &str), RefreshError> {
+    match (tenant.token_url(), tenant.client_id.as_deref()) {
+        (Some(token_url), Some(client_id)) => Ok((token_url, client_id)),
+        _ => Err(RefreshError::local(
+            ErrorClass::Permanent,
+            Reason::InvalidRequest,
+            "the tenant has no tenant_id or client_id to ask its token endpoint with",
+        )),
+    }
 }
 
 /// A failure with the id of the request it belongs to.

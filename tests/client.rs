@@ -201,7 +201,7 @@ async fn real_validation_errors_from_the_simulator() {
     assert!(!err.message.contains(SECRET));
     // Unknown tenant.
     let mut unknown = tenant.clone();
-    unknown.tenant_id = "nobody.example.com".to_owned();
+    unknown.tenant_id = Some("nobody.example.com".to_owned());
     let err = client
         .fetch(&unknown, &mut Credential::new(&unknown.credential))
         .await
@@ -380,7 +380,7 @@ async fn timeouts_and_refused_connections() {
 async fn redirects_are_not_followed() {
     let (sim, mut tenant, client) = setup().await;
     // A server that redirects every request to the simulator's token endpoint.
-    let target = tenant.token_url();
+    let target = tenant.token_url().unwrap();
     let app = axum::Router::new().fallback(move || {
         let target = target.clone();
         async move {

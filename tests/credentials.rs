@@ -300,7 +300,7 @@ async fn certificate_credential_against_the_simulator() {
     assert_eq!(form("client_secret"), None);
     let seen = sim.last_assertion(TENANT).unwrap();
     assert_eq!(seen.header["alg"], "PS256");
-    assert_eq!(seen.claims["aud"], tenant.token_url());
+    assert_eq!(seen.claims["aud"], tenant.token_url().unwrap());
 
     // RS256 with a SHA-1 x5t is accepted too (legacy registrations).
     let mut legacy = cert.clone();
@@ -525,10 +525,9 @@ fn managed_tenant_with(
     identity: ManagedIdentityId,
 ) -> TenantConfig {
     let mut tenant = tenant(sim, "vm", "", dir);
-    tenant.client_id = match &identity {
-        ManagedIdentityId::ClientId(id) => id.as_str().into(),
-        _ => "".into(),
-    };
+    // As validation makes it: no tenant, and the identity's own client ID if it is chosen by one.
+    tenant.tenant_id = None;
+    tenant.client_id = identity.client_id().map(Into::into);
     tenant.credential =
         CredentialConfig::ManagedIdentity(ManagedIdentityConfig { source, identity });
     tenant

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::loader::Loader;
+use super::loader::{Loader, Reported};
 use super::raw::{RawKeyVault, RawTenant};
 use super::tenant::TenantInput;
 use super::types::{ApiVersion, CredentialConfig, KeyVaultConfig, Provider, TenantConfig};
@@ -83,17 +83,16 @@ impl Loader<'_> {
         }
         let (tenant_id, client_id) = if kind.managed {
             let client_id = match &credential {
-                Some(CredentialConfig::ManagedIdentity(managed)) => match &managed.identity {
-                    super::types::ManagedIdentityId::ClientId(id) => id.clone(),
-                    _ => String::new(),
-                },
-                _ => String::new(),
+                Some(CredentialConfig::ManagedIdentity(managed)) => {
+                    managed.identity.client_id().map(str::to_owned)
+                }
+                _ => None,
             };
-            (Some(String::new()), Some(client_id))
+            (Ok(None), Ok(client_id))
         } else {
             (
                 self.tenant_id(&input, Provider::Entra, kind),
-                self.client_id(&input, kind),
+                self.client_id(&input, kind).map(Some).ok_or(Reported),
             )
         };
         let authority_host = self.authority_host(&input, cloud, kind);
@@ -102,8 +101,8 @@ impl Loader<'_> {
         }
         let identity = TenantConfig {
             name: "key_vault".to_owned(),
-            tenant_id: tenant_id?,
-            client_id: self.shared(client_id?),
+            tenant_id: tenant_id.ok()?,
+            client_id: client_id.ok()?.map(|id| self.shared(id)),
             credential: credential?,
             oauth2: None,
             authority_host: self.shared(authority_host?),

@@ -5,8 +5,8 @@ use super::credential::{credential_level, secret_expires};
 use super::loader::{Loader, Reported};
 use super::raw::{RawResource, RawTenant};
 use super::types::{
-    CredentialConfig, CronSchedule, ManagedIdentityId, OAuth2Config, Provider, SinkConfig,
-    TenantConfig, TenantCredential,
+    CredentialConfig, CronSchedule, OAuth2Config, Provider, SinkConfig, TenantConfig,
+    TenantCredential,
 };
 use super::values::{check_authority_host, is_domain, is_guid, parse_cron};
 use crate::cloud::Cloud;
@@ -87,12 +87,12 @@ impl Loader<'_> {
         let tenant_id = self.tenant_id(&input, provider, kind);
         let client_id = match &credential {
             // The identity's own client ID when it is chosen by one; never the Entra app's.
-            Some(CredentialConfig::ManagedIdentity(managed)) => Some(match &managed.identity {
-                ManagedIdentityId::ClientId(id) => id.clone(),
-                _ => String::new(),
-            }),
-            _ if kind.managed => None,
-            _ => self.client_id(&input, kind),
+            Some(CredentialConfig::ManagedIdentity(managed)) => {
+                Ok(managed.identity.client_id().map(str::to_owned))
+            }
+            // A managed identity whose own rules failed.
+            _ if kind.managed => Err(Reported),
+            _ => self.client_id(&input, kind).map(Some).ok_or(Reported),
         };
         let cloud = inherited!(input, cloud).map_or_else(Cloud::default, |c| *c.get_ref());
         let authority_host = self.authority_host(&input, cloud, kind);
@@ -131,8 +131,8 @@ impl Loader<'_> {
         }
         Some(TenantConfig {
             name: name?,
-            tenant_id: tenant_id?,
-            client_id: self.shared(client_id?),
+            tenant_id: tenant_id.ok()?,
+            client_id: client_id.ok()?.map(|id| self.shared(id)),
             credential: credential?,
             oauth2: oauth2.ok()?,
             authority_host: self.shared(authority_host?),
@@ -214,21 +214,22 @@ impl Loader<'_> {
         Some(name.get_ref().clone())
     }
 
-    /// `tenant_id`: a GUID or verified domain; never a multi-tenant alias.
+    /// `tenant_id`: a GUID or verified domain; never a multi-tenant alias. `Ok(None)` where
+    /// none is needed: a generic OAuth2 server, a managed identity.
     pub(super) fn tenant_id(
         &mut self,
         input: &TenantInput<'_>,
         provider: Provider,
         kind: CredentialKind,
-    ) -> Option<String> {
+    ) -> Result<Option<String>, Reported> {
         let Some(id) = &input.raw.tenant_id else {
             if provider == Provider::Oauth2 || kind.managed {
-                return Some(String::new());
+                return Ok(None);
             }
             if kind.workload
                 && let Some(id) = (self.env)("AZURE_TENANT_ID")
             {
-                return Some(id);
+                return Ok(Some(id));
             }
             // An unreadable provider or credential may have been one that needs no tenant ID.
             self.missing(
@@ -236,7 +237,7 @@ impl Loader<'_> {
                 &["tenant_id", "provider", "credential"],
                 "missing; expected the tenant's GUID or verified domain",
             );
-            return None;
+            return Err(Reported);
         };
         let value = id.get_ref();
         if !is_guid(value) && !is_domain(value) {
@@ -257,7 +258,7 @@ impl Loader<'_> {
                 format!("{value:?} cannot issue app-only tokens; use the customer's tenant ID"),
             );
         }
-        Some(value.clone())
+        Ok(Some(value.clone()))
     }
 
     /// `client_id`: the application (client) ID, from the tenant or `[defaults]`.

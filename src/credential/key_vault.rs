@@ -125,10 +125,13 @@ fn describe(identity: &TenantConfig) -> String {
             ManagedIdentityId::ObjectId(id) => format!("the managed identity with object ID {id}"),
             ManagedIdentityId::ResourceId(id) => format!("the managed identity {id}"),
         },
-        _ => format!(
-            "the workload identity with client ID {} in tenant {}",
-            identity.client_id, identity.tenant_id
-        ),
+        // Validation gives a workload identity both ids.
+        _ => match (&identity.client_id, &identity.tenant_id) {
+            (Some(client_id), Some(tenant_id)) => {
+                format!("the workload identity with client ID {client_id} in tenant {tenant_id}")
+            }
+            _ => "the workload identity".to_owned(),
+        },
     }
 }
 

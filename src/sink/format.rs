@@ -66,7 +66,7 @@ impl<'a> Document<'a> {
         Document {
             access_token: token.secret.expose_secret(),
             audience: tenant.requested_audience(),
-            client_id: non_empty(&tenant.client_id),
+            client_id: tenant.client_id.as_deref(),
             // Always printable: a token's expiry is within a year of its arrival.
             expires_at: clock::rfc3339_unix(token.expires_on()).unwrap_or_default(),
             expires_on: token.expires_on(),
@@ -75,7 +75,7 @@ impl<'a> Document<'a> {
             resource: non_empty(&tenant.resource),
             scope: tenant.requested_scope(),
             tenant: &tenant.name,
-            tenant_id: non_empty(&tenant.tenant_id),
+            tenant_id: tenant.tenant_id.as_deref(),
             token_type: &token.token_type,
         }
     }
@@ -88,8 +88,7 @@ pub fn json_text(document: &Document<'_>) -> String {
     serde_json::to_string(document).unwrap_or_default()
 }
 
-/// `null` for identifiers that do not apply (a generic OAuth2 server has no tenant ID, a
-/// system-assigned managed identity no client ID).
+/// `null` for a value that is empty (a generic OAuth2 server's resource when it sends none).
 fn non_empty(value: &str) -> Option<&str> {
     (!value.is_empty()).then_some(value)
 }
@@ -138,8 +137,11 @@ pub fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken
         RecordedScope::NotRecorded => true,
         RecordedScope::Asked(asked) => *asked == tenant.requested_scope(),
     };
-    let same = file.tenant_id.unwrap_or_default() == tenant.tenant_id
-        && file.client_id.unwrap_or_default() == *tenant.client_id
+    // An id written as "" is read as none, as it always was: the daemon writes `null` for an id
+    // that does not apply.
+    let id = |written: Option<String>| written.filter(|id| !id.is_empty());
+    let same = id(file.tenant_id) == tenant.tenant_id
+        && id(file.client_id).as_deref() == tenant.client_id.as_deref()
         && file.resource.unwrap_or_default() == *tenant.resource
         && same_scope
         && file.audience.as_deref() == tenant.requested_audience();
