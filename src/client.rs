@@ -372,7 +372,7 @@ impl TokenClient {
             let (status, body, retry_after) = self.exchange(request, &request_id, &secrets).await?;
             if status == 200 {
                 return parse_token_response(&body, SystemTime::now())
-                    .map_err(|err| with_request_id(err, &request_id));
+                    .map_err(|err| with_request_id(err.into(), &request_id));
             }
             if status == 410 && started.elapsed() + delay <= IMDS_GONE_WINDOW {
                 tokio::time::sleep(delay).await;
@@ -403,7 +403,7 @@ impl TokenClient {
         let (request, request_id) = tag(request, endpoint);
         let (status, body, retry_after) = self.exchange(request, &request_id, secrets).await?;
         let result = if status == 200 {
-            parse_token_response(&body, SystemTime::now())
+            parse_token_response(&body, SystemTime::now()).map_err(RefreshError::from)
         } else {
             Err(error::classify(status, &body, retry_after, secrets))
         };
