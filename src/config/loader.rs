@@ -8,9 +8,8 @@ use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
 use super::raw::{RawDaemon, RawFleet, RawRedis, RawServer, RawTenant};
-use super::tenant::TenantInput;
 use super::types::Destination;
-use super::types::{Config, TenantConfig, TenantCredential};
+use super::types::{Config, Provider, TenantConfig, TenantCredential};
 use super::{ConfigError, Problem};
 
 /// Parses and validates with `env` as the environment (workload identity and App Service
@@ -91,6 +90,46 @@ fn parse_inner(
     };
     (result, loader.credentials)
 }
+
+/// One `[[tenant]]` being validated: its own table, `[defaults]`, and how messages name it.
+pub(super) struct TenantInput<'r> {
+    /// The tenant's own table.
+    pub(super) raw: &'r RawTenant,
+    /// `[defaults]`, for every key the tenant leaves out.
+    pub(super) defaults: &'r RawTenant,
+    /// Byte offset of the `[[tenant]]` table, for problems about missing keys.
+    pub(super) offset: usize,
+    /// The tenant's name, or `tenant[i]` when it has none.
+    pub(super) label: String,
+    /// Keys of the tenant's table removed as unreadable (already reported).
+    pub(super) broken: &'r [String],
+    /// Set for a section that borrows the tenant rules (`[key_vault]`): problems are named
+    /// `key_vault.<key>`.
+    pub(super) section: Option<&'static str>,
+}
+
+impl TenantInput<'_> {
+    /// The tenant's provider, else `[defaults]`', else Entra.
+    pub(super) fn provider(&self) -> Provider {
+        inherited!(self, provider).map_or_else(Provider::default, |p| *p.get_ref())
+    }
+
+    /// The key path of a problem: `tenant "contoso": client_id`.
+    pub(super) fn key(&self, key: &str) -> String {
+        match self.section {
+            Some(section) => format!("{section}.{key}"),
+            None => format!("tenant {:?}: {key}", self.label),
+        }
+    }
+}
+
+/// Picks the tenant's value of a key, else `[defaults]`'.
+macro_rules! inherited {
+    ($input:expr, $key:ident) => {
+        $input.raw.$key.as_ref().or($input.defaults.$key.as_ref())
+    };
+}
+pub(super) use inherited;
 
 /// A rule found a problem and recorded it in [`Loader::problems`]: what it was reading has no
 /// value to give, and the configuration will not be built.

@@ -2,9 +2,8 @@
 
 use toml::Spanned;
 
-use super::loader::{Loader, Reported};
+use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::RawResource;
-use super::tenant::{TenantInput, inherited};
 use super::types::{CredentialConfig, OAuth2Config};
 use super::values::check_url;
 

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use super::loader::{Loader, Reported};
+use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::RawEmbed;
-use super::tenant::{TenantInput, inherited};
 use super::types::{AccessLevel, EmbedConfig, PowerBiConfig, ProbeConfig};
 use super::values::{check_authority_host, is_guid};
 use crate::cloud::Cloud;

@@ -2,7 +2,7 @@
 //! credential, generic OAuth2 and sink rules are in their own files.
 
 use super::credential::{credential_level, secret_expires};
-use super::loader::{Loader, Reported};
+use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::{RawResource, RawTenant};
 use super::types::{
     CredentialConfig, CronSchedule, OAuth2Config, Provider, SinkConfig, TenantConfig,
@@ -10,46 +10,6 @@ use super::types::{
 };
 use super::values::{check_authority_host, is_domain, is_guid, parse_cron};
 use crate::cloud::Cloud;
-
-/// One `[[tenant]]` being validated: its own table, `[defaults]`, and how messages name it.
-pub(super) struct TenantInput<'r> {
-    /// The tenant's own table.
-    pub(super) raw: &'r RawTenant,
-    /// `[defaults]`, for every key the tenant leaves out.
-    pub(super) defaults: &'r RawTenant,
-    /// Byte offset of the `[[tenant]]` table, for problems about missing keys.
-    pub(super) offset: usize,
-    /// The tenant's name, or `tenant[i]` when it has none.
-    pub(super) label: String,
-    /// Keys of the tenant's table removed as unreadable (already reported).
-    pub(super) broken: &'r [String],
-    /// Set for a section that borrows the tenant rules (`[key_vault]`): problems are named
-    /// `key_vault.<key>`.
-    pub(super) section: Option<&'static str>,
-}
-
-impl TenantInput<'_> {
-    /// The tenant's provider, else `[defaults]`', else Entra.
-    pub(super) fn provider(&self) -> Provider {
-        inherited!(self, provider).map_or_else(Provider::default, |p| *p.get_ref())
-    }
-
-    /// The key path of a problem: `tenant "contoso": client_id`.
-    pub(super) fn key(&self, key: &str) -> String {
-        match self.section {
-            Some(section) => format!("{section}.{key}"),
-            None => format!("tenant {:?}: {key}", self.label),
-        }
-    }
-}
-
-/// Picks the tenant's value of a key, else `[defaults]`'.
-macro_rules! inherited {
-    ($input:expr, $key:ident) => {
-        $input.raw.$key.as_ref().or($input.defaults.$key.as_ref())
-    };
-}
-pub(super) use inherited;
 
 /// What the credential rules tell the identity rules: a workload or managed identity fills in or
 /// drops keys that every other tenant must set.
