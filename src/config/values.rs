@@ -1,4 +1,5 @@
-//! Value syntax shared by several sections: URLs, GUIDs, domains, dates and cron expressions.
+//! Value syntax shared by several sections: URLs (Key Vault secret URLs among them), GUIDs,
+//! domains, dates and cron expressions.
 
 use std::net::IpAddr;
 use std::str::FromStr;
