@@ -11,13 +11,17 @@
 //!   loader that keeps going after a mistake. It reads the config file and nothing else.
 //! * [`cloud`]: which authority host and Power BI resource belong to each sovereign cloud.
 //! * [`credential`]: how a tenant proves itself, one file per kind (secret, certificate,
-//!   federated token, Azure Key Vault; a managed identity is a GET that [`client`] sends), plus
-//!   [`credential::verify`], which `check` uses to read every file and variable a config names.
-//! * [`client`]: the HTTP call to the token endpoint: timeouts, a body cap, no redirects, a fresh
-//!   `client-request-id` per request.
+//!   federated token, managed identity, the Azure Key Vault reader) and the credential's expiry;
+//!   a tenant's [`credential::Credential`] fetches its token: it reads the secret, signs the
+//!   assertion or reads Key Vault, and sends the request through [`client`].
+//!   [`credential::verify`] is what `check` uses to read every file and variable a config names.
+//! * [`client`]: the daemon's HTTP client, one pool for every outbound call: the token protocols
+//!   (Entra v1/v2, generic OAuth2, managed identity) and bearer calls to Power BI and Key Vault,
+//!   with timeouts, a body cap, no redirects and a fresh request id per request.
 //! * [`token`]: the success body (v1 strings or v2 numbers), expiry math, and the bounded types
 //!   (token lifetime, `Retry-After`) every number from the network becomes before arithmetic.
-//! * [`error`]: failures classified as transient, throttled, permanent or sink.
+//! * [`error`]: failures classified as transient, throttled, permanent or sink, built on
+//!   [`token`]'s bounded types.
 //! * [`schedule`]: pure functions deciding the next wake-up (refresh point, jitter, backoff,
 //!   `Retry-After`, cron, the minimum interval between attempts).
 //! * [`tenant`]: one tenant's refresher, step by step; [`supervisor`] keeps the sleeping tenants
@@ -38,8 +42,11 @@
 //!   helpers).
 //! * [`demo`]: the self-contained demonstration.
 //!
-//! `config`, `credential` and `client` depend one way: `config` needs only `cloud`;
-//! `credential` needs `config`, `error` and `clock`; `client` needs both, and neither needs it.
+//! Dependencies run one way, down this list's token path and never back: `config` needs only
+//! `cloud` (and `safe_read` to read the file); `token` needs only `clock`; `error` needs `token`;
+//! `client` needs `config`, `error`, `token` and `schedule` and knows no credential;
+//! `credential` builds on `client` (Key Vault reading too goes through it), and the tenant
+//! builds on `credential`.
 //!
 //! The binary (`main.rs`) only parses the command line, sets up logging and signals, and calls
 //! [`run`], [`once`] or [`check`].
@@ -123,12 +130,11 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
         .as_ref()
         .map(|redis| Arc::new(Store::new(redis.clone(), config.daemon.ca_file.clone())));
     Ok(Shared {
-        client: TokenClient::new(&config.daemon)?.with_key_vault(
-            config
-                .key_vault
-                .as_ref()
-                .map(|key_vault| Arc::new(credential::key_vault::KeyVault::new(key_vault))),
-        ),
+        client: TokenClient::new(&config.daemon)?,
+        key_vault: config
+            .key_vault
+            .as_ref()
+            .map(|key_vault| Arc::new(credential::key_vault::KeyVault::new(key_vault))),
         limiter: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_lane: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_after: Arc::new(tenant::SlowAfter::new(

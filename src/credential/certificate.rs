@@ -26,7 +26,7 @@ use std::os::unix::fs::MetadataExt;
 use crate::safe_read::{self, Symlinks};
 use std::path::Path;
 
-use super::CredentialError;
+use super::secret::CredentialError;
 use crate::config::{AssertionAlgorithm, CertificateConfig};
 
 /// How long an assertion is valid: Entra's guidance is 5–10 minutes.

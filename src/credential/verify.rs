@@ -5,8 +5,8 @@
 use crate::clock::format_date;
 use crate::config::{CredentialConfig, Problem, SecretSource, TenantCredential};
 
-use super::CredentialExpiry;
 use super::certificate::Certificate;
+use super::expiry::CredentialExpiry;
 use super::secret::{CredentialError, read_secret};
 
 /// What reading one tenant's credential found.

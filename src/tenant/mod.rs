@@ -118,6 +118,8 @@ impl From<&DaemonConfig> for RetryPolicy {
 pub struct Shared {
     /// The HTTP client (shared pool).
     pub client: TokenClient,
+    /// Reads secrets and certificates kept in Azure Key Vault (`[key_vault]`), for every tenant.
+    pub key_vault: Option<Arc<crate::credential::key_vault::KeyVault>>,
     /// Caps token requests in flight across all tenants: the lane healthy tenants use.
     pub limiter: Arc<Semaphore>,
     /// The slow lane, as large again: requests still running after `slow_after`, and every
@@ -818,7 +820,10 @@ impl Tenant {
             }
         }
         let started = std::time::Instant::now();
-        let request = self.shared.client.fetch(&self.config, &mut self.credential);
+        let key_vault = self.shared.key_vault.as_deref();
+        let request = self
+            .credential
+            .fetch(&self.shared.client, key_vault, &self.config);
         let main_lane = !self.slow;
         let slow_after = self.shared.slow_after.get();
         let (fetched, kept, moved) = in_lanes(
