@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use powerbi_tokend::config::PerTenantMetrics;
+use powerbi_tokend::credential::CredentialExpiry;
 use powerbi_tokend::error::{ErrorClass, Reason, RefreshError};
 use powerbi_tokend::metrics::Metrics;
 use powerbi_tokend::schedule::system_to_unix_f64;
@@ -81,9 +82,10 @@ fn fleet(tenants: usize) -> Registry {
         status.token.next_refresh = Some(now + Duration::from_secs(left as u64 / 2));
         status.token.last_success = Some(now - Duration::from_secs(600));
         status.token.successes = 10;
-        status.credential_expiry = Some((now_unix + 365 * 86_400, "certificate"));
+        status.credential_expiry = Some(CredentialExpiry::certificate(now_unix + 365 * 86_400));
         if i % 200 == 0 {
-            status.credential_expiry = Some((now_unix + 20 * 86_400, "client_secret"));
+            status.credential_expiry =
+                Some(CredentialExpiry::client_secret(now_unix + 20 * 86_400));
         }
         if i % 100 == 0 {
             status.token.consecutive_failures = 3;

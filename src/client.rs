@@ -1,4 +1,17 @@
-//! The one HTTP call: POST the client-credentials form to a token endpoint.
+//! The daemon's HTTP client: one connection pool for every outbound call, and the protocols
+//! spoken over it, each a method taking what it sends already read:
+//!
+//! * token requests: Entra's token endpoint (v1 or v2) with a client secret or an assertion
+//!   ([`TokenClient::entra_token`]), a generic OAuth 2.0 server ([`TokenClient::oauth2_token`]),
+//!   Azure's managed identity endpoints, IMDS and App Service
+//!   ([`TokenClient::managed_identity_token`]); each answer becomes a token or a classified
+//!   [`RefreshError`];
+//! * bearer calls: the Power BI REST API ([`TokenClient::api_get`],
+//!   [`TokenClient::api_post_json`]) and Azure Key Vault ([`TokenClient::key_vault_get`]), whose
+//!   answers the caller reads.
+//!
+//! Where the secret, the assertion or the Key Vault value comes from is [`crate::credential`]'s
+//! business, which builds on this module and never the other way round.
 //!
 //! Hygiene that a token fetcher needs and HTTP clients do not do by default:
 //! * connect and total timeouts, so a black-holed endpoint cannot stall a tenant forever;
@@ -6,23 +19,24 @@
 //! * no redirects: following a redirect with a client secret in the body is how secrets leak;
 //! * plain HTTP is refused by config validation except for loopback (the simulator, tests);
 //! * `HTTPS_PROXY`/`NO_PROXY` are honoured (reqwest reads them); extra CAs come from `ca_file`;
+//! * every request carries a fresh request id (`client-request-id`, Key Vault's
+//!   `x-ms-client-request-id`), and every failure names it;
 //! * every failure message quoting the server or the transport is sanitised with the secrets of
 //!   that very request ([`crate::error::sanitise`]), because a server can reflect what it was sent.
 
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{
-    ApiVersion, ClientAuth, DaemonConfig, ManagedIdentityConfig, ManagedIdentityId,
-    ManagedIdentitySource, OAuth2Config, SecretSource, TenantConfig,
+    ApiVersion, ClientAuth, DaemonConfig, ManagedIdentityId, OAuth2Config, TenantConfig,
 };
-use crate::credential::key_vault::KeyVault;
-use crate::credential::{Credential, CredentialError, read_secret};
 use crate::error::{self, ErrorClass, Reason, RefreshError};
 use crate::schedule::parse_retry_after;
 use crate::token::{AccessToken, RetryAfter, parse_token_response};
+
+/// `client_assertion_type` for JWT assertions (RFC 7523).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Largest response body we read from a token endpoint. Real ones are a few KiB.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -57,7 +71,7 @@ pub enum ClientError {
     Build(#[from] reqwest::Error),
 }
 
-/// Sends token requests; cheap to clone (the connection pool is shared).
+/// Sends token requests and API calls; cheap to clone (the connection pool is shared).
 #[derive(Clone, Debug)]
 pub struct TokenClient {
     /// Shared connection pool, with the timeouts and TLS settings applied.
@@ -66,8 +80,29 @@ pub struct TokenClient {
     max_response_bytes: usize,
     /// The instance metadata service's token URL (overridable for tests).
     imds_endpoint: String,
-    /// Reads secrets kept in Azure Key Vault (`[key_vault]`), shared by every tenant.
-    key_vault: Option<Arc<KeyVault>>,
+}
+
+/// How an app proves itself in a client-credentials request to Entra.
+pub enum AppProof {
+    /// `client_secret`.
+    Secret(SecretString),
+    /// `client_assertion`, a signed JWT (a certificate's, or a federated token), sent with
+    /// `client_assertion_type` [`JWT_BEARER`].
+    Assertion(SecretString),
+}
+
+/// Which managed identity endpoint a request goes to, with what it needs to send.
+pub enum ManagedIdentityEndpoint<'a> {
+    /// The instance metadata service (VMs, AKS, Container Instances…): the client's IMDS URL.
+    Imds,
+    /// App Service, Functions, Container Apps, Automation: their `IDENTITY_ENDPOINT` and the
+    /// value of `IDENTITY_HEADER`, a secret.
+    AppService {
+        /// `IDENTITY_ENDPOINT`.
+        endpoint: &'a str,
+        /// The value of `IDENTITY_HEADER`.
+        header: &'a SecretString,
+    },
 }
 
 impl TokenClient {
@@ -104,76 +139,7 @@ impl TokenClient {
             http: builder.build()?,
             max_response_bytes: MAX_RESPONSE_BYTES,
             imds_endpoint: daemon.imds_endpoint.clone(),
-            key_vault: None,
         })
-    }
-
-    /// Reads secrets in Azure Key Vault with `key_vault`.
-    pub fn with_key_vault(mut self, key_vault: Option<Arc<KeyVault>>) -> Self {
-        self.key_vault = key_vault;
-        self
-    }
-
-    /// A client secret from where it lives: Key Vault (cached, shared) or a local source.
-    /// A Key Vault secret's expiry is remembered in `credential`.
-    async fn client_secret(
-        &self,
-        credential: &mut Credential,
-    ) -> Result<SecretString, CredentialError> {
-        let Credential::Secret {
-            source,
-            vault_expires_on,
-            ..
-        } = credential
-        else {
-            return Err(CredentialError::NotForm);
-        };
-        match (&*source, &self.key_vault) {
-            (SecretSource::KeyVault(url), Some(key_vault)) => {
-                let secret = key_vault.secret(self, url).await?;
-                *vault_expires_on = secret.expires_on;
-                Ok(secret.value)
-            }
-            (source, _) => read_secret(source).await,
-        }
-    }
-
-    /// A client assertion signed with the certificate and key kept in Key Vault at `url`.
-    async fn vault_assertion(
-        &self,
-        certificate: &mut crate::credential::certificate::CertificateCredential,
-        url: &str,
-        client_id: &str,
-        token_url: &str,
-    ) -> Result<SecretString, CredentialError> {
-        let Some(key_vault) = &self.key_vault else {
-            return Err(CredentialError::KeyVaultUnavailable(url.to_owned()));
-        };
-        let secret = key_vault.secret(self, url).await?;
-        secret.require_pem(url)?;
-        certificate.assertion_from_pem(&secret.value, client_id, token_url)
-    }
-
-    /// After Entra rejected a secret read from Key Vault, reads it again at the next attempt
-    /// (a rotation) and makes the failure transient, so that attempt comes after the backoff,
-    /// not after the permanent retry interval.
-    fn after_rejection(&self, credential: &Credential, err: &mut RefreshError) {
-        let url = match credential {
-            Credential::Secret {
-                source: SecretSource::KeyVault(url),
-                ..
-            } => Some(url.as_str()),
-            Credential::Certificate(certificate) => certificate.key_vault(),
-            _ => None,
-        };
-        if let (Some(key_vault), Some(url)) = (&self.key_vault, url)
-            && crate::credential::key_vault::rejects_credential(&err.aadsts)
-            && key_vault.reject(url)
-        {
-            err.class = ErrorClass::Transient;
-            err.message
-                .push_str(" (reading the secret from Key Vault again: it may have been rotated)");
-        }
     }
 
     /// Changes the body cap (tests).
@@ -182,102 +148,56 @@ impl TokenClient {
         self
     }
 
-    /// Requests a token for one tenant.
+    /// Asks Entra's token endpoint (v1 or v2) for an app-only token for `tenant`, the app
+    /// proving itself with `proof`.
     ///
     /// # Errors
-    /// A classified [`RefreshError`]; never one that contains the secret.
-    pub async fn fetch(
+    /// A classified [`RefreshError`]; never one that contains the secret or the assertion.
+    pub async fn entra_token(
         &self,
         tenant: &TenantConfig,
-        credential: &mut Credential,
+        proof: &AppProof,
     ) -> Result<AccessToken, RefreshError> {
-        let result = if let Credential::ManagedIdentity(managed) = credential {
-            let managed = managed.clone();
-            self.managed_identity(tenant, &managed).await
-        } else if let Some(oauth2) = &tenant.oauth2 {
-            self.oauth2(tenant, oauth2, credential).await
-        } else {
-            self.entra(tenant, credential).await
-        };
-        let mut result = result;
-        if let Err(err) = &mut result {
-            credential.after_failure(err);
-            self.after_rejection(credential, err);
-        }
-        result
-    }
-
-    /// Entra's token endpoint (v1 or v2) with a secret or an assertion.
-    async fn entra(
-        &self,
-        tenant: &TenantConfig,
-        credential: &mut Credential,
-    ) -> Result<AccessToken, RefreshError> {
-        let token_url = tenant.token_url();
-        let fields = if matches!(credential, Credential::Secret { .. }) {
-            vec![(
-                "client_secret",
-                self.client_secret(credential)
-                    .await
-                    .map_err(credential_error)?,
-            )]
-        } else if let Credential::Certificate(certificate) = credential
-            && let Some(url) = certificate.key_vault().map(str::to_owned)
-        {
-            vec![
-                (
-                    "client_assertion_type",
-                    SecretString::from(crate::credential::JWT_BEARER),
-                ),
-                (
-                    "client_assertion",
-                    self.vault_assertion(certificate, &url, &tenant.client_id, &token_url)
-                        .await
-                        .map_err(credential_error)?,
-                ),
-            ]
-        } else {
-            credential
-                .form(&tenant.client_id, &token_url)
-                .await
-                .map_err(credential_error)?
-        };
+        let (token_url, client_id) = app_identity(tenant)?;
         let target = match tenant.api {
             ApiVersion::V2 => ("scope", tenant.scope()),
             ApiVersion::V1 => ("resource", tenant.resource.to_string()),
         };
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "client_credentials"),
-            ("client_id", &tenant.client_id),
+            ("client_id", client_id),
             (target.0, &target.1),
         ];
-        form.extend(
-            fields
-                .iter()
-                .map(|(key, value)| (*key, value.expose_secret())),
-        );
         // `client_assertion_type` is a public constant: redacting it would only hide a useful
         // word from a message.
-        let secrets: Vec<&str> = fields
-            .iter()
-            .filter(|(key, _)| matches!(*key, "client_secret" | "client_assertion"))
-            .map(|(_, value)| value.expose_secret())
-            .collect();
+        let secret = match proof {
+            AppProof::Secret(secret) => {
+                form.push(("client_secret", secret.expose_secret()));
+                secret
+            }
+            AppProof::Assertion(assertion) => {
+                form.push(("client_assertion_type", JWT_BEARER));
+                form.push(("client_assertion", assertion.expose_secret()));
+                assertion
+            }
+        };
         let request = self.http.post(token_url).form(&form);
-        self.send(request, Endpoint::Entra, &secrets).await
+        self.send(request, Endpoint::Entra, &[secret.expose_secret()])
+            .await
     }
 
-    /// A generic OAuth 2.0 server (RFC 6749 §4.4), secret in the body or in HTTP Basic.
-    async fn oauth2(
+    /// Asks a generic OAuth 2.0 server (RFC 6749 §4.4) for a token for `tenant`, with the
+    /// client `secret` in the body or in HTTP Basic as `oauth2` says.
+    ///
+    /// # Errors
+    /// A classified [`RefreshError`]; never one that contains the secret.
+    pub async fn oauth2_token(
         &self,
         tenant: &TenantConfig,
         oauth2: &OAuth2Config,
-        credential: &mut Credential,
+        secret: &SecretString,
     ) -> Result<AccessToken, RefreshError> {
-        let secret = self
-            .client_secret(credential)
-            .await
-            .map_err(credential_error)?;
+        let (_, client_id) = app_identity(tenant)?;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if let Some(scope) = &oauth2.scope {
             form.push(("scope", scope));
@@ -293,15 +213,14 @@ impl TokenClient {
         let mut basic = None;
         match oauth2.auth {
             ClientAuth::ClientSecretPost => {
-                form.push(("client_id", &tenant.client_id));
+                form.push(("client_id", client_id));
                 form.push(("client_secret", secret.expose_secret()));
             }
             ClientAuth::ClientSecretBasic => {
                 // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
                 let credentials = format!(
                     "{}:{}",
-                    form_urlencoded::byte_serialize(tenant.client_id.as_bytes())
-                        .collect::<String>(),
+                    form_urlencoded::byte_serialize(client_id.as_bytes()).collect::<String>(),
                     form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
                         .collect::<String>()
                 );
@@ -325,54 +244,59 @@ impl TokenClient {
             .await
     }
 
-    /// Azure managed identity: IMDS or App Service, with IMDS' retry rule for 410 (the
-    /// metadata service is being updated and answers again within 70 seconds).
-    async fn managed_identity(
+    /// Asks Azure's managed identity `endpoint` for a token for `tenant.resource`, as
+    /// `identity`; with IMDS' retry rule for 410 (the metadata service is being updated and
+    /// answers again within 70 seconds).
+    ///
+    /// # Errors
+    /// A classified [`RefreshError`]; never one that contains App Service's header.
+    pub async fn managed_identity_token(
         &self,
         tenant: &TenantConfig,
-        managed: &ManagedIdentityConfig,
+        endpoint: ManagedIdentityEndpoint<'_>,
+        identity: &ManagedIdentityId,
     ) -> Result<AccessToken, RefreshError> {
+        // App Service's identity header is a secret a reflecting server could quote.
+        let (url, header, secrets, api_version) = match endpoint {
+            ManagedIdentityEndpoint::Imds => {
+                (self.imds_endpoint.as_str(), None, Vec::new(), "2018-02-01")
+            }
+            ManagedIdentityEndpoint::AppService { endpoint, header } => {
+                let mut value = reqwest::header::HeaderValue::try_from(header.expose_secret())
+                    .map_err(|_| {
+                        RefreshError::local(
+                            ErrorClass::Permanent,
+                            Reason::Credential,
+                            "IDENTITY_HEADER cannot be sent in an HTTP header",
+                        )
+                    })?;
+                value.set_sensitive(true);
+                (
+                    endpoint,
+                    Some(value),
+                    vec![header.expose_secret()],
+                    "2019-08-01",
+                )
+            }
+        };
         let started = std::time::Instant::now();
         let mut delay = Duration::from_secs(1);
         loop {
             let mut query: Vec<(&str, &str)> = vec![("resource", &tenant.resource)];
-            query.extend(identity_selector(managed));
-            // App Service's identity header is a secret a reflecting server could quote.
-            let mut header_secret = None;
-            let request = match &managed.source {
-                ManagedIdentitySource::Imds => {
-                    query.push(("api-version", "2018-02-01"));
-                    self.http
-                        .get(&self.imds_endpoint)
-                        .header("Metadata", "true")
-                }
-                ManagedIdentitySource::AppService { endpoint, header } => {
-                    query.push(("api-version", "2019-08-01"));
-                    let secret = read_secret(header).await.map_err(credential_error)?;
-                    let mut value = reqwest::header::HeaderValue::try_from(secret.expose_secret())
-                        .map_err(|_| {
-                            RefreshError::local(
-                                ErrorClass::Permanent,
-                                Reason::Credential,
-                                "IDENTITY_HEADER cannot be sent in an HTTP header",
-                            )
-                        })?;
-                    value.set_sensitive(true);
-                    header_secret = Some(secret);
-                    // Azure Automation serves this protocol too and refuses a request without
-                    // `Metadata: true`; azure-identity and MSAL send it everywhere for that.
-                    self.http
-                        .get(endpoint)
-                        .header("X-IDENTITY-HEADER", value)
-                        .header("Metadata", "true")
-                }
-            };
-            let secrets: Vec<&str> = header_secret.iter().map(|s| s.expose_secret()).collect();
+            query.extend(identity_selector(identity, header.is_some()));
+            query.push(("api-version", api_version));
+            let mut request = self.http.get(url);
+            if let Some(value) = &header {
+                request = request.header("X-IDENTITY-HEADER", value.clone());
+            }
+            // Azure Automation serves App Service's protocol too and refuses a request without
+            // `Metadata: true`; azure-identity and MSAL send it everywhere for that.
+            let request = request.header("Metadata", "true");
             let (request, request_id) = tag(request.query(&query), Endpoint::ManagedIdentity);
             let (status, body, retry_after) = self.exchange(request, &request_id, &secrets).await?;
             if status == 200 {
                 return parse_token_response(&body, SystemTime::now())
-                    .map_err(|err| with_request_id(err, &request_id));
+                    .map_err(|err| with_request_id(err.into(), &request_id));
             }
             if status == 410 && started.elapsed() + delay <= IMDS_GONE_WINDOW {
                 tokio::time::sleep(delay).await;
@@ -403,7 +327,7 @@ impl TokenClient {
         let (request, request_id) = tag(request, endpoint);
         let (status, body, retry_after) = self.exchange(request, &request_id, secrets).await?;
         let result = if status == 200 {
-            parse_token_response(&body, SystemTime::now())
+            parse_token_response(&body, SystemTime::now()).map_err(RefreshError::from)
         } else {
             Err(error::classify(status, &body, retry_after, secrets))
         };
@@ -517,8 +441,8 @@ impl TokenClient {
 
     /// `GET url` from Azure Key Vault: as [`Self::api_get`], with `request_id` as
     /// `x-ms-client-request-id`, the header the Azure SDKs (azure-keyvault-secrets) send with
-    /// every call and Microsoft support traces a call by. The caller makes it with
-    /// [`new_request_id`] before the call, so a failure without an answer can name it too.
+    /// every call and Microsoft support traces a call by. The caller makes it (`new_request_id`)
+    /// before the call, so a failure without an answer can name it too.
     ///
     /// # Errors
     /// A transport failure, sanitised.
@@ -591,9 +515,11 @@ impl TokenClient {
 /// The query parameter that picks a user-assigned identity, named as each endpoint names it
 /// (azure-identity sends the same): IMDS calls a resource ID `msi_res_id`, App Service
 /// (api-version 2019-08-01) `mi_res_id`. The system-assigned identity is chosen by sending none.
-fn identity_selector(managed: &ManagedIdentityConfig) -> Option<(&'static str, &str)> {
-    let app_service = matches!(managed.source, ManagedIdentitySource::AppService { .. });
-    match &managed.identity {
+fn identity_selector(
+    identity: &ManagedIdentityId,
+    app_service: bool,
+) -> Option<(&'static str, &str)> {
+    match identity {
         ManagedIdentityId::System => None,
         ManagedIdentityId::ClientId(id) => Some(("client_id", id)),
         ManagedIdentityId::ObjectId(id) => Some(("object_id", id)),
@@ -637,45 +563,33 @@ fn tag(request: reqwest::RequestBuilder, endpoint: Endpoint) -> (reqwest::Reques
     (request, request_id)
 }
 
-/// A random (version 4) UUID in its usual lower-case form.
+/// A random (version 4) UUID in its usual lower-case form, as MSAL and the Azure SDKs send.
 pub(crate) fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = fastrand::u128(..);
-    // Version 4 in the high nibble of the seventh byte, variant 10 in the ninth.
-    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let mut id = String::with_capacity(36);
-    for nibble in 0..32 {
-        if matches!(nibble, 8 | 12 | 16 | 20) {
-            id.push('-');
-        }
-        let value = (bits >> (124 - 4 * nibble)) & 0xf;
-        id.push(char::from(HEX[value as usize]));
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The token URL and client ID of a tenant that signs in as an app (a secret or an assertion):
+/// where its token requests go, and the `aud` and `iss` of its assertions. Validation gives
+/// every such tenant both; one built in code without them fails for good, as the token endpoint
+/// would refuse the request.
+///
+/// # Errors
+/// The tenant lacks one of the two; permanent.
+pub fn app_identity(tenant: &TenantConfig) -> Result<(String, &str), RefreshError> {
+    match (tenant.token_url(), tenant.client_id.as_deref()) {
+        (Some(token_url), Some(client_id)) => Ok((token_url, client_id)),
+        _ => Err(RefreshError::local(
+            ErrorClass::Permanent,
+            Reason::InvalidRequest,
+            "the tenant has no tenant_id or client_id to ask its token endpoint with",
+        )),
     }
-    id
 }
 
 /// A failure with the id of the request it belongs to.
 fn with_request_id(mut err: RefreshError, request_id: &str) -> RefreshError {
     err.client_request_id = Some(request_id.to_owned());
     err
-}
-
-/// A credential that cannot be read locally: permanent until someone fixes the file or variable.
-fn credential_error(err: CredentialError) -> RefreshError {
-    let (class, retry_after) = match &err {
-        CredentialError::KeyVault {
-            transient: true,
-            retry_after,
-            ..
-        } => (
-            ErrorClass::Transient,
-            retry_after.map(crate::token::RetryAfter::capped),
-        ),
-        _ => (ErrorClass::Permanent, None),
-    };
-    let mut refresh = RefreshError::local(class, Reason::Credential, err.to_string());
-    refresh.retry_after = retry_after;
-    refresh
 }
 
 /// A reqwest failure as a refresh error, with the cause chain. The chain never holds the form

@@ -18,7 +18,7 @@
 
 use std::fmt;
 
-use crate::token::RetryAfter;
+use crate::token::{BadTokenResponse, RetryAfter};
 
 /// What the daemon does next, decided by the kind of failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -775,6 +775,14 @@ fn aadsts_from_description(description: &str) -> Option<u32> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
+}
+
+/// A 200 answer without a usable token (a proxy's page, a truncated body, an absurd expiry):
+/// transient, because the next answer may well be a token.
+impl From<BadTokenResponse> for RefreshError {
+    fn from(err: BadTokenResponse) -> Self {
+        RefreshError::local(ErrorClass::Transient, Reason::BadResponse, err.message)
+    }
 }
 
 #[cfg(test)]

@@ -385,7 +385,7 @@ pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView 
         consecutive_failures: token.consecutive_failures,
         credential_expires_at: status
             .credential_expiry
-            .and_then(|(expires_on, _)| clock::rfc3339_unix(expires_on)),
+            .and_then(|expiry| clock::rfc3339_unix(expiry.expires_on)),
         last_error: token.last_error.as_deref().map(ErrorView::of),
         task_panics: status.task_panics,
         refreshed_by: status.refreshed_by.as_deref().map(str::to_owned),
@@ -447,7 +447,7 @@ mod tests {
                 last_success: Some(far),
                 ..Default::default()
             },
-            credential_expiry: Some((i64::MIN, "certificate")),
+            credential_expiry: Some(crate::credential::CredentialExpiry::certificate(i64::MIN)),
             first_attempt_done: true,
             ..TenantStatus::default()
         };

@@ -11,13 +11,17 @@
 //!   loader that keeps going after a mistake. It reads the config file and nothing else.
 //! * [`cloud`]: which authority host and Power BI resource belong to each sovereign cloud.
 //! * [`credential`]: how a tenant proves itself, one file per kind (secret, certificate,
-//!   federated token, Azure Key Vault; a managed identity is a GET that [`client`] sends), plus
-//!   [`credential::verify`], which `check` uses to read every file and variable a config names.
-//! * [`client`]: the HTTP call to the token endpoint: timeouts, a body cap, no redirects, a fresh
-//!   `client-request-id` per request.
+//!   federated token, managed identity, the Azure Key Vault reader) and the credential's expiry;
+//!   a tenant's [`credential::Credential`] fetches its token: it reads the secret, signs the
+//!   assertion or reads Key Vault, and sends the request through [`client`].
+//!   [`credential::verify`] is what `check` uses to read every file and variable a config names.
+//! * [`client`]: the daemon's HTTP client, one pool for every outbound call: the token protocols
+//!   (Entra v1/v2, generic OAuth2, managed identity) and bearer calls to Power BI and Key Vault,
+//!   with timeouts, a body cap, no redirects and a fresh request id per request.
 //! * [`token`]: the success body (v1 strings or v2 numbers), expiry math, and the bounded types
 //!   (token lifetime, `Retry-After`) every number from the network becomes before arithmetic.
-//! * [`error`]: failures classified as transient, throttled, permanent or sink.
+//! * [`error`]: failures classified as transient, throttled, permanent or sink, built on
+//!   [`token`]'s bounded types.
 //! * [`schedule`]: pure functions deciding the next wake-up (refresh point, jitter, backoff,
 //!   `Retry-After`, cron, the minimum interval between attempts).
 //! * [`tenant`]: one tenant's refresher, step by step; [`supervisor`] keeps the sleeping tenants
@@ -38,8 +42,11 @@
 //!   helpers).
 //! * [`demo`]: the self-contained demonstration.
 //!
-//! `config`, `credential` and `client` depend one way: `config` needs only `cloud`;
-//! `credential` needs `config`, `error` and `clock`; `client` needs both, and neither needs it.
+//! Dependencies run one way, down this list's token path and never back: `config` needs only
+//! `cloud` (and `safe_read` to read the file); `token` needs only `clock`; `error` needs `token`;
+//! `client` needs `config`, `error`, `token` and `schedule` and knows no credential;
+//! `credential` builds on `client` (Key Vault reading too goes through it), and the tenant
+//! builds on `credential`.
 //!
 //! The binary (`main.rs`) only parses the command line, sets up logging and signals, and calls
 //! [`run`], [`once`] or [`check`].
@@ -81,6 +88,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, TokenClient};
 use crate::config::Config;
+use crate::credential::CredentialExpiry;
 use crate::fleet::Fleet;
 use crate::http::AdminState;
 use crate::metrics::Metrics;
@@ -124,12 +132,11 @@ fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Sh
         .as_ref()
         .map(|redis| Arc::new(Store::new(redis.clone(), config.daemon.ca_file.clone())));
     Ok(Shared {
-        client: TokenClient::new(&config.daemon)?.with_key_vault(
-            config
-                .key_vault
-                .as_ref()
-                .map(|key_vault| Arc::new(credential::key_vault::KeyVault::new(key_vault))),
-        ),
+        client: TokenClient::new(&config.daemon)?,
+        key_vault: config
+            .key_vault
+            .as_ref()
+            .map(|key_vault| Arc::new(credential::key_vault::KeyVault::new(key_vault))),
         limiter: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_lane: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_after: Arc::new(refresh::lanes::SlowAfter::new(
@@ -587,13 +594,12 @@ pub const CREDENTIAL_WARNING_DAYS: i64 = 30;
 
 /// The warning for a credential of `tenant` that expires within [`CREDENTIAL_WARNING_DAYS`] of
 /// `now`, if it does.
-pub fn expiry_warning(tenant: &str, expiry: (i64, &str), now: i64) -> Option<String> {
-    let (expires_on, kind) = expiry;
+pub fn expiry_warning(tenant: &str, expiry: CredentialExpiry, now: i64) -> Option<String> {
+    let CredentialExpiry { expires_on, kind } = expiry;
     let days = expires_on.saturating_sub(now) / 86_400;
     (expires_on > now && days < CREDENTIAL_WARNING_DAYS).then(|| {
         format!(
-            "tenant {tenant:?}: the {} expires on {} (in {days} day(s)); rotate it before then",
-            kind.replace('_', " "),
+            "tenant {tenant:?}: the {kind} expires on {} (in {days} day(s)); rotate it before then",
             clock::format_date(expires_on)
         )
     })
@@ -647,7 +653,7 @@ async fn check_key_vault(
                 continue;
             }
         };
-        let mut expiry = secret.expires_on.map(|exp| (exp, "client_secret"));
+        let mut expiry = secret.expires_on.map(CredentialExpiry::client_secret);
         if let Some(certificate) = certificate {
             use secrecy::ExposeSecret;
             if let Err(err) = secret.require_pem(url) {
@@ -659,7 +665,7 @@ async fn check_key_vault(
                 secret.value.expose_secret().as_bytes(),
                 None,
             ) {
-                Ok(loaded) => expiry = Some((loaded.not_after(), "certificate")),
+                Ok(loaded) => expiry = Some(CredentialExpiry::certificate(loaded.not_after())),
                 Err(err) => {
                     problems.push(problem(format!(
                         "{url} is not a PEM certificate with its key (content type {}): {err}",
@@ -670,11 +676,12 @@ async fn check_key_vault(
             }
         }
         match expiry {
-            Some((expires_on, kind)) if expires_on <= now => problems.push(problem(format!(
-                "the {} in {url} expired on {}",
-                kind.replace('_', " "),
-                clock::format_date(expires_on)
-            ))),
+            Some(CredentialExpiry { expires_on, kind }) if expires_on <= now => {
+                problems.push(problem(format!(
+                    "the {kind} in {url} expired on {}",
+                    clock::format_date(expires_on)
+                )));
+            }
             Some(expiry) => warnings.extend(expiry_warning(&tenant.name, expiry, now)),
             None => {}
         }

@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::config::PerTenantMetrics;
+use crate::credential::{CredentialExpiry, CredentialKind};
 use crate::error::Reason;
 use crate::refresh::Observer;
 use crate::schedule::system_to_unix_f64;
@@ -140,10 +141,6 @@ pub const CREDENTIAL_BUCKETS: [(f64, &str); 9] = [
     (15_552_000.0, "1.5552e+07"),
     (31_536_000.0, "3.1536e+07"),
 ];
-
-/// Credential kinds the credential histogram always shows (at zero when unused), so its series
-/// do not come and go; a kind outside this list still gets series while a tenant has it.
-const CREDENTIAL_KINDS: [&str; 2] = ["certificate", "client_secret"];
 
 /// How far ahead a credential's expiry makes its tenant need attention: the warning threshold of
 /// `PowerBITokendCredentialExpiring`.
@@ -410,8 +407,8 @@ pub fn needs_attention(status: &TenantStatus, state: TenantState, now_unix: f64)
             .token
             .expires_on
             .is_none_or(|expires_on| expires_on as f64 <= now_unix)
-        || status.credential_expiry.is_some_and(|(expires_on, _)| {
-            (expires_on as f64) - now_unix < CREDENTIAL_ATTENTION.as_secs_f64()
+        || status.credential_expiry.is_some_and(|expiry| {
+            (expiry.expires_on as f64) - now_unix < CREDENTIAL_ATTENTION.as_secs_f64()
         })
 }
 
@@ -478,9 +475,9 @@ struct Aggregates {
     /// Time to expiry of the tenants holding a token, per state (indexed like
     /// [`TenantState::ALL`]).
     token_expiry: [Distribution<{ TOKEN_BUCKETS.len() }>; TenantState::ALL.len()],
-    /// Time to expiry of the credentials with a known expiry, per kind: [`CREDENTIAL_KINDS`]
-    /// first, then any other kind in the order first seen.
-    credential_expiry: Vec<(&'static str, Distribution<{ CREDENTIAL_BUCKETS.len() }>)>,
+    /// Time to expiry of the credentials with a known expiry, per kind (indexed like
+    /// [`CredentialKind::ALL`]).
+    credential_expiry: [Distribution<{ CREDENTIAL_BUCKETS.len() }>; CredentialKind::ALL.len()],
 }
 
 impl Aggregates {
@@ -493,24 +490,9 @@ impl Aggregates {
         if let Some(expires_on) = status.token.expires_on {
             self.token_expiry[index].observe(&TOKEN_BUCKETS, expires_on as f64 - now_unix);
         }
-        if let Some((expires_on, kind)) = status.credential_expiry {
-            if self.credential_expiry.is_empty() {
-                self.credential_expiry = CREDENTIAL_KINDS
-                    .iter()
-                    .map(|kind| (*kind, Distribution::default()))
-                    .collect();
-            }
-            let position = self.credential_expiry.iter().position(|(k, _)| *k == kind);
-            let slot = match position {
-                Some(position) => position,
-                None => {
-                    self.credential_expiry.push((kind, Distribution::default()));
-                    self.credential_expiry.len() - 1
-                }
-            };
-            self.credential_expiry[slot]
-                .1
-                .observe(&CREDENTIAL_BUCKETS, expires_on as f64 - now_unix);
+        if let Some(expiry) = status.credential_expiry {
+            self.credential_expiry[expiry.kind.index()]
+                .observe(&CREDENTIAL_BUCKETS, expiry.expires_on as f64 - now_unix);
         }
     }
 
@@ -532,14 +514,14 @@ impl Aggregates {
             "# HELP {CREDENTIAL} Seconds until the tenants' credentials expire (certificate notAfter, client_secret_expires), at scrape time; credentials without a known expiry are not counted."
         );
         let _ = writeln!(out, "# TYPE {CREDENTIAL} histogram");
-        let unused = Distribution::default();
-        for kind in CREDENTIAL_KINDS {
-            if !self.credential_expiry.iter().any(|(k, _)| *k == kind) {
-                unused.write(out, CREDENTIAL, ("kind", kind), &CREDENTIAL_BUCKETS);
-            }
-        }
-        for (kind, distribution) in &self.credential_expiry {
-            distribution.write(out, CREDENTIAL, ("kind", kind), &CREDENTIAL_BUCKETS);
+        // Every kind, at zero when unused, so the series do not come and go.
+        for (kind, distribution) in CredentialKind::ALL.iter().zip(&self.credential_expiry) {
+            distribution.write(
+                out,
+                CREDENTIAL,
+                ("kind", kind.as_str()),
+                &CREDENTIAL_BUCKETS,
+            );
         }
     }
 }
@@ -561,7 +543,7 @@ struct Row {
     /// Failures since the last success.
     consecutive_failures: u32,
     /// When the credential expires, and its kind.
-    credential_expiry: Option<(i64, &'static str)>,
+    credential_expiry: Option<CredentialExpiry>,
     /// Successful attempts.
     successes: u64,
     /// Failed attempts.
@@ -812,7 +794,8 @@ const FAMILIES: [Family; 12] = [
         kind: "gauge",
         help: "Unix time the tenant's credential expires: certificate notAfter or client_secret_expires.",
         samples: |out, name, tenant, row, _| {
-            if let Some((expires_on, kind)) = row.credential_expiry {
+            if let Some(CredentialExpiry { expires_on, kind }) = row.credential_expiry {
+                let kind = kind.as_str();
                 sample(out, name, &[("kind", kind), ("tenant", tenant)], expires_on);
             }
         },
@@ -955,7 +938,7 @@ mod tests {
             status.token.successes = 3;
             status.token.failures = 2;
             status.token.failures_by_reason[Reason::Throttled.index()] = 2;
-            status.credential_expiry = Some((1_803_859_200, "certificate"));
+            status.credential_expiry = Some(CredentialExpiry::certificate(1_803_859_200));
         }
         registry.insert("gone");
         let text = metrics.render(&registry);
@@ -1031,7 +1014,7 @@ mod tests {
     fn fleet(now: SystemTime) -> status::Registry {
         let now = system_to_unix_f64(now) as i64;
         let registry = status::Registry::new();
-        let healthy = |name: &str, expires_on: i64, credential: Option<(i64, &'static str)>| {
+        let healthy = |name: &str, expires_on: i64, credential: Option<CredentialExpiry>| {
             let handle = registry.insert(name);
             let mut status = status::lock(&handle);
             status.first_attempt_done = true;
@@ -1042,12 +1025,12 @@ mod tests {
         healthy(
             "contoso",
             now + 3000,
-            Some((now + 365 * 86_400, "certificate")),
+            Some(CredentialExpiry::certificate(now + 365 * 86_400)),
         );
         healthy(
             "fabrikam",
             now + 3000,
-            Some((now + 10 * 86_400, "certificate")),
+            Some(CredentialExpiry::certificate(now + 10 * 86_400)),
         );
         healthy("tailspin", now - 30, None);
         {
@@ -1226,9 +1209,13 @@ mod tests {
         assert!(attention(&late));
         // A credential within CredentialExpiring's 30 days, not one beyond them.
         let mut rotating = fresh.clone();
-        rotating.credential_expiry = Some((now_unix as i64 + 29 * 86_400, "client_secret"));
+        rotating.credential_expiry = Some(CredentialExpiry::client_secret(
+            now_unix as i64 + 29 * 86_400,
+        ));
         assert!(attention(&rotating));
-        rotating.credential_expiry = Some((now_unix as i64 + 31 * 86_400, "client_secret"));
+        rotating.credential_expiry = Some(CredentialExpiry::client_secret(
+            now_unix as i64 + 31 * 86_400,
+        ));
         assert!(!attention(&rotating));
     }
 
@@ -1271,7 +1258,7 @@ mod tests {
             let mut status = status::lock(&handle);
             status.first_attempt_done = true;
             status.token.expires_on = Some(expires_on);
-            status.credential_expiry = Some((expires_on, "certificate"));
+            status.credential_expiry = Some(CredentialExpiry::certificate(expires_on));
         }
         let text = Metrics::new().unwrap().render(&registry);
         assert!(text.contains(

@@ -107,7 +107,7 @@ pub struct TenantStatus {
     pub task_panics: u64,
     /// When the credential itself expires (certificate notAfter, `client_secret_expires`), and
     /// the credential kind.
-    pub credential_expiry: Option<(i64, &'static str)>,
+    pub credential_expiry: Option<crate::credential::CredentialExpiry>,
     /// Fleet mode: the replica that fetched the current token (this one or another).
     pub refreshed_by: Option<Arc<str>>,
     /// The Power BI access probe, for tenants that run one and have probed at least once.

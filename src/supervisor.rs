@@ -975,6 +975,7 @@ mod tests {
         let daemon = crate::config::DaemonConfig::default();
         let shared = Shared {
             client: crate::client::TokenClient::new(&daemon).unwrap(),
+            key_vault: None,
             limiter: Arc::new(tokio::sync::Semaphore::new(1)),
             slow_lane: Arc::new(tokio::sync::Semaphore::new(1)),
             slow_after: Arc::new(crate::refresh::lanes::SlowAfter::new(

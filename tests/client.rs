@@ -48,8 +48,8 @@ async fn https_simulator_is_trusted_through_ca_file() {
     };
 
     let untrusting = TokenClient::new(&daemon).unwrap();
-    let error = untrusting
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let error = Credential::new(&tenant.credential)
+        .fetch(&untrusting, None, &tenant)
         .await
         .unwrap_err();
     assert_eq!(error.reason, Reason::Network, "{error:?}");
@@ -76,8 +76,8 @@ async fn https_simulator_is_trusted_through_ca_file() {
         ..daemon
     })
     .unwrap();
-    let token = trusting
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let token = Credential::new(&tenant.credential)
+        .fetch(&trusting, None, &tenant)
         .await
         .unwrap();
     assert_eq!(token.lifetime().get(), Duration::from_secs(3599));
@@ -91,8 +91,8 @@ fn form_value(form: &[(String, String)], key: &str) -> Option<String> {
 #[tokio::test]
 async fn v2_request_shape_and_numeric_response() {
     let (sim, tenant, client) = setup().await;
-    let token = client
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let token = Credential::new(&tenant.credential)
+        .fetch(&client, None, &tenant)
         .await
         .unwrap();
     assert_eq!(token.lifetime().get(), Duration::from_secs(3599));
@@ -125,8 +125,8 @@ async fn v1_request_shape_and_string_response() {
     let (sim, mut tenant, client) = setup().await;
     tenant.api = ApiVersion::V1;
     let before = powerbi_tokend::clock::unix_now();
-    let token = client
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let token = Credential::new(&tenant.credential)
+        .fetch(&client, None, &tenant)
         .await
         .unwrap();
     let request = sim.last_request("contoso.onmicrosoft.com").unwrap();
@@ -147,8 +147,8 @@ async fn v1_request_shape_and_string_response() {
 async fn failure(behavior: Behavior) -> RefreshError {
     let (sim, tenant, client) = setup().await;
     sim.set_behavior("contoso.onmicrosoft.com", behavior);
-    client
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    Credential::new(&tenant.credential)
+        .fetch(&client, None, &tenant)
         .await
         .unwrap_err()
 }
@@ -190,8 +190,8 @@ async fn real_validation_errors_from_the_simulator() {
             secret_expired: false,
         },
     );
-    let err = client
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let err = Credential::new(&tenant.credential)
+        .fetch(&client, None, &tenant)
         .await
         .unwrap_err();
     assert_eq!(
@@ -201,9 +201,9 @@ async fn real_validation_errors_from_the_simulator() {
     assert!(!err.message.contains(SECRET));
     // Unknown tenant.
     let mut unknown = tenant.clone();
-    unknown.tenant_id = "nobody.example.com".to_owned();
-    let err = client
-        .fetch(&unknown, &mut Credential::new(&unknown.credential))
+    unknown.tenant_id = Some("nobody.example.com".to_owned());
+    let err = Credential::new(&unknown.credential)
+        .fetch(&client, None, &unknown)
         .await
         .unwrap_err();
     assert_eq!(
@@ -307,8 +307,8 @@ async fn every_entra_request_carries_a_fresh_client_request_id() {
     let mut seen = Vec::new();
     for api in [ApiVersion::V2, ApiVersion::V1] {
         tenant.api = api;
-        client
-            .fetch(&tenant, &mut Credential::new(&tenant.credential))
+        Credential::new(&tenant.credential)
+            .fetch(&client, None, &tenant)
             .await
             .unwrap();
         let id = header(&sim, "contoso.onmicrosoft.com", "client-request-id").unwrap();
@@ -328,8 +328,8 @@ async fn every_entra_request_carries_a_fresh_client_request_id() {
     // A rejected request: the error names the id that was sent, and Entra echoes it as the
     // correlation id.
     sim.set_behavior("contoso.onmicrosoft.com", Behavior::Aadsts(7000215));
-    let err = client
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let err = Credential::new(&tenant.credential)
+        .fetch(&client, None, &tenant)
         .await
         .unwrap_err();
     let sent = header(&sim, "contoso.onmicrosoft.com", "client-request-id");
@@ -341,8 +341,8 @@ async fn every_entra_request_carries_a_fresh_client_request_id() {
 async fn timeouts_and_refused_connections() {
     let (sim, tenant, client) = setup().await;
     sim.set_behavior("contoso.onmicrosoft.com", Behavior::Hang);
-    let err = client
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let err = Credential::new(&tenant.credential)
+        .fetch(&client, None, &tenant)
         .await
         .unwrap_err();
     assert_eq!(
@@ -364,8 +364,8 @@ async fn timeouts_and_refused_connections() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     tenant.authority_host = format!("http://127.0.0.1:{port}").into();
-    let err = client
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let err = Credential::new(&tenant.credential)
+        .fetch(&client, None, &tenant)
         .await
         .unwrap_err();
     assert_eq!(
@@ -380,7 +380,7 @@ async fn timeouts_and_refused_connections() {
 async fn redirects_are_not_followed() {
     let (sim, mut tenant, client) = setup().await;
     // A server that redirects every request to the simulator's token endpoint.
-    let target = tenant.token_url();
+    let target = tenant.token_url().unwrap();
     let app = axum::Router::new().fallback(move || {
         let target = target.clone();
         async move {
@@ -394,8 +394,8 @@ async fn redirects_are_not_followed() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     tenant.authority_host = format!("http://{addr}").into();
-    let err = client
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let err = Credential::new(&tenant.credential)
+        .fetch(&client, None, &tenant)
         .await
         .unwrap_err();
     assert_eq!(err.status, Some(307));
@@ -410,9 +410,8 @@ async fn redirects_are_not_followed() {
 async fn body_cap_is_configurable() {
     let (_sim, tenant, client) = setup().await;
     // A real token response is about 1-2 KiB: a 100-byte cap rejects it.
-    let err = client
-        .with_max_response_bytes(100)
-        .fetch(&tenant, &mut Credential::new(&tenant.credential))
+    let err = Credential::new(&tenant.credential)
+        .fetch(&client.with_max_response_bytes(100), None, &tenant)
         .await
         .unwrap_err();
     assert_eq!(err.reason, Reason::BadResponse);

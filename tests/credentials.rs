@@ -276,7 +276,7 @@ async fn certificate_credential_against_the_simulator() {
     let mut credential = Credential::new(&tenant.credential);
 
     // Not registered in Entra yet: AADSTS700027, a configuration problem.
-    let err = client.fetch(&tenant, &mut credential).await.unwrap_err();
+    let err = credential.fetch(&client, None, &tenant).await.unwrap_err();
     assert_eq!(
         (err.class, err.reason),
         (ErrorClass::Permanent, Reason::InvalidClient)
@@ -284,7 +284,7 @@ async fn certificate_credential_against_the_simulator() {
     assert_eq!(err.aadsts_code().as_deref(), Some("AADSTS700027"));
 
     sim.add_certificate(TENANT, CLIENT_ID, der_of(&cert.cert));
-    client.fetch(&tenant, &mut credential).await.unwrap();
+    credential.fetch(&client, None, &tenant).await.unwrap();
     let request = sim.last_request(TENANT).unwrap();
     let form = |key: &str| {
         request
@@ -295,23 +295,20 @@ async fn certificate_credential_against_the_simulator() {
     };
     assert_eq!(
         form("client_assertion_type").as_deref(),
-        Some(powerbi_tokend::credential::JWT_BEARER)
+        Some(powerbi_tokend::client::JWT_BEARER)
     );
     assert_eq!(form("client_secret"), None);
     let seen = sim.last_assertion(TENANT).unwrap();
     assert_eq!(seen.header["alg"], "PS256");
-    assert_eq!(seen.claims["aud"], tenant.token_url());
+    assert_eq!(seen.claims["aud"], tenant.token_url().unwrap());
 
     // RS256 with a SHA-1 x5t is accepted too (legacy registrations).
     let mut legacy = cert.clone();
     legacy.algorithm = AssertionAlgorithm::Rs256;
     let mut legacy_tenant = tenant.clone();
     legacy_tenant.credential = CredentialConfig::Certificate(legacy);
-    client
-        .fetch(
-            &legacy_tenant,
-            &mut Credential::new(&legacy_tenant.credential),
-        )
+    Credential::new(&legacy_tenant.credential)
+        .fetch(&client, None, &legacy_tenant)
         .await
         .unwrap();
     assert_eq!(sim.last_assertion(TENANT).unwrap().header["alg"], "RS256");
@@ -324,8 +321,8 @@ async fn certificate_credential_against_the_simulator() {
         ..cert
     });
     let before = sim.request_count(TENANT);
-    let err = client
-        .fetch(&broken, &mut Credential::new(&broken.credential))
+    let err = Credential::new(&broken.credential)
+        .fetch(&client, None, &broken)
         .await
         .unwrap_err();
     assert_eq!(
@@ -460,14 +457,14 @@ async fn workload_identity() {
         federated_token(issuer, subject, audience, now - 3600),
     )
     .unwrap();
-    let err = client.fetch(&tenant, &mut credential).await.unwrap_err();
+    let err = credential.fetch(&client, None, &tenant).await.unwrap_err();
     assert_eq!(err.aadsts_code().as_deref(), Some("AADSTS700024"));
     std::fs::write(
         &token_file,
         federated_token(issuer, subject, audience, now + 3600),
     )
     .unwrap();
-    client.fetch(&tenant, &mut credential).await.unwrap();
+    credential.fetch(&client, None, &tenant).await.unwrap();
     assert_eq!(sim.last_assertion(TENANT).unwrap().claims["sub"], subject);
     // Assertion requests carry the same diagnostics headers as secret ones.
     let headers = sim.last_request(TENANT).unwrap().headers;
@@ -483,7 +480,7 @@ async fn workload_identity() {
 
     // Within five minutes the file is not read again: a broken file does not matter yet.
     std::fs::write(&token_file, "").unwrap();
-    client.fetch(&tenant, &mut credential).await.unwrap();
+    credential.fetch(&client, None, &tenant).await.unwrap();
 
     // No federated credential matches this subject: AADSTS70021, permanent.
     let mut other = tenant.clone();
@@ -496,8 +493,8 @@ async fn workload_identity() {
     other.credential = CredentialConfig::WorkloadIdentity {
         token_file: other_file,
     };
-    let err = client
-        .fetch(&other, &mut Credential::new(&other.credential))
+    let err = Credential::new(&other.credential)
+        .fetch(&client, None, &other)
         .await
         .unwrap_err();
     assert_eq!(err.aadsts_code().as_deref(), Some("AADSTS70021"));
@@ -525,10 +522,9 @@ fn managed_tenant_with(
     identity: ManagedIdentityId,
 ) -> TenantConfig {
     let mut tenant = tenant(sim, "vm", "", dir);
-    tenant.client_id = match &identity {
-        ManagedIdentityId::ClientId(id) => id.as_str().into(),
-        _ => "".into(),
-    };
+    // As validation makes it: no tenant, and the identity's own client ID if it is chosen by one.
+    tenant.tenant_id = None;
+    tenant.client_id = identity.client_id().map(Into::into);
     tenant.credential =
         CredentialConfig::ManagedIdentity(ManagedIdentityConfig { source, identity });
     tenant
@@ -597,8 +593,8 @@ async fn user_assigned_identities_by_client_object_and_resource_id() {
             ),
         ] {
             let tenant = managed_tenant_with(&sim, dir.path(), source.clone(), identity);
-            let token = client
-                .fetch(&tenant, &mut Credential::new(&tenant.credential))
+            let token = Credential::new(&tenant.credential)
+                .fetch(&client, None, &tenant)
                 .await
                 .unwrap_or_else(|err| panic!("{parameter} on {source:?}: {err:?}"));
             assert_eq!(appid_of(&token), second, "{parameter} on {source:?}");
@@ -629,8 +625,8 @@ async fn system_assigned_identity_ignores_the_app_client_id_in_defaults() {
     std::fs::write(&path, text).unwrap();
     let config = powerbi_tokend::config::load(&path).await.unwrap();
     let tenant = &config.tenants[0];
-    let token = client(&config.daemon)
-        .fetch(tenant, &mut Credential::new(&tenant.credential))
+    let token = Credential::new(&tenant.credential)
+        .fetch(&client(&config.daemon), None, tenant)
         .await
         .unwrap();
     assert_eq!(appid_of(&token), SIM_SYSTEM_ASSIGNED_CLIENT_ID);
@@ -657,8 +653,8 @@ async fn managed_identity_imds() {
     };
     let client = client(&daemon);
     let system = managed_tenant(&sim, dir.path(), ManagedIdentitySource::Imds, "");
-    let token = client
-        .fetch(&system, &mut Credential::new(&system.credential))
+    let token = Credential::new(&system.credential)
+        .fetch(&client, None, &system)
         .await
         .unwrap();
     assert!(
@@ -667,8 +663,8 @@ async fn managed_identity_imds() {
         token.lifetime().get()
     );
     let user = managed_tenant(&sim, dir.path(), ManagedIdentitySource::Imds, user_assigned);
-    client
-        .fetch(&user, &mut Credential::new(&user.credential))
+    Credential::new(&user.credential)
+        .fetch(&client, None, &user)
         .await
         .unwrap();
     let request = sim.last_managed_identity_request().unwrap();
@@ -693,8 +689,8 @@ async fn managed_identity_imds() {
         ManagedIdentitySource::Imds,
         "44444444-4444-4444-4444-444444444444",
     );
-    let err = client
-        .fetch(&unknown, &mut Credential::new(&unknown.credential))
+    let err = Credential::new(&unknown.credential)
+        .fetch(&client, None, &unknown)
         .await
         .unwrap_err();
     assert_eq!(err.class, ErrorClass::Permanent, "{err:?}");
@@ -702,15 +698,15 @@ async fn managed_identity_imds() {
     // 410 (IMDS being updated) is retried within the same attempt; 404, 429 and 5xx are transient.
     let before = sim.managed_identity_request_count();
     sim.push_managed_identity_script([410]);
-    client
-        .fetch(&system, &mut Credential::new(&system.credential))
+    Credential::new(&system.credential)
+        .fetch(&client, None, &system)
         .await
         .unwrap();
     assert_eq!(sim.managed_identity_request_count(), before + 2);
     for status in [404, 429, 500, 503] {
         sim.push_managed_identity_script([status]);
-        let err = client
-            .fetch(&system, &mut Credential::new(&system.credential))
+        let err = Credential::new(&system.credential)
+            .fetch(&client, None, &system)
             .await
             .unwrap_err();
         assert_ne!(err.class, ErrorClass::Permanent, "{status}: {err:?}");
@@ -732,8 +728,8 @@ async fn managed_identity_app_service() {
         header: SecretSource::Inline(SecretString::from(header.to_owned())),
     };
     let good = managed_tenant(&sim, dir.path(), source("the-identity-header"), "");
-    client
-        .fetch(&good, &mut Credential::new(&good.credential))
+    Credential::new(&good.credential)
+        .fetch(&client, None, &good)
         .await
         .unwrap();
     let request = sim.last_managed_identity_request().unwrap();
@@ -754,8 +750,8 @@ async fn managed_identity_app_service() {
     );
     let bad = managed_tenant(&sim, dir.path(), source("wrong"), "");
     assert!(
-        client
-            .fetch(&bad, &mut Credential::new(&bad.credential))
+        Credential::new(&bad.credential)
+            .fetch(&client, None, &bad)
             .await
             .is_err()
     );

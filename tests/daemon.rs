@@ -129,11 +129,11 @@ async fn warm_start_reuses_a_fresh_token_and_not_a_foreign_one() {
 
     // A different client ID (another app's token in the file) is not reused.
     let mut other_app = contoso.clone();
-    other_app.client_id = "11111111-2222-3333-4444-555555555555".into();
+    other_app.client_id = Some("11111111-2222-3333-4444-555555555555".into());
     sim.set_app(
         "contoso.onmicrosoft.com",
         SimApp {
-            client_id: other_app.client_id.to_string(),
+            client_id: other_app.client_id.as_deref().unwrap().to_owned(),
             secret: SECRET.to_owned(),
             secret_expired: false,
         },

@@ -1204,7 +1204,9 @@ fn quoted_run(message: &str, token: &[u8]) -> Option<String> {
 /// `parse_token_response`: on success the expiry is within the documented bounds; on failure
 /// the message quotes nothing of the token and holds no control character.
 fn check_token(body: &[u8], arrival: &Arrival) -> Result<String, Violation> {
-    let result = parse_token_response(body, arrival.received_at);
+    // As the refresh sees it: a classified error.
+    let result = parse_token_response(body, arrival.received_at)
+        .map_err(powerbi_tokend::error::RefreshError::from);
     match result {
         Ok(token) => {
             if arrival.extreme {

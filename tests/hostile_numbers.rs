@@ -133,7 +133,7 @@ async fn hardening_2_far_future_expiry_keeps_status_valid_and_is_not_trusted() {
         "issued_on": now,
         "tenant": "stale",
         "tenant_id": stale.tenant_id,
-        "client_id": &*stale.client_id,
+        "client_id": stale.client_id.as_deref(),
         "resource": &*stale.resource,
         "scope": stale.requested_scope(),
         "audience": null,

@@ -88,8 +88,8 @@ async fn fetch(tenant: &TenantConfig) -> RefreshError {
         ..DaemonConfig::default()
     })
     .unwrap();
-    client
-        .fetch(tenant, &mut Credential::new(&tenant.credential))
+    Credential::new(&tenant.credential)
+        .fetch(&client, None, tenant)
         .await
         .unwrap_err()
 }

@@ -35,7 +35,8 @@ fn with_managed_identity(sim: &SimEntra) {
 /// `[key_vault]` with the system-assigned managed identity.
 fn managed_identity_reader(sim: &SimEntra, refresh_interval: Duration) -> KeyVaultConfig {
     let mut identity = tenant(sim, "key_vault", "", Path::new("/nonexistent"));
-    identity.client_id = "".into();
+    identity.tenant_id = None;
+    identity.client_id = None;
     identity.sinks.clear();
     identity.resource = "https://vault.azure.net".into();
     identity.credential = CredentialConfig::ManagedIdentity(ManagedIdentityConfig {

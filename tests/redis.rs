@@ -692,7 +692,7 @@ async fn warm_start_from_redis_checks_the_identity_like_a_json_file() {
         tenant
             .sinks
             .retain(|sink| matches!(sink, SinkConfig::Redis(_)));
-        tenant.client_id = client_id.into();
+        tenant.client_id = Some(client_id.into());
         config.tenants = vec![std::sync::Arc::new(tenant)];
         config
     };

@@ -7,9 +7,8 @@
 use toml::Spanned;
 
 use super::credential::credential_level;
-use super::loader::Loader;
+use super::loader::{Loader, TenantInput, inherited};
 use super::raw::RawTenant;
-use super::tenant::{TenantInput, inherited};
 use super::types::Provider;
 
 /// The offset of a key the tenant sets, if it does.

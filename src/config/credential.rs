@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use toml::Spanned;
 
-use super::loader::Loader;
+use super::loader::{Loader, TenantInput, inherited};
 use super::raw::{RawSecret, RawTenant};
-use super::tenant::{TenantInput, inherited};
 use super::types::{CertificateConfig, CredentialConfig, SecretSource};
-use super::values::parse_expiry;
+use super::values::{check_key_vault_url, parse_expiry};
 
 /// Whether a table sets any credential key.
 fn has_credential(table: &RawTenant) -> bool {
@@ -119,7 +118,7 @@ impl Loader<'_> {
                     SecretSource::File(path) => SecretSource::File(self.resolve_path(path.clone())),
                     SecretSource::KeyVault(url) => {
                         let at = Some(secret.span().start);
-                        match super::key_vault::check_key_vault_url(url) {
+                        match check_key_vault_url(url) {
                             Ok(url) if self.key_vault_section => SecretSource::KeyVault(url),
                             Ok(_) => {
                                 self.problem(
@@ -167,7 +166,7 @@ impl Loader<'_> {
                 );
                 return None;
             }
-            let url = match super::key_vault::check_key_vault_url(url) {
+            let url = match check_key_vault_url(url) {
                 Ok(url) => url,
                 Err(message) => {
                     self.problem(at, input.key("client_certificate.key_vault"), message);

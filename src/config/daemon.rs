@@ -4,7 +4,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::DEFAULT_IMDS_ENDPOINT;
-use super::loader::Loader;
+use super::loader::{Loader, Reported};
 use super::raw::RawDaemon;
 use super::types::DaemonConfig;
 
@@ -54,7 +54,7 @@ impl Loader<'_> {
         let ca_file = raw.ca_file.map(|ca| self.ca_file(ca));
         Some(DaemonConfig {
             max_concurrent_requests: max_concurrent_requests?,
-            max_requests_per_second: max_requests_per_second?,
+            max_requests_per_second: max_requests_per_second.ok()?,
             connect_timeout: connect_timeout?,
             request_timeout: request_timeout?,
             backoff_min: backoff_min?,
@@ -92,12 +92,15 @@ impl Loader<'_> {
     }
 
     /// 1 to 100,000 requests a second, or absent (no cap).
-    fn max_requests_per_second(&mut self, raw: Option<Spanned<i64>>) -> Option<Option<u32>> {
+    fn max_requests_per_second(
+        &mut self,
+        raw: Option<Spanned<i64>>,
+    ) -> Result<Option<u32>, Reported> {
         let Some(value) = raw else {
-            return Some(None);
+            return Ok(None);
         };
         match u32::try_from(*value.get_ref()) {
-            Ok(n) if (1..=100_000).contains(&n) => Some(Some(n)),
+            Ok(n) if (1..=100_000).contains(&n) => Ok(Some(n)),
             _ => {
                 self.problem(
                     Some(value.span().start),
@@ -107,7 +110,7 @@ impl Loader<'_> {
                         value.get_ref()
                     ),
                 );
-                None
+                Err(Reported)
             }
         }
     }

@@ -1,15 +1,13 @@
 //! `[key_vault]`: the identity that reads secrets from Azure Key Vault (a managed identity or a
-//! workload identity, chosen with the same keys as a tenant's), and `client_secret = { key_vault
-//! = "…" }` URLs.
+//! workload identity, chosen with the same keys as a tenant's). The secret URLs tenants name are
+//! checked with the other values (`values.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::loader::Loader;
+use super::loader::{Loader, Reported, TenantInput};
 use super::raw::{RawKeyVault, RawTenant};
-use super::tenant::TenantInput;
 use super::types::{ApiVersion, CredentialConfig, KeyVaultConfig, Provider, TenantConfig};
-use super::values::check_url;
 use crate::cloud::Cloud;
 
 /// The shortest `refresh_interval`: Key Vault's limits are per vault, shared with every other
@@ -83,17 +81,16 @@ impl Loader<'_> {
         }
         let (tenant_id, client_id) = if kind.managed {
             let client_id = match &credential {
-                Some(CredentialConfig::ManagedIdentity(managed)) => match &managed.identity {
-                    super::types::ManagedIdentityId::ClientId(id) => id.clone(),
-                    _ => String::new(),
-                },
-                _ => String::new(),
+                Some(CredentialConfig::ManagedIdentity(managed)) => {
+                    managed.identity.client_id().map(str::to_owned)
+                }
+                _ => None,
             };
-            (Some(String::new()), Some(client_id))
+            (Ok(None), Ok(client_id))
         } else {
             (
                 self.tenant_id(&input, Provider::Entra, kind),
-                self.client_id(&input, kind),
+                self.client_id(&input, kind).map(Some).ok_or(Reported),
             )
         };
         let authority_host = self.authority_host(&input, cloud, kind);
@@ -102,8 +99,8 @@ impl Loader<'_> {
         }
         let identity = TenantConfig {
             name: "key_vault".to_owned(),
-            tenant_id: tenant_id?,
-            client_id: self.shared(client_id?),
+            tenant_id: tenant_id.ok()?,
+            client_id: client_id.ok()?.map(|id| self.shared(id)),
             credential: credential?,
             oauth2: None,
             authority_host: self.shared(authority_host?),
@@ -120,67 +117,5 @@ impl Loader<'_> {
             identity: Arc::new(identity),
             refresh_interval: refresh_interval?,
         })
-    }
-}
-
-/// A Key Vault secret URL: `https://<vault host>/secrets/<name>` or `…/<name>/<version>` (http
-/// for loopback only, as for `authority_host`), without a query. Any host: private endpoints and
-/// sovereign clouds have their own.
-pub(super) fn check_key_vault_url(raw: &str) -> Result<String, String> {
-    let expected =
-        "expected https://<vault>.vault.azure.net/secrets/<name> (or …/<name>/<version>)";
-    let url = check_url(raw, true).map_err(|message| format!("{message}; {expected}"))?;
-    let Some((_, rest)) = url.split_once("://") else {
-        return Err(format!("{expected}, got {raw:?}"));
-    };
-    let path = rest.find('/').map_or("", |at| &rest[at..]);
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let (name, version) = match segments.as_slice() {
-        ["secrets", name] => (*name, None),
-        ["secrets", name, version] => (*name, Some(*version)),
-        _ => return Err(format!("{expected}, got {raw:?}")),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 127
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    let version_ok = version.is_none_or(|version| {
-        !version.is_empty()
-            && version.len() <= 64
-            && version.bytes().all(|b| b.is_ascii_alphanumeric())
-    });
-    if !name_ok || !version_ok || path.contains(['?', '#']) {
-        return Err(format!(
-            "{expected}: a secret name of 1 to 127 letters, digits and '-', and a version of letters and digits; got {raw:?}"
-        ));
-    }
-    Ok(url)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_urls() {
-        assert_eq!(
-            check_key_vault_url("https://kv1.vault.azure.net/secrets/app-secret/").unwrap(),
-            "https://kv1.vault.azure.net/secrets/app-secret"
-        );
-        assert!(
-            check_key_vault_url("https://kv1.privatelink.vaultcore.azure.net/secrets/s/0123abcd")
-                .is_ok()
-        );
-        assert!(check_key_vault_url("http://127.0.0.1:8200/secrets/s").is_ok());
-        for bad in [
-            "http://kv1.vault.azure.net/secrets/s",
-            "https://kv1.vault.azure.net/keys/s",
-            "https://kv1.vault.azure.net/secrets/",
-            "https://kv1.vault.azure.net/secrets/a_b",
-            "https://kv1.vault.azure.net/secrets/s/v/x",
-            "https://kv1.vault.azure.net/secrets/s?api-version=7.5",
-            "kv1.vault.azure.net/secrets/s",
-        ] {
-            assert!(check_key_vault_url(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -8,9 +8,8 @@ use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
 use super::raw::{RawDaemon, RawFleet, RawRedis, RawServer, RawTenant};
-use super::tenant::TenantInput;
 use super::types::Destination;
-use super::types::{Config, TenantConfig, TenantCredential};
+use super::types::{Config, Provider, TenantConfig, TenantCredential};
 use super::{ConfigError, Problem};
 
 /// Parses and validates with `env` as the environment (workload identity and App Service
@@ -91,6 +90,55 @@ fn parse_inner(
     };
     (result, loader.credentials)
 }
+
+/// One `[[tenant]]` being validated: its own table, `[defaults]`, and how messages name it.
+pub(super) struct TenantInput<'r> {
+    /// The tenant's own table.
+    pub(super) raw: &'r RawTenant,
+    /// `[defaults]`, for every key the tenant leaves out.
+    pub(super) defaults: &'r RawTenant,
+    /// Byte offset of the `[[tenant]]` table, for problems about missing keys.
+    pub(super) offset: usize,
+    /// The tenant's name, or `tenant[i]` when it has none.
+    pub(super) label: String,
+    /// Keys of the tenant's table removed as unreadable (already reported).
+    pub(super) broken: &'r [String],
+    /// Set for a section that borrows the tenant rules (`[key_vault]`): problems are named
+    /// `key_vault.<key>`.
+    pub(super) section: Option<&'static str>,
+}
+
+impl TenantInput<'_> {
+    /// The tenant's provider, else `[defaults]`', else Entra.
+    pub(super) fn provider(&self) -> Provider {
+        inherited!(self, provider).map_or_else(Provider::default, |p| *p.get_ref())
+    }
+
+    /// The key path of a problem: `tenant "contoso": client_id`.
+    pub(super) fn key(&self, key: &str) -> String {
+        match self.section {
+            Some(section) => format!("{section}.{key}"),
+            None => format!("tenant {:?}: {key}", self.label),
+        }
+    }
+}
+
+/// Picks the tenant's value of a key, else `[defaults]`'.
+macro_rules! inherited {
+    ($input:expr, $key:ident) => {
+        $input.raw.$key.as_ref().or($input.defaults.$key.as_ref())
+    };
+}
+pub(super) use inherited;
+
+/// A rule found a problem and recorded it in [`Loader::problems`]: what it was reading has no
+/// value to give, and the configuration will not be built.
+///
+/// Rules whose value may rightly be absent (a section left out, a setting switched off, an id
+/// that does not apply) return `Result<Option<T>, Reported>`, so that "absent" and "wrong" are
+/// two different words; the other rules return `Option<T>`, where `None` means `Reported`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Reported;
 
 /// The state of one parse: the text, where lines start, and every problem found so far.
 pub(super) struct Loader<'a> {
@@ -242,7 +290,7 @@ impl<'a> Loader<'a> {
     /// what it says is the same.
     pub(super) fn load(&mut self, path: &Path) -> Option<Config> {
         if let Some(split) = split_tenants(self.text) {
-            if let Some(config) = self.load_from(path, Some(&split)) {
+            if let Ok(config) = self.load_from(path, Some(&split)) {
                 return config;
             }
             self.problems.clear();
@@ -253,20 +301,25 @@ impl<'a> Loader<'a> {
             self.credentials.clear();
             self.base = 0;
         }
-        self.load_from(path, None).flatten()
+        // The whole text is never in doubt.
+        self.load_from(path, None).unwrap_or(None)
     }
 
-    /// [`Loader::load`] from the whole text, or from `split`; `None` when the split is in
-    /// doubt (never for the whole text).
-    fn load_from(&mut self, path: &Path, split: Option<&Split>) -> Option<Option<Config>> {
+    /// [`Loader::load`] from the whole text, or from `split`: the configuration, `None` if it
+    /// has problems (recorded).
+    fn load_from(
+        &mut self,
+        path: &Path,
+        split: Option<&Split>,
+    ) -> Result<Option<Config>, SplitInDoubt> {
         let text = split.map_or(self.text, |split| split.rest.as_str());
         let root = match toml::de::DeTable::parse(text) {
             Ok(root) => root.into_inner(),
-            Err(_) if split.is_some() => return None,
+            Err(_) if split.is_some() => return Err(SplitInDoubt),
             Err(err) => {
                 let offset = err.span().map(|s| s.start);
                 self.problem(offset, None, format!("not valid TOML: {}", err.message()));
-                return Some(None);
+                return Ok(None);
             }
         };
         let mut sections = Sections::default();
@@ -275,17 +328,21 @@ impl<'a> Loader<'a> {
             match key.get_ref().as_ref() {
                 "server" => sections.server = self.section(value, "server").map(|(s, _)| s),
                 "daemon" => sections.daemon = self.section(value, "daemon").map(|(d, _)| d),
-                "redis" => sections.redis = Some(self.section(value, "redis").map(|(r, _)| r)),
+                "redis" => {
+                    let read = self.section(value, "redis").map(|(r, _)| r);
+                    sections.redis = Some(read.ok_or(Reported));
+                }
                 "fleet" => sections.fleet = self.section(value, "fleet").map(|(f, _)| f),
                 "key_vault" => {
                     let offset = value.span().start;
                     sections.key_vault = Some(
                         self.section::<super::raw::RawKeyVault>(value, "key_vault")
-                            .map(|(raw, _)| (raw, offset)),
+                            .map(|(raw, _)| (raw, offset))
+                            .ok_or(Reported),
                     );
                 }
                 "defaults" => sections.defaults = self.defaults(value),
-                "tenant" if split.is_some() => return None,
+                "tenant" if split.is_some() => return Err(SplitInDoubt),
                 "tenant" => {
                     let (tenants, all_read) = self.tenant_tables(key_offset, &value);
                     sections.tenants = tenants;
@@ -301,10 +358,9 @@ impl<'a> Loader<'a> {
         }
         let server = sections.server.map(|raw| self.server(raw));
         let daemon = sections.daemon.map(|raw| self.daemon(raw));
-        // `Some(None)`: the section is there but could not be read (already reported).
         let redis = sections
             .redis
-            .map(|raw| raw.and_then(|raw| self.redis(raw)));
+            .map(|raw| raw.and_then(|raw| self.redis(raw).ok_or(Reported)));
         let fleet = sections.fleet.map(|raw| {
             self.fleet(
                 raw,
@@ -314,7 +370,7 @@ impl<'a> Loader<'a> {
         });
         let key_vault = sections
             .key_vault
-            .map(|raw| raw.and_then(|(raw, offset)| self.key_vault(raw, offset)));
+            .map(|raw| raw.and_then(|(raw, offset)| self.key_vault(raw, offset).ok_or(Reported)));
         self.key_vault_section = key_vault.is_some();
         let defaults = sections.defaults.unwrap_or_default();
         for (index, (offset, raw, broken)) in sections.tenants.into_iter().enumerate() {
@@ -324,7 +380,7 @@ impl<'a> Loader<'a> {
             self.resolved.reserve_exact(split.tenants.len());
             for (index, range) in split.tenants.iter().enumerate() {
                 self.base = range.start;
-                let item = tenant_item(&self.text[range.clone()])?;
+                let item = tenant_item(&self.text[range.clone()]).ok_or(SplitInDoubt)?;
                 let offset = item.span().start;
                 // Read straight from the parsed table: no copy to fall back on, since nearly every
                 // tenant reads cleanly. One that does not is parsed again (the same bytes give the
@@ -332,7 +388,7 @@ impl<'a> Loader<'a> {
                 match RawTenant::deserialize(ValueDeserializer::from(item)) {
                     Ok(raw) => self.resolve(index, offset, raw, &[], &defaults),
                     Err(_) => {
-                        let item = tenant_item(&self.text[range.clone()])?;
+                        let item = tenant_item(&self.text[range.clone()]).ok_or(SplitInDoubt)?;
                         let label = tenant_label(&item, index);
                         match self.section::<RawTenant>(item, &label) {
                             Some((raw, broken)) => {
@@ -347,23 +403,22 @@ impl<'a> Loader<'a> {
         }
         self.cross_tenant_rules(redis.is_some());
         if !sections.tenants_complete {
-            return Some(None);
+            return Ok(None);
         }
-        Some(Some(Config {
-            path: path.to_owned(),
-            server: server??,
-            daemon: daemon??,
-            redis: match redis {
-                None => None,
-                Some(redis) => Some(redis?),
-            },
-            fleet: fleet??,
-            key_vault: match key_vault {
-                None => None,
-                Some(key_vault) => Some(key_vault?),
-            },
-            tenants: std::mem::take(&mut self.resolved),
-        }))
+        let tenants = std::mem::take(&mut self.resolved);
+        // `None` at the first section that could not be read or has a problem (recorded).
+        let config = || {
+            Some(Config {
+                path: path.to_owned(),
+                server: server??,
+                daemon: daemon??,
+                redis: redis.transpose().ok()?,
+                fleet: fleet?.ok()?,
+                key_vault: key_vault.transpose().ok()?,
+                tenants,
+            })
+        };
+        Ok(config())
     }
 
     /// Resolves one tenant table against `[defaults]`; a valid tenant joins `resolved`.
@@ -566,6 +621,10 @@ fn tenant_item(text: &str) -> Option<Spanned<DeValue<'_>>> {
     }
 }
 
+/// Read table by table, the file might not say what it says read whole (see [`split_tenants`]):
+/// it is read whole instead.
+struct SplitInDoubt;
+
 /// A file split into its `[[tenant]]` tables and the rest.
 #[derive(Debug, PartialEq)]
 pub(super) struct Split {
@@ -656,10 +715,10 @@ struct Sections {
     server: Option<RawServer>,
     /// `[daemon]`.
     daemon: Option<RawDaemon>,
-    /// `[redis]`: `None` when absent, `Some(None)` when present but unreadable.
-    redis: Option<Option<RawRedis>>,
-    /// `[key_vault]` and its offset: `None` when absent, `Some(None)` when unreadable.
-    key_vault: Option<Option<(super::raw::RawKeyVault, usize)>>,
+    /// `[redis]`, when the file has one: an `Err` when it could not be read.
+    redis: Option<Result<RawRedis, Reported>>,
+    /// `[key_vault]` and its offset, when the file has one: an `Err` when it could not be read.
+    key_vault: Option<Result<(super::raw::RawKeyVault, usize), Reported>>,
     /// `[fleet]`.
     fleet: Option<RawFleet>,
     /// `[defaults]`.

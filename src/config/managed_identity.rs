@@ -5,8 +5,7 @@
 
 use toml::Spanned;
 
-use super::loader::Loader;
-use super::tenant::{TenantInput, inherited};
+use super::loader::{Loader, TenantInput, inherited};
 use super::types::{
     CredentialConfig, ManagedIdentityConfig, ManagedIdentityId, ManagedIdentitySource, Provider,
     SecretSource,

@@ -18,17 +18,22 @@
 //! * `types.rs`: the validated, public configuration ([`Config`], [`TenantConfig`], …).
 //! * `raw.rs`: the schema serde reads, every key optional so defaults can be merged.
 //! * `loader.rs`: line tracking, per-section deserialization that keeps going after an error,
-//!   and the order in which sections are read.
+//!   the order in which sections are read, and what every rule is handed: the `Loader` that
+//!   records problems, one tenant's table with `[defaults]` (`TenantInput`, `inherited!`), and
+//!   `Reported`, which tells "has a problem" from "left out". Every rule file builds on it; none
+//!   of them is imported back.
 //! * `server.rs`, `daemon.rs`, `redis.rs`: the `[server]`, `[daemon]`, `[redis]` and `[fleet]`
 //!   rules.
 //! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`,
 //!   `managed_identity.rs`, `oauth2.rs` and `sink.rs` hold the rules of its credential, managed
 //!   identity, generic OAuth2 provider and sinks.
-//! * `key_vault.rs`: `[key_vault]` (the identity that reads Azure Key Vault) and secret URLs.
+//! * `key_vault.rs`: `[key_vault]` (the identity that reads Azure Key Vault), with the tenant
+//!   rules for its ids.
 //! * `powerbi.rs`: the tenant's use of the Power BI API (`powerbi_api`, `probe`).
 //! * `applicable.rs`: keys a tenant sets that its provider or credential never uses.
 //! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file or key).
-//! * `values.rs`: value syntax shared by several sections (URLs, GUIDs, dates, cron).
+//! * `values.rs`: value syntax shared by several sections (URLs, Key Vault secret URLs, GUIDs,
+//!   dates, cron).
 
 mod applicable;
 mod credential;

@@ -2,9 +2,8 @@
 
 use toml::Spanned;
 
-use super::loader::Loader;
+use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::RawResource;
-use super::tenant::{TenantInput, inherited};
 use super::types::{CredentialConfig, OAuth2Config};
 use super::values::check_url;
 
@@ -55,26 +54,26 @@ impl Loader<'_> {
             token_url: token_url?,
             scope: text(raw.scope.as_ref().or(defaults.scope.as_ref())),
             audience: text(raw.audience.as_ref().or(defaults.audience.as_ref())),
-            resource: resource?,
+            resource: resource.ok()?,
             auth: inherited!(input, auth).map_or_else(Default::default, |a| *a.get_ref()),
         })
     }
 
     /// `resource`: one RFC 8707 resource indicator, an absolute URI without a fragment (§2), or
-    /// none (`Some(None)`). Only the tenant's own: in `[defaults]`, `resource` is the Entra
+    /// none (`Ok(None)`). Only the tenant's own: in `[defaults]`, `resource` is the Entra
     /// tenants' App ID URI, which a third-party server must not be sent.
     ///
     /// One only: RFC 8707 lets a server refuse several, and conforming servers do for client
     /// credentials (oidc-provider: `invalid_target`, "only a single resource indicator value is
     /// supported for this grant type"), so a list could only ever fail at the server, attempt
     /// after attempt. It is refused here, where the line is known.
-    fn resource_indicator(&mut self, input: &TenantInput<'_>) -> Option<Option<String>> {
+    fn resource_indicator(&mut self, input: &TenantInput<'_>) -> Result<Option<String>, Reported> {
         let Some(resource) = input.raw.resource.as_ref() else {
-            return Some(None);
+            return Ok(None);
         };
         let message = match resource.get_ref() {
             RawResource::One(one) if is_resource_indicator(one.trim()) => {
-                return Some(Some(one.trim().to_owned()));
+                return Ok(Some(one.trim().to_owned()));
             }
             RawResource::One(one) => format!(
                 "expected one absolute URI without a fragment (RFC 8707) such as \"https://api.partner.example\"; got {one:?}"
@@ -85,7 +84,7 @@ impl Loader<'_> {
             ),
         };
         self.problem(Some(resource.span().start), input.key("resource"), message);
-        None
+        Err(Reported)
     }
 }
 

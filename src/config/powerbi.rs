@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use super::loader::Loader;
+use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::RawEmbed;
-use super::tenant::{TenantInput, inherited};
 use super::types::{AccessLevel, EmbedConfig, PowerBiConfig, ProbeConfig};
 use super::values::{check_authority_host, is_guid};
 use crate::cloud::Cloud;
@@ -30,22 +29,23 @@ const EMBED_LIFETIME_MAX: Duration = Duration::from_secs(60 * 60);
 const PROBE_PATH_MAX: usize = 512;
 
 impl Loader<'_> {
-    /// The tenant's Power BI settings: `Some(None)` when it uses none, `None` after a problem.
+    /// The tenant's Power BI settings: `Ok(None)` when it uses none.
     pub(super) fn powerbi(
         &mut self,
         input: &TenantInput<'_>,
         name: Option<&str>,
         cloud: Cloud,
         resource: Option<&str>,
-    ) -> Option<Option<PowerBiConfig>> {
+    ) -> Result<Option<PowerBiConfig>, Reported> {
         let api_root = self.powerbi_api(input, cloud);
         let probe = self.probe(input, resource);
         let embeds = self.embeds(input, name);
-        let (probe, embeds, api_root) = (probe?, embeds?, api_root?);
+        let (probe, embeds, api_root) =
+            (probe?, embeds.ok_or(Reported)?, api_root.ok_or(Reported)?);
         if probe.is_none() && embeds.is_empty() {
-            return Some(None);
+            return Ok(None);
         }
-        Some(Some(PowerBiConfig {
+        Ok(Some(PowerBiConfig {
             api_root: self.shared(api_root),
             probe,
             embeds,
@@ -242,9 +242,9 @@ impl Loader<'_> {
         &mut self,
         input: &TenantInput<'_>,
         resource: Option<&str>,
-    ) -> Option<Option<ProbeConfig>> {
+    ) -> Result<Option<ProbeConfig>, Reported> {
         let Some(raw) = inherited!(input, probe) else {
-            return Some(None);
+            return Ok(None);
         };
         let at = Some(raw.span().start);
         let key = input.key("probe");
@@ -255,7 +255,7 @@ impl Loader<'_> {
             path: ProbeConfig::DEFAULT_PATH.to_owned(),
         };
         match raw.get_ref() {
-            toml::Value::Boolean(false) => return Some(None),
+            toml::Value::Boolean(false) => return Ok(None),
             toml::Value::Boolean(true) => {}
             toml::Value::Table(table) => {
                 let mut ok = true;
@@ -307,12 +307,12 @@ impl Loader<'_> {
                     }
                 }
                 if !ok {
-                    return None;
+                    return Err(Reported);
                 }
             }
             other => {
                 self.problem(at, key, format!("{expected}, got a {}", other.type_str()));
-                return None;
+                return Err(Reported);
             }
         }
         // A token for another resource would be refused by Power BI whatever the tenant's
@@ -329,9 +329,9 @@ impl Loader<'_> {
                     "the probe calls the Power BI API, but this tenant's token is for {resource:?}; remove probe or the resource override"
                 ),
             );
-            return None;
+            return Err(Reported);
         }
-        Some(Some(probe))
+        Ok(Some(probe))
     }
 }
 

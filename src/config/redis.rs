@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::loader::Loader;
+use super::loader::{Loader, Reported};
 use super::raw::{RawFleet, RawRedis, RawSecret, RawUrls};
 use super::types::{DaemonConfig, FleetConfig, RedisConfig, SecretSource};
 
@@ -165,13 +165,13 @@ impl Loader<'_> {
         Some(value)
     }
 
-    /// `[fleet]`: `None` unless `enabled = true`; it needs `[redis]`.
+    /// `[fleet]`: `Ok(None)` unless `enabled = true`; it needs `[redis]`.
     pub(super) fn fleet(
         &mut self,
         raw: RawFleet,
         has_redis: bool,
         daemon: Option<&DaemonConfig>,
-    ) -> Option<Option<FleetConfig>> {
+    ) -> Result<Option<FleetConfig>, Reported> {
         let before = self.problems.len();
         let enabled = raw.enabled.unwrap_or(false);
         if enabled && !has_redis {
@@ -209,14 +209,14 @@ impl Loader<'_> {
             );
         }
         if self.problems.len() != before {
-            return None;
+            return Err(Reported);
         }
         if !enabled {
-            return Some(None);
+            return Ok(None);
         }
-        Some(Some(FleetConfig {
-            key_prefix: key_prefix?,
-            lease_ttl: lease_ttl?,
+        Ok(Some(FleetConfig {
+            key_prefix: key_prefix.ok_or(Reported)?,
+            lease_ttl: lease_ttl.ok_or(Reported)?,
             replica_id,
         }))
     }

@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use super::loader::Loader;
+use super::loader::{Loader, TenantInput, inherited};
 use super::raw::{RawMode, RawSink};
-use super::tenant::{TenantInput, inherited};
 use super::types::{DEFAULT_REDIS_KEY, FileSinkConfig, RedisSinkConfig, SinkConfig};
 
 /// Longest token file name, in bytes. Linux allows 255 (`NAME_MAX`), and the temp file written

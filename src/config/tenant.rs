@@ -2,54 +2,14 @@
 //! credential, generic OAuth2 and sink rules are in their own files.
 
 use super::credential::{credential_level, secret_expires};
-use super::loader::Loader;
+use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::{RawResource, RawTenant};
 use super::types::{
-    CredentialConfig, CronSchedule, ManagedIdentityId, OAuth2Config, Provider, SinkConfig,
-    TenantConfig, TenantCredential,
+    CredentialConfig, CronSchedule, OAuth2Config, Provider, SinkConfig, TenantConfig,
+    TenantCredential,
 };
 use super::values::{check_authority_host, is_domain, is_guid, parse_cron};
 use crate::cloud::Cloud;
-
-/// One `[[tenant]]` being validated: its own table, `[defaults]`, and how messages name it.
-pub(super) struct TenantInput<'r> {
-    /// The tenant's own table.
-    pub(super) raw: &'r RawTenant,
-    /// `[defaults]`, for every key the tenant leaves out.
-    pub(super) defaults: &'r RawTenant,
-    /// Byte offset of the `[[tenant]]` table, for problems about missing keys.
-    pub(super) offset: usize,
-    /// The tenant's name, or `tenant[i]` when it has none.
-    pub(super) label: String,
-    /// Keys of the tenant's table removed as unreadable (already reported).
-    pub(super) broken: &'r [String],
-    /// Set for a section that borrows the tenant rules (`[key_vault]`): problems are named
-    /// `key_vault.<key>`.
-    pub(super) section: Option<&'static str>,
-}
-
-impl TenantInput<'_> {
-    /// The tenant's provider, else `[defaults]`', else Entra.
-    pub(super) fn provider(&self) -> Provider {
-        inherited!(self, provider).map_or_else(Provider::default, |p| *p.get_ref())
-    }
-
-    /// The key path of a problem: `tenant "contoso": client_id`.
-    pub(super) fn key(&self, key: &str) -> String {
-        match self.section {
-            Some(section) => format!("{section}.{key}"),
-            None => format!("tenant {:?}: {key}", self.label),
-        }
-    }
-}
-
-/// Picks the tenant's value of a key, else `[defaults]`'.
-macro_rules! inherited {
-    ($input:expr, $key:ident) => {
-        $input.raw.$key.as_ref().or($input.defaults.$key.as_ref())
-    };
-}
-pub(super) use inherited;
 
 /// What the credential rules tell the identity rules: a workload or managed identity fills in or
 /// drops keys that every other tenant must set.
@@ -87,18 +47,21 @@ impl Loader<'_> {
         let tenant_id = self.tenant_id(&input, provider, kind);
         let client_id = match &credential {
             // The identity's own client ID when it is chosen by one; never the Entra app's.
-            Some(CredentialConfig::ManagedIdentity(managed)) => Some(match &managed.identity {
-                ManagedIdentityId::ClientId(id) => id.clone(),
-                _ => String::new(),
-            }),
-            _ if kind.managed => None,
-            _ => self.client_id(&input, kind),
+            Some(CredentialConfig::ManagedIdentity(managed)) => {
+                Ok(managed.identity.client_id().map(str::to_owned))
+            }
+            // A managed identity whose own rules failed.
+            _ if kind.managed => Err(Reported),
+            _ => self.client_id(&input, kind).map(Some).ok_or(Reported),
         };
         let cloud = inherited!(input, cloud).map_or_else(Cloud::default, |c| *c.get_ref());
         let authority_host = self.authority_host(&input, cloud, kind);
         let oauth2 = match provider {
-            Provider::Entra => Some(None),
-            Provider::Oauth2 => self.oauth2(&input, &credential).map(|o| Some(Box::new(o))),
+            Provider::Entra => Ok(None),
+            Provider::Oauth2 => match self.oauth2(&input, &credential) {
+                Some(oauth2) => Ok(Some(Box::new(oauth2))),
+                None => Err(Reported),
+            },
         };
         let resource = self.resource(&input, &oauth2, cloud);
         let (refresh_at, jitter) = self.fractions(&input);
@@ -106,7 +69,7 @@ impl Loader<'_> {
         let schedule = self.schedule(&input);
         let powerbi = match provider {
             Provider::Entra => self.powerbi(&input, name.as_deref(), cloud, resource.as_deref()),
-            Provider::Oauth2 => Some(None),
+            Provider::Oauth2 => Ok(None),
         };
         self.inapplicable_keys(&input);
         if let Some(name) = &name {
@@ -128,10 +91,10 @@ impl Loader<'_> {
         }
         Some(TenantConfig {
             name: name?,
-            tenant_id: tenant_id?,
-            client_id: self.shared(client_id?),
+            tenant_id: tenant_id.ok()?,
+            client_id: client_id.ok()?.map(|id| self.shared(id)),
             credential: credential?,
-            oauth2: oauth2?,
+            oauth2: oauth2.ok()?,
             authority_host: self.shared(authority_host?),
             api: inherited!(input, api).map_or_else(Default::default, |a| *a.get_ref()),
             resource: self.shared(resource?),
@@ -139,7 +102,7 @@ impl Loader<'_> {
             jitter,
             sinks: sinks?,
             schedule: schedule.map(Box::new),
-            powerbi: powerbi?.map(Box::new),
+            powerbi: powerbi.ok()?.map(Box::new),
             line,
         })
     }
@@ -211,21 +174,22 @@ impl Loader<'_> {
         Some(name.get_ref().clone())
     }
 
-    /// `tenant_id`: a GUID or verified domain; never a multi-tenant alias.
+    /// `tenant_id`: a GUID or verified domain; never a multi-tenant alias. `Ok(None)` where
+    /// none is needed: a generic OAuth2 server, a managed identity.
     pub(super) fn tenant_id(
         &mut self,
         input: &TenantInput<'_>,
         provider: Provider,
         kind: CredentialKind,
-    ) -> Option<String> {
+    ) -> Result<Option<String>, Reported> {
         let Some(id) = &input.raw.tenant_id else {
             if provider == Provider::Oauth2 || kind.managed {
-                return Some(String::new());
+                return Ok(None);
             }
             if kind.workload
                 && let Some(id) = (self.env)("AZURE_TENANT_ID")
             {
-                return Some(id);
+                return Ok(Some(id));
             }
             // An unreadable provider or credential may have been one that needs no tenant ID.
             self.missing(
@@ -233,7 +197,7 @@ impl Loader<'_> {
                 &["tenant_id", "provider", "credential"],
                 "missing; expected the tenant's GUID or verified domain",
             );
-            return None;
+            return Err(Reported);
         };
         let value = id.get_ref();
         if !is_guid(value) && !is_domain(value) {
@@ -254,7 +218,7 @@ impl Loader<'_> {
                 format!("{value:?} cannot issue app-only tokens; use the customer's tenant ID"),
             );
         }
-        Some(value.clone())
+        Ok(Some(value.clone()))
     }
 
     /// `client_id`: the application (client) ID, from the tenant or `[defaults]`.
@@ -324,14 +288,15 @@ impl Loader<'_> {
     fn resource(
         &mut self,
         input: &TenantInput<'_>,
-        oauth2: &Option<Option<Box<OAuth2Config>>>,
+        oauth2: &Result<Option<Box<OAuth2Config>>, Reported>,
         cloud: Cloud,
     ) -> Option<String> {
         match oauth2 {
-            Some(Some(oauth2)) => return Some(oauth2.resource.clone().unwrap_or_default()),
+            Ok(Some(oauth2)) => return Some(oauth2.resource.clone().unwrap_or_default()),
             // A generic OAuth2 tenant whose rules failed: its `resource` is theirs to report.
-            None => return None,
-            Some(None) => {}
+            Err(Reported) => return None,
+            // Entra.
+            Ok(None) => {}
         }
         let Some(resource) = inherited!(input, resource) else {
             return Some(cloud.power_bi_resource().to_owned());

@@ -378,6 +378,17 @@ pub enum ManagedIdentityId {
     ResourceId(String),
 }
 
+impl ManagedIdentityId {
+    /// The identity's client ID, when it is chosen by one: the tenant's `client_id` then (never
+    /// the Entra app's).
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            ManagedIdentityId::ClientId(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// `credential = "managed_identity"`: where the token comes from and which identity asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManagedIdentityConfig {
@@ -433,11 +444,13 @@ pub struct OAuth2Config {
 pub struct TenantConfig {
     /// Unique name: file paths, logs and metric labels.
     pub name: String,
-    /// Entra tenant (GUID or verified domain) in the token URL; empty where it does not apply
-    /// (a generic OAuth2 server, a managed identity without a configured tenant).
-    pub tenant_id: String,
-    /// Application (client) ID; empty for a system-assigned managed identity.
-    pub client_id: Arc<str>,
+    /// Entra tenant (GUID or verified domain) in the token URL; `None` where there is no Entra
+    /// token URL to put it in (a generic OAuth2 server, a managed identity without a configured
+    /// tenant).
+    pub tenant_id: Option<String>,
+    /// Application (client) ID; `None` for a managed identity not chosen by its client ID
+    /// (system-assigned, or chosen by object or resource ID).
+    pub client_id: Option<Arc<str>>,
     /// The credential.
     pub credential: CredentialConfig,
     /// Set for `provider = "oauth2"`; `None` for Entra. Boxed, like `schedule`: rare, and a
@@ -609,8 +622,8 @@ impl TenantConfig {
     ) -> TenantConfig {
         TenantConfig {
             name: name.to_owned(),
-            tenant_id: tenant_id.to_owned(),
-            client_id: client_id.into(),
+            tenant_id: Some(tenant_id.to_owned()),
+            client_id: Some(client_id.into()),
             credential: CredentialConfig::ClientSecret {
                 source: secret,
                 expires_on: None,
@@ -632,18 +645,17 @@ impl TenantConfig {
         }
     }
 
-    /// The token endpoint URL.
-    pub fn token_url(&self) -> String {
+    /// The token endpoint URL: the generic OAuth2 server's, or Entra's for the tenant; `None`
+    /// for a managed identity without a tenant ID, which asks its host instead.
+    pub fn token_url(&self) -> Option<String> {
         if let Some(oauth2) = &self.oauth2 {
-            return oauth2.token_url.clone();
+            return Some(oauth2.token_url.clone());
         }
-        match self.api {
-            ApiVersion::V1 => format!("{}/{}/oauth2/token", self.authority_host, self.tenant_id),
-            ApiVersion::V2 => format!(
-                "{}/{}/oauth2/v2.0/token",
-                self.authority_host, self.tenant_id
-            ),
-        }
+        let (host, tenant) = (&self.authority_host, self.tenant_id.as_ref()?);
+        Some(match self.api {
+            ApiVersion::V1 => format!("{host}/{tenant}/oauth2/token"),
+            ApiVersion::V2 => format!("{host}/{tenant}/oauth2/v2.0/token"),
+        })
     }
 
     /// The `scope` the token request asks for, if any: Entra v2's `<resource>/.default`, or a

@@ -1,4 +1,5 @@
-//! Value syntax shared by several sections: URLs, GUIDs, domains, dates and cron expressions.
+//! Value syntax shared by several sections: URLs (Key Vault secret URLs among them), GUIDs,
+//! domains, dates and cron expressions.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -121,6 +122,39 @@ pub(super) fn is_domain(text: &str) -> bool {
         })
 }
 
+/// A Key Vault secret URL: `https://<vault host>/secrets/<name>` or `…/<name>/<version>` (http
+/// for loopback only, as for `authority_host`), without a query. Any host: private endpoints and
+/// sovereign clouds have their own.
+pub(super) fn check_key_vault_url(raw: &str) -> Result<String, String> {
+    let expected =
+        "expected https://<vault>.vault.azure.net/secrets/<name> (or …/<name>/<version>)";
+    let url = check_url(raw, true).map_err(|message| format!("{message}; {expected}"))?;
+    let Some((_, rest)) = url.split_once("://") else {
+        return Err(format!("{expected}, got {raw:?}"));
+    };
+    let path = rest.find('/').map_or("", |at| &rest[at..]);
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let (name, version) = match segments.as_slice() {
+        ["secrets", name] => (*name, None),
+        ["secrets", name, version] => (*name, Some(*version)),
+        _ => return Err(format!("{expected}, got {raw:?}")),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 127
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let version_ok = version.is_none_or(|version| {
+        !version.is_empty()
+            && version.len() <= 64
+            && version.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    if !name_ok || !version_ok || path.contains(['?', '#']) {
+        return Err(format!(
+            "{expected}: a secret name of 1 to 127 letters, digits and '-', and a version of letters and digits; got {raw:?}"
+        ));
+    }
+    Ok(url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +182,29 @@ mod tests {
         assert!(!is_guid("8c3f2b1e-0d4a-4e6b-9f7a"));
         assert!(is_domain("contoso.onmicrosoft.com"));
         assert!(!is_domain("bad domain"));
+    }
+
+    #[test]
+    fn secret_urls() {
+        assert_eq!(
+            check_key_vault_url("https://kv1.vault.azure.net/secrets/app-secret/").unwrap(),
+            "https://kv1.vault.azure.net/secrets/app-secret"
+        );
+        assert!(
+            check_key_vault_url("https://kv1.privatelink.vaultcore.azure.net/secrets/s/0123abcd")
+                .is_ok()
+        );
+        assert!(check_key_vault_url("http://127.0.0.1:8200/secrets/s").is_ok());
+        for bad in [
+            "http://kv1.vault.azure.net/secrets/s",
+            "https://kv1.vault.azure.net/keys/s",
+            "https://kv1.vault.azure.net/secrets/",
+            "https://kv1.vault.azure.net/secrets/a_b",
+            "https://kv1.vault.azure.net/secrets/s/v/x",
+            "https://kv1.vault.azure.net/secrets/s?api-version=7.5",
+            "kv1.vault.azure.net/secrets/s",
+        ] {
+            assert!(check_key_vault_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -26,7 +26,7 @@ use std::os::unix::fs::MetadataExt;
 use crate::safe_read::{self, Symlinks};
 use std::path::Path;
 
-use super::CredentialError;
+use super::secret::CredentialError;
 use crate::config::{AssertionAlgorithm, CertificateConfig};
 
 /// How long an assertion is valid: Entra's guidance is 5–10 minutes.
@@ -243,19 +243,7 @@ impl Certificate {
 
 /// A random version-4 GUID for `jti`: never reused, so Entra's replay check never trips.
 fn random_guid() -> String {
-    let mut bytes = [0u8; 16];
-    fastrand::fill(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Identity of a file's current content for change detection: inode, size, mtime.
@@ -387,6 +375,8 @@ mod tests {
         let a = random_guid();
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
+        // RFC 9562 variant: 10xx in the first digit of the fourth group.
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
         assert_ne!(a, random_guid());
     }
 }

@@ -10,10 +10,17 @@ use secrecy::SecretString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::CredentialError;
+use super::secret::{CredentialError, read_secret};
+use crate::client::{AppProof, TokenClient};
+use crate::config::{SecretSource, TenantConfig};
+use crate::error::RefreshError;
+use crate::token::AccessToken;
 
 /// How long a read token is reused before the file is read again.
 pub const REREAD_AFTER: Duration = Duration::from_secs(300);
+
+/// AADSTS700024: the assertion is outside its validity window.
+const ASSERTION_EXPIRED: u32 = 700_024;
 
 /// The federated token file of one tenant, with a short-lived cache.
 pub struct FederatedCredential {
@@ -42,8 +49,7 @@ impl FederatedCredential {
         {
             return Ok(token.clone());
         }
-        let token =
-            super::read_secret(&crate::config::SecretSource::File(self.token_file.clone())).await?;
+        let token = read_secret(&SecretSource::File(self.token_file.clone())).await?;
         self.cached = Some((Instant::now(), token.clone()));
         Ok(token)
     }
@@ -51,6 +57,29 @@ impl FederatedCredential {
     /// Forgets the cached token (after Entra said it is outside its validity).
     pub fn invalidate(&mut self) {
         self.cached = None;
+    }
+
+    /// Asks Entra for a token for `tenant` with the file's token as the assertion. When Entra
+    /// finds it outside its validity, the file is read again at the next attempt instead of
+    /// after [`REREAD_AFTER`].
+    ///
+    /// # Errors
+    /// The file cannot be read (permanent), or the token request failed.
+    pub async fn fetch(
+        &mut self,
+        client: &TokenClient,
+        tenant: &TenantConfig,
+    ) -> Result<AccessToken, RefreshError> {
+        let assertion = self.assertion().await?;
+        let result = client
+            .entra_token(tenant, &AppProof::Assertion(assertion))
+            .await;
+        if let Err(err) = &result
+            && err.aadsts.contains(&ASSERTION_EXPIRED)
+        {
+            self.invalidate();
+        }
+        result
     }
 }
 

@@ -16,6 +16,10 @@
 //! which say what is wrong where our hint can only guess, and the `x-ms-client-request-id` the
 //! call carried (fresh for each, as the Azure SDKs send it), which Microsoft support traces a
 //! call by. `attributes.exp` becomes the credential's expiry.
+//!
+//! The calls go through [`TokenClient::key_vault_get`], and the identity's own tokens through
+//! the client's managed identity and Entra requests: this reader builds on the client, which
+//! knows nothing of it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,11 +29,15 @@ use std::time::{Duration, Instant, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::{Credential, CredentialError};
+use super::federated::FederatedCredential;
+use super::managed_identity;
+use super::secret::CredentialError;
 use crate::client::{TokenClient, new_request_id};
 use crate::cloud::Cloud;
-use crate::config::{CredentialConfig, KeyVaultConfig, ManagedIdentityId, TenantConfig};
-use crate::error;
+use crate::config::{
+    CredentialConfig, KeyVaultConfig, ManagedIdentityConfig, ManagedIdentityId, TenantConfig,
+};
+use crate::error::{self, ErrorClass, Reason, RefreshError};
 use crate::schedule;
 use crate::token::AccessToken;
 
@@ -84,10 +92,48 @@ struct Entry {
     stale: AtomicBool,
 }
 
+/// How the reader's identity gets its tokens. Validation allows these two only, and neither
+/// keeps anything in Key Vault: reading a secret never waits for another secret.
+enum Identity {
+    /// A managed identity: the host's endpoint.
+    Managed(Box<ManagedIdentityConfig>),
+    /// A workload identity: the federated token file, cached.
+    Workload(FederatedCredential),
+}
+
+impl Identity {
+    /// The identity a `[key_vault]` credential names; `None` for any other kind of credential,
+    /// which validation never lets through.
+    fn new(credential: &CredentialConfig) -> Option<Identity> {
+        match credential {
+            CredentialConfig::ManagedIdentity(managed) => {
+                Some(Identity::Managed(Box::new(managed.clone())))
+            }
+            CredentialConfig::WorkloadIdentity { token_file } => Some(Identity::Workload(
+                FederatedCredential::new(token_file.clone()),
+            )),
+            CredentialConfig::ClientSecret { .. } | CredentialConfig::Certificate(_) => None,
+        }
+    }
+
+    /// A token for `request` (the identity asking for a Key Vault resource).
+    async fn fetch(
+        &mut self,
+        client: &TokenClient,
+        request: &TenantConfig,
+    ) -> Result<AccessToken, RefreshError> {
+        match self {
+            Identity::Managed(managed) => managed_identity::fetch(client, request, managed).await,
+            Identity::Workload(federated) => federated.fetch(client, request).await,
+        }
+    }
+}
+
 /// The identity's token for Key Vault, and what fetching it needs.
 struct Access {
-    /// The identity's runtime credential (a cached federated token, or the managed identity).
-    credential: Credential,
+    /// How the identity gets its tokens; `None` for a configuration built in code with another
+    /// kind of credential, whose every read then fails saying so.
+    credential: Option<Identity>,
     /// The current token, if any.
     token: Option<AccessToken>,
     /// The identity as a token request; its resource follows a challenge that names another.
@@ -125,10 +171,13 @@ fn describe(identity: &TenantConfig) -> String {
             ManagedIdentityId::ObjectId(id) => format!("the managed identity with object ID {id}"),
             ManagedIdentityId::ResourceId(id) => format!("the managed identity {id}"),
         },
-        _ => format!(
-            "the workload identity with client ID {} in tenant {}",
-            identity.client_id, identity.tenant_id
-        ),
+        // Validation gives a workload identity both ids.
+        _ => match (&identity.client_id, &identity.tenant_id) {
+            (Some(client_id), Some(tenant_id)) => {
+                format!("the workload identity with client ID {client_id} in tenant {tenant_id}")
+            }
+            _ => "the workload identity".to_owned(),
+        },
     }
 }
 
@@ -254,7 +303,7 @@ impl KeyVault {
     pub fn new(config: &KeyVaultConfig) -> KeyVault {
         KeyVault {
             access: tokio::sync::Mutex::new(Access {
-                credential: Credential::new(&config.identity.credential),
+                credential: Identity::new(&config.identity.credential),
                 token: None,
                 identity: Arc::clone(&config.identity),
             }),
@@ -279,22 +328,7 @@ impl KeyVault {
     /// # Errors
     /// The first read failed: the vault refuses the identity (403), the secret does not exist
     /// (404), or Key Vault is throttling, failing or unreachable (transient).
-    ///
-    /// Boxed, with `Send` spelled out: the client's token requests read Key Vault secrets
-    /// through this reader, whose own token requests go through the client, so the future types
-    /// would otherwise contain themselves (the identity itself is a managed or workload
-    /// identity, which never reads Key Vault).
-    pub fn secret<'a>(
-        &'a self,
-        client: &'a TokenClient,
-        url: &'a str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<VaultSecret, CredentialError>> + Send + 'a>,
-    > {
-        Box::pin(self.secret_now(client, url))
-    }
-
-    async fn secret_now(
+    pub async fn secret(
         &self,
         client: &TokenClient,
         url: &str,
@@ -456,7 +490,15 @@ impl KeyVault {
             ..
         } = &mut *access;
         let identity = Arc::clone(identity);
-        match client.fetch(&identity, credential).await {
+        let fetched = match credential {
+            Some(credential) => credential.fetch(client, &identity).await,
+            None => Err(RefreshError::local(
+                ErrorClass::Permanent,
+                Reason::Credential,
+                "the [key_vault] identity is neither a managed nor a workload identity",
+            )),
+        };
+        match fetched {
             Ok(token) => {
                 access.token = Some(token.clone());
                 Ok(token)
@@ -466,7 +508,7 @@ impl KeyVault {
                     "cannot get a token for Key Vault as {}: {}",
                     self.who, err.message
                 ),
-                err.class != crate::error::ErrorClass::Permanent,
+                err.class != ErrorClass::Permanent,
                 err.retry_after.map(|after| after.get()),
             )),
         }

@@ -7,7 +7,9 @@ use secrecy::SecretString;
 use std::path::PathBuf;
 
 use crate::config::SecretSource;
+use crate::error::{ErrorClass, Reason, RefreshError};
 use crate::safe_read::{self, ReadError, Symlinks};
+use crate::token::RetryAfter;
 
 /// Largest secret file we read; anything bigger is a wrong path, not a secret.
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
@@ -67,14 +69,33 @@ pub enum CredentialError {
         /// Key Vault's `Retry-After`.
         retry_after: Option<std::time::Duration>,
     },
-    /// A managed identity sends no form; the caller asked for one.
-    #[error("a managed identity does not authenticate with a form")]
-    NotForm,
+    /// A generic OAuth2 server was to be asked with a credential other than a client secret
+    /// (validation refuses such a tenant).
+    #[error("a generic OAuth2 server takes a client secret; this credential is for Entra ID")]
+    NotForOAuth2,
     /// `{ systemd = … }` used outside a unit with `LoadCredential=`.
     #[error(
         "CREDENTIALS_DIRECTORY is not set; systemd credential {0:?} needs LoadCredential= in the unit"
     )]
     NoCredentialsDirectory(String),
+}
+
+/// A credential that cannot be read is permanent until someone fixes the file or variable;
+/// Key Vault throttling, failing or unreachable is transient, with its `Retry-After`.
+impl From<CredentialError> for RefreshError {
+    fn from(err: CredentialError) -> Self {
+        let (class, retry_after) = match &err {
+            CredentialError::KeyVault {
+                transient: true,
+                retry_after,
+                ..
+            } => (ErrorClass::Transient, retry_after.map(RetryAfter::capped)),
+            _ => (ErrorClass::Permanent, None),
+        };
+        let mut refresh = RefreshError::local(class, Reason::Credential, err.to_string());
+        refresh.retry_after = retry_after;
+        refresh
+    }
 }
 
 impl From<ReadError> for CredentialError {

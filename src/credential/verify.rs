@@ -6,6 +6,7 @@ use crate::clock::format_date;
 use crate::config::{CredentialConfig, Problem, SecretSource, TenantCredential};
 
 use super::certificate::Certificate;
+use super::expiry::CredentialExpiry;
 use super::secret::{CredentialError, read_secret};
 
 /// What reading one tenant's credential found.
@@ -13,9 +14,9 @@ use super::secret::{CredentialError, read_secret};
 pub struct Verified {
     /// Problems at the line of the credential key (or of `client_secret_expires`).
     pub problems: Vec<Problem>,
-    /// When the credential expires and its kind (`certificate`, `client_secret`), when known:
-    /// for `check`'s early warning, without reading the certificate a second time.
-    pub expiry: Option<(i64, &'static str)>,
+    /// When the credential expires and its kind, when known: for `check`'s early warning,
+    /// without reading the certificate a second time.
+    pub expiry: Option<CredentialExpiry>,
 }
 
 /// Reads one tenant's credential at `now` (Unix seconds).
@@ -29,7 +30,7 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Verified {
     let mut problems = Vec::new();
     match &tenant.credential {
         CredentialConfig::ClientSecret { source, expires_on } => {
-            expiry = expires_on.map(|e| (e, "client_secret"));
+            expiry = expires_on.map(CredentialExpiry::client_secret);
             if let Some(expires_on) = expires_on.filter(|expires_on| *expires_on <= now) {
                 problems.push(Problem {
                     line: tenant.expires_line.or(tenant.line),
@@ -60,7 +61,7 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Verified {
                     format_date(loaded.not_after())
                 ),
             )),
-            Ok(loaded) => expiry = Some((loaded.not_after(), "certificate")),
+            Ok(loaded) => expiry = Some(CredentialExpiry::certificate(loaded.not_after())),
             Err(err) => problems.push(problem("client_certificate", err.to_string())),
         },
         CredentialConfig::WorkloadIdentity { token_file } => {

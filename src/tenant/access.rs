@@ -189,7 +189,10 @@ impl Tenant {
             }
         }
         let started = std::time::Instant::now();
-        let request = self.shared.client.fetch(&self.config, &mut self.credential);
+        let key_vault = self.shared.key_vault.as_deref();
+        let request = self
+            .credential
+            .fetch(&self.shared.client, key_vault, &self.config);
         let main_lane = !self.slow;
         let slow_after = self.shared.slow_after.get();
         let (fetched, kept, moved) = in_lanes(

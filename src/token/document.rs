@@ -67,7 +67,7 @@ impl<'a> Document<'a> {
         Document {
             access_token: token.secret.expose_secret(),
             audience: tenant.requested_audience(),
-            client_id: non_empty(&tenant.client_id),
+            client_id: tenant.client_id.as_deref(),
             // Always printable: a token's expiry is within a year of its arrival.
             expires_at: clock::rfc3339_unix(token.expires_on()).unwrap_or_default(),
             expires_on: token.expires_on(),
@@ -76,7 +76,7 @@ impl<'a> Document<'a> {
             resource: non_empty(&tenant.resource),
             scope: tenant.requested_scope(),
             tenant: &tenant.name,
-            tenant_id: non_empty(&tenant.tenant_id),
+            tenant_id: tenant.tenant_id.as_deref(),
             token_type: &token.token_type,
         }
     }
@@ -89,8 +89,7 @@ pub fn json_text(document: &Document<'_>) -> String {
     serde_json::to_string(document).unwrap_or_default()
 }
 
-/// `null` for identifiers that do not apply (a generic OAuth2 server has no tenant ID, a
-/// system-assigned managed identity no client ID).
+/// `null` for a value that is empty (a generic OAuth2 server's resource when it sends none).
 fn non_empty(value: &str) -> Option<&str> {
     (!value.is_empty()).then_some(value)
 }
@@ -105,19 +104,27 @@ struct ExistingFile {
     tenant_id: Option<String>,
     client_id: Option<String>,
     resource: Option<String>,
-    /// Absent in files written before the scope was recorded (then `None`); `null` when no scope
-    /// was asked (then `Some(None)`).
-    #[serde(default, deserialize_with = "present")]
-    scope: Option<Option<String>>,
+    #[serde(default)]
+    scope: RecordedScope,
     audience: Option<String>,
 }
 
-/// A field that is present, `null` included: `Some(None)` for `null`, so that "absent" (serde's
-/// default, `None`) stays distinguishable.
-fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<String>>, D::Error> {
-    <Option<String> as serde::Deserialize>::deserialize(deserializer).map(Some)
+/// What a token file says about the scope its token was asked with.
+#[derive(Default, serde::Deserialize)]
+#[serde(from = "Option<String>")]
+enum RecordedScope {
+    /// No `scope` field: a file written before the scope was recorded.
+    #[default]
+    NotRecorded,
+    /// The scope asked (`null`: none was).
+    Asked(Option<String>),
+}
+
+/// A `scope` field that is present, `null` included.
+impl From<Option<String>> for RecordedScope {
+    fn from(scope: Option<String>) -> Self {
+        RecordedScope::Asked(scope)
+    }
 }
 
 /// The token in a json file written for the same request, with the same bounds as a fresh
@@ -128,11 +135,14 @@ pub fn parse_existing(bytes: &[u8], tenant: &TenantConfig) -> Option<AccessToken
     // Files written before `scope` was recorded name only the resource; for them the resource
     // says everything that was asked.
     let same_scope = match &file.scope {
-        None => true,
-        Some(recorded) => *recorded == tenant.requested_scope(),
+        RecordedScope::NotRecorded => true,
+        RecordedScope::Asked(asked) => *asked == tenant.requested_scope(),
     };
-    let same = file.tenant_id.unwrap_or_default() == tenant.tenant_id
-        && file.client_id.unwrap_or_default() == *tenant.client_id
+    // An id written as "" is read as none, as it always was: the daemon writes `null` for an id
+    // that does not apply.
+    let id = |written: Option<String>| written.filter(|id| !id.is_empty());
+    let same = id(file.tenant_id) == tenant.tenant_id
+        && id(file.client_id).as_deref() == tenant.client_id.as_deref()
         && file.resource.unwrap_or_default() == *tenant.resource
         && same_scope
         && file.audience.as_deref() == tenant.requested_audience();

@@ -29,7 +29,6 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::clock;
-use crate::error::{ErrorClass, Reason, RefreshError};
 
 /// The shortest token accepted: its `expires_on` must be at least one whole second after the
 /// second it arrived in, or it is `bad_response`.
@@ -326,20 +325,17 @@ fn saturating_integer(text: &str) -> Option<i64> {
 /// Parses a 200 body into a token, given the instant the response arrived.
 ///
 /// # Errors
-/// A `bad_response` error when the body is not JSON, lacks `access_token`, or gives no
-/// believable expiry (see [`AccessToken::new`]). The error says which, and how long the body
-/// was, but quotes nothing of it: a 200 body is, or holds, a token (serde's messages quote
-/// values, so they are left out too).
+/// [`BadTokenResponse`] when the body is not JSON, lacks `access_token`, or gives no believable
+/// expiry (see [`AccessToken::new`]).
 pub fn parse_token_response(
     body: &[u8],
     received_at: SystemTime,
-) -> Result<AccessToken, RefreshError> {
-    let bad = |what: &str| {
-        let message = format!(
+) -> Result<AccessToken, BadTokenResponse> {
+    let bad = |what: &str| BadTokenResponse {
+        message: format!(
             "token endpoint answered 200 with {what} ({} bytes)",
             body.len()
-        );
-        RefreshError::local(ErrorClass::Transient, Reason::BadResponse, message)
+        ),
     };
     let response: TokenResponse = serde_json::from_slice(body).map_err(|err| {
         bad(match err.classify() {
@@ -370,6 +366,16 @@ pub fn parse_token_response(
     .map_err(|problem| bad(&format!("a token that was refused: {problem}")))
 }
 
+/// A 200 answer that holds no usable token. The message says what was wrong and how long the
+/// body was, but quotes nothing of it: a 200 body is, or holds, a token (serde's messages quote
+/// values, so they are left out too). The refresh classifies it as a transient `bad_response`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BadTokenResponse {
+    /// What was wrong, in words.
+    pub message: String,
+}
+
 /// A constant duration as whole seconds in `i64`; every constant here is far below `i64::MAX`.
 fn duration_secs_i64(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
@@ -379,6 +385,7 @@ fn duration_secs_i64(duration: Duration) -> i64 {
 mod tests {
     use super::*;
     use crate::clock::unix_to_system;
+    use crate::error::{ErrorClass, Reason, RefreshError};
 
     const NOW: i64 = 1_767_225_600;
 
@@ -386,8 +393,9 @@ mod tests {
         unix_to_system(NOW)
     }
 
+    /// As the refresh sees it: a classified error.
     fn parse(body: &str) -> Result<AccessToken, RefreshError> {
-        parse_token_response(body.as_bytes(), now())
+        parse_token_response(body.as_bytes(), now()).map_err(RefreshError::from)
     }
 
     #[test]
@@ -434,7 +442,7 @@ mod tests {
             br#"{"access_token":"t","expires_in":"soon"}"#,
         ];
         for body in cases {
-            let err = parse_token_response(body, now()).unwrap_err();
+            let err = RefreshError::from(parse_token_response(body, now()).unwrap_err());
             assert_eq!(
                 err.reason,
                 Reason::BadResponse,

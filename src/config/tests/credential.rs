@@ -94,8 +94,14 @@ fn workload_identity_takes_missing_values_from_the_webhook_env() {
     ];
     let config = parse_env(text, &env).unwrap();
     let tenant = &config.tenants[0];
-    assert_eq!(&*tenant.client_id, "11111111-1111-1111-1111-111111111111");
-    assert_eq!(tenant.tenant_id, "22222222-2222-2222-2222-222222222222");
+    assert_eq!(
+        tenant.client_id.as_deref(),
+        Some("11111111-1111-1111-1111-111111111111")
+    );
+    assert_eq!(
+        tenant.tenant_id.as_deref(),
+        Some("22222222-2222-2222-2222-222222222222")
+    );
     assert_eq!(&*tenant.authority_host, "https://login.microsoftonline.us");
     assert_eq!(
         tenant.credential,
@@ -117,8 +123,8 @@ fn workload_identity_takes_missing_values_from_the_webhook_env() {
 fn managed_identity_sources() {
     let text = "[[tenant]]\nname = \"vm\"\ncredential = \"managed_identity\"\nsinks = [ { type = \"file\", path = \"/t/{name}.json\" } ]\n";
     let config = parse_env(text, &[]).unwrap();
-    assert_eq!(&*config.tenants[0].client_id, "");
-    assert_eq!(config.tenants[0].tenant_id, "");
+    assert_eq!(config.tenants[0].client_id, None);
+    assert_eq!(config.tenants[0].tenant_id, None);
     assert_eq!(config.daemon.imds_endpoint, DEFAULT_IMDS_ENDPOINT);
     let env = [
         ("IDENTITY_ENDPOINT", "http://127.0.0.1:4141/msi/token"),
@@ -170,7 +176,7 @@ fn managed_identity_is_chosen_explicitly_and_never_inherits_the_app_client_id() 
     let system = parse_env(&layout("managed_identity = \"system\"\n"), &[]).unwrap();
     let tenant = &system.tenants[0];
     assert_eq!(
-        &*tenant.client_id, "",
+        tenant.client_id, None,
         "the app's client ID must not be used"
     );
     let CredentialConfig::ManagedIdentity(managed) = &tenant.credential else {
@@ -190,8 +196,8 @@ fn managed_identity_is_chosen_explicitly_and_never_inherits_the_app_client_id() 
             panic!("{:?}", config.tenants[0].credential);
         };
         assert_eq!(managed.identity, expected);
-        let label = if selector == "client_id" { uami } else { "" };
-        assert_eq!(&*config.tenants[0].client_id, label);
+        let label = (selector == "client_id").then_some(uami);
+        assert_eq!(config.tenants[0].client_id.as_deref(), label);
     }
     let err = parse_env(&layout("managed_identity = \"user\"\n"), &[])
         .unwrap_err()

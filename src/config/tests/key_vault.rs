@@ -36,8 +36,8 @@ client_certificate = { key_vault = "https://kv1.vault.usgovcloudapi.net/secrets/
         "https://vault.usgovcloudapi.net"
     );
     assert_eq!(
-        &*reader.identity.client_id,
-        "33333333-3333-3333-3333-333333333333"
+        reader.identity.client_id.as_deref(),
+        Some("33333333-3333-3333-3333-333333333333")
     );
     assert!(matches!(
         reader.identity.credential,

@@ -39,7 +39,10 @@ fn parse_err(text: &str) -> ConfigError {
 fn defaults_are_merged() {
     let config = parse_ok(MINIMAL);
     let tenant = &config.tenants[0];
-    assert_eq!(&*tenant.client_id, "00000000-0000-0000-0000-000000000001");
+    assert_eq!(
+        tenant.client_id.as_deref(),
+        Some("00000000-0000-0000-0000-000000000001")
+    );
     assert_eq!(&*tenant.authority_host, "https://login.microsoftonline.com");
     assert_eq!(
         &*tenant.resource,
@@ -47,8 +50,8 @@ fn defaults_are_merged() {
     );
     assert_eq!(tenant.api, ApiVersion::V2);
     assert_eq!(
-        tenant.token_url(),
-        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        tenant.token_url().as_deref(),
+        Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token")
     );
     assert_eq!(
         tenant.scope(),
@@ -77,8 +80,8 @@ fn tenant_overrides_defaults_and_cloud_picks_pair() {
         "https://mil.analysis.usgovcloudapi.net/powerbi/api"
     );
     assert_eq!(
-        tenant.token_url(),
-        "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/token"
+        tenant.token_url().as_deref(),
+        Some("https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/token")
     );
     assert_eq!((tenant.refresh_at, tenant.jitter), (0.7, 0.05));
 }
@@ -425,7 +428,7 @@ fn a_reload_reuses_the_running_copy_of_each_unchanged_tenant() {
         !std::sync::Arc::ptr_eq(&reloaded[2], &running[1]),
         "b changed"
     );
-    assert_eq!(reloaded[2].tenant_id, "b2.example.com");
+    assert_eq!(reloaded[2].tenant_id.as_deref(), Some("b2.example.com"));
     assert!(std::sync::Arc::ptr_eq(&reloaded[3], &running[3]), "e");
     // The same file read afresh gives equal tenants: reuse changes identity, never content,
     // and a reused tenant keeps the line it had.

@@ -28,7 +28,10 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
             auth: ClientAuth::ClientSecretBasic,
         }))
     );
-    assert_eq!(tenant.token_url(), "https://auth.example.com/oauth2/token");
+    assert_eq!(
+        tenant.token_url().as_deref(),
+        Some("https://auth.example.com/oauth2/token")
+    );
     // Only what is sent is claimed: no resource indicator was asked for.
     assert_eq!(&*tenant.resource, "");
     assert_eq!(tenant.requested_scope().as_deref(), Some("reports.read"));
@@ -87,7 +90,7 @@ sinks = [ { type = "file", path = "/t/{name}.json" } ]
             .contains("partner\": resource: expected one absolute URI"),
         "{err}"
     );
-    assert_eq!(tenant.tenant_id, "");
+    assert_eq!(tenant.tenant_id, None);
     let err = parse_env(&text.replace("https://auth", "http://auth"), &[]).unwrap_err();
     assert!(err.to_string().contains("only sent over https"), "{err}");
     let err = parse_env(&text.replace("token_url", "# token_url"), &[]).unwrap_err();
