@@ -96,7 +96,6 @@ use crate::refresh::{Observer, RetryPolicy, Shared};
 use crate::status::Registry;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
-use crate::tenant::OnceOutcome;
 
 /// Messages from the process (signals) to the running daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -565,7 +564,17 @@ pub async fn run(config: Config, control: mpsc::Receiver<Control>) -> Result<(),
     Daemon::start(config).await?.run(control).await
 }
 
-/// Fetches every tenant's token once and writes every sink (the `once` command).
+/// Outcome of `once` for one tenant.
+#[derive(Debug)]
+pub struct OnceOutcome {
+    /// Tenant name.
+    pub tenant: String,
+    /// Ok, or why not.
+    pub result: Result<(), error::RefreshError>,
+}
+
+/// Fetches every tenant's token once and writes every sink (the `once` command): one attempt
+/// per tenant, each failure final.
 ///
 /// # Errors
 /// Only set-up failures; per-tenant failures are in the outcomes.
@@ -577,7 +586,14 @@ pub async fn once(config: &Config) -> Result<Vec<OnceOutcome>, RunError> {
     sink::clean_up(&config.tenants).await;
     let mut tasks = tokio::task::JoinSet::new();
     for tenant in &config.tenants {
-        tasks.spawn(tenant::refresh_once(tenant.clone(), shared.clone()));
+        let refresher = tenant::Tenant::new(tenant.clone(), shared.clone(), Default::default());
+        let name = tenant.name.clone();
+        tasks.spawn(async move {
+            OnceOutcome {
+                tenant: name,
+                result: refresher.once().await,
+            }
+        });
     }
     let mut outcomes = Vec::with_capacity(config.tenants.len());
     while let Some(joined) = tasks.join_next().await {

@@ -46,6 +46,12 @@ impl EmbedToken {
     }
 }
 
+impl crate::refresh::Token for EmbedToken {
+    fn expires_on(&self) -> i64 {
+        self.expires_on
+    }
+}
+
 /// The `GenerateToken` request body for `embed`.
 pub fn request_body(embed: &EmbedConfig) -> serde_json::Value {
     let allow_edit = embed.access_level != AccessLevel::View;

@@ -13,7 +13,47 @@
 //!
 //! * `probe.rs`: the probe call and the classification of its answer (embed token failures are
 //!   classified the same way).
-//! * `embed.rs`: embed tokens: the `GenerateToken` request, the answer, the token file.
+//! * `embed.rs`: the embed token kind: the `GenerateToken` request, the answer, the document.
+//! * `embeds.rs`: a tenant's embed tokens, one [`crate::refresh::Refresher`] each.
 
 pub mod embed;
+pub mod embeds;
 pub mod probe;
+
+use std::sync::Arc;
+
+use crate::config::{EmbedConfig, TenantConfig};
+use crate::refresh::{Record, Report, Shared};
+use crate::sink::Owner;
+use crate::status::StatusHandle;
+
+/// What a tenant's Power BI calls work with.
+pub struct Context<'a> {
+    /// The daemon's shared pieces.
+    pub shared: &'a Shared,
+    /// The tenant's settings.
+    pub config: &'a Arc<TenantConfig>,
+    /// The tenant's status.
+    pub status: &'a StatusHandle,
+}
+
+impl Context<'_> {
+    /// The settings of embed `index`.
+    pub(crate) fn embed(&self, index: usize) -> Option<&EmbedConfig> {
+        self.config.powerbi.as_deref()?.embeds.get(index)
+    }
+
+    /// Where embed `index` reports.
+    pub(crate) fn report<'a>(&'a self, embed: &'a EmbedConfig, index: usize) -> Report<'a> {
+        Report {
+            shared: self.shared,
+            status: self.status,
+            record: Record::Embed(index),
+            owner: Owner {
+                tenant: &self.config.name,
+                embed: Some(&embed.name),
+            },
+            pending: None,
+        }
+    }
+}

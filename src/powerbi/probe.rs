@@ -137,6 +137,100 @@ pub fn next_probe(
     crate::schedule::later(now, interval.max(asked))
 }
 
+/// Records a probe's outcome at `now` in the tenant's status; returns the reason of the probe
+/// before, if it failed.
+fn record(
+    status: &mut crate::status::TenantStatus,
+    now: SystemTime,
+    outcome: &Result<(), RefreshError>,
+) -> Option<Reason> {
+    let probe_status = status.api_probe.get_or_insert_with(|| {
+        Box::new(crate::status::ProbeStatus {
+            last: now,
+            failure: None,
+            failures_by_reason: [0; Reason::ALL.len()],
+        })
+    });
+    let previous = probe_status.failure.as_ref().map(|failure| failure.reason);
+    probe_status.last = now;
+    if let Err(failure) = outcome {
+        let count = &mut probe_status.failures_by_reason[failure.reason.index()];
+        *count = count.saturating_add(1);
+    }
+    probe_status.failure = outcome.as_ref().err().cloned();
+    previous
+}
+
+/// One log line per change of the probe's outcome (a repeat is at DEBUG); `next`: when the
+/// next probe comes.
+fn log(
+    tenant: &str,
+    outcome: &Result<(), RefreshError>,
+    previous: Option<Reason>,
+    next: SystemTime,
+) {
+    let next = crate::clock::display_time(next);
+    match outcome {
+        Ok(()) if previous.is_some() => {
+            tracing::info!(tenant, "Power BI accepts the tenant's token again");
+        }
+        Ok(()) => tracing::debug!(tenant, "Power BI access probe passed"),
+        Err(failure) if previous == Some(failure.reason) => tracing::debug!(
+            tenant,
+            reason = failure.reason.as_str(),
+            request_id = failure.trace_id.as_deref().unwrap_or("-"),
+            next_probe = %next,
+            "Power BI access probe still failing"
+        ),
+        Err(failure) => tracing::warn!(
+            tenant,
+            reason = failure.reason.as_str(),
+            status = failure.status.unwrap_or(0),
+            code = failure.oauth_error.as_deref().unwrap_or("-"),
+            request_id = failure.trace_id.as_deref().unwrap_or("-"),
+            error = %failure.message,
+            next_probe = %next,
+            "Power BI access probe failed ({}): {}",
+            failure.reason.as_str(),
+            failure.reason.advice().unwrap_or_default()
+        ),
+    }
+}
+
+/// Probes with `token`, the tenant's access token, if it is still valid, through the request
+/// limiter and rate cap, and records and logs the outcome. Returns when to probe next (`None`:
+/// with the next access token) and whether Power BI said the token has expired; `None` when
+/// `cancel` fired while it waited for its turn.
+pub async fn check(
+    context: &super::Context<'_>,
+    token: &AccessToken,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<(Option<SystemTime>, bool)> {
+    let Some(powerbi) = context.config.powerbi.as_deref() else {
+        return Some((None, false));
+    };
+    let Some(settings) = &powerbi.probe else {
+        return Some((None, false));
+    };
+    if token.expires_on() <= crate::clock::unix_now() {
+        // An expired token proves nothing about access; the refresh due anyway plans the next
+        // probe.
+        return Some((None, false));
+    }
+    let permit = context.shared.api_turn(cancel).await?;
+    let (outcome, took) = run(&context.shared.client, &powerbi.api_root, settings, token).await;
+    drop(permit);
+    let now = SystemTime::now();
+    let next = next_probe(now, settings.interval, &outcome);
+    if let Some(observer) = &context.shared.observer {
+        observer.probe_finished(outcome.as_ref().map(|_| ()).map_err(|e| e.reason), took);
+    }
+    let previous = record(&mut crate::status::lock(context.status), now, &outcome);
+    log(&context.config.name, &outcome, previous, next);
+    let expired = matches!(&outcome, Err(failure) if failure.reason == Reason::TokenExpired);
+    Some((Some(next), expired))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

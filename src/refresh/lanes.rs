@@ -71,7 +71,7 @@ impl SlowAfter {
 /// on), so requests to an endpoint that hangs stop taking main-lane permits within `slow_after`,
 /// instead of for the whole request timeout. Returns the output, the permit now held, and whether
 /// the request moved.
-pub async fn in_lanes<F: std::future::Future>(
+async fn in_lanes<F: std::future::Future>(
     request: F,
     permit: Option<OwnedSemaphorePermit>,
     main_lane: bool,
@@ -92,6 +92,44 @@ pub async fn in_lanes<F: std::future::Future>(
     };
     drop(permit);
     (request.await, slow, true)
+}
+
+/// Runs a request with its turn: the rate cap (`[daemon] max_requests_per_second`), then the
+/// main lane holding `permit`, moving to the slow lane when it runs long (see [`in_lanes`]), or
+/// the slow lane from the start when the last request was slow. `slow` says that, and is
+/// updated: a request that moved, timed out, or ran long in the slow lane sends the next one
+/// there. Returns the outcome and how long the request took; `permit` is the one held after.
+pub async fn request<T>(
+    shared: &super::Shared,
+    slow: &mut bool,
+    permit: &mut Option<OwnedSemaphorePermit>,
+    request: impl std::future::Future<Output = Result<T, crate::error::RefreshError>>,
+) -> (Result<T, crate::error::RefreshError>, Duration) {
+    if let Some(rate) = &shared.rate {
+        let waited = rate.acquire().await;
+        if let (Some(observer), false) = (&shared.observer, waited.is_zero()) {
+            observer.rate_limited(waited);
+        }
+    }
+    let started = std::time::Instant::now();
+    let main_lane = !*slow;
+    let slow_after = shared.slow_after.get();
+    let (outcome, kept, moved) = in_lanes(
+        request,
+        permit.take(),
+        main_lane,
+        &shared.slow_lane,
+        slow_after,
+    )
+    .await;
+    *permit = kept;
+    let took = started.elapsed();
+    let timed_out = matches!(&outcome, Err(err) if err.reason == crate::error::Reason::Timeout);
+    *slow = moved || timed_out || (!main_lane && took >= slow_after);
+    if main_lane && !moved && outcome.is_ok() {
+        shared.slow_after.record(took);
+    }
+    (outcome, took)
 }
 
 #[cfg(test)]

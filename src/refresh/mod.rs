@@ -29,7 +29,7 @@ use crate::config::{FileFormat, SinkConfig};
 use crate::error::{ErrorClass, RefreshError};
 use crate::schedule;
 use crate::sink::{self, Owner, Rendered, Sink};
-use crate::status::TokenStatus;
+use crate::status::{self, StatusHandle, TenantStatus, TokenStatus};
 use crate::store::Store;
 
 pub use shared::{Observer, RetryPolicy, Shared};
@@ -43,12 +43,6 @@ pub trait Token: Clone {
 impl Token for crate::token::AccessToken {
     fn expires_on(&self) -> i64 {
         crate::token::AccessToken::expires_on(self)
-    }
-}
-
-impl Token for crate::powerbi::embed::EmbedToken {
-    fn expires_on(&self) -> i64 {
-        self.expires_on
     }
 }
 
@@ -108,6 +102,128 @@ pub struct Renderer<'a, T> {
     pub render: &'a (dyn Fn(FileFormat, &T) -> SecretString + Sync),
     /// The shared Redis, for Redis sinks.
     pub store: Option<&'a Arc<Store>>,
+}
+
+/// Which of a tenant's tokens a refresher keeps: where its status record is, and which
+/// daemon-wide counters its outcomes go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// The access token: `TenantStatus.token`, the refresh counters.
+    Access,
+    /// Embed token `n`: `TenantStatus.embeds[n].token`, the embed counters.
+    Embed(usize),
+}
+
+impl Record {
+    /// The token's record in a tenant's status.
+    fn of(self, status: &mut TenantStatus) -> Option<&mut TokenStatus> {
+        match self {
+            Record::Access => Some(&mut status.token),
+            Record::Embed(index) => status.embeds.get_mut(index).map(|embed| &mut embed.token),
+        }
+    }
+}
+
+/// Where a refresher reports: its tenant's status, the observer, the log.
+pub struct Report<'a> {
+    /// The daemon's shared pieces (the observer, the retry policy, `once`).
+    pub shared: &'a Shared,
+    /// The tenant's status.
+    pub status: &'a StatusHandle,
+    /// The token's record in it.
+    pub record: Record,
+    /// Whose token, for the log.
+    pub owner: Owner<'a>,
+    /// The registry's count of tenants waiting for their first attempt, which the access token's
+    /// first outcome takes the tenant off; `None` outside a registry (`once`).
+    pub pending: Option<&'a status::Pending>,
+}
+
+impl Report<'_> {
+    /// Counts an outcome daemon-wide.
+    fn count(&self, result: Result<(), crate::error::Reason>) {
+        if let Some(observer) = &self.shared.observer {
+            match self.record {
+                Record::Access => observer.attempt_finished(result),
+                Record::Embed(_) => observer.embed_finished(result),
+            }
+        }
+    }
+
+    /// Records a failure and logs it; `retry_at`: when the next try comes.
+    fn failure(&self, err: &RefreshError, local_failing: bool, retry_at: Option<SystemTime>) {
+        let now = SystemTime::now();
+        let recorded = {
+            let mut status = status::lock(self.status);
+            if self.record == Record::Access {
+                status.first_attempt_finished(self.pending);
+            }
+            self.record.of(&mut status).map(|token| {
+                // A write tried again does not move the token's next refresh.
+                if err.class != ErrorClass::Sink {
+                    token.next_refresh = retry_at.or(token.next_refresh);
+                }
+                record_failure(token, err, local_failing)
+            })
+        };
+        self.count(Err(err.reason));
+        let Some((was_permanent, consecutive)) = recorded else {
+            return;
+        };
+        let retry_in = retry_at
+            .filter(|_| !self.shared.once)
+            .map(|at| at.duration_since(now).unwrap_or_default());
+        log_failure(self.owner, err, retry_in, consecutive, was_permanent);
+    }
+}
+
+/// The first usable token the json sinks among `sinks` hold (a warm start), in their order:
+/// `parse` reads a document made for this token, `usable` says whether it is still worth
+/// keeping. Local sinks are skipped when `skip_local` (none of their files exists).
+pub async fn stored<T>(
+    sinks: &[SinkConfig],
+    store: Option<&Arc<Store>>,
+    owner: Owner<'_>,
+    skip_local: bool,
+    parse: impl Fn(&[u8]) -> Option<T>,
+    usable: impl Fn(&T) -> bool,
+) -> Option<T> {
+    for config in sinks {
+        if skip_local && sink::is_local(config) {
+            continue;
+        }
+        let Some(sink) = Sink::from_config(config, store) else {
+            continue;
+        };
+        let Some(token) = sink.read_json(owner).await.and_then(|bytes| parse(&bytes)) else {
+            continue;
+        };
+        if usable(&token) {
+            return Some(token);
+        }
+    }
+    None
+}
+
+/// Whether a shared sink among `sinks` (a Redis key) no longer holds its token: Redis restarted
+/// without persistence, a `FLUSHALL`, an eviction. A sink that cannot say counts as holding it.
+pub async fn lost(sinks: &[SinkConfig], store: Option<&Arc<Store>>) -> bool {
+    for config in sinks {
+        if let Some(sink) = Sink::from_config(config, store)
+            && sink.present().await == Some(false)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Sleeps until a wall-clock instant (immediately if it has passed).
+pub async fn sleep_until(when: SystemTime) {
+    let delay = when
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::sleep(delay).await;
 }
 
 /// One token's schedule, backoff and writes.
@@ -274,6 +390,59 @@ impl<T: Token> Refresher<T> {
         let delay = schedule::write_retry(held.tries, remaining);
         held.write_at = schedule::later(now, delay);
         delay
+    }
+
+    /// Acts on a round of writes: a token every sink holds is recorded and counted as a
+    /// success and returned (the kind logs it); a failed write is recorded, counted, logged and
+    /// tried again soon ([`Refresher::write_failed`]).
+    pub fn settle(&mut self, progress: Progress<T>, report: &Report<'_>) -> Option<Written<T>> {
+        match progress {
+            Progress::Written(written) => {
+                {
+                    let mut status = status::lock(report.status);
+                    if report.record == Record::Access {
+                        status.first_attempt_finished(report.pending);
+                    }
+                    if let Some(token) = report.record.of(&mut status) {
+                        record_success(token, written.token.expires_on());
+                        if report.record != Record::Access {
+                            token.next_refresh = written.refresh_point;
+                        }
+                    }
+                }
+                report.count(Ok(()));
+                Some(written)
+            }
+            Progress::Failed(err, local_failing) => {
+                let in_sinks = {
+                    let mut status = status::lock(report.status);
+                    report
+                        .record
+                        .of(&mut status)
+                        .and_then(|token| token.expires_on)
+                };
+                let delay = self.write_failed(in_sinks);
+                let retry_at = schedule::later(SystemTime::now(), delay);
+                report.failure(&err, local_failing, Some(retry_at));
+                None
+            }
+            Progress::Pending | Progress::Idle => None,
+        }
+    }
+
+    /// A request failed: backs off, records, counts and logs it; returns when to ask again.
+    /// `last_attempt`: when the tenant's last attempt began, for the log to say when the next
+    /// one really comes (the minimum interval between attempts may push it past the backoff).
+    pub fn request_failed(
+        &mut self,
+        err: &RefreshError,
+        report: &Report<'_>,
+        last_attempt: Option<SystemTime>,
+    ) -> SystemTime {
+        let planned = self.fetch_failed(err, &report.shared.policy);
+        let wake = schedule::next_wake(planned, None, last_attempt, self.retry_not_before);
+        report.failure(err, false, Some(wake));
+        planned
     }
 
     /// A request failed: backs off (or waits the permanent-failure interval) and never

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::client::TokenClient;
 use crate::config::DaemonConfig;
@@ -60,6 +61,33 @@ pub struct Shared {
     pub observer: Option<Arc<dyn Observer>>,
     /// `once`: one attempt per tenant, so failures are logged as final, with no retry planned.
     pub once: bool,
+}
+
+impl Shared {
+    /// A Power BI call's turn: a permit of the request limiter, then the rate cap, as token
+    /// requests take theirs. `None` when `cancel` fires first; `Some(None)` when the limiter is
+    /// closed (never: it lives as long as the daemon).
+    pub async fn api_turn(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Option<Option<OwnedSemaphorePermit>> {
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return None,
+            permit = self.limiter.clone().acquire_owned() => permit.ok(),
+        };
+        if let Some(rate) = &self.rate {
+            let waited = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
+                waited = rate.acquire() => waited,
+            };
+            if let (Some(observer), false) = (&self.observer, waited.is_zero()) {
+                observer.rate_limited(waited);
+            }
+        }
+        Some(permit)
+    }
 }
 
 /// Told how long every token request took (the fleet-wide latency histogram), how every attempt

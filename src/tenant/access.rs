@@ -8,12 +8,31 @@ use tokio_util::sync::CancellationToken;
 
 use super::Tenant;
 use crate::clock;
-use crate::error::{Reason, RefreshError};
+use crate::error::RefreshError;
 use crate::fleet::{Claim, Fleet};
-use crate::refresh::{self, Progress, Renderer, Which, Written, lanes::in_lanes};
+use crate::refresh::{Progress, Record, Renderer, Report, Which, Written, lanes};
 use crate::schedule;
 use crate::status;
 use crate::token::AccessToken;
+
+/// Where the access token's outcomes are reported: built from the tenant's fields one by one,
+/// so that its refresher can be borrowed mutably beside it. The credential's expiry is brought
+/// up to date first (a certificate or federated token may have been read again).
+macro_rules! access_report {
+    ($tenant:ident) => {{
+        crate::status::lock(&$tenant.status).credential_expiry = $tenant.credential.expiry();
+        Report {
+            shared: &$tenant.shared,
+            status: &$tenant.status,
+            record: Record::Access,
+            owner: crate::sink::Owner {
+                tenant: &$tenant.config.name,
+                embed: None,
+            },
+            pending: $tenant.pending.as_deref(),
+        }
+    }};
+}
 
 /// Fleet mode: how soon to look again when another replica holds the tenant's lease. Its token
 /// usually arrives within one request's time.
@@ -77,16 +96,11 @@ impl Tenant {
         self.last_attempt = Some(now);
         let mut request_duration = None;
         let mut permit = permit;
-        let mut leased = false;
-        let mut adopted_from = None;
-        let fetched = match claim {
+        let (fetched, adopted_from, leased) = match claim {
             Some(Claim::Adopt {
                 token,
                 refreshed_by,
-            }) => {
-                adopted_from = Some(refreshed_by);
-                Ok(token)
-            }
+            }) => (Ok(token), Some(refreshed_by), false),
             Some(Claim::Busy) => {
                 if let Some(observer) = &self.shared.observer {
                     observer.fleet_lease_busy();
@@ -95,47 +109,61 @@ impl Tenant {
                     .plan_at(Some(schedule::later(now, FLEET_BUSY_RETRY)));
                 return;
             }
-            Some(Claim::Unavailable(err)) => {
-                tracing::warn!(
-                    tenant = %self.config.name,
-                    error = %err,
-                    "fleet: Redis cannot say whether another replica refreshed; fetching without the fleet"
-                );
-                self.fetch_in_lanes(&mut permit, &mut request_duration)
-                    .await
-            }
-            Some(Claim::Lease) => {
-                leased = true;
-                self.fetch_in_lanes(&mut permit, &mut request_duration)
-                    .await
+            Some(claim) => {
+                if let Claim::Unavailable(err) = &claim {
+                    tracing::warn!(
+                        tenant = %self.config.name,
+                        error = %err,
+                        "fleet: Redis cannot say whether another replica refreshed; fetching without the fleet"
+                    );
+                }
+                let fetched = self
+                    .fetch_in_lanes(&mut permit, &mut request_duration)
+                    .await;
+                (fetched, None, matches!(claim, Claim::Lease))
             }
             None => {
-                self.fetch_in_lanes(&mut permit, &mut request_duration)
-                    .await
+                let fetched = self
+                    .fetch_in_lanes(&mut permit, &mut request_duration)
+                    .await;
+                (fetched, None, false)
             }
         };
         if let (Some(observer), Some(duration)) = (&self.shared.observer, request_duration) {
             observer.request_finished(duration);
         }
-        let token = match fetched {
-            Ok(token) => token,
+        match fetched {
+            Ok(token) => {
+                let fetched_here = request_duration.is_some();
+                self.fetched(token, adopted_from, fetched_here, permit, leased)
+                    .await;
+            }
             Err(err) => {
                 drop(permit);
-                if leased && let Some(fleet) = &self.shared.fleet {
-                    fleet.release(&self.config).await;
-                }
-                self.access_failed(err);
-                return;
+                self.release_lease(leased).await;
+                let report = access_report!(self);
+                self.access.request_failed(&err, &report, self.last_attempt);
             }
-        };
+        }
+    }
+
+    /// A token came (fetched here, or adopted from the fleet): it is held, written to the local
+    /// sinks while `permit` is still held, shared with the fleet, and the lease released.
+    async fn fetched(
+        &mut self,
+        token: AccessToken,
+        adopted_from: Option<Arc<str>>,
+        fetched_here: bool,
+        permit: Option<OwnedSemaphorePermit>,
+        leased: bool,
+    ) {
         let refresh_point = self.refresh_point_of(&token);
         let refreshed_by = match (&self.shared.fleet, adopted_from) {
             (_, Some(by)) => Some(by),
             (Some(fleet), None) => Some(fleet.replica_id().clone()),
             (None, None) => None,
         };
-        let shared =
-            (self.shared.fleet.is_some() && request_duration.is_some()).then(|| token.clone());
+        let shared = (self.shared.fleet.is_some() && fetched_here).then(|| token.clone());
         self.access.fetched(
             token,
             Some(refresh_point),
@@ -147,17 +175,20 @@ impl Tenant {
         // is written without it, after the files.
         let progress = self.write_access_to(Which::Local).await;
         drop(permit);
-        if let Some(fleet) = &self.shared.fleet {
-            if let Some(token) = &shared
-                && let Err(err) = fleet.publish(&self.config, token).await
-            {
-                tracing::warn!(tenant = %self.config.name, error = %err, "fleet: cannot share the token");
-            }
-            if leased {
-                fleet.release(&self.config).await;
-            }
+        if let (Some(fleet), Some(token)) = (&self.shared.fleet, &shared)
+            && let Err(err) = fleet.publish(&self.config, token).await
+        {
+            tracing::warn!(tenant = %self.config.name, error = %err, "fleet: cannot share the token");
         }
+        self.release_lease(leased).await;
         self.access_progress(progress);
+    }
+
+    /// Releases the fleet lease this attempt took, if it took one.
+    async fn release_lease(&self, leased: bool) {
+        if leased && let Some(fleet) = &self.shared.fleet {
+            fleet.release(&self.config).await;
+        }
     }
 
     /// When to ask for the token after `token`: the first token since the tenant started
@@ -176,42 +207,32 @@ impl Tenant {
         }
     }
 
-    /// Asks the token endpoint, in the main lane or the slow one (see [`in_lanes`]).
+    /// Asks the token endpoint, in the main lane or the slow one (see [`lanes::request`]).
     async fn fetch_in_lanes(
         &mut self,
         permit: &mut Option<OwnedSemaphorePermit>,
         request_duration: &mut Option<Duration>,
     ) -> Result<AccessToken, RefreshError> {
-        if let Some(rate) = &self.shared.rate {
-            let waited = rate.acquire().await;
-            if let (Some(observer), false) = (&self.shared.observer, waited.is_zero()) {
-                observer.rate_limited(waited);
-            }
-        }
-        let started = std::time::Instant::now();
         let key_vault = self.shared.key_vault.as_deref();
         let request = self
             .credential
             .fetch(&self.shared.client, key_vault, &self.config);
-        let main_lane = !self.slow;
-        let slow_after = self.shared.slow_after.get();
-        let (fetched, kept, moved) = in_lanes(
-            request,
-            permit.take(),
-            main_lane,
-            &self.shared.slow_lane,
-            slow_after,
-        )
-        .await;
-        *permit = kept;
-        let took = started.elapsed();
-        let timed_out = matches!(&fetched, Err(err) if err.reason == Reason::Timeout);
-        self.slow = moved || timed_out || (!main_lane && took >= slow_after);
-        if main_lane && !moved && fetched.is_ok() {
-            self.shared.slow_after.record(took);
-        }
+        let (fetched, took) = lanes::request(&self.shared, &mut self.slow, permit, request).await;
         *request_duration = Some(took);
         fetched
+    }
+
+    /// `once`: one attempt and one write of every sink, each failure final (the log says so).
+    /// Returns the failure, if any.
+    pub async fn once(mut self) -> Result<(), RefreshError> {
+        let never = CancellationToken::new();
+        let _ = self.claim_and_attempt(&never).await;
+        // The shared sinks follow the files, once, unless the attempt failed already.
+        if self.access.holds_unwritten() && status::lock(&self.status).token.last_error.is_none() {
+            self.write_access().await;
+        }
+        let failure = status::lock(&self.status).token.last_error.take();
+        failure.map_or(Ok(()), |err| Err(*err))
     }
 
     /// The Write step: the access token in hand to every sink that does not hold it yet.
@@ -238,55 +259,26 @@ impl Tenant {
 
     /// Acts on what a round of writes of the access token came to.
     fn access_progress(&mut self, progress: Progress<AccessToken>) {
-        match progress {
-            Progress::Written(written) => self.access_written(written),
-            Progress::Failed(err, local_failing) => {
-                let in_sinks = status::lock(&self.status).token.expires_on;
-                let delay = self.access.write_failed(in_sinks);
-                let (_, consecutive) = {
-                    let mut status = status::lock(&self.status);
-                    status.credential_expiry = self.credential.expiry();
-                    status.first_attempt_finished(self.pending.as_deref());
-                    refresh::record_failure(&mut status.token, &err, local_failing)
-                };
-                if let Some(observer) = &self.shared.observer {
-                    observer.attempt_finished(Err(err.reason));
-                }
-                let retry_in = (!self.shared.once).then_some(delay);
-                refresh::log_failure(self.owner(), &err, retry_in, consecutive, false);
-            }
-            Progress::Pending | Progress::Idle => {}
-        }
-    }
-
-    /// Every sink holds the access token: the refresh succeeded.
-    fn access_written(&mut self, written: Written<AccessToken>) {
-        let Written {
+        let recovered = status::lock(&self.status).token.consecutive_failures > 0;
+        let report = access_report!(self);
+        let Some(Written {
             token,
             refreshed_by,
             refresh_point,
-        } = written;
+        }) = self.access.settle(progress, &report)
+        else {
+            return;
+        };
         let point = refresh_point.unwrap_or_else(SystemTime::now);
         let adopted = match (&refreshed_by, &self.shared.fleet) {
             (Some(by), Some(fleet)) => by != fleet.replica_id(),
             _ => false,
         };
-        if let Some(observer) = &self.shared.observer {
-            observer.attempt_finished(Ok(()));
-            if self.shared.fleet.is_some() {
-                observer.fleet_token(adopted);
-            }
+        if let (Some(observer), true) = (&self.shared.observer, self.shared.fleet.is_some()) {
+            observer.fleet_token(adopted);
         }
         self.current_issued_on = Some(token.issued_on());
-        let recovered = {
-            let mut status = status::lock(&self.status);
-            let recovered = status.token.consecutive_failures > 0;
-            refresh::record_success(&mut status.token, token.expires_on());
-            status.credential_expiry = self.credential.expiry();
-            status.refreshed_by = refreshed_by;
-            status.first_attempt_finished(self.pending.as_deref());
-            recovered
-        };
+        status::lock(&self.status).refreshed_by = refreshed_by;
         tracing::info!(
             tenant = %self.config.name,
             expires_at = %clock::display_time(schedule::unix_to_system(token.expires_on())),
@@ -297,38 +289,5 @@ impl Tenant {
             if adopted { "token adopted from the fleet" } else { "token refreshed" }
         );
         self.hold_for_api(&token);
-    }
-
-    /// A token request failed: backs off and records it.
-    fn access_failed(&mut self, err: RefreshError) {
-        let now = SystemTime::now();
-        let planned = self.access.fetch_failed(&err, &self.shared.policy);
-        let (was_permanent, consecutive) = {
-            let mut status = status::lock(&self.status);
-            status.credential_expiry = self.credential.expiry();
-            status.first_attempt_finished(self.pending.as_deref());
-            refresh::record_failure(&mut status.token, &err, false)
-        };
-        if let Some(observer) = &self.shared.observer {
-            observer.attempt_finished(Err(err.reason));
-        }
-        // What the log says is when the next attempt really comes: the minimum interval
-        // between attempts may push it past the backoff.
-        let wake = schedule::next_wake(
-            planned,
-            None,
-            self.last_attempt,
-            self.access.retry_not_before(),
-        );
-        let retry_in = wake
-            .duration_since(now)
-            .unwrap_or_else(|_| planned.duration_since(now).unwrap_or_default());
-        refresh::log_failure(
-            self.owner(),
-            &err,
-            (!self.shared.once).then_some(retry_in),
-            consecutive,
-            was_permanent,
-        );
     }
 }

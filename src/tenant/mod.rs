@@ -26,12 +26,12 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::config::TenantConfig;
 use crate::credential::Credential;
+use crate::powerbi::embeds::Embeds;
 use crate::refresh::{Refresher, Shared};
 use crate::schedule;
-use crate::sink::{Owner, Sink};
+use crate::sink::Owner;
 use crate::status::{self, StatusHandle};
 use crate::token::AccessToken;
-use powerbi::EmbedState;
 
 /// One tenant's refreshers and their schedule.
 pub struct Tenant {
@@ -72,7 +72,7 @@ pub struct Tenant {
     /// When the next access probe is due; `None` without a probe or without a token yet.
     next_probe: Option<SystemTime>,
     /// The tenant's embed tokens, in config order (`[[tenant.embed]]`); empty for most.
-    embeds: Box<[EmbedState]>,
+    embeds: Embeds,
     /// What the next step does, decided with its time by [`Tenant::plan`].
     due: Due,
 }
@@ -95,7 +95,7 @@ enum Due {
 enum Held {
     /// The access token.
     Access,
-    /// The embed token whose write is due first ([`Tenant::next_embed_write`]): found again
+    /// The embed token whose write is due first (`Embeds::next_write`): found again
     /// when the step runs, so that a sleeping tenant carries no index.
     Embed,
 }
@@ -119,10 +119,7 @@ impl Tenant {
             .powerbi
             .as_deref()
             .map_or(&[][..], |powerbi| &powerbi.embeds);
-        let embeds = embed_configs
-            .iter()
-            .map(|_| EmbedState::default())
-            .collect();
+        let embeds = Embeds::new(embed_configs.len());
         {
             let mut status = status::lock(&status);
             status.credential_expiry = credential.expiry();
@@ -212,11 +209,7 @@ impl Tenant {
         match self.due {
             Due::Api => Box::pin(self.api_calls(cancel)).await?,
             Due::Write(Held::Access) => Box::pin(self.write_access()).await,
-            Due::Write(Held::Embed) => {
-                if let Some((_, index)) = self.next_embed_write() {
-                    Box::pin(self.write_embed(index, crate::refresh::Which::All)).await;
-                }
-            }
+            Due::Write(Held::Embed) => Box::pin(self.write_embed()).await,
             Due::Check => Box::pin(self.check_presence(cancel)).await?,
             Due::Attempt => {
                 // Boxed so that the many steps waiting for a permit at a cold start stay small:
@@ -245,9 +238,7 @@ impl Tenant {
         let redis_only = match self.due {
             Due::Check => true,
             Due::Write(Held::Access) => self.access.only_shared_pending(&self.config.sinks),
-            Due::Write(Held::Embed) => self
-                .next_embed_write()
-                .is_some_and(|(_, index)| self.embed_only_shared_pending(index)),
+            Due::Write(Held::Embed) => self.embed_write_only_shared(),
             Due::Attempt | Due::Api => false,
         };
         match (redis_only, self.slow) {
@@ -279,7 +270,8 @@ impl Tenant {
             self.access
                 .write_at()
                 .map(|at| (at, Due::Write(Held::Access))),
-            self.next_embed_write()
+            self.embeds
+                .next_write()
                 .map(|(at, _)| (at, Due::Write(Held::Embed))),
             self.next_api_call().map(|at| (at, Due::Api)),
             self.next_check.map(|at| (at, Due::Check)),
@@ -297,84 +289,35 @@ impl Tenant {
     /// Adopts a still-fresh token from a sink (warm start). Returns the first wake-up.
     async fn start_up(&mut self) -> SystemTime {
         let now = SystemTime::now();
-        for config in &self.config.sinks {
-            if self.files_absent && crate::sink::is_local(config) {
-                continue;
-            }
-            let Some(sink) = Sink::from_config(config, self.shared.store.as_ref()) else {
-                continue;
-            };
-            let Some(token) = sink
-                .read_json(self.owner())
-                .await
-                .and_then(|bytes| crate::token::document::parse_existing(&bytes, &self.config))
-            else {
-                continue;
-            };
-            let point =
-                schedule::refresh_point(&token, self.config.refresh_at, self.jitter_offset());
-            if schedule::warm_token_usable(&token, point, now) {
-                tracing::info!(
-                    tenant = %self.config.name,
-                    expires_on = token.expires_on(),
-                    next_refresh = %clock::display_time(point),
-                    "warm start: reusing the token on disk"
-                );
-                self.current_issued_on = Some(token.issued_on());
-                self.hold_for_api(&token);
-                self.warm_start_embeds().await;
-                let mut status = status::lock(&self.status);
-                status.token.expires_on = Some(token.expires_on());
-                status.first_attempt_finished(self.pending.as_deref());
-                return point;
-            }
-        }
-        now
-    }
-}
-
-/// Sleeps until a wall-clock instant (immediately if it has passed).
-pub(crate) async fn sleep_until(when: SystemTime) {
-    let delay = when
-        .duration_since(SystemTime::now())
-        .unwrap_or(std::time::Duration::ZERO);
-    tokio::time::sleep(delay).await;
-}
-
-/// Outcome of `once` for one tenant.
-#[derive(Debug)]
-pub struct OnceOutcome {
-    /// Tenant name.
-    pub tenant: String,
-    /// Ok, or why not.
-    pub result: Result<(), crate::error::RefreshError>,
-}
-
-/// Fetches and writes one token for one tenant, without scheduling (the `once` command): one
-/// attempt and one write of every sink, each failure final.
-pub async fn refresh_once(config: Arc<TenantConfig>, shared: Arc<Shared>) -> OnceOutcome {
-    let status = StatusHandle::default();
-    let mut tenant = Tenant::new(config.clone(), shared.clone(), status.clone());
-    let never = CancellationToken::new();
-    let _ = tenant.claim_and_attempt(&never).await;
-    // The shared sinks follow the files, once; a failure there is final too.
-    if tenant.access.write_at().is_some() && !tenant.access.failing() {
-        let untried = status::lock(&status).token.last_error.is_none();
-        if untried {
-            tenant.write_access().await;
-        }
-    }
-    let last_error = status::lock(&status)
-        .token
-        .last_error
-        .take()
-        .map(|err| *err);
-    OnceOutcome {
-        tenant: config.name.clone(),
-        result: match last_error {
-            Some(err) => Err(err),
-            None => Ok(()),
-        },
+        let config = Arc::clone(&self.config);
+        let jitter = self.jitter_offset();
+        let point = |token: &AccessToken| schedule::refresh_point(token, config.refresh_at, jitter);
+        let Some(token) = crate::refresh::stored(
+            &config.sinks,
+            self.shared.store.as_ref(),
+            self.owner(),
+            self.files_absent,
+            |bytes| crate::token::document::parse_existing(bytes, &config),
+            |token| schedule::warm_token_usable(token, point(token), now),
+        )
+        .await
+        else {
+            return now;
+        };
+        let point = point(&token);
+        tracing::info!(
+            tenant = %config.name,
+            expires_on = token.expires_on(),
+            next_refresh = %clock::display_time(point),
+            "warm start: reusing the token on disk"
+        );
+        self.current_issued_on = Some(token.issued_on());
+        self.hold_for_api(&token);
+        self.warm_start_embeds(token.expires_on()).await;
+        let mut status = status::lock(&self.status);
+        status.token.expires_on = Some(token.expires_on());
+        status.first_attempt_finished(self.pending.as_deref());
+        point
     }
 }
 

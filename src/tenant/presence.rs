@@ -4,10 +4,10 @@
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
-use super::{Tenant, sleep_until};
+use super::Tenant;
 use crate::clock;
+use crate::refresh::sleep_until;
 use crate::schedule;
-use crate::sink::Sink;
 use crate::status;
 
 impl Tenant {
@@ -64,13 +64,8 @@ impl Tenant {
         if !still_valid {
             return false;
         }
-        for config in &self.config.sinks {
-            let Some(sink) = Sink::from_config(config, self.shared.store.as_ref()) else {
-                continue;
-            };
-            if sink.present().await == Some(false) {
-                return true;
-            }
+        if crate::refresh::lost(&self.config.sinks, self.shared.store.as_ref()).await {
+            return true;
         }
         match &self.shared.fleet {
             Some(fleet) => fleet.present(&self.config).await == Some(false),

@@ -1,0 +1,205 @@
+//! A tenant's embed tokens, one [`Refresher`] each: made with the tenant's access token after
+//! each of its refreshes and at their own refresh point, written to their sinks like the access
+//! token (files with the request, Redis in a step of its own, failed sinks again soon), and
+//! reported in the same shape.
+
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Context;
+use super::embed::{self, EmbedToken};
+use crate::clock;
+use crate::error::Reason;
+use crate::refresh::{self, Refresher, Renderer, Which};
+use crate::sink::Owner;
+use crate::status;
+use crate::token::AccessToken;
+
+/// The refreshers of a tenant's embed tokens, in config order. A refresher's next request is
+/// `None` until there is an access token to make the embed token with (and again while the one
+/// made lasts as long as the access token: the next access token refresh makes the next one).
+#[derive(Default)]
+pub struct Embeds {
+    refreshers: Box<[Refresher<EmbedToken>]>,
+}
+
+impl Embeds {
+    /// The refreshers of `count` embed tokens, none planned yet.
+    pub fn new(count: usize) -> Self {
+        Embeds {
+            refreshers: (0..count).map(|_| Refresher::default()).collect(),
+        }
+    }
+
+    /// Plans every embed token at `at`: after an access token refresh, each is made again.
+    pub fn plan_all(&mut self, at: SystemTime) {
+        for refresher in &mut self.refreshers {
+            refresher.plan_at(Some(at));
+        }
+    }
+
+    /// When the next embed token is to be made.
+    pub fn next_request(&self) -> Option<SystemTime> {
+        self.refreshers.iter().filter_map(Refresher::next).min()
+    }
+
+    /// The embed token in hand written next, and when.
+    pub fn next_write(&self) -> Option<(SystemTime, usize)> {
+        self.refreshers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, refresher)| Some((refresher.write_at()?, index)))
+            .min()
+    }
+
+    /// Whether embed token `index` waits only for shared sinks (Redis).
+    pub fn only_shared_pending(&self, context: &Context<'_>, index: usize) -> bool {
+        match (self.refreshers.get(index), context.embed(index)) {
+            (Some(refresher), Some(embed)) => refresher.only_shared_pending(&embed.sinks),
+            _ => false,
+        }
+    }
+
+    /// Reuses the embed tokens in the sinks (a warm start) that were made with the warm-started
+    /// access token (expiring at `entra_expires_on`) or an earlier one and are not yet due.
+    pub async fn warm_start(&mut self, context: &Context<'_>, entra_expires_on: i64) {
+        let Some(powerbi) = context.config.powerbi.as_deref() else {
+            return;
+        };
+        let (now, refresh_at) = (SystemTime::now(), context.config.refresh_at);
+        for (index, embed) in powerbi.embeds.iter().enumerate() {
+            let owner = Owner {
+                tenant: &context.config.name,
+                embed: Some(&embed.name),
+            };
+            let stored = refresh::stored(
+                &embed.sinks,
+                context.shared.store.as_ref(),
+                owner,
+                false,
+                |bytes| embed::parse_existing(bytes, context.config, embed),
+                |token| {
+                    token.expires_on <= entra_expires_on && token.refresh_point(refresh_at) > now
+                },
+            );
+            let Some(token) = stored.await else {
+                continue;
+            };
+            let point = token.refresh_point(refresh_at);
+            tracing::info!(
+                tenant = %context.config.name,
+                embed = %embed.name,
+                token_id = %token.token_id,
+                next_refresh = %clock::display_time(point),
+                "warm start: reusing the embed token on disk"
+            );
+            if let Some(status) = status::lock(context.status).embeds.get_mut(index) {
+                status.token.expires_on = Some(token.expires_on);
+                status.token.next_refresh = Some(point);
+            }
+            if let Some(refresher) = self.refreshers.get_mut(index) {
+                refresher.plan_at(Some(point));
+            }
+        }
+    }
+
+    /// Makes every embed token that is due with `entra`, the access token held. `None` when
+    /// `cancel` fired while one waited for its turn; `Some(true)` when Power BI said the access
+    /// token has expired (a fresh one settles it).
+    pub async fn make_due(
+        &mut self,
+        context: &Context<'_>,
+        entra: &AccessToken,
+        cancel: &CancellationToken,
+    ) -> Option<bool> {
+        let now = SystemTime::now();
+        let mut expired = false;
+        for index in 0..self.refreshers.len() {
+            if self.refreshers[index].next().is_some_and(|at| at <= now) {
+                expired |= self.make(context, index, entra, cancel).await?;
+            }
+        }
+        Some(expired)
+    }
+
+    /// Makes embed token `index` through the request limiter and rate cap, and writes its local
+    /// sinks (the shared ones follow in a step of their own). Returns whether Power BI said the
+    /// access token has expired; `None` when `cancel` fired first.
+    async fn make(
+        &mut self,
+        context: &Context<'_>,
+        index: usize,
+        entra: &AccessToken,
+        cancel: &CancellationToken,
+    ) -> Option<bool> {
+        let (Some(powerbi), Some(embed)) =
+            (context.config.powerbi.as_deref(), context.embed(index))
+        else {
+            return Some(false);
+        };
+        let entra_expires_on = entra.expires_on();
+        if entra_expires_on <= clock::unix_now() {
+            // The access token refresh due anyway plans the next embed token.
+            self.refreshers[index].plan_at(None);
+            return Some(false);
+        }
+        let permit = context.shared.api_turn(cancel).await?;
+        let (made, _) =
+            embed::generate(&context.shared.client, &powerbi.api_root, embed, entra).await;
+        // The permit is for the request: a slow sink (a hung Redis) must not hold it.
+        drop(permit);
+        match made {
+            Ok(token) => {
+                // An embed token capped at the access token's expiry is not made again before
+                // the next access token refresh (which makes the next one): made with the same
+                // access token, it would expire at the same moment.
+                let capped = token.expires_on >= entra_expires_on;
+                let next = (!capped).then(|| token.refresh_point(context.config.refresh_at));
+                self.refreshers[index].fetched(token, next, None, embed.sinks.len());
+                self.write(context, index, Which::Local).await;
+                Some(false)
+            }
+            Err(err) => {
+                let report = context.report(embed, index);
+                self.refreshers[index].request_failed(&err, &report, None);
+                Some(err.reason == Reason::TokenExpired)
+            }
+        }
+    }
+
+    /// Writes embed token `index` in hand to `which` of its sinks, and acts on the outcome.
+    pub async fn write(&mut self, context: &Context<'_>, index: usize, which: Which) {
+        let (Some(embed), Some(refresher)) = (context.embed(index), self.refreshers.get_mut(index))
+        else {
+            return;
+        };
+        let config = context.config;
+        let render = |format, token: &EmbedToken| embed::render(format, config, embed, token);
+        let renderer = Renderer {
+            owner: Owner {
+                tenant: &config.name,
+                embed: Some(&embed.name),
+            },
+            render: &render,
+            store: context.shared.store.as_ref(),
+        };
+        let progress = refresher.write(&embed.sinks, &renderer, which).await;
+        let Some(written) = refresher.settle(progress, &context.report(embed, index)) else {
+            return;
+        };
+        let token = written.token;
+        let next = written.refresh_point.map_or_else(
+            || "with the next access token".to_owned(),
+            clock::display_time,
+        );
+        tracing::info!(
+            tenant = %config.name,
+            embed = %embed.name,
+            token_id = %token.token_id,
+            expires_at = %clock::display_time(clock::unix_to_system(token.expires_on)),
+            next_refresh = %next,
+            "embed token refreshed"
+        );
+    }
+}
