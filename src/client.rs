@@ -39,7 +39,7 @@ use crate::token::{AccessToken, RetryAfter, parse_token_response};
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Largest response body we read from a token endpoint. Real ones are a few KiB.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// How long IMDS may answer 410 (being updated) before we give up on this attempt.
 const IMDS_GONE_WINDOW: Duration = Duration::from_secs(70);
@@ -83,7 +83,7 @@ pub struct TokenClient {
 }
 
 /// How an app proves itself in a client-credentials request to Entra.
-pub enum AppProof {
+pub(crate) enum AppProof {
     /// `client_secret`.
     Secret(SecretString),
     /// `client_assertion`, a signed JWT (a certificate's, or a federated token), sent with
@@ -92,7 +92,7 @@ pub enum AppProof {
 }
 
 /// Which managed identity endpoint a request goes to, with what it needs to send.
-pub enum ManagedIdentityEndpoint<'a> {
+pub(crate) enum ManagedIdentityEndpoint<'a> {
     /// The instance metadata service (VMs, AKS, Container Instances…): the client's IMDS URL.
     Imds,
     /// App Service, Functions, Container Apps, Automation: their `IDENTITY_ENDPOINT` and the
@@ -153,7 +153,7 @@ impl TokenClient {
     ///
     /// # Errors
     /// A classified [`RefreshError`]; never one that contains the secret or the assertion.
-    pub async fn entra_token(
+    pub(crate) async fn entra_token(
         &self,
         tenant: &TenantConfig,
         proof: &AppProof,
@@ -191,7 +191,7 @@ impl TokenClient {
     ///
     /// # Errors
     /// A classified [`RefreshError`]; never one that contains the secret.
-    pub async fn oauth2_token(
+    pub(crate) async fn oauth2_token(
         &self,
         tenant: &TenantConfig,
         oauth2: &OAuth2Config,
@@ -250,7 +250,7 @@ impl TokenClient {
     ///
     /// # Errors
     /// A classified [`RefreshError`]; never one that contains App Service's header.
-    pub async fn managed_identity_token(
+    pub(crate) async fn managed_identity_token(
         &self,
         tenant: &TenantConfig,
         endpoint: ManagedIdentityEndpoint<'_>,
@@ -435,7 +435,11 @@ impl TokenClient {
     ///
     /// # Errors
     /// A transport failure (connect, TLS, timeout, oversized body), sanitised.
-    pub async fn api_get(&self, url: &str, token: &AccessToken) -> Result<ApiAnswer, RefreshError> {
+    pub(crate) async fn api_get(
+        &self,
+        url: &str,
+        token: &AccessToken,
+    ) -> Result<ApiAnswer, RefreshError> {
         self.api_call(self.http.get(url), token).await
     }
 
@@ -446,7 +450,7 @@ impl TokenClient {
     ///
     /// # Errors
     /// A transport failure, sanitised.
-    pub async fn key_vault_get(
+    pub(crate) async fn key_vault_get(
         &self,
         url: &str,
         token: &AccessToken,
@@ -462,7 +466,7 @@ impl TokenClient {
     ///
     /// # Errors
     /// A transport failure, sanitised.
-    pub async fn api_post_json(
+    pub(crate) async fn api_post_json(
         &self,
         url: &str,
         token: &AccessToken,
@@ -575,7 +579,7 @@ pub(crate) fn new_request_id() -> String {
 ///
 /// # Errors
 /// The tenant lacks one of the two; permanent.
-pub fn app_identity(tenant: &TenantConfig) -> Result<(String, &str), RefreshError> {
+pub(crate) fn app_identity(tenant: &TenantConfig) -> Result<(String, &str), RefreshError> {
     match (tenant.token_url(), tenant.client_id.as_deref()) {
         (Some(token_url), Some(client_id)) => Ok((token_url, client_id)),
         _ => Err(RefreshError::local(

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const MAX_RFC3339_UNIX: i64 = 253_402_300_799;
 
 /// The first second RFC 3339 can write: 0000-01-01T00:00:00Z.
-pub const MIN_RFC3339_UNIX: i64 = -62_167_219_200;
+pub(crate) const MIN_RFC3339_UNIX: i64 = -62_167_219_200;
 
 /// Seconds since the Unix epoch, now. A clock before 1970 reads 0 rather than failing.
 pub fn unix_now() -> i64 {
@@ -57,17 +57,17 @@ pub fn rfc3339_unix(unix: i64) -> Option<String> {
 }
 
 /// [`rfc3339_unix`] of a `SystemTime` (whole seconds, rounded down).
-pub fn rfc3339(time: SystemTime) -> Option<String> {
+pub(crate) fn rfc3339(time: SystemTime) -> Option<String> {
     rfc3339_unix(unix_seconds(time))
 }
 
 /// [`rfc3339`] for log lines: never fails, prints `out of range` for what RFC 3339 cannot hold.
-pub fn display_time(time: SystemTime) -> String {
+pub(crate) fn display_time(time: SystemTime) -> String {
     rfc3339(time).unwrap_or_else(|| "out of range".to_owned())
 }
 
 /// `2027-03-01`, for messages about expiry dates; the raw number if it is not a date.
-pub fn format_date(unix: i64) -> String {
+pub(crate) fn format_date(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| unix.to_string())

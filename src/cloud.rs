@@ -46,7 +46,7 @@ impl Cloud {
 
     /// The Power BI REST API root, without a trailing slash (reference §7; GCC High is taken to
     /// share DoDCON's `high.` endpoints, as its resource does).
-    pub fn power_bi_api(self) -> &'static str {
+    pub(crate) fn power_bi_api(self) -> &'static str {
         match self {
             Cloud::Public => "https://api.powerbi.com",
             Cloud::Gcc => "https://api.powerbigov.us",
@@ -58,7 +58,7 @@ impl Cloud {
 
     /// The Azure Key Vault resource (v1 `resource`; v2 scope is this plus `/.default`) whose
     /// tokens this cloud's vaults accept (reference §10). GCC runs on the commercial cloud.
-    pub fn key_vault_resource(self) -> &'static str {
+    pub(crate) fn key_vault_resource(self) -> &'static str {
         match self {
             Cloud::Public | Cloud::Gcc => "https://vault.azure.net",
             Cloud::Gcchigh | Cloud::Dod => "https://vault.usgovcloudapi.net",

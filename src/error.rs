@@ -115,7 +115,7 @@ impl Reason {
 
     /// The reasons a token request (and the writes of its token) can fail with: the series
     /// of the token failure counters.
-    pub const TOKEN: [Reason; 13] = [
+    pub(crate) const TOKEN: [Reason; 13] = [
         Reason::InvalidClient,
         Reason::UnauthorizedClient,
         Reason::TenantNotFound,
@@ -143,7 +143,7 @@ impl Reason {
     ];
 
     /// An embed token's: a Power BI call's, and its writes.
-    pub const EMBED: [Reason; 8] = [
+    pub(crate) const EMBED: [Reason; 8] = [
         Reason::NotAuthorized,
         Reason::TokenExpired,
         Reason::NotFound,
@@ -156,7 +156,7 @@ impl Reason {
 
     /// `counts` (indexed like [`Reason::ALL`]) for the reasons of `set` only, in its order: the
     /// copies a metrics scrape makes stay as small as the set.
-    pub fn counts_in<const N: usize>(
+    pub(crate) fn counts_in<const N: usize>(
         counts: &[u32; Reason::ALL.len()],
         set: &[Reason; N],
     ) -> [u64; N] {
@@ -305,7 +305,7 @@ impl RefreshError {
 /// Entra's JSON error body (§2.1 of the protocol reference); every field is optional because
 /// proxies and other OAuth servers send subsets.
 #[derive(Debug, Default, serde::Deserialize)]
-pub struct OAuthErrorBody {
+pub(crate) struct OAuthErrorBody {
     /// OAuth `error`.
     pub error: Option<String>,
     /// Starts with `AADSTSnnnn:`, ends with trace/correlation/timestamp lines.
@@ -458,7 +458,7 @@ const MAX_FIELD_CHARS: usize = 100;
 /// Cap for an OAuth `error` code. The codes of RFC 6749, RFC 8707 and Entra are at most 25
 /// characters (`unsupported_response_type`); the cap leaves room for other servers' codes
 /// without letting one fill a log line.
-pub const MAX_ERROR_CODE_CHARS: usize = 64;
+pub(crate) const MAX_ERROR_CODE_CHARS: usize = 64;
 /// Secrets shorter than this are not redacted: redacting `a` or `ab` would shred every message,
 /// and a secret that short protects nothing anyway.
 pub const MIN_SECRET_CHARS: usize = 4;
@@ -703,7 +703,7 @@ fn push_run(out: &mut String, run: &str) {
 /// A lower-case name, `=` and a GUID (`appid=…`, `oid=…`, as Key Vault's RBAC refusal names
 /// the caller) is neither: it is a GUID, readable like a bare one, and the one operators need to
 /// grant the role.
-pub fn looks_like_token(run: &str) -> bool {
+pub(crate) fn looks_like_token(run: &str) -> bool {
     let named_guid = run.split_once('=').is_some_and(|(name, value)| {
         !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase()) && is_guid(value)
     });

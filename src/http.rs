@@ -115,7 +115,7 @@ impl Renderer {
 }
 
 /// The router; separate from serving so tests can drive it without a socket.
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -133,7 +133,7 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest an admin connection stays open, idle keep-alive included; a scraper reconnects.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves until `stop` is cancelled: every connection under [`MAX_CONNECTIONS`], with
 /// [`HEADER_READ_TIMEOUT`] and [`CONNECTION_LIFETIME`].
@@ -208,7 +208,7 @@ async fn healthz(State(state): State<AdminState>) -> Response {
 /// (a full, read-only or missing volume, which a restart or a new node can fix). A minority is a
 /// per-tenant problem (one bad path or permission); it stays visible in this body, in `/status`
 /// and as `reason="sink"` failures, without taking every healthy tenant's consumers out of service.
-pub fn sinks_make_unready(failing: usize, tenants: usize) -> bool {
+pub(crate) fn sinks_make_unready(failing: usize, tenants: usize) -> bool {
     failing > 0 && failing.saturating_mul(2) >= tenants
 }
 
@@ -258,7 +258,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 /// One tenant in `/status`.
 #[derive(Serialize)]
-pub struct TenantView {
+pub(crate) struct TenantView {
     /// Configured name.
     pub name: String,
     /// pending | healthy | retrying | misconfigured | expired | api_denied | api_failing.
@@ -294,7 +294,7 @@ pub struct TenantView {
 /// One embed token in `/status`, in the shape of the access token's fields. Never the token
 /// itself.
 #[derive(Serialize)]
-pub struct EmbedView {
+pub(crate) struct EmbedView {
     /// The embed's name.
     pub name: String,
     /// RFC 3339 expiry of the embed token in the sinks.
@@ -312,7 +312,7 @@ pub struct EmbedView {
 
 /// The last access probe in `/status`.
 #[derive(Serialize)]
-pub struct ProbeView {
+pub(crate) struct ProbeView {
     /// RFC 3339 time of the last probe.
     pub last_probe_at: Option<String>,
     /// Whether Power BI accepted the token.
@@ -328,7 +328,7 @@ pub struct ProbeView {
 
 /// A failure in `/status`: what Microsoft support asks for, never a secret.
 #[derive(Serialize)]
-pub struct ErrorView {
+pub(crate) struct ErrorView {
     /// transient | throttled | permanent | sink.
     pub class: &'static str,
     /// The metric reason label.
@@ -372,7 +372,7 @@ impl ErrorView {
 }
 
 /// Builds the `/status` entry of one tenant at `now`.
-pub fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView {
+pub(crate) fn view(name: String, status: &TenantStatus, now: SystemTime) -> TenantView {
     let token = &status.token;
     TenantView {
         state: status.state(now),

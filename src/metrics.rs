@@ -112,7 +112,7 @@ const DURATION_BUCKETS: [f64; 12] = [
 /// The `le` text is what Prometheus 3 turns any `le` into when it ingests a histogram (Go's
 /// shortest float format, `.0` added to integers), so the rules' exact `le="600.0"` matchers mean
 /// the same on Prometheus 2, which keeps the text as written, and on 3.
-pub const TOKEN_BUCKETS: [(f64, &str); 11] = [
+pub(crate) const TOKEN_BUCKETS: [(f64, &str); 11] = [
     (0.0, "0.0"),
     (60.0, "60.0"),
     (300.0, "300.0"),
@@ -130,7 +130,7 @@ pub const TOKEN_BUCKETS: [(f64, &str); 11] = [
 /// (`PowerBITokendCredentialExpiringCritical`), 14, 30 (`PowerBITokendCredentialExpiring`), 60,
 /// 90, 180 and 365 days. `le` text as for [`TOKEN_BUCKETS`]; a million and more is written with
 /// an exponent there.
-pub const CREDENTIAL_BUCKETS: [(f64, &str); 9] = [
+pub(crate) const CREDENTIAL_BUCKETS: [(f64, &str); 9] = [
     (0.0, "0.0"),
     (86_400.0, "86400.0"),
     (604_800.0, "604800.0"),
@@ -144,7 +144,7 @@ pub const CREDENTIAL_BUCKETS: [(f64, &str); 9] = [
 
 /// How far ahead a credential's expiry makes its tenant need attention: the warning threshold of
 /// `PowerBITokendCredentialExpiring`.
-pub const CREDENTIAL_ATTENTION: Duration = Duration::from_secs(30 * 86_400);
+pub(crate) const CREDENTIAL_ATTENTION: Duration = Duration::from_secs(30 * 86_400);
 
 impl Metrics {
     /// Creates and registers the fleet-wide metrics.
@@ -400,7 +400,7 @@ impl Metrics {
 ///
 /// A tenant that stops needing attention loses its series at the next scrape, which Prometheus
 /// marks stale: its alerts resolve as they would on recovery in mode `all`.
-pub fn needs_attention(status: &TenantStatus, state: TenantState, now_unix: f64) -> bool {
+pub(crate) fn needs_attention(status: &TenantStatus, state: TenantState, now_unix: f64) -> bool {
     state != TenantState::Healthy
         || status.token.consecutive_failures > 0
         || status

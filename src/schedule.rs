@@ -34,12 +34,12 @@ pub use crate::clock::unix_to_system;
 /// (and the simulator's `demo`) use tokens of two or three seconds and backoffs of 100 ms, whose
 /// meaning a floor of several seconds would change; configured backoffs under a second are
 /// raised to it.
-pub const MIN_ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest wait [`later`] plans: a year. Longer configured intervals
 /// (`permanent_retry_interval = "500 years"`) are shortened to it, which keeps every planned
 /// instant printable and far from the end of `SystemTime`.
-pub const MAX_WAIT: Duration = Duration::from_secs(366 * 24 * 3600);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// The stable jitter of one tenant, as a signed fraction of the lifetime in `[-jitter, +jitter]`.
 pub fn tenant_jitter(name: &str, jitter: f64) -> f64 {
@@ -94,7 +94,7 @@ pub fn refresh_point(token: &AccessToken, refresh_at: f64, jitter_offset: f64) -
 /// restarts) still sets each tenant's period from then on. The window is ±0.25 of the lifetime
 /// at `refresh_at = 0.5`, narrower when `refresh_at` is near either end; with `jitter = 0` (a
 /// schedule asked to be exact) there is none.
-pub fn first_refresh_point(
+pub(crate) fn first_refresh_point(
     token: &AccessToken,
     refresh_at: f64,
     jitter: f64,
@@ -121,7 +121,7 @@ pub fn first_refresh_point(
 
 /// Exponential backoff with full jitter: uniform between `min` and `min × 2^attempt` (capped at
 /// `max`). `unit` is a uniform random number in `[0, 1)`, passed in so the function stays pure.
-pub fn backoff(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duration {
+pub(crate) fn backoff(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duration {
     let ceiling = min
         .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
         .unwrap_or(max)
@@ -137,7 +137,7 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration, unit: f64) -> Duratio
 
 /// The delay before the next attempt after a failure: the computed delay, but never less than the
 /// server's `Retry-After` (itself at most an hour).
-pub fn respect_retry_after(delay: Duration, retry_after: Option<RetryAfter>) -> Duration {
+pub(crate) fn respect_retry_after(delay: Duration, retry_after: Option<RetryAfter>) -> Duration {
     match retry_after {
         Some(server) => delay.max(server.get()),
         None => delay,
@@ -163,7 +163,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<RetryAfter> {
 /// but not before [`MIN_ATTEMPT_INTERVAL`] after the `previous` attempt began, nor before
 /// `retry_not_before` (the end of the last `Retry-After`, which a cron activation must not
 /// undercut either).
-pub fn next_wake(
+pub(crate) fn next_wake(
     planned: SystemTime,
     cron: Option<SystemTime>,
     previous: Option<SystemTime>,
@@ -178,10 +178,10 @@ pub fn next_wake(
 }
 
 /// The first wait before writing a token in hand again to a sink that could not take it.
-pub const WRITE_RETRY_MIN: Duration = Duration::from_secs(1);
+pub(crate) const WRITE_RETRY_MIN: Duration = Duration::from_secs(1);
 
 /// The longest wait between writes of a token in hand.
-pub const WRITE_RETRY_MAX: Duration = Duration::from_secs(60);
+pub(crate) const WRITE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// When to write a token in hand again after its `tries`-th failed write (1 or more), while
 /// the token the sinks hold (or the one in hand, if it expires first) has `remaining` of its
@@ -189,7 +189,7 @@ pub const WRITE_RETRY_MAX: Duration = Duration::from_secs(60);
 /// token is to its end, the more often the write is tried, so they get the new one soon after
 /// the sink takes it) nor more than [`WRITE_RETRY_MAX`], and never less than [`WRITE_RETRY_MIN`].
 /// Unlike the backoff of token requests, nothing here costs Entra a request.
-pub fn write_retry(tries: u32, remaining: Duration) -> Duration {
+pub(crate) fn write_retry(tries: u32, remaining: Duration) -> Duration {
     let doubling = 1u32
         .checked_shl(tries.saturating_sub(1))
         .unwrap_or(u32::MAX);
@@ -201,7 +201,7 @@ pub fn write_retry(tries: u32, remaining: Duration) -> Duration {
 }
 
 /// The next cron activation strictly after `after`, in UTC.
-pub fn cron_next(cron: &croner::Cron, after: SystemTime) -> Option<SystemTime> {
+pub(crate) fn cron_next(cron: &croner::Cron, after: SystemTime) -> Option<SystemTime> {
     // `DateTime::from(SystemTime)` panics outside chrono's range; go through whole seconds.
     let after = DateTime::<Utc>::from_timestamp(crate::clock::unix_seconds(after), 0)?;
     cron.find_next_occurrence(&after, false)
@@ -213,7 +213,11 @@ pub fn cron_next(cron: &croner::Cron, after: SystemTime) -> Option<SystemTime> {
 /// arrived in the past (a file "issued" in the future is a clock that moved back, or a forged
 /// file, and trusting it could postpone the first refresh indefinitely) and its refresh point
 /// has not come yet.
-pub fn warm_token_usable(token: &AccessToken, refresh_point: SystemTime, now: SystemTime) -> bool {
+pub(crate) fn warm_token_usable(
+    token: &AccessToken,
+    refresh_point: SystemTime,
+    now: SystemTime,
+) -> bool {
     token.received_at() <= now && now < refresh_point
 }
 

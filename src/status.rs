@@ -181,7 +181,7 @@ impl TenantStatus {
     /// tenant in no registry). Whoever sets `first_attempt_done` under the status lock (this, or
     /// the registry removing a pending tenant) is the one who counts it, so no tenant is
     /// counted off twice.
-    pub fn first_attempt_finished(&mut self, pending: Option<&Pending>) {
+    pub(crate) fn first_attempt_finished(&mut self, pending: Option<&Pending>) {
         if !self.first_attempt_done {
             self.first_attempt_done = true;
             if let Some(pending) = pending {
@@ -195,7 +195,7 @@ impl TenantStatus {
 /// one who waits for none: systemd's `READY=1` is sent when the count reaches zero, without
 /// looking at every tenant again and again.
 #[derive(Debug, Default)]
-pub struct Pending {
+pub(crate) struct Pending {
     /// Tenants inserted whose first attempt has not completed (and that were not removed).
     count: AtomicUsize,
     /// Notified when `count` reaches zero.
@@ -213,7 +213,7 @@ impl Pending {
 }
 
 /// A shared handle to one tenant's status.
-pub type StatusHandle = Arc<Mutex<TenantStatus>>;
+pub(crate) type StatusHandle = Arc<Mutex<TenantStatus>>;
 
 /// Locks a status, recovering from a poisoned lock: the data is plain values, always consistent.
 pub fn lock(status: &StatusHandle) -> MutexGuard<'_, TenantStatus> {
@@ -224,7 +224,7 @@ pub fn lock(status: &StatusHandle) -> MutexGuard<'_, TenantStatus> {
 
 /// Tenants [`Registry::visit`] visits per lock of the name map: a fraction of a millisecond of a
 /// metrics scrape's copying, short enough for a reload waiting on it.
-pub const VISIT_CHUNK: usize = 1024;
+pub(crate) const VISIT_CHUNK: usize = 1024;
 
 /// All tenants' status handles by name.
 #[derive(Clone, Debug, Default)]
@@ -269,7 +269,7 @@ impl Registry {
 
     /// The count of pending tenants, for the tenants to take themselves off
     /// ([`TenantStatus::first_attempt_finished`]).
-    pub fn pending_count(&self) -> Arc<Pending> {
+    pub(crate) fn pending_count(&self) -> Arc<Pending> {
         self.pending.clone()
     }
 
@@ -287,7 +287,7 @@ impl Registry {
 
     /// How many tenants are in each state at `now`, indexed like [`TenantState::ALL`]; cheaper
     /// than a snapshot (nothing is copied but the handles).
-    pub fn state_counts(&self, now: SystemTime) -> [usize; TenantState::ALL.len()] {
+    pub(crate) fn state_counts(&self, now: SystemTime) -> [usize; TenantState::ALL.len()] {
         let handles: Vec<StatusHandle> = self.map().values().cloned().collect();
         let mut counts = [0; TenantState::ALL.len()];
         for handle in handles {
@@ -305,7 +305,7 @@ impl Registry {
     /// never take the map lock. A tenant added or removed between two chunks may be seen or
     /// missed, as by a pass a moment earlier or later. `visit` may lock the handle, but must
     /// not call back into the registry: the map is locked while it runs.
-    pub fn visit(&self, mut visit: impl FnMut(&str, &StatusHandle)) {
+    pub(crate) fn visit(&self, mut visit: impl FnMut(&str, &StatusHandle)) {
         let mut after: Option<String> = None;
         loop {
             let map = self.map();
@@ -331,7 +331,7 @@ impl Registry {
     }
 
     /// A copy of every tenant's status, in name order.
-    pub fn snapshot(&self) -> Vec<(String, TenantStatus)> {
+    pub(crate) fn snapshot(&self) -> Vec<(String, TenantStatus)> {
         let handles: Vec<(String, StatusHandle)> = self
             .map()
             .iter()

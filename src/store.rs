@@ -57,7 +57,7 @@ pub struct StoreError {
 
 /// A connection to one server or to a cluster; both multiplex every caller's commands.
 #[derive(Clone)]
-pub enum Conn {
+pub(crate) enum Conn {
     /// One Redis server.
     Single(MultiplexedConnection),
     /// Redis Cluster: commands are routed by key slot.
@@ -446,7 +446,12 @@ impl Store {
     ///
     /// # Errors
     /// Redis unreachable or refusing.
-    pub async fn acquire(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+    pub(crate) async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.run(|mut conn| async move {
             redis::cmd("SET")

@@ -60,8 +60,8 @@ use std::path::{Path, PathBuf};
 
 use crate::safe_read::{self, Symlinks};
 
-pub use redis::DEFAULT_FLEET_PREFIX;
-pub use sink::MAX_FILE_NAME_BYTES;
+pub(crate) use redis::DEFAULT_FLEET_PREFIX;
+pub(crate) use sink::MAX_FILE_NAME_BYTES;
 pub use types::*;
 pub use values::parse_cron;
 

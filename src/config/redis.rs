@@ -223,7 +223,7 @@ impl Loader<'_> {
 }
 
 /// Default prefix of the fleet's keys.
-pub const DEFAULT_FLEET_PREFIX: &str = "powerbi-tokend:fleet";
+pub(crate) const DEFAULT_FLEET_PREFIX: &str = "powerbi-tokend:fleet";
 
 /// `redis://host[:port][/db]` or `rediss://…`: no user or password (they have their own keys,
 /// and a password in a URL ends up in logs and process listings), no `#insecure`, and only

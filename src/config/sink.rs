@@ -8,7 +8,7 @@ use super::types::{DEFAULT_REDIS_KEY, FileSinkConfig, RedisSinkConfig, SinkConfi
 
 /// Longest token file name, in bytes. Linux allows 255 (`NAME_MAX`), and the temp file written
 /// next to it adds its own suffix, so a longer name would pass here and fail every write.
-pub const MAX_FILE_NAME_BYTES: usize = 200;
+pub(crate) const MAX_FILE_NAME_BYTES: usize = 200;
 
 impl Loader<'_> {
     /// At least one sink; `{name}` expanded, paths relative to the config file, modes checked.

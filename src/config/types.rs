@@ -113,7 +113,7 @@ pub enum SinkConfig {
 
 /// What a sink writes to, for the one-writer-per-destination rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Destination {
+pub(crate) enum Destination {
     /// A file.
     File(PathBuf),
     /// A Redis key.
@@ -122,7 +122,7 @@ pub enum Destination {
 
 impl SinkConfig {
     /// The file or key this sink writes.
-    pub fn destination(&self) -> Destination {
+    pub(crate) fn destination(&self) -> Destination {
         match self {
             SinkConfig::File(file) => Destination::File(file.path.clone()),
             SinkConfig::Redis(redis) => Destination::RedisKey(redis.key.clone()),
@@ -188,10 +188,10 @@ impl Default for RedisConfig {
 }
 
 /// Default notification channel.
-pub const DEFAULT_REDIS_CHANNEL: &str = "powerbi-tokend:tokens";
+pub(crate) const DEFAULT_REDIS_CHANNEL: &str = "powerbi-tokend:tokens";
 
 /// Default Redis sink key pattern.
-pub const DEFAULT_REDIS_KEY: &str = "powerbi-tokend:{name}";
+pub(crate) const DEFAULT_REDIS_KEY: &str = "powerbi-tokend:{name}";
 
 /// `[fleet]`: replicas sharing the refreshes through Redis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -401,7 +401,7 @@ pub struct ManagedIdentityConfig {
 /// Which kind of token server a tenant talks to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Provider {
+pub(crate) enum Provider {
     /// Microsoft Entra ID (the default).
     #[default]
     Entra,
@@ -532,7 +532,7 @@ pub struct KeyVaultConfig {
 impl KeyVaultConfig {
     /// An hour: a rotation is picked up within the hour anyway, and at once when Entra rejects
     /// the old value; Key Vault's limits are per vault, shared with everyone else reading it.
-    pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+    pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 }
 
 /// A tenant's use of the Power BI REST API.
@@ -606,7 +606,7 @@ impl ProbeConfig {
     pub const DEFAULT_PATH: &str = "/v1.0/myorg/groups?$top=1";
     /// Often enough to notice a revoked setting within the half hour the alert waits; rare
     /// enough to be noise next to the application's own calls.
-    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+    pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
 }
 
 impl TenantConfig {
@@ -669,7 +669,7 @@ impl TenantConfig {
     }
 
     /// The `audience` the token request asks for (generic OAuth2 servers only).
-    pub fn requested_audience(&self) -> Option<&str> {
+    pub(crate) fn requested_audience(&self) -> Option<&str> {
         self.oauth2.as_ref()?.audience.as_deref()
     }
 

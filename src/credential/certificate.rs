@@ -30,7 +30,7 @@ use super::secret::CredentialError;
 use crate::config::{AssertionAlgorithm, CertificateConfig};
 
 /// How long an assertion is valid: Entra's guidance is 5–10 minutes.
-pub const ASSERTION_LIFETIME_SECONDS: i64 = 600;
+pub(crate) const ASSERTION_LIFETIME_SECONDS: i64 = 600;
 
 /// A loaded certificate and its key, ready to sign assertions.
 pub struct Certificate {
@@ -81,7 +81,9 @@ impl Certificate {
     ///
     /// # Errors
     /// As [`Certificate::load`], or the files took too long.
-    pub async fn load_async(config: &CertificateConfig) -> Result<Certificate, CredentialError> {
+    pub(crate) async fn load_async(
+        config: &CertificateConfig,
+    ) -> Result<Certificate, CredentialError> {
         let owned = config.clone();
         safe_read::blocking(&config.cert, move || Certificate::load(&owned)).await?
     }
@@ -107,7 +109,7 @@ impl Certificate {
     ///
     /// # Errors
     /// Not PEM, not RSA, or the key does not belong to the certificate.
-    pub fn from_pem(
+    pub(crate) fn from_pem(
         config: &CertificateConfig,
         cert_pem: &[u8],
         key_pem: Option<&[u8]>,
@@ -335,7 +337,7 @@ impl CertificateCredential {
     ///
     /// # Errors
     /// The value is not a PEM certificate chain with its matching RSA key.
-    pub fn assertion_from_pem(
+    pub(crate) fn assertion_from_pem(
         &mut self,
         pem: &SecretString,
         client_id: &str,

@@ -17,7 +17,7 @@ use crate::error::RefreshError;
 use crate::token::AccessToken;
 
 /// How long a read token is reused before the file is read again.
-pub const REREAD_AFTER: Duration = Duration::from_secs(300);
+pub(crate) const REREAD_AFTER: Duration = Duration::from_secs(300);
 
 /// AADSTS700024: the assertion is outside its validity window.
 const ASSERTION_EXPIRED: u32 = 700_024;
@@ -55,7 +55,7 @@ impl FederatedCredential {
     }
 
     /// Forgets the cached token (after Entra said it is outside its validity).
-    pub fn invalidate(&mut self) {
+    pub(crate) fn invalidate(&mut self) {
         self.cached = None;
     }
 

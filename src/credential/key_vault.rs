@@ -42,7 +42,7 @@ use crate::schedule;
 use crate::token::AccessToken;
 
 /// The Key Vault REST API version asked for.
-pub const API_VERSION: &str = "7.5";
+pub(crate) const API_VERSION: &str = "7.5";
 
 /// A secret value larger than this is not a client secret or a PEM key.
 const MAX_VALUE_BYTES: usize = 256 * 1024;
@@ -68,7 +68,7 @@ impl VaultSecret {
     ///
     /// # Errors
     /// The secret's content type is `application/x-pkcs12`; permanent.
-    pub fn require_pem(&self, url: &str) -> Result<(), CredentialError> {
+    pub(crate) fn require_pem(&self, url: &str) -> Result<(), CredentialError> {
         let content_type = self.content_type.as_deref().unwrap_or_default();
         if !content_type.eq_ignore_ascii_case("application/x-pkcs12") {
             return Ok(());
@@ -369,7 +369,7 @@ impl KeyVault {
 
     /// Entra rejected the value of `url` (a rotated secret): reads it again at its next use,
     /// unless it was read moments ago. Returns whether it will be.
-    pub fn reject(&self, url: &str) -> bool {
+    pub(crate) fn reject(&self, url: &str) -> bool {
         let entry = self.entry(url);
         let fresh = match entry.cached.try_lock() {
             Ok(cached) => cached
@@ -545,17 +545,10 @@ fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<VaultSecret, Cre
 
 /// Whether an Entra failure means the credential itself was rejected: a wrong or expired secret,
 /// or a certificate Entra does not know (AADSTS7000215, 7000222, 700027).
-pub fn rejects_credential(aadsts: &[u32]) -> bool {
+pub(crate) fn rejects_credential(aadsts: &[u32]) -> bool {
     aadsts
         .iter()
         .any(|code| matches!(code, 7_000_215 | 7_000_222 | 700_027))
-}
-
-impl VaultSecret {
-    /// The value, for a form field.
-    pub fn expose(&self) -> &str {
-        self.value.expose_secret()
-    }
 }
 
 #[cfg(test)]

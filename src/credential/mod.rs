@@ -31,8 +31,9 @@ mod secret;
 mod verify;
 pub mod x509;
 
-pub use expiry::{CredentialExpiry, CredentialKind};
-pub use secret::{CredentialError, read_secret};
+pub use expiry::CredentialExpiry;
+pub(crate) use expiry::CredentialKind;
+pub(crate) use secret::{CredentialError, read_secret};
 pub use verify::{Verified, verify};
 
 use secrecy::SecretString;

@@ -113,7 +113,7 @@ impl From<ReadError> for CredentialError {
 ///
 /// # Errors
 /// The source is missing, unreadable, not a regular file, too large, empty, or too slow.
-pub async fn read_secret(source: &SecretSource) -> Result<SecretString, CredentialError> {
+pub(crate) async fn read_secret(source: &SecretSource) -> Result<SecretString, CredentialError> {
     match source {
         SecretSource::KeyVault(url) => Err(CredentialError::KeyVaultUnavailable(url.clone())),
         SecretSource::Env(name) => {

@@ -53,7 +53,7 @@ impl crate::refresh::Token for EmbedToken {
 }
 
 /// The `GenerateToken` request body for `embed`.
-pub fn request_body(embed: &EmbedConfig) -> serde_json::Value {
+pub(crate) fn request_body(embed: &EmbedConfig) -> serde_json::Value {
     let allow_edit = embed.access_level != AccessLevel::View;
     let mut body = serde_json::json!({
         "reports": embed

@@ -20,7 +20,7 @@ use crate::token::AccessToken;
 /// `None` until there is an access token to make the embed token with (and again while the one
 /// made lasts as long as the access token: the next access token refresh makes the next one).
 #[derive(Default)]
-pub struct Embeds {
+pub(crate) struct Embeds {
     refreshers: Box<[Refresher<EmbedToken>]>,
 }
 
@@ -33,19 +33,19 @@ impl Embeds {
     }
 
     /// Plans every embed token at `at`: after an access token refresh, each is made again.
-    pub fn plan_all(&mut self, at: SystemTime) {
+    pub(crate) fn plan_all(&mut self, at: SystemTime) {
         for refresher in &mut self.refreshers {
             refresher.plan_at(Some(at));
         }
     }
 
     /// When the next embed token is to be made.
-    pub fn next_request(&self) -> Option<SystemTime> {
+    pub(crate) fn next_request(&self) -> Option<SystemTime> {
         self.refreshers.iter().filter_map(Refresher::next).min()
     }
 
     /// The embed token in hand written next, and when.
-    pub fn next_write(&self) -> Option<(SystemTime, usize)> {
+    pub(crate) fn next_write(&self) -> Option<(SystemTime, usize)> {
         self.refreshers
             .iter()
             .enumerate()
@@ -54,7 +54,7 @@ impl Embeds {
     }
 
     /// Whether embed token `index` waits only for shared sinks (Redis).
-    pub fn only_shared_pending(&self, context: &Context<'_>, index: usize) -> bool {
+    pub(crate) fn only_shared_pending(&self, context: &Context<'_>, index: usize) -> bool {
         match (self.refreshers.get(index), context.embed(index)) {
             (Some(refresher), Some(embed)) => refresher.only_shared_pending(&embed.sinks),
             _ => false,
@@ -63,7 +63,7 @@ impl Embeds {
 
     /// Reuses the embed tokens in the sinks (a warm start) that were made with the warm-started
     /// access token (expiring at `entra_expires_on`) or an earlier one and are not yet due.
-    pub async fn warm_start(&mut self, context: &Context<'_>, entra_expires_on: i64) {
+    pub(crate) async fn warm_start(&mut self, context: &Context<'_>, entra_expires_on: i64) {
         let Some(powerbi) = context.config.powerbi.as_deref() else {
             return;
         };
@@ -107,7 +107,7 @@ impl Embeds {
     /// Makes every embed token that is due with `entra`, the access token held. `None` when
     /// `cancel` fired while one waited for its turn; `Some(true)` when Power BI said the access
     /// token has expired (a fresh one settles it).
-    pub async fn make_due(
+    pub(crate) async fn make_due(
         &mut self,
         context: &Context<'_>,
         entra: &AccessToken,

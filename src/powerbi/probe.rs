@@ -92,7 +92,7 @@ pub fn classify(answer: &ApiAnswer, secrets: &[&str]) -> Result<(), RefreshError
 }
 
 /// A Power BI call that got no answer (connect, TLS, timeout, a body cut short).
-pub fn unanswered(message: &str, secrets: &[&str]) -> RefreshError {
+pub(crate) fn unanswered(message: &str, secrets: &[&str]) -> RefreshError {
     RefreshError::api(
         Reason::Network,
         None,
@@ -123,7 +123,7 @@ pub async fn run(
 
 /// When to probe next after `outcome` at `now`: after the interval, or later if Power BI asked
 /// to wait longer.
-pub fn next_probe(
+pub(crate) fn next_probe(
     now: SystemTime,
     interval: Duration,
     outcome: &Result<(), RefreshError>,

@@ -35,7 +35,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes a temp name adds to the token file's name: `.` + `.tmp-` + pid (≤ 10 digits) + `-` +
 /// nonce (16) + `-` + counter (≤ 20 digits). Config validation keeps names short enough for it.
-pub const TEMP_NAME_OVERHEAD: usize = 1 + 5 + 10 + 1 + 16 + 1 + 20;
+pub(crate) const TEMP_NAME_OVERHEAD: usize = 1 + 5 + 10 + 1 + 16 + 1 + 20;
 
 // A name that passes config validation always fits, with its temp suffix, in NAME_MAX (255).
 const _: () = assert!(crate::config::MAX_FILE_NAME_BYTES + TEMP_NAME_OVERHEAD <= 255);
@@ -48,7 +48,7 @@ fn process_nonce() -> &'static str {
 
 /// Writes one token to one path.
 #[derive(Clone, Debug)]
-pub struct FileSink {
+pub(crate) struct FileSink {
     /// Target path, format and mode.
     config: FileSinkConfig,
 }
@@ -182,7 +182,7 @@ pub fn remove_stale_temps(paths: &[PathBuf]) -> usize {
 
 /// What one look at the token directories found.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(crate) struct Scan {
     /// Temp files of interrupted writes removed.
     pub removed: usize,
     /// The configured files that may exist: those the listing showed, and every file of a
@@ -198,7 +198,7 @@ pub struct Scan {
 /// Only names this writer produces match (`.<configured file>.tmp-<digits>-<16 hex>-<digits>`),
 /// and a configured file itself is never touched. A temp file whose lock is held is a write in
 /// flight (of this process during a reload, or of `once` next to a running daemon) and is kept.
-pub fn scan(paths: &[PathBuf]) -> Scan {
+pub(crate) fn scan(paths: &[PathBuf]) -> Scan {
     let mut directories: HashMap<&Path, Vec<&Path>> = HashMap::new();
     for path in paths {
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -286,7 +286,7 @@ fn writer_gone(path: &Path) -> bool {
 /// Narrows an existing token file whose mode is wider than configured (left by an older version,
 /// or changed by hand), so it does not stay readable by others until the next refresh. A symlink
 /// or anything else that is not a regular file is left alone: the next write replaces it.
-pub fn tighten_mode(path: &Path, mode: u32) -> io::Result<bool> {
+pub(crate) fn tighten_mode(path: &Path, mode: u32) -> io::Result<bool> {
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_file() => metadata,
         Ok(_) => return Ok(false),

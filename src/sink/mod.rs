@@ -21,15 +21,15 @@ use crate::config::{FileFormat, SinkConfig, TenantConfig};
 use crate::error::{ErrorClass, Reason, RefreshError};
 use crate::store::Store;
 
-pub use file::FileSink;
-pub use redis::RedisSink;
+pub(crate) use file::FileSink;
+pub(crate) use redis::RedisSink;
 
 /// Largest stored token document read back at a warm start; a real one is a few KiB.
-pub const MAX_DOCUMENT_BYTES: u64 = 256 * 1024;
+pub(crate) const MAX_DOCUMENT_BYTES: u64 = 256 * 1024;
 
 /// Whose token a document holds: a tenant's access token, or one of its embed tokens.
 #[derive(Clone, Copy, Debug)]
-pub struct Owner<'a> {
+pub(crate) struct Owner<'a> {
     /// The tenant's name.
     pub tenant: &'a str,
     /// The embed token's name, for embed tokens.
@@ -37,7 +37,7 @@ pub struct Owner<'a> {
 }
 
 /// A token rendered for one sink's format.
-pub struct Rendered<'a> {
+pub(crate) struct Rendered<'a> {
     /// What the sink stores: the json document or the bare token.
     pub contents: secrecy::SecretString,
     /// Unix seconds the token expires: when a key expires, and what newer-wins compares.
@@ -48,7 +48,7 @@ pub struct Rendered<'a> {
 
 /// A configured destination for one token.
 #[derive(Clone, Debug)]
-pub enum Sink {
+pub(crate) enum Sink {
     /// An atomically replaced file.
     File(FileSink),
     /// A key in the shared Redis.
@@ -58,7 +58,7 @@ pub enum Sink {
 impl Sink {
     /// Builds the sink from its configuration. A Redis sink without a store cannot happen
     /// with a validated config (it requires `[redis]`); it is `None` here rather than a panic.
-    pub fn from_config(config: &SinkConfig, store: Option<&Arc<Store>>) -> Option<Sink> {
+    pub(crate) fn from_config(config: &SinkConfig, store: Option<&Arc<Store>>) -> Option<Sink> {
         match config {
             SinkConfig::File(file) => Some(Sink::File(FileSink::new(file.clone()))),
             SinkConfig::Redis(redis) => {
@@ -95,7 +95,7 @@ impl Sink {
     }
 
     /// For a Redis sink, whether its key is still there (`None`: cannot tell, or not Redis).
-    pub async fn present(&self) -> Option<bool> {
+    pub(crate) async fn present(&self) -> Option<bool> {
         match self {
             Sink::File(_) => None,
             Sink::Redis(redis) => Box::pin(redis.present()).await,
@@ -105,12 +105,12 @@ impl Sink {
 
 /// Whether `config` is a sink on this host (a file), as opposed to a shared store: local sinks
 /// are written while a request permit is held, and count for readiness.
-pub fn is_local(config: &SinkConfig) -> bool {
+pub(crate) fn is_local(config: &SinkConfig) -> bool {
     matches!(config, SinkConfig::File(_))
 }
 
 /// The format a configured sink stores.
-pub fn format_of(config: &SinkConfig) -> FileFormat {
+pub(crate) fn format_of(config: &SinkConfig) -> FileFormat {
     match config {
         SinkConfig::File(file) => file.format,
         SinkConfig::Redis(redis) => redis.format,
@@ -122,7 +122,7 @@ pub fn format_of(config: &SinkConfig) -> FileFormat {
 /// token files whose mode is wider than configured. Returns the configured files that may exist
 /// (see [`file::Scan::present`]): a tenant whose files are not among them has nothing on disk to
 /// warm-start from. `None` if the look failed (read every file then).
-pub async fn clean_up(tenants: &[Arc<TenantConfig>]) -> Option<HashSet<PathBuf>> {
+pub(crate) async fn clean_up(tenants: &[Arc<TenantConfig>]) -> Option<HashSet<PathBuf>> {
     let files: Vec<(PathBuf, u32)> = tenants
         .iter()
         .flat_map(|tenant| tenant.sinks.iter())

@@ -16,7 +16,7 @@ use super::{MAX_DOCUMENT_BYTES, Owner, Rendered};
 
 /// Writes one token to one key.
 #[derive(Clone, Debug)]
-pub struct RedisSink {
+pub(crate) struct RedisSink {
     config: RedisSinkConfig,
     store: Arc<Store>,
 }
@@ -36,11 +36,6 @@ impl RedisSink {
     /// A sink for one configured key on the shared connection.
     pub fn new(config: RedisSinkConfig, store: Arc<Store>) -> Self {
         RedisSink { config, store }
-    }
-
-    /// The key written.
-    pub fn key(&self) -> &str {
-        &self.config.key
     }
 
     /// Writes a rendered token unless Redis holds a newer one.
@@ -93,7 +88,7 @@ impl RedisSink {
     }
 
     /// Whether the key is still there; `None` when Redis cannot say.
-    pub async fn present(&self) -> Option<bool> {
+    pub(crate) async fn present(&self) -> Option<bool> {
         self.store.exists(&self.config.key).await.ok()
     }
 }

@@ -33,7 +33,7 @@ pub fn render(
 /// per write counts. Callers hold it only as long as they need to serialise it; it contains the
 /// token.
 #[derive(serde::Serialize)]
-pub struct Document<'a> {
+pub(crate) struct Document<'a> {
     /// The token itself.
     access_token: &'a str,
     /// The generic OAuth2 `audience` asked for.
@@ -83,7 +83,7 @@ impl<'a> Document<'a> {
 }
 
 /// `document` as json text.
-pub fn json_text(document: &Document<'_>) -> String {
+pub(crate) fn json_text(document: &Document<'_>) -> String {
     // Serialising borrowed strings and numbers into a String cannot fail: no map has non-string
     // keys and no value has a failing `Serialize`.
     serde_json::to_string(document).unwrap_or_default()

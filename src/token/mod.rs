@@ -66,7 +66,7 @@ pub struct TokenLifetime(Duration);
 
 impl TokenLifetime {
     /// The claimed lifetime, clamped to [`MAX_SCHEDULED_LIFETIME`].
-    pub fn for_scheduling(claimed: Duration) -> Self {
+    pub(crate) fn for_scheduling(claimed: Duration) -> Self {
         TokenLifetime(claimed.min(MAX_SCHEDULED_LIFETIME))
     }
 
@@ -246,14 +246,14 @@ impl AccessToken {
     }
 
     /// A short, stable fingerprint for logs: never the token, but enough to tell two apart.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         fingerprint(self.secret.expose_secret())
     }
 }
 
 /// FNV-1a of the token, printed as 8 hex digits. Not a security property: it only lets an operator
 /// see that the token changed, and it is too short to help anyone guess the token.
-pub fn fingerprint(token: &str) -> String {
+pub(crate) fn fingerprint(token: &str) -> String {
     format!("{:08x}", (fnv1a(token.as_bytes()) >> 32) as u32)
 }
 
