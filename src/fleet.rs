@@ -81,14 +81,16 @@ impl Fleet {
         format!("{}:{{{tenant}}}:{what}", self.config.key_prefix)
     }
 
-    /// Decides between adopting, fetching under the lease, and waiting. `adoptable` says
-    /// whether a shared token is worth taking instead of refreshing (newer than ours and not
-    /// yet due).
-    pub async fn claim(
-        &self,
-        tenant: &TenantConfig,
-        adoptable: impl Fn(&AccessToken) -> bool,
-    ) -> Claim {
+    /// Decides between adopting, fetching under the lease, and waiting. A shared token is worth
+    /// taking instead of refreshing when it is newer than the one this replica holds
+    /// (`ours`, its `issued_on`) and not yet due at the tenant's refresh point (`jitter`, its
+    /// stable offset).
+    pub async fn claim(&self, tenant: &TenantConfig, ours: Option<i64>, jitter: f64) -> Claim {
+        let now = std::time::SystemTime::now();
+        let adoptable = |token: &AccessToken| {
+            ours.is_none_or(|ours| token.issued_on() > ours)
+                && now < crate::schedule::refresh_point(token, tenant.refresh_at, jitter)
+        };
         match self.shared(tenant).await {
             Ok(Some((token, refreshed_by))) if adoptable(&token) => {
                 return Claim::Adopt {

@@ -558,12 +558,18 @@ fn budget(shared: &Shared) -> [usize; LANES] {
     // available.
     let permits = shared.limiter.available_permits();
     [
-        crate::tenant::START_UP_READS,
+        START_UP_READS,
         permits.saturating_mul(4),
         permits.saturating_mul(4),
         REDIS_STEPS,
     ]
 }
+
+/// How many tenants read their existing tokens at once at start-up (the warm-start lane's
+/// budget): enough to keep the disk or Redis busy, few enough that ten thousand reads in flight
+/// at a cold start (file reads queued for the blocking pool, GETs pipelined to Redis) do not
+/// each hold their buffers at the same moment, the daemon's peak.
+const START_UP_READS: usize = 64;
 
 /// Steps in flight in the Redis lane. Their commands share one multiplexed connection, so many
 /// cost little; while Redis hangs, each waits at most its command timeout before the store

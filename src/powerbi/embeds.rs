@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use super::Context;
 use super::embed::{self, EmbedToken};
 use crate::clock;
+use crate::config::TenantConfig;
 use crate::error::Reason;
 use crate::refresh::{self, Refresher, Renderer, Which};
 use crate::sink::Owner;
-use crate::status;
+use crate::status::{self, StatusHandle};
 use crate::token::AccessToken;
 
 /// The refreshers of a tenant's embed tokens, in config order. A refresher's next request is
@@ -25,10 +26,22 @@ pub(crate) struct Embeds {
 }
 
 impl Embeds {
-    /// The refreshers of `count` embed tokens, none planned yet.
-    pub fn new(count: usize) -> Self {
+    /// The refreshers of a tenant's embed tokens, none planned yet, and their place in its
+    /// status, in config order.
+    pub fn new(config: &TenantConfig, status: &StatusHandle) -> Self {
+        let configs = config
+            .powerbi
+            .as_deref()
+            .map_or(&[][..], |powerbi| &powerbi.embeds);
+        status::lock(status).embeds = configs
+            .iter()
+            .map(|embed| status::EmbedStatus {
+                name: embed.name.clone(),
+                token: status::TokenStatus::default(),
+            })
+            .collect();
         Embeds {
-            refreshers: (0..count).map(|_| Refresher::default()).collect(),
+            refreshers: configs.iter().map(|_| Refresher::default()).collect(),
         }
     }
 

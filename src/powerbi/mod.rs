@@ -15,7 +15,10 @@
 //!   classified the same way).
 //! * `embed.rs`: the embed token kind: the `GenerateToken` request, the answer, the document.
 //! * `embeds.rs`: a tenant's embed tokens, one [`crate::refresh::Refresher`] each.
+//! * `calls.rs`: what a tenant keeps between its steps for these calls (the access token they
+//!   use, the probe's schedule, the embed tokens) and the steps themselves.
 
+pub mod calls;
 pub mod embed;
 pub mod embeds;
 pub mod probe;

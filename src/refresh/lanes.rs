@@ -6,6 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The supervisor's lane of steps that only talk to Redis (presence checks, Redis writes): its
+/// own budget, so that a hung Redis fills this lane and never the ones token requests and file
+/// writes wait in.
+pub const REDIS_LANE: usize = 3;
+
 /// The longest a request may run in the main lane before it moves to the slow lane. Entra
 /// answers in tens to hundreds of milliseconds; a request still running after this is waiting on
 /// a struggling or hanging endpoint, and moving it costs nothing but a second permit pool.

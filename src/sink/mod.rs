@@ -36,6 +36,16 @@ pub(crate) struct Owner<'a> {
     pub embed: Option<&'a str>,
 }
 
+impl<'a> Owner<'a> {
+    /// A tenant's access token.
+    pub fn access(tenant: &'a str) -> Self {
+        Owner {
+            tenant,
+            embed: None,
+        }
+    }
+}
+
 /// A token rendered for one sink's format.
 pub(crate) struct Rendered<'a> {
     /// What the sink stores: the json document or the bare token.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::Tenant;
 use crate::clock;
 use crate::error::RefreshError;
-use crate::fleet::{Claim, Fleet};
+use crate::fleet::Claim;
 use crate::refresh::{Progress, Record, Renderer, Report, Which, Written, lanes};
 use crate::schedule;
 use crate::status;
@@ -25,10 +25,7 @@ macro_rules! access_report {
             shared: &$tenant.shared,
             status: &$tenant.status,
             record: Record::Access,
-            owner: crate::sink::Owner {
-                tenant: &$tenant.config.name,
-                embed: None,
-            },
+            owner: crate::sink::Owner::access(&$tenant.config.name),
             pending: $tenant.pending.as_deref(),
         }
     }};
@@ -45,7 +42,11 @@ impl Tenant {
     /// meanwhile. `None` when `cancel` fired first.
     pub(super) async fn claim_and_attempt(&mut self, cancel: &CancellationToken) -> Option<()> {
         let claim = match self.shared.fleet.clone() {
-            Some(fleet) => Some(self.claim(&fleet).await),
+            Some(fleet) => Some(
+                fleet
+                    .claim(&self.config, self.current_issued_on, self.jitter_offset())
+                    .await,
+            ),
             None => None,
         };
         let permit = match &claim {
@@ -73,21 +74,6 @@ impl Tenant {
         Some(())
     }
 
-    /// Fleet mode: adopt the shared token, take the lease, or look again later.
-    async fn claim(&self, fleet: &Fleet) -> Claim {
-        let now = SystemTime::now();
-        let (refresh_at, jitter, ours) = (
-            self.config.refresh_at,
-            self.jitter_offset(),
-            self.current_issued_on,
-        );
-        let adoptable = |token: &AccessToken| {
-            ours.is_none_or(|ours| token.issued_on() > ours)
-                && now < schedule::refresh_point(token, refresh_at, jitter)
-        };
-        fleet.claim(&self.config, adoptable).await
-    }
-
     /// One attempt: fetch (or adopt the fleet's token, as `claim` says), write the local sinks
     /// while holding `permit`, and leave the rest (Redis) to a step of their own that follows
     /// at once.
@@ -109,8 +95,8 @@ impl Tenant {
                     .plan_at(Some(schedule::later(now, FLEET_BUSY_RETRY)));
                 return;
             }
-            Some(claim) => {
-                if let Claim::Unavailable(err) = &claim {
+            claim => {
+                if let Some(Claim::Unavailable(err)) = &claim {
                     tracing::warn!(
                         tenant = %self.config.name,
                         error = %err,
@@ -120,13 +106,7 @@ impl Tenant {
                 let fetched = self
                     .fetch_in_lanes(&mut permit, &mut request_duration)
                     .await;
-                (fetched, None, matches!(claim, Claim::Lease))
-            }
-            None => {
-                let fetched = self
-                    .fetch_in_lanes(&mut permit, &mut request_duration)
-                    .await;
-                (fetched, None, false)
+                (fetched, None, matches!(claim, Some(Claim::Lease)))
             }
         };
         if let (Some(observer), Some(duration)) = (&self.shared.observer, request_duration) {
@@ -247,10 +227,7 @@ impl Tenant {
         let render =
             |format, token: &AccessToken| crate::token::document::render(format, &config, token);
         let renderer = Renderer {
-            owner: crate::sink::Owner {
-                tenant: &config.name,
-                embed: None,
-            },
+            owner: crate::sink::Owner::access(&config.name),
             render: &render,
             store: self.shared.store.as_ref(),
         };
@@ -288,6 +265,6 @@ impl Tenant {
             "{}",
             if adopted { "token adopted from the fleet" } else { "token refreshed" }
         );
-        self.hold_for_api(&token);
+        self.api.hold(&self.config, &token);
     }
 }

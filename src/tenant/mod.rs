@@ -1,8 +1,8 @@
 //! A tenant: a small composition of refreshers, stepped by the supervisor.
 //!
 //! A tenant holds the [`Refresher`] of its access token (`access.rs`: fetch through the request
-//! lanes and the fleet), the refreshers of its embed tokens and its access probe (`powerbi.rs`:
-//! Power BI calls made with the access token), and the check that its token is still in Redis
+//! lanes and the fleet), the Power BI calls made with that token ([`Calls`]: its access probe
+//! and the refreshers of its embed tokens), and the check that its token is still in Redis
 //! (`presence.rs`). Each [`Tenant::step`] does what [`Tenant::plan`] found due first and says
 //! when the next step is due; the supervisor's timer keeps the sleeping tenants and runs each
 //! step as its own task when it falls due. Between steps a tenant is only this struct, so a
@@ -16,7 +16,6 @@
 //! period.
 
 mod access;
-mod powerbi;
 mod presence;
 
 use std::sync::Arc;
@@ -26,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::config::TenantConfig;
 use crate::credential::Credential;
-use crate::powerbi::embeds::Embeds;
-use crate::refresh::{Refresher, Shared};
+use crate::powerbi::Context;
+use crate::powerbi::calls::Calls;
+use crate::refresh::{Refresher, Shared, lanes};
 use crate::schedule;
 use crate::sink::Owner;
 use crate::status::{self, StatusHandle};
@@ -66,13 +66,8 @@ pub struct Tenant {
     wake: SystemTime,
     /// When to check next that the token is still in Redis; `None` for tenants without Redis.
     next_check: Option<SystemTime>,
-    /// The token the sinks hold, kept only for tenants that use the Power BI API with it (the
-    /// access probe, embed tokens); `None` for every other tenant.
-    token: Option<Box<AccessToken>>,
-    /// When the next access probe is due; `None` without a probe or without a token yet.
-    next_probe: Option<SystemTime>,
-    /// The tenant's embed tokens, in config order (`[[tenant.embed]]`); empty for most.
-    embeds: Embeds,
+    /// The Power BI calls made with the access token: the probe, embed tokens.
+    api: Calls,
     /// What the next step does, decided with its time by [`Tenant::plan`].
     due: Due,
 }
@@ -100,38 +95,25 @@ enum Held {
     Embed,
 }
 
-/// The lane of steps that only talk to Redis (presence checks, Redis writes): its own budget
-/// in the supervisor, so that a hung Redis fills this lane and never the ones token requests
-/// and file writes wait in.
-pub const REDIS_LANE: usize = 3;
-
-/// How many tenants read their existing tokens at once at start-up (the supervisor's budget for
-/// warm-start steps): enough to keep the disk or Redis busy, few enough that ten thousand reads
-/// in flight at a cold start (file reads queued for the blocking pool, GETs pipelined to Redis)
-/// do not each hold their buffers at the same moment, the daemon's peak.
-pub const START_UP_READS: usize = 64;
+/// What the Power BI calls work with: built from the tenant's fields one by one, so that its
+/// [`Calls`] can be borrowed mutably beside it.
+macro_rules! api_context {
+    ($tenant:ident) => {
+        Context {
+            shared: &$tenant.shared,
+            config: &$tenant.config,
+            status: &$tenant.status,
+        }
+    };
+}
 
 impl Tenant {
     /// The refreshers of one tenant.
     pub fn new(config: Arc<TenantConfig>, shared: Arc<Shared>, status: StatusHandle) -> Self {
         let credential = Credential::new(&config.credential);
-        let embed_configs = config
-            .powerbi
-            .as_deref()
-            .map_or(&[][..], |powerbi| &powerbi.embeds);
-        let embeds = Embeds::new(embed_configs.len());
-        {
-            let mut status = status::lock(&status);
-            status.credential_expiry = credential.expiry();
-            status.embeds = embed_configs
-                .iter()
-                .map(|embed| status::EmbedStatus {
-                    name: embed.name.clone(),
-                    token: status::TokenStatus::default(),
-                })
-                .collect();
-        }
+        status::lock(&status).credential_expiry = credential.expiry();
         Tenant {
+            api: Calls::new(&config, &status),
             credential,
             config,
             shared,
@@ -145,9 +127,6 @@ impl Tenant {
             files_absent: false,
             wake: SystemTime::UNIX_EPOCH,
             next_check: None,
-            token: None,
-            next_probe: None,
-            embeds,
             due: Due::Attempt,
         }
     }
@@ -176,10 +155,7 @@ impl Tenant {
 
     /// Whose token the access token is, for the sinks and the log.
     fn owner(&self) -> Owner<'_> {
-        Owner {
-            tenant: &self.config.name,
-            embed: None,
-        }
+        Owner::access(&self.config.name)
     }
 
     /// Does what is due now and returns when the next step is due; `None` when `cancel` fired
@@ -209,14 +185,15 @@ impl Tenant {
         match self.due {
             Due::Api => Box::pin(self.api_calls(cancel)).await?,
             Due::Write(Held::Access) => Box::pin(self.write_access()).await,
-            Due::Write(Held::Embed) => Box::pin(self.write_embed()).await,
+            Due::Write(Held::Embed) => Box::pin(self.api.write(&api_context!(self))).await,
             Due::Check => Box::pin(self.check_presence(cancel)).await?,
             Due::Attempt => {
                 // Boxed so that the many steps waiting for a permit at a cold start stay small:
                 // only attempts in flight pay for the HTTP and file-write state.
                 Box::pin(self.claim_and_attempt(cancel)).await?;
                 if self
-                    .next_api_call()
+                    .api
+                    .next_call()
                     .is_some_and(|at| at <= SystemTime::now() && at < self.wake)
                 {
                     // Right after a refresh: does Power BI take the new token, and new embed
@@ -229,7 +206,7 @@ impl Tenant {
     }
 
     /// Which lane of the supervisor's its next step waits in: 0 the warm start, 1 the main
-    /// lane, 2 the slow lane (its last request was slow or timed out), [`REDIS_LANE`] a step
+    /// lane, 2 the slow lane (its last request was slow or timed out), [`lanes::REDIS_LANE`] a step
     /// that only talks to Redis.
     pub fn lane(&self) -> usize {
         if !self.started {
@@ -238,11 +215,11 @@ impl Tenant {
         let redis_only = match self.due {
             Due::Check => true,
             Due::Write(Held::Access) => self.access.only_shared_pending(&self.config.sinks),
-            Due::Write(Held::Embed) => self.embed_write_only_shared(),
+            Due::Write(Held::Embed) => self.api.write_only_shared(&api_context!(self)),
             Due::Attempt | Due::Api => false,
         };
         match (redis_only, self.slow) {
-            (true, _) => REDIS_LANE,
+            (true, _) => lanes::REDIS_LANE,
             (false, false) => 1,
             (false, true) => 2,
         }
@@ -270,10 +247,10 @@ impl Tenant {
             self.access
                 .write_at()
                 .map(|at| (at, Due::Write(Held::Access))),
-            self.embeds
+            self.api
                 .next_write()
-                .map(|(at, _)| (at, Due::Write(Held::Embed))),
-            self.next_api_call().map(|at| (at, Due::Api)),
+                .map(|at| (at, Due::Write(Held::Embed))),
+            self.api.next_call().map(|at| (at, Due::Api)),
             self.next_check.map(|at| (at, Due::Check)),
         ]
         .into_iter()
@@ -284,6 +261,18 @@ impl Tenant {
         .unwrap_or((self.wake, Due::Attempt));
         self.due = due;
         at
+    }
+
+    /// Every Power BI call that is due (see [`Calls::make_due`]). `None` when `cancel` fired
+    /// while one waited for its turn.
+    async fn api_calls(&mut self, cancel: &CancellationToken) -> Option<()> {
+        let context = api_context!(self);
+        if self.api.make_due(&context, cancel).await? {
+            // Power BI's clock says the token is over: a fresh one costs one request and
+            // settles it (the minimum interval between attempts still applies).
+            self.access.plan_at(Some(SystemTime::now()));
+        }
+        Some(())
     }
 
     /// Adopts a still-fresh token from a sink (warm start). Returns the first wake-up.
@@ -312,8 +301,9 @@ impl Tenant {
             "warm start: reusing the token on disk"
         );
         self.current_issued_on = Some(token.issued_on());
-        self.hold_for_api(&token);
-        self.warm_start_embeds(token.expires_on()).await;
+        self.api.hold(&config, &token);
+        let context = api_context!(self);
+        self.api.warm_start(&context, token.expires_on()).await;
         let mut status = status::lock(&self.status);
         status.token.expires_on = Some(token.expires_on());
         status.first_attempt_finished(self.pending.as_deref());
