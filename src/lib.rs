@@ -643,16 +643,8 @@ async fn check_key_vault(
     let key_vault = credential::key_vault::KeyVault::new(reader);
     let mut seen = std::collections::HashSet::new();
     for tenant in &config.tenants {
-        let (url, key, certificate) = match &tenant.credential {
-            config::CredentialConfig::ClientSecret {
-                source: config::SecretSource::KeyVault(url),
-                ..
-            } => (url, "client_secret", None),
-            config::CredentialConfig::Certificate(certificate) => match &certificate.key_vault {
-                Some(url) => (url, "client_certificate", Some(certificate)),
-                None => continue,
-            },
-            _ => continue,
+        let Some((url, key, certificate)) = key_vault_reference(tenant) else {
+            continue;
         };
         if !seen.insert(url.clone()) {
             continue;
@@ -662,45 +654,67 @@ async fn check_key_vault(
             key: Some(format!("tenant {:?}: {key}", tenant.name)),
             message,
         };
-        let secret = match key_vault.secret(&client, url).await {
-            Ok(secret) => secret,
-            Err(err) => {
-                problems.push(problem(err.to_string()));
-                continue;
-            }
-        };
-        let mut expiry = secret.expires_on.map(CredentialExpiry::client_secret);
-        if let Some(certificate) = certificate {
-            use secrecy::ExposeSecret;
-            if let Err(err) = secret.require_pem(url) {
-                problems.push(problem(err.to_string()));
-                continue;
-            }
-            match credential::certificate::Certificate::from_pem(
-                certificate,
-                secret.value.expose_secret().as_bytes(),
-                None,
-            ) {
-                Ok(loaded) => expiry = Some(CredentialExpiry::certificate(loaded.not_after())),
-                Err(err) => {
-                    problems.push(problem(format!(
-                        "{url} is not a PEM certificate with its key (content type {}): {err}",
-                        secret.content_type.as_deref().unwrap_or("none")
-                    )));
-                    continue;
-                }
-            }
-        }
-        match expiry {
-            Some(CredentialExpiry { expires_on, kind }) if expires_on <= now => {
+        match key_vault_expiry(&key_vault, &client, url, certificate).await {
+            Err(message) => problems.push(problem(message)),
+            Ok(Some(CredentialExpiry { expires_on, kind })) if expires_on <= now => {
                 problems.push(problem(format!(
                     "the {kind} in {url} expired on {}",
                     clock::format_date(expires_on)
                 )));
             }
-            Some(expiry) => warnings.extend(expiry_warning(&tenant.name, expiry, now)),
-            None => {}
+            Ok(Some(expiry)) => warnings.extend(expiry_warning(&tenant.name, expiry, now)),
+            Ok(None) => {}
         }
+    }
+}
+
+/// The Key Vault URL a tenant's credential is read from, the key that names it, and the
+/// certificate's settings when the URL holds a certificate; `None` for a credential kept
+/// anywhere else.
+fn key_vault_reference(
+    tenant: &config::TenantConfig,
+) -> Option<(&String, &'static str, Option<&config::CertificateConfig>)> {
+    match &tenant.credential {
+        config::CredentialConfig::ClientSecret {
+            source: config::SecretSource::KeyVault(url),
+            ..
+        } => Some((url, "client_secret", None)),
+        config::CredentialConfig::Certificate(certificate) => certificate
+            .key_vault
+            .as_ref()
+            .map(|url| (url, "client_certificate", Some(certificate))),
+        _ => None,
+    }
+}
+
+/// Reads the secret at `url` and tells when it expires: a certificate's `notAfter` (the
+/// secret must then be its PEM with the key), else the secret's own expiry, if it has one.
+/// `Err` is the problem to report.
+async fn key_vault_expiry(
+    key_vault: &credential::key_vault::KeyVault,
+    client: &TokenClient,
+    url: &str,
+    certificate: Option<&config::CertificateConfig>,
+) -> Result<Option<CredentialExpiry>, String> {
+    use secrecy::ExposeSecret;
+    let secret = key_vault
+        .secret(client, url)
+        .await
+        .map_err(|err| err.to_string())?;
+    let Some(certificate) = certificate else {
+        return Ok(secret.expires_on.map(CredentialExpiry::client_secret));
+    };
+    secret.require_pem(url).map_err(|err| err.to_string())?;
+    match credential::certificate::Certificate::from_pem(
+        certificate,
+        secret.value.expose_secret().as_bytes(),
+        None,
+    ) {
+        Ok(loaded) => Ok(Some(CredentialExpiry::certificate(loaded.not_after()))),
+        Err(err) => Err(format!(
+            "{url} is not a PEM certificate with its key (content type {}): {err}",
+            secret.content_type.as_deref().unwrap_or("none")
+        )),
     }
 }
 

@@ -141,61 +141,13 @@ async fn async_main(cli: Cli) -> ExitCode {
             online,
         } => {
             init_logging(cli.log_format.unwrap_or_default());
-            match check(&args.config, online).await {
-                Ok(powerbi_tokend::Checked { config, warnings }) => {
-                    for warning in warnings {
-                        eprintln!("{}: warning: {warning}", config.path.display());
-                    }
-                    println!(
-                        "{}: OK, {} tenant(s), every credential readable",
-                        config.path.display(),
-                        config.tenants.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("{err}");
-                    eprintln!("{} problem(s) found", err.problems.len());
-                    ExitCode::from(EXIT_CONFIG)
-                }
-            }
+            check_command(&args.config, online).await
         }
         Command::Once(args) => {
             let Some(config) = load(&args.config, cli.log_format).await else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            match once(&config).await {
-                Ok(outcomes) => {
-                    let mut failed = 0;
-                    for outcome in &outcomes {
-                        if let Err(err) = &outcome.result {
-                            failed += 1;
-                            // The server's own code beside the reason: the reason is a fixed
-                            // set, and codes outside it (RFC 8707's invalid_target) are
-                            // otherwise lost in `invalid_request`.
-                            eprintln!(
-                                "{}: {} {} {} {}: {}",
-                                outcome.tenant,
-                                err.class,
-                                err.reason,
-                                err.oauth_error.as_deref().unwrap_or("-"),
-                                err.aadsts_code().unwrap_or_else(|| "-".to_owned()),
-                                err.message
-                            );
-                        }
-                    }
-                    if failed == 0 {
-                        ExitCode::SUCCESS
-                    } else {
-                        eprintln!("{failed} of {} tenant(s) failed", outcomes.len());
-                        ExitCode::from(EXIT_FAILURE)
-                    }
-                }
-                Err(err) => {
-                    eprintln!("powerbi-tokend: {err}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            }
+            once_command(&config).await
         }
         Command::Run(args) => {
             let control = match signals() {
@@ -221,6 +173,63 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Err(err) => fatal(err.into()),
             }
         }
+    }
+}
+
+/// `check`: the warnings and a one-line verdict, or every problem and their count; the exit
+/// code tells a script which.
+async fn check_command(path: &std::path::Path, online: bool) -> ExitCode {
+    match check(path, online).await {
+        Ok(powerbi_tokend::Checked { config, warnings }) => {
+            for warning in warnings {
+                eprintln!("{}: warning: {warning}", config.path.display());
+            }
+            println!(
+                "{}: OK, {} tenant(s), every credential readable",
+                config.path.display(),
+                config.tenants.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            eprintln!("{} problem(s) found", err.problems.len());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `once`: a line for each tenant that failed, and a failure exit code if any did.
+async fn once_command(config: &config::Config) -> ExitCode {
+    let outcomes = match once(config).await {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
+            eprintln!("powerbi-tokend: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let mut failed = 0;
+    for outcome in &outcomes {
+        if let Err(err) = &outcome.result {
+            failed += 1;
+            // The server's own code beside the reason: the reason is a fixed set, and codes
+            // outside it (RFC 8707's invalid_target) are otherwise lost in `invalid_request`.
+            eprintln!(
+                "{}: {} {} {} {}: {}",
+                outcome.tenant,
+                err.class,
+                err.reason,
+                err.oauth_error.as_deref().unwrap_or("-"),
+                err.aadsts_code().unwrap_or_else(|| "-".to_owned()),
+                err.message
+            );
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{failed} of {} tenant(s) failed", outcomes.len());
+        ExitCode::from(EXIT_FAILURE)
     }
 }
 

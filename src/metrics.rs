@@ -31,6 +31,7 @@
 //! never wait for more than its own copy. `/metrics` renders on a thread of its own
 //! ([`crate::http::Renderer`]), so a large fleet's scrape never holds up a runtime worker either.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -54,39 +55,17 @@ pub struct Metrics {
     registry: Registry,
     /// Tenants per state, refreshed at every scrape.
     tenants: IntGaugeVec,
-    /// Token endpoint latency.
-    refresh_duration: Histogram,
-    /// Reloads by result.
-    config_reloads: IntCounterVec,
-    /// Whether the last reload succeeded.
-    last_reload_ok: IntGauge,
-    /// Tenant tasks that panicked and were restarted: always a bug. Fleet-wide (the tenant is in
-    /// the ERROR log line and in `/status`), so it costs one series, not one per tenant.
-    task_panics: IntCounter,
-    /// Fleet mode: tokens this replica fetched vs adopted from another replica.
-    fleet_tokens: IntCounterVec,
-    /// Fleet mode: planned refreshes that found another replica holding the lease.
-    fleet_lease_busy: IntCounter,
-    /// Seconds token requests waited for `max_requests_per_second`.
-    rate_limit_wait: prometheus::Counter,
-    /// Successful attempts of all tenants: the `result="success"` series of
-    /// `powerbi_tokend_tenants_refresh_total`, kept as a handle so counting is one atomic add.
-    attempts_succeeded: IntCounter,
-    /// Failed attempts of all tenants (`result="failure"`).
-    attempts_failed: IntCounter,
-    /// Failed attempts of all tenants by reason, in the order of [`Reason::TOKEN`]: what a
-    /// dashboard and the alerts read when per-tenant series are off.
-    failures_by_reason: [IntCounter; Reason::TOKEN.len()],
-    /// Embed token refreshes that wrote every sink, all tenants.
-    embeds_succeeded: IntCounter,
-    /// Embed token refreshes that failed, all tenants.
-    embeds_failed: IntCounter,
-    /// Failed embed token refreshes by reason (in the order of [`Reason::EMBED`]).
-    embed_failures: [IntCounter; Reason::EMBED.len()],
-    /// Power BI access probe latency, all tenants.
-    probe_duration: Histogram,
-    /// Failed access probes of all tenants, by reason (in the order of [`Reason::API`]).
-    probe_failures: [IntCounter; Reason::API.len()],
+    /// The daemon's own health: reloads and panicked tasks.
+    daemon: DaemonMetrics,
+    /// Token requests and attempts, all tenants.
+    token: TokenMetrics,
+    /// Fleet mode's traffic between replicas.
+    fleet: FleetMetrics,
+    /// Embed token refreshes of all tenants, by result and by reason (in the order of
+    /// [`Reason::EMBED`]).
+    embeds: Outcomes<{ Reason::EMBED.len() }>,
+    /// Power BI access probes, all tenants.
+    probe: ProbeMetrics,
     /// `powerbi_tokend_per_tenant_metrics{mode}`: 1 on the mode in effect, 0 on the others, so an
     /// alert can tell "no tenant has a problem" from "no tenant is named".
     per_tenant_mode: IntGaugeVec,
@@ -98,6 +77,255 @@ pub struct Metrics {
     last_size: AtomicUsize,
     /// The number of rows of the last scrape, reserved up front for the same reason.
     last_rows: AtomicUsize,
+}
+
+/// The daemon's own families: reloads, panics, the build and the process.
+#[derive(Debug)]
+struct DaemonMetrics {
+    /// Reloads by result.
+    config_reloads: IntCounterVec,
+    /// Whether the last reload succeeded.
+    last_reload_ok: IntGauge,
+    /// Tenant tasks that panicked and were restarted: always a bug. Fleet-wide (the tenant is in
+    /// the ERROR log line and in `/status`), so it costs one series, not one per tenant.
+    task_panics: IntCounter,
+}
+
+impl DaemonMetrics {
+    /// Registers the daemon's families, with `build_info` and the `process_*` collector, which
+    /// are set once and never touched again. Both reload results start at 0, and the last
+    /// reload counts as successful until one fails.
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let config_reloads = counters_from_zero(
+            Opts::new(
+                "powerbi_tokend_config_reloads_total",
+                "Configuration reloads (SIGHUP or file change) by result.",
+            ),
+            "result",
+            &["success", "failure"],
+        )?;
+        let last_reload_ok = IntGauge::new(
+            "powerbi_tokend_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was attempted), else 0.",
+        )?;
+        last_reload_ok.set(1);
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "powerbi_tokend_build_info",
+                "Always 1; the version is the label.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(DaemonMetrics {
+            config_reloads: registered(registry, config_reloads)?,
+            last_reload_ok: registered(registry, last_reload_ok)?,
+            task_panics: registered(
+                registry,
+                IntCounter::new(
+                    "powerbi_tokend_task_panics_total",
+                    "Tenant refresh tasks that panicked and were restarted (a bug: report it with the log).",
+                )?,
+            )?,
+        })
+    }
+}
+
+/// Token requests of all tenants: what the token endpoint costs and how attempts end.
+#[derive(Debug)]
+struct TokenMetrics {
+    /// Token endpoint latency.
+    refresh_duration: Histogram,
+    /// Seconds token requests waited for `max_requests_per_second`.
+    rate_limit_wait: prometheus::Counter,
+    /// Attempts of all tenants by result, and the failures by reason in the order of
+    /// [`Reason::TOKEN`]: what a dashboard and the alerts read when per-tenant series are off.
+    attempts: Outcomes<{ Reason::TOKEN.len() }>,
+}
+
+impl TokenMetrics {
+    /// Registers the token families.
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(TokenMetrics {
+            refresh_duration: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "powerbi_tokend_refresh_duration_seconds",
+                        "Token endpoint request latency, all tenants.",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                )?,
+            )?,
+            rate_limit_wait: registered(
+                registry,
+                prometheus::Counter::new(
+                    "powerbi_tokend_rate_limit_wait_seconds_total",
+                    "Seconds token requests waited for [daemon] max_requests_per_second, all tenants together.",
+                )?,
+            )?,
+            attempts: Outcomes::register(
+                registry,
+                Opts::new(
+                    "powerbi_tokend_tenants_refresh_total",
+                    "Refresh attempts of all tenants by result; keeps counting when a tenant leaves the configuration.",
+                ),
+                Opts::new(
+                    "powerbi_tokend_tenants_refresh_failures_total",
+                    "Failed refresh attempts of all tenants by reason; keeps counting when a tenant leaves the configuration.",
+                ),
+                Reason::TOKEN,
+            )?,
+        })
+    }
+}
+
+/// Fleet mode: where this replica's tokens came from, and how often the lease was taken.
+#[derive(Debug)]
+struct FleetMetrics {
+    /// Tokens this replica fetched vs adopted from another replica.
+    tokens: IntCounterVec,
+    /// Planned refreshes that found another replica holding the lease.
+    lease_busy: IntCounter,
+}
+
+impl FleetMetrics {
+    /// Registers the fleet families, both sources of tokens starting at 0.
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let tokens = counters_from_zero(
+            Opts::new(
+                "powerbi_tokend_fleet_tokens_total",
+                "Fleet mode: tokens this replica fetched from the token endpoint (source=\"fetched\") or took from another replica (source=\"adopted\").",
+            ),
+            "source",
+            &["fetched", "adopted"],
+        )?;
+        Ok(FleetMetrics {
+            tokens: registered(registry, tokens)?,
+            lease_busy: registered(
+                registry,
+                IntCounter::new(
+                    "powerbi_tokend_fleet_lease_busy_total",
+                    "Fleet mode: planned refreshes that found another replica holding the tenant's lease (contention).",
+                )?,
+            )?,
+        })
+    }
+}
+
+/// Power BI access probes of all tenants: latency, and failures by reason.
+#[derive(Debug)]
+struct ProbeMetrics {
+    /// Probe latency.
+    duration: Histogram,
+    /// Failed probes by reason (in the order of [`Reason::API`]).
+    failures: [IntCounter; Reason::API.len()],
+}
+
+impl ProbeMetrics {
+    /// Registers the probe families.
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let failures = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "powerbi_tokend_tenants_api_probe_failures_total",
+                    "Failed Power BI access probes of all tenants by reason; keeps counting when a tenant leaves the configuration.",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        Ok(ProbeMetrics {
+            duration: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "powerbi_tokend_api_probe_duration_seconds",
+                        "Power BI access probe latency, all tenants.",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                )?,
+            )?,
+            failures: Reason::API.map(|reason| failures.with_label_values(&[reason.as_str()])),
+        })
+    }
+}
+
+/// How the attempts of one kind ended, all tenants together: by result, and the failures by
+/// reason. Counted where attempts end, so the counts survive a tenant that leaves the
+/// configuration; token attempts and embed token refreshes keep the same pair of families.
+#[derive(Debug)]
+struct Outcomes<const N: usize> {
+    /// The `result="success"` series, kept as a handle so counting is one atomic add.
+    succeeded: IntCounter,
+    /// The `result="failure"` series.
+    failed: IntCounter,
+    /// The reasons a failure is counted under, in the order of `by_reason`.
+    reasons: [Reason; N],
+    /// One series per reason: every reason is there from the start, at 0.
+    by_reason: [IntCounter; N],
+}
+
+impl<const N: usize> Outcomes<N> {
+    /// Registers the family by result (label `result`) and the one by reason (label `reason`).
+    fn register(
+        registry: &Registry,
+        results: Opts,
+        failures: Opts,
+        reasons: [Reason; N],
+    ) -> Result<Self, prometheus::Error> {
+        let results = registered(registry, IntCounterVec::new(results, &["result"])?)?;
+        let failures = registered(registry, IntCounterVec::new(failures, &["reason"])?)?;
+        Ok(Outcomes {
+            succeeded: results.with_label_values(&["success"]),
+            failed: results.with_label_values(&["failure"]),
+            reasons,
+            by_reason: reasons.map(|reason| failures.with_label_values(&[reason.as_str()])),
+        })
+    }
+
+    /// Counts one attempt; a reason outside `reasons` counts as a failure only.
+    fn record(&self, result: Result<(), Reason>) {
+        match result {
+            Ok(()) => self.succeeded.inc(),
+            Err(reason) => {
+                self.failed.inc();
+                if let Some(index) = self.reasons.iter().position(|r| *r == reason) {
+                    self.by_reason[index].inc();
+                }
+            }
+        }
+    }
+}
+
+/// A counter family by `label` whose series for `values` exist from the start, at 0, so a
+/// query finds every one of them before anything is counted.
+fn counters_from_zero(
+    opts: Opts,
+    label: &str,
+    values: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let counters = IntCounterVec::new(opts, &[label])?;
+    for value in values {
+        counters.with_label_values(&[*value]);
+    }
+    Ok(counters)
+}
+
+/// `collector`, registered: the registry keeps one handle to gather from, the caller the other
+/// to count with.
+fn registered<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
 }
 
 /// Latency buckets for the token endpoint: Entra answers in 50–500 ms; timeouts are 30 s.
@@ -157,99 +385,6 @@ impl Metrics {
             Opts::new("powerbi_tokend_tenants", "Number of tenants in each state."),
             &["state"],
         )?;
-        let refresh_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "powerbi_tokend_refresh_duration_seconds",
-                "Token endpoint request latency, all tenants.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-        )?;
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "powerbi_tokend_config_reloads_total",
-                "Configuration reloads (SIGHUP or file change) by result.",
-            ),
-            &["result"],
-        )?;
-        let last_reload_ok = IntGauge::new(
-            "powerbi_tokend_config_last_reload_successful",
-            "1 if the last configuration reload succeeded (or none was attempted), else 0.",
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "powerbi_tokend_build_info",
-                "Always 1; the version is the label.",
-            ),
-            &["version"],
-        )?;
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        let task_panics = IntCounter::new(
-            "powerbi_tokend_task_panics_total",
-            "Tenant refresh tasks that panicked and were restarted (a bug: report it with the log).",
-        )?;
-        let fleet_tokens = IntCounterVec::new(
-            Opts::new(
-                "powerbi_tokend_fleet_tokens_total",
-                "Fleet mode: tokens this replica fetched from the token endpoint (source=\"fetched\") or took from another replica (source=\"adopted\").",
-            ),
-            &["source"],
-        )?;
-        let fleet_lease_busy = IntCounter::new(
-            "powerbi_tokend_fleet_lease_busy_total",
-            "Fleet mode: planned refreshes that found another replica holding the tenant's lease (contention).",
-        )?;
-        let rate_limit_wait = prometheus::Counter::new(
-            "powerbi_tokend_rate_limit_wait_seconds_total",
-            "Seconds token requests waited for [daemon] max_requests_per_second, all tenants together.",
-        )?;
-        let attempts = IntCounterVec::new(
-            Opts::new(
-                "powerbi_tokend_tenants_refresh_total",
-                "Refresh attempts of all tenants by result; keeps counting when a tenant leaves the configuration.",
-            ),
-            &["result"],
-        )?;
-        let failures_by_reason = IntCounterVec::new(
-            Opts::new(
-                "powerbi_tokend_tenants_refresh_failures_total",
-                "Failed refresh attempts of all tenants by reason; keeps counting when a tenant leaves the configuration.",
-            ),
-            &["reason"],
-        )?;
-        let probe_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "powerbi_tokend_api_probe_duration_seconds",
-                "Power BI access probe latency, all tenants.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-        )?;
-        let probe_failures = IntCounterVec::new(
-            Opts::new(
-                "powerbi_tokend_tenants_api_probe_failures_total",
-                "Failed Power BI access probes of all tenants by reason; keeps counting when a tenant leaves the configuration.",
-            ),
-            &["reason"],
-        )?;
-        let embed_results = IntCounterVec::new(
-            Opts::new(
-                "powerbi_tokend_tenants_embed_refresh_total",
-                "Embed token refreshes of all tenants by result; keeps counting when a tenant leaves the configuration.",
-            ),
-            &["result"],
-        )?;
-        let embed_failures = IntCounterVec::new(
-            Opts::new(
-                "powerbi_tokend_tenants_embed_refresh_failures_total",
-                "Failed embed token refreshes of all tenants by reason; keeps counting when a tenant leaves the configuration.",
-            ),
-            &["reason"],
-        )?;
-        registry.register(Box::new(embed_results.clone()))?;
-        registry.register(Box::new(embed_failures.clone()))?;
-        registry.register(Box::new(probe_duration.clone()))?;
-        registry.register(Box::new(probe_failures.clone()))?;
         let per_tenant_mode = IntGaugeVec::new(
             Opts::new(
                 "powerbi_tokend_per_tenant_metrics",
@@ -257,50 +392,26 @@ impl Metrics {
             ),
             &["mode"],
         )?;
-        registry.register(Box::new(rate_limit_wait.clone()))?;
-        registry.register(Box::new(fleet_tokens.clone()))?;
-        registry.register(Box::new(fleet_lease_busy.clone()))?;
-        for source in ["fetched", "adopted"] {
-            fleet_tokens.with_label_values(&[source]);
-        }
-        registry.register(Box::new(tenants.clone()))?;
-        registry.register(Box::new(refresh_duration.clone()))?;
-        registry.register(Box::new(config_reloads.clone()))?;
-        registry.register(Box::new(last_reload_ok.clone()))?;
-        registry.register(Box::new(build_info))?;
-        registry.register(Box::new(task_panics.clone()))?;
-        registry.register(Box::new(attempts.clone()))?;
-        registry.register(Box::new(failures_by_reason.clone()))?;
-        registry.register(Box::new(per_tenant_mode.clone()))?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        for result in ["success", "failure"] {
-            config_reloads.with_label_values(&[result]);
-        }
-        last_reload_ok.set(1);
         let metrics = Metrics {
+            tenants: registered(&registry, tenants)?,
+            daemon: DaemonMetrics::register(&registry)?,
+            token: TokenMetrics::register(&registry)?,
+            fleet: FleetMetrics::register(&registry)?,
+            embeds: Outcomes::register(
+                &registry,
+                Opts::new(
+                    "powerbi_tokend_tenants_embed_refresh_total",
+                    "Embed token refreshes of all tenants by result; keeps counting when a tenant leaves the configuration.",
+                ),
+                Opts::new(
+                    "powerbi_tokend_tenants_embed_refresh_failures_total",
+                    "Failed embed token refreshes of all tenants by reason; keeps counting when a tenant leaves the configuration.",
+                ),
+                Reason::EMBED,
+            )?,
+            probe: ProbeMetrics::register(&registry)?,
+            per_tenant_mode: registered(&registry, per_tenant_mode)?,
             registry,
-            tenants,
-            refresh_duration,
-            config_reloads,
-            last_reload_ok,
-            task_panics,
-            fleet_tokens,
-            fleet_lease_busy,
-            rate_limit_wait,
-            attempts_succeeded: attempts.with_label_values(&["success"]),
-            attempts_failed: attempts.with_label_values(&["failure"]),
-            failures_by_reason: Reason::TOKEN
-                .map(|reason| failures_by_reason.with_label_values(&[reason.as_str()])),
-            embeds_succeeded: embed_results.with_label_values(&["success"]),
-            embeds_failed: embed_results.with_label_values(&["failure"]),
-            embed_failures: Reason::EMBED
-                .map(|reason| embed_failures.with_label_values(&[reason.as_str()])),
-            probe_duration,
-            probe_failures: Reason::API
-                .map(|reason| probe_failures.with_label_values(&[reason.as_str()])),
-            per_tenant_mode,
             per_tenant: AtomicU8::new(0),
             last_size: AtomicUsize::new(0),
             last_rows: AtomicUsize::new(0),
@@ -312,8 +423,11 @@ impl Metrics {
     /// Records a configuration reload.
     pub fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
-        self.config_reloads.with_label_values(&[result]).inc();
-        self.last_reload_ok.set(i64::from(ok));
+        self.daemon
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
+        self.daemon.last_reload_ok.set(i64::from(ok));
     }
 
     /// Chooses which tenants get per-tenant series, from the next scrape on.
@@ -868,56 +982,40 @@ const FAMILIES: [Family; 12] = [
 
 impl Observer for Metrics {
     fn request_finished(&self, duration: Duration) {
-        self.refresh_duration.observe(duration.as_secs_f64());
+        self.token.refresh_duration.observe(duration.as_secs_f64());
     }
 
     fn attempt_finished(&self, result: Result<(), Reason>) {
-        match result {
-            Ok(()) => self.attempts_succeeded.inc(),
-            Err(reason) => {
-                self.attempts_failed.inc();
-                if let Some(index) = Reason::TOKEN.iter().position(|r| *r == reason) {
-                    self.failures_by_reason[index].inc();
-                }
-            }
-        }
+        self.token.attempts.record(result);
     }
 
     fn task_panicked(&self) {
-        self.task_panics.inc();
+        self.daemon.task_panics.inc();
     }
 
     fn fleet_token(&self, adopted: bool) {
         let source = if adopted { "adopted" } else { "fetched" };
-        self.fleet_tokens.with_label_values(&[source]).inc();
+        self.fleet.tokens.with_label_values(&[source]).inc();
     }
 
     fn fleet_lease_busy(&self) {
-        self.fleet_lease_busy.inc();
+        self.fleet.lease_busy.inc();
     }
 
     fn rate_limited(&self, waited: Duration) {
-        self.rate_limit_wait.inc_by(waited.as_secs_f64());
+        self.token.rate_limit_wait.inc_by(waited.as_secs_f64());
     }
 
     fn embed_finished(&self, result: Result<(), Reason>) {
-        match result {
-            Ok(()) => self.embeds_succeeded.inc(),
-            Err(reason) => {
-                self.embeds_failed.inc();
-                if let Some(index) = Reason::EMBED.iter().position(|r| *r == reason) {
-                    self.embed_failures[index].inc();
-                }
-            }
-        }
+        self.embeds.record(result);
     }
 
     fn probe_finished(&self, result: Result<(), Reason>, duration: Duration) {
-        self.probe_duration.observe(duration.as_secs_f64());
+        self.probe.duration.observe(duration.as_secs_f64());
         if let Err(reason) = result
             && let Some(index) = Reason::API.iter().position(|r| *r == reason)
         {
-            self.probe_failures[index].inc();
+            self.probe.failures[index].inc();
         }
     }
 }

@@ -313,9 +313,65 @@ impl<'a> Loader<'a> {
         split: Option<&Split>,
     ) -> Result<Option<Config>, SplitInDoubt> {
         let text = split.map_or(self.text, |split| split.rest.as_str());
+        let Some(mut sections) = self.read_sections(text, split.is_some())? else {
+            return Ok(None);
+        };
+        let server = sections.server.map(|raw| self.server(raw));
+        let daemon = sections.daemon.map(|raw| self.daemon(raw));
+        let redis = sections
+            .redis
+            .map(|raw| raw.and_then(|raw| self.redis(raw).ok_or(Reported)));
+        let fleet = sections.fleet.map(|raw| {
+            self.fleet(
+                raw,
+                redis.is_some(),
+                daemon.as_ref().and_then(Option::as_ref),
+            )
+        });
+        let key_vault = sections
+            .key_vault
+            .map(|raw| raw.and_then(|(raw, offset)| self.key_vault(raw, offset).ok_or(Reported)));
+        self.key_vault_section = key_vault.is_some();
+        let defaults = sections.defaults.unwrap_or_default();
+        for (index, (offset, raw, broken)) in sections.tenants.into_iter().enumerate() {
+            self.resolve(index, offset, raw, &broken, &defaults);
+        }
+        if let Some(split) = split
+            && !self.resolve_split(split, &defaults)?
+        {
+            sections.tenants_complete = false;
+        }
+        self.cross_tenant_rules(redis.is_some());
+        if !sections.tenants_complete {
+            return Ok(None);
+        }
+        let tenants = std::mem::take(&mut self.resolved);
+        // `None` at the first section that could not be read or has a problem (recorded).
+        let config = || {
+            Some(Config {
+                path: path.to_owned(),
+                server: server??,
+                daemon: daemon??,
+                redis: redis.transpose().ok()?,
+                fleet: fleet?.ok()?,
+                key_vault: key_vault.transpose().ok()?,
+                tenants,
+            })
+        };
+        Ok(config())
+    }
+
+    /// Parses `text` and reads each top-level section as its raw table; `None` when the text is
+    /// not TOML (recorded). In the rest of a split file, text that does not parse or still has a
+    /// `tenant` key puts the split in doubt.
+    fn read_sections(
+        &mut self,
+        text: &str,
+        in_split: bool,
+    ) -> Result<Option<Sections>, SplitInDoubt> {
         let root = match toml::de::DeTable::parse(text) {
             Ok(root) => root.into_inner(),
-            Err(_) if split.is_some() => return Err(SplitInDoubt),
+            Err(_) if in_split => return Err(SplitInDoubt),
             Err(err) => {
                 let offset = err.span().map(|s| s.start);
                 self.problem(offset, None, format!("not valid TOML: {}", err.message()));
@@ -342,7 +398,7 @@ impl<'a> Loader<'a> {
                     );
                 }
                 "defaults" => sections.defaults = self.defaults(value),
-                "tenant" if split.is_some() => return Err(SplitInDoubt),
+                "tenant" if in_split => return Err(SplitInDoubt),
                 "tenant" => {
                     let (tenants, all_read) = self.tenant_tables(key_offset, &value);
                     sections.tenants = tenants;
@@ -356,69 +412,37 @@ impl<'a> Loader<'a> {
                 ),
             }
         }
-        let server = sections.server.map(|raw| self.server(raw));
-        let daemon = sections.daemon.map(|raw| self.daemon(raw));
-        let redis = sections
-            .redis
-            .map(|raw| raw.and_then(|raw| self.redis(raw).ok_or(Reported)));
-        let fleet = sections.fleet.map(|raw| {
-            self.fleet(
-                raw,
-                redis.is_some(),
-                daemon.as_ref().and_then(Option::as_ref),
-            )
-        });
-        let key_vault = sections
-            .key_vault
-            .map(|raw| raw.and_then(|(raw, offset)| self.key_vault(raw, offset).ok_or(Reported)));
-        self.key_vault_section = key_vault.is_some();
-        let defaults = sections.defaults.unwrap_or_default();
-        for (index, (offset, raw, broken)) in sections.tenants.into_iter().enumerate() {
-            self.resolve(index, offset, raw, &broken, &defaults);
-        }
-        if let Some(split) = split {
-            self.resolved.reserve_exact(split.tenants.len());
-            for (index, range) in split.tenants.iter().enumerate() {
-                self.base = range.start;
-                let item = tenant_item(&self.text[range.clone()]).ok_or(SplitInDoubt)?;
-                let offset = item.span().start;
-                // Read straight from the parsed table: no copy to fall back on, since nearly every
-                // tenant reads cleanly. One that does not is parsed again (the same bytes give the
-                // same table) and gets the error-by-error treatment of `section`.
-                match RawTenant::deserialize(ValueDeserializer::from(item)) {
-                    Ok(raw) => self.resolve(index, offset, raw, &[], &defaults),
-                    Err(_) => {
-                        let item = tenant_item(&self.text[range.clone()]).ok_or(SplitInDoubt)?;
-                        let label = tenant_label(&item, index);
-                        match self.section::<RawTenant>(item, &label) {
-                            Some((raw, broken)) => {
-                                self.resolve(index, offset, raw, &broken, &defaults);
-                            }
-                            None => sections.tenants_complete = false,
+        Ok(Some(sections))
+    }
+
+    /// Resolves the `[[tenant]]` tables of a split file, one at a time, each parsed from its own
+    /// bytes; whether every one could be read.
+    fn resolve_split(&mut self, split: &Split, defaults: &RawTenant) -> Result<bool, SplitInDoubt> {
+        let mut all_read = true;
+        self.resolved.reserve_exact(split.tenants.len());
+        for (index, range) in split.tenants.iter().enumerate() {
+            self.base = range.start;
+            let item = tenant_item(&self.text[range.clone()]).ok_or(SplitInDoubt)?;
+            let offset = item.span().start;
+            // Read straight from the parsed table: no copy to fall back on, since nearly every
+            // tenant reads cleanly. One that does not is parsed again (the same bytes give the
+            // same table) and gets the error-by-error treatment of `section`.
+            match RawTenant::deserialize(ValueDeserializer::from(item)) {
+                Ok(raw) => self.resolve(index, offset, raw, &[], defaults),
+                Err(_) => {
+                    let item = tenant_item(&self.text[range.clone()]).ok_or(SplitInDoubt)?;
+                    let label = tenant_label(&item, index);
+                    match self.section::<RawTenant>(item, &label) {
+                        Some((raw, broken)) => {
+                            self.resolve(index, offset, raw, &broken, defaults);
                         }
+                        None => all_read = false,
                     }
                 }
-                self.base = 0;
             }
+            self.base = 0;
         }
-        self.cross_tenant_rules(redis.is_some());
-        if !sections.tenants_complete {
-            return Ok(None);
-        }
-        let tenants = std::mem::take(&mut self.resolved);
-        // `None` at the first section that could not be read or has a problem (recorded).
-        let config = || {
-            Some(Config {
-                path: path.to_owned(),
-                server: server??,
-                daemon: daemon??,
-                redis: redis.transpose().ok()?,
-                fleet: fleet?.ok()?,
-                key_vault: key_vault.transpose().ok()?,
-                tenants,
-            })
-        };
-        Ok(config())
+        Ok(all_read)
     }
 
     /// Resolves one tenant table against `[defaults]`; a valid tenant joins `resolved`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::RawEmbed;
-use super::types::{AccessLevel, EmbedConfig, PowerBiConfig, ProbeConfig};
+use super::types::{AccessLevel, EmbedConfig, PowerBiConfig, ProbeConfig, SinkConfig};
 use super::values::{check_authority_host, is_guid};
 use crate::cloud::Cloud;
 
@@ -115,10 +115,31 @@ impl Loader<'_> {
                 format!("{name:?} is not a valid name: use letters, digits, '.', '_' and '-' only"),
             );
         }
+        self.embed_items(at, &key, raw);
+        let access_level = self.embed_access_level(at, &key, raw);
+        let lifetime = self.embed_lifetime(at, &key, raw);
+        let sinks = self.embed_sinks(at, &key, raw, tenant, &name);
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(EmbedConfig {
+            name,
+            reports: raw.reports.clone(),
+            datasets: raw.datasets.clone(),
+            target_workspaces: raw.target_workspaces.clone(),
+            access_level,
+            lifetime,
+            sinks: sinks?,
+        })
+    }
+
+    /// `reports`, `datasets` and `target_workspaces`: GUIDs, no more of each than GenerateToken
+    /// takes, and a report or a dataset at least (a token for nothing cannot be asked for).
+    fn embed_items(&mut self, at: usize, key: &str, raw: &RawEmbed) {
         if raw.reports.is_empty() && raw.datasets.is_empty() {
             self.problem(
                 Some(at),
-                key.clone(),
+                key.to_owned(),
                 "names no report and no dataset; expected reports = [\"<report id>\"] and/or datasets = [\"<dataset id>\"]".to_owned(),
             );
         }
@@ -145,6 +166,11 @@ impl Loader<'_> {
                 );
             }
         }
+    }
+
+    /// `access_level`: `View` unless set; `Create` needs the workspaces to save in, which
+    /// GenerateToken would otherwise refuse at every refresh.
+    fn embed_access_level(&mut self, at: usize, key: &str, raw: &RawEmbed) -> AccessLevel {
         let access_level = match raw.access_level.as_deref() {
             None | Some("View") => AccessLevel::View,
             Some("Edit") => AccessLevel::Edit,
@@ -166,7 +192,13 @@ impl Loader<'_> {
                     .to_owned(),
             );
         }
-        let lifetime = match raw.lifetime.as_deref().map(humantime::parse_duration) {
+        access_level
+    }
+
+    /// `lifetime`: whole minutes up to [`EMBED_LIFETIME_MAX`], the unit `lifetimeInMinutes`
+    /// takes; `None` when unset (Power BI's default) or wrong (reported).
+    fn embed_lifetime(&mut self, at: usize, key: &str, raw: &RawEmbed) -> Option<Duration> {
+        match raw.lifetime.as_deref().map(humantime::parse_duration) {
             None => None,
             Some(Ok(lifetime))
                 if lifetime >= Duration::from_secs(60)
@@ -186,36 +218,34 @@ impl Loader<'_> {
                 );
                 None
             }
-        };
-        let sinks = match &raw.sinks {
-            None => {
-                self.problem(
-                    Some(at),
-                    format!("{key}.sinks"),
-                    "missing; expected e.g. sinks = [{ type = \"file\", path = \"/var/lib/powerbi-tokend/{name}.{embed}.embed.json\" }]".to_owned(),
-                );
-                None
-            }
-            Some(sinks) => self.sink_list(
-                sinks,
-                at,
-                &format!("{key}.sinks"),
-                &|pattern| pattern.replace("{name}", tenant).replace("{embed}", &name),
-                tenant,
-            ),
-        };
-        if self.problems.len() != before {
-            return None;
         }
-        Some(EmbedConfig {
-            name,
-            reports: raw.reports.clone(),
-            datasets: raw.datasets.clone(),
-            target_workspaces: raw.target_workspaces.clone(),
-            access_level,
-            lifetime,
-            sinks: sinks?,
-        })
+    }
+
+    /// `sinks`: required, since an embed token nobody can read is of no use; `{embed}` in a
+    /// path or key stands for the embed's name, `{name}` for the tenant's.
+    fn embed_sinks(
+        &mut self,
+        at: usize,
+        key: &str,
+        raw: &RawEmbed,
+        tenant: &str,
+        name: &str,
+    ) -> Option<Vec<SinkConfig>> {
+        let Some(sinks) = &raw.sinks else {
+            self.problem(
+                Some(at),
+                format!("{key}.sinks"),
+                "missing; expected e.g. sinks = [{ type = \"file\", path = \"/var/lib/powerbi-tokend/{name}.{embed}.embed.json\" }]".to_owned(),
+            );
+            return None;
+        };
+        self.sink_list(
+            sinks,
+            at,
+            &format!("{key}.sinks"),
+            &|pattern| pattern.replace("{name}", tenant).replace("{embed}", name),
+            tenant,
+        )
     }
 
     /// `powerbi_api`: the REST API root, under the same https-except-loopback rule as
@@ -248,75 +278,87 @@ impl Loader<'_> {
         };
         let at = Some(raw.span().start);
         let key = input.key("probe");
-        let expected =
-            "expected true, false or { interval = \"15m\", path = \"/v1.0/myorg/groups?$top=1\" }";
+        let probe = match raw.get_ref() {
+            toml::Value::Boolean(false) => return Ok(None),
+            toml::Value::Boolean(true) => ProbeConfig {
+                interval: ProbeConfig::DEFAULT_INTERVAL,
+                path: ProbeConfig::DEFAULT_PATH.to_owned(),
+            },
+            toml::Value::Table(table) => self.probe_table(at, &key, table)?,
+            other => {
+                let message = format!("{PROBE_EXPECTED}, got a {}", other.type_str());
+                self.problem(at, key, message);
+                return Err(Reported);
+            }
+        };
+        self.probe_resource(at, key, resource)?;
+        Ok(Some(probe))
+    }
+
+    /// `probe = { interval, path }`: each key replaces its default; every key is checked
+    /// before the table is given up on, so one run reports them all.
+    fn probe_table(
+        &mut self,
+        at: Option<usize>,
+        key: &str,
+        table: &toml::Table,
+    ) -> Result<ProbeConfig, Reported> {
         let mut probe = ProbeConfig {
             interval: ProbeConfig::DEFAULT_INTERVAL,
             path: ProbeConfig::DEFAULT_PATH.to_owned(),
         };
-        match raw.get_ref() {
-            toml::Value::Boolean(false) => return Ok(None),
-            toml::Value::Boolean(true) => {}
-            toml::Value::Table(table) => {
-                let mut ok = true;
-                for (name, value) in table {
-                    match (name.as_str(), value) {
-                        ("interval", toml::Value::String(text)) => {
-                            match humantime::parse_duration(text) {
-                                Ok(interval)
-                                    if (PROBE_INTERVAL_MIN..=PROBE_INTERVAL_MAX)
-                                        .contains(&interval) =>
-                                {
-                                    probe.interval = interval;
-                                }
-                                _ => {
-                                    self.problem(
-                                        at,
-                                        format!("{key}.interval"),
-                                        format!(
-                                            "expected a duration between 1s and 24h such as \"15m\", got {text:?}"
-                                        ),
-                                    );
-                                    ok = false;
-                                }
-                            }
-                        }
-                        ("path", toml::Value::String(path)) => match check_probe_path(path) {
-                            Ok(()) => probe.path.clone_from(path),
-                            Err(message) => {
-                                self.problem(at, format!("{key}.path"), message);
-                                ok = false;
-                            }
-                        },
-                        ("interval" | "path", other) => {
-                            self.problem(
-                                at,
-                                format!("{key}.{name}"),
-                                format!("expected a string, got a {}", other.type_str()),
-                            );
-                            ok = false;
-                        }
-                        (other, _) => {
-                            self.problem(
-                                at,
-                                format!("{key}.{other}"),
-                                format!("unknown key {other:?}; {expected}"),
-                            );
-                            ok = false;
-                        }
+        let mut ok = true;
+        for (name, value) in table {
+            match (name.as_str(), value) {
+                ("interval", toml::Value::String(text)) => match probe_interval(text) {
+                    Some(interval) => probe.interval = interval,
+                    None => {
+                        self.problem(
+                            at,
+                            format!("{key}.interval"),
+                            format!(
+                                "expected a duration between 1s and 24h such as \"15m\", got {text:?}"
+                            ),
+                        );
+                        ok = false;
                     }
+                },
+                ("path", toml::Value::String(path)) => match check_probe_path(path) {
+                    Ok(()) => probe.path.clone_from(path),
+                    Err(message) => {
+                        self.problem(at, format!("{key}.path"), message);
+                        ok = false;
+                    }
+                },
+                ("interval" | "path", other) => {
+                    self.problem(
+                        at,
+                        format!("{key}.{name}"),
+                        format!("expected a string, got a {}", other.type_str()),
+                    );
+                    ok = false;
                 }
-                if !ok {
-                    return Err(Reported);
+                (other, _) => {
+                    self.problem(
+                        at,
+                        format!("{key}.{other}"),
+                        format!("unknown key {other:?}; {PROBE_EXPECTED}"),
+                    );
+                    ok = false;
                 }
-            }
-            other => {
-                self.problem(at, key, format!("{expected}, got a {}", other.type_str()));
-                return Err(Reported);
             }
         }
-        // A token for another resource would be refused by Power BI whatever the tenant's
-        // settings: the probe would only ever report a configuration mistake of ours.
+        if ok { Ok(probe) } else { Err(Reported) }
+    }
+
+    /// A token for another resource would be refused by Power BI whatever the tenant's
+    /// settings: the probe would only ever report a configuration mistake of ours.
+    fn probe_resource(
+        &mut self,
+        at: Option<usize>,
+        key: String,
+        resource: Option<&str>,
+    ) -> Result<(), Reported> {
         if let Some(resource) = resource
             && !Cloud::ALL
                 .iter()
@@ -331,8 +373,19 @@ impl Loader<'_> {
             );
             return Err(Reported);
         }
-        Ok(Some(probe))
+        Ok(())
     }
+}
+
+/// What `probe` may be, for the messages about a value it may not.
+const PROBE_EXPECTED: &str =
+    "expected true, false or { interval = \"15m\", path = \"/v1.0/myorg/groups?$top=1\" }";
+
+/// A probe interval: a duration between [`PROBE_INTERVAL_MIN`] and [`PROBE_INTERVAL_MAX`].
+fn probe_interval(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|interval| (PROBE_INTERVAL_MIN..=PROBE_INTERVAL_MAX).contains(interval))
 }
 
 /// A path and query under the API root: starts with `/`, printable ASCII, no scheme or host.

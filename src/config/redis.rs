@@ -30,44 +30,10 @@ impl Loader<'_> {
             }
             Some(url) => self.redis_urls(url, cluster),
         };
-        let username = raw.username.and_then(|name| {
-            let offset = name.span().start;
-            let name = name.into_inner();
-            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                self.problem(
-                    Some(offset),
-                    "redis.username".to_owned(),
-                    "expected an ACL user name without spaces".to_owned(),
-                );
-                return None;
-            }
-            Some(name)
-        });
-        let password = raw.password.and_then(|password| {
-            let offset = password.span().start;
-            match password.into_inner() {
-                RawSecret::Reference(SecretSource::File(path)) => {
-                    Some(SecretSource::File(self.resolve_path(path)))
-                }
-                RawSecret::Reference(SecretSource::KeyVault(_)) => {
-                    self.problem(
-                        Some(offset),
-                        "redis.password".to_owned(),
-                        "is read before any Key Vault access exists; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
-                    );
-                    None
-                }
-                RawSecret::Reference(other) => Some(other),
-                RawSecret::Literal => {
-                    self.problem(
-                        Some(offset),
-                        "redis.password".to_owned(),
-                        "secrets are not written in the config file; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
-                    );
-                    None
-                }
-            }
-        });
+        let username = raw.username.and_then(|name| self.redis_username(name));
+        let password = raw
+            .password
+            .and_then(|password| self.redis_password(password));
         let connect_timeout = self.duration(
             raw.connect_timeout,
             "redis.connect_timeout",
@@ -100,6 +66,49 @@ impl Loader<'_> {
             channel: channel?,
             check_interval: check_interval?,
         })
+    }
+
+    /// `username`: the ACL user, a name without spaces or control characters.
+    fn redis_username(&mut self, name: Spanned<String>) -> Option<String> {
+        let offset = name.span().start;
+        let name = name.into_inner();
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.problem(
+                Some(offset),
+                "redis.username".to_owned(),
+                "expected an ACL user name without spaces".to_owned(),
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    /// `password`: a reference to the secret, never the secret. Not in Key Vault: Redis is
+    /// connected to before any Key Vault access exists.
+    fn redis_password(&mut self, password: Spanned<RawSecret>) -> Option<SecretSource> {
+        let offset = password.span().start;
+        match password.into_inner() {
+            RawSecret::Reference(SecretSource::File(path)) => {
+                Some(SecretSource::File(self.resolve_path(path)))
+            }
+            RawSecret::Reference(SecretSource::KeyVault(_)) => {
+                self.problem(
+                    Some(offset),
+                    "redis.password".to_owned(),
+                    "is read before any Key Vault access exists; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
+                );
+                None
+            }
+            RawSecret::Reference(other) => Some(other),
+            RawSecret::Literal => {
+                self.problem(
+                    Some(offset),
+                    "redis.password".to_owned(),
+                    "secrets are not written in the config file; expected { env = \"VAR\" }, { file = \"/path\" } or { systemd = \"name\" }".to_owned(),
+                );
+                None
+            }
+        }
     }
 
     /// One URL (several only with `cluster = true`), each `redis://` or `rediss://`, with host

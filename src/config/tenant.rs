@@ -5,8 +5,8 @@ use super::credential::{credential_level, secret_expires};
 use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::{RawResource, RawTenant};
 use super::types::{
-    CredentialConfig, CronSchedule, OAuth2Config, Provider, SinkConfig, TenantConfig,
-    TenantCredential,
+    CredentialConfig, CronSchedule, OAuth2Config, PowerBiConfig, Provider, SinkConfig,
+    TenantConfig, TenantCredential,
 };
 use super::values::{check_authority_host, is_domain, is_guid, parse_cron};
 use crate::cloud::Cloud;
@@ -45,24 +45,10 @@ impl Loader<'_> {
         let provider = input.provider();
         let (credential, kind) = self.tenant_credential(&input);
         let tenant_id = self.tenant_id(&input, provider, kind);
-        let client_id = match &credential {
-            // The identity's own client ID when it is chosen by one; never the Entra app's.
-            Some(CredentialConfig::ManagedIdentity(managed)) => {
-                Ok(managed.identity.client_id().map(str::to_owned))
-            }
-            // A managed identity whose own rules failed.
-            _ if kind.managed => Err(Reported),
-            _ => self.client_id(&input, kind).map(Some).ok_or(Reported),
-        };
+        let client_id = self.tenant_client_id(&input, &credential, kind);
         let cloud = inherited!(input, cloud).map_or_else(Cloud::default, |c| *c.get_ref());
         let authority_host = self.authority_host(&input, cloud, kind);
-        let oauth2 = match provider {
-            Provider::Entra => Ok(None),
-            Provider::Oauth2 => match self.oauth2(&input, &credential) {
-                Some(oauth2) => Ok(Some(Box::new(oauth2))),
-                None => Err(Reported),
-            },
-        };
+        let oauth2 = self.tenant_oauth2(&input, provider, &credential);
         let resource = self.resource(&input, &oauth2, cloud);
         let (refresh_at, jitter) = self.fractions(&input);
         let sinks = self.sinks(&input, name.as_deref());
@@ -73,18 +59,7 @@ impl Loader<'_> {
         };
         self.inapplicable_keys(&input);
         if let Some(name) = &name {
-            let embed_sinks = powerbi
-                .iter()
-                .flatten()
-                .flat_map(|powerbi| powerbi.embeds.iter())
-                .flat_map(|embed| embed.sinks.iter());
-            let destinations = sinks
-                .iter()
-                .flatten()
-                .chain(embed_sinks)
-                .map(SinkConfig::destination)
-                .collect();
-            self.seen.push((name.clone(), line, destinations));
+            self.remember(name, line, sinks.as_deref(), &powerbi);
         }
         if self.problems.len() != before {
             return None;
@@ -105,6 +80,64 @@ impl Loader<'_> {
             powerbi: powerbi.ok()?.map(Box::new),
             line,
         })
+    }
+
+    /// The tenant's client ID: a managed identity's own when one chooses it (never the Entra
+    /// app's), none for a managed identity that does not; `client_id` for every other kind.
+    fn tenant_client_id(
+        &mut self,
+        input: &TenantInput<'_>,
+        credential: &Option<CredentialConfig>,
+        kind: CredentialKind,
+    ) -> Result<Option<String>, Reported> {
+        match credential {
+            Some(CredentialConfig::ManagedIdentity(managed)) => {
+                Ok(managed.identity.client_id().map(str::to_owned))
+            }
+            // A managed identity whose own rules failed.
+            _ if kind.managed => Err(Reported),
+            _ => self.client_id(input, kind).map(Some).ok_or(Reported),
+        }
+    }
+
+    /// The generic OAuth2 server's settings: `Ok(None)` for an Entra tenant.
+    fn tenant_oauth2(
+        &mut self,
+        input: &TenantInput<'_>,
+        provider: Provider,
+        credential: &Option<CredentialConfig>,
+    ) -> Result<Option<Box<OAuth2Config>>, Reported> {
+        match provider {
+            Provider::Entra => Ok(None),
+            Provider::Oauth2 => match self.oauth2(input, credential) {
+                Some(oauth2) => Ok(Some(Box::new(oauth2))),
+                None => Err(Reported),
+            },
+        }
+    }
+
+    /// Keeps a named tenant's name, line and every destination it writes (its sinks and its
+    /// embed tokens'), whether or not the tenant is valid, for the cross-tenant rules: unique
+    /// names, and no file or Redis key written twice.
+    fn remember(
+        &mut self,
+        name: &str,
+        line: Option<usize>,
+        sinks: Option<&[SinkConfig]>,
+        powerbi: &Result<Option<PowerBiConfig>, Reported>,
+    ) {
+        let embed_sinks = powerbi
+            .iter()
+            .flatten()
+            .flat_map(|powerbi| powerbi.embeds.iter())
+            .flat_map(|embed| embed.sinks.iter());
+        let destinations = sinks
+            .into_iter()
+            .flatten()
+            .chain(embed_sinks)
+            .map(SinkConfig::destination)
+            .collect();
+        self.seen.push((name.to_owned(), line, destinations));
     }
 
     /// The tenant's credential and its line, kept for `check` even if the tenant has other
