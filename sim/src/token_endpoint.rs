@@ -15,27 +15,16 @@ use axum::response::{IntoResponse, Response};
 use super::access_token::success_response;
 use super::assertion::{JWT_BEARER_ASSERTION_TYPE, SimAssertion, verify_assertion};
 use super::catalogue::{catalogue, error_body};
+use super::cloud::SimCloud;
 use super::faults::{
     oversized_response, proxy_login_page, raw_response, server_error_reply, stopped_response,
     throttle_reply, truncated_response,
 };
-use super::key_vault::KEY_VAULT_RESOURCES;
 use super::wire::{
     REDACTED, client_key, decode_component, is_dns_like, is_guid, json_headers, parse_basic,
     parse_form, tenant_key, unix_now,
 };
 use super::{ApiVersion, AppCredentials, Behavior, Shared, SimRequest, SimTenant};
-
-/// The Power BI resource identifiers (App ID URIs) of every sovereign cloud (protocol reference
-/// §7). A v1 `resource` or a v2 scope without its `/.default` suffix must be one of these or
-/// one of the [`KEY_VAULT_RESOURCES`]; any other resource gets AADSTS500011.
-pub const POWER_BI_RESOURCES: &[&str] = &[
-    "https://analysis.windows.net/powerbi/api",
-    "https://analysis.usgovcloudapi.net/powerbi/api",
-    "https://high.analysis.usgovcloudapi.net/powerbi/api",
-    "https://mil.analysis.usgovcloudapi.net/powerbi/api",
-    "https://analysis.chinacloudapi.cn/powerbi/api",
-];
 
 /// Largest request body read; real token requests are a few hundred bytes (a few KB with a
 /// client assertion).
@@ -492,10 +481,10 @@ fn validate(
     };
     // Key Vault's service principal is in every tenant with an Azure subscription, so only
     // Power BI's can be missing.
-    let known = if POWER_BI_RESOURCES.contains(&resource.as_str()) {
+    let known = if SimCloud::is_power_bi_resource(&resource) {
         tenant.power_bi_present
     } else {
-        KEY_VAULT_RESOURCES.contains(&resource.as_str())
+        SimCloud::is_key_vault_resource(&resource)
     };
     if !known {
         return Err(Rejection::new(500011).with("resource", resource));
@@ -657,7 +646,7 @@ mod tests {
     #[tokio::test]
     async fn every_sovereign_power_bi_resource_is_accepted() {
         let Fixture { sim, http } = fixture().await;
-        for resource in POWER_BI_RESOURCES {
+        for resource in SimCloud::ALL.map(SimCloud::power_bi_resource) {
             let scope = format!("{resource}/.default");
             let mut form: Vec<(&str, &str)> = without(v2_form(), "scope");
             form.push(("scope", &scope));
@@ -673,20 +662,20 @@ mod tests {
         // Key Vault does not depend on Power BI's service principal.
         tenant.power_bi_present = false;
         sim.add_tenant(TENANT, tenant);
-        for resource in KEY_VAULT_RESOURCES {
+        for resource in SimCloud::ALL.map(SimCloud::key_vault_resource) {
             let scope = format!("{resource}/.default");
             let mut form: Vec<(&str, &str)> = without(v2_form(), "scope");
             form.push(("scope", &scope));
             let answer = post(&http, &v2_url(&sim, TENANT), &form).await;
             assert_eq!(answer.status, 200, "{resource}: {}", answer.body);
             let claims = decode_claims(answer.json()["access_token"].as_str().expect("token"));
-            assert_eq!(claims["aud"], *resource);
+            assert_eq!(claims["aud"], resource);
 
             let mut form: Vec<(&str, &str)> = without(v1_form(), "resource");
             form.push(("resource", resource));
             let answer = post(&http, &v1_url(&sim, TENANT), &form).await;
             assert_eq!(answer.status, 200, "{resource}: {}", answer.body);
-            assert_eq!(answer.json()["resource"], *resource);
+            assert_eq!(answer.json()["resource"], resource);
         }
         // Near misses are other resources.
         for resource in [
