@@ -109,8 +109,10 @@
 //! * `lib.rs` (this file): [`SimEntra`], the control API the tests and `demo` use; the
 //!   configuration and fault types ([`SimTenant`], [`SimApp`], [`Behavior`], …); the state the
 //!   request handlers share; the router.
-//! * `token_endpoint.rs`: the v1 and v2 token endpoints and the discovery document: reading a
-//!   request, the validation order, rejections.
+//! * `token_endpoint.rs`: the v1 and v2 token endpoints and the discovery document: the
+//!   validation order, the choice between a validation result and an injected behaviour.
+//! * `token_request.rs`: a token request as read and decoded, and the answers built from it
+//!   (grant, rejection, Entra's error reply), which the files below the token endpoint share.
 //! * `access_token.rs`: what a successful request gets: the v1 and v2 bodies and the JWT-shaped
 //!   access tokens, signed and verified with the simulator's key (the managed identity
 //!   endpoints mint theirs with it too; the Power BI API and the key vault verify them with
@@ -118,8 +120,10 @@
 //! * `catalogue.rs`: the AADSTS table ([`catalogue`](fn@catalogue)) and Entra's error body.
 //! * `faults.rs`: the answers of the injected [`Behavior`]s that are not a validation result
 //!   (throttling, 5xx, proxy pages, truncated and oversized bodies).
-//! * `assertion.rs`: client assertions signed with a registered certificate, and JWT decoding.
+//! * `assertion.rs`: client assertions signed with a registered certificate, and the choice
+//!   between those and federated tokens.
 //! * `federated.rs`: external tokens matched against federated identity credentials.
+//! * `jwt.rs`: JWT decoding and the lifetime checks both kinds of assertion share.
 //! * `managed_identity.rs`: the IMDS and App Service endpoints.
 //! * `powerbi.rs`: the Power BI REST API: bearer checks, workspaces, embed tokens, and the
 //!   per-tenant [`PowerBiBehavior`]s.
@@ -154,6 +158,7 @@ mod catalogue;
 mod cloud;
 mod faults;
 mod federated;
+mod jwt;
 mod key_vault;
 mod managed_identity;
 mod powerbi;
@@ -161,6 +166,7 @@ mod powerbi;
 mod test_support;
 mod tls;
 mod token_endpoint;
+mod token_request;
 mod wire;
 
 pub use assertion::SimAssertion;
