@@ -5,23 +5,27 @@
 #
 # (with `[server] listen = "0.0.0.0:9464"` in that config.toml for the port to be reachable).
 #
-# The binary links only glibc (libc, libm) and libgcc_s, which the distroless "cc" image carries;
+# The binary has no `demo` subcommand and no simulated Entra ID (`--no-default-features`); it
+# links only glibc (libc, libm) and libgcc_s, which the distroless "cc" image carries;
 # TLS is rustls on aws-lc-rs, compiled in, and the CA certificates come with the image.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that a source change does not rebuild them: a stub crate with the real
-# manifest and lock file.
+# manifest and lock file. The workspace names the simulator (sim/) as a member, so its manifest
+# comes too, with an empty stub library that stays: the image is built without default features,
+# that is without `demo` and the simulator, which is then never compiled.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src \
+COPY sim/Cargo.toml ./sim/
+RUN mkdir -p src sim/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked --bin powerbi-tokend \
+    && touch src/lib.rs sim/src/lib.rs \
+    && cargo build --release --locked --no-default-features -p powerbi-tokend --bin powerbi-tokend \
     && rm -rf src
 COPY src ./src
 # Touch the sources so cargo rebuilds the crate rather than trusting the stub's timestamps.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin powerbi-tokend \
+    && cargo build --release --locked --no-default-features -p powerbi-tokend --bin powerbi-tokend \
     && install -D -m 0755 target/release/powerbi-tokend /out/powerbi-tokend
 
 FROM gcr.io/distroless/cc-debian12:nonroot

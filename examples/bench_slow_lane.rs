@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use powerbi_tokend::config::{Config, DaemonConfig, SecretSource, ServerConfig, TenantConfig};
-use powerbi_tokend::sim::{Behavior, SimApp, SimEntra, SimTenant};
+use powerbi_tokend_sim::{Behavior, SimApp, SimEntra, SimTenant};
 
 const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
 const SECRET: &str = "bench-secret-value";

@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
+use powerbi_tokend_sim::{SimApp, SimEntra, SimTenant};
 
 mod common;
 use common::{BoxError, CLIENT_ID, SECRET, daemon_binary, read_status_kib};

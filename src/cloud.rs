@@ -58,7 +58,8 @@ impl Cloud {
 
     /// The Azure Key Vault resource (v1 `resource`; v2 scope is this plus `/.default`) whose
     /// tokens this cloud's vaults accept (reference §10). GCC runs on the commercial cloud.
-    pub(crate) fn key_vault_resource(self) -> &'static str {
+    /// Public so that `tests/clouds.rs` can hold the simulator's table to it.
+    pub fn key_vault_resource(self) -> &'static str {
         match self {
             Cloud::Public | Cloud::Gcc => "https://vault.azure.net",
             Cloud::Gcchigh | Cloud::Dod => "https://vault.usgovcloudapi.net",

@@ -23,6 +23,7 @@
 //! stopped with the demo) and writes every access token there too, in fleet mode, so the shared
 //! store can be watched with `redis-cli`.
 
+use powerbi_tokend_sim::{PowerBiBehavior, SimApp, SimEntra, SimTenant};
 use secrecy::SecretString;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,7 +36,6 @@ use crate::config::{
     FleetConfig, PowerBiConfig, ProbeConfig, RedisConfig, RedisSinkConfig, ServerConfig,
     SinkConfig, TenantConfig,
 };
-use crate::sim::{PowerBiBehavior, SimApp, SimEntra, SimTenant};
 use crate::{Control, Daemon, RunError};
 
 /// Token lifetime the simulator grants in the demo: short, so refreshes are visible.

@@ -36,11 +36,10 @@
 //! * [`clock`]: reading and printing the wall clock, below every module that needs it.
 //! * [`safe_read`]: reading files others control (secrets, certificates, token files, the
 //!   config) with size caps, regular-file checks and a deadline, off the async workers.
-//! * [`sim`]: a simulated Entra ID, Power BI API and Key Vault for `demo`, the tests and the
-//!   benchmark, one file per concern (error catalogue, token endpoints, access tokens, faults,
-//!   client assertions, federated credentials, managed identity, Power BI, Key Vault, wire
-//!   helpers).
-//! * [`demo`]: the self-contained demonstration.
+//! * `demo` (feature `demo`, on by default): the self-contained demonstration, against the
+//!   simulated Entra ID, Power BI API and Key Vault of the `powerbi-tokend-sim` crate (in
+//!   `sim/`), which the tests and the benchmarks use too. The simulator knows nothing of this
+//!   crate; `cargo build --no-default-features` leaves it and `demo` out of the binary.
 //!
 //! Dependencies run one way, down this list's token path and never back: `config` needs only
 //! `cloud` (and `safe_read` to read the file); `token` needs only `clock`; `error` needs `token`;
@@ -62,6 +61,7 @@ pub mod clock;
 pub mod cloud;
 pub mod config;
 pub mod credential;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
 mod fleet;
@@ -73,7 +73,6 @@ mod rate;
 mod refresh;
 mod safe_read;
 pub mod schedule;
-pub mod sim;
 pub mod sink;
 pub mod status;
 pub mod store;

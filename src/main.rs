@@ -10,7 +10,9 @@ use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
 use powerbi_tokend::config::{self, LogFormat};
-use powerbi_tokend::{Control, check, demo, once, run};
+#[cfg(feature = "demo")]
+use powerbi_tokend::demo;
+use powerbi_tokend::{Control, check, once, run};
 
 /// Exit code for a bad command line or configuration (clap uses 2 for usage errors too).
 const EXIT_CONFIG: u8 = 2;
@@ -44,6 +46,7 @@ enum Command {
         online: bool,
     },
     /// Run end to end against a built-in simulated Entra ID; tokens go to ./demo-tokens/.
+    #[cfg(feature = "demo")]
     Demo {
         /// Admin HTTP address for the demo.
         #[arg(long, default_value = config::DEFAULT_LISTEN)]
@@ -162,6 +165,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Err(err) => fatal(err.into()),
             }
         }
+        #[cfg(feature = "demo")]
         Command::Demo { listen, redis } => {
             let control = match signals() {
                 Ok(control) => control,

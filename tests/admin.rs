@@ -6,8 +6,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use powerbi_tokend::sim::{Behavior, SimEntra};
 use powerbi_tokend::{Control, config};
+use powerbi_tokend_sim::{Behavior, SimEntra};
 
 /// A config file on disk (so reloads can re-read it) with secrets in a file.
 struct Files {
@@ -313,7 +313,7 @@ async fn reload_adds_removes_changes_and_rejects_bad_files() {
     let other_app = "99999999-8888-7777-6666-555555555555";
     sim.set_app(
         "change.example.com",
-        powerbi_tokend::sim::SimApp {
+        powerbi_tokend_sim::SimApp {
             client_id: other_app.to_owned(),
             secret: SECRET.to_owned(),
             secret_expired: false,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use powerbi_tokend::sim::SimEntra;
+use powerbi_tokend_sim::SimEntra;
 
 const BIN: &str = env!("CARGO_BIN_EXE_powerbi-tokend");
 
@@ -226,7 +226,7 @@ async fn once_exits_0_when_all_succeed_and_1_naming_each_failure() {
     // A transient failure is final too: `once` exits, it does not retry.
     sim.set_behavior(
         "contoso.onmicrosoft.com",
-        powerbi_tokend::sim::Behavior::TemporarilyUnavailable,
+        powerbi_tokend_sim::Behavior::TemporarilyUnavailable,
     );
     let (status, stderr) = once_with_stderr(&path, &stderr_path).await;
     assert_eq!(status.code(), Some(1));
@@ -640,7 +640,7 @@ async fn a_second_signal_exits_at_once() {
     // The request hangs, so the graceful shutdown would wait for the whole grace period (60 s).
     sim.set_behavior(
         "contoso.onmicrosoft.com",
-        powerbi_tokend::sim::Behavior::Hang,
+        powerbi_tokend_sim::Behavior::Hang,
     );
     let path = config_file(
         dir.path(),

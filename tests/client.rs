@@ -9,7 +9,7 @@ use powerbi_tokend::client::{TokenClient, USER_AGENT};
 use powerbi_tokend::config::{ApiVersion, DaemonConfig, TenantConfig};
 use powerbi_tokend::credential::Credential;
 use powerbi_tokend::error::{ErrorClass, Reason, RefreshError};
-use powerbi_tokend::sim::{Behavior, RetryAfter, SimEntra};
+use powerbi_tokend_sim::{Behavior, RetryAfter, SimEntra};
 
 async fn setup() -> (SimEntra, TenantConfig, TokenClient) {
     init();
@@ -97,7 +97,7 @@ async fn v2_request_shape_and_numeric_response() {
         .unwrap();
     assert_eq!(token.lifetime().get(), Duration::from_secs(3599));
     let request = sim.last_request("contoso.onmicrosoft.com").unwrap();
-    assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V2);
+    assert_eq!(request.version, powerbi_tokend_sim::ApiVersion::V2);
     assert_eq!(
         form_value(&request.form, "grant_type").as_deref(),
         Some("client_credentials")
@@ -130,7 +130,7 @@ async fn v1_request_shape_and_string_response() {
         .await
         .unwrap();
     let request = sim.last_request("contoso.onmicrosoft.com").unwrap();
-    assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V1);
+    assert_eq!(request.version, powerbi_tokend_sim::ApiVersion::V1);
     assert_eq!(
         form_value(&request.form, "resource").as_deref(),
         Some("https://analysis.windows.net/powerbi/api")
@@ -184,7 +184,7 @@ async fn real_validation_errors_from_the_simulator() {
     let (sim, tenant, client) = setup().await;
     sim.set_app(
         "contoso.onmicrosoft.com",
-        powerbi_tokend::sim::SimApp {
+        powerbi_tokend_sim::SimApp {
             client_id: CLIENT_ID.to_owned(),
             secret: "rotated".to_owned(),
             secret_expired: false,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use powerbi_tokend::sim::SimEntra;
+use powerbi_tokend_sim::SimEntra;
 
 const BIN: &str = env!("CARGO_BIN_EXE_powerbi-tokend");
 const TENANTS: usize = 30;

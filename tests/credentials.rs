@@ -23,7 +23,7 @@ use powerbi_tokend::config::{
 use powerbi_tokend::credential::Credential;
 use powerbi_tokend::credential::certificate::Certificate;
 use powerbi_tokend::error::{ErrorClass, Reason};
-use powerbi_tokend::sim::{
+use powerbi_tokend_sim::{
     SIM_SYSTEM_ASSIGNED_CLIENT_ID, SimEntra, SimFederatedCredential, SimManagedIdentity,
     managed_identity_object_id, managed_identity_resource_id,
 };

@@ -6,7 +6,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 use powerbi_tokend::config::{ApiVersion, DaemonConfig, FileFormat, FileSinkConfig, SinkConfig};
-use powerbi_tokend::sim::{Behavior, RetryAfter, SimApp};
+use powerbi_tokend_sim::{Behavior, RetryAfter, SimApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_json_contract_and_refreshes_at_half_life() {
@@ -95,7 +95,7 @@ async fn writes_json_contract_and_refreshes_at_half_life() {
     let request = sim
         .last_request("7d1e4f2a-5b6c-4d8e-9f0a-1b2c3d4e5f60")
         .unwrap();
-    assert_eq!(request.version, powerbi_tokend::sim::ApiVersion::V1);
+    assert_eq!(request.version, powerbi_tokend_sim::ApiVersion::V1);
     daemon.stop().await;
 }
 

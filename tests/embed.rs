@@ -13,7 +13,7 @@ use powerbi_tokend::config::{
     AccessLevel, EmbedConfig, FileFormat, FileSinkConfig, PerTenantMetrics, PowerBiConfig,
     SinkConfig, TenantConfig,
 };
-use powerbi_tokend::sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
+use powerbi_tokend_sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
 
 const REPORT: &str = "5b218778-0000-4b8a-9c7c-000000000004";
 const OTHER_REPORT: &str = "6c329889-0000-4b8a-9c7c-000000000007";

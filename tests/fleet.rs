@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use common::process::{Spawned, entry, wait_for_status};
 use common::redis_server::RedisServer;
 use common::*;
-use powerbi_tokend::sim::SimEntra;
+use powerbi_tokend_sim::SimEntra;
 
 const TENANTS: usize = 200;
 const LIFETIME: Duration = Duration::from_secs(20);

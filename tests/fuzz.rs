@@ -42,11 +42,11 @@ use powerbi_tokend::clock::{MAX_RFC3339_UNIX, unix_seconds, unix_to_system};
 use powerbi_tokend::config;
 use powerbi_tokend::error::{self, MAX_TEXT_CHARS, MIN_SECRET_CHARS, REDACTED};
 use powerbi_tokend::schedule::parse_retry_after;
-use powerbi_tokend::sim::{CATALOGUE_CODES, catalogue};
 use powerbi_tokend::token::{
     MAX_EXPIRY_HORIZON, MAX_RETRY_AFTER, MAX_SCHEDULED_LIFETIME, MIN_TOKEN_LIFETIME, RetryAfter,
     parse_token_response,
 };
+use powerbi_tokend_sim::{CATALOGUE_CODES, catalogue};
 
 // ---------------------------------------------------------------------------------------------
 // The engine

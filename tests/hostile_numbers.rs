@@ -10,7 +10,7 @@ use common::*;
 use powerbi_tokend::clock::unix_now;
 use std::time::{Duration, Instant};
 
-use powerbi_tokend::sim::Behavior;
+use powerbi_tokend_sim::Behavior;
 
 /// A 200 answer with this JSON body, as a raw answer (no Entra validation, no other header).
 fn raw_json(body: &str) -> Behavior {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use powerbi_tokend::sim::{Behavior, SimEntra};
+use powerbi_tokend_sim::{Behavior, SimEntra};
 
 /// 60 characters of base64url with a dot: an opaque token as some servers issue them.
 const OPAQUE: &str = "Q2hhbmdlVGhpcy5PcGFxdWVUb2tlbl9WYWx1ZS1QbGVhc2U.9x7Kp3vZ0aLm";

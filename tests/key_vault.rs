@@ -14,7 +14,7 @@ use powerbi_tokend::config::{
     CredentialConfig, DaemonConfig, KeyVaultConfig, ManagedIdentityConfig, ManagedIdentityId,
     ManagedIdentitySource, SecretSource, TenantConfig,
 };
-use powerbi_tokend::sim::{
+use powerbi_tokend_sim::{
     SIM_SYSTEM_ASSIGNED_CLIENT_ID, SimEntra, SimFederatedCredential, SimManagedIdentity,
     SimSecretAttributes,
 };
@@ -744,7 +744,7 @@ async fn a_challenge_for_another_clouds_vault_is_followed_once() {
     let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
     with_managed_identity(&sim);
     // The vault is a US Government one; the reader was configured for the public cloud.
-    sim.set_powerbi_cloud(powerbi_tokend::cloud::Cloud::Gcchigh);
+    sim.set_powerbi_cloud(powerbi_tokend_sim::SimCloud::Gcchigh);
     sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
     sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
     let url = format!("{}/secrets/app-secret", sim.key_vault_url());
@@ -781,7 +781,7 @@ async fn a_throttled_vault_is_a_transient_failure() {
     sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
     sim.set_key_vault_fault(
         "app-secret",
-        Some(powerbi_tokend::sim::KeyVaultFault::Throttled {
+        Some(powerbi_tokend_sim::KeyVaultFault::Throttled {
             retry_after_secs: 1,
         }),
     );

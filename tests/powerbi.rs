@@ -6,7 +6,7 @@ use common::*;
 use std::time::Duration;
 
 use powerbi_tokend::config::{PowerBiConfig, ProbeConfig, TenantConfig};
-use powerbi_tokend::sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
+use powerbi_tokend_sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
 
 /// A tenant of the simulator with a probe every `interval` against `api_root`.
 fn probing(

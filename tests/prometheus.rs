@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use powerbi_tokend::config::PerTenantMetrics;
-use powerbi_tokend::sim::SimEntra;
+use powerbi_tokend_sim::SimEntra;
 use serde_json::Value;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");

@@ -38,7 +38,7 @@ fn redis_config(urls: Vec<String>) -> RedisConfig {
 /// A daemon config with `names` (tenant ids `<name>.example.com`), each writing its json file
 /// and its Redis key.
 fn daemon_config(
-    sim: &powerbi_tokend::sim::SimEntra,
+    sim: &powerbi_tokend_sim::SimEntra,
     dir: &Path,
     names: &[&str],
     urls: Vec<String>,
@@ -723,7 +723,7 @@ async fn warm_start_from_redis_checks_the_identity_like_a_json_file() {
     let other_app = "0b0e5d52-7c3b-4f5e-9d2a-3c1f6e8a9b7d";
     sim.set_app(
         "contoso.example.com",
-        powerbi_tokend::sim::SimApp {
+        powerbi_tokend_sim::SimApp {
             client_id: other_app.to_owned(),
             secret: SECRET.to_owned(),
             secret_expired: false,

@@ -22,7 +22,7 @@ const JITTER: f64 = 0.1;
 /// key when `redis` is set), with the daemon's default retry settings.
 fn write_config(
     path: &Path,
-    sim: &powerbi_tokend::sim::SimEntra,
+    sim: &powerbi_tokend_sim::SimEntra,
     count: usize,
     redis: Option<&str>,
 ) {
@@ -79,7 +79,7 @@ struct Watch {
 }
 
 impl Watch {
-    async fn sample(&mut self, sim: &powerbi_tokend::sim::SimEntra, dir: &Path, names: &[String]) {
+    async fn sample(&mut self, sim: &powerbi_tokend_sim::SimEntra, dir: &Path, names: &[String]) {
         self.requests.push((Instant::now(), sim.total_requests()));
         let (dir, list) = (dir.to_owned(), names.to_vec());
         let seen = tokio::task::spawn_blocking(move || look(&dir, &list))
@@ -100,7 +100,7 @@ impl Watch {
     async fn run_for(
         &mut self,
         length: Duration,
-        sim: &powerbi_tokend::sim::SimEntra,
+        sim: &powerbi_tokend_sim::SimEntra,
         dir: &Path,
         names: &[String],
     ) {
@@ -156,7 +156,7 @@ impl Watch {
 /// is there.
 async fn start(
     config: &Path,
-    sim: &powerbi_tokend::sim::SimEntra,
+    sim: &powerbi_tokend_sim::SimEntra,
     tokens: &Path,
     names: &[String],
 ) -> (Spawned, Watch) {

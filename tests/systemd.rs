@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use powerbi_tokend::sim::SimEntra;
+use powerbi_tokend_sim::SimEntra;
 
 const BIN: &str = env!("CARGO_BIN_EXE_powerbi-tokend");
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd");

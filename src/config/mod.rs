@@ -60,6 +60,8 @@ use std::path::{Path, PathBuf};
 
 use crate::safe_read::{self, Symlinks};
 
+// Named outside `config` only by `demo`, which builds its `[fleet]` in code, and the tests.
+#[cfg(any(test, feature = "demo"))]
 pub(crate) use redis::DEFAULT_FLEET_PREFIX;
 pub(crate) use sink::MAX_FILE_NAME_BYTES;
 pub use types::*;

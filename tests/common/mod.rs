@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use powerbi_tokend::config::SecretSource;
 use powerbi_tokend::config::{Config, DaemonConfig, ServerConfig, TenantConfig};
-use powerbi_tokend::sim::{SimApp, SimEntra, SimTenant};
+use powerbi_tokend_sim::{SimApp, SimEntra, SimTenant};
 
 pub const CLIENT_ID: &str = "5d1e7c2a-3b4f-4a6d-8e9f-0a1b2c3d4e5f";
 pub const SECRET: &str = "s3cr3t~VALUE~that-must-never-be-logged";

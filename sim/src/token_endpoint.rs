@@ -1,48 +1,27 @@
-//! The v1 and v2 token endpoints and the discovery document: reading a request, Entra's checks
-//! in Entra's order (tenant, grant, client, credential, resource), and rejections in Entra's
-//! error shape. Certificate and federated credentials are checked in `assertion.rs` and
-//! `federated.rs`; a successful answer is built in `access_token.rs`.
+//! The v1 and v2 token endpoints and the discovery document: the tenant's injected behaviour or
+//! Entra's checks in Entra's order (tenant, grant and client, credential, resource). The request
+//! and the answers' shapes are in `token_request.rs`; certificate and federated credentials are
+//! checked in `assertion.rs` and `federated.rs`; a successful answer is built in
+//! `access_token.rs`, an injected fault's in `faults.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::access_token::success_response;
 use super::assertion::{JWT_BEARER_ASSERTION_TYPE, SimAssertion, verify_assertion};
 use super::catalogue::{catalogue, error_body};
+use super::cloud::SimCloud;
 use super::faults::{
     oversized_response, proxy_login_page, raw_response, server_error_reply, stopped_response,
     throttle_reply, truncated_response,
 };
-use super::key_vault::KEY_VAULT_RESOURCES;
-use super::wire::{
-    REDACTED, client_key, decode_component, is_dns_like, is_guid, json_headers, parse_basic,
-    parse_form, tenant_key, unix_now,
-};
-use super::{ApiVersion, AppCredentials, Behavior, Shared, SimRequest, SimTenant};
-
-/// The Power BI resource identifiers (App ID URIs) of every sovereign cloud (protocol reference
-/// §7). A v1 `resource` or a v2 scope without its `/.default` suffix must be one of these or
-/// one of the [`KEY_VAULT_RESOURCES`]; any other resource gets AADSTS500011.
-pub const POWER_BI_RESOURCES: &[&str] = &[
-    "https://analysis.windows.net/powerbi/api",
-    "https://analysis.usgovcloudapi.net/powerbi/api",
-    "https://high.analysis.usgovcloudapi.net/powerbi/api",
-    "https://mil.analysis.usgovcloudapi.net/powerbi/api",
-    "https://analysis.chinacloudapi.cn/powerbi/api",
-];
-
-/// Largest request body read; real token requests are a few hundred bytes (a few KB with a
-/// client assertion).
-const MAX_REQUEST_BODY: usize = 1024 * 1024;
-
-/// Form fields whose values are credentials.
-const SECRET_FORM_FIELDS: &[&str] = &["client_secret", "client_assertion"];
+use super::token_request::{Grant, Incoming, Rejection, Reply, catalogue_reply, tenant_segment};
+use super::wire::{client_key, is_dns_like, is_guid, json_headers, tenant_key, unix_now};
+use super::{ApiVersion, AppCredentials, Behavior, Shared, SimApp, SimTenant};
 
 pub(super) async fn token_v2(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     token_endpoint(shared, ApiVersion::V2, request).await
@@ -50,175 +29,6 @@ pub(super) async fn token_v2(State(shared): State<Arc<Shared>>, request: Request
 
 pub(super) async fn token_v1(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     token_endpoint(shared, ApiVersion::V1, request).await
-}
-
-/// A token request, read and decoded.
-pub(super) struct Incoming {
-    /// Which endpoint was called: decides the resource parameter and the body's number types.
-    pub(super) version: ApiVersion,
-    /// Anything but `POST` is AADSTS900561.
-    method: Method,
-    /// The tenant path segment as sent (percent-decoded), for messages and the `tid` claim.
-    pub(super) tenant: String,
-    /// The same in lower case: the registry key.
-    tenant_key: String,
-    /// Form fields; empty unless the body was `application/x-www-form-urlencoded`.
-    form: Vec<(String, String)>,
-    /// `client_id` and secret from an HTTP Basic `Authorization` header.
-    basic: Option<(String, String)>,
-    /// The client's `client-request-id`, echoed as the correlation id.
-    client_request_id: Option<String>,
-    /// All request headers, kept for [`Incoming::recorded`].
-    headers: HeaderMap,
-}
-
-impl Incoming {
-    async fn read(version: ApiVersion, request: Request) -> Incoming {
-        let (parts, body) = request.into_parts();
-        let segment = parts
-            .uri
-            .path()
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let tenant = decode_component(segment.as_bytes(), false);
-        let is_form = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|mime| {
-                mime.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        let form = if is_form {
-            match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
-                Ok(bytes) => parse_form(&bytes),
-                Err(_) => Vec::new(),
-            }
-        } else {
-            Vec::new()
-        };
-        let basic = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_basic);
-        let client_request_id = parts
-            .headers
-            .get("client-request-id")
-            .and_then(|value| value.to_str().ok())
-            .map(str::trim)
-            .filter(|id| !id.is_empty() && id.len() <= 128)
-            .map(str::to_owned);
-        Incoming {
-            version,
-            method: parts.method,
-            tenant_key: tenant_key(&tenant),
-            tenant,
-            form,
-            basic,
-            client_request_id,
-            headers: parts.headers,
-        }
-    }
-
-    /// The first value of a form field.
-    fn param(&self, name: &str) -> Option<&str> {
-        self.form
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn client_id(&self) -> Option<&str> {
-        self.param("client_id")
-            .or_else(|| self.basic.as_ref().map(|(id, _)| id.as_str()))
-            .filter(|id| !id.is_empty())
-    }
-
-    fn client_secret(&self) -> Option<&str> {
-        self.param("client_secret")
-            .or_else(|| self.basic.as_ref().map(|(_, secret)| secret.as_str()))
-            .filter(|secret| !secret.is_empty())
-    }
-
-    /// The request as [`SimEntra::last_request`](super::SimEntra::last_request) reports it,
-    /// credentials redacted.
-    fn recorded(&self) -> SimRequest {
-        let form = self
-            .form
-            .iter()
-            .map(|(key, value)| {
-                let value = if SECRET_FORM_FIELDS.contains(&key.as_str()) {
-                    REDACTED.to_owned()
-                } else {
-                    value.clone()
-                };
-                (key.clone(), value)
-            })
-            .collect();
-        let headers = self
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                let value = if name == header::AUTHORIZATION {
-                    let scheme = value
-                        .to_str()
-                        .ok()
-                        .and_then(|text| text.split_whitespace().next())
-                        .unwrap_or_default();
-                    format!("{scheme} {REDACTED}").trim_start().to_owned()
-                } else {
-                    String::from_utf8_lossy(value.as_bytes()).into_owned()
-                };
-                (name.as_str().to_owned(), value)
-            })
-            .collect();
-        SimRequest {
-            version: self.version,
-            form,
-            headers,
-        }
-    }
-
-    /// Values for the catalogue placeholders, from whatever the request carried.
-    pub(super) fn placeholders(&self) -> Vec<(&'static str, String)> {
-        let scope = self.param("scope").unwrap_or_default();
-        let resource = self
-            .param("resource")
-            .unwrap_or_else(|| scope.strip_suffix("/.default").unwrap_or(scope));
-        vec![
-            ("tenant", self.tenant.clone()),
-            ("client_id", self.client_id().unwrap_or_default().to_owned()),
-            ("scope", scope.to_owned()),
-            ("resource", resource.to_owned()),
-            (
-                "grant_type",
-                self.param("grant_type").unwrap_or_default().to_owned(),
-            ),
-            ("method", self.method.as_str().to_owned()),
-            ("parameter", "grant_type".to_owned()),
-        ]
-    }
-}
-
-/// A response plus the AADSTS code it carries, for the request log.
-pub(super) struct Reply {
-    /// What the client gets.
-    pub(super) response: Response,
-    /// The catalogue code in the body; `None` for successes and non-Entra bodies.
-    aadsts: Option<u32>,
-}
-
-impl From<Response> for Reply {
-    fn from(response: Response) -> Self {
-        Reply {
-            response,
-            aadsts: None,
-        }
-    }
 }
 
 /// What [`Shared::admit`] decided about a token request.
@@ -300,11 +110,7 @@ async fn token_endpoint(shared: Arc<Shared>, version: ApiVersion, request: Reque
             shared.until_shutdown().await;
             stopped_response().into()
         }
-        Behavior::Aadsts(code) => {
-            let (status, error, text) = catalogue(*code);
-            let placeholders = incoming.placeholders();
-            error_reply(&incoming, status, error, *code, text, &placeholders)
-        }
+        Behavior::Aadsts(code) => catalogue_reply(&incoming, *code),
         Behavior::TemporarilyUnavailable => catalogue_reply(&incoming, 50033),
         Behavior::Throttle {
             retry_after,
@@ -347,44 +153,6 @@ fn behavior_label(behavior: &Behavior) -> &'static str {
     }
 }
 
-/// Validation succeeded: issue a token for this resource to this client.
-pub(super) struct Grant {
-    /// The app's client id as registered, for the `appid` claim.
-    pub(super) client_id: String,
-    /// The resource the token is for, Power BI's or Key Vault's (`aud`, and v1's `resource`).
-    pub(super) resource: String,
-    /// `expires_in` of the token, from the tenant.
-    pub(super) lifetime: Duration,
-    /// `refresh_in` of the token, from the tenant.
-    pub(super) refresh_in: Option<Duration>,
-}
-
-/// Validation failed with this catalogue code; the placeholders fill its text.
-pub(super) struct Rejection {
-    /// The AADSTS code: a [`catalogue`](fn@catalogue) entry.
-    code: u32,
-    /// Values found during validation, preferred over those taken from the request.
-    placeholders: Vec<(&'static str, String)>,
-}
-
-impl Rejection {
-    pub(super) fn new(code: u32) -> Self {
-        Rejection {
-            code,
-            placeholders: Vec::new(),
-        }
-    }
-
-    fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.placeholders.push((name, value.into()));
-        self
-    }
-
-    fn missing(parameter: &'static str) -> Self {
-        Rejection::new(900144).with("parameter", parameter)
-    }
-}
-
 fn answer_normally(shared: &Shared, incoming: &Incoming, admission: &Admission) -> Reply {
     let mut verified = None;
     let outcome = validate(
@@ -403,18 +171,13 @@ fn answer_normally(shared: &Shared, incoming: &Incoming, admission: &Admission) 
             let serial = shared.serial.fetch_add(1, Ordering::Relaxed);
             success_response(&shared.token_key, incoming, &grant, serial).into()
         }
-        Err(rejection) => {
-            let (status, error, text) = catalogue(rejection.code);
-            let mut placeholders = incoming.placeholders();
-            // Specific values first: `render` uses the first match for a name.
-            placeholders.splice(0..0, rejection.placeholders);
-            error_reply(incoming, status, error, rejection.code, text, &placeholders)
-        }
+        Err(rejection) => rejection.reply(incoming),
     }
 }
 
-/// Entra's checks for a client-credentials request, in Entra's order. A client assertion that
-/// passes verification is stored in `verified`, whatever the later checks decide.
+/// Entra's checks for a client-credentials request, in Entra's order: tenant, grant and client,
+/// credential, resource. A client assertion that passes verification is stored in `verified`,
+/// whatever the later checks decide.
 fn validate(
     incoming: &Incoming,
     tenant: Option<&SimTenant>,
@@ -422,6 +185,24 @@ fn validate(
     authority_host: &str,
     verified: &mut Option<SimAssertion>,
 ) -> Result<Grant, Rejection> {
+    let tenant = check_tenant(incoming, tenant)?;
+    let app = check_client(incoming, tenant)?;
+    check_credential(incoming, app, credentials, authority_host, verified)?;
+    let resource = check_resource(incoming, tenant)?;
+    Ok(Grant {
+        client_id: app.client_id.clone(),
+        resource,
+        lifetime: tenant.lifetime,
+        refresh_in: tenant.refresh_in,
+    })
+}
+
+/// The method, then the tenant path segment: its syntax, the multi-tenant aliases that client
+/// credentials cannot use, and whether the directory exists.
+fn check_tenant<'a>(
+    incoming: &Incoming,
+    tenant: Option<&'a SimTenant>,
+) -> Result<&'a SimTenant, Rejection> {
     if incoming.method != Method::POST {
         return Err(Rejection::new(900561));
     }
@@ -433,10 +214,11 @@ fn validate(
         "organizations" => return Err(Rejection::new(90019)),
         _ => {}
     }
-    let Some(tenant) = tenant else {
-        return Err(Rejection::new(90002));
-    };
+    tenant.ok_or_else(|| Rejection::new(90002))
+}
 
+/// `grant_type`, then `client_id` and the app registration it names in the tenant.
+fn check_client<'a>(incoming: &Incoming, tenant: &'a SimTenant) -> Result<&'a SimApp, Rejection> {
     match incoming.param("grant_type") {
         None | Some("") => return Err(Rejection::missing("grant_type")),
         Some("client_credentials") => {}
@@ -445,14 +227,21 @@ fn validate(
     let Some(client_id) = incoming.client_id() else {
         return Err(Rejection::missing("client_id"));
     };
-    let Some(app) = tenant
+    tenant
         .apps
         .iter()
         .find(|app| app.client_id.eq_ignore_ascii_case(client_id))
-    else {
-        return Err(Rejection::new(700016));
-    };
+        .ok_or_else(|| Rejection::new(700016))
+}
 
+/// The app's secret (form or HTTP Basic) or, without one, its client assertion.
+fn check_credential(
+    incoming: &Incoming,
+    app: &SimApp,
+    credentials: Option<&AppCredentials>,
+    authority_host: &str,
+    verified: &mut Option<SimAssertion>,
+) -> Result<(), Rejection> {
     let assertion = incoming
         .param("client_assertion")
         .filter(|assertion| !assertion.is_empty());
@@ -482,7 +271,12 @@ fn validate(
         }
         (None, None) => return Err(Rejection::new(7000218)),
     }
+    Ok(())
+}
 
+/// The resource the token is for (v2 `scope`, v1 `resource`): a Power BI resource whose service
+/// principal the tenant has, or a Key Vault resource.
+fn check_resource(incoming: &Incoming, tenant: &SimTenant) -> Result<String, Rejection> {
     let resource = match incoming.version {
         ApiVersion::V2 => v2_resource(incoming)?,
         ApiVersion::V1 => match incoming.param("resource") {
@@ -492,20 +286,16 @@ fn validate(
     };
     // Key Vault's service principal is in every tenant with an Azure subscription, so only
     // Power BI's can be missing.
-    let known = if POWER_BI_RESOURCES.contains(&resource.as_str()) {
+    let known = if SimCloud::is_power_bi_resource(&resource) {
         tenant.power_bi_present
     } else {
-        KEY_VAULT_RESOURCES.contains(&resource.as_str())
+        SimCloud::is_key_vault_resource(&resource)
     };
-    if !known {
-        return Err(Rejection::new(500011).with("resource", resource));
+    if known {
+        Ok(resource)
+    } else {
+        Err(Rejection::new(500011).with("resource", resource))
     }
-    Ok(Grant {
-        client_id: app.client_id.clone(),
-        resource,
-        lifetime: tenant.lifetime,
-        refresh_in: tenant.refresh_in,
-    })
 }
 
 /// The single resource a v2 `scope` names.
@@ -541,74 +331,11 @@ fn token_endpoint_url(authority_host: &str, tenant: &str, version: ApiVersion) -
     }
 }
 
-/// The catalogue entry for `code`, its text filled from the request.
-pub(super) fn catalogue_reply(incoming: &Incoming, code: u32) -> Reply {
-    let (status, error, text) = catalogue(code);
-    error_reply(
-        incoming,
-        status,
-        error,
-        code,
-        text,
-        &incoming.placeholders(),
-    )
-}
-
-/// An Entra error body with these fields, with Entra's JSON headers and the client's request id.
-pub(super) fn error_reply(
-    incoming: &Incoming,
-    status: StatusCode,
-    error: &str,
-    code: u32,
-    text: &str,
-    placeholders: &[(&'static str, String)],
-) -> Reply {
-    let body = error_body(
-        error,
-        code,
-        text,
-        placeholders,
-        incoming.client_request_id.as_deref(),
-    );
-    let mut headers = json_headers();
-    echo_request_id(&mut headers, incoming);
-    Reply {
-        response: (status, headers, body).into_response(),
-        aadsts: Some(code),
-    }
-}
-
-/// Entra returns the client's `client-request-id` header when the request says
-/// `return-client-request-id: true` (the Azure REST convention MSAL relies on).
-pub(super) fn echo_request_id(headers: &mut HeaderMap, incoming: &Incoming) {
-    // Entra returns the id in a response header only when asked to.
-    let asked = incoming
-        .headers
-        .get("return-client-request-id")
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"));
-    if let Some(value) = incoming
-        .client_request_id
-        .as_deref()
-        .filter(|_| asked)
-        .and_then(|id| HeaderValue::from_str(id).ok())
-    {
-        headers.insert(HeaderName::from_static("client-request-id"), value);
-    }
-}
-
 pub(super) async fn openid_configuration(
     State(shared): State<Arc<Shared>>,
     request: Request,
 ) -> Response {
-    let segment = request
-        .uri()
-        .path()
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let tenant = decode_component(segment.as_bytes(), false);
+    let tenant = tenant_segment(request.uri().path());
     if shared.tenant(&tenant_key(&tenant)).is_none() {
         let (status, _, text) = catalogue(90002);
         let body = error_body(
@@ -648,8 +375,10 @@ pub(super) async fn openid_configuration(
 
 #[cfg(test)]
 mod tests {
-    use super::super::SimApp;
+    use std::time::Duration;
+
     use super::super::test_support::*;
+    use super::super::wire::REDACTED;
     use super::*;
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
@@ -657,7 +386,7 @@ mod tests {
     #[tokio::test]
     async fn every_sovereign_power_bi_resource_is_accepted() {
         let Fixture { sim, http } = fixture().await;
-        for resource in POWER_BI_RESOURCES {
+        for resource in SimCloud::ALL.map(SimCloud::power_bi_resource) {
             let scope = format!("{resource}/.default");
             let mut form: Vec<(&str, &str)> = without(v2_form(), "scope");
             form.push(("scope", &scope));
@@ -673,20 +402,20 @@ mod tests {
         // Key Vault does not depend on Power BI's service principal.
         tenant.power_bi_present = false;
         sim.add_tenant(TENANT, tenant);
-        for resource in KEY_VAULT_RESOURCES {
+        for resource in SimCloud::ALL.map(SimCloud::key_vault_resource) {
             let scope = format!("{resource}/.default");
             let mut form: Vec<(&str, &str)> = without(v2_form(), "scope");
             form.push(("scope", &scope));
             let answer = post(&http, &v2_url(&sim, TENANT), &form).await;
             assert_eq!(answer.status, 200, "{resource}: {}", answer.body);
             let claims = decode_claims(answer.json()["access_token"].as_str().expect("token"));
-            assert_eq!(claims["aud"], *resource);
+            assert_eq!(claims["aud"], resource);
 
             let mut form: Vec<(&str, &str)> = without(v1_form(), "resource");
             form.push(("resource", resource));
             let answer = post(&http, &v1_url(&sim, TENANT), &form).await;
             assert_eq!(answer.status, 200, "{resource}: {}", answer.body);
-            assert_eq!(answer.json()["resource"], *resource);
+            assert_eq!(answer.json()["resource"], resource);
         }
         // Near misses are other resources.
         for resource in [

@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use super::assertion::{DecodedJwt, check_assertion_lifetime};
-use super::token_endpoint::Rejection;
+use super::jwt::{DecodedJwt, check_assertion_lifetime};
+use super::token_request::Rejection;
 
 /// A federated identity credential (FIC) on an app registration: Entra accepts, instead of a
 /// secret, a token from `issuer` about `subject` for `audience` (reference §4).

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::RetryAfter;
 use super::catalogue::catalogue;
-use super::token_endpoint::{Incoming, Reply, catalogue_reply, error_reply};
+use super::token_request::{Incoming, Reply, catalogue_reply, error_reply};
 use super::wire::json_headers;
 
 /// [`Behavior::Throttle`](super::Behavior::Throttle): HTTP 429 with `Retry-After` and a

@@ -1,24 +1,18 @@
 //! Client assertions (reference §3): a JWT the app signs with the key of a certificate registered
-//! on it. Also the JWT decoding and lifetime checks that federated tokens (`federated.rs`) share,
-//! and the choice between the two kinds.
+//! on it, and the choice between such an assertion and a federated token (`federated.rs`). Both
+//! are decoded and their lifetimes checked in `jwt.rs`.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm};
 use serde_json::Value;
 
 use super::federated::verify_federated_assertion;
-use super::token_endpoint::Rejection;
+use super::jwt::{DecodedJwt, check_assertion_lifetime, decode_base64_any};
+use super::token_request::Rejection;
 use super::{AppCredentials, RegisteredCertificate};
 
 /// The only `client_assertion_type` Entra accepts (RFC 7523 §2.2).
 pub(super) const JWT_BEARER_ASSERTION_TYPE: &str =
     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// Clock skew tolerated on an assertion's `exp` and `nbf`. Entra's tolerance is not documented
-/// (the reference says "a few minutes"); five minutes is the default of Microsoft's token
-/// validation libraries.
-const ASSERTION_CLOCK_SKEW_SECS: i64 = 300;
 
 /// A client assertion the simulator verified, decoded, so tests can check what the daemon
 /// signs or forwards (algorithm, thumbprint encoding, claim types). The signature is not kept,
@@ -113,37 +107,6 @@ fn verify_certificate_assertion(
     check_assertion_lifetime(&jwt.claims, now)
 }
 
-/// `exp` is required and `nbf` optional (MSAL Python omits it); both may be numbers or
-/// numeric strings (MSAL.NET writes strings).
-pub(super) fn check_assertion_lifetime(claims: &Value, now: i64) -> Result<(), Rejection> {
-    let expires = time_claim(claims, "exp")?.ok_or_else(|| Rejection::new(50027))?;
-    let not_before = time_claim(claims, "nbf")?;
-    let expired = now > expires.saturating_add(ASSERTION_CLOCK_SKEW_SECS);
-    let early = not_before
-        .is_some_and(|not_before| now < not_before.saturating_sub(ASSERTION_CLOCK_SKEW_SECS));
-    if expired || early {
-        return Err(Rejection::new(700024));
-    }
-    Ok(())
-}
-
-/// A NumericDate claim (RFC 7519 §2) as seconds; `None` when absent.
-fn time_claim(claims: &Value, name: &str) -> Result<Option<i64>, Rejection> {
-    let seconds = match claims.get(name) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(number)) => number.as_i64().or_else(|| {
-            number
-                .as_f64()
-                .filter(|seconds| seconds.is_finite())
-                // Saturating float-to-integer conversion; fractions of a second do not matter.
-                .map(|seconds| seconds as i64)
-        }),
-        Some(Value::String(text)) => text.trim().parse().ok(),
-        Some(_) => None,
-    };
-    seconds.map(Some).ok_or_else(|| Rejection::new(50027))
-}
-
 /// The registered certificate a header's thumbprint names: `x5t#S256` when present, else
 /// `x5t`, each in base64url or standard base64 (MSAL Go and Rust send the latter).
 fn registered_certificate<'a>(
@@ -162,61 +125,14 @@ fn registered_certificate<'a>(
         .find(|certificate| certificate.sha1 == thumbprint)
 }
 
-/// A compact JWS split into its parts, header and claims decoded.
-pub(super) struct DecodedJwt<'a> {
-    /// `base64url(header) "." base64url(claims)`, the bytes the signature covers.
-    signing_input: &'a str,
-    /// A JSON object.
-    header: Value,
-    /// A JSON object.
-    pub(super) claims: Value,
-    /// The decoded signature; checked only for certificate assertions.
-    signature: Vec<u8>,
-}
-
-impl<'a> DecodedJwt<'a> {
-    /// `None` unless the token has three base64 parts, the first two JSON objects.
-    fn parse(token: &'a str) -> Option<Self> {
-        let (signing_input, signature) = token.trim().rsplit_once('.')?;
-        let (header, claims) = signing_input.split_once('.')?;
-        let header: Value = serde_json::from_slice(&decode_base64_any(header)?).ok()?;
-        let claims: Value = serde_json::from_slice(&decode_base64_any(claims)?).ok()?;
-        if !header.is_object() || !claims.is_object() {
-            return None;
-        }
-        Some(DecodedJwt {
-            signing_input,
-            header,
-            claims,
-            signature: decode_base64_any(signature)?,
-        })
-    }
-
-    pub(super) fn claim_str(&self, name: &str) -> Option<&str> {
-        self.claims.get(name).and_then(Value::as_str)
-    }
-}
-
-/// Decodes base64url or standard base64, padded or not. A part with a `.` never decodes, so a
-/// JWT with more than three parts is rejected here.
-fn decode_base64_any(text: &str) -> Option<Vec<u8>> {
-    let trimmed = text.trim().trim_end_matches('=');
-    if trimmed.contains(['+', '/']) {
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(trimmed)
-            .ok()
-    } else {
-        URL_SAFE_NO_PAD.decode(trimmed).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
     use super::super::wire::{REDACTED, random_guid, unix_now};
     use super::*;
     use aws_lc_rs::digest;
-    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
     /// An RSA key and its self-signed certificate.
     struct TestKey {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ApiVersion;
-use super::token_endpoint::{Grant, Incoming, echo_request_id};
+use super::token_request::{Grant, Incoming, echo_request_id};
 use super::wire::{json_headers, random_base64url, random_guid};
 
 /// Entra backdates `nbf`/`not_before` by five minutes to absorb clock skew (compare the v1

@@ -1,18 +1,18 @@
 //! A simulated Microsoft Entra ID token service, Power BI REST API and Azure Key Vault, served
 //! in-process over real HTTP.
 //!
-//! The `demo` subcommand, the integration tests and the many-tenant benchmark all need an Entra
+//! powerbi-tokend's `demo` subcommand, its integration tests and its benchmarks all need an Entra
 //! ID that behaves like the real one but runs on `127.0.0.1:0`, needs no network and can be told
 //! to misbehave. A simulator that is kinder than Entra hides bugs, so this one copies the wire
-//! format the daemon will meet in production (see `reference/entra-protocol.md` §1, §2, §8, §9
-//! and §10):
+//! format the daemon will meet in production, as the protocol reference in this crate's folder
+//! records it (`sim/entra-protocol.md`, "reference" below; §1, §2, §8, §9 and §10):
 //!
 //! * **Endpoints.** `POST /{tenant}/oauth2/v2.0/token` (v2) and `POST /{tenant}/oauth2/token`
 //!   (v1), form-encoded only, plus `GET /{tenant}/v2.0/.well-known/openid-configuration`.
 //!   Extra form fields and headers sent by real libraries (`client_info`, `x-client-*`,
 //!   `x-ms-lib-capability`) are ignored, as Entra ignores them. Tokens are issued for the Power
-//!   BI resources of every cloud ([`POWER_BI_RESOURCES`]) and for the Key Vault resources
-//!   ([`KEY_VAULT_RESOURCES`]); any other resource gets AADSTS500011.
+//!   BI and Key Vault resources of every cloud ([`SimCloud::ALL`]); any other resource gets
+//!   AADSTS500011.
 //! * **Success bodies.** v2 sends `expires_in`, `ext_expires_in` (and `refresh_in` when the tenant
 //!   is configured for it) as JSON numbers; v1 sends every number as a JSON *string* and adds
 //!   `expires_on`, `not_before` and `resource`. The access token is JWT-shaped, about 1 KB, and
@@ -97,13 +97,22 @@
 //! a Key Vault secret value; [`SimEntra::last_request`] and
 //! [`SimEntra::last_managed_identity_request`] keep credentials only as `[REDACTED]`.
 //!
+//! # A crate of its own
+//!
+//! The daemon depends on this crate (for `demo`, and its tests and benchmarks), never the other
+//! way round: the simulator knows the daemon only through the wire. What both must agree on
+//! beyond the wire, the sovereign clouds' resources, it keeps in its own table ([`SimCloud`]),
+//! which the daemon's `tests/clouds.rs` holds equal to the daemon's.
+//!
 //! # Files
 //!
-//! * `mod.rs` (this file): [`SimEntra`], the control API the tests and `demo` use; the
+//! * `lib.rs` (this file): [`SimEntra`], the control API the tests and `demo` use; the
 //!   configuration and fault types ([`SimTenant`], [`SimApp`], [`Behavior`], …); the state the
 //!   request handlers share; the router.
-//! * `token_endpoint.rs`: the v1 and v2 token endpoints and the discovery document: reading a
-//!   request, the validation order, rejections.
+//! * `token_endpoint.rs`: the v1 and v2 token endpoints and the discovery document: the
+//!   validation order, the choice between a validation result and an injected behaviour.
+//! * `token_request.rs`: a token request as read and decoded, and the answers built from it
+//!   (grant, rejection, Entra's error reply), which the files below the token endpoint share.
 //! * `access_token.rs`: what a successful request gets: the v1 and v2 bodies and the JWT-shaped
 //!   access tokens, signed and verified with the simulator's key (the managed identity
 //!   endpoints mint theirs with it too; the Power BI API and the key vault verify them with
@@ -111,17 +120,26 @@
 //! * `catalogue.rs`: the AADSTS table ([`catalogue`](fn@catalogue)) and Entra's error body.
 //! * `faults.rs`: the answers of the injected [`Behavior`]s that are not a validation result
 //!   (throttling, 5xx, proxy pages, truncated and oversized bodies).
-//! * `assertion.rs`: client assertions signed with a registered certificate, and JWT decoding.
+//! * `assertion.rs`: client assertions signed with a registered certificate, and the choice
+//!   between those and federated tokens.
 //! * `federated.rs`: external tokens matched against federated identity credentials.
+//! * `jwt.rs`: JWT decoding and the lifetime checks both kinds of assertion share.
 //! * `managed_identity.rs`: the IMDS and App Service endpoints.
 //! * `powerbi.rs`: the Power BI REST API: bearer checks, workspaces, embed tokens, and the
 //!   per-tenant [`PowerBiBehavior`]s.
 //! * `key_vault.rs`: Azure Key Vault's secrets endpoint: bearer checks and the challenge,
 //!   access grants, secret versions, [`KeyVaultFault`]s.
+//! * `cloud.rs`: the sovereign clouds' Power BI and Key Vault resources ([`SimCloud`]).
 //! * `tls.rs`: the HTTPS accept loop of [`SimEntra::start_tls`].
 //! * `wire.rs`: small helpers: form and Basic decoding, GUIDs, base64, the clock, JSON headers,
 //!   redaction.
 //! * `test_support.rs` (tests only): the fixture and request helpers the test modules share.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+// A check that fails returns the finished HTTP answer (an axum `Response`, about 130 bytes) as
+// its `Err`. There is at most one per request, so boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -137,8 +155,10 @@ use tokio::sync::watch;
 mod access_token;
 mod assertion;
 mod catalogue;
+mod cloud;
 mod faults;
 mod federated;
+mod jwt;
 mod key_vault;
 mod managed_identity;
 mod powerbi;
@@ -146,20 +166,19 @@ mod powerbi;
 mod test_support;
 mod tls;
 mod token_endpoint;
+mod token_request;
 mod wire;
 
 pub use assertion::SimAssertion;
 pub use catalogue::{CATALOGUE_CODES, catalogue};
+pub use cloud::SimCloud;
 pub use federated::SimFederatedCredential;
-pub use key_vault::{KEY_VAULT_RESOURCES, KeyVaultFault, SimSecretAttributes};
+pub use key_vault::{KeyVaultFault, SimSecretAttributes};
 pub use managed_identity::{
     ManagedIdentityEndpoint, SIM_SYSTEM_ASSIGNED_CLIENT_ID, SimManagedIdentity,
     SimManagedIdentityRequest, managed_identity_object_id, managed_identity_resource_id,
 };
 pub use powerbi::{PowerBiBehavior, PowerBiEndpoint};
-pub use token_endpoint::POWER_BI_RESOURCES;
-
-use crate::cloud::Cloud;
 
 use key_vault::{KeyVaultState, name_key, secret};
 use managed_identity::{app_service_token, imds_token};
@@ -592,14 +611,14 @@ impl SimEntra {
         self.shared.authority_host.clone()
     }
 
-    /// Sets the cloud whose Power BI resource ([`Cloud::power_bi_resource`]) the API expects as
-    /// the `aud` of bearer tokens; until then, [`Cloud::Public`]. A token for another cloud's
+    /// Sets the cloud whose Power BI resource ([`SimCloud::power_bi_resource`]) the API expects
+    /// as the `aud` of bearer tokens; until then, [`SimCloud::Public`]. A token for another cloud's
     /// resource gets 401, as a daemon that pairs one cloud's API root with another cloud's
     /// token would in production. The key vault follows the same cloud: it expects tokens for
     /// that cloud's vault resource (public `https://vault.azure.net` for Public and GCC, US
     /// Government `https://vault.usgovcloudapi.net` for GCC High and DoD, China
     /// `https://vault.azure.cn`) and names it in its challenge.
-    pub fn set_powerbi_cloud(&self, cloud: Cloud) {
+    pub fn set_powerbi_cloud(&self, cloud: SimCloud) {
         self.shared.powerbi().cloud = cloud;
     }
 

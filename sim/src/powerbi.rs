@@ -52,10 +52,10 @@ use serde_json::{Map, Value, json};
 
 use super::Shared;
 use super::access_token::verify;
+use super::cloud::SimCloud;
 use super::wire::{
     JSON_CONTENT_TYPE, format_guid, is_guid, parse_form, random_guid, tenant_key, unix_now,
 };
-use crate::cloud::Cloud;
 
 /// Largest GenerateToken body accepted. A request naming the maximum 50 reports, 50 datasets
 /// and 50 workspaces with RLS identities stays well under it.
@@ -139,7 +139,7 @@ impl PowerBiEndpoint {
 #[derive(Default)]
 pub(super) struct PowerBiState {
     /// Whose Power BI resource a bearer token must be for.
-    pub(super) cloud: Cloud,
+    pub(super) cloud: SimCloud,
     /// Per tenant (`tid` in lower case): behaviour, counters and records.
     pub(super) tenants: HashMap<String, PowerBiTenant>,
 }
@@ -958,7 +958,7 @@ mod tests {
         );
 
         // The audience follows the cloud the simulator is set to.
-        fixture.sim.set_powerbi_cloud(Cloud::Gcc);
+        fixture.sim.set_powerbi_cloud(SimCloud::Gcc);
         assert_eq!(get_groups(&fixture, &gcc, "").await.status, 200);
         assert_not_authorized(&get_groups(&fixture, &token, "").await);
     }

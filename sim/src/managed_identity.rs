@@ -204,13 +204,13 @@ fn managed_identity_token(
     response
 }
 
-/// The checks IMDS (reference §5.1) or App Service (§5.2) make, in order; a failure is the
-/// finished response.
+/// The checks IMDS (reference §5.1) or App Service (§5.2) make, in order: the method, the
+/// caller's proof that it is local, the resource, the identity named; a failure is the finished
+/// response.
 fn validate_managed_identity(
     call: &ManagedIdentityCall<'_>,
     identity: Option<&SimManagedIdentity>,
 ) -> Result<ManagedIdentityGrant, Response> {
-    const BAD_REQUEST: StatusCode = StatusCode::BAD_REQUEST;
     if *call.method != Method::GET {
         // IMDS documents 405 for other methods; the body is not documented.
         return Err(managed_identity_error(
@@ -219,64 +219,72 @@ fn validate_managed_identity(
             "Only GET requests are supported.",
         ));
     }
+    let selectors = match call.endpoint {
+        ManagedIdentityEndpoint::Imds => check_imds_caller(call)?,
+        ManagedIdentityEndpoint::AppService => check_app_service_caller(call, identity)?,
+    };
+    let resource = requested_resource(call)?;
+    let selector = one_selector(call, selectors)?;
+    let (client_id, lifetime) = select_managed_identity(identity, selector).map_err(|message| {
+        managed_identity_error(StatusCode::BAD_REQUEST, "invalid_request", message)
+    })?;
+    Ok(ManagedIdentityGrant {
+        client_id,
+        resource: resource.to_owned(),
+        lifetime,
+    })
+}
+
+/// IMDS's headers and `api-version`; the names of the parameters that choose an identity there.
+fn check_imds_caller(call: &ManagedIdentityCall<'_>) -> Result<&'static [&'static str], Response> {
     // The SSRF guard: exactly `true`, as the reference requires of IMDS.
-    let metadata_missing = || {
-        managed_identity_error(
-            BAD_REQUEST,
-            "invalid_request",
-            "Required metadata header not specified",
-        )
-    };
-    let selectors: &[&str] = match call.endpoint {
-        ManagedIdentityEndpoint::Imds => {
-            if call.header("metadata") != Some("true") {
-                return Err(metadata_missing());
-            }
-            // IMDS's text for a missing or unknown `api-version` on the identity endpoint is
-            // not in the reference.
-            if !call.param("api-version").is_some_and(is_imds_api_version) {
-                return Err(managed_identity_error(
-                    BAD_REQUEST,
-                    "invalid_request",
-                    "Required api-version parameter not specified or not supported",
-                ));
-            }
-            &["client_id", "object_id", "msi_res_id"]
-        }
-        ManagedIdentityEndpoint::AppService => {
-            // App Service has been seen answering a bad identity header with 401 (and 400 in
-            // older versions, azure-sdk-for-js#11595); 401 says what is wrong. The body is not
-            // documented.
-            let expected = identity
-                .map(|identity| identity.identity_header.as_str())
-                .filter(|expected| !expected.is_empty());
-            if expected.is_none() || call.header("x-identity-header") != expected {
-                return Err(managed_identity_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "The X-IDENTITY-HEADER header is missing or does not match.",
-                ));
-            }
-            // Azure Automation serves the same IDENTITY_ENDPOINT protocol and needs `Metadata:
-            // true` too (MSAL sends it for that reason, as azure-identity does), so a client
-            // that leaves it out works on App Service alone. Refused here so it cannot; the
-            // status and text of a real refusal are not documented, IMDS's are used.
-            if call.header("metadata") != Some("true") {
-                return Err(metadata_missing());
-            }
-            if call.param("api-version") != Some(APP_SERVICE_API_VERSION) {
-                return Err(managed_identity_error(
-                    BAD_REQUEST,
-                    "invalid_request",
-                    "Required api-version parameter not specified or not supported",
-                ));
-            }
-            &["client_id", "principal_id", "object_id", "mi_res_id"]
-        }
-    };
+    if call.header("metadata") != Some("true") {
+        return Err(metadata_missing());
+    }
+    // IMDS's text for a missing or unknown `api-version` on the identity endpoint is not in the
+    // reference.
+    if !call.param("api-version").is_some_and(is_imds_api_version) {
+        return Err(unsupported_api_version());
+    }
+    Ok(&["client_id", "object_id", "msi_res_id"])
+}
+
+/// App Service's identity header, `Metadata` and `api-version`; the names of the parameters that
+/// choose an identity there.
+fn check_app_service_caller(
+    call: &ManagedIdentityCall<'_>,
+    identity: Option<&SimManagedIdentity>,
+) -> Result<&'static [&'static str], Response> {
+    // App Service has been seen answering a bad identity header with 401 (and 400 in older
+    // versions, azure-sdk-for-js#11595); 401 says what is wrong. The body is not documented.
+    let expected = identity
+        .map(|identity| identity.identity_header.as_str())
+        .filter(|expected| !expected.is_empty());
+    if expected.is_none() || call.header("x-identity-header") != expected {
+        return Err(managed_identity_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "The X-IDENTITY-HEADER header is missing or does not match.",
+        ));
+    }
+    // Azure Automation serves the same IDENTITY_ENDPOINT protocol and needs `Metadata: true`
+    // too (MSAL sends it for that reason, as azure-identity does), so a client that leaves it
+    // out works on App Service alone. Refused here so it cannot; the status and text of a real
+    // refusal are not documented, IMDS's are used.
+    if call.header("metadata") != Some("true") {
+        return Err(metadata_missing());
+    }
+    if call.param("api-version") != Some(APP_SERVICE_API_VERSION) {
+        return Err(unsupported_api_version());
+    }
+    Ok(&["client_id", "principal_id", "object_id", "mi_res_id"])
+}
+
+/// The `resource` parameter: an App ID URI, not a v2 scope.
+fn requested_resource<'a>(call: &'a ManagedIdentityCall<'_>) -> Result<&'a str, Response> {
     let Some(resource) = call.param("resource") else {
         return Err(managed_identity_error(
-            BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             "invalid_request",
             "Required audience parameter not specified",
         ));
@@ -291,24 +299,45 @@ fn validate_managed_identity(
         let body = error_body(error, 50001, text, &placeholders, None);
         return Err((status, json_headers(), body).into_response());
     }
+    Ok(resource)
+}
+
+/// The one parameter among `selectors` that names an identity, if any: two are refused.
+fn one_selector<'a>(
+    call: &'a ManagedIdentityCall<'_>,
+    selectors: &[&'static str],
+) -> Result<Option<(&'static str, &'a str)>, Response> {
     let mut given = selectors
         .iter()
         .filter_map(|&name| call.param(name).map(|value| (name, value)));
     let selector = given.next();
     if given.next().is_some() {
         return Err(managed_identity_error(
-            BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             "invalid_request",
             "Only one of client_id, object_id (principal_id) or the resource id may be given.",
         ));
     }
-    let (client_id, lifetime) = select_managed_identity(identity, selector)
-        .map_err(|message| managed_identity_error(BAD_REQUEST, "invalid_request", message))?;
-    Ok(ManagedIdentityGrant {
-        client_id,
-        resource: resource.to_owned(),
-        lifetime,
-    })
+    Ok(selector)
+}
+
+/// The answer to a request without `Metadata: true`, the guard against server-side request
+/// forgery.
+fn metadata_missing() -> Response {
+    managed_identity_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "Required metadata header not specified",
+    )
+}
+
+/// The answer to a missing or unsupported `api-version`.
+fn unsupported_api_version() -> Response {
+    managed_identity_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "Required api-version parameter not specified or not supported",
+    )
 }
 
 /// The identity a request names (by client id, object id or, for a user-assigned identity,

@@ -87,16 +87,6 @@ use super::Shared;
 use super::access_token::verify;
 use super::managed_identity::{MANAGED_IDENTITY_SUBSCRIPTION, MANAGED_IDENTITY_TENANT};
 use super::wire::{JSON_CONTENT_TYPE, client_key, parse_form, random_guid, unix_now};
-use crate::cloud::Cloud;
-
-/// The Key Vault resource identifiers (App ID URIs) of every cloud (reference §10): public, US
-/// Government, China. The token endpoints issue tokens for these besides Power BI's; a v2 scope
-/// is one of them plus `/.default`.
-pub const KEY_VAULT_RESOURCES: &[&str] = &[
-    "https://vault.azure.net",
-    "https://vault.usgovcloudapi.net",
-    "https://vault.azure.cn",
-];
 
 /// Key Vault's application id, which the vault accepts as a token's `aud` besides its resource
 /// URI (its AKV10022 message names both).
@@ -295,15 +285,6 @@ pub(super) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-/// The vault resource whose tokens the vault accepts in `cloud` (see the module doc).
-fn key_vault_resource(cloud: Cloud) -> &'static str {
-    match cloud {
-        Cloud::Public | Cloud::Gcc => "https://vault.azure.net",
-        Cloud::Gcchigh | Cloud::Dod => "https://vault.usgovcloudapi.net",
-        Cloud::China => "https://vault.azure.cn",
-    }
-}
-
 /// The handler of `/secrets/{*path}`.
 pub(super) async fn secret(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
@@ -323,7 +304,7 @@ pub(super) async fn secret(State(shared): State<Arc<Shared>>, request: Request) 
         state.client_request_ids.push_back(client_request_id);
         state.tenant.clone()
     };
-    let resource = key_vault_resource(shared.powerbi().cloud);
+    let resource = shared.powerbi().cloud.key_vault_resource();
     let mut record = Record::default();
     let reply = answer_request(&shared, &parts, &vault, resource, &mut record);
     let request_id = random_guid();
@@ -778,6 +759,7 @@ mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     use super::super::access_token::jwt_shaped;
+    use super::super::cloud::SimCloud;
     use super::super::managed_identity::managed_identity_object_id;
     use super::super::test_support::*;
     use super::super::{
@@ -1202,7 +1184,7 @@ mod tests {
         );
 
         // The vault's cloud follows the Power BI cloud; the challenge names its resource.
-        fixture.sim.set_powerbi_cloud(Cloud::Gcchigh);
+        fixture.sim.set_powerbi_cloud(SimCloud::Gcchigh);
         let reply = get(&fixture, Some(&vault), &path).await;
         assert_eq!(reply.status, 401);
         assert_eq!(
