@@ -3,49 +3,58 @@
 //!
 //! # Layout
 //!
-//! A token flows through the modules in this order:
+//! A token's way through the modules, from the config to the reader (each module below needs
+//! only modules further down this list's path, never one above it):
 //!
 //! * [`config`]: the TOML file, `[defaults]` merged into each `[[tenant]]`, validated with lines.
 //!   Plain data plus rules, one file per section (`server`, `daemon`, `tenant`, `credential`,
-//!   `managed_identity`, `oauth2`, `sink`), cross-tenant and not-applicable-key rules, and the
-//!   loader that keeps going after a mistake. It reads the config file and nothing else.
-//! * [`cloud`]: which authority host and Power BI resource belong to each sovereign cloud.
+//!   `managed_identity`, `oauth2`, `key_vault`, `redis`, `fleet`, `powerbi`, `sink`),
+//!   cross-tenant and not-applicable-key rules, and the loader that keeps going after a mistake.
+//!   It reads the config file and nothing else. [`cloud`] says which authority host, Power BI
+//!   resource and Key Vault resource belong to each sovereign cloud.
+//! * `supervisor` keeps the tenants in a timetable, runs each one's step when due, and starts,
+//!   stops and reconciles tenants on reload (restarting one that panicked).
+//! * `tenant`: a tenant is a small composition: the refresher of its access token
+//!   (`tenant/access.rs`: fetched through the request lanes, or adopted from the fleet), the
+//!   Power BI calls made with that token ([`powerbi`]: `calls.rs` holds the access probe and the
+//!   embed tokens' refreshers), and the check that its token is still in Redis.
 //! * [`credential`]: how a tenant proves itself, one file per kind (secret, certificate,
 //!   federated token, managed identity, the Azure Key Vault reader) and the credential's expiry;
-//!   a tenant's [`credential::Credential`] fetches its token: it reads the secret, signs the
-//!   assertion or reads Key Vault, and sends the request through [`client`].
-//!   [`credential::verify`] is what `check` uses to read every file and variable a config names.
+//!   [`credential::Credential::fetch`] reads the secret, signs the assertion or reads Key Vault,
+//!   and sends the request through [`client`]. [`credential::verify`] is what `check` uses.
 //! * [`client`]: the daemon's HTTP client, one pool for every outbound call: the token protocols
 //!   (Entra v1/v2, generic OAuth2, managed identity) and bearer calls to Power BI and Key Vault,
-//!   with timeouts, a body cap, no redirects and a fresh request id per request.
-//! * [`token`]: the success body (v1 strings or v2 numbers), expiry math, and the bounded types
-//!   (token lifetime, `Retry-After`) every number from the network becomes before arithmetic.
-//! * [`error`]: failures classified as transient, throttled, permanent or sink, built on
-//!   [`token`]'s bounded types.
+//!   with timeouts, a body cap, no redirects and a fresh request id per request. It knows no
+//!   credential.
+//! * [`token`]: the success body (v1 strings or v2 numbers) parsed into an [`token::AccessToken`]
+//!   with bounded numbers (lifetime, `Retry-After`); `token/document.rs` renders it as the json
+//!   document the sinks store and reads one back. [`error`] classifies failures of every token
+//!   kind and of Power BI calls into one [`error::RefreshError`] (reason, class, server codes).
+//! * `refresh`: one `Refresher` per token, whatever its kind (access token, embed
+//!   token): the schedule, the backoff, the writes to its sinks (the files with the request
+//!   permit, Redis in a step of its own, a failed write again soon), and what is reported to
+//!   [`status`] and [`metrics`]. A token kind says only how it is fetched, bounded and rendered.
+//!   `refresh/lanes.rs` holds the request lanes (main and slow), `refresh/shared.rs` what every
+//!   tenant shares (client, semaphores, store, observer).
 //! * [`schedule`]: pure functions deciding the next wake-up (refresh point, jitter, backoff,
-//!   `Retry-After`, cron, the minimum interval between attempts).
-//! * [`tenant`]: one tenant's refresher, step by step; [`supervisor`] keeps the sleeping tenants
-//!   in a timetable, runs each step when due, and starts, stops and reconciles tenants,
-//!   and restarts one that panicked.
-//! * [`powerbi`]: the Power BI API beyond the token: the access probe, run after each refresh and
-//!   every `probe.interval` with the tenant's current token.
-//! * [`sink`]: where tokens are written (atomic files).
-//! * [`status`]: each tenant's current state, read by `once` and the admin endpoints.
-//! * [`metrics`] and [`http`]: Prometheus metrics and the admin server (`/metrics`, `/healthz`,
-//!   `/readyz`, `/status`).
-//! * [`clock`]: reading and printing the wall clock, below every module that needs it.
-//! * [`safe_read`]: reading files others control (secrets, certificates, token files, the
-//!   config) with size caps, regular-file checks and a deadline, off the async workers.
+//!   write retries, `Retry-After`, cron, the minimum interval between attempts).
+//! * `fleet`: leases and adoption of tokens another replica fetched, through [`store`].
+//! * [`sink`]: token-agnostic: writes a rendered document (bytes, expiry, owner) atomically to a
+//!   file or to Redis ([`store`]: one multiplexed connection, newer-wins writes, notification).
+//! * [`status`], [`metrics`] and [`http`]: each tenant's state, Prometheus metrics and the admin
+//!   server (`/metrics`, `/healthz`, `/readyz`, `/status`); `notify` speaks sd_notify.
+//! * [`clock`], `safe_read` and `rate`: the wall clock, reading files others control (size caps,
+//!   regular-file checks, a deadline, off the async workers), and the request rate cap.
 //! * `demo` (feature `demo`, on by default): the self-contained demonstration, against the
 //!   simulated Entra ID, Power BI API and Key Vault of the `powerbi-tokend-sim` crate (in
 //!   `sim/`), which the tests and the benchmarks use too. The simulator knows nothing of this
 //!   crate; `cargo build --no-default-features` leaves it and `demo` out of the binary.
 //!
-//! Dependencies run one way, down this list's token path and never back: `config` needs only
-//! `cloud` (and `safe_read` to read the file); `token` needs only `clock`; `error` needs `token`;
-//! `client` needs `config`, `error`, `token` and `schedule` and knows no credential;
-//! `credential` builds on `client` (Key Vault reading too goes through it), and the tenant
-//! builds on `credential`.
+//! There are no import circles, between modules or between the files of a folder: `config`
+//! needs only `cloud` and `safe_read`; `token` needs only `clock` and `config`; `error` and
+//! `schedule` need `token`'s bounded types; `client` needs `config`, `error`, `token` and
+//! `schedule`; `credential` builds on `client`; `refresh` on `sink` and `store`; `powerbi` on
+//! `refresh` and `client`; the tenant on all of these.
 //!
 //! The binary (`main.rs`) only parses the command line, sets up logging and signals, and calls
 //! [`run`], [`once`] or [`check`].
