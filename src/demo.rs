@@ -187,6 +187,7 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
                         target_workspaces: Vec::new(),
                         access_level: AccessLevel::View,
                         lifetime: None,
+                        identities: Vec::new(),
                         sinks: vec![SinkConfig::File(FileSinkConfig {
                             path: dir.join(format!("{}.{}.embed.json", spec.name, embed.name)),
                             format: FileFormat::Json,

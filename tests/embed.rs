@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use powerbi_tokend::config::{
-    AccessLevel, EmbedConfig, FileFormat, FileSinkConfig, PerTenantMetrics, PowerBiConfig,
-    SinkConfig, TenantConfig,
+    AccessLevel, EffectiveIdentity, EmbedConfig, FileFormat, FileSinkConfig, PerTenantMetrics,
+    PowerBiConfig, SinkConfig, TenantConfig,
 };
 use powerbi_tokend_sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
 
@@ -28,6 +28,7 @@ fn sales(dir: &Path, tenant: &str, access_level: AccessLevel) -> EmbedConfig {
         target_workspaces: Vec::new(),
         access_level,
         lifetime: None,
+        identities: Vec::new(),
         sinks: vec![SinkConfig::File(FileSinkConfig {
             path: dir.join(format!("{tenant}.sales.embed.json")),
             format: FileFormat::Json,
@@ -210,6 +211,77 @@ async fn a_refused_embed_token_keeps_the_last_one_and_names_the_reason() {
         read_json(&path).is_some_and(|doc| doc["token_id"] != first["token_id"])
     })
     .await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_dataset_with_row_level_security_gets_its_token_only_with_an_effective_identity() {
+    let Fixture { sim, dir } = fixture(
+        &["contoso.example.com", "fabrikam.example.com"],
+        Duration::from_secs(30),
+    )
+    .await;
+    for tenant in ["contoso.example.com", "fabrikam.example.com"] {
+        sim.set_rls_datasets(tenant, &[DATASET]);
+    }
+    let mut rls = sales(dir.path(), "contoso", AccessLevel::View);
+    rls.identities = vec![EffectiveIdentity {
+        username: "store-17@contoso.example".to_owned(),
+        roles: vec!["Store".to_owned()],
+        datasets: vec![DATASET.to_owned()],
+        reports: Vec::new(),
+        custom_data: None,
+    }];
+    let with_identity = embedding(&sim, "contoso", dir.path(), rls);
+    let without = embedding(
+        &sim,
+        "fabrikam",
+        dir.path(),
+        sales(dir.path(), "fabrikam", AccessLevel::View),
+    );
+    let daemon = start_daemon(config(vec![with_identity, without], fast_daemon())).await;
+
+    let path = embed_file(dir.path(), "contoso");
+    wait_for("the RLS embed token", Duration::from_secs(10), || {
+        read_json(&path).is_some()
+    })
+    .await;
+    assert_eq!(
+        sim.last_generate_token_request("contoso.example.com")
+            .expect("a request")["identities"],
+        serde_json::json!([{
+            "username": "store-17@contoso.example", "roles": ["Store"], "datasets": [DATASET],
+        }])
+    );
+    // The token file says whom the token filters rows for.
+    assert_eq!(
+        read_json(&path).unwrap()["identities"][0]["username"],
+        "store-17@contoso.example"
+    );
+
+    // Without an identity, Power BI's refusal is the embed's error, with its own words.
+    let body = daemon
+        .wait_for_get("the refusal in /status", "/status", |_, body| {
+            body.contains("requires effective identity")
+        })
+        .await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let fabrikam = status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|tenant| tenant["name"] == "fabrikam")
+        .expect("fabrikam in /status");
+    let error = &fabrikam["embeds"][0]["last_error"];
+    assert_eq!(error["http_status"], 400, "{fabrikam}");
+    assert_eq!(error["error_code"], "InvalidRequest", "{fabrikam}");
+    assert!(
+        error["message"].as_str().is_some_and(|message| message.contains(&format!(
+            "Creating embed token for accessing dataset {DATASET} requires effective identity to be provided"
+        ))),
+        "{fabrikam}"
+    );
+    assert!(read_json(&embed_file(dir.path(), "fabrikam")).is_none());
     daemon.stop().await;
 }
 

@@ -633,6 +633,17 @@ impl SimEntra {
             .behavior = behavior;
     }
 
+    /// Marks datasets of this tenant as having row-level security: GenerateToken then refuses
+    /// a request for them without an effective identity, with Power BI's 400 text.
+    pub fn set_rls_datasets(&self, tenant_id: &str, datasets: &[&str]) {
+        self.shared
+            .powerbi()
+            .tenants
+            .entry(tenant_key(tenant_id))
+            .or_default()
+            .rls_datasets = datasets.iter().map(|id| id.to_ascii_lowercase()).collect();
+    }
+
     /// Power BI requests for this tenant at one endpoint, whatever the answer. Only requests
     /// whose bearer token verified are counted: before that the tenant is unknown.
     pub fn powerbi_request_count(&self, tenant_id: &str, endpoint: PowerBiEndpoint) -> u64 {

@@ -157,6 +157,9 @@ pub(super) struct PowerBiTenant {
     pub(super) last_generate_token_request: Option<Value>,
     /// `tokenId` and expiry of the latest embed token issued; never the token.
     pub(super) last_embed_token: Option<(String, SystemTime)>,
+    /// Datasets with row-level security (ids in lower case): GenerateToken needs an effective
+    /// identity for each, and refuses one for any other dataset.
+    pub(super) rls_datasets: Vec<String>,
 }
 
 impl PowerBiTenant {
@@ -188,6 +191,15 @@ impl Shared {
             tenant.last_generate_token_request = body;
         }
         tenant.behavior
+    }
+
+    /// The tenant's datasets with row-level security.
+    fn rls_datasets(&self, tenant_key: &str) -> Vec<String> {
+        self.powerbi()
+            .tenants
+            .get(tenant_key)
+            .map(|tenant| tenant.rls_datasets.clone())
+            .unwrap_or_default()
     }
 
     fn record_embed_token(&self, tenant_key: &str, token_id: String, expires: SystemTime) {
@@ -402,6 +414,9 @@ fn issue_embed_token(
         Ok(minutes) => minutes,
         Err(message) => return Reply::invalid_request(message),
     };
+    if let Err(message) = check_identities(&body, &shared.rls_datasets(&caller.tenant_key)) {
+        return Reply::invalid_request(message);
+    }
     let now = now_secs();
     let mut expires_at = caller
         .expires_at
@@ -473,6 +488,58 @@ fn validate_generate_token(body: &Value) -> Result<u64, String> {
             .as_u64()
             .ok_or_else(|| "lifetimeInMinutes must be a whole number, 0 or more.".to_owned()),
     }
+}
+
+/// Row-level security as Power BI enforces it for a service principal: every `identities`
+/// entry has a `username` and names `datasets`; a dataset with RLS (`rls`) needs an identity
+/// and any other dataset must not have one. Returns the message of the 400.
+fn check_identities(body: &Value, rls: &[String]) -> Result<(), String> {
+    let identities = body
+        .get("identities")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let mut covered = Vec::new();
+    for identity in identities {
+        if identity
+            .get("username")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err("Effective identity must have a username.".to_owned());
+        }
+        let Some(datasets) = identity.get("datasets").and_then(Value::as_array) else {
+            return Err("Effective identity must specify datasets.".to_owned());
+        };
+        for dataset in datasets {
+            let Some(id) = dataset.as_str() else {
+                return Err("Effective identity datasets must be dataset ids.".to_owned());
+            };
+            covered.push(id.to_ascii_lowercase());
+        }
+    }
+    let requested = body
+        .get("datasets")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter_map(|dataset| dataset.get("id").and_then(Value::as_str));
+    for id in requested {
+        let id = id.to_ascii_lowercase();
+        match (rls.contains(&id), covered.contains(&id)) {
+            (true, false) => {
+                return Err(format!(
+                    "Creating embed token for accessing dataset {id} requires effective identity to be provided"
+                ));
+            }
+            (false, true) => {
+                return Err(format!(
+                    "Creating embed token for accessing dataset {id} shouldn't have effective identity"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The items of one list field (absent or `null`: none), each an object whose `id` is a GUID.
@@ -1191,5 +1258,51 @@ mod tests {
                 .powerbi_request_count(TENANT, PowerBiEndpoint::GenerateToken),
             18
         );
+    }
+
+    #[tokio::test]
+    async fn a_dataset_with_row_level_security_needs_an_effective_identity_and_no_other_does() {
+        let fixture = fixture().await;
+        fixture.sim.add_tenant(
+            TENANT,
+            SimTenant::new(SimApp::new(APP, SECRET), Duration::from_secs(600)),
+        );
+        let token = bearer(&fixture, POWER_BI_SCOPE).await;
+        // Without RLS, an identity is refused.
+        let mut with_identity = embed_request(0);
+        with_identity["identities"] = json!([{ "username": "store-17@contoso.example", "roles": ["Store"], "datasets": [DATASET] }]);
+        let answer = post_generate(&fixture, &token, &with_identity).await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert_powerbi_headers(&answer, Some("InvalidRequest"));
+        assert!(
+            answer.body.contains(&format!(
+                "Creating embed token for accessing dataset {DATASET} shouldn't have effective identity"
+            )),
+            "{}",
+            answer.body
+        );
+
+        fixture.sim.set_rls_datasets(TENANT, &[DATASET]);
+        let answer = post_generate(&fixture, &token, &embed_request(0)).await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert!(
+            answer.body.contains(&format!(
+                "Creating embed token for accessing dataset {DATASET} requires effective identity to be provided"
+            )),
+            "{}",
+            answer.body
+        );
+        let answer = post_generate(&fixture, &token, &with_identity).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        // An identity without a user name or datasets is malformed.
+        for identity in [
+            json!({ "username": "", "datasets": [DATASET] }),
+            json!({ "username": "u" }),
+        ] {
+            let mut request = embed_request(0);
+            request["identities"] = json!([identity]);
+            let answer = post_generate(&fixture, &token, &request).await;
+            assert_eq!(answer.status, 400, "{identity}: {}", answer.body);
+        }
     }
 }

@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use super::loader::{Loader, Reported, TenantInput, inherited};
-use super::raw::RawEmbed;
-use super::types::{AccessLevel, EmbedConfig, PowerBiConfig, ProbeConfig, SinkConfig};
+use super::raw::{RawEmbed, RawIdentity};
+use super::types::{
+    AccessLevel, EffectiveIdentity, EmbedConfig, PowerBiConfig, ProbeConfig, SinkConfig,
+};
 use super::values::{check_authority_host, is_guid};
 use crate::cloud::Cloud;
 
@@ -24,6 +26,10 @@ const EMBED_ITEMS_MAX: usize = 50;
 /// The longest `lifetimeInMinutes` worth asking for: an embed token never outlives the Entra
 /// token it was made with, which lives about an hour.
 const EMBED_LIFETIME_MAX: Duration = Duration::from_secs(60 * 60);
+
+/// The longest user name, role name or custom data accepted in an effective identity: real ones
+/// are user principal names and short role names.
+const IDENTITY_TEXT_MAX: usize = 256;
 
 /// A path longer than this is not a Power BI API call.
 const PROBE_PATH_MAX: usize = 512;
@@ -118,6 +124,7 @@ impl Loader<'_> {
         self.embed_items(at, &key, raw);
         let access_level = self.embed_access_level(at, &key, raw);
         let lifetime = self.embed_lifetime(at, &key, raw);
+        let identities = self.embed_identities(at, &key, raw);
         let sinks = self.embed_sinks(at, &key, raw, tenant, &name);
         if self.problems.len() != before {
             return None;
@@ -129,6 +136,7 @@ impl Loader<'_> {
             target_workspaces: raw.target_workspaces.clone(),
             access_level,
             lifetime,
+            identities,
             sinks: sinks?,
         })
     }
@@ -219,6 +227,92 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// `identities`: each names a user and the embed's datasets it applies to (GenerateToken
+    /// refuses an identity without datasets, and one naming an item the token does not cover
+    /// would fail at every refresh), within GenerateToken's limits.
+    fn embed_identities(&mut self, at: usize, key: &str, raw: &RawEmbed) -> Vec<EffectiveIdentity> {
+        if raw.identities.len() > EMBED_ITEMS_MAX {
+            self.problem(
+                Some(at),
+                format!("{key}.identities"),
+                format!(
+                    "has {} entries; GenerateToken takes at most {EMBED_ITEMS_MAX}",
+                    raw.identities.len()
+                ),
+            );
+        }
+        let mut identities = Vec::new();
+        for (index, identity) in raw.identities.iter().enumerate() {
+            let key = format!("{key}.identities[{index}]");
+            if let Some(identity) = self.embed_identity(at, &key, raw, identity) {
+                identities.push(identity);
+            }
+        }
+        identities
+    }
+
+    /// One `identities` entry (see [`Loader::embed_identities`]).
+    fn embed_identity(
+        &mut self,
+        at: usize,
+        key: &str,
+        embed: &RawEmbed,
+        raw: &RawIdentity,
+    ) -> Option<EffectiveIdentity> {
+        let before = self.problems.len();
+        let username = raw.username.clone().unwrap_or_default();
+        if username.is_empty() || username.len() > IDENTITY_TEXT_MAX {
+            self.problem(
+                Some(at),
+                format!("{key}.username"),
+                format!("expected the user the rows are filtered for, 1 to {IDENTITY_TEXT_MAX} characters"),
+            );
+        }
+        if raw.datasets.is_empty() {
+            self.problem(
+                Some(at),
+                format!("{key}.datasets"),
+                "missing; expected the embed's datasets this identity applies to".to_owned(),
+            );
+        }
+        for (field, ids, listed) in [
+            ("datasets", &raw.datasets, &embed.datasets),
+            ("reports", &raw.reports, &embed.reports),
+        ] {
+            if let Some(stray) = ids.iter().find(|id| !listed.contains(id)) {
+                self.problem(
+                    Some(at),
+                    format!("{key}.{field}"),
+                    format!(
+                        "{stray:?} is not among the embed's {field}; expected one of {listed:?}"
+                    ),
+                );
+            }
+        }
+        let too_long = |text: &String| text.is_empty() || text.len() > IDENTITY_TEXT_MAX;
+        if raw.roles.len() > EMBED_ITEMS_MAX || raw.roles.iter().any(too_long) {
+            self.problem(
+                Some(at),
+                format!("{key}.roles"),
+                format!("expected at most {EMBED_ITEMS_MAX} role names of 1 to {IDENTITY_TEXT_MAX} characters"),
+            );
+        }
+        if raw.custom_data.as_ref().is_some_and(too_long) {
+            self.problem(
+                Some(at),
+                format!("{key}.custom_data"),
+                format!("expected 1 to {IDENTITY_TEXT_MAX} characters"),
+            );
+        }
+        (self.problems.len() == before).then(|| EffectiveIdentity {
+            username,
+            roles: raw.roles.clone(),
+            datasets: raw.datasets.clone(),
+            reports: raw.reports.clone(),
+            custom_data: raw.custom_data.clone(),
+        })
     }
 
     /// `sinks`: required, since an embed token nobody can read is of no use; `{embed}` in a

@@ -127,7 +127,24 @@ pub(super) struct RawEmbed {
     pub(super) target_workspaces: Vec<String>,
     pub(super) access_level: Option<String>,
     pub(super) lifetime: Option<String>,
+    #[serde(default)]
+    pub(super) identities: Vec<RawIdentity>,
     pub(super) sinks: Option<Vec<RawSink>>,
+}
+
+/// One `identities` entry of an embed: the effective identity (row-level security) the embed
+/// token is made for.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentity {
+    pub(super) username: Option<String>,
+    #[serde(default)]
+    pub(super) roles: Vec<String>,
+    #[serde(default)]
+    pub(super) datasets: Vec<String>,
+    #[serde(default)]
+    pub(super) reports: Vec<String>,
+    pub(super) custom_data: Option<String>,
 }
 
 /// `client_certificate = { cert = "…", key = "…", algorithm = "ps256", send_x5c = false }`.

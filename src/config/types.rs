@@ -563,8 +563,27 @@ pub struct EmbedConfig {
     pub access_level: AccessLevel,
     /// `lifetimeInMinutes`: shortens the token's life (Power BI caps it at the Entra token's).
     pub lifetime: Option<Duration>,
+    /// The effective identities (row-level security) the token is made for; empty for
+    /// datasets without RLS.
+    pub identities: Vec<EffectiveIdentity>,
     /// Where the embed token is written.
     pub sinks: Vec<SinkConfig>,
+}
+
+/// One `identities` entry: GenerateToken's `EffectiveIdentity`, the user a dataset with
+/// row-level security filters its rows for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EffectiveIdentity {
+    /// `username`: what the dataset's RLS rules see as `USERNAME()`/`USERPRINCIPALNAME()`.
+    pub username: String,
+    /// `roles`: the RLS roles applied.
+    pub roles: Vec<String>,
+    /// `datasets`: the datasets (of the embed's) the identity applies to.
+    pub datasets: Vec<String>,
+    /// `reports`: the reports (of the embed's) it applies to, for paginated reports.
+    pub reports: Vec<String>,
+    /// `customData`: the value `CUSTOMDATA()` returns in an Azure Analysis Services model.
+    pub custom_data: Option<String>,
 }
 
 /// `access_level`: what an embed token allows on its reports.

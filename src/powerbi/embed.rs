@@ -6,8 +6,8 @@
 //! Entra token's remaining life), so it is made again after every Entra refresh, and when it
 //! reaches the tenant's `refresh_at` fraction of its own life. Its file holds
 //! `{"token", "token_id", "expiration", "expires_on", "issued_on", "tenant", "embed", "reports",
-//! "datasets", "access_level"}`; the identity fields let a warm start reuse only a token made for
-//! the same tenant, embed and items.
+//! "datasets", "access_level", "identities"}`; the identity fields let a warm start reuse only a
+//! token made for the same tenant, embed, items and effective identities (row-level security).
 
 use std::time::{Duration, SystemTime};
 
@@ -77,7 +77,34 @@ pub(crate) fn request_body(embed: &EmbedConfig) -> serde_json::Value {
     if let Some(lifetime) = embed.lifetime {
         body["lifetimeInMinutes"] = serde_json::json!(lifetime.as_secs() / 60);
     }
+    if !embed.identities.is_empty() {
+        body["identities"] = identities(embed);
+    }
     body
+}
+
+/// GenerateToken's `identities` for `embed` (an empty array when it has none): the request's
+/// field, and what the token file records so that a warm start reuses only a token made for the
+/// same users and roles.
+fn identities(embed: &EmbedConfig) -> serde_json::Value {
+    embed
+        .identities
+        .iter()
+        .map(|identity| {
+            let mut entry = serde_json::json!({
+                "username": identity.username,
+                "roles": identity.roles,
+                "datasets": identity.datasets,
+            });
+            if !identity.reports.is_empty() {
+                entry["reports"] = serde_json::json!(identity.reports);
+            }
+            if let Some(custom_data) = &identity.custom_data {
+                entry["customData"] = serde_json::json!(custom_data);
+            }
+            entry
+        })
+        .collect()
 }
 
 /// `GenerateToken`'s success body.
@@ -188,6 +215,7 @@ pub fn document(tenant: &TenantConfig, embed: &EmbedConfig, token: &EmbedToken) 
         "reports": embed.reports,
         "datasets": embed.datasets,
         "access_level": embed.access_level.as_str(),
+        "identities": identities(embed),
     });
     SecretString::from(value.to_string())
 }
@@ -218,6 +246,9 @@ struct Stored {
     reports: Vec<String>,
     datasets: Vec<String>,
     access_level: String,
+    /// Absent in files written before identities existed: made without any.
+    #[serde(default)]
+    identities: Option<serde_json::Value>,
 }
 
 /// A stored embed token made for this tenant, embed, items and access level; `None` otherwise.
@@ -231,7 +262,8 @@ pub fn parse_existing(
         && stored.embed == embed.name
         && stored.reports == embed.reports
         && stored.datasets == embed.datasets
-        && stored.access_level == embed.access_level.as_str();
+        && stored.access_level == embed.access_level.as_str()
+        && stored.identities.unwrap_or_else(|| serde_json::json!([])) == identities(embed);
     (same
         && !stored.token.is_empty()
         && stored.token.len() <= MAX_EMBED_TOKEN
@@ -247,7 +279,7 @@ pub fn parse_existing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileSinkConfig, SecretSource, SinkConfig};
+    use crate::config::{EffectiveIdentity, FileSinkConfig, SecretSource, SinkConfig};
     use std::path::PathBuf;
 
     const REPORT: &str = "5b218778-0000-4b8a-9c7c-000000000004";
@@ -261,6 +293,7 @@ mod tests {
             target_workspaces: Vec::new(),
             access_level,
             lifetime: Some(Duration::from_secs(1800)),
+            identities: Vec::new(),
             sinks: vec![SinkConfig::File(FileSinkConfig {
                 path: PathBuf::from("/tmp/x.json"),
                 format: FileFormat::Json,
@@ -300,6 +333,63 @@ mod tests {
             serde_json::json!([{ "id": "f089354e-0000-4e18-aea3-000000000005" }])
         );
         assert!(body.get("lifetimeInMinutes").is_none());
+    }
+
+    #[test]
+    fn identities_are_sent_as_generate_tokens_effective_identities_and_bind_the_stored_token() {
+        let mut rls = embed(AccessLevel::View);
+        rls.identities = vec![
+            EffectiveIdentity {
+                username: "store-17@contoso.example".to_owned(),
+                roles: vec!["Store".to_owned()],
+                datasets: vec![DATASET.to_owned()],
+                reports: Vec::new(),
+                custom_data: None,
+            },
+            EffectiveIdentity {
+                username: "aas-user".to_owned(),
+                roles: Vec::new(),
+                datasets: vec![DATASET.to_owned()],
+                reports: vec![REPORT.to_owned()],
+                custom_data: Some("region=EU".to_owned()),
+            },
+        ];
+        assert_eq!(
+            request_body(&rls)["identities"],
+            serde_json::json!([
+                { "username": "store-17@contoso.example", "roles": ["Store"], "datasets": [DATASET] },
+                { "username": "aas-user", "roles": [], "datasets": [DATASET], "reports": [REPORT],
+                  "customData": "region=EU" },
+            ])
+        );
+        assert!(
+            request_body(&embed(AccessLevel::View))
+                .get("identities")
+                .is_none()
+        );
+
+        // A stored token is reused only for the same identities: another user's rows are not
+        // this user's.
+        let tenant = tenant();
+        let token = EmbedToken {
+            secret: SecretString::from("H4sIsecret"),
+            token_id: "49ae3742-0000-4c29-af52-000000000006".to_owned(),
+            expires_on: 2_000_000_000,
+            issued_on: 1_999_996_400,
+        };
+        let stored = document(&tenant, &rls, &token);
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &rls).is_some());
+        let mut other_user = rls.clone();
+        other_user.identities[0].username = "store-18@contoso.example".to_owned();
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &other_user).is_none());
+        let plain = embed(AccessLevel::View);
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &plain).is_none());
+        // A file written before identities existed holds a token made without any.
+        let mut old: serde_json::Value =
+            serde_json::from_str(document(&tenant, &plain, &token).expose_secret()).unwrap();
+        old.as_object_mut().unwrap().remove("identities");
+        assert!(parse_existing(old.to_string().as_bytes(), &tenant, &plain).is_some());
+        assert!(parse_existing(old.to_string().as_bytes(), &tenant, &rls).is_none());
     }
 
     #[test]

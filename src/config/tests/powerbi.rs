@@ -168,3 +168,69 @@ reports = ["{REPORT}"]
         "{err}"
     );
 }
+
+#[test]
+fn embed_identities_are_read_and_must_name_the_embeds_items() {
+    const OTHER: &str = "cfafbeb1-0000-4d0c-896e-0000000000ff";
+    let config = parse_ok(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "sales"
+reports = ["{REPORT}"]
+datasets = ["{DATASET}"]
+identities = [
+  {{ username = "store-17@contoso.example", roles = ["Store"], datasets = ["{DATASET}"] }},
+  {{ username = "aas-user", datasets = ["{DATASET}"], reports = ["{REPORT}"], custom_data = "region=EU" }},
+]
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+"#
+    ));
+    let embed = &config.tenants[0].powerbi.as_deref().expect("embeds").embeds[0];
+    assert_eq!(
+        embed.identities,
+        [
+            EffectiveIdentity {
+                username: "store-17@contoso.example".to_owned(),
+                roles: vec!["Store".to_owned()],
+                datasets: vec![DATASET.to_owned()],
+                reports: Vec::new(),
+                custom_data: None,
+            },
+            EffectiveIdentity {
+                username: "aas-user".to_owned(),
+                roles: Vec::new(),
+                datasets: vec![DATASET.to_owned()],
+                reports: vec![REPORT.to_owned()],
+                custom_data: Some("region=EU".to_owned()),
+            },
+        ]
+    );
+
+    let err = parse_err(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "sales"
+reports = ["{REPORT}"]
+datasets = ["{DATASET}"]
+identities = [
+  {{ roles = ["Store"], datasets = ["{OTHER}"] }},
+  {{ username = "u", reports = ["{OTHER}"], roles = [""] }},
+]
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+"#
+    ));
+    let shown = err.to_string();
+    for expected in [
+        "embed \"sales\".identities[0].username: expected the user the rows are filtered for",
+        &format!(
+            "embed \"sales\".identities[0].datasets: \"{OTHER}\" is not among the embed's datasets"
+        ),
+        "embed \"sales\".identities[1].datasets: missing",
+        &format!(
+            "embed \"sales\".identities[1].reports: \"{OTHER}\" is not among the embed's reports"
+        ),
+        "embed \"sales\".identities[1].roles: expected at most 50 role names",
+    ] {
+        assert!(shown.contains(expected), "{expected}\n{shown}");
+    }
+}
