@@ -7,7 +7,8 @@
 //! * `contoso` (v2 endpoint) and `fabrikam` (v1 endpoint) refresh every minute or so (tokens
 //!   live 120 s), and Power BI accepts their tokens (the access probe passes);
 //! * `contoso` also keeps an embed token (`sales`: one report and its dataset) fresh next to its
-//!   access token, made again after every refresh;
+//!   access token, made again after every refresh; `fabrikam`'s (`stores`) is for a dataset
+//!   with row-level security, made for one effective identity (a store manager, role `Store`);
 //! * `northwind`'s secret is rejected by Entra (AADSTS7000215): it fails loudly without ever
 //!   printing the secret;
 //! * `tailspin` gets its tokens from Entra, but Power BI refuses its service principal (as when
@@ -32,9 +33,9 @@ use tokio::sync::mpsc;
 
 use crate::config::SecretSource;
 use crate::config::{
-    AccessLevel, ApiVersion, Config, DaemonConfig, EmbedConfig, FileFormat, FileSinkConfig,
-    FleetConfig, PowerBiConfig, ProbeConfig, RedisConfig, RedisSinkConfig, ServerConfig,
-    SinkConfig, TenantConfig,
+    AccessLevel, ApiVersion, Config, DaemonConfig, EffectiveIdentity, EmbedConfig, FileFormat,
+    FileSinkConfig, FleetConfig, PowerBiConfig, ProbeConfig, RedisConfig, RedisSinkConfig,
+    ServerConfig, SinkConfig, TenantConfig,
 };
 use crate::{Control, Daemon, RunError};
 
@@ -74,6 +75,9 @@ struct DemoEmbed {
     report: &'static str,
     /// The report's dataset.
     dataset: &'static str,
+    /// For a dataset with row-level security: the user (with role `Store`) the token filters
+    /// rows for; the simulator refuses the token without it.
+    rls_user: Option<&'static str>,
 }
 
 const TENANTS: [DemoTenant; 4] = [
@@ -87,6 +91,7 @@ const TENANTS: [DemoTenant; 4] = [
             name: "sales",
             report: "8a4f2c61-93d7-4b5e-a0c8-1f6e2d9b7a34",
             dataset: "c37e9b05-2d14-4f8a-b6e1-5a0d9c4f2e78",
+            rls_user: None,
         }),
     },
     DemoTenant {
@@ -95,7 +100,12 @@ const TENANTS: [DemoTenant; 4] = [
         api: ApiVersion::V1,
         secret_matches: true,
         powerbi: PowerBiBehavior::Ok,
-        embed: None,
+        embed: Some(DemoEmbed {
+            name: "stores",
+            report: "4e8b1d27-6a3c-4f95-b0d2-7c9e1a5f3b46",
+            dataset: "a95c3e18-7b2d-4c6f-8e01-3d4b5a6c7e89",
+            rls_user: Some("store-17@fabrikam.example"),
+        }),
     },
     DemoTenant {
         name: "northwind",
@@ -136,6 +146,34 @@ fn random_secret(tag: &str) -> String {
     text
 }
 
+/// The config of a demo embed token, written to `<dir>/<tenant>.<embed>.embed.json`.
+fn demo_embed(tenant: &str, embed: &DemoEmbed, dir: &std::path::Path) -> EmbedConfig {
+    EmbedConfig {
+        name: embed.name.to_owned(),
+        reports: vec![embed.report.to_owned()],
+        datasets: vec![embed.dataset.to_owned()],
+        target_workspaces: Vec::new(),
+        access_level: AccessLevel::View,
+        lifetime: None,
+        identities: embed
+            .rls_user
+            .map(|username| EffectiveIdentity {
+                username: username.to_owned(),
+                roles: vec!["Store".to_owned()],
+                datasets: vec![embed.dataset.to_owned()],
+                reports: Vec::new(),
+                custom_data: None,
+            })
+            .into_iter()
+            .collect(),
+        sinks: vec![SinkConfig::File(FileSinkConfig {
+            path: dir.join(format!("{tenant}.{}.embed.json", embed.name)),
+            format: FileFormat::Json,
+            mode: 0o600,
+        })],
+    }
+}
+
 /// Builds the demo tenants and registers them, and their Power BI behaviour, with the
 /// simulator.
 pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -> Config {
@@ -162,6 +200,14 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
                 ),
             );
             sim.set_powerbi_behavior(spec.tenant_id, spec.powerbi);
+            if let Some(DemoEmbed {
+                dataset,
+                rls_user: Some(_),
+                ..
+            }) = &spec.embed
+            {
+                sim.set_rls_datasets(spec.tenant_id, &[dataset]);
+            }
             let mut tenant = TenantConfig::entra(
                 spec.name,
                 spec.tenant_id,
@@ -180,20 +226,7 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
                 embeds: spec
                     .embed
                     .iter()
-                    .map(|embed| EmbedConfig {
-                        name: embed.name.to_owned(),
-                        reports: vec![embed.report.to_owned()],
-                        datasets: vec![embed.dataset.to_owned()],
-                        target_workspaces: Vec::new(),
-                        access_level: AccessLevel::View,
-                        lifetime: None,
-                        identities: Vec::new(),
-                        sinks: vec![SinkConfig::File(FileSinkConfig {
-                            path: dir.join(format!("{}.{}.embed.json", spec.name, embed.name)),
-                            format: FileFormat::Json,
-                            mode: 0o600,
-                        })],
-                    })
+                    .map(|embed| demo_embed(spec.name, embed, &dir))
                     .collect(),
             }));
             Arc::new(tenant)

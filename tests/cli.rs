@@ -408,6 +408,20 @@ async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
         "{}",
         logs()
     );
+    // fabrikam's is for a dataset with row-level security, which the simulated Power BI
+    // refuses without an effective identity: the file says whose rows it shows.
+    let stores = dir.path().join("demo-tokens/fabrikam.stores.embed.json");
+    wait_for("fabrikam's RLS embed token", Duration::from_secs(5), || {
+        read_json(&stores).is_some()
+    })
+    .await;
+    let stores = read_json(&stores).unwrap();
+    assert_eq!(
+        stores["identities"],
+        serde_json::json!([{ "username": "store-17@fabrikam.example", "roles": ["Store"],
+            "datasets": ["a95c3e18-7b2d-4c6f-8e01-3d4b5a6c7e89"] }]),
+        "{stores}"
+    );
 
     // The demo names the tenant Power BI refuses and how to see it in /status; following the
     // hint shows it as api_denied, while the healthy tenants pass their probe.
