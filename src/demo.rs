@@ -155,6 +155,7 @@ fn demo_embed(tenant: &str, embed: &DemoEmbed, dir: &std::path::Path) -> EmbedCo
         target_workspaces: Vec::new(),
         access_level: AccessLevel::View,
         lifetime: None,
+        xmla_read_only: false,
         identities: embed
             .rls_user
             .map(|username| EffectiveIdentity {

@@ -28,6 +28,7 @@ fn sales(dir: &Path, tenant: &str, access_level: AccessLevel) -> EmbedConfig {
         target_workspaces: Vec::new(),
         access_level,
         lifetime: None,
+        xmla_read_only: false,
         identities: Vec::new(),
         sinks: vec![SinkConfig::File(FileSinkConfig {
             path: dir.join(format!("{tenant}.sales.embed.json")),

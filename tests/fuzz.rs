@@ -2951,6 +2951,7 @@ fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violat
         target_workspaces: Vec::new(),
         access_level: config::AccessLevel::View,
         lifetime: None,
+        xmla_read_only: false,
         identities: Vec::new(),
         sinks: Vec::new(),
     };

@@ -469,6 +469,14 @@ fn validate_generate_token(body: &Value) -> Result<u64, String> {
     if datasets.is_empty() && reports.is_empty() {
         return Err("At least one report or dataset must be given.".to_owned());
     }
+    if datasets.iter().any(|dataset| {
+        !matches!(
+            dataset.get("xmlaPermissions").and_then(Value::as_str),
+            None | Some("Off" | "ReadOnly")
+        )
+    }) {
+        return Err("xmlaPermissions must be Off or ReadOnly.".to_owned());
+    }
     if reports.iter().any(|report| {
         !matches!(
             report.get("allowEdit"),
@@ -1294,6 +1302,13 @@ mod tests {
         );
         let answer = post_generate(&fixture, &token, &with_identity).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
+        // XMLA read access per dataset: ReadOnly or Off, nothing else.
+        let mut xmla = with_identity.clone();
+        xmla["datasets"] = json!([{ "id": DATASET, "xmlaPermissions": "ReadOnly" }]);
+        assert_eq!(post_generate(&fixture, &token, &xmla).await.status, 200);
+        xmla["datasets"] = json!([{ "id": DATASET, "xmlaPermissions": "ReadWrite" }]);
+        let answer = post_generate(&fixture, &token, &xmla).await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
         // An identity without a user name or datasets is malformed.
         for identity in [
             json!({ "username": "", "datasets": [DATASET] }),

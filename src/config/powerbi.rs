@@ -125,6 +125,7 @@ impl Loader<'_> {
         let access_level = self.embed_access_level(at, &key, raw);
         let lifetime = self.embed_lifetime(at, &key, raw);
         let identities = self.embed_identities(at, &key, raw);
+        let xmla_read_only = self.embed_xmla(at, &key, raw);
         let sinks = self.embed_sinks(at, &key, raw, tenant, &name);
         if self.problems.len() != before {
             return None;
@@ -136,6 +137,7 @@ impl Loader<'_> {
             target_workspaces: raw.target_workspaces.clone(),
             access_level,
             lifetime,
+            xmla_read_only,
             identities,
             sinks: sinks?,
         })
@@ -227,6 +229,31 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// `xmla_permissions`: `"ReadOnly"` or `"Off"` (the default), as GenerateToken spells them;
+    /// it applies to the embed's datasets, so it needs some.
+    fn embed_xmla(&mut self, at: usize, key: &str, raw: &RawEmbed) -> bool {
+        let read_only = match raw.xmla_permissions.as_deref() {
+            None | Some("Off") => false,
+            Some("ReadOnly") => true,
+            Some(other) => {
+                self.problem(
+                    Some(at),
+                    format!("{key}.xmla_permissions"),
+                    format!("expected \"ReadOnly\" or \"Off\", got {other:?}"),
+                );
+                false
+            }
+        };
+        if read_only && raw.datasets.is_empty() {
+            self.problem(
+                Some(at),
+                format!("{key}.xmla_permissions"),
+                "applies to the embed's datasets, and it lists none".to_owned(),
+            );
+        }
+        read_only
     }
 
     /// `identities`: each names a user and the embed's datasets it applies to (GenerateToken

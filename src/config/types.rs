@@ -563,6 +563,9 @@ pub struct EmbedConfig {
     pub access_level: AccessLevel,
     /// `lifetimeInMinutes`: shortens the token's life (Power BI caps it at the Entra token's).
     pub lifetime: Option<Duration>,
+    /// `xmla_permissions = "ReadOnly"`: the token may also read the datasets through the XMLA
+    /// endpoint (GenerateToken's `datasets[].xmlaPermissions`); `false` leaves it off.
+    pub xmla_read_only: bool,
     /// The effective identities (row-level security) the token is made for; empty for
     /// datasets without RLS.
     pub identities: Vec<EffectiveIdentity>,

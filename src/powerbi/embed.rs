@@ -6,8 +6,9 @@
 //! Entra token's remaining life), so it is made again after every Entra refresh, and when it
 //! reaches the tenant's `refresh_at` fraction of its own life. Its file holds
 //! `{"token", "token_id", "expiration", "expires_on", "issued_on", "tenant", "embed", "reports",
-//! "datasets", "access_level", "identities"}`; the identity fields let a warm start reuse only a
-//! token made for the same tenant, embed, items and effective identities (row-level security).
+//! "datasets", "access_level", "xmla_permissions", "identities"}`; the identity fields let a warm
+//! start reuse only a token made for the same tenant, embed, items, XMLA permission and effective
+//! identities (row-level security).
 
 use std::time::{Duration, SystemTime};
 
@@ -64,7 +65,11 @@ pub(crate) fn request_body(embed: &EmbedConfig) -> serde_json::Value {
         "datasets": embed
             .datasets
             .iter()
-            .map(|id| serde_json::json!({ "id": id }))
+            .map(|id| if embed.xmla_read_only {
+                serde_json::json!({ "id": id, "xmlaPermissions": "ReadOnly" })
+            } else {
+                serde_json::json!({ "id": id })
+            })
             .collect::<Vec<_>>(),
     });
     if !embed.target_workspaces.is_empty() {
@@ -215,6 +220,7 @@ pub fn document(tenant: &TenantConfig, embed: &EmbedConfig, token: &EmbedToken) 
         "reports": embed.reports,
         "datasets": embed.datasets,
         "access_level": embed.access_level.as_str(),
+        "xmla_permissions": if embed.xmla_read_only { "ReadOnly" } else { "Off" },
         "identities": identities(embed),
     });
     SecretString::from(value.to_string())
@@ -249,6 +255,9 @@ struct Stored {
     /// Absent in files written before identities existed: made without any.
     #[serde(default)]
     identities: Option<serde_json::Value>,
+    /// Absent in files written before it existed: off.
+    #[serde(default)]
+    xmla_permissions: Option<String>,
 }
 
 /// A stored embed token made for this tenant, embed, items and access level; `None` otherwise.
@@ -263,7 +272,8 @@ pub fn parse_existing(
         && stored.reports == embed.reports
         && stored.datasets == embed.datasets
         && stored.access_level == embed.access_level.as_str()
-        && stored.identities.unwrap_or_else(|| serde_json::json!([])) == identities(embed);
+        && stored.identities.unwrap_or_else(|| serde_json::json!([])) == identities(embed)
+        && (stored.xmla_permissions.as_deref() == Some("ReadOnly")) == embed.xmla_read_only;
     (same
         && !stored.token.is_empty()
         && stored.token.len() <= MAX_EMBED_TOKEN
@@ -293,6 +303,7 @@ mod tests {
             target_workspaces: Vec::new(),
             access_level,
             lifetime: Some(Duration::from_secs(1800)),
+            xmla_read_only: false,
             identities: Vec::new(),
             sinks: vec![SinkConfig::File(FileSinkConfig {
                 path: PathBuf::from("/tmp/x.json"),
@@ -390,6 +401,29 @@ mod tests {
         old.as_object_mut().unwrap().remove("identities");
         assert!(parse_existing(old.to_string().as_bytes(), &tenant, &plain).is_some());
         assert!(parse_existing(old.to_string().as_bytes(), &tenant, &rls).is_none());
+    }
+
+    #[test]
+    fn xmla_read_only_is_asked_per_dataset_and_binds_the_stored_token() {
+        let mut xmla = embed(AccessLevel::View);
+        xmla.xmla_read_only = true;
+        assert_eq!(
+            request_body(&xmla)["datasets"],
+            serde_json::json!([{ "id": DATASET, "xmlaPermissions": "ReadOnly" }])
+        );
+        let tenant = tenant();
+        let token = EmbedToken {
+            secret: SecretString::from("H4sIsecret"),
+            token_id: "49ae3742-0000-4c29-af52-000000000006".to_owned(),
+            expires_on: 2_000_000_000,
+            issued_on: 1_999_996_400,
+        };
+        let stored = document(&tenant, &xmla, &token);
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &xmla).is_some());
+        let plain = embed(AccessLevel::View);
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &plain).is_none());
+        let stored = document(&tenant, &plain, &token);
+        assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &xmla).is_none());
     }
 
     #[test]

@@ -186,6 +186,7 @@ sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
 "#
     ));
     let embed = &config.tenants[0].powerbi.as_deref().expect("embeds").embeds[0];
+    assert!(!embed.xmla_read_only);
     assert_eq!(
         embed.identities,
         [
@@ -233,4 +234,32 @@ sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
     ] {
         assert!(shown.contains(expected), "{expected}\n{shown}");
     }
+}
+
+#[test]
+fn xmla_permissions_are_read_only_or_off_and_need_datasets() {
+    let embed = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[[tenant.embed]]\nname = \"sales\"\nreports = [\"{REPORT}\"]\n{extra}\nsinks = [ {{ type = \"file\", path = \"/tmp/t/{{name}}.{{embed}}.embed.json\" }} ]\n"
+        )
+    };
+    let config = parse_ok(&embed(&format!(
+        "datasets = [\"{DATASET}\"]\nxmla_permissions = \"ReadOnly\""
+    )));
+    assert!(config.tenants[0].powerbi.as_deref().expect("embeds").embeds[0].xmla_read_only);
+    let err = parse_err(&embed(&format!(
+        "datasets = [\"{DATASET}\"]\nxmla_permissions = \"ReadWrite\""
+    )));
+    assert!(
+        err.to_string().contains(
+            "embed \"sales\".xmla_permissions: expected \"ReadOnly\" or \"Off\", got \"ReadWrite\""
+        ),
+        "{err}"
+    );
+    let err = parse_err(&embed("xmla_permissions = \"ReadOnly\""));
+    assert!(
+        err.to_string()
+            .contains("embed \"sales\".xmla_permissions: applies to the embed's datasets"),
+        "{err}"
+    );
 }
