@@ -318,15 +318,15 @@ impl Loader<'_> {
                 );
             }
         }
-        let too_long = |text: &String| text.is_empty() || text.len() > IDENTITY_TEXT_MAX;
-        if raw.roles.len() > EMBED_ITEMS_MAX || raw.roles.iter().any(too_long) {
+        let out_of_bounds = |text: &String| text.is_empty() || text.len() > IDENTITY_TEXT_MAX;
+        if raw.roles.len() > EMBED_ITEMS_MAX || raw.roles.iter().any(out_of_bounds) {
             self.problem(
                 Some(at),
                 format!("{key}.roles"),
                 format!("expected at most {EMBED_ITEMS_MAX} role names of 1 to {IDENTITY_TEXT_MAX} characters"),
             );
         }
-        if raw.custom_data.as_ref().is_some_and(too_long) {
+        if raw.custom_data.as_ref().is_some_and(out_of_bounds) {
             self.problem(
                 Some(at),
                 format!("{key}.custom_data"),

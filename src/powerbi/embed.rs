@@ -346,6 +346,16 @@ mod tests {
         assert!(body.get("lifetimeInMinutes").is_none());
     }
 
+    /// A token as a warm start finds it: unexpired, an hour's life.
+    fn stored_token() -> EmbedToken {
+        EmbedToken {
+            secret: SecretString::from("H4sIsecret"),
+            token_id: "49ae3742-0000-4c29-af52-000000000006".to_owned(),
+            expires_on: 2_000_000_000,
+            issued_on: 1_999_996_400,
+        }
+    }
+
     #[test]
     fn identities_are_sent_as_generate_tokens_effective_identities_and_bind_the_stored_token() {
         let mut rls = embed(AccessLevel::View);
@@ -382,12 +392,7 @@ mod tests {
         // A stored token is reused only for the same identities: another user's rows are not
         // this user's.
         let tenant = tenant();
-        let token = EmbedToken {
-            secret: SecretString::from("H4sIsecret"),
-            token_id: "49ae3742-0000-4c29-af52-000000000006".to_owned(),
-            expires_on: 2_000_000_000,
-            issued_on: 1_999_996_400,
-        };
+        let token = stored_token();
         let stored = document(&tenant, &rls, &token);
         assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &rls).is_some());
         let mut other_user = rls.clone();
@@ -412,12 +417,7 @@ mod tests {
             serde_json::json!([{ "id": DATASET, "xmlaPermissions": "ReadOnly" }])
         );
         let tenant = tenant();
-        let token = EmbedToken {
-            secret: SecretString::from("H4sIsecret"),
-            token_id: "49ae3742-0000-4c29-af52-000000000006".to_owned(),
-            expires_on: 2_000_000_000,
-            issued_on: 1_999_996_400,
-        };
+        let token = stored_token();
         let stored = document(&tenant, &xmla, &token);
         assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &xmla).is_some());
         let plain = embed(AccessLevel::View);
