@@ -134,6 +134,16 @@ pub enum DemoError {
     /// The daemon could not start.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// `--listen` names an address that cannot be bound.
+    #[error(
+        "demo --listen {addr}: cannot listen there: {source}; pass another address, e.g. --listen 127.0.0.1:0 for any free port"
+    )]
+    Listen {
+        /// The address given.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// `--redis` without a usable `redis-server`.
     #[error("demo --redis: {0}")]
     Redis(String),
@@ -281,13 +291,13 @@ fn embed_files(config: &Config) -> Vec<(String, PathBuf)> {
 /// # Errors
 /// The simulator, the Redis server or the daemon could not start.
 pub async fn run(
-    listen: std::net::SocketAddr,
+    listen: Option<std::net::SocketAddr>,
     redis: bool,
     control: mpsc::Receiver<Control>,
 ) -> Result<(), DemoError> {
     let sim = SimEntra::start().await?;
     let dir = PathBuf::from(DEMO_DIR);
-    let mut config = demo_config(&sim, dir.clone(), listen);
+    let mut config = demo_config(&sim, dir.clone(), listen.unwrap_or_else(default_listen));
     let server = if redis {
         let server = DemoRedis::start().await?;
         with_redis(&mut config, server.url());
@@ -303,10 +313,10 @@ pub async fn run(
     let embeds = embed_files(&config);
     // The daemon is started before the hints are printed: `--listen` may name port 0, and the
     // `/status` hint needs the port actually bound.
-    let result = match Daemon::start(config).await {
+    let result = match start(config, listen.is_some()).await {
         Ok(daemon) => {
             announce(&sim, &dir, &embeds, daemon.admin_addr());
-            daemon.run(control).await
+            daemon.run(control).await.map_err(DemoError::from)
         }
         Err(err) => Err(err),
     };
@@ -314,7 +324,43 @@ pub async fn run(
         server.stop().await;
     }
     drop(sim);
-    result.map_err(DemoError::from)
+    result
+}
+
+/// The demo's admin address when `--listen` is not given: the daemon's default.
+fn default_listen() -> std::net::SocketAddr {
+    // DEFAULT_LISTEN is a literal address, which the config tests parse.
+    crate::config::DEFAULT_LISTEN
+        .parse()
+        .expect("DEFAULT_LISTEN is an address")
+}
+
+/// Starts the daemon. Without `--listen` (`explicit` false), a default port that is taken
+/// (another demo, an installed daemon) is no reason to stop: the demo takes a free loopback port
+/// and says which. An address the user chose is theirs: failing to bind it says how to choose
+/// another.
+async fn start(config: Config, explicit: bool) -> Result<Daemon, DemoError> {
+    let wanted = config.server.listen;
+    let mut fallback = config.clone();
+    match Daemon::start(config).await {
+        Ok(daemon) => Ok(daemon),
+        Err(RunError::Listen { source, .. }) if explicit => Err(DemoError::Listen {
+            addr: wanted,
+            source,
+        }),
+        Err(RunError::Listen { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            fallback.server.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let daemon = Daemon::start(fallback).await?;
+            tracing::warn!(
+                taken = %wanted,
+                listen = %daemon.admin_addr(),
+                "demo: {wanted} is taken (another demo or an installed daemon?); the demo listens on {} instead (choose with --listen)",
+                daemon.admin_addr()
+            );
+            Ok(daemon)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Prints what the demo shows and where to look: the token directory, each embed token's file,

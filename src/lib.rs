@@ -641,6 +641,7 @@ async fn check_key_vault(
         Ok(client) => client,
         Err(err) => {
             problems.push(config::Problem {
+                column: None,
                 line: None,
                 key: Some("daemon.ca_file".to_owned()),
                 message: err.to_string(),
@@ -658,6 +659,7 @@ async fn check_key_vault(
             continue;
         }
         let problem = |message: String| config::Problem {
+            column: None,
             line: tenant.line,
             key: Some(format!("tenant {:?}: {key}", tenant.name)),
             message,
@@ -773,6 +775,7 @@ pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, conf
     if let Some(config) = &config {
         if config.tenants.is_empty() {
             err.problems.push(config::Problem {
+                column: None,
                 line: None,
                 key: None,
                 message: "no [[tenant]]: the daemon would have nothing to refresh; add at least one [[tenant]] table".to_owned(),
@@ -790,6 +793,7 @@ pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, conf
             && let Err(cause) = credential::read_secret(source).await
         {
             err.problems.push(config::Problem {
+                column: None,
                 line: None,
                 key: Some("redis.password".to_owned()),
                 message: cause.to_string(),

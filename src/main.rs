@@ -44,18 +44,36 @@ enum Command {
         /// `[key_vault]` identity (the tenants' token endpoints are still not contacted).
         #[arg(long)]
         online: bool,
+        /// Read systemd credential NAME from PATH, as the unit's `LoadCredential=NAME:PATH`
+        /// hands it to the service (repeatable), e.g. after deploy/systemd/install.sh:
+        /// `--load-credential client-secret:/etc/credstore/powerbi-tokend.client-secret`.
+        #[arg(long, value_name = "NAME:PATH", value_parser = credential_arg)]
+        load_credential: Vec<(String, PathBuf)>,
     },
     /// Run end to end against a built-in simulated Entra ID; tokens go to ./demo-tokens/.
     #[cfg(feature = "demo")]
     Demo {
-        /// Admin HTTP address for the demo.
-        #[arg(long, default_value = config::DEFAULT_LISTEN)]
-        listen: std::net::SocketAddr,
+        /// Admin HTTP address for the demo [default: 127.0.0.1:9464, or a free port when that
+        /// one is taken]. `127.0.0.1:0` picks a free port.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
         /// Also start `redis-server` (from PATH) on a free loopback port and write every token
         /// there too, in fleet mode.
         #[arg(long)]
         redis: bool,
     },
+}
+
+/// `NAME:PATH` of `--load-credential`, as in systemd's `LoadCredential=`.
+fn credential_arg(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once(':') {
+        Some((name, path)) if !name.is_empty() && !name.contains('/') && !path.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!(
+            "expected NAME:PATH as in LoadCredential=, e.g. client-secret:/etc/credstore/powerbi-tokend.client-secret; got {text:?}"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -142,8 +160,10 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Check {
             config: args,
             online,
+            load_credential,
         } => {
             init_logging(cli.log_format.unwrap_or_default());
+            powerbi_tokend::credential::load_credentials(load_credential);
             check_command(&args.config, online).await
         }
         Command::Once(args) => {

@@ -357,18 +357,24 @@ fn run_with_a_bad_config_exits_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `demo ARGS` in `dir`, logging at info to `dir/demo.log`.
+fn spawn_demo(dir: &Path, args: &[&str]) -> Child {
+    Command::new(BIN)
+        .arg("demo")
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(dir.join("demo.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("demo.log");
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_demo(dir.path(), &["--listen", "127.0.0.1:0"]);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     let contoso = dir.path().join("demo-tokens/contoso.json");
     let fabrikam = dir.path().join("demo-tokens/fabrikam.json");
@@ -502,6 +508,65 @@ async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
         stopping.elapsed() < Duration::from_secs(2),
         "took {:?}",
         stopping.elapsed()
+    );
+}
+
+/// Another demo or an installed daemon on the default port 9464: the demo without `--listen`
+/// still starts, on a free port it names, and `/status` answers there. With `--listen` naming a
+/// taken address, it stops and says how to pick another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_a_taken_default_port_listens_on_a_free_one_and_says_which() {
+    // Taken by us, or already by something else: taken either way.
+    let _holder = std::net::TcpListener::bind("127.0.0.1:9464");
+    assert!(
+        std::net::TcpListener::bind("127.0.0.1:9464").is_err(),
+        "port 9464 should be taken"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo.log");
+    let mut child = spawn_demo(dir.path(), &[]);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the demo's new port", Duration::from_secs(10), || {
+        logs().contains("is taken")
+    })
+    .await;
+    let line = logs()
+        .lines()
+        .find(|line| line.contains("is taken"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("--listen"), "{line}");
+    let addr = line
+        .split("listens on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in: {line}"))
+        .to_owned();
+    assert!(!addr.ends_with(":9464"), "{line}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status = http
+        .get(format!("http://{addr}/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    kill(&child, "INT");
+    assert!(
+        wait_exit(&mut child, Duration::from_secs(10))
+            .await
+            .success()
+    );
+
+    let out = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:9464"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("demo --listen 127.0.0.1:9464") && stderr.contains("--listen 127.0.0.1:0"),
+        "{stderr}"
     );
 }
 

@@ -224,7 +224,8 @@ async fn install_script_leaves_a_tree_the_service_user_runs_from() {
     let secret = credstore.join("powerbi-tokend.client-secret");
     assert_eq!(mode(&bin), (0o755, 0, 0));
     assert_eq!(mode(config.parent().unwrap()), (0o755, 0, 0));
-    assert_eq!(mode(&config), (0o644, 0, 0));
+    // The service's group reads the config, nobody else: what `check` asks for.
+    assert_eq!(mode(&config), (0o640, 0, gid));
     assert_eq!(mode(&credstore), (0o700, 0, 0));
     assert_eq!(mode(&secret), (0o600, 0, 0));
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), SECRET);
@@ -234,6 +235,54 @@ async fn install_script_leaves_a_tree_the_service_user_runs_from() {
     assert_eq!(
         mode(&root.join("etc/sysusers.d/powerbi-tokend.conf")),
         (0o644, 0, 0)
+    );
+
+    // The next step install.sh prints, run as it says (as root, the secret read from the file
+    // the unit loads), passes without a warning...
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let step = printed
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("powerbi-tokend check"))
+        .unwrap_or_else(|| panic!("no check step in install.sh's output:\n{printed}"));
+    let rooted = |path: &str| format!("{}{path}", root.display());
+    let args: Vec<String> = step
+        .split_whitespace()
+        .skip(1)
+        .map(|arg| match arg.split_once(':') {
+            Some((name, path)) if path.starts_with("/etc/") => format!("{name}:{}", rooted(path)),
+            _ if arg.starts_with("/etc/") => rooted(arg),
+            _ => arg.to_owned(),
+        })
+        .collect();
+    let out = std::process::Command::new(&bin)
+        .args(&args)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{step}:\n{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{step}:\n{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(SECRET), "{}", text(&out));
+    // ...and says, without the credential, how to give it.
+    let out = std::process::Command::new(&bin)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--load-credential client-secret:"),
+        "{}",
+        text(&out)
+    );
+    // A scratch root is not the running system: no `systemctl` step without the root named.
+    assert!(
+        printed.contains(&format!("Installed under {}", root.display())),
+        "{printed}"
     );
 
     // Running it again upgrades in place: no secret asked for, config and secret kept.

@@ -6,7 +6,8 @@
 # ROOT (default /) is the root of the file system to install into. Installs:
 #   /usr/local/bin/powerbi-tokend                 0755  $POWERBI_TOKEND_BIN, default target/release/powerbi-tokend
 #   /etc/sysusers.d/powerbi-tokend.conf           0644  and creates the group powerbi-tokens with systemd-sysusers
-#   /etc/powerbi-tokend/config.toml               0644  root:root, holds no secret; kept if it exists
+#   /etc/powerbi-tokend/config.toml               0640  root:powerbi-tokens (the service's group reads it,
+#                                                       nobody else); holds no secret; kept if it exists
 #   /etc/systemd/system/powerbi-tokend.service    0644
 #   /etc/credstore/powerbi-tokend.client-secret   0600  root:root, in a 0700 directory; kept if it exists
 # The client secret is read from standard input (a hidden prompt on a terminal), only when the
@@ -32,9 +33,16 @@ install -D -m 0755 -o root -g root "$bin" "$root/usr/local/bin/powerbi-tokend"
 install -D -m 0644 -o root -g root "$here/powerbi-tokend.sysusers" "$root/etc/sysusers.d/powerbi-tokend.conf"
 systemd-sysusers --root="$root" "$root/etc/sysusers.d/powerbi-tokend.conf"
 
+# The group by its number in ROOT's own group file: under a scratch ROOT the host may not know it.
+gid=$(awk -F: '$1 == "powerbi-tokens" { print $3 }' "$root/etc/group")
+if [ -z "$gid" ]; then
+    echo "install.sh: systemd-sysusers did not create the group powerbi-tokens in $root/etc/group" >&2
+    exit 1
+fi
+
 install -d -m 0755 -o root -g root "$root/etc/powerbi-tokend"
 if [ ! -e "$root/etc/powerbi-tokend/config.toml" ]; then
-    install -m 0644 -o root -g root "$here/config.toml" "$root/etc/powerbi-tokend/config.toml"
+    install -m 0640 -o root -g "$gid" "$here/config.toml" "$root/etc/powerbi-tokend/config.toml"
 fi
 
 install -D -m 0644 -o root -g root "$here/powerbi-tokend.service" "$root/etc/systemd/system/powerbi-tokend.service"
@@ -61,9 +69,20 @@ if [ "$root" = / ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi
 
-cat <<EOF
+check="powerbi-tokend check --config /etc/powerbi-tokend/config.toml --load-credential client-secret:/etc/credstore/powerbi-tokend.client-secret"
+if [ "$root" = / ]; then
+    cat <<EOF
 Installed. Next:
-  \$EDITOR $root/etc/powerbi-tokend/config.toml     # client_id and the tenants
+  \$EDITOR /etc/powerbi-tokend/config.toml     # client_id and the tenants
+  $check
   systemctl enable --now powerbi-tokend
 Consumers read /run/powerbi-tokend/<name>.json with SupplementaryGroups=powerbi-tokens.
 EOF
+else
+    cat <<EOF
+Installed under $root. On the system that boots from it:
+  \$EDITOR /etc/powerbi-tokend/config.toml     # client_id and the tenants
+  $check
+  systemctl enable --now powerbi-tokend
+EOF
+fi

@@ -20,6 +20,7 @@ impl Loader<'_> {
                     .map(|l| format!(" (first defined on line {l})"))
                     .unwrap_or_default();
                 self.problems.push(Problem {
+                    column: None,
                     line: *line,
                     key: Some(format!("tenant {name:?}: name")),
                     message: format!("duplicate tenant name {name:?}{first}; names must be unique"),
@@ -34,6 +35,7 @@ impl Loader<'_> {
                 };
                 if !has_redis && matches!(destination, Destination::RedisKey(_)) {
                     self.problems.push(Problem {
+                        column: None,
                         line: *line,
                         key: Some(format!("tenant {name:?}: sinks")),
                         message: "a redis sink needs a [redis] section with the server's url"
@@ -49,6 +51,7 @@ impl Loader<'_> {
                         )
                     };
                     self.problems.push(Problem {
+                        column: None,
                         line: *line,
                         key: Some(format!("tenant {name:?}: {key}")),
                         message: visible(&message),

@@ -210,6 +210,7 @@ impl<'a> Loader<'a> {
     ) {
         let line = offset.map(|o| self.line_of(o));
         self.problems.push(Problem {
+            column: None,
             line,
             key: key.into().map(|key| visible(&key)),
             message: visible(&message),
@@ -375,6 +376,9 @@ impl<'a> Loader<'a> {
             Err(err) => {
                 let offset = err.span().map(|s| s.start);
                 self.problem(offset, None, format!("not valid TOML: {}", err.message()));
+                if let (Some(offset), Some(problem)) = (offset, self.problems.last_mut()) {
+                    problem.column = Some(column_of(text, offset));
+                }
                 return Ok(None);
             }
         };
@@ -404,12 +408,16 @@ impl<'a> Loader<'a> {
                     sections.tenants = tenants;
                     sections.tenants_complete = all_read;
                 }
-                other => self.problem(
-                    Some(key_offset),
-                    other.to_owned(),
-                    "unknown section; expected one of `server`, `daemon`, `redis`, `fleet`, `key_vault`, `defaults`, `tenant`"
-                        .to_owned(),
-                ),
+                other => {
+                    let message = match super::hints::closest(other, SECTIONS.into_iter()) {
+                        Some(meant) => format!("unknown section; did you mean [{meant}]?"),
+                        None => format!(
+                            "unknown section; expected one of {}",
+                            SECTIONS.map(|name| format!("`{name}`")).join(", ")
+                        ),
+                    };
+                    self.problem(Some(key_offset), other.to_owned(), message);
+                }
             }
         }
         Ok(Some(sections))
@@ -613,8 +621,29 @@ fn redacted_message(key: &str, message: &str) -> String {
     match key {
         "client_secret" => "expected { env = \"VAR\" }, { file = \"/path\" } { systemd = \"name\" } or { key_vault = \"https://…/secrets/…\" } (the value is not shown: it may be a secret)".to_owned(),
         "client_certificate" => "expected { cert = \"/path/app.crt\", key = \"/path/app.key\" } (the value is not shown: it may be a key)".to_owned(),
-        _ => message.to_owned(),
+        _ => super::hints::explain(key, message),
     }
+}
+
+/// The sections of a configuration file.
+const SECTIONS: [&str; 7] = [
+    "server",
+    "daemon",
+    "redis",
+    "fleet",
+    "key_vault",
+    "defaults",
+    "tenant",
+];
+
+/// The 1-based column, in characters, of byte `offset` of `text`.
+fn column_of(text: &str, offset: usize) -> usize {
+    let Some(before) = text.get(..offset.min(text.len())) else {
+        return 1;
+    };
+    // The byte after a '\n' always starts a character.
+    let line = before.rfind('\n').map_or(before, |at| &before[at + 1..]);
+    line.chars().count() + 1
 }
 
 /// A tenant table's name in messages: its name when it has one ("tenant[7]" means little in a

@@ -39,6 +39,7 @@ mod applicable;
 mod credential;
 mod cross_tenant;
 mod daemon;
+mod hints;
 mod key_vault;
 mod loader;
 mod managed_identity;
@@ -78,13 +79,17 @@ pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identit
 pub struct Problem {
     /// 1-based line, when the parser knows it.
     pub line: Option<usize>,
+    /// 1-based column (in characters), for problems pinned to a character rather than a key:
+    /// TOML syntax errors.
+    pub column: Option<usize>,
     /// Dotted key path, e.g. `tenant[2].schedule`.
     pub key: Option<String>,
     /// What is wrong and what was expected.
     pub message: String,
 }
 
-/// Every problem in one file; `Display` prints one per line, prefixed with `file:line:`.
+/// Every problem in one file; `Display` prints one per line, prefixed with `file:line:` (and
+/// `column:` where known), the form editors and terminals turn into links.
 #[derive(Clone, Debug, thiserror::Error)]
 pub struct ConfigError {
     /// The file the problems are in.
@@ -102,6 +107,9 @@ impl fmt::Display for ConfigError {
             write!(f, "{}", self.path.display())?;
             if let Some(line) = problem.line {
                 write!(f, ":{line}")?;
+                if let Some(column) = problem.column {
+                    write!(f, ":{column}")?;
+                }
             }
             write!(f, ": ")?;
             if let Some(key) = &problem.key {
@@ -112,6 +120,9 @@ impl fmt::Display for ConfigError {
         Ok(())
     }
 }
+
+/// What to do without a configuration file: most often a first run in the wrong directory.
+const NO_CONFIG_HINT: &str = "; name the file with --config (or POWERBI_TOKEND_CONFIG), start from the documented config.toml in the repository, or run `powerbi-tokend demo` to see the daemon work without one";
 
 /// Largest configuration file read: a hundred thousand tenants take about 10 MB, so anything
 /// larger is a wrong path (a log, an image) rather than a configuration.
@@ -126,6 +137,7 @@ pub async fn read_text(path: &Path) -> Result<String, ConfigError> {
     let unreadable = |message: String| ConfigError {
         path: path.to_owned(),
         problems: vec![Problem {
+            column: None,
             line: None,
             key: None,
             message,
@@ -133,7 +145,14 @@ pub async fn read_text(path: &Path) -> Result<String, ConfigError> {
     };
     let bytes = safe_read::read(path, MAX_CONFIG_BYTES, Symlinks::Follow)
         .await
-        .map_err(|err| unreadable(format!("cannot read the configuration file: {err}")))?;
+        .map_err(|err| {
+            let hint = if err.is_not_found() {
+                NO_CONFIG_HINT
+            } else {
+                ""
+            };
+            unreadable(format!("cannot read the configuration file: {err}{hint}"))
+        })?;
     String::from_utf8(bytes)
         .map_err(|_| unreadable("the configuration file is not UTF-8 text".to_owned()))
 }

@@ -33,6 +33,7 @@ pub mod x509;
 
 pub use expiry::CredentialExpiry;
 pub(crate) use expiry::CredentialKind;
+pub use secret::load_credentials;
 pub(crate) use secret::{CredentialError, read_secret};
 pub use verify::{Verified, verify};
 

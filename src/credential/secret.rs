@@ -75,7 +75,7 @@ pub enum CredentialError {
     NotForOAuth2,
     /// `{ systemd = … }` used outside a unit with `LoadCredential=`.
     #[error(
-        "CREDENTIALS_DIRECTORY is not set; systemd credential {0:?} needs LoadCredential= in the unit"
+        "CREDENTIALS_DIRECTORY is not set; systemd credential {0:?} needs LoadCredential= in the unit (to check a config by hand, name the file the unit loads: check --load-credential {0}:/etc/credstore/powerbi-tokend.{0})"
     )]
     NoCredentialsDirectory(String),
 }
@@ -107,6 +107,17 @@ impl From<ReadError> for CredentialError {
     }
 }
 
+/// Credentials named on the command line (`check --load-credential name:path`), read the way
+/// the unit's `LoadCredential=name:path` hands them to the service: so that `check` run by hand
+/// after an install reads the very file the service will. Used only where
+/// `CREDENTIALS_DIRECTORY` is not set (inside the unit, systemd's copy wins).
+static LOADED_CREDENTIALS: std::sync::OnceLock<Vec<(String, PathBuf)>> = std::sync::OnceLock::new();
+
+/// Sets the credentials named on the command line; the first call wins (one per process).
+pub fn load_credentials(credentials: Vec<(String, PathBuf)>) {
+    let _ = LOADED_CREDENTIALS.set(credentials);
+}
+
 /// Reads a secret from where the config says it lives, now. Files are read off the async
 /// workers, with a size cap and a deadline, and only if they are regular files (a FIFO or a hung
 /// mount costs this tenant a failed refresh, never the daemon).
@@ -127,11 +138,16 @@ pub(crate) async fn read_secret(source: &SecretSource) -> Result<SecretString, C
             Ok(SecretString::from(value))
         }
         SecretSource::File(path) => read_file(path.clone()).await,
-        SecretSource::Systemd(name) => {
-            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
-                .ok_or_else(|| CredentialError::NoCredentialsDirectory(name.clone()))?;
-            read_file(PathBuf::from(dir).join(name)).await
-        }
+        SecretSource::Systemd(name) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => read_file(PathBuf::from(dir).join(name)).await,
+            None => match LOADED_CREDENTIALS
+                .get()
+                .and_then(|loaded| loaded.iter().find(|(loaded, _)| loaded == name))
+            {
+                Some((_, path)) => read_file(path.clone()).await,
+                None => Err(CredentialError::NoCredentialsDirectory(name.clone())),
+            },
+        },
         SecretSource::Inline(secret) => Ok(secret.clone()),
     }
 }

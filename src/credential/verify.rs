@@ -23,6 +23,7 @@ pub struct Verified {
 pub async fn verify(tenant: &TenantCredential, now: i64) -> Verified {
     let mut expiry = None;
     let problem = |key: &str, message: String| Problem {
+        column: None,
         line: tenant.line,
         key: Some(format!("tenant {:?}: {key}", tenant.tenant)),
         message,
@@ -33,6 +34,7 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Verified {
             expiry = expires_on.map(CredentialExpiry::client_secret);
             if let Some(expires_on) = expires_on.filter(|expires_on| *expires_on <= now) {
                 problems.push(Problem {
+                    column: None,
                     line: tenant.expires_line.or(tenant.line),
                     ..problem(
                         "client_secret_expires",
@@ -80,6 +82,7 @@ pub async fn verify(tenant: &TenantCredential, now: i64) -> Verified {
                 Err(err) => Some(err.to_string()),
             };
             problems.extend(message.map(|message| Problem {
+                column: None,
                 line,
                 ..problem(key, message)
             }));

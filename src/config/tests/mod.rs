@@ -437,3 +437,43 @@ fn a_reload_reuses_the_running_copy_of_each_unchanged_tenant() {
     assert_eq!(fresh[3].line, running[3].line.map(|line| line + 2));
     assert_eq!(reloaded[3].line, running[3].line);
 }
+
+/// The messages a first-time user meets: a misspelt key names the likely one (with its line),
+/// a TOML syntax error its column too, a number where a duration goes the form to write, and a
+/// missing file what to do instead.
+#[test]
+fn first_mistakes_get_hints() {
+    let text = "[daemon]\nshutdown_grace = 5\n\n[defaults]\nrefresh_att = 0.5\n\n[servr]\n";
+    let shown = parse_err(text).to_string();
+    for expected in [
+        "config.toml:2: daemon.shutdown_grace: invalid type: integer `5`, expected a string; a duration is a string with a unit, e.g. shutdown_grace = \"30s\"",
+        "config.toml:5: defaults: unknown key `refresh_att`; did you mean `refresh_at`?",
+        "config.toml:7: servr: unknown section; did you mean [server]?",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} not in:\n{shown}");
+    }
+    let err = parse_err("[server]\nlisten = \"127.0.0.1:1\"\n[[tenant]]\nname = \"é\u{e9}x\n");
+    assert_eq!(
+        (err.problems[0].line, err.problems[0].column),
+        (Some(4), Some(12)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("config.toml:4:12: not valid TOML"),
+        "{err}"
+    );
+
+    let missing = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(super::read_text(std::path::Path::new(
+            "/nonexistent/config.toml",
+        )))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("--config") && missing.contains("powerbi-tokend demo"),
+        "{missing}"
+    );
+}
