@@ -828,7 +828,10 @@ async fn a_failure_names_its_client_request_id_in_the_log_and_in_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn demo_with_redis_writes_the_tokens_to_its_own_redis_and_stops_it() {
     use redis::AsyncCommands;
     common::program("redis-server", "redis-server");
@@ -968,7 +971,10 @@ fn check_warns_about_a_wide_config_mode_and_a_token_directory_it_cannot_create()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root and setpriv (util-linux); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_root, has_setpriv)),
+    ignore = "skipped: needs root and setpriv (util-linux)"
+)]
 async fn check_as_another_user_reports_a_token_directory_it_cannot_write() {
     use std::os::unix::fs::PermissionsExt;
     let setpriv = common::program("setpriv", "util-linux");

@@ -178,7 +178,10 @@ async fn kill_9_loop_leaves_no_torn_file_and_no_temp_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs `unshare --pid` (root or user namespaces); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_unshare, has_root)),
+    ignore = "skipped: needs unshare (util-linux) and root"
+)]
 async fn hardening_8_kill_9_loop_as_pid_1_leaves_no_torn_file_and_no_temp_file() {
     kill_loop(true).await;
 }

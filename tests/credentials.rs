@@ -175,7 +175,10 @@ fn verify_with_openssl(
 }
 
 #[test]
-#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_openssl),
+    ignore = "skipped: needs openssl (Debian package openssl)"
+)]
 fn assertions_verify_with_openssl_ps256_and_rs256() {
     let dir = tempfile::tempdir().unwrap();
     let mut cert = make_certificate(dir.path(), "app", 30);
@@ -235,7 +238,10 @@ fn assertions_verify_with_openssl_ps256_and_rs256() {
 }
 
 #[test]
-#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_openssl),
+    ignore = "skipped: needs openssl (Debian package openssl)"
+)]
 fn key_and_certificate_must_match() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_certificate(dir.path(), "a", 30);
@@ -267,7 +273,10 @@ fn key_and_certificate_must_match() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_openssl),
+    ignore = "skipped: needs openssl (Debian package openssl)"
+)]
 async fn certificate_credential_against_the_simulator() {
     let Fixture { sim, dir } = fixture(&[TENANT], Duration::from_secs(3600)).await;
     let cert = make_certificate(dir.path(), "app", 30);
@@ -333,7 +342,10 @@ async fn certificate_credential_against_the_simulator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_openssl),
+    ignore = "skipped: needs openssl (Debian package openssl)"
+)]
 async fn certificate_rotation_without_restart() {
     let Fixture { sim, dir } = fixture(&[TENANT], Duration::from_secs(2)).await;
     let pki = dir.path().join("pki");
@@ -758,7 +770,10 @@ async fn managed_identity_app_service() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_openssl),
+    ignore = "skipped: needs openssl (Debian package openssl)"
+)]
 async fn credential_expiry_metric_and_check_warning() {
     let Fixture { sim, dir } = fixture(
         &[TENANT, "fabrikam.onmicrosoft.com"],

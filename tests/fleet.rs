@@ -86,7 +86,10 @@ fn check_files(files: &Path, replica: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn three_replicas_ask_entra_once_per_refresh_and_survive_a_kill() {
     init();
     let dir = tempfile::tempdir().unwrap();

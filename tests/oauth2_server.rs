@@ -4,9 +4,11 @@
 //! authenticated (`client_auth`), its `client_id`, the `scope` and `audience` it asked for and the
 //! names of the form fields it sent (`form_fields`).
 //!
-//! These need `node` (20.19+) and `npm ci` in tests/oauth2-mock-server, so they are ignored by a
-//! plain `cargo test` (the runner reports them as ignored) and run by
-//! `cargo test -- --include-ignored`, as CI does; there a missing program fails the test.
+//! These need `node` (20.19+) and `npm`: where either is missing, `cargo test` reports them as
+//! ignored, "skipped: needs node 20.19+ and npm" (see build.rs); with `CI=true` they run, and a
+//! missing program fails them. The package is installed with `npm ci` on first use.
+
+mod common;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -29,20 +31,32 @@ const SECRET: &str = "p@ss w0rd+/:%&=é~never-logged";
 /// with `invalid_target`, as oidc-provider does.
 const KNOWN_RESOURCES: &str = "https://api.partner.example https://api.partner.example/reports";
 
-/// `node`, with the package installed; these tests are ignored unless asked for, so a missing
-/// one fails.
+/// `node`, with the package installed: `npm ci` in tests/oauth2-mock-server the first time (the
+/// tests of this binary share one install).
 fn node() -> PathBuf {
-    let node = std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("node"))
-                .find(|candidate| candidate.is_file())
-        })
-        .expect("node is not installed (20.19+ is needed)");
+    static INSTALLED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let node = common::program_installed_by("node", "Node.js 20.19+");
     let package = Path::new(SERVER_DIR).join("node_modules/oauth2-mock-server/package.json");
+    let mut installed = INSTALLED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*installed && !package.is_file() {
+        let out = std::process::Command::new(common::program_installed_by("npm", "npm"))
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(SERVER_DIR)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "npm ci in tests/oauth2-mock-server failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    *installed = true;
     assert!(
         package.is_file(),
-        "tests/oauth2-mock-server/node_modules is missing: run `npm ci` there"
+        "npm ci did not install {}",
+        package.display()
     );
     node
 }
@@ -324,7 +338,10 @@ fn json_or_null(value: Option<&str>) -> Value {
 }
 
 #[test]
-#[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_node, has_npm)),
+    ignore = "skipped: needs node 20.19+ and npm"
+)]
 fn once_authenticates_with_post_and_basic_and_sends_scope_audience_and_resource() {
     let node = node();
     let dir = tempfile::tempdir().unwrap();
@@ -434,7 +451,10 @@ fn a_list_of_resources_is_a_config_error_naming_file_line_and_key() {
 }
 
 #[test]
-#[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_node, has_npm)),
+    ignore = "skipped: needs node 20.19+ and npm"
+)]
 fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
     let node = node();
     let dir = tempfile::tempdir().unwrap();
@@ -513,7 +533,10 @@ fn once_with_a_wrong_secret_exits_1_naming_the_tenant_with_invalid_client() {
 /// RFC 8707's `invalid_target` (a resource the server does not know) has no reason of its own;
 /// the server's code is shown beside the reason, in `once`'s line and in the log line.
 #[test]
-#[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_node, has_npm)),
+    ignore = "skipped: needs node 20.19+ and npm"
+)]
 fn once_shows_the_servers_error_code_beside_the_reason() {
     let node = node();
     let dir = tempfile::tempdir().unwrap();
@@ -563,7 +586,10 @@ fn once_shows_the_servers_error_code_beside_the_reason() {
 }
 
 #[test]
-#[ignore = "needs node 20.19+ and `npm ci` in tests/oauth2-mock-server; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_node, has_npm)),
+    ignore = "skipped: needs node 20.19+ and npm"
+)]
 fn run_refreshes_at_half_life_and_exits_0_on_sigterm() {
     let node = node();
     let dir = tempfile::tempdir().unwrap();

@@ -1,9 +1,9 @@
 //! The alerting loop with the real tools: promtool checks the exposition and the rule tests, and
 //! a real Prometheus server scrapes the daemon and evaluates the shipped alert expressions.
 //!
-//! These need `promtool` and `prometheus` (Debian package `prometheus`), so they are ignored by a
-//! plain `cargo test` (the runner reports them as ignored) and run by
-//! `cargo test -- --include-ignored`, as CI does; there a missing program fails the test.
+//! These need `promtool` and `prometheus` (Debian package `prometheus`): where either is missing,
+//! `cargo test` reports them as ignored, "skipped: needs …" (see build.rs); with `CI=true` they
+//! run, and a missing program fails them.
 
 mod common;
 
@@ -75,7 +75,10 @@ fn promtool_findings(promtool: &Path, metrics: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs promtool and prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_promtool, has_prometheus)),
+    ignore = "skipped: needs promtool and prometheus (Debian package prometheus)"
+)]
 async fn promtool_check_metrics_finds_nothing_in_any_mode() {
     let promtool = program("promtool", "prometheus");
     let Fixture { sim, dir } = fixture(
@@ -109,7 +112,10 @@ async fn promtool_check_metrics_finds_nothing_in_any_mode() {
 }
 
 #[test]
-#[ignore = "needs promtool and prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_promtool, has_prometheus)),
+    ignore = "skipped: needs promtool and prometheus (Debian package prometheus)"
+)]
 fn shipped_rules_pass_promtool() {
     let promtool = program("promtool", "prometheus");
     let out = Command::new(&promtool)
@@ -331,7 +337,10 @@ fn tenants_of(alerts: &[Value]) -> BTreeSet<Option<String>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs promtool and prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_promtool, has_prometheus)),
+    ignore = "skipped: needs promtool and prometheus (Debian package prometheus)"
+)]
 async fn prometheus_fires_refresh_failing_for_the_bad_tenant_only() {
     let Fixture { sim, dir } = fixture(
         &["good.example.com", "bad.example.com"],
@@ -364,7 +373,10 @@ async fn prometheus_fires_refresh_failing_for_the_bad_tenant_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs promtool and prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_promtool, has_prometheus)),
+    ignore = "skipped: needs promtool and prometheus (Debian package prometheus)"
+)]
 async fn in_mode_unhealthy_the_alerts_and_the_dashboard_name_the_bad_tenant_only() {
     let Fixture { sim, dir } = fixture(
         &["good.example.com", "bad.example.com"],
@@ -388,7 +400,10 @@ async fn in_mode_unhealthy_the_alerts_and_the_dashboard_name_the_bad_tenant_only
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs promtool and prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_promtool, has_prometheus)),
+    ignore = "skipped: needs promtool and prometheus (Debian package prometheus)"
+)]
 async fn in_mode_none_the_alerts_fire_on_the_aggregates_and_the_dashboard_has_them() {
     let Fixture { sim, dir } = fixture(
         &["good.example.com", "bad.example.com"],

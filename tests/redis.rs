@@ -84,7 +84,10 @@ fn tenant_in<'a>(status: &'a serde_json::Value, name: &str) -> Option<&'a serde_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn redis_sink_holds_the_file_json_until_expiry_and_notifies_without_the_token() {
     let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
     let server = RedisServer::start(&dir.path().join("redis"), &[]);
@@ -164,7 +167,10 @@ async fn redis_sink_holds_the_file_json_until_expiry_and_notifies_without_the_to
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn racing_writers_never_leave_the_older_token() {
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::start(dir.path(), &[]);
@@ -225,7 +231,10 @@ async fn racing_writers_never_leave_the_older_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn acl_user_with_a_password_file_and_a_wrong_password_named_as_a_redis_sink_failure() {
     let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
     let server = RedisServer::start(
@@ -352,7 +361,10 @@ async fn server_connection_as(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn redis_outage_of_20_s_keeps_files_fresh_reports_sink_and_recovers() {
     let names = ["a", "b", "c"];
     let ids: Vec<String> = names.iter().map(|n| format!("{n}.example.com")).collect();
@@ -448,7 +460,10 @@ async fn redis_outage_of_20_s_keeps_files_fresh_reports_sink_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn redis_restarted_empty_gets_every_token_back_with_one_request_per_tenant() {
     let names: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -504,7 +519,10 @@ async fn redis_restarted_empty_gets_every_token_back_with_one_request_per_tenant
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server and redis-cli (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_redis_server, has_redis_cli)),
+    ignore = "skipped: needs redis-server and redis-cli (Debian package redis-server)"
+)]
 async fn redis_cluster_sinks_and_fleet_leases_across_slots() {
     let names: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -626,7 +644,10 @@ fn tls_files(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server and openssl; `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_redis_server, has_openssl)),
+    ignore = "skipped: needs redis-server and openssl"
+)]
 async fn rediss_trusts_the_ca_file_and_verifies_the_server_name() {
     let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
     let pki = dir.path().join("pki");
@@ -682,7 +703,10 @@ async fn rediss_trusts_the_ca_file_and_verifies_the_server_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn warm_start_from_redis_checks_the_identity_like_a_json_file() {
     let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
     let server = RedisServer::start(&dir.path().join("redis"), &[]);
@@ -743,7 +767,10 @@ async fn warm_start_from_redis_checks_the_identity_like_a_json_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn check_pings_redis_and_reads_its_password() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = RedisServer::start(&dir.path().join("redis"), &["--requirepass", "pw-1234"]);
@@ -793,7 +820,10 @@ async fn check_pings_redis_and_reads_its_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn a_hung_redis_times_out_and_a_rotated_password_is_read_at_reconnect() {
     let ids = ["a.example.com", "b.example.com"];
     // 6-second tokens: a refresh about every 3 s, several during the hang, each of which waits
@@ -919,7 +949,10 @@ fn readme_daemon_acl() -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server (Debian package redis-server); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
 async fn check_and_run_work_with_exactly_the_acl_readme_documents() {
     let rules = readme_daemon_acl();
     assert!(rules.iter().any(|rule| rule == "+evalsha"), "{rules:?}");

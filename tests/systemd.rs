@@ -52,7 +52,10 @@ fn unit_running(bin: &Path) -> tempfile::TempDir {
 }
 
 #[test]
-#[ignore = "needs systemd-analyze (Debian package systemd); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_systemd_analyze),
+    ignore = "skipped: needs systemd-analyze (Debian package systemd)"
+)]
 fn unit_verifies_cleanly_and_its_exposure_is_at_most_1_5() {
     let analyze = program("systemd-analyze", "systemd");
     let dir = unit_running(Path::new(BIN));
@@ -199,7 +202,10 @@ const CONSUMER_UID: u32 = 61_778;
 const OUTSIDER_UID: u32 = 61_779;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs root and setpriv (util-linux); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(all(has_root, has_setpriv, has_systemd_sysusers)),
+    ignore = "skipped: needs root, setpriv (util-linux) and systemd-sysusers (Debian package systemd)"
+)]
 async fn install_script_leaves_a_tree_the_service_user_runs_from() {
     assert!(
         rustix::process::geteuid().is_root(),

@@ -245,7 +245,10 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+    #[cfg_attr(
+        not(has_openssl),
+        ignore = "skipped: needs openssl (Debian package openssl)"
+    )]
     async fn certificate_assertion_with_ps256_and_sha256_thumbprint() {
         let Fixture { sim, http } = fixture().await;
         let key = &test_keys()[0];
@@ -284,7 +287,10 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+    #[cfg_attr(
+        not(has_openssl),
+        ignore = "skipped: needs openssl (Debian package openssl)"
+    )]
     async fn certificate_assertion_with_rs256_and_standard_base64_sha1_thumbprint() {
         let Fixture { sim, http } = fixture().await;
         let [old, new] = test_keys();
@@ -304,7 +310,10 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+    #[cfg_attr(
+        not(has_openssl),
+        ignore = "skipped: needs openssl (Debian package openssl)"
+    )]
     async fn unregistered_certificate_or_bad_signature_gets_700027() {
         let Fixture { sim, http } = fixture().await;
         let [registered, stranger] = test_keys();
@@ -352,7 +361,10 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+    #[cfg_attr(
+        not(has_openssl),
+        ignore = "skipped: needs openssl (Debian package openssl)"
+    )]
     async fn assertion_lifetime_allows_five_minutes_of_skew() {
         let Fixture { sim, http } = fixture().await;
         let key = &test_keys()[0];
@@ -410,7 +422,10 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "needs the openssl command; `cargo test -- --include-ignored` runs it"]
+    #[cfg_attr(
+        not(has_openssl),
+        ignore = "skipped: needs openssl (Debian package openssl)"
+    )]
     async fn assertion_audience_issuer_and_shape_errors() {
         let Fixture { sim, http } = fixture().await;
         let key = &test_keys()[0];

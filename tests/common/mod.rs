@@ -77,7 +77,9 @@ pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
 }
 
 /// The path of the external program `name` on PATH; panics naming the Debian `package` that
-/// provides it when it is missing (these tests are `#[ignore]`d by default for that reason).
+/// provides it when it is missing. Tests that call it are marked ignored, "skipped: needs …",
+/// where build.rs did not find the program, so this panics only in CI (`CI=true`), where a
+/// missing program must fail.
 pub fn program(name: &str, package: &str) -> PathBuf {
     program_installed_by(name, &format!("apt-get install {package}"))
 }
