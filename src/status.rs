@@ -124,8 +124,8 @@ pub struct EmbedStatus {
     pub name: String,
     /// Its record.
     pub token: TokenStatus,
-    /// The embed URLs of its reports; `None` for an embed without reports. Boxed: most
-    /// tenants have no embed, and the record is copied at every scrape.
+    /// The embed URLs of its reports; `None` for an embed without reports. Boxed, so an embed
+    /// without reports carries one pointer.
     pub urls: Option<Box<EmbedUrlsStatus>>,
 }
 

@@ -7,7 +7,8 @@
 //! happily. The probe makes that visible per tenant, before the application's users see it.
 //!
 //! Embed tokens are what "app owns data" backends hand to browsers. They expire too, never later
-//! than the Entra token they were made with, so they are kept fresh here, next to it.
+//! than the Entra token they were made with, so they are kept fresh here, next to it, and
+//! written with the embed URLs of their reports, which the browser needs as well.
 //!
 //! # Files
 //!
