@@ -4,12 +4,13 @@
 //! (`GET /v1.0/myorg/groups/{group}/reports/{report}`) and Get Report
 //! (`GET /v1.0/myorg/reports/{report}`, "My workspace").
 //!
-//! All of them check the bearer token as the real API does, as far as a client can observe it: a token
-//! this simulator did not sign, one for another cloud's Power BI resource, or none at all gets
-//! 401 `PowerBINotAuthorizedException`; a token whose `exp` has passed gets 403 `TokenExpired`
-//! (reference §8.2: Power BI answers an expired token with 403, not 401). There is no clock
-//! skew: a token is expired from the second its `exp` names, which is stricter than a validator
-//! with five minutes of leeway and so never lets a daemon rely on leeway it may not get.
+//! All of them check the bearer token as the real API does, as far as a client can observe it:
+//! a token this simulator did not sign, one for another cloud's Power BI resource, or none at
+//! all gets 401 `PowerBINotAuthorizedException`; a token whose `exp` has passed gets 403
+//! `TokenExpired` (reference §8.2: Power BI answers an expired token with 403, not 401). There
+//! is no clock skew: a token is expired from the second its `exp` names, which is stricter than
+//! a validator with five minutes of leeway and so never lets a daemon rely on leeway it may not
+//! get.
 //!
 //! A valid token's `tid` claim names the tenant. Its [`PowerBiBehavior`] (set with
 //! [`SimEntra::set_powerbi_behavior`](super::SimEntra::set_powerbi_behavior)) then decides the
@@ -39,8 +40,9 @@
 //!   shape (`/reportEmbed?reportId=…&groupId=…&w=2&config=…`, `config` the base64 of
 //!   `{"clusterUrl":…}` with `=` written `%3d`) on the simulator's own host, so a browser-less
 //!   test can tell the two reads apart (My workspace has no `groupId`). A report id that is not
-//!   a GUID gets 400 `InvalidRequest` (what Power BI answers is not documented). `expiration` is ISO-8601 UTC in whole seconds, no later than the bearer token's
-//!   `exp` (§8.3), nor `lifetimeInMinutes` from now, nor an hour from now.
+//!   a GUID gets 400 `InvalidRequest` (what Power BI answers is not documented).
+//!   `expiration` is ISO-8601 UTC in whole seconds, no later than the bearer token's `exp`
+//!   (§8.3), nor `lifetimeInMinutes` from now, nor an hour from now.
 //!
 //! Nothing here logs a bearer token or an embed token; the embed token is random bytes behind
 //! a gzip header (real ones are base64 of gzip and begin `H4sI`) and carries no secret.
