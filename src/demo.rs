@@ -75,6 +75,8 @@ struct DemoEmbed {
     report: &'static str,
     /// The report's dataset.
     dataset: &'static str,
+    /// The report's workspace, where its embed URL is read (`None`: "My workspace").
+    workspace: Option<&'static str>,
     /// For a dataset with row-level security: the user (with role `Store`) the token filters
     /// rows for; the simulator refuses the token without it.
     rls_user: Option<&'static str>,
@@ -91,6 +93,7 @@ const TENANTS: [DemoTenant; 4] = [
             name: "sales",
             report: "8a4f2c61-93d7-4b5e-a0c8-1f6e2d9b7a34",
             dataset: "c37e9b05-2d14-4f8a-b6e1-5a0d9c4f2e78",
+            workspace: Some("2b6d9f40-8c1e-4a73-b5d2-6e0f3a9c1d85"),
             rls_user: None,
         }),
     },
@@ -104,6 +107,7 @@ const TENANTS: [DemoTenant; 4] = [
             name: "stores",
             report: "4e8b1d27-6a3c-4f95-b0d2-7c9e1a5f3b46",
             dataset: "a95c3e18-7b2d-4c6f-8e01-3d4b5a6c7e89",
+            workspace: None,
             rls_user: Some("store-17@fabrikam.example"),
         }),
     },
@@ -166,6 +170,7 @@ fn demo_embed(tenant: &str, embed: &DemoEmbed, dir: &std::path::Path) -> EmbedCo
         access_level: AccessLevel::View,
         lifetime: None,
         xmla_read_only: false,
+        workspace: embed.workspace.map(str::to_owned),
         identities: embed
             .rls_user
             .map(|username| EffectiveIdentity {

@@ -202,7 +202,9 @@ impl Reason {
             Reason::TokenExpired => {
                 "Power BI says the token has expired although the daemon holds it as fresh: check this host's clock (NTP); if the clock is right, this is a bug in the daemon"
             }
-            Reason::NotFound => "the URL does not exist: check powerbi_api and probe.path",
+            Reason::NotFound => {
+                "Power BI found no such URL or item: check powerbi_api and probe.path, and the embed's report, dataset and workspace ids (Power BI also answers 404 when the service principal is not a member of the item's workspace)"
+            }
             Reason::Unexpected => "Power BI answered in a way the daemon does not know",
             Reason::Throttled => "the server asks to slow down; the daemon waits as told",
             Reason::ServerError => "the server is failing; nothing to do on this side",

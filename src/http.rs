@@ -308,6 +308,24 @@ pub(crate) struct EmbedView {
     pub consecutive_failures: u32,
     /// Why the last attempt failed, as for the access token; `null` after a success.
     pub last_error: Option<ErrorView>,
+    /// The embed URLs of its reports; absent for an embed without reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embed_urls: Option<EmbedUrlsView>,
+}
+
+/// An embed's URLs in `/status`: how many of its reports have one, which have none, and why
+/// the last read failed. Never the URLs themselves (the document has them).
+#[derive(Serialize)]
+pub(crate) struct EmbedUrlsView {
+    /// Reports with an embed URL.
+    pub count: usize,
+    /// Reports without one (their ids).
+    pub missing: Vec<String>,
+    /// RFC 3339 time of the oldest read among the URLs held; `null` without any.
+    pub read_at: Option<String>,
+    /// Why the last round of reads failed (as for the embed token); `null` after a round in
+    /// which every read succeeded.
+    pub last_error: Option<ErrorView>,
 }
 
 /// The last access probe in `/status`.
@@ -408,6 +426,12 @@ pub(crate) fn view(name: String, status: &TenantStatus, now: SystemTime) -> Tena
                 last_success_at: embed.token.last_success.and_then(clock::rfc3339),
                 consecutive_failures: embed.token.consecutive_failures,
                 last_error: embed.token.last_error.as_deref().map(ErrorView::of),
+                embed_urls: embed.urls.as_deref().map(|urls| EmbedUrlsView {
+                    count: urls.count,
+                    missing: urls.missing.clone(),
+                    read_at: urls.read_at.and_then(clock::rfc3339_unix),
+                    last_error: urls.last_error.as_deref().map(ErrorView::of),
+                }),
             })
             .collect(),
         name,

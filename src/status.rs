@@ -124,6 +124,36 @@ pub struct EmbedStatus {
     pub name: String,
     /// Its record.
     pub token: TokenStatus,
+    /// The embed URLs of its reports; `None` for an embed without reports. Boxed, so an embed
+    /// without reports carries one pointer.
+    pub urls: Option<Box<EmbedUrlsStatus>>,
+}
+
+/// The embed URLs of an embed's reports (`embed_urls` in its document).
+#[derive(Clone, Debug, Default)]
+pub struct EmbedUrlsStatus {
+    /// Reports with a URL.
+    pub count: usize,
+    /// Reports without one (ids as configured): the document's `embed_urls` lacks them.
+    pub missing: Vec<String>,
+    /// Unix seconds of the oldest read among the URLs held.
+    pub read_at: Option<i64>,
+    /// Why the last round of reads failed (the last failure of the round); `None` after a
+    /// round in which every read succeeded.
+    pub last_error: Option<Box<RefreshError>>,
+}
+
+impl EmbedStatus {
+    /// Why a report of the embed has no URL, if one has none since a failed read: a browser
+    /// cannot show that report, so the tenant needs attention as for a failed embed token. A
+    /// failed re-read of URLs still held only shows under the embed.
+    fn missing_urls_error(&self) -> Option<&RefreshError> {
+        let urls = self.urls.as_deref()?;
+        if urls.missing.is_empty() {
+            return None;
+        }
+        urls.last_error.as_deref()
+    }
 }
 
 /// What the access probe last found, and its failures so far.
@@ -152,6 +182,11 @@ impl TenantStatus {
                     self.embeds
                         .iter()
                         .filter_map(|embed| embed.token.last_error.as_deref()),
+                )
+                .chain(
+                    self.embeds
+                        .iter()
+                        .filter_map(EmbedStatus::missing_urls_error),
                 );
             let mut state = TenantState::Healthy;
             for failure in failures {

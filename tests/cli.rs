@@ -409,6 +409,17 @@ async fn demo_runs_end_to_end_and_stops_on_ctrl_c() {
     }
     assert_eq!(embed["tenant"], "contoso", "{embed}");
     assert_eq!(embed["embed"], "sales", "{embed}");
+    // With the report's embed URL, read in its workspace.
+    let urls = embed["embed_urls"].as_object().expect("embed_urls");
+    assert_eq!(urls.len(), 1, "{embed}");
+    assert!(
+        urls.values().all(|url| {
+            url.as_str().is_some_and(|url| {
+                url.contains("/reportEmbed?reportId=") && url.contains("&groupId=")
+            })
+        }),
+        "{embed}"
+    );
     assert!(
         logs().contains("embed token for contoso/sales: demo-tokens/contoso.sales.embed.json"),
         "{}",

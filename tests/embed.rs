@@ -29,6 +29,7 @@ fn sales(dir: &Path, tenant: &str, access_level: AccessLevel) -> EmbedConfig {
         access_level,
         lifetime: None,
         xmla_read_only: false,
+        workspace: None,
         identities: Vec::new(),
         sinks: vec![SinkConfig::File(FileSinkConfig {
             path: dir.join(format!("{tenant}.sales.embed.json")),
@@ -267,12 +268,7 @@ async fn a_dataset_with_row_level_security_gets_its_token_only_with_an_effective
         })
         .await;
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let fabrikam = status["tenants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|tenant| tenant["name"] == "fabrikam")
-        .expect("fabrikam in /status");
+    let fabrikam = tenant_status(&status, "fabrikam");
     let error = &fabrikam["embeds"][0]["last_error"];
     assert_eq!(error["http_status"], 400, "{fabrikam}");
     assert_eq!(error["error_code"], "InvalidRequest", "{fabrikam}");
@@ -504,4 +500,289 @@ async fn every_tenant_label_is_a_configured_tenant_with_or_without_embeds_in_eve
             daemon.stop().await;
         }
     }
+}
+
+const WORKSPACE: &str = "f089354e-0000-4e18-aea3-000000000005";
+
+/// The embed URL the simulator gives `report`, up to its `config` parameter: in `workspace`
+/// (Get Report In Group) or in My workspace (Get Report).
+fn embed_url_prefix(sim: &SimEntra, workspace: Option<&str>, report: &str) -> String {
+    match workspace {
+        Some(workspace) => format!(
+            "{}/reportEmbed?reportId={report}&groupId={workspace}&w=2&config=",
+            sim.powerbi_api()
+        ),
+        None => format!(
+            "{}/reportEmbed?reportId={report}&w=2&config=",
+            sim.powerbi_api()
+        ),
+    }
+}
+
+/// Report reads of a tenant, with and without a workspace.
+fn report_reads(sim: &SimEntra, tenant_id: &str) -> (u64, u64) {
+    (
+        sim.powerbi_request_count(tenant_id, PowerBiEndpoint::ReportInGroup),
+        sim.powerbi_request_count(tenant_id, PowerBiEndpoint::Report),
+    )
+}
+
+/// The `/status` entry of `tenant`.
+fn tenant_status<'a>(status: &'a serde_json::Value, tenant: &str) -> &'a serde_json::Value {
+    status["tenants"]
+        .as_array()
+        .and_then(|tenants| tenants.iter().find(|entry| entry["name"] == tenant))
+        .unwrap_or_else(|| panic!("{tenant} in {status}"))
+}
+
+#[tokio::test]
+async fn embed_urls_are_read_once_from_the_workspace_or_my_workspace_and_written_with_every_token()
+{
+    // 4-second Entra tokens, refreshed every 2 s: each refresh brings a new embed token.
+    let Fixture { sim, dir } = fixture(
+        &["contoso.example.com", "fabrikam.example.com"],
+        Duration::from_secs(4),
+    )
+    .await;
+    let mut in_workspace = sales(dir.path(), "contoso", AccessLevel::View);
+    in_workspace.workspace = Some(WORKSPACE.to_owned());
+    let contoso = embedding(&sim, "contoso", dir.path(), in_workspace);
+    let fabrikam = embedding(
+        &sim,
+        "fabrikam",
+        dir.path(),
+        sales(dir.path(), "fabrikam", AccessLevel::View),
+    );
+    let daemon = start_daemon(config(vec![contoso, fabrikam], fast_daemon())).await;
+
+    for (tenant, workspace) in [("contoso", Some(WORKSPACE)), ("fabrikam", None)] {
+        let path = embed_file(dir.path(), tenant);
+        wait_for("an embed token", Duration::from_secs(10), || {
+            read_json(&path).is_some()
+        })
+        .await;
+        let doc = read_json(&path).unwrap();
+        let urls = doc["embed_urls"].as_object().expect("embed_urls");
+        assert_eq!(urls.len(), 2, "{doc}");
+        for report in [REPORT, OTHER_REPORT] {
+            let url = urls[report].as_str().expect("a URL per report");
+            assert!(
+                url.starts_with(&embed_url_prefix(&sim, workspace, report)),
+                "{tenant}: {url}"
+            );
+        }
+        assert_eq!(doc["workspace"], serde_json::json!(workspace));
+        let read_at = doc["embed_urls_read_at"].as_i64().expect("read_at");
+        let now = powerbi_tokend::clock::unix_now();
+        assert!(read_at <= now && read_at > now - 60, "{read_at} {now}");
+    }
+    // One read per report, through the path the workspace chooses.
+    assert_eq!(report_reads(&sim, "contoso.example.com"), (2, 0));
+    assert_eq!(report_reads(&sim, "fabrikam.example.com"), (0, 2));
+
+    // Two more embed tokens each: every file is written again, with the same URLs, and no
+    // report is read again.
+    let first = read_json(&embed_file(dir.path(), "contoso")).unwrap();
+    for tenant_id in ["contoso.example.com", "fabrikam.example.com"] {
+        let made = sim.powerbi_request_count(tenant_id, PowerBiEndpoint::GenerateToken);
+        wait_for("two more embed tokens", Duration::from_secs(15), || {
+            sim.powerbi_request_count(tenant_id, PowerBiEndpoint::GenerateToken) >= made + 2
+        })
+        .await;
+    }
+    let path = embed_file(dir.path(), "contoso");
+    wait_for(
+        "the file to hold a later token",
+        Duration::from_secs(5),
+        || read_json(&path).is_some_and(|doc| doc["token_id"] != first["token_id"]),
+    )
+    .await;
+    let later = read_json(&path).unwrap();
+    assert_eq!(later["embed_urls"], first["embed_urls"]);
+    assert_eq!(later["embed_urls_read_at"], first["embed_urls_read_at"]);
+    assert_eq!(report_reads(&sim, "contoso.example.com"), (2, 0));
+    assert_eq!(report_reads(&sim, "fabrikam.example.com"), (0, 2));
+
+    let (_, body) = daemon.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let urls = &tenant_status(&status, "contoso")["embeds"][0]["embed_urls"];
+    assert_eq!(urls["count"], 2, "{urls}");
+    assert_eq!(urls["missing"], serde_json::json!([]), "{urls}");
+    assert!(
+        urls["read_at"].as_str().is_some_and(|at| at.ends_with('Z')),
+        "{urls}"
+    );
+    assert!(urls["last_error"].is_null(), "{urls}");
+    let (_, metrics) = daemon.get("/metrics").await;
+    for line in [
+        "powerbi_tokend_embed_urls_missing{embed=\"sales\",tenant=\"contoso\"} 0",
+        "powerbi_tokend_tenants_embed_url_reads_total{result=\"success\"} 4",
+        "powerbi_tokend_tenants_embed_url_reads_total{result=\"failure\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_report_leaves_the_token_written_with_the_other_urls_and_its_failure_in_status() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    sim.mark_report_missing("contoso.example.com", OTHER_REPORT);
+    let mut embed = sales(dir.path(), "contoso", AccessLevel::View);
+    embed.workspace = Some(WORKSPACE.to_owned());
+    let tenant = embedding(&sim, "contoso", dir.path(), embed);
+    let daemon = start_daemon(config(vec![tenant], fast_daemon())).await;
+
+    let path = embed_file(dir.path(), "contoso");
+    wait_for("an embed token", Duration::from_secs(10), || {
+        read_json(&path).is_some()
+    })
+    .await;
+    let doc = read_json(&path).unwrap();
+    assert!(doc["token"].as_str().is_some_and(|t| t.starts_with("H4sI")));
+    let urls = doc["embed_urls"].as_object().expect("embed_urls");
+    assert_eq!(urls.len(), 1, "{doc}");
+    assert!(
+        urls[REPORT]
+            .as_str()
+            .is_some_and(|url| url.starts_with(&embed_url_prefix(&sim, Some(WORKSPACE), REPORT))),
+        "{doc}"
+    );
+
+    let body = daemon
+        .wait_for_get("the failed read in /status", "/status", |_, body| {
+            body.contains("PowerBIEntityNotFound")
+        })
+        .await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let tenant = tenant_status(&status, "contoso");
+    let embed = &tenant["embeds"][0];
+    let urls = &embed["embed_urls"];
+    assert_eq!(urls["count"], 1, "{embed}");
+    assert_eq!(
+        urls["missing"],
+        serde_json::json!([OTHER_REPORT]),
+        "{embed}"
+    );
+    let error = &urls["last_error"];
+    assert_eq!(error["reason"], "not_found", "{embed}");
+    assert_eq!(error["http_status"], 404, "{embed}");
+    assert_eq!(error["error_code"], "PowerBIEntityNotFound", "{embed}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|message| message.contains(OTHER_REPORT)),
+        "{embed}"
+    );
+    assert!(error["trace_id"].is_string(), "{embed}");
+    // The embed token itself is fine; the tenant needs attention for the report without a URL.
+    assert!(embed["last_error"].is_null(), "{embed}");
+    assert_eq!(tenant["state"], "api_failing", "{tenant}");
+    let (_, metrics) = daemon.get("/metrics").await;
+    for line in [
+        "powerbi_tokend_embed_urls_missing{embed=\"sales\",tenant=\"contoso\"} 1",
+        "powerbi_tokend_tenants_embed_url_reads_total{result=\"success\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains(OTHER_REPORT), "a report id in a label");
+
+    // The next embed tokens try the missing report again, and only that one.
+    let made = sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken);
+    wait_for("another embed token", Duration::from_secs(10), || {
+        sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken) > made
+    })
+    .await;
+    wait_for(
+        "the missing report read again",
+        Duration::from_secs(5),
+        || report_reads(&sim, "contoso.example.com").0 >= 3,
+    )
+    .await;
+    let (in_group, _) = report_reads(&sim, "contoso.example.com");
+    let tokens = sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken);
+    // One read of REPORT, then one of OTHER_REPORT per embed token (the last one may still be
+    // on its way).
+    assert!(
+        in_group <= 1 + tokens,
+        "{in_group} reads for {tokens} tokens"
+    );
+    assert_eq!(
+        read_json(&path).unwrap()["embed_urls"][REPORT],
+        doc["embed_urls"][REPORT]
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_warm_start_within_a_day_reads_only_the_urls_of_reports_added() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let make = |access_level, reports: &[&str]| {
+        let mut embed = sales(dir.path(), "contoso", access_level);
+        embed.reports = reports.iter().map(|id| (*id).to_owned()).collect();
+        embed.workspace = Some(WORKSPACE.to_owned());
+        embedding(&sim, "contoso", dir.path(), embed)
+    };
+    let path = embed_file(dir.path(), "contoso");
+    let daemon = start_daemon(config(
+        vec![make(AccessLevel::View, &[REPORT, OTHER_REPORT])],
+        fast_daemon(),
+    ))
+    .await;
+    wait_for(
+        "an embed token with its URLs",
+        Duration::from_secs(10),
+        || {
+            read_json(&path)
+                .is_some_and(|doc| doc["embed_urls"].as_object().is_some_and(|u| u.len() == 2))
+        },
+    )
+    .await;
+    daemon.stop().await;
+    let first = read_json(&path).unwrap();
+    assert_eq!(report_reads(&sim, "contoso.example.com"), (2, 0));
+
+    // Another access level: the stored embed token is not reused, a new one is made, and the
+    // URLs come from the stored document.
+    let made = sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken);
+    let daemon = start_daemon(config(
+        vec![make(AccessLevel::Edit, &[REPORT, OTHER_REPORT])],
+        fast_daemon(),
+    ))
+    .await;
+    wait_for("a new embed token", Duration::from_secs(10), || {
+        read_json(&path).is_some_and(|doc| doc["access_level"] == "Edit")
+    })
+    .await;
+    assert!(
+        sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken) > made
+    );
+    let second = read_json(&path).unwrap();
+    assert_eq!(second["embed_urls"], first["embed_urls"]);
+    assert_eq!(second["embed_urls_read_at"], first["embed_urls_read_at"]);
+    assert_eq!(report_reads(&sim, "contoso.example.com"), (2, 0));
+    let (_, body) = daemon.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        tenant_status(&status, "contoso")["embeds"][0]["embed_urls"]["count"],
+        2,
+        "{status}"
+    );
+    daemon.stop().await;
+
+    // A report added: only that one is read.
+    const THIRD: &str = "7d43a99a-0000-4b8a-9c7c-000000000008";
+    let daemon = start_daemon(config(
+        vec![make(AccessLevel::Edit, &[REPORT, OTHER_REPORT, THIRD])],
+        fast_daemon(),
+    ))
+    .await;
+    wait_for("the third report's URL", Duration::from_secs(10), || {
+        read_json(&path).is_some_and(|doc| doc["embed_urls"][THIRD].is_string())
+    })
+    .await;
+    let third = read_json(&path).unwrap();
+    assert_eq!(third["embed_urls"][REPORT], first["embed_urls"][REPORT]);
+    assert_eq!(report_reads(&sim, "contoso.example.com"), (3, 0));
+    daemon.stop().await;
 }

@@ -2834,7 +2834,8 @@ fn checks_reject_what_they_should() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Target: Power BI answers (probe classification, GenerateToken, stored embed tokens)
+// Target: Power BI answers (probe classification, GenerateToken, stored embed tokens, report
+// reads and stored embed URLs)
 // ---------------------------------------------------------------------------------------------
 
 /// What a Power BI answer comes with besides its body: the status, the bearer token that was
@@ -2868,6 +2869,8 @@ fn powerbi_seeds() -> Vec<Vec<u8>> {
         r#"{"error":{"code":"TokenExpired","message":"Access token has expired, resubmit with a new access token"}}"#,
         r#"{"token":"H4sIAAAAAAAEAB2Wxw6sVgJ","tokenId":"49ae3742-0000-4c29-af52-000000000006","expiration":"2026-01-01T01:00:00Z"}"#,
         r#"{"token":"H4sI","token_id":"x","expiration":"2026-01-01T01:00:00Z","expires_on":1767229200,"issued_on":1767225600,"tenant":"contoso","embed":"sales","reports":["5b218778-0000-4b8a-9c7c-000000000004"],"datasets":[],"access_level":"View"}"#,
+        r#"{"id":"5b218778-0000-4b8a-9c7c-000000000004","reportType":"PowerBIReport","name":"Sales","webUrl":"https://app.powerbi.com/groups/me/reports/5b218778-0000-4b8a-9c7c-000000000004","embedUrl":"https://app.powerbi.com/reportEmbed?reportId=5b218778-0000-4b8a-9c7c-000000000004&w=2&config=eyJ9%3d","datasetId":"cfafbeb1-0000-4d0c-896e-000000000003"}"#,
+        r#"{"tenant":"contoso","embed":"sales","workspace":null,"embed_urls":{"5b218778-0000-4b8a-9c7c-000000000004":"https://app.powerbi.com/reportEmbed?reportId=5b218778-0000-4b8a-9c7c-000000000004"},"embed_urls_read_at":1767225600}"#,
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -2884,9 +2887,16 @@ fn generate_powerbi(rng: &mut Rng, context: &PowerBiContext) -> Vec<u8> {
         powerbi_tokend::clock::rfc3339_unix(NOW + rng.i64(-7200..7200)).unwrap_or_default();
     let guid = random_guid(rng);
     let text = tricky_text(rng, 3);
+    let url = match rng.u8(..3) {
+        0 => format!("https://app.powerbi.com/reportEmbed?reportId={guid}&config={text}"),
+        1 => format!("http://{text}/reportEmbed"),
+        _ => text.clone(),
+    };
     let fields = [
         ("token".to_owned(), json_string(&echo)),
         ("tokenId".to_owned(), json_string(&guid)),
+        ("embedUrl".to_owned(), json_string(&url)),
+        ("id".to_owned(), json_string(REPORT_ID)),
         ("expiration".to_owned(), json_string(&expiration)),
         (
             "error".to_owned(),
@@ -2898,6 +2908,44 @@ fn generate_powerbi(rng: &mut Rng, context: &PowerBiContext) -> Vec<u8> {
         ),
     ];
     json_object(rng, &fields)
+}
+
+/// The report the Power BI target's embed reads and stores.
+const REPORT_ID: &str = "5b218778-0000-4b8a-9c7c-000000000004";
+
+/// An embed URL the daemon accepted: https (http only on loopback), bounded, URL characters.
+fn check_embed_url_kept(url: &str) -> Result<(), Violation> {
+    let bounded = url.len() <= powerbi_tokend::powerbi::embed_urls::MAX_EMBED_URL
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"'<>#`{}|\\^".contains(&b));
+    let loopback_http = ["http://127.", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|prefix| url.starts_with(prefix));
+    if bounded && (url.starts_with("https://") || loopback_http) {
+        Ok(())
+    } else {
+        Err(Violation::new(
+            "an embed URL is https (or loopback http), short and plain",
+            url.to_owned(),
+        ))
+    }
+}
+
+/// Reads `body` as a report answer and as a stored document with embed URLs; every URL kept
+/// passes [`check_embed_url_kept`]. Returns whether each gave a URL.
+fn check_embed_urls(
+    body: &[u8],
+    tenant: &config::TenantConfig,
+    embed: &config::EmbedConfig,
+) -> Result<(bool, bool), Violation> {
+    use powerbi_tokend::powerbi::embed_urls;
+    let read = embed_urls::parse_report(body, REPORT_ID).ok();
+    let stored = embed_urls::parse_stored(body, tenant, embed, NOW);
+    for url in read.iter().map(String::as_str).chain(stored.url(REPORT_ID)) {
+        check_embed_url_kept(url)?;
+    }
+    Ok((read.is_some(), stored.url(REPORT_ID).is_some()))
 }
 
 fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violation> {
@@ -2952,9 +3000,11 @@ fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violat
         access_level: config::AccessLevel::View,
         lifetime: None,
         xmla_read_only: false,
+        workspace: None,
         identities: Vec::new(),
         sinks: Vec::new(),
     };
+    let (read, stored_url) = check_embed_urls(body, &tenant, &embed)?;
     let stored = embed::parse_existing(body, &tenant, &embed);
     if let Some(token) = &stored {
         if token.issued_on >= token.expires_on {
@@ -2966,10 +3016,12 @@ fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violat
         let _ = token.refresh_point(0.5);
     }
     Ok(format!(
-        "{}:{}:{}",
+        "{}:{}:{}:{}:{}",
         classified.map_or_else(|f| f.reason.as_str().to_owned(), |()| "ok".to_owned()),
         made.is_ok(),
-        stored.is_some()
+        stored.is_some(),
+        read,
+        stored_url
     ))
 }
 
@@ -2981,6 +3033,10 @@ fn fuzz_powerbi_answers() {
         dictionary: [
             "\"pbi.error\"",
             "\"tokenId\"",
+            "\"embedUrl\"",
+            "\"embed_urls\"",
+            "\"embed_urls_read_at\"",
+            "http://127.0.0.1",
             "\"expiration\"",
             "T00:00:00Z",
             "+14:00",

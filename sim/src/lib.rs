@@ -62,8 +62,11 @@
 //!   faults IMDS is known for.
 //!
 //! * **Power BI** (§8). `GET /v1.0/myorg/groups` (the daemon's probe; `$top` and `$skip`
-//!   honoured, `$filter` ignored) and `POST /v1.0/myorg/GenerateToken` (V2 embed tokens), on
-//!   the same listener, so [`SimEntra::powerbi_api`] is the authority host. The bearer token
+//!   honoured, `$filter` ignored), `POST /v1.0/myorg/GenerateToken` (V2 embed tokens), and the
+//!   report reads `GET /v1.0/myorg/groups/{group}/reports/{report}` and
+//!   `GET /v1.0/myorg/reports/{report}` (every GUID a report with an `embedUrl` on this host,
+//!   unless [`SimEntra::mark_report_missing`]: 404 `PowerBIEntityNotFound`), on the same
+//!   listener, so [`SimEntra::powerbi_api`] is the authority host. The bearer token
 //!   must be one this simulator signed, for the Power BI resource of the cloud set with
 //!   [`SimEntra::set_powerbi_cloud`], and not expired: else 401 `PowerBINotAuthorizedException`
 //!   (403 `TokenExpired` when only its time is up). Its `tid` names the tenant whose
@@ -125,7 +128,7 @@
 //! * `federated.rs`: external tokens matched against federated identity credentials.
 //! * `jwt.rs`: JWT decoding and the lifetime checks both kinds of assertion share.
 //! * `managed_identity.rs`: the IMDS and App Service endpoints.
-//! * `powerbi.rs`: the Power BI REST API: bearer checks, workspaces, embed tokens, and the
+//! * `powerbi.rs`: the Power BI REST API: bearer checks, workspaces, embed tokens, reports, and the
 //!   per-tenant [`PowerBiBehavior`]s.
 //! * `key_vault.rs`: Azure Key Vault's secrets endpoint: bearer checks and the challenge,
 //!   access grants, secret versions, [`KeyVaultFault`]s.
@@ -182,7 +185,7 @@ pub use powerbi::{PowerBiBehavior, PowerBiEndpoint};
 
 use key_vault::{KeyVaultState, name_key, secret};
 use managed_identity::{app_service_token, imds_token};
-use powerbi::{PowerBiState, generate_token, groups};
+use powerbi::{PowerBiState, generate_token, groups, report, report_in_group};
 use token_endpoint::{openid_configuration, token_v1, token_v2};
 use wire::{client_key, tenant_key};
 
@@ -644,6 +647,20 @@ impl SimEntra {
             .rls_datasets = datasets.iter().map(|id| id.to_ascii_lowercase()).collect();
     }
 
+    /// Marks a report of this tenant as gone: Get Report and Get Report In Group answer 404
+    /// `PowerBIEntityNotFound` for it from now on (every other GUID is a report). GenerateToken
+    /// does not look reports up here (the real one would refuse a report that is gone), so a
+    /// test can see a failed read next to an embed token that is made.
+    pub fn mark_report_missing(&self, tenant_id: &str, report_id: &str) {
+        self.shared
+            .powerbi()
+            .tenants
+            .entry(tenant_key(tenant_id))
+            .or_default()
+            .missing_reports
+            .push(report_id.to_ascii_lowercase());
+    }
+
     /// Power BI requests for this tenant at one endpoint, whatever the answer. Only requests
     /// whose bearer token verified are counted: before that the tenant is unknown.
     pub fn powerbi_request_count(&self, tenant_id: &str, endpoint: PowerBiEndpoint) -> u64 {
@@ -961,6 +978,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/msi/token", any(app_service_token))
         .route("/v1.0/myorg/groups", any(groups))
         .route("/v1.0/myorg/GenerateToken", any(generate_token))
+        .route(
+            "/v1.0/myorg/groups/{group}/reports/{report}",
+            any(report_in_group),
+        )
+        .route("/v1.0/myorg/reports/{report}", any(report))
         .route("/secrets/{*path}", any(secret))
         .with_state(shared)
 }

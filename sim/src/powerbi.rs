@@ -1,12 +1,16 @@
 //! The Power BI REST API of the simulator (reference §8): `GET /v1.0/myorg/groups`, the call the
-//! daemon makes to prove a token works, and `POST /v1.0/myorg/GenerateToken`, the V2 embed token.
+//! daemon makes to prove a token works, `POST /v1.0/myorg/GenerateToken`, the V2 embed token,
+//! and the two report reads the daemon takes embed URLs from, Get Report In Group
+//! (`GET /v1.0/myorg/groups/{group}/reports/{report}`) and Get Report
+//! (`GET /v1.0/myorg/reports/{report}`, "My workspace").
 //!
-//! Both check the bearer token as the real API does, as far as a client can observe it: a token
-//! this simulator did not sign, one for another cloud's Power BI resource, or none at all gets
-//! 401 `PowerBINotAuthorizedException`; a token whose `exp` has passed gets 403 `TokenExpired`
-//! (reference §8.2: Power BI answers an expired token with 403, not 401). There is no clock
-//! skew: a token is expired from the second its `exp` names, which is stricter than a validator
-//! with five minutes of leeway and so never lets a daemon rely on leeway it may not get.
+//! All of them check the bearer token as the real API does, as far as a client can observe it:
+//! a token this simulator did not sign, one for another cloud's Power BI resource, or none at
+//! all gets 401 `PowerBINotAuthorizedException`; a token whose `exp` has passed gets 403
+//! `TokenExpired` (reference §8.2: Power BI answers an expired token with 403, not 401). There
+//! is no clock skew: a token is expired from the second its `exp` names, which is stricter than
+//! a validator with five minutes of leeway and so never lets a daemon rely on leeway it may not
+//! get.
 //!
 //! A valid token's `tid` claim names the tenant. Its [`PowerBiBehavior`] (set with
 //! [`SimEntra::set_powerbi_behavior`](super::SimEntra::set_powerbi_behavior)) then decides the
@@ -27,8 +31,18 @@
 //!   (PowerBI-CSharp `sdk/PowerBI.Api/Extensions/V2/HttpOperationExceptionHandler.cs`); that it
 //!   repeats the body's code is a guess.
 //! * Bodies: `@odata.context`, the workspace fields and the embed token fields from §8.2 and
-//!   §8.3. `expiration` is ISO-8601 UTC in whole seconds, no later than the bearer token's
-//!   `exp` (§8.3), nor `lifetimeInMinutes` from now, nor an hour from now.
+//!   §8.3. A report has the fields of the Get Report (In Group) samples in Microsoft's REST
+//!   reference (`id`, `name`, `webUrl`, `embedUrl`, `datasetId`) and of its Report definition
+//!   (`reportType`, `isFromPbix`, `isOwnedByMe`, `datasetWorkspaceId`, `users`,
+//!   `subscriptions`). Every GUID is a report, in any workspace, unless the test marked it
+//!   missing ([`SimEntra::mark_report_missing`](super::SimEntra::mark_report_missing)): then
+//!   404 `PowerBIEntityNotFound`, as for an item that is gone. Its `embedUrl` has the real
+//!   shape (`/reportEmbed?reportId=…&groupId=…&w=2&config=…`, `config` the base64 of
+//!   `{"clusterUrl":…}` with `=` written `%3d`) on the simulator's own host, so a browser-less
+//!   test can tell the two reads apart (My workspace has no `groupId`). A report id that is not
+//!   a GUID gets 400 `InvalidRequest` (what Power BI answers is not documented).
+//!   `expiration` is ISO-8601 UTC in whole seconds, no later than the bearer token's `exp`
+//!   (§8.3), nor `lifetimeInMinutes` from now, nor an hour from now.
 //!
 //! Nothing here logs a bearer token or an embed token; the embed token is random bytes behind
 //! a gzip header (real ones are base64 of gzip and begin `H4sI`) and carries no secret.
@@ -116,6 +130,10 @@ pub enum PowerBiEndpoint {
     Groups,
     /// `POST /v1.0/myorg/GenerateToken`
     GenerateToken,
+    /// `GET /v1.0/myorg/groups/{group}/reports/{report}` (Get Report In Group)
+    ReportInGroup,
+    /// `GET /v1.0/myorg/reports/{report}` (Get Report, My workspace)
+    Report,
 }
 
 impl PowerBiEndpoint {
@@ -123,14 +141,18 @@ impl PowerBiEndpoint {
         match self {
             PowerBiEndpoint::Groups => "groups",
             PowerBiEndpoint::GenerateToken => "generate_token",
+            PowerBiEndpoint::ReportInGroup => "report_in_group",
+            PowerBiEndpoint::Report => "report",
         }
     }
 
     /// The only method the endpoint answers.
     fn method(self) -> Method {
         match self {
-            PowerBiEndpoint::Groups => Method::GET,
             PowerBiEndpoint::GenerateToken => Method::POST,
+            PowerBiEndpoint::Groups | PowerBiEndpoint::ReportInGroup | PowerBiEndpoint::Report => {
+                Method::GET
+            }
         }
     }
 }
@@ -149,10 +171,8 @@ pub(super) struct PowerBiState {
 pub(super) struct PowerBiTenant {
     /// Applies to every request of the tenant until changed.
     pub(super) behavior: PowerBiBehavior,
-    /// Requests to `groups` with a valid token.
-    groups_requests: u64,
-    /// Requests to `GenerateToken` with a valid token.
-    generate_token_requests: u64,
+    /// Requests with a valid token, per endpoint.
+    requests: HashMap<PowerBiEndpoint, u64>,
     /// The latest GenerateToken body that parsed as JSON.
     pub(super) last_generate_token_request: Option<Value>,
     /// `tokenId` and expiry of the latest embed token issued; never the token.
@@ -160,14 +180,13 @@ pub(super) struct PowerBiTenant {
     /// Datasets with row-level security (ids in lower case): GenerateToken needs an effective
     /// identity for each, and refuses one for any other dataset.
     pub(super) rls_datasets: Vec<String>,
+    /// Reports (ids in lower case) the report reads answer 404 for.
+    pub(super) missing_reports: Vec<String>,
 }
 
 impl PowerBiTenant {
     pub(super) fn requests(&self, endpoint: PowerBiEndpoint) -> u64 {
-        match endpoint {
-            PowerBiEndpoint::Groups => self.groups_requests,
-            PowerBiEndpoint::GenerateToken => self.generate_token_requests,
-        }
+        self.requests.get(&endpoint).copied().unwrap_or(0)
     }
 }
 
@@ -183,10 +202,7 @@ impl Shared {
     ) -> PowerBiBehavior {
         let mut state = self.powerbi();
         let tenant = state.tenants.entry(tenant_key.to_owned()).or_default();
-        match endpoint {
-            PowerBiEndpoint::Groups => tenant.groups_requests += 1,
-            PowerBiEndpoint::GenerateToken => tenant.generate_token_requests += 1,
-        }
+        *tenant.requests.entry(endpoint).or_default() += 1;
         if body.is_some() {
             tenant.last_generate_token_request = body;
         }
@@ -200,6 +216,18 @@ impl Shared {
             .get(tenant_key)
             .map(|tenant| tenant.rls_datasets.clone())
             .unwrap_or_default()
+    }
+
+    /// Whether the tenant's report reads answer 404 for `report`.
+    fn report_missing(&self, tenant_key: &str, report: &str) -> bool {
+        self.powerbi()
+            .tenants
+            .get(tenant_key)
+            .is_some_and(|tenant| {
+                tenant
+                    .missing_reports
+                    .contains(&report.to_ascii_lowercase())
+            })
     }
 
     fn record_embed_token(&self, tenant_key: &str, token_id: String, expires: SystemTime) {
@@ -220,6 +248,17 @@ pub(super) async fn generate_token(
     request: Request,
 ) -> Response {
     serve(&shared, PowerBiEndpoint::GenerateToken, request).await
+}
+
+pub(super) async fn report_in_group(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+) -> Response {
+    serve(&shared, PowerBiEndpoint::ReportInGroup, request).await
+}
+
+pub(super) async fn report(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    serve(&shared, PowerBiEndpoint::Report, request).await
 }
 
 /// Answers one request and logs it (tenant, status, error code; never a token).
@@ -252,11 +291,11 @@ async fn answer_request(
         return Reply::method_not_allowed(endpoint.method());
     }
     let body = match endpoint {
-        PowerBiEndpoint::Groups => None,
         PowerBiEndpoint::GenerateToken => match read_capped(body).await {
             Some(bytes) => Some(bytes),
             None => return Reply::too_large(),
         },
+        PowerBiEndpoint::Groups | PowerBiEndpoint::ReportInGroup | PowerBiEndpoint::Report => None,
     };
     let caller = match authenticate(shared, &parts.headers) {
         Ok(caller) => caller,
@@ -279,6 +318,9 @@ async fn answer_request(
         PowerBiEndpoint::Groups => list_groups(shared, &caller, parts.uri.query()),
         PowerBiEndpoint::GenerateToken => {
             issue_embed_token(shared, &caller, &parts.headers, parsed)
+        }
+        PowerBiEndpoint::ReportInGroup | PowerBiEndpoint::Report => {
+            get_report(shared, &caller, parts.uri.path())
         }
     }
 }
@@ -385,6 +427,68 @@ fn list_groups(shared: &Shared, caller: &Caller, query: Option<&str>) -> Reply {
         "@odata.context": format!("{}/v1.0/myorg/$metadata#groups", shared.authority_host),
         "value": workspaces,
     }))
+}
+
+/// A report of Get Report In Group (`path` names the workspace) or Get Report (My workspace):
+/// every GUID is one, unless marked missing.
+fn get_report(shared: &Shared, caller: &Caller, path: &str) -> Reply {
+    let segments: Vec<&str> = path.trim_start_matches("/v1.0/myorg/").split('/').collect();
+    let (workspace, report) = match segments.as_slice() {
+        ["groups", workspace, "reports", report] => (Some(*workspace), *report),
+        ["reports", report] => (None, *report),
+        _ => return Reply::not_found(),
+    };
+    if !is_guid(report) || !workspace.is_none_or(is_guid) {
+        return Reply::invalid_request("The report and workspace ids must be GUIDs.");
+    }
+    if shared.report_missing(&caller.tenant_key, report) {
+        return Reply::not_found();
+    }
+    Reply::ok(report_body(
+        &shared.authority_host,
+        &caller.tenant_key,
+        workspace.map(str::to_ascii_lowercase).as_deref(),
+        &report.to_ascii_lowercase(),
+    ))
+}
+
+/// The Report a read answers with, on the simulator's `host`.
+fn report_body(host: &str, tenant_key: &str, workspace: Option<&str>, report: &str) -> Value {
+    let cluster = json!({ "clusterUrl": host }).to_string();
+    let config = STANDARD
+        .encode(cluster)
+        .replace('+', "%2b")
+        .replace('/', "%2f")
+        .replace('=', "%3d");
+    let (context, web_url, embed_url) = match workspace {
+        Some(workspace) => (
+            format!("{host}/v1.0/myorg/groups/{workspace}/$metadata#reports/$entity"),
+            format!("{host}/groups/{workspace}/reports/{report}"),
+            format!("{host}/reportEmbed?reportId={report}&groupId={workspace}&w=2&config={config}"),
+        ),
+        None => (
+            format!("{host}/v1.0/myorg/$metadata#reports/$entity"),
+            format!("{host}/groups/me/reports/{report}"),
+            format!("{host}/reportEmbed?reportId={report}&w=2&config={config}"),
+        ),
+    };
+    let mut body = json!({
+        "@odata.context": context,
+        "id": report,
+        "reportType": "PowerBIReport",
+        "name": format!("Report {}", report.get(..8).unwrap_or(report)),
+        "webUrl": web_url,
+        "embedUrl": embed_url,
+        "isFromPbix": true,
+        "isOwnedByMe": true,
+        "datasetId": stable_guid(&["dataset", tenant_key, report]),
+        "users": [],
+        "subscriptions": [],
+    });
+    if let Some(workspace) = workspace {
+        body["datasetWorkspaceId"] = json!(workspace);
+    }
+    body
 }
 
 /// A version-4 GUID derived from `parts`, the same for the same parts.
@@ -788,6 +892,31 @@ mod tests {
         .await
     }
 
+    async fn get_report(
+        fixture: &Fixture,
+        token: &str,
+        workspace: Option<&str>,
+        report: &str,
+    ) -> Answer {
+        answer(
+            fixture
+                .http
+                .get(report_url(&fixture.sim, workspace, report))
+                .bearer_auth(token),
+        )
+        .await
+    }
+
+    fn report_url(sim: &SimEntra, workspace: Option<&str>, report: &str) -> String {
+        match workspace {
+            Some(workspace) => format!(
+                "{}/v1.0/myorg/groups/{workspace}/reports/{report}",
+                sim.powerbi_api()
+            ),
+            None => format!("{}/v1.0/myorg/reports/{report}", sim.powerbi_api()),
+        }
+    }
+
     fn generate_url(sim: &SimEntra) -> String {
         format!("{}/v1.0/myorg/GenerateToken", sim.powerbi_api())
     }
@@ -895,7 +1024,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn each_behavior_answers_both_endpoints_with_its_status_body_and_headers() {
+    async fn each_behavior_answers_every_endpoint_with_its_status_body_and_headers() {
         let fixture = fixture().await;
         let token = bearer(&fixture, POWER_BI_SCOPE).await;
         let cases: [(PowerBiBehavior, u16, &str); 5] = [
@@ -920,6 +1049,8 @@ mod tests {
             let answers = [
                 get_groups(&fixture, &token, "").await,
                 post_generate(&fixture, &token, &embed_request(0)).await,
+                get_report(&fixture, &token, Some(WORKSPACE), REPORT).await,
+                get_report(&fixture, &token, None, REPORT).await,
             ];
             for answer in &answers {
                 assert_eq!(answer.status, status, "{behavior:?}: {}", answer.body);
@@ -972,6 +1103,138 @@ mod tests {
                 .powerbi_request_count(TENANT, PowerBiEndpoint::GenerateToken),
             5
         );
+    }
+
+    #[tokio::test]
+    async fn every_guid_is_a_report_with_an_embed_url_in_its_workspace_or_my_workspace() {
+        let fixture = fixture().await;
+        let token = bearer(&fixture, POWER_BI_SCOPE).await;
+        let host = fixture.sim.powerbi_api();
+        // Ids are answered in lower case, as Power BI writes them.
+        let answer = get_report(&fixture, &token, Some(WORKSPACE), &REPORT.to_uppercase()).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_powerbi_headers(&answer, None);
+        let body = answer.json();
+        assert_eq!(
+            body["@odata.context"],
+            format!("{host}/v1.0/myorg/groups/{WORKSPACE}/$metadata#reports/$entity")
+        );
+        assert_eq!(body["id"], REPORT);
+        assert_eq!(body["reportType"], "PowerBIReport");
+        assert!(body["name"].is_string());
+        assert_eq!(
+            body["webUrl"],
+            format!("{host}/groups/{WORKSPACE}/reports/{REPORT}")
+        );
+        assert!(looks_like_guid(
+            body["datasetId"].as_str().expect("datasetId")
+        ));
+        assert_eq!(body["datasetWorkspaceId"], WORKSPACE);
+        let embed_url = body["embedUrl"].as_str().expect("embedUrl");
+        let prefix =
+            format!("{host}/reportEmbed?reportId={REPORT}&groupId={WORKSPACE}&w=2&config=");
+        let config = embed_url.strip_prefix(&prefix).expect(embed_url);
+        let decoded = STANDARD
+            .decode(
+                config
+                    .replace("%3d", "=")
+                    .replace("%2b", "+")
+                    .replace("%2f", "/"),
+            )
+            .expect("base64");
+        let cluster: Value = serde_json::from_slice(&decoded).expect("json");
+        assert_eq!(cluster, json!({ "clusterUrl": host }));
+        // The same report again: the same answer.
+        let again = get_report(&fixture, &token, Some(WORKSPACE), REPORT)
+            .await
+            .json();
+        assert_eq!(again, body);
+
+        // My workspace: no group in the URLs.
+        let mine = get_report(&fixture, &token, None, REPORT).await;
+        assert_eq!(mine.status, 200, "{}", mine.body);
+        let mine = mine.json();
+        assert_eq!(
+            mine["@odata.context"],
+            format!("{host}/v1.0/myorg/$metadata#reports/$entity")
+        );
+        assert_eq!(mine["webUrl"], format!("{host}/groups/me/reports/{REPORT}"));
+        let embed_url = mine["embedUrl"].as_str().expect("embedUrl");
+        assert!(
+            embed_url.starts_with(&format!("{host}/reportEmbed?reportId={REPORT}&w=2&config=")),
+            "{embed_url}"
+        );
+        assert!(mine.get("datasetWorkspaceId").is_none());
+
+        assert_eq!(requests(&fixture, PowerBiEndpoint::ReportInGroup), 2);
+        assert_eq!(requests(&fixture, PowerBiEndpoint::Report), 1);
+        assert_eq!(requests(&fixture, PowerBiEndpoint::Groups), 0);
+    }
+
+    #[tokio::test]
+    async fn a_report_marked_missing_gets_404_and_bad_reads_are_refused() {
+        let fixture = fixture().await;
+        let token = bearer(&fixture, POWER_BI_SCOPE).await;
+        fixture
+            .sim
+            .mark_report_missing(TENANT, &REPORT.to_uppercase());
+        for workspace in [Some(WORKSPACE), None] {
+            let answer = get_report(&fixture, &token, workspace, REPORT).await;
+            assert_eq!(answer.status, 404, "{}", answer.body);
+            assert_powerbi_headers(&answer, Some("PowerBIEntityNotFound"));
+            assert_eq!(
+                answer.json(),
+                json!({"error":{"code":"PowerBIEntityNotFound","pbi.error":{
+                    "code":"PowerBIEntityNotFound","parameters":{},"details":[],
+                    "exceptionCulprit":1}}})
+            );
+        }
+        // Only that report, only for that tenant.
+        let other = "6c329889-0000-4b8a-9c7c-000000000007";
+        assert_eq!(
+            get_report(&fixture, &token, Some(WORKSPACE), other)
+                .await
+                .status,
+            200
+        );
+        // Not a GUID.
+        let not_guid = get_report(&fixture, &token, Some(WORKSPACE), "sales").await;
+        assert_eq!(not_guid.status, 400, "{}", not_guid.body);
+        assert_powerbi_headers(&not_guid, Some("InvalidRequest"));
+        assert_eq!(
+            get_report(&fixture, &token, Some("x"), other).await.status,
+            400
+        );
+        // Without a valid token, or with another method.
+        assert_not_authorized(&get_report(&fixture, "not-a-jwt", Some(WORKSPACE), other).await);
+        assert_not_authorized(&answer_of(&fixture, None, other).await);
+        let wrong_method = answer(
+            fixture
+                .http
+                .post(report_url(&fixture.sim, None, other))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(wrong_method.status, 405);
+        assert_eq!(wrong_method.header("allow"), Some("GET"));
+        // Counted once the token verified: 2 missing, 1 found, 2 not GUIDs.
+        assert_eq!(requests(&fixture, PowerBiEndpoint::ReportInGroup), 4);
+        assert_eq!(requests(&fixture, PowerBiEndpoint::Report), 1);
+    }
+
+    /// The simulator's count of the test tenant's requests to `endpoint`.
+    fn requests(fixture: &Fixture, endpoint: PowerBiEndpoint) -> u64 {
+        fixture.sim.powerbi_request_count(TENANT, endpoint)
+    }
+
+    /// A report read without a bearer token.
+    async fn answer_of(fixture: &Fixture, workspace: Option<&str>, report: &str) -> Answer {
+        answer(
+            fixture
+                .http
+                .get(report_url(&fixture.sim, workspace, report)),
+        )
+        .await
     }
 
     #[tokio::test]

@@ -126,6 +126,7 @@ impl Loader<'_> {
         let lifetime = self.embed_lifetime(at, &key, raw);
         let identities = self.embed_identities(at, &key, raw);
         let xmla_read_only = self.embed_xmla(at, &key, raw);
+        self.embed_workspace(at, &key, raw);
         let sinks = self.embed_sinks(at, &key, raw, tenant, &name);
         if self.problems.len() != before {
             return None;
@@ -139,8 +140,31 @@ impl Loader<'_> {
             lifetime,
             xmla_read_only,
             identities,
+            workspace: raw.workspace.clone(),
             sinks: sinks?,
         })
+    }
+
+    /// `workspace`: a GUID, the workspace the embed's reports are read from for their embed
+    /// URLs; it is of no use to an embed without reports.
+    fn embed_workspace(&mut self, at: usize, key: &str, raw: &RawEmbed) {
+        let Some(workspace) = &raw.workspace else {
+            return;
+        };
+        if !is_guid(workspace) {
+            self.problem(
+                Some(at),
+                format!("{key}.workspace"),
+                format!("expected a GUID (the id in the workspace's URL), got {workspace:?}"),
+            );
+        }
+        if raw.reports.is_empty() {
+            self.problem(
+                Some(at),
+                format!("{key}.workspace"),
+                "is where the embed's reports are read from, and it lists none".to_owned(),
+            );
+        }
     }
 
     /// `reports`, `datasets` and `target_workspaces`: GUIDs, no more of each than GenerateToken

@@ -128,6 +128,7 @@ pub(super) struct RawEmbed {
     pub(super) access_level: Option<String>,
     pub(super) lifetime: Option<String>,
     pub(super) xmla_permissions: Option<String>,
+    pub(super) workspace: Option<String>,
     #[serde(default)]
     pub(super) identities: Vec<RawIdentity>,
     pub(super) sinks: Option<Vec<RawSink>>,

@@ -569,6 +569,10 @@ pub struct EmbedConfig {
     /// The effective identities (row-level security) the token is made for; empty for
     /// datasets without RLS.
     pub identities: Vec<EffectiveIdentity>,
+    /// `workspace`: the workspace (GUID) the reports live in. Their embed URLs are read with
+    /// Get Report In Group (`/groups/{workspace}/reports/{id}`); without it, with Get Report
+    /// (`/reports/{id}`, "My workspace", which a service principal does not have).
+    pub workspace: Option<String>,
     /// Where the embed token is written.
     pub sinks: Vec<SinkConfig>,
 }

@@ -87,8 +87,9 @@ pub(super) fn check_url(raw: &str, allow_path: bool) -> Result<String, String> {
     }
 }
 
-/// `localhost`, `127.x.y.z` or `[::1]`, with an optional port.
-fn is_loopback_authority(authority: &str) -> bool {
+/// `localhost`, `127.x.y.z` or `[::1]`, with an optional port. Also the rule for URLs from
+/// outside that may use http (embed URLs read from Power BI).
+pub(crate) fn is_loopback_authority(authority: &str) -> bool {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {

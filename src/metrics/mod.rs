@@ -66,6 +66,9 @@ pub struct Metrics {
     embeds: Outcomes<{ Reason::EMBED.len() }>,
     /// Power BI access probes, all tenants.
     probe: ProbeMetrics,
+    /// Reads of reports' embed URLs of all tenants, by result and by reason (in the order of
+    /// [`Reason::API`]).
+    embed_urls: Outcomes<{ Reason::API.len() }>,
     /// `powerbi_tokend_per_tenant_metrics{mode}`: 1 on the mode in effect, 0 on the others, so an
     /// alert can tell "no tenant has a problem" from "no tenant is named".
     per_tenant_mode: IntGaugeVec,
@@ -156,6 +159,18 @@ impl Metrics {
                 Reason::EMBED,
             )?,
             probe: ProbeMetrics::register(&registry)?,
+            embed_urls: Outcomes::register(
+                &registry,
+                Opts::new(
+                    "powerbi_tokend_tenants_embed_url_reads_total",
+                    "Reads of reports' embed URLs (Get Report) of all tenants by result; keeps counting when a tenant leaves the configuration.",
+                ),
+                Opts::new(
+                    "powerbi_tokend_tenants_embed_url_read_failures_total",
+                    "Failed reads of reports' embed URLs of all tenants by reason; keeps counting when a tenant leaves the configuration.",
+                ),
+                Reason::API,
+            )?,
             per_tenant_mode: registered(&registry, per_tenant_mode)?,
             registry,
             per_tenant: AtomicU8::new(0),
@@ -428,6 +443,8 @@ struct EmbedRow {
     successes: u64,
     /// Failures by reason (in the order of [`Reason::EMBED`]).
     failures: [u64; Reason::EMBED.len()],
+    /// Reports of the embed without an embed URL; `None` for an embed without reports.
+    urls_missing: Option<usize>,
 }
 
 /// The tenants one scrape shows, in name order: their rows, and all their names in one buffer.
@@ -466,6 +483,7 @@ impl Rows {
                 expires_on: embed.token.expires_on,
                 successes: embed.token.successes,
                 failures: Reason::counts_in(&embed.token.failures_by_reason, &Reason::EMBED),
+                urls_missing: embed.urls.as_ref().map(|urls| urls.missing.len()),
             });
         }
         self.rows.push(Row {
@@ -502,10 +520,11 @@ impl Rows {
         self.write_embeds(out);
     }
 
-    /// The embed token families: expiry, attempts by result, failures by reason.
+    /// The embed token families: expiry, attempts by result, failures by reason, reports
+    /// without an embed URL.
     fn write_embeds(&self, out: &mut String) {
         let name_of = |range: (usize, usize)| self.names.get(range.0..range.1).unwrap_or_default();
-        let families: [(&str, &str, &str); 3] = [
+        let families: [(&str, &str, &str); 4] = [
             (
                 "powerbi_tokend_embed_token_expiry_timestamp_seconds",
                 "gauge",
@@ -520,6 +539,11 @@ impl Rows {
                 "powerbi_tokend_embed_refresh_failures_total",
                 "counter",
                 "Failed embed token refreshes by reason.",
+            ),
+            (
+                "powerbi_tokend_embed_urls_missing",
+                "gauge",
+                "Reports of the embed whose embed URL is not in its document (not read yet, or the last read failed); absent for an embed without reports.",
             ),
         ];
         for (index, (family, kind, help)) in families.iter().enumerate() {
@@ -543,6 +567,12 @@ impl Rows {
                         for (result, count) in [("failure", failed), ("success", row.successes)] {
                             let labels = [("embed", embed), ("result", result), ("tenant", tenant)];
                             sample(out, family, &labels, count);
+                        }
+                    }
+                    3 => {
+                        if let Some(missing) = row.urls_missing {
+                            let labels = [("embed", embed), ("tenant", tenant)];
+                            sample(out, family, &labels, missing);
                         }
                     }
                     _ => {
@@ -756,6 +786,10 @@ impl Observer for Metrics {
         self.embeds.record(result);
     }
 
+    fn embed_url_read(&self, result: Result<(), Reason>) {
+        self.embed_urls.record(result);
+    }
+
     fn probe_finished(&self, result: Result<(), Reason>, duration: Duration) {
         self.probe.duration.observe(duration.as_secs_f64());
         if let Err(reason) = result
@@ -810,6 +844,7 @@ mod tests {
     #[test]
     fn a_tenant_with_embed_tokens_keeps_its_own_name_in_every_family() {
         let registry = status::Registry::new();
+        // `sales` has a report without an embed URL; `finance` has only datasets, so no URLs.
         let embed = |name: &str| status::EmbedStatus {
             name: name.to_owned(),
             token: status::TokenStatus {
@@ -817,6 +852,13 @@ mod tests {
                 successes: 1,
                 ..Default::default()
             },
+            urls: (name == "sales").then(|| {
+                Box::new(status::EmbedUrlsStatus {
+                    count: 1,
+                    missing: vec!["6c329889-0000-4b8a-9c7c-000000000007".to_owned()],
+                    ..Default::default()
+                })
+            }),
         };
         for (name, embeds) in [
             ("contoso", vec![embed("sales"), embed("finance")]),
@@ -846,6 +888,34 @@ mod tests {
             "powerbi_tokend_tenant_state{state=\"healthy\",tenant=\"fabrikam\"} 1",
             "powerbi_tokend_embed_token_expiry_timestamp_seconds{embed=\"finance\",tenant=\"contoso\"} 4000000000",
             "powerbi_tokend_embed_refresh_total{embed=\"sales\",result=\"success\",tenant=\"fabrikam\"} 1",
+            "powerbi_tokend_embed_urls_missing{embed=\"sales\",tenant=\"contoso\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        // No report id in any label; no URL gauge for an embed without reports.
+        assert!(!text.contains("6c329889"), "{text}");
+        assert!(!text.contains("powerbi_tokend_embed_urls_missing{embed=\"finance\""));
+    }
+
+    #[test]
+    fn embed_url_reads_are_counted_by_result_and_reason_over_all_tenants() {
+        let metrics = Metrics::new().unwrap();
+        let text = metrics.render(&status::Registry::new());
+        for line in [
+            "powerbi_tokend_tenants_embed_url_reads_total{result=\"success\"} 0",
+            "powerbi_tokend_tenants_embed_url_read_failures_total{reason=\"not_found\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        metrics.embed_url_read(Ok(()));
+        metrics.embed_url_read(Ok(()));
+        metrics.embed_url_read(Err(Reason::NotFound));
+        let text = metrics.render(&status::Registry::new());
+        for line in [
+            "powerbi_tokend_tenants_embed_url_reads_total{result=\"success\"} 2",
+            "powerbi_tokend_tenants_embed_url_reads_total{result=\"failure\"} 1",
+            "powerbi_tokend_tenants_embed_url_read_failures_total{reason=\"not_found\"} 1",
+            "powerbi_tokend_tenants_embed_url_read_failures_total{reason=\"network\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

@@ -8,13 +8,15 @@
 //! `{"token", "token_id", "expiration", "expires_on", "issued_on", "tenant", "embed", "reports",
 //! "datasets", "access_level", "xmla_permissions", "identities"}`; the identity fields let a warm
 //! start reuse only a token made for the same tenant, embed, items, XMLA permission and effective
-//! identities (row-level security).
+//! identities (row-level security). `embed_urls.rs` adds `"workspace"`, `"embed_urls"` and
+//! `"embed_urls_read_at"`, the reports' embed URLs.
 
 use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::embed_urls::EmbedUrls;
 use super::probe::{classify, unanswered};
 use crate::client::TokenClient;
 use crate::clock;
@@ -207,9 +209,14 @@ pub async fn generate(
     (outcome, took)
 }
 
-/// The json document of a token file or Redis value.
-pub fn document(tenant: &TenantConfig, embed: &EmbedConfig, token: &EmbedToken) -> SecretString {
-    let value = serde_json::json!({
+/// The json document of a token file or Redis value, with the embed URLs known (`urls`).
+pub fn document(
+    tenant: &TenantConfig,
+    embed: &EmbedConfig,
+    token: &EmbedToken,
+    urls: &EmbedUrls,
+) -> SecretString {
+    let mut value = serde_json::json!({
         "token": token.secret.expose_secret(),
         "token_id": token.token_id,
         "expiration": clock::rfc3339_unix(token.expires_on),
@@ -223,18 +230,21 @@ pub fn document(tenant: &TenantConfig, embed: &EmbedConfig, token: &EmbedToken) 
         "xmla_permissions": if embed.xmla_read_only { "ReadOnly" } else { "Off" },
         "identities": identities(embed),
     });
+    urls.add_to(embed, &mut value);
     SecretString::from(value.to_string())
 }
 
-/// What a sink holds: the json document, or the token alone (`format = "raw"`).
+/// What a sink holds: the json document, or the token alone (`format = "raw"`, which has no
+/// room for the embed URLs: a consumer that needs them reads a json sink).
 pub fn render(
     format: FileFormat,
     tenant: &TenantConfig,
     embed: &EmbedConfig,
     token: &EmbedToken,
+    urls: &EmbedUrls,
 ) -> SecretString {
     match format {
-        FileFormat::Json => document(tenant, embed, token),
+        FileFormat::Json => document(tenant, embed, token, urls),
         FileFormat::Raw => token.secret.clone(),
     }
 }
@@ -287,7 +297,7 @@ pub fn parse_existing(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::{EffectiveIdentity, FileSinkConfig, SecretSource, SinkConfig};
     use std::path::PathBuf;
@@ -304,6 +314,7 @@ mod tests {
             access_level,
             lifetime: Some(Duration::from_secs(1800)),
             xmla_read_only: false,
+            workspace: None,
             identities: Vec::new(),
             sinks: vec![SinkConfig::File(FileSinkConfig {
                 path: PathBuf::from("/tmp/x.json"),
@@ -313,7 +324,8 @@ mod tests {
         }
     }
 
-    fn tenant() -> TenantConfig {
+    /// A tenant of the public cloud, `contoso` (the embed URL tests use it too).
+    pub(in crate::powerbi) fn tenant() -> TenantConfig {
         TenantConfig::entra(
             "contoso",
             "contoso.example.com",
@@ -393,7 +405,7 @@ mod tests {
         // this user's.
         let tenant = tenant();
         let token = stored_token();
-        let stored = document(&tenant, &rls, &token);
+        let stored = document(&tenant, &rls, &token, &EmbedUrls::default());
         assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &rls).is_some());
         let mut other_user = rls.clone();
         other_user.identities[0].username = "store-18@contoso.example".to_owned();
@@ -401,8 +413,10 @@ mod tests {
         let plain = embed(AccessLevel::View);
         assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &plain).is_none());
         // A file written before identities existed holds a token made without any.
-        let mut old: serde_json::Value =
-            serde_json::from_str(document(&tenant, &plain, &token).expose_secret()).unwrap();
+        let mut old: serde_json::Value = serde_json::from_str(
+            document(&tenant, &plain, &token, &EmbedUrls::default()).expose_secret(),
+        )
+        .unwrap();
         old.as_object_mut().unwrap().remove("identities");
         assert!(parse_existing(old.to_string().as_bytes(), &tenant, &plain).is_some());
         assert!(parse_existing(old.to_string().as_bytes(), &tenant, &rls).is_none());
@@ -418,11 +432,11 @@ mod tests {
         );
         let tenant = tenant();
         let token = stored_token();
-        let stored = document(&tenant, &xmla, &token);
+        let stored = document(&tenant, &xmla, &token, &EmbedUrls::default());
         assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &xmla).is_some());
         let plain = embed(AccessLevel::View);
         assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &plain).is_none());
-        let stored = document(&tenant, &plain, &token);
+        let stored = document(&tenant, &plain, &token, &EmbedUrls::default());
         assert!(parse_existing(stored.expose_secret().as_bytes(), &tenant, &xmla).is_none());
     }
 
@@ -460,7 +474,7 @@ mod tests {
             expires_on: 2_000_000_600,
             issued_on: 2_000_000_000,
         };
-        let stored = document(&tenant, &embed, &token);
+        let stored = document(&tenant, &embed, &token, &EmbedUrls::default());
         let back =
             parse_existing(stored.expose_secret().as_bytes(), &tenant, &embed).expect("reused");
         assert_eq!(back.expires_on, token.expires_on);

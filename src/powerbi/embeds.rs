@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::embed::{self, EmbedToken};
+use super::embed_urls::{self, EmbedUrls};
 use crate::clock;
 use crate::config::TenantConfig;
 use crate::error::Reason;
@@ -17,12 +18,23 @@ use crate::sink::Owner;
 use crate::status::{self, StatusHandle};
 use crate::token::AccessToken;
 
-/// The refreshers of a tenant's embed tokens, in config order. A refresher's next request is
-/// `None` until there is an access token to make the embed token with (and again while the one
-/// made lasts as long as the access token: the next access token refresh makes the next one).
+/// A tenant's embed tokens, in config order.
 #[derive(Default)]
 pub(crate) struct Embeds {
-    refreshers: Box<[Refresher<EmbedToken>]>,
+    /// One per `[[tenant.embed]]`, in one allocation: a tenant without embeds pays for an empty
+    /// slice only.
+    embeds: Box<[Embed]>,
+}
+
+/// One embed's state between steps.
+#[derive(Default)]
+struct Embed {
+    /// Its token's schedule, backoff and writes. The next request is `None` until there is an
+    /// access token to make the embed token with (and again while the one made lasts as long
+    /// as the access token: the next access token refresh makes the next one).
+    refresher: Refresher<EmbedToken>,
+    /// The embed URLs of its reports, read when a token is made and written with it.
+    urls: EmbedUrls,
 }
 
 impl Embeds {
@@ -38,38 +50,42 @@ impl Embeds {
             .map(|embed| status::EmbedStatus {
                 name: embed.name.clone(),
                 token: status::TokenStatus::default(),
+                urls: embed_urls::initial_status(embed),
             })
             .collect();
         Embeds {
-            refreshers: configs.iter().map(|_| Refresher::default()).collect(),
+            embeds: configs.iter().map(|_| Embed::default()).collect(),
         }
     }
 
     /// Plans every embed token at `at`: after an access token refresh, each is made again.
     pub(crate) fn plan_all(&mut self, at: SystemTime) {
-        for refresher in &mut self.refreshers {
-            refresher.plan_at(Some(at));
+        for embed in &mut self.embeds {
+            embed.refresher.plan_at(Some(at));
         }
     }
 
     /// When the next embed token is to be made.
     pub(crate) fn next_request(&self) -> Option<SystemTime> {
-        self.refreshers.iter().filter_map(Refresher::next).min()
+        self.embeds
+            .iter()
+            .filter_map(|embed| embed.refresher.next())
+            .min()
     }
 
     /// The embed token in hand written next, and when.
     pub(crate) fn next_write(&self) -> Option<(SystemTime, usize)> {
-        self.refreshers
+        self.embeds
             .iter()
             .enumerate()
-            .filter_map(|(index, refresher)| Some((refresher.write_at()?, index)))
+            .filter_map(|(index, embed)| Some((embed.refresher.write_at()?, index)))
             .min()
     }
 
     /// Whether embed token `index` waits only for shared sinks (Redis).
     pub(crate) fn only_shared_pending(&self, context: &Context<'_>, index: usize) -> bool {
-        match (self.refreshers.get(index), context.embed(index)) {
-            (Some(refresher), Some(embed)) => refresher.only_shared_pending(&embed.sinks),
+        match (self.embeds.get(index), context.embed(index)) {
+            (Some(state), Some(embed)) => state.refresher.only_shared_pending(&embed.sinks),
             _ => false,
         }
     }
@@ -82,6 +98,9 @@ impl Embeds {
         };
         let (now, refresh_at) = (SystemTime::now(), context.config.refresh_at);
         for (index, embed) in powerbi.embeds.iter().enumerate() {
+            if let Some(state) = self.embeds.get_mut(index) {
+                state.urls.warm_start(context, index).await;
+            }
             let owner = Owner {
                 tenant: &context.config.name,
                 embed: Some(&embed.name),
@@ -111,8 +130,8 @@ impl Embeds {
                 status.token.expires_on = Some(token.expires_on);
                 status.token.next_refresh = Some(point);
             }
-            if let Some(refresher) = self.refreshers.get_mut(index) {
-                refresher.plan_at(Some(point));
+            if let Some(state) = self.embeds.get_mut(index) {
+                state.refresher.plan_at(Some(point));
             }
         }
     }
@@ -128,8 +147,12 @@ impl Embeds {
     ) -> Option<bool> {
         let now = SystemTime::now();
         let mut expired = false;
-        for index in 0..self.refreshers.len() {
-            if self.refreshers[index].next().is_some_and(|at| at <= now) {
+        for index in 0..self.embeds.len() {
+            if self.embeds[index]
+                .refresher
+                .next()
+                .is_some_and(|at| at <= now)
+            {
                 expired |= self.make(context, index, entra, cancel).await?;
             }
         }
@@ -154,7 +177,7 @@ impl Embeds {
         let entra_expires_on = entra.expires_on();
         if entra_expires_on <= clock::unix_now() {
             // The access token refresh due anyway plans the next embed token.
-            self.refreshers[index].plan_at(None);
+            self.embeds[index].refresher.plan_at(None);
             return Some(false);
         }
         let permit = context.shared.api_turn(cancel).await?;
@@ -164,18 +187,26 @@ impl Embeds {
         drop(permit);
         match made {
             Ok(token) => {
+                // The URLs due are read before the token is written, so it carries them.
+                if let Some(state) = self.embeds.get_mut(index) {
+                    state.urls.read_due(context, index, entra, cancel).await;
+                }
                 // An embed token capped at the access token's expiry is not made again before
                 // the next access token refresh (which makes the next one): made with the same
                 // access token, it would expire at the same moment.
                 let capped = token.expires_on >= entra_expires_on;
                 let next = (!capped).then(|| token.refresh_point(context.config.refresh_at));
-                self.refreshers[index].fetched(token, next, None, embed.sinks.len());
+                self.embeds[index]
+                    .refresher
+                    .fetched(token, next, None, embed.sinks.len());
                 self.write(context, index, Which::Local).await;
                 Some(false)
             }
             Err(err) => {
                 let report = context.report(embed, index);
-                self.refreshers[index].request_failed(&err, &report, None);
+                self.embeds[index]
+                    .refresher
+                    .request_failed(&err, &report, None);
                 Some(err.reason == Reason::TokenExpired)
             }
         }
@@ -183,12 +214,14 @@ impl Embeds {
 
     /// Writes embed token `index` in hand to `which` of its sinks, and acts on the outcome.
     pub async fn write(&mut self, context: &Context<'_>, index: usize, which: Which) {
-        let (Some(embed), Some(refresher)) = (context.embed(index), self.refreshers.get_mut(index))
+        let (Some(embed), Some(Embed { refresher, urls })) =
+            (context.embed(index), self.embeds.get_mut(index))
         else {
             return;
         };
+        let urls = &*urls;
         let config = context.config;
-        let render = |format, token: &EmbedToken| embed::render(format, config, embed, token);
+        let render = |format, token: &EmbedToken| embed::render(format, config, embed, token, urls);
         let renderer = Renderer {
             owner: Owner {
                 tenant: &config.name,

@@ -7,19 +7,23 @@
 //! happily. The probe makes that visible per tenant, before the application's users see it.
 //!
 //! Embed tokens are what "app owns data" backends hand to browsers. They expire too, never later
-//! than the Entra token they were made with, so they are kept fresh here, next to it.
+//! than the Entra token they were made with, so they are kept fresh here, next to it, and
+//! written with the embed URLs of their reports, which the browser needs as well.
 //!
 //! # Files
 //!
 //! * `probe.rs`: the probe call and the classification of its answer (embed token failures are
 //!   classified the same way).
 //! * `embed.rs`: the embed token kind: the `GenerateToken` request, the answer, the document.
+//! * `embed_urls.rs`: the embed URLs of an embed's reports (Get Report, Get Report In Group),
+//!   read when an embed token is made and written with it.
 //! * `embeds.rs`: a tenant's embed tokens, one [`crate::refresh::Refresher`] each.
 //! * `calls.rs`: what a tenant keeps between its steps for these calls (the access token they
 //!   use, the probe's schedule, the embed tokens) and the steps themselves.
 
 pub mod calls;
 pub mod embed;
+pub mod embed_urls;
 pub mod embeds;
 pub mod probe;
 

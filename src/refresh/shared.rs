@@ -127,6 +127,11 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
         let _ = result;
     }
 
+    /// A read of a report's embed URL ended: `Ok`, or why it failed.
+    fn embed_url_read(&self, result: Result<(), Reason>) {
+        let _ = result;
+    }
+
     /// A tenant task panicked; the supervisor restarts it.
     fn task_panicked(&self);
 }

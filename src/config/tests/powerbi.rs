@@ -236,13 +236,16 @@ sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
     }
 }
 
+/// The minimal config with one embed named "sales" of `keys`, written to a file.
+fn sales_embed(keys: &str) -> String {
+    format!(
+        "{MINIMAL}\n[[tenant.embed]]\nname = \"sales\"\n{keys}\nsinks = [ {{ type = \"file\", path = \"/tmp/t/{{name}}.{{embed}}.embed.json\" }} ]\n"
+    )
+}
+
 #[test]
 fn xmla_permissions_are_read_only_or_off_and_need_datasets() {
-    let embed = |extra: &str| {
-        format!(
-            "{MINIMAL}\n[[tenant.embed]]\nname = \"sales\"\nreports = [\"{REPORT}\"]\n{extra}\nsinks = [ {{ type = \"file\", path = \"/tmp/t/{{name}}.{{embed}}.embed.json\" }} ]\n"
-        )
-    };
+    let embed = |extra: &str| sales_embed(&format!("reports = [\"{REPORT}\"]\n{extra}"));
     let config = parse_ok(&embed(&format!(
         "datasets = [\"{DATASET}\"]\nxmla_permissions = \"ReadOnly\""
     )));
@@ -262,4 +265,37 @@ fn xmla_permissions_are_read_only_or_off_and_need_datasets() {
             .contains("embed \"sales\".xmla_permissions: applies to the embed's datasets"),
         "{err}"
     );
+}
+
+#[test]
+fn the_workspace_of_an_embeds_reports_is_a_guid_and_needs_reports() {
+    let config = parse_ok(&sales_embed(&format!(
+        "reports = [\"{REPORT}\"]\nworkspace = \"{WORKSPACE}\""
+    )));
+    let powerbi = config.tenants[0].powerbi.as_deref().expect("embeds");
+    assert_eq!(powerbi.embeds[0].workspace.as_deref(), Some(WORKSPACE));
+    let config = parse_ok(&sales_embed(&format!("reports = [\"{REPORT}\"]")));
+    let powerbi = config.tenants[0].powerbi.as_deref().expect("embeds");
+    assert_eq!(powerbi.embeds[0].workspace, None);
+
+    let err = parse_err(&sales_embed(&format!(
+        "reports = [\"{REPORT}\"]\nworkspace = \"Sales\""
+    )));
+    assert!(
+        err.to_string().contains(
+            "tenant \"contoso\": embed \"sales\".workspace: expected a GUID (the id in the workspace's URL), got \"Sales\""
+        ),
+        "{err}"
+    );
+    let err = parse_err(&sales_embed(&format!(
+        "datasets = [\"{DATASET}\"]\nworkspace = \"{WORKSPACE}\""
+    )));
+    assert!(
+        err.to_string().contains(
+            "embed \"sales\".workspace: is where the embed's reports are read from, and it lists none"
+        ),
+        "{err}"
+    );
+    // The file and the line of the embed are named, as for its other keys.
+    assert!(err.to_string().contains("config.toml:11: "), "{err}");
 }
