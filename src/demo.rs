@@ -167,6 +167,7 @@ fn demo_embed(tenant: &str, embed: &DemoEmbed, dir: &std::path::Path) -> EmbedCo
             })
             .into_iter()
             .collect(),
+        datasource_identities: Vec::new(),
         sinks: vec![SinkConfig::File(FileSinkConfig {
             path: dir.join(format!("{tenant}.{}.embed.json", embed.name)),
             format: FileFormat::Json,

@@ -142,8 +142,9 @@ impl Reason {
         Reason::Unexpected,
     ];
 
-    /// An embed token's: a Power BI call's, and its writes.
-    pub(crate) const EMBED: [Reason; 8] = [
+    /// An embed token's: a Power BI call's, its writes, and reading its datasource identities'
+    /// blobs.
+    pub(crate) const EMBED: [Reason; 9] = [
         Reason::NotAuthorized,
         Reason::TokenExpired,
         Reason::NotFound,
@@ -152,6 +153,7 @@ impl Reason {
         Reason::Network,
         Reason::Unexpected,
         Reason::Sink,
+        Reason::Credential,
     ];
 
     /// `counts` (indexed like [`Reason::ALL`]) for the reasons of `set` only, in its order: the

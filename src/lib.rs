@@ -54,7 +54,8 @@
 //! needs only `cloud` and `safe_read`; `token` needs only `clock` and `config`; `error` and
 //! `schedule` need `token`'s bounded types; `client` needs `config`, `error`, `token` and
 //! `schedule`; `credential` builds on `client`; `refresh` on `sink` and `store`; `powerbi` on
-//! `refresh` and `client`; the tenant on all of these.
+//! `refresh`, `client` and `credential` (an embed's datasource identity blobs are secrets, read
+//! like a client secret); the tenant on all of these.
 //!
 //! The binary (`main.rs`) only parses the command line, sets up logging and signals, and calls
 //! [`run`], [`once`] or [`check`].

@@ -2953,6 +2953,7 @@ fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violat
         lifetime: None,
         xmla_read_only: false,
         identities: Vec::new(),
+        datasource_identities: Vec::new(),
         sinks: Vec::new(),
     };
     let stored = embed::parse_existing(body, &tenant, &embed);

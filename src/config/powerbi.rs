@@ -125,6 +125,8 @@ impl Loader<'_> {
         let access_level = self.embed_access_level(at, &key, raw);
         let lifetime = self.embed_lifetime(at, &key, raw);
         let identities = self.embed_identities(at, &key, raw);
+        let datasource_identities =
+            self.embed_datasource_identities(at, &key, &raw.datasource_identities);
         let xmla_read_only = self.embed_xmla(at, &key, raw);
         let sinks = self.embed_sinks(at, &key, raw, tenant, &name);
         if self.problems.len() != before {
@@ -139,6 +141,7 @@ impl Loader<'_> {
             lifetime,
             xmla_read_only,
             identities,
+            datasource_identities,
             sinks: sinks?,
         })
     }

@@ -270,6 +270,19 @@ impl PartialEq for SecretSource {
 
 impl Eq for SecretSource {}
 
+/// Where the secret is, for messages: never what it is.
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(name) => write!(f, "the environment variable {name}"),
+            SecretSource::File(path) => write!(f, "the file {}", path.display()),
+            SecretSource::Systemd(name) => write!(f, "the systemd credential {name}"),
+            SecretSource::KeyVault(url) => write!(f, "the Key Vault secret {url}"),
+            SecretSource::Inline(_) => f.write_str("a value held in memory"),
+        }
+    }
+}
+
 /// How a tenant proves itself to Entra.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CredentialConfig {
@@ -569,8 +582,34 @@ pub struct EmbedConfig {
     /// The effective identities (row-level security) the token is made for; empty for
     /// datasets without RLS.
     pub identities: Vec<EffectiveIdentity>,
+    /// The identities DirectQuery data sources with single sign-on are queried as
+    /// (GenerateToken's `datasourceIdentities`); empty for most embeds.
+    pub datasource_identities: Vec<DatasourceIdentity>,
     /// Where the embed token is written.
     pub sinks: Vec<SinkConfig>,
+}
+
+/// One `datasource_identities` entry: GenerateToken's `DatasourceIdentity`. Its blob is an
+/// OAuth token for the data source (Azure SQL's, for instance), a secret that expires and is
+/// replaced by whoever obtains it, so only where it is read from is configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasourceIdentity {
+    /// Where `identityBlob` is read from, again for every embed token made.
+    pub identity_blob: SecretSource,
+    /// The data sources the identity applies to (`datasources`).
+    pub datasources: Vec<DatasourceSelector>,
+}
+
+/// GenerateToken's `DatasourceSelector`: one data source by its type and connection details,
+/// as Power BI's Get Datasources APIs report them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasourceSelector {
+    /// `datasourceType`, such as `Sql` or `Extension`.
+    pub datasource_type: String,
+    /// `connectionDetails`: the fields set, by their GenerateToken names (`server`,
+    /// `database`, `url`, `path`, `extensionDataSourceKind`, `extensionDataSourcePath`), in
+    /// that order.
+    pub connection_details: Vec<(&'static str, String)>,
 }
 
 /// One `identities` entry: GenerateToken's `EffectiveIdentity`, the user a dataset with

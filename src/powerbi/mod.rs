@@ -13,7 +13,9 @@
 //!
 //! * `probe.rs`: the probe call and the classification of its answer (embed token failures are
 //!   classified the same way).
-//! * `embed.rs`: the embed token kind: the `GenerateToken` request, the answer, the document.
+//! * `embed.rs`: the embed token kind: the `GenerateToken` request (with the blobs of its
+//!   datasource identities, read from their secret sources for every token), the answer, the
+//!   document.
 //! * `embeds.rs`: a tenant's embed tokens, one [`crate::refresh::Refresher`] each.
 //! * `calls.rs`: what a tenant keeps between its steps for these calls (the access token they
 //!   use, the probe's schedule, the embed tokens) and the steps themselves.

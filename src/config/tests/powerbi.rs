@@ -263,3 +263,112 @@ fn xmla_permissions_are_read_only_or_off_and_need_datasets() {
         "{err}"
     );
 }
+
+#[test]
+fn datasource_identities_read_their_blob_from_a_secret_source_and_name_their_data_sources() {
+    let config = parse_ok(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "finance"
+reports = ["{REPORT}"]
+datasets = ["{DATASET}"]
+datasource_identities = [
+  {{ identity_blob = {{ file = "secrets/sql-token" }},
+     datasources = [ {{ datasource_type = "Sql", server = "contoso.database.windows.net", database = "sales" }},
+                     {{ datasource_type = "Extension", extension_data_source_kind = "Databricks", extension_data_source_path = "adb-1.azuredatabricks.net" }} ] }},
+  {{ identity_blob = {{ env = "LAKE_TOKEN" }},
+     datasources = [ {{ datasource_type = "AzureDataLakeStorage", url = "https://lake.dfs.core.windows.net", path = "/sales" }} ] }},
+]
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+"#
+    ));
+    let embed = &config.tenants[0].powerbi.as_deref().expect("embeds").embeds[0];
+    assert_eq!(
+        embed.datasource_identities,
+        [
+            DatasourceIdentity {
+                // Relative to the config file, as every file a config names.
+                identity_blob: SecretSource::File(PathBuf::from(
+                    "/etc/powerbi-tokend/secrets/sql-token"
+                )),
+                datasources: vec![
+                    DatasourceSelector {
+                        datasource_type: "Sql".to_owned(),
+                        connection_details: vec![
+                            ("server", "contoso.database.windows.net".to_owned()),
+                            ("database", "sales".to_owned()),
+                        ],
+                    },
+                    DatasourceSelector {
+                        datasource_type: "Extension".to_owned(),
+                        connection_details: vec![
+                            ("extensionDataSourceKind", "Databricks".to_owned()),
+                            (
+                                "extensionDataSourcePath",
+                                "adb-1.azuredatabricks.net".to_owned()
+                            ),
+                        ],
+                    },
+                ],
+            },
+            DatasourceIdentity {
+                identity_blob: SecretSource::Env("LAKE_TOKEN".to_owned()),
+                datasources: vec![DatasourceSelector {
+                    datasource_type: "AzureDataLakeStorage".to_owned(),
+                    connection_details: vec![
+                        ("url", "https://lake.dfs.core.windows.net".to_owned()),
+                        ("path", "/sales".to_owned()),
+                    ],
+                }],
+            },
+        ]
+    );
+}
+
+#[test]
+fn datasource_identity_mistakes_name_the_entry_and_key() {
+    let err = parse_err(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "finance"
+reports = ["{REPORT}"]
+datasource_identities = [
+  {{ identity_blob = "eyJ0eXAiOiJKV1Qi.literal.token",
+     datasources = [ {{ datasource_type = "Sql", server = "contoso.database.windows.net" }},
+                     {{ datasource_type = "Sql", server = "bad\u0007server" }} ] }},
+  {{ datasources = [] }},
+  {{ identity_blob = {{ key_vault = "https://kv1.vault.azure.net/secrets/sql-token" }},
+     datasources = [ {{ server = "s" }}, {{ datasource_type = "S q l", url = "ftp://x" }}, {{ datasource_type = "Sql" }} ] }},
+]
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+"#
+    ));
+    let shown = err.to_string();
+    for expected in [
+        "tenant \"contoso\": embed \"finance\".datasource_identities[0].identity_blob: secrets are not written in the config file",
+        "embed \"finance\".datasource_identities[0].datasources[1].server: expected 1 to 1024 characters without control characters",
+        "embed \"finance\".datasource_identities[1].identity_blob: missing",
+        "embed \"finance\".datasource_identities[1].datasources: expected 1 to 50 data sources",
+        "embed \"finance\".datasource_identities[2].identity_blob: is in Key Vault; add a [key_vault] section",
+        "embed \"finance\".datasource_identities[2].datasources[0].datasource_type: expected the type Power BI reports",
+        "embed \"finance\".datasource_identities[2].datasources[1].datasource_type: expected the type Power BI reports for the data source, letters and digits such as \"Sql\", got \"S q l\"",
+        "embed \"finance\".datasource_identities[2].datasources[1].url: expected an http:// or https:// URL, got \"ftp://x\"",
+        "embed \"finance\".datasource_identities[2].datasources[2]: names no connection detail",
+    ] {
+        assert!(shown.contains(expected), "{expected}\n{shown}");
+    }
+    // The literal blob is refused without being repeated.
+    assert!(!shown.contains("literal.token"), "{shown}");
+
+    // Keys GenerateToken does not know are refused by name.
+    let err = parse_err(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "finance"
+reports = ["{REPORT}"]
+datasource_identities = [ {{ identity_blob = {{ env = "T" }}, datasources = [ {{ datasource_type = "Sql", servr = "s" }} ] }} ]
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+"#
+    ));
+    assert!(err.to_string().contains("servr"), "{err}");
+}
