@@ -199,12 +199,14 @@ impl Reason {
     pub fn advice(self) -> Option<&'static str> {
         Some(match self {
             Reason::NotAuthorized => {
-                "Power BI refuses this service principal: in the customer's Fabric admin portal, Tenant settings > Developer settings, \"Service principals can use Fabric APIs\" must be on for the organisation or for a security group that contains the service principal, and the service principal must be a Member or Admin of the workspaces it uses"
+                "Power BI (or Fabric) refuses this service principal: in the customer's Fabric admin portal, Tenant settings > Developer settings, \"Service principals can use Fabric APIs\" must be on for the organisation or for a security group that contains the service principal, and the service principal must be a Member or Admin of the workspaces it uses"
             }
             Reason::TokenExpired => {
                 "Power BI says the token has expired although the daemon holds it as fresh: check this host's clock (NTP); if the clock is right, this is a bug in the daemon"
             }
-            Reason::NotFound => "the URL does not exist: check powerbi_api and probe.path",
+            Reason::NotFound => {
+                "the URL does not exist: check powerbi_api (fabric_api) and probe.path"
+            }
             Reason::Unexpected => "Power BI answered in a way the daemon does not know",
             Reason::Throttled => "the server asks to slow down; the daemon waits as told",
             Reason::ServerError => "the server is failing; nothing to do on this side",

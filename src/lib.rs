@@ -11,7 +11,8 @@
 //!   `managed_identity`, `oauth2`, `key_vault`, `redis`, `fleet`, `powerbi`, `sink`),
 //!   cross-tenant and not-applicable-key rules, and the loader that keeps going after a mistake.
 //!   It reads the config file and nothing else. [`cloud`] says which authority host, Power BI
-//!   resource and Key Vault resource belong to each sovereign cloud.
+//!   resource, Fabric resource (where Fabric exists) and Key Vault resource belong to each
+//!   sovereign cloud.
 //! * `supervisor` keeps the tenants in a timetable, runs each one's step when due, and starts,
 //!   stops and reconciles tenants on reload (restarting one that panicked).
 //! * `tenant`: a tenant is a small composition: the refresher of its access token

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use powerbi_tokend::config::{
     AccessLevel, EffectiveIdentity, EmbedConfig, FileFormat, FileSinkConfig, PerTenantMetrics,
-    PowerBiConfig, SinkConfig, TenantConfig,
+    PowerBiConfig, RestApi, SinkConfig, TenantConfig,
 };
 use powerbi_tokend_sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
 
@@ -43,6 +43,7 @@ fn sales(dir: &Path, tenant: &str, access_level: AccessLevel) -> EmbedConfig {
 fn embedding(sim: &SimEntra, name: &str, dir: &Path, embed: EmbedConfig) -> TenantConfig {
     let mut tenant = tenant(sim, name, &format!("{name}.example.com"), dir);
     tenant.powerbi = Some(Box::new(PowerBiConfig {
+        api: RestApi::PowerBi,
         api_root: sim.powerbi_api().into(),
         probe: None,
         embeds: vec![embed],

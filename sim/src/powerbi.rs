@@ -83,8 +83,8 @@ const MAX_ITEMS: usize = 50;
 /// ends it sooner.
 const DEFAULT_EMBED_LIFETIME_SECS: u64 = 60 * 60;
 
-/// The names of the workspaces every tenant's service principal sees.
-const WORKSPACE_NAMES: [&str; 3] = ["Sales", "Finance", "Operations"];
+/// The names of the workspaces every tenant's service principal sees (in Fabric too).
+pub(super) const WORKSPACE_NAMES: [&str; 3] = ["Sales", "Finance", "Operations"];
 
 /// The request id Power BI puts on every answer, quoted in support requests. HTTP/1 header
 /// names are case-insensitive; real responses spell it `RequestId`.
@@ -94,26 +94,29 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("requestid");
 /// `X-PowerBI-Error-Info`).
 const ERROR_INFO: HeaderName = HeaderName::from_static("x-powerbi-error-info");
 
-/// How the simulated Power BI API answers one tenant's calls, whatever the endpoint.
+/// How the simulated Power BI API (and the Fabric API, in its own words: `fabric.rs`) answers
+/// one tenant's calls, whatever the endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PowerBiBehavior {
     /// Answer the request as asked.
     #[default]
     Ok,
     /// 401 `PowerBINotAuthorizedException`: what a tenant gets whose admin has not enabled
-    /// "Service principals can use Fabric APIs", or whose security group lacks the app.
+    /// "Service principals can use Fabric APIs", or whose security group lacks the app: service
+    /// principals are not allowed. Fabric answers 401 `Unauthorized`.
     NotAuthorized,
     /// 403 `TokenExpired`, whatever the token's `exp`: a clock that disagrees with Power BI's.
+    /// Fabric answers 401 `TokenExpired`.
     TokenExpired,
     /// 404 `PowerBIEntityNotFound`: the item is gone, or the service principal is not a member
-    /// of its workspace (Power BI does not tell the two apart).
+    /// of its workspace (Power BI does not tell the two apart). Fabric: 404 `EntityNotFound`.
     NotFound,
-    /// 429 `TooManyRequests` with `Retry-After: retry_after_secs`.
+    /// 429 `TooManyRequests` with `Retry-After: retry_after_secs` (Fabric: `RequestBlocked`).
     Throttled {
         /// Value of the `Retry-After` header, in seconds.
         retry_after_secs: u64,
     },
-    /// 500 `InternalServerError`, without `Retry-After`.
+    /// 500 `InternalServerError`, without `Retry-After` (Fabric: `UnknownError`).
     ServerError,
 }
 
@@ -125,20 +128,23 @@ pub enum PowerBiEndpoint {
     Groups,
     /// `POST /v1.0/myorg/GenerateToken`
     GenerateToken,
+    /// `GET /v1/workspaces` of the Fabric REST API, on the same listener.
+    FabricWorkspaces,
 }
 
 impl PowerBiEndpoint {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             PowerBiEndpoint::Groups => "groups",
             PowerBiEndpoint::GenerateToken => "generate_token",
+            PowerBiEndpoint::FabricWorkspaces => "fabric_workspaces",
         }
     }
 
     /// The only method the endpoint answers.
-    fn method(self) -> Method {
+    pub(super) fn method(self) -> Method {
         match self {
-            PowerBiEndpoint::Groups => Method::GET,
+            PowerBiEndpoint::Groups | PowerBiEndpoint::FabricWorkspaces => Method::GET,
             PowerBiEndpoint::GenerateToken => Method::POST,
         }
     }
@@ -162,6 +168,8 @@ pub(super) struct PowerBiTenant {
     groups_requests: u64,
     /// Requests to `GenerateToken` with a valid token.
     generate_token_requests: u64,
+    /// Requests to Fabric's `workspaces` with a valid token.
+    fabric_workspaces_requests: u64,
     /// The latest GenerateToken body that parsed as JSON.
     pub(super) last_generate_token_request: Option<Value>,
     /// `tokenId` and expiry of the latest embed token issued; never the token.
@@ -176,6 +184,7 @@ impl PowerBiTenant {
         match endpoint {
             PowerBiEndpoint::Groups => self.groups_requests,
             PowerBiEndpoint::GenerateToken => self.generate_token_requests,
+            PowerBiEndpoint::FabricWorkspaces => self.fabric_workspaces_requests,
         }
     }
 }
@@ -184,7 +193,7 @@ impl PowerBiTenant {
 impl Shared {
     /// Counts a request with a valid token, records a GenerateToken body, and returns the
     /// tenant's behaviour.
-    fn admit_powerbi(
+    pub(super) fn admit_powerbi(
         &self,
         tenant_key: &str,
         endpoint: PowerBiEndpoint,
@@ -195,6 +204,7 @@ impl Shared {
         match endpoint {
             PowerBiEndpoint::Groups => tenant.groups_requests += 1,
             PowerBiEndpoint::GenerateToken => tenant.generate_token_requests += 1,
+            PowerBiEndpoint::FabricWorkspaces => tenant.fabric_workspaces_requests += 1,
         }
         if body.is_some() {
             tenant.last_generate_token_request = body;
@@ -261,7 +271,7 @@ async fn answer_request(
         return Reply::method_not_allowed(endpoint.method());
     }
     let body = match endpoint {
-        PowerBiEndpoint::Groups => None,
+        PowerBiEndpoint::Groups | PowerBiEndpoint::FabricWorkspaces => None,
         PowerBiEndpoint::GenerateToken => match read_capped(body).await {
             Some(bytes) => Some(bytes),
             None => return Reply::too_large(),
@@ -289,6 +299,8 @@ async fn answer_request(
         PowerBiEndpoint::GenerateToken => {
             issue_embed_token(shared, &caller, &parts.headers, parsed)
         }
+        // Fabric's endpoint has a handler of its own (`fabric.rs`) and is not routed here.
+        PowerBiEndpoint::FabricWorkspaces => Reply::not_found(),
     }
 }
 
@@ -311,19 +323,33 @@ async fn read_capped(body: Body) -> Option<Vec<u8>> {
 }
 
 /// Who is calling, from a bearer token that verified.
-struct Caller {
+pub(super) struct Caller {
     /// The `tid` claim as issued.
-    tenant: String,
+    pub(super) tenant: String,
     /// The same in lower case: the key of the tenant's behaviour and records.
-    tenant_key: String,
+    pub(super) tenant_key: String,
     /// The token's `exp`, seconds since the Unix epoch; embed tokens end no later.
     expires_at: u64,
 }
 
-/// The bearer token's checks: signed by this simulator, not expired, for this cloud's Power BI
-/// resource, naming a tenant. Expiry is checked before the audience, as token validators
-/// usually do, so an expired token for the wrong cloud gets 403.
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Reply> {
+/// Why a bearer token was refused; each API answers it in its own words.
+pub(super) enum Refusal {
+    /// Missing, not a bearer, not signed by this simulator, for another audience, or without a
+    /// tenant.
+    Invalid,
+    /// Valid but past its `exp`.
+    Expired,
+}
+
+/// The bearer token's checks: signed by this simulator, not expired, for `audience` (`None`:
+/// an API that does not exist in the simulated cloud, which no token is for), naming a tenant.
+/// Expiry is checked before the audience, as token validators usually do, so an expired token
+/// for the wrong cloud is refused as expired.
+pub(super) fn verify_bearer(
+    shared: &Shared,
+    headers: &HeaderMap,
+    audience: Option<&str>,
+) -> Result<Caller, Refusal> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -331,28 +357,37 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Reply> {
             let (scheme, token) = value.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
-        .ok_or_else(Reply::not_authorized)?;
-    let claims = verify(&shared.token_key, token).ok_or_else(Reply::not_authorized)?;
+        .ok_or(Refusal::Invalid)?;
+    let claims = verify(&shared.token_key, token).ok_or(Refusal::Invalid)?;
     let expires_at = claims
         .get("exp")
         .and_then(Value::as_u64)
-        .ok_or_else(Reply::not_authorized)?;
+        .ok_or(Refusal::Invalid)?;
     if expires_at <= now_secs() {
-        return Err(Reply::token_expired());
+        return Err(Refusal::Expired);
     }
-    let audience = shared.powerbi().cloud.power_bi_resource();
-    if claims.get("aud").and_then(Value::as_str) != Some(audience) {
-        return Err(Reply::not_authorized());
+    if audience.is_none() || claims.get("aud").and_then(Value::as_str) != audience {
+        return Err(Refusal::Invalid);
     }
     let tenant = claims
         .get("tid")
         .and_then(Value::as_str)
         .filter(|tenant| !tenant.is_empty())
-        .ok_or_else(Reply::not_authorized)?;
+        .ok_or(Refusal::Invalid)?;
     Ok(Caller {
         tenant: tenant.to_owned(),
         tenant_key: tenant_key(tenant),
         expires_at,
+    })
+}
+
+/// [`verify_bearer`] for this cloud's Power BI resource, refused as Power BI refuses: 401
+/// `PowerBINotAuthorizedException`, 403 `TokenExpired` for an expired token.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Reply> {
+    let audience = shared.powerbi().cloud.power_bi_resource();
+    verify_bearer(shared, headers, Some(audience)).map_err(|refusal| match refusal {
+        Refusal::Invalid => Reply::not_authorized(),
+        Refusal::Expired => Reply::token_expired(),
     })
 }
 
@@ -397,7 +432,7 @@ fn list_groups(shared: &Shared, caller: &Caller, query: Option<&str>) -> Reply {
 }
 
 /// A version-4 GUID derived from `parts`, the same for the same parts.
-fn stable_guid(parts: &[&str]) -> String {
+pub(super) fn stable_guid(parts: &[&str]) -> String {
     let hash = digest::digest(&digest::SHA256, parts.join("\n").as_bytes());
     let mut bits = [0u8; 16];
     // SHA-256 is 32 bytes long, so the first 16 always exist.
@@ -653,20 +688,22 @@ fn now_secs() -> u64 {
     u64::try_from(unix_now()).unwrap_or(0)
 }
 
-/// An answer before the headers every Power BI response shares are added.
-struct Reply {
+/// An answer before the headers every Power BI response shares are added (Fabric's answers,
+/// from the same front end, share them too).
+pub(super) struct Reply {
     /// The HTTP status.
-    status: StatusCode,
+    pub(super) status: StatusCode,
     /// The JSON body.
     body: Value,
-    /// The error code of a refusal, repeated in `X-PowerBI-Error-Info`; `None` for success.
-    error_code: Option<&'static str>,
+    /// The error code of a refusal, repeated in `X-PowerBI-Error-Info` (Fabric:
+    /// `x-ms-public-api-error-code`); `None` for success.
+    pub(super) error_code: Option<&'static str>,
     /// `Retry-After` of a throttled answer, `Allow` of a wrong method.
-    extra: Option<(HeaderName, HeaderValue)>,
+    pub(super) extra: Option<(HeaderName, HeaderValue)>,
 }
 
 impl Reply {
-    fn ok(body: Value) -> Reply {
+    pub(super) fn ok(body: Value) -> Reply {
         Reply {
             status: StatusCode::OK,
             body,
@@ -675,7 +712,7 @@ impl Reply {
         }
     }
 
-    fn error(status: StatusCode, code: &'static str, body: Value) -> Reply {
+    pub(super) fn error(status: StatusCode, code: &'static str, body: Value) -> Reply {
         Reply {
             status,
             body,
@@ -774,6 +811,12 @@ impl Reply {
     }
 
     fn into_response(self, request_id: &str) -> Response {
+        self.into_response_with(request_id, ERROR_INFO)
+    }
+
+    /// The response, with the shared headers, `RequestId`, and the error code in
+    /// `error_header`.
+    pub(super) fn into_response_with(self, request_id: &str, error_header: HeaderName) -> Response {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -798,7 +841,7 @@ impl Reply {
             headers.insert(REQUEST_ID, value);
         }
         if let Some(code) = self.error_code {
-            headers.insert(ERROR_INFO, HeaderValue::from_static(code));
+            headers.insert(error_header, HeaderValue::from_static(code));
         }
         if let Some((name, value)) = self.extra {
             headers.insert(name, value);
@@ -819,21 +862,6 @@ mod tests {
     const DATASET: &str = "cfafbeb1-0000-4d0c-896e-000000000003";
     const WORKSPACE: &str = "f089354e-0000-4e18-aea3-000000000005";
     const GCC_SCOPE: &str = "https://analysis.usgovcloudapi.net/powerbi/api/.default";
-
-    /// An access token from the simulator's v2 endpoint for `scope`.
-    async fn bearer(fixture: &Fixture, scope: &'static str) -> String {
-        let answer = post(
-            &fixture.http,
-            &v2_url(&fixture.sim, TENANT),
-            &with(v2_form(), "scope", scope),
-        )
-        .await;
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.json()["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned()
-    }
 
     async fn get_groups(fixture: &Fixture, token: &str, query: &str) -> Answer {
         let url = format!("{}/v1.0/myorg/groups{query}", fixture.sim.powerbi_api());

@@ -110,6 +110,7 @@ pub(super) struct RawTenant {
     pub(super) sinks: Option<Spanned<Vec<RawSink>>>,
     pub(super) schedule: Option<Spanned<String>>,
     pub(super) powerbi_api: Option<Spanned<String>>,
+    pub(super) fabric_api: Option<Spanned<String>>,
     pub(super) probe: Option<Spanned<toml::Value>>,
     pub(super) embed: Option<Spanned<Vec<Spanned<RawEmbed>>>>,
 }

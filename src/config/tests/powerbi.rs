@@ -372,3 +372,102 @@ sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
     ));
     assert!(err.to_string().contains("servr"), "{err}");
 }
+
+#[test]
+fn the_fabric_preset_asks_for_fabrics_resource_and_probes_the_fabric_api() {
+    for (api, scope) in [
+        ("v2", Some("https://api.fabric.microsoft.com/.default")),
+        ("v1", None),
+    ] {
+        let config = parse_ok(&format!(
+            "{MINIMAL}resource = \"fabric\"\napi = \"{api}\"\nprobe = true\n"
+        ));
+        let tenant = &config.tenants[0];
+        // v1 sends the resource itself, v2 its scope.
+        assert_eq!(&*tenant.resource, "https://api.fabric.microsoft.com");
+        assert_eq!(tenant.requested_scope().as_deref(), scope);
+        let fabric = tenant.powerbi.as_deref().expect("a probe");
+        assert_eq!(fabric.api, RestApi::Fabric);
+        assert_eq!(&*fabric.api_root, "https://api.fabric.microsoft.com");
+        assert_eq!(
+            fabric.probe,
+            Some(ProbeConfig {
+                interval: Duration::from_secs(15 * 60),
+                path: "/v1/workspaces".to_owned(),
+            })
+        );
+    }
+    // The URI written out is the same as the preset; `fabric_api` moves the root (loopback may
+    // be http, for the simulator), `[defaults]`' powerbi_api is for other tenants.
+    let config = parse_ok(&format!(
+        "{MINIMAL}resource = \"https://api.fabric.microsoft.com/\"\nfabric_api = \"http://127.0.0.1:9/\"\nprobe = {{ interval = \"1m\", path = \"/v1/workspaces?roles=Admin\" }}\n\n[[tenant]]\nname = \"plain\"\ntenant_id = \"plain.example.com\"\nprobe = true\n"
+    ).replace("[defaults]", "[defaults]\npowerbi_api = \"https://api.powerbi.com\""));
+    let fabric = config.tenants[0].powerbi.as_deref().expect("a probe");
+    assert_eq!(fabric.api, RestApi::Fabric);
+    assert_eq!(&*fabric.api_root, "http://127.0.0.1:9");
+    assert_eq!(
+        fabric.probe.as_ref().map(|probe| probe.path.as_str()),
+        Some("/v1/workspaces?roles=Admin")
+    );
+    let plain = config.tenants[1].powerbi.as_deref().expect("a probe");
+    assert_eq!(plain.api, RestApi::PowerBi);
+    assert_eq!(&*plain.api_root, "https://api.powerbi.com");
+    assert_eq!(
+        plain.probe.as_ref().map(|probe| probe.path.as_str()),
+        Some(ProbeConfig::DEFAULT_PATH)
+    );
+
+    // "powerbi" names the cloud's Power BI resource.
+    let config = parse_ok(&format!(
+        "{MINIMAL}cloud = \"gcc\"\nresource = \"powerbi\"\n"
+    ));
+    assert_eq!(
+        &*config.tenants[0].resource,
+        "https://analysis.usgovcloudapi.net/powerbi/api"
+    );
+}
+
+#[test]
+fn fabric_mistakes_name_the_cloud_and_the_key() {
+    // Fabric exists in the public cloud only.
+    for cloud in ["gcc", "gcchigh", "dod", "china"] {
+        let err = parse_err(&format!(
+            "{MINIMAL}cloud = \"{cloud}\"\nresource = \"fabric\"\n"
+        ));
+        assert!(
+            err.to_string().contains(&format!(
+                "tenant \"contoso\": resource: \"fabric\" is not available in cloud \"{cloud}\""
+            )),
+            "{err}"
+        );
+    }
+    let err = parse_err(&format!(
+        "{MINIMAL}resource = \"fabric\"\nprobe = true\nfabric_api = \"http://api.example.com\"\npowerbi_api = \"https://api.powerbi.com\"\n\n[[tenant.embed]]\nname = \"sales\"\nreports = [\"{REPORT}\"]\nsinks = [ {{ type = \"file\", path = \"/tmp/t/{{name}}.{{embed}}.embed.json\" }} ]\n"
+    ));
+    let shown = err.to_string();
+    for expected in [
+        "tenant \"contoso\": fabric_api: \"http://api.example.com\" uses http",
+        "tenant \"contoso\": powerbi_api: powerbi_api does not apply to this tenant, whose token is for the Fabric API",
+        "tenant \"contoso\": embed: embed tokens come from Power BI's GenerateToken",
+    ] {
+        assert!(shown.contains(expected), "{expected}\n{shown}");
+    }
+    let err = parse_err(&format!(
+        "{MINIMAL}probe = true\nfabric_api = \"https://api.fabric.microsoft.com\"\n"
+    ));
+    assert!(
+        err.to_string().contains(
+            "tenant \"contoso\": fabric_api: fabric_api does not apply to this tenant, whose token is for the Power BI API; fabric_api applies with resource = \"fabric\""
+        ),
+        "{err}"
+    );
+    // A generic OAuth2 server has no Fabric API either.
+    let err = parse_err(
+        "[[tenant]]\nname = \"x\"\nprovider = \"oauth2\"\ntoken_url = \"https://id.example.com/token\"\nclient_id = \"c\"\nclient_secret = { env = \"S\" }\nfabric_api = \"https://api.fabric.microsoft.com\"\nsinks = [ { type = \"file\", path = \"/tmp/t/x.json\" } ]\n",
+    );
+    assert!(
+        err.to_string()
+            .contains("fabric_api does not apply to provider = \"oauth2\""),
+        "{err}"
+    );
+}
