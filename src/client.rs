@@ -492,9 +492,11 @@ impl TokenClient {
         let status = response.status().as_u16();
         let headers = response.headers();
         let request_id = api_header(headers, "requestid");
-        // Power BI names it `X-PowerBI-Error-Info`; some documents give it an `x-ms-` prefix.
+        // Power BI names it `X-PowerBI-Error-Info`; some documents give it an `x-ms-` prefix;
+        // Fabric sends `x-ms-public-api-error-code` (as its Go SDK's test server does).
         let error_info = api_header(headers, "x-powerbi-error-info")
-            .or_else(|| api_header(headers, "x-ms-powerbi-error-info"));
+            .or_else(|| api_header(headers, "x-ms-powerbi-error-info"))
+            .or_else(|| api_header(headers, "x-ms-public-api-error-code"));
         let retry_after = headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())

@@ -1,4 +1,5 @@
-//! Sovereign clouds: which Entra authority and which Power BI resource belong together.
+//! Sovereign clouds: which Entra authority and which Power BI (and Fabric) resource belong
+//! together.
 //!
 //! A token for the wrong cloud's resource is useless, and a tenant in the US Government cloud is
 //! "not found" by the public authority, so the pair is chosen by one name rather than two URLs
@@ -24,6 +25,17 @@ pub enum Cloud {
 }
 
 impl Cloud {
+    /// The name as written in the configuration (`cloud = "gcc"`), for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cloud::Public => "public",
+            Cloud::Gcc => "gcc",
+            Cloud::Gcchigh => "gcchigh",
+            Cloud::Dod => "dod",
+            Cloud::China => "china",
+        }
+    }
+
     /// The Entra authority host, without a trailing slash.
     pub fn authority_host(self) -> &'static str {
         match self {
@@ -54,6 +66,24 @@ impl Cloud {
             Cloud::Dod => "https://api.mil.powerbigov.us",
             Cloud::China => "https://api.powerbi.cn",
         }
+    }
+
+    /// The Microsoft Fabric App ID URI (v1 `resource`; v2 scope is this plus `/.default`), in
+    /// the clouds Fabric exists in: the public cloud only. Microsoft's Fabric region list names
+    /// Azure public regions alone, and Fabric has not reached GCC, GCC High, DoD or 21Vianet.
+    /// Public so that `tests/clouds.rs` can hold the simulator's table to it.
+    pub fn fabric_resource(self) -> Option<&'static str> {
+        match self {
+            Cloud::Public => Some("https://api.fabric.microsoft.com"),
+            Cloud::Gcc | Cloud::Gcchigh | Cloud::Dod | Cloud::China => None,
+        }
+    }
+
+    /// The Fabric REST API root, without a trailing slash, where Fabric exists (see
+    /// [`Cloud::fabric_resource`]).
+    pub(crate) fn fabric_api(self) -> Option<&'static str> {
+        self.fabric_resource()
+            .map(|_| "https://api.fabric.microsoft.com")
     }
 
     /// The Azure Key Vault resource (v1 `resource`; v2 scope is this plus `/.default`) whose

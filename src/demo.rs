@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use crate::config::SecretSource;
 use crate::config::{
     AccessLevel, ApiVersion, Config, DaemonConfig, EffectiveIdentity, EmbedConfig, FileFormat,
-    FileSinkConfig, FleetConfig, PowerBiConfig, ProbeConfig, RedisConfig, RedisSinkConfig,
+    FileSinkConfig, FleetConfig, PowerBiConfig, ProbeConfig, RedisConfig, RedisSinkConfig, RestApi,
     ServerConfig, SinkConfig, TenantConfig,
 };
 use crate::{Control, Daemon, RunError};
@@ -182,6 +182,7 @@ fn demo_embed(tenant: &str, embed: &DemoEmbed, dir: &std::path::Path) -> EmbedCo
             })
             .into_iter()
             .collect(),
+        datasource_identities: Vec::new(),
         sinks: vec![SinkConfig::File(FileSinkConfig {
             path: dir.join(format!("{tenant}.{}.embed.json", embed.name)),
             format: FileFormat::Json,
@@ -234,6 +235,7 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
             );
             tenant.api = spec.api;
             tenant.powerbi = Some(Box::new(PowerBiConfig {
+                api: RestApi::PowerBi,
                 api_root: sim.powerbi_api().into(),
                 probe: Some(ProbeConfig {
                     interval: DEMO_PROBE_INTERVAL,

@@ -142,8 +142,9 @@ impl Reason {
         Reason::Unexpected,
     ];
 
-    /// An embed token's: a Power BI call's, and its writes.
-    pub(crate) const EMBED: [Reason; 8] = [
+    /// An embed token's: a Power BI call's, its writes, and reading its datasource identities'
+    /// blobs.
+    pub(crate) const EMBED: [Reason; 9] = [
         Reason::NotAuthorized,
         Reason::TokenExpired,
         Reason::NotFound,
@@ -152,6 +153,7 @@ impl Reason {
         Reason::Network,
         Reason::Unexpected,
         Reason::Sink,
+        Reason::Credential,
     ];
 
     /// `counts` (indexed like [`Reason::ALL`]) for the reasons of `set` only, in its order: the
@@ -197,13 +199,13 @@ impl Reason {
     pub fn advice(self) -> Option<&'static str> {
         Some(match self {
             Reason::NotAuthorized => {
-                "Power BI refuses this service principal: in the customer's Fabric admin portal, Tenant settings > Developer settings, \"Service principals can use Fabric APIs\" must be on for the organisation or for a security group that contains the service principal, and the service principal must be a Member or Admin of the workspaces it uses"
+                "Power BI (or Fabric) refuses this service principal: in the customer's Fabric admin portal, Tenant settings > Developer settings, \"Service principals can use Fabric APIs\" must be on for the organisation or for a security group that contains the service principal, and the service principal must be a Member or Admin of the workspaces it uses"
             }
             Reason::TokenExpired => {
                 "Power BI says the token has expired although the daemon holds it as fresh: check this host's clock (NTP); if the clock is right, this is a bug in the daemon"
             }
             Reason::NotFound => {
-                "Power BI found no such URL or item: check powerbi_api and probe.path, and the embed's report, dataset and workspace ids (Power BI also answers 404 when the service principal is not a member of the item's workspace)"
+                "Power BI (or Fabric) found no such URL or item: check powerbi_api (fabric_api) and probe.path, and the embed's report, dataset and workspace ids (Power BI also answers 404 when the service principal is not a member of the item's workspace)"
             }
             Reason::Unexpected => "Power BI answered in a way the daemon does not know",
             Reason::Throttled => "the server asks to slow down; the daemon waits as told",

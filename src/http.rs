@@ -283,7 +283,8 @@ pub(crate) struct TenantView {
     /// Fleet mode: the replica that fetched the current token; absent outside fleet mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refreshed_by: Option<String>,
-    /// The last Power BI access probe; absent for tenants without a probe or before the first.
+    /// The last access probe (Power BI or Fabric); absent for tenants without a probe or before
+    /// the first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_probe: Option<ProbeView>,
     /// The tenant's embed tokens; absent for tenants without any.
@@ -331,9 +332,11 @@ pub(crate) struct EmbedUrlsView {
 /// The last access probe in `/status`.
 #[derive(Serialize)]
 pub(crate) struct ProbeView {
+    /// The API probed: `powerbi` or `fabric` (`resource = "fabric"`).
+    pub api: &'static str,
     /// RFC 3339 time of the last probe.
     pub last_probe_at: Option<String>,
-    /// Whether Power BI accepted the token.
+    /// Whether the API accepted the token.
     pub ok: bool,
     /// Why not, with Power BI's status (`http_status`), error code (`error_code`) and
     /// `RequestId` (`trace_id`).
@@ -408,6 +411,7 @@ pub(crate) fn view(name: String, status: &TenantStatus, now: SystemTime) -> Tena
         task_panics: status.task_panics,
         refreshed_by: status.refreshed_by.as_deref().map(str::to_owned),
         api_probe: status.api_probe.as_ref().map(|probe| ProbeView {
+            api: probe.api.as_str(),
             last_probe_at: clock::rfc3339(probe.last),
             ok: probe.failure.is_none(),
             failure: probe.failure.as_ref().map(ErrorView::of),

@@ -11,7 +11,8 @@
 //!   `managed_identity`, `oauth2`, `key_vault`, `redis`, `fleet`, `powerbi`, `sink`),
 //!   cross-tenant and not-applicable-key rules, and the loader that keeps going after a mistake.
 //!   It reads the config file and nothing else. [`cloud`] says which authority host, Power BI
-//!   resource and Key Vault resource belong to each sovereign cloud.
+//!   resource, Fabric resource (where Fabric exists) and Key Vault resource belong to each
+//!   sovereign cloud.
 //! * `supervisor` keeps the tenants in a timetable, runs each one's step when due, and starts,
 //!   stops and reconciles tenants on reload (restarting one that panicked).
 //! * `tenant`: a tenant is a small composition: the refresher of its access token
@@ -54,7 +55,8 @@
 //! needs only `cloud` and `safe_read`; `token` needs only `clock` and `config`; `error` and
 //! `schedule` need `token`'s bounded types; `client` needs `config`, `error`, `token` and
 //! `schedule`; `credential` builds on `client`; `refresh` on `sink` and `store`; `powerbi` on
-//! `refresh` and `client`; the tenant on all of these.
+//! `refresh`, `client` and `credential` (an embed's datasource identity blobs are secrets, read
+//! like a client secret); the tenant on all of these.
 //!
 //! The binary (`main.rs`) only parses the command line, sets up logging and signals, and calls
 //! [`run`], [`once`] or [`check`].

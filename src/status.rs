@@ -110,8 +110,8 @@ pub struct TenantStatus {
     pub credential_expiry: Option<crate::credential::CredentialExpiry>,
     /// Fleet mode: the replica that fetched the current token (this one or another).
     pub refreshed_by: Option<Arc<str>>,
-    /// The Power BI access probe, for tenants that run one and have probed at least once.
-    /// Boxed: opt-in.
+    /// The access probe (of the Power BI or the Fabric API), for tenants that run one and
+    /// have probed at least once. Boxed: opt-in.
     pub api_probe: Option<Box<ProbeStatus>>,
     /// The tenant's embed tokens, in config order; empty for tenants without any.
     pub embeds: Box<[EmbedStatus]>,
@@ -159,9 +159,12 @@ impl EmbedStatus {
 /// What the access probe last found, and its failures so far.
 #[derive(Clone, Debug)]
 pub struct ProbeStatus {
+    /// The API probed: what `/status` names, since one tenant's failure means another thing
+    /// for Power BI than for Fabric.
+    pub api: crate::config::RestApi,
     /// When the last probe ended.
     pub last: SystemTime,
-    /// `None` when Power BI accepted the token.
+    /// `None` when the API accepted the token.
     pub failure: Option<RefreshError>,
     /// Failed probes by reason, indexed by [`Reason::index`] (saturating, as the token's).
     pub failures_by_reason: [u32; Reason::ALL.len()],
@@ -496,6 +499,7 @@ mod tests {
         let failure =
             |reason| RefreshError::api(reason, Some(401), None, None, String::new(), None);
         let mut probe = ProbeStatus {
+            api: crate::config::RestApi::PowerBi,
             last: now,
             failure: None,
             failures_by_reason: [0; Reason::ALL.len()],

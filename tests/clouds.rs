@@ -44,5 +44,10 @@ fn the_simulator_expects_the_resources_the_daemon_asks_for() {
             cloud.key_vault_resource(),
             "{cloud:?}: Key Vault"
         );
+        assert_eq!(
+            sim.fabric_resource(),
+            cloud.fabric_resource(),
+            "{cloud:?}: Fabric"
+        );
     }
 }

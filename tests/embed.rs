@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::Spawned;
+use common::process::{Spawned, entry, wait_for_status};
 use common::*;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use powerbi_tokend::config::{
     AccessLevel, EffectiveIdentity, EmbedConfig, FileFormat, FileSinkConfig, PerTenantMetrics,
-    PowerBiConfig, SinkConfig, TenantConfig,
+    PowerBiConfig, RestApi, SinkConfig, TenantConfig,
 };
 use powerbi_tokend_sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
 
@@ -31,6 +31,7 @@ fn sales(dir: &Path, tenant: &str, access_level: AccessLevel) -> EmbedConfig {
         xmla_read_only: false,
         workspace: None,
         identities: Vec::new(),
+        datasource_identities: Vec::new(),
         sinks: vec![SinkConfig::File(FileSinkConfig {
             path: dir.join(format!("{tenant}.sales.embed.json")),
             format: FileFormat::Json,
@@ -43,6 +44,7 @@ fn sales(dir: &Path, tenant: &str, access_level: AccessLevel) -> EmbedConfig {
 fn embedding(sim: &SimEntra, name: &str, dir: &Path, embed: EmbedConfig) -> TenantConfig {
     let mut tenant = tenant(sim, name, &format!("{name}.example.com"), dir);
     tenant.powerbi = Some(Box::new(PowerBiConfig {
+        api: RestApi::PowerBi,
         api_root: sim.powerbi_api().into(),
         probe: None,
         embeds: vec![embed],
@@ -335,11 +337,11 @@ async fn a_restart_reuses_the_embed_token_made_for_the_same_items() {
     daemon.stop().await;
 }
 
-#[tokio::test]
-async fn no_embed_or_access_token_reaches_the_log_at_trace_level() {
-    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
-    let tokens = dir.path().join("tokens");
-    let config = dir.path().join("config.toml");
+/// The config file of a daemon run as a child process: tenant `contoso` of `sim`, its secret
+/// from `EMBED_TEST_SECRET`, its tokens in `<dir>/tokens`; `defaults` is added to `[defaults]`,
+/// and `embed` (without `sinks`) is its one `[[tenant.embed]]`, written next to its token.
+fn spawned_config(sim: &SimEntra, dir: &Path, defaults: &str, embed: &str) -> std::path::PathBuf {
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
@@ -352,22 +354,34 @@ powerbi_api = "{authority}"
 client_id = "{CLIENT_ID}"
 client_secret = {{ env = "EMBED_TEST_SECRET" }}
 sinks = [ {{ type = "file", path = "{tokens}/{{name}}.json" }} ]
-probe = {{ interval = "1s" }}
+{defaults}
 
 [[tenant]]
 name = "contoso"
 tenant_id = "contoso.example.com"
 
 [[tenant.embed]]
-name = "sales"
-reports = ["{REPORT}"]
+{embed}
 sinks = [ {{ type = "file", path = "{tokens}/{{name}}.{{embed}}.embed.json" }} ]
 "#,
             authority = sim.authority_host(),
-            tokens = tokens.display(),
+            tokens = dir.join("tokens").display(),
         ),
     )
     .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn no_embed_or_access_token_reaches_the_log_at_trace_level() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    let tokens = dir.path().join("tokens");
+    let config = spawned_config(
+        &sim,
+        dir.path(),
+        "probe = { interval = \"1s\" }",
+        &format!("name = \"sales\"\nreports = [\"{REPORT}\"]"),
+    );
     let log = dir.path().join("daemon.log");
     let mut daemon = Spawned::run(&config, &log, "trace", &[("EMBED_TEST_SECRET", SECRET)]);
     let path = tokens.join("contoso.sales.embed.json");
@@ -785,4 +799,130 @@ async fn a_warm_start_within_a_day_reads_only_the_urls_of_reports_added() {
     assert_eq!(third["embed_urls"][REPORT], first["embed_urls"][REPORT]);
     assert_eq!(report_reads(&sim, "contoso.example.com"), (3, 0));
     daemon.stop().await;
+}
+
+/// Two identity blobs shaped like the Azure SQL access tokens they stand for.
+const BLOB_ONE: &str =
+    "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJodHRwczovL2RhdGFiYXNlLndpbmRvd3MubmV0In0.b25lLWJsb2Itc2ln";
+const BLOB_TWO: &str =
+    "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJodHRwczovL2RhdGFiYXNlLndpbmRvd3MubmV0In1.dHdvLWJsb2Itc2ln";
+
+#[tokio::test]
+async fn datasource_identities_send_the_blob_read_anew_and_keep_it_out_of_everything_shown() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(4)).await;
+    let tokens = dir.path().join("tokens");
+    let blob = dir.path().join("sql-token");
+    std::fs::write(&blob, format!("{BLOB_ONE}\n")).unwrap();
+    let embed = format!(
+        r#"name = "finance"
+reports = ["{REPORT}"]
+datasets = ["{DATASET}"]
+datasource_identities = [
+  {{ identity_blob = {{ file = "{blob}" }},
+     datasources = [ {{ datasource_type = "Sql", server = "contoso.database.windows.net", database = "sales" }} ] }},
+]"#,
+        blob = blob.display(),
+    );
+    let config = spawned_config(&sim, dir.path(), "", &embed);
+    let log = dir.path().join("daemon.log");
+    let daemon = Spawned::run(&config, &log, "trace", &[("EMBED_TEST_SECRET", SECRET)]);
+    let addr = daemon.admin_addr().await;
+    let path = tokens.join("contoso.finance.embed.json");
+    let sent_blob = || {
+        sim.last_generate_token_request("contoso.example.com")
+            .and_then(|body| {
+                body["datasourceIdentities"][0]["identityBlob"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+    };
+
+    // The body passes the simulator's checks of Power BI's shape: a token is made and written.
+    wait_for(
+        "an embed token made with the blob",
+        Duration::from_secs(10),
+        || read_json(&path).is_some() && sent_blob().as_deref() == Some(BLOB_ONE),
+    )
+    .await;
+    assert_eq!(
+        sim.last_generate_token_request("contoso.example.com")
+            .unwrap()["datasourceIdentities"],
+        serde_json::json!([{
+            "identityBlob": BLOB_ONE,
+            "datasources": [{
+                "datasourceType": "Sql",
+                "connectionDetails": { "server": "contoso.database.windows.net", "database": "sales" },
+            }],
+        }])
+    );
+    assert_eq!(
+        read_json(&path).unwrap()["datasource_identities"][0]["datasources"][0]["connectionDetails"]
+            ["server"],
+        "contoso.database.windows.net"
+    );
+
+    // Whoever obtains the blob replaces it: the next embed token is made with the new one.
+    std::fs::write(&blob, BLOB_TWO).unwrap();
+    wait_for(
+        "an embed token made with the new blob",
+        Duration::from_secs(10),
+        || sent_blob().as_deref() == Some(BLOB_TWO),
+    )
+    .await;
+
+    // A blob that cannot be read fails that embed token, by name and source; the last one stays.
+    std::fs::remove_file(&blob).unwrap();
+    let status = wait_for_status(
+        addr,
+        "the credential failure",
+        Duration::from_secs(10),
+        |status| entry(status, "contoso")["embeds"][0]["last_error"]["reason"] == "credential",
+    )
+    .await;
+    let error = &entry(&status, "contoso")["embeds"][0]["last_error"];
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("embed \"finance\": datasource_identities[0].identity_blob: ")
+            && message.contains(&blob.display().to_string()),
+        "{error}"
+    );
+    let last_made = sim
+        .last_embed_token("contoso.example.com")
+        .map(|(id, _)| id);
+    assert_eq!(
+        read_json(&path).unwrap()["token_id"].as_str(),
+        last_made.as_deref(),
+        "the embed token made last is the one in the file"
+    );
+    let (_, metrics, _) = common::process::get(addr, "/metrics", Duration::from_secs(5)).await;
+    assert!(
+        metrics.lines().any(|line| line.starts_with(
+            "powerbi_tokend_embed_refresh_failures_total{embed=\"finance\",reason=\"credential\",tenant=\"contoso\"}"
+        ) && !line.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    let status = status.to_string();
+    let files: Vec<String> = std::fs::read_dir(&tokens)
+        .unwrap()
+        .map(|file| std::fs::read_to_string(file.unwrap().path()).unwrap())
+        .collect();
+    daemon.signal("TERM");
+    let mut daemon = daemon;
+    daemon.wait_exit(Duration::from_secs(10)).await;
+    let log = daemon.log_text();
+    assert!(log.contains("embed token refreshed"), "{log}");
+    for blob in [BLOB_ONE, BLOB_TWO] {
+        // Its signature part alone is telling enough: no piece of the blob may show.
+        let signature = blob.rsplit('.').next().unwrap();
+        for (what, text) in [("log", &log), ("/status", &status), ("/metrics", &metrics)] {
+            assert!(!text.contains(signature), "a blob is in {what}");
+        }
+        for file in &files {
+            assert!(
+                !file.contains(signature),
+                "a blob is in a token file: {file}"
+            );
+        }
+    }
 }

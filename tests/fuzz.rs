@@ -3002,6 +3002,7 @@ fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violat
         xmla_read_only: false,
         workspace: None,
         identities: Vec::new(),
+        datasource_identities: Vec::new(),
         sinks: Vec::new(),
     };
     let (read, stored_url) = check_embed_urls(body, &tenant, &embed)?;

@@ -2,10 +2,11 @@
 
 mod common;
 
+use common::process::entry;
 use common::*;
 use std::time::Duration;
 
-use powerbi_tokend::config::{PowerBiConfig, ProbeConfig, TenantConfig};
+use powerbi_tokend::config::{PowerBiConfig, ProbeConfig, RestApi, TenantConfig};
 use powerbi_tokend_sim::{PowerBiBehavior, PowerBiEndpoint, SimEntra};
 
 /// A tenant of the simulator with a probe every `interval` against `api_root`.
@@ -18,6 +19,7 @@ fn probing(
 ) -> TenantConfig {
     let mut tenant = tenant(sim, name, &format!("{name}.example.com"), dir);
     tenant.powerbi = Some(Box::new(PowerBiConfig {
+        api: RestApi::PowerBi,
         api_root: api_root.into(),
         probe: Some(ProbeConfig {
             interval,
@@ -26,22 +28,6 @@ fn probing(
         embeds: Vec::new(),
     }));
     tenant
-}
-
-/// The `/status` entry of `name`.
-fn entry<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["tenants"]
-        .as_array()
-        .and_then(|tenants| tenants.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("{name} not in /status: {status}"))
-}
-
-/// The value of the sample line `line` (labels included) in a metrics page.
-fn sample(metrics: &str, line: &str) -> Option<String> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(line))
-        .map(|value| value.trim().to_owned())
 }
 
 #[tokio::test]
@@ -157,11 +143,11 @@ async fn each_probe_outcome_is_classified_in_status_and_metrics_and_readiness_st
 
     let (_, metrics) = daemon.get("/metrics").await;
     assert_eq!(
-        sample(&metrics, "powerbi_tokend_api_probe_success{tenant=\"ok\"}").as_deref(),
+        sample_value(&metrics, "powerbi_tokend_api_probe_success{tenant=\"ok\"}").as_deref(),
         Some("1")
     );
     assert_eq!(
-        sample(
+        sample_value(
             &metrics,
             "powerbi_tokend_api_probe_success{tenant=\"denied\"}"
         )
@@ -169,7 +155,7 @@ async fn each_probe_outcome_is_classified_in_status_and_metrics_and_readiness_st
         Some("0")
     );
     assert!(
-        sample(
+        sample_value(
             &metrics,
             "powerbi_tokend_api_probe_last_timestamp_seconds{tenant=\"denied\"}"
         )
@@ -187,25 +173,34 @@ async fn each_probe_outcome_is_classified_in_status_and_metrics_and_readiness_st
             "powerbi_tokend_api_probe_failures_total{{reason=\"{reason}\",tenant=\"{tenant}\"}}"
         );
         assert!(
-            sample(&metrics, &line).is_some_and(|count| count != "0"),
+            sample_value(&metrics, &line).is_some_and(|count| count != "0"),
             "{line} missing:\n{metrics}"
         );
         let all = format!("powerbi_tokend_tenants_api_probe_failures_total{{reason=\"{reason}\"}}");
         assert!(
-            sample(&metrics, &all).is_some_and(|count| count != "0"),
+            sample_value(&metrics, &all).is_some_and(|count| count != "0"),
             "{all}"
         );
     }
+    // A probe writes nothing: no family of the probe has a `sink` reason, per tenant or over
+    // all of them.
+    assert!(
+        !metrics
+            .lines()
+            .any(|line| line.contains("api_probe_failures_total")
+                && line.contains("reason=\"sink\"")),
+        "{metrics}"
+    );
     assert_eq!(
-        sample(&metrics, "powerbi_tokend_tenants{state=\"api_denied\"}").as_deref(),
+        sample_value(&metrics, "powerbi_tokend_tenants{state=\"api_denied\"}").as_deref(),
         Some("1")
     );
     assert_eq!(
-        sample(&metrics, "powerbi_tokend_tenants{state=\"api_failing\"}").as_deref(),
+        sample_value(&metrics, "powerbi_tokend_tenants{state=\"api_failing\"}").as_deref(),
         Some("5")
     );
     assert_eq!(
-        sample(
+        sample_value(
             &metrics,
             "powerbi_tokend_tenant_state{state=\"api_denied\",tenant=\"denied\"}"
         )
@@ -213,7 +208,7 @@ async fn each_probe_outcome_is_classified_in_status_and_metrics_and_readiness_st
         Some("1")
     );
     // One probe per tenant at least (`skewed` refreshes at once and probes again).
-    let probes: u64 = sample(&metrics, "powerbi_tokend_api_probe_duration_seconds_count")
+    let probes: u64 = sample_value(&metrics, "powerbi_tokend_api_probe_duration_seconds_count")
         .and_then(|count| count.parse().ok())
         .unwrap_or(0);
     assert!(probes >= 7, "{probes} probes timed");

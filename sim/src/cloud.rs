@@ -1,5 +1,6 @@
-//! The sovereign clouds as the simulator sees them: which Power BI resource and which Key Vault
-//! resource a token must be for (protocol reference §7 and §10).
+//! The sovereign clouds as the simulator sees them: which Power BI resource, which Fabric
+//! resource and which Key Vault resource a token must be for (protocol reference §7 and §10;
+//! Fabric runs in the public cloud only).
 //!
 //! The daemon has the same table (`powerbi_tokend::cloud::Cloud`), but the simulator cannot use
 //! it: the daemon's `demo` depends on the simulator, and a dependency back would be a cycle. The
@@ -53,6 +54,22 @@ impl SimCloud {
             SimCloud::Gcchigh | SimCloud::Dod => "https://vault.usgovcloudapi.net",
             SimCloud::China => "https://vault.azure.cn",
         }
+    }
+
+    /// The Microsoft Fabric App ID URI (v1 `resource`; v2 scope is this plus `/.default`): the
+    /// `aud` the Fabric REST API accepts, in the clouds Fabric exists in (the public cloud).
+    pub fn fabric_resource(self) -> Option<&'static str> {
+        match self {
+            SimCloud::Public => Some("https://api.fabric.microsoft.com"),
+            SimCloud::Gcc | SimCloud::Gcchigh | SimCloud::Dod | SimCloud::China => None,
+        }
+    }
+
+    /// Whether `resource` is the Fabric resource of some cloud.
+    pub(crate) fn is_fabric_resource(resource: &str) -> bool {
+        SimCloud::ALL
+            .iter()
+            .any(|cloud| cloud.fabric_resource() == Some(resource))
     }
 
     /// Whether `resource` is the Power BI resource of some cloud.

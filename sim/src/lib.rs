@@ -11,8 +11,8 @@
 //!   (v1), form-encoded only, plus `GET /{tenant}/v2.0/.well-known/openid-configuration`.
 //!   Extra form fields and headers sent by real libraries (`client_info`, `x-client-*`,
 //!   `x-ms-lib-capability`) are ignored, as Entra ignores them. Tokens are issued for the Power
-//!   BI and Key Vault resources of every cloud ([`SimCloud::ALL`]); any other resource gets
-//!   AADSTS500011.
+//!   BI and Key Vault resources of every cloud ([`SimCloud::ALL`]) and for Fabric's; any other
+//!   resource gets AADSTS500011.
 //! * **Success bodies.** v2 sends `expires_in`, `ext_expires_in` (and `refresh_in` when the tenant
 //!   is configured for it) as JSON numbers; v1 sends every number as a JSON *string* and adds
 //!   `expires_on`, `not_before` and `resource`. The access token is JWT-shaped, about 1 KB, and
@@ -74,6 +74,14 @@
 //!   expires no later than the bearer token. Every answer carries a `RequestId` header, every
 //!   error an `X-PowerBI-Error-Info` header.
 //!
+//! * **Fabric.** `GET /v1/workspaces` (Fabric's List Workspaces, the daemon's probe of a tenant
+//!   whose token is for Fabric), on the same listener. The bearer token must be one this
+//!   simulator signed for Fabric's resource (`https://api.fabric.microsoft.com`; the public cloud
+//!   only) and not expired: else 401 `InvalidToken` (a Power BI token is not Fabric's) or 401
+//!   `TokenExpired`, in Fabric's `{"requestId","errorCode","message"}` shape. The tenant's
+//!   [`PowerBiBehavior`] applies here too, in Fabric's words: `NotAuthorized` is Fabric's 401
+//!   `Unauthorized` for a tenant that does not let service principals use the Fabric APIs.
+//!
 //! * **Key Vault** (§10). `GET /secrets/{name}` and `GET /secrets/{name}/{version}` (with
 //!   `api-version`, `7.x`), on the same listener, so [`SimEntra::key_vault_url`] is the
 //!   authority host. A request without a bearer token, or with one this simulator did not sign,
@@ -130,9 +138,11 @@
 //! * `managed_identity.rs`: the IMDS and App Service endpoints.
 //! * `powerbi.rs`: the Power BI REST API: bearer checks, workspaces, embed tokens, reports, and the
 //!   per-tenant [`PowerBiBehavior`]s.
+//! * `fabric.rs`: the Fabric REST API's List Workspaces, with `powerbi.rs`'s bearer checks and
+//!   behaviours in Fabric's words.
 //! * `key_vault.rs`: Azure Key Vault's secrets endpoint: bearer checks and the challenge,
 //!   access grants, secret versions, [`KeyVaultFault`]s.
-//! * `cloud.rs`: the sovereign clouds' Power BI and Key Vault resources ([`SimCloud`]).
+//! * `cloud.rs`: the sovereign clouds' Power BI, Fabric and Key Vault resources ([`SimCloud`]).
 //! * `tls.rs`: the HTTPS accept loop of [`SimEntra::start_tls`].
 //! * `wire.rs`: small helpers: form and Basic decoding, GUIDs, base64, the clock, JSON headers,
 //!   redaction.
@@ -159,6 +169,7 @@ mod access_token;
 mod assertion;
 mod catalogue;
 mod cloud;
+mod fabric;
 mod faults;
 mod federated;
 mod jwt;
@@ -608,8 +619,9 @@ impl SimEntra {
     }
 
     /// `"http://127.0.0.1:PORT"` (or `https`, no trailing slash): the value for the daemon's
-    /// `powerbi_api = "…"` key. The Power BI API (`/v1.0/myorg/…`) shares the listener of the
-    /// simulated Entra ID, so this equals [`SimEntra::authority_host`].
+    /// `powerbi_api = "…"` key, and for `fabric_api`. The Power BI API (`/v1.0/myorg/…`) and the
+    /// Fabric API (`/v1/workspaces`) share the listener of the simulated Entra ID, so this
+    /// equals [`SimEntra::authority_host`].
     pub fn powerbi_api(&self) -> String {
         self.shared.authority_host.clone()
     }
@@ -617,7 +629,8 @@ impl SimEntra {
     /// Sets the cloud whose Power BI resource ([`SimCloud::power_bi_resource`]) the API expects
     /// as the `aud` of bearer tokens; until then, [`SimCloud::Public`]. A token for another cloud's
     /// resource gets 401, as a daemon that pairs one cloud's API root with another cloud's
-    /// token would in production. The key vault follows the same cloud: it expects tokens for
+    /// token would in production. The Fabric API expects Fabric's resource in the public cloud
+    /// and refuses every token in the others, which have no Fabric. The key vault follows the same cloud: it expects tokens for
     /// that cloud's vault resource (public `https://vault.azure.net` for Public and GCC, US
     /// Government `https://vault.usgovcloudapi.net` for GCC High and DoD, China
     /// `https://vault.azure.cn`) and names it in its challenge.
@@ -626,7 +639,9 @@ impl SimEntra {
     }
 
     /// Sets how the Power BI API answers callers whose bearer token names this tenant (`tid`,
-    /// matched case-insensitively), on both endpoints, until changed. May precede any token.
+    /// matched case-insensitively), on every endpoint (the Fabric API's too, in its own words:
+    /// [`PowerBiBehavior::NotAuthorized`] is how a tenant that does not allow service
+    /// principals answers), until changed. May precede any token.
     pub fn set_powerbi_behavior(&self, tenant_id: &str, behavior: PowerBiBehavior) {
         self.shared
             .powerbi()
@@ -983,6 +998,7 @@ fn router(shared: Arc<Shared>) -> Router {
             any(report_in_group),
         )
         .route("/v1.0/myorg/reports/{report}", any(report))
+        .route("/v1/workspaces", any(fabric::workspaces))
         .route("/secrets/{*path}", any(secret))
         .with_state(shared)
 }

@@ -30,6 +30,10 @@
 //!   `X-PowerBI-Error-Info`, the header Microsoft's .NET client reads for the error code
 //!   (PowerBI-CSharp `sdk/PowerBI.Api/Extensions/V2/HttpOperationExceptionHandler.cs`); that it
 //!   repeats the body's code is a guess.
+//! * GenerateToken's `datasourceIdentities` (single sign-on) follow the `DatasourceIdentity`,
+//!   `DatasourceSelector` and `DatasourceConnectionDetails` definitions of Microsoft's
+//!   GenerateToken reference (and PowerBI-CSharp's generated models); the 10240-byte blob limit
+//!   and its message are as users report Power BI's 400.
 //! * Bodies: `@odata.context`, the workspace fields and the embed token fields from §8.2 and
 //!   §8.3. A report has the fields of the Get Report (In Group) samples in Microsoft's REST
 //!   reference (`id`, `name`, `webUrl`, `embedUrl`, `datasetId`) and of its Report definition
@@ -72,8 +76,13 @@ use super::wire::{
 };
 
 /// Largest GenerateToken body accepted. A request naming the maximum 50 reports, 50 datasets
-/// and 50 workspaces with RLS identities stays well under it.
-const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// and 50 workspaces with RLS identities, and a dozen datasource identities with blobs of the
+/// largest size Power BI takes, stays under it.
+const MAX_REQUEST_BODY: usize = 256 * 1024;
+
+/// The longest `identityBlob` Power BI takes, in bytes; a longer one gets a 400 saying so
+/// (the message as users report it, Fabric community forum "Embed For Customer - DirectQuery").
+const MAX_IDENTITY_BLOB: usize = 10240;
 
 /// A body longer than [`MAX_REQUEST_BODY`] is read and thrown away up to this size before the
 /// 413 is sent: closing a socket with unread data makes the kernel send a reset, which can
@@ -88,8 +97,8 @@ const MAX_ITEMS: usize = 50;
 /// ends it sooner.
 const DEFAULT_EMBED_LIFETIME_SECS: u64 = 60 * 60;
 
-/// The names of the workspaces every tenant's service principal sees.
-const WORKSPACE_NAMES: [&str; 3] = ["Sales", "Finance", "Operations"];
+/// The names of the workspaces every tenant's service principal sees (in Fabric too).
+pub(super) const WORKSPACE_NAMES: [&str; 3] = ["Sales", "Finance", "Operations"];
 
 /// The request id Power BI puts on every answer, quoted in support requests. HTTP/1 header
 /// names are case-insensitive; real responses spell it `RequestId`.
@@ -99,26 +108,29 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("requestid");
 /// `X-PowerBI-Error-Info`).
 const ERROR_INFO: HeaderName = HeaderName::from_static("x-powerbi-error-info");
 
-/// How the simulated Power BI API answers one tenant's calls, whatever the endpoint.
+/// How the simulated Power BI API (and the Fabric API, in its own words: `fabric.rs`) answers
+/// one tenant's calls, whatever the endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PowerBiBehavior {
     /// Answer the request as asked.
     #[default]
     Ok,
     /// 401 `PowerBINotAuthorizedException`: what a tenant gets whose admin has not enabled
-    /// "Service principals can use Fabric APIs", or whose security group lacks the app.
+    /// "Service principals can use Fabric APIs", or whose security group lacks the app: service
+    /// principals are not allowed. Fabric answers 401 `Unauthorized`.
     NotAuthorized,
     /// 403 `TokenExpired`, whatever the token's `exp`: a clock that disagrees with Power BI's.
+    /// Fabric answers 401 `TokenExpired`.
     TokenExpired,
     /// 404 `PowerBIEntityNotFound`: the item is gone, or the service principal is not a member
-    /// of its workspace (Power BI does not tell the two apart).
+    /// of its workspace (Power BI does not tell the two apart). Fabric: 404 `EntityNotFound`.
     NotFound,
-    /// 429 `TooManyRequests` with `Retry-After: retry_after_secs`.
+    /// 429 `TooManyRequests` with `Retry-After: retry_after_secs` (Fabric: `RequestBlocked`).
     Throttled {
         /// Value of the `Retry-After` header, in seconds.
         retry_after_secs: u64,
     },
-    /// 500 `InternalServerError`, without `Retry-After`.
+    /// 500 `InternalServerError`, without `Retry-After` (Fabric: `UnknownError`).
     ServerError,
 }
 
@@ -134,25 +146,29 @@ pub enum PowerBiEndpoint {
     ReportInGroup,
     /// `GET /v1.0/myorg/reports/{report}` (Get Report, My workspace)
     Report,
+    /// `GET /v1/workspaces` of the Fabric REST API, on the same listener.
+    FabricWorkspaces,
 }
 
 impl PowerBiEndpoint {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             PowerBiEndpoint::Groups => "groups",
             PowerBiEndpoint::GenerateToken => "generate_token",
             PowerBiEndpoint::ReportInGroup => "report_in_group",
             PowerBiEndpoint::Report => "report",
+            PowerBiEndpoint::FabricWorkspaces => "fabric_workspaces",
         }
     }
 
     /// The only method the endpoint answers.
-    fn method(self) -> Method {
+    pub(super) fn method(self) -> Method {
         match self {
             PowerBiEndpoint::GenerateToken => Method::POST,
-            PowerBiEndpoint::Groups | PowerBiEndpoint::ReportInGroup | PowerBiEndpoint::Report => {
-                Method::GET
-            }
+            PowerBiEndpoint::Groups
+            | PowerBiEndpoint::ReportInGroup
+            | PowerBiEndpoint::Report
+            | PowerBiEndpoint::FabricWorkspaces => Method::GET,
         }
     }
 }
@@ -194,7 +210,7 @@ impl PowerBiTenant {
 impl Shared {
     /// Counts a request with a valid token, records a GenerateToken body, and returns the
     /// tenant's behaviour.
-    fn admit_powerbi(
+    pub(super) fn admit_powerbi(
         &self,
         tenant_key: &str,
         endpoint: PowerBiEndpoint,
@@ -295,7 +311,10 @@ async fn answer_request(
             Some(bytes) => Some(bytes),
             None => return Reply::too_large(),
         },
-        PowerBiEndpoint::Groups | PowerBiEndpoint::ReportInGroup | PowerBiEndpoint::Report => None,
+        PowerBiEndpoint::Groups
+        | PowerBiEndpoint::ReportInGroup
+        | PowerBiEndpoint::Report
+        | PowerBiEndpoint::FabricWorkspaces => None,
     };
     let caller = match authenticate(shared, &parts.headers) {
         Ok(caller) => caller,
@@ -322,6 +341,8 @@ async fn answer_request(
         PowerBiEndpoint::ReportInGroup | PowerBiEndpoint::Report => {
             get_report(shared, &caller, parts.uri.path())
         }
+        // Fabric's endpoint has a handler of its own (`fabric.rs`) and is not routed here.
+        PowerBiEndpoint::FabricWorkspaces => Reply::not_found(),
     }
 }
 
@@ -344,19 +365,33 @@ async fn read_capped(body: Body) -> Option<Vec<u8>> {
 }
 
 /// Who is calling, from a bearer token that verified.
-struct Caller {
+pub(super) struct Caller {
     /// The `tid` claim as issued.
-    tenant: String,
+    pub(super) tenant: String,
     /// The same in lower case: the key of the tenant's behaviour and records.
-    tenant_key: String,
+    pub(super) tenant_key: String,
     /// The token's `exp`, seconds since the Unix epoch; embed tokens end no later.
     expires_at: u64,
 }
 
-/// The bearer token's checks: signed by this simulator, not expired, for this cloud's Power BI
-/// resource, naming a tenant. Expiry is checked before the audience, as token validators
-/// usually do, so an expired token for the wrong cloud gets 403.
-fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Reply> {
+/// Why a bearer token was refused; each API answers it in its own words.
+pub(super) enum Refusal {
+    /// Missing, not a bearer, not signed by this simulator, for another audience, or without a
+    /// tenant.
+    Invalid,
+    /// Valid but past its `exp`.
+    Expired,
+}
+
+/// The bearer token's checks: signed by this simulator, not expired, for `audience` (`None`:
+/// an API that does not exist in the simulated cloud, which no token is for), naming a tenant.
+/// Expiry is checked before the audience, as token validators usually do, so an expired token
+/// for the wrong cloud is refused as expired.
+pub(super) fn verify_bearer(
+    shared: &Shared,
+    headers: &HeaderMap,
+    audience: Option<&str>,
+) -> Result<Caller, Refusal> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -364,28 +399,37 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Reply> {
             let (scheme, token) = value.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
-        .ok_or_else(Reply::not_authorized)?;
-    let claims = verify(&shared.token_key, token).ok_or_else(Reply::not_authorized)?;
+        .ok_or(Refusal::Invalid)?;
+    let claims = verify(&shared.token_key, token).ok_or(Refusal::Invalid)?;
     let expires_at = claims
         .get("exp")
         .and_then(Value::as_u64)
-        .ok_or_else(Reply::not_authorized)?;
+        .ok_or(Refusal::Invalid)?;
     if expires_at <= now_secs() {
-        return Err(Reply::token_expired());
+        return Err(Refusal::Expired);
     }
-    let audience = shared.powerbi().cloud.power_bi_resource();
-    if claims.get("aud").and_then(Value::as_str) != Some(audience) {
-        return Err(Reply::not_authorized());
+    if audience.is_none() || claims.get("aud").and_then(Value::as_str) != audience {
+        return Err(Refusal::Invalid);
     }
     let tenant = claims
         .get("tid")
         .and_then(Value::as_str)
         .filter(|tenant| !tenant.is_empty())
-        .ok_or_else(Reply::not_authorized)?;
+        .ok_or(Refusal::Invalid)?;
     Ok(Caller {
         tenant: tenant.to_owned(),
         tenant_key: tenant_key(tenant),
         expires_at,
+    })
+}
+
+/// [`verify_bearer`] for this cloud's Power BI resource, refused as Power BI refuses: 401
+/// `PowerBINotAuthorizedException`, 403 `TokenExpired` for an expired token.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Reply> {
+    let audience = shared.powerbi().cloud.power_bi_resource();
+    verify_bearer(shared, headers, Some(audience)).map_err(|refusal| match refusal {
+        Refusal::Invalid => Reply::not_authorized(),
+        Refusal::Expired => Reply::token_expired(),
     })
 }
 
@@ -492,7 +536,7 @@ fn report_body(host: &str, tenant_key: &str, workspace: Option<&str>, report: &s
 }
 
 /// A version-4 GUID derived from `parts`, the same for the same parts.
-fn stable_guid(parts: &[&str]) -> String {
+pub(super) fn stable_guid(parts: &[&str]) -> String {
     let hash = digest::digest(&digest::SHA256, parts.join("\n").as_bytes());
     let mut bits = [0u8; 16];
     // SHA-256 is 32 bytes long, so the first 16 always exist.
@@ -519,6 +563,9 @@ fn issue_embed_token(
         Err(message) => return Reply::invalid_request(message),
     };
     if let Err(message) = check_identities(&body, &shared.rls_datasets(&caller.tenant_key)) {
+        return Reply::invalid_request(message);
+    }
+    if let Err(message) = check_datasource_identities(&body) {
         return Reply::invalid_request(message);
     }
     let now = now_secs();
@@ -560,7 +607,8 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// The GenerateToken (V2) request rules of reference §8.3: a JSON object naming at least one
 /// report or dataset, at most [`MAX_ITEMS`] of each kind, every id a GUID, `allowEdit` a
-/// boolean, `identities` and `datasourceIdentities` arrays (their entries are not checked), and
+/// boolean, `identities` and `datasourceIdentities` arrays (their entries are checked by
+/// [`check_identities`] and [`check_datasource_identities`]), and
 /// `lifetimeInMinutes` a whole number of zero or more. Returns `lifetimeInMinutes` (0: not
 /// given), or the message of the 400.
 fn validate_generate_token(body: &Value) -> Result<u64, String> {
@@ -654,6 +702,56 @@ fn check_identities(body: &Value, rls: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Single sign-on identities as the GenerateToken reference describes `DatasourceIdentity`:
+/// each has an `identityBlob`, a non-empty string Power BI takes up to [`MAX_IDENTITY_BLOB`]
+/// bytes of, and `datasources`, a non-empty array of `DatasourceSelector`s, each with a
+/// `datasourceType` string and a `connectionDetails` object naming at least one detail. The
+/// blob itself is not checked (the data source would be). Returns the message of the 400;
+/// the texts other than the size limit's are not documented and follow Power BI's style.
+fn check_datasource_identities(body: &Value) -> Result<(), String> {
+    let identities = body
+        .get("datasourceIdentities")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    for identity in identities {
+        let blob = identity.get("identityBlob").and_then(Value::as_str);
+        match blob {
+            None | Some("") => {
+                return Err("Datasource identity must have an identityBlob.".to_owned());
+            }
+            Some(blob) if blob.len() > MAX_IDENTITY_BLOB => {
+                return Err(format!(
+                    "Identity blob value size exceeds size limit of {MAX_IDENTITY_BLOB} bytes"
+                ));
+            }
+            Some(_) => {}
+        }
+        let datasources = identity
+            .get("datasources")
+            .and_then(Value::as_array)
+            .filter(|datasources| !datasources.is_empty())
+            .ok_or_else(|| "Datasource identity must specify datasources.".to_owned())?;
+        for datasource in datasources {
+            let typed = datasource
+                .get("datasourceType")
+                .and_then(Value::as_str)
+                .is_some_and(|kind| !kind.is_empty());
+            let detailed = datasource
+                .get("connectionDetails")
+                .and_then(Value::as_object)
+                .is_some_and(|details| {
+                    !details.is_empty() && details.values().all(Value::is_string)
+                });
+            if !typed || !detailed {
+                return Err(
+                    "Every datasource needs a datasourceType and connectionDetails.".to_owned(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The items of one list field (absent or `null`: none), each an object whose `id` is a GUID.
 fn item_list<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a [Value], String> {
     let items = match fields.get(name) {
@@ -694,20 +792,22 @@ fn now_secs() -> u64 {
     u64::try_from(unix_now()).unwrap_or(0)
 }
 
-/// An answer before the headers every Power BI response shares are added.
-struct Reply {
+/// An answer before the headers every Power BI response shares are added (Fabric's answers,
+/// from the same front end, share them too).
+pub(super) struct Reply {
     /// The HTTP status.
-    status: StatusCode,
+    pub(super) status: StatusCode,
     /// The JSON body.
     body: Value,
-    /// The error code of a refusal, repeated in `X-PowerBI-Error-Info`; `None` for success.
-    error_code: Option<&'static str>,
+    /// The error code of a refusal, repeated in `X-PowerBI-Error-Info` (Fabric:
+    /// `x-ms-public-api-error-code`); `None` for success.
+    pub(super) error_code: Option<&'static str>,
     /// `Retry-After` of a throttled answer, `Allow` of a wrong method.
-    extra: Option<(HeaderName, HeaderValue)>,
+    pub(super) extra: Option<(HeaderName, HeaderValue)>,
 }
 
 impl Reply {
-    fn ok(body: Value) -> Reply {
+    pub(super) fn ok(body: Value) -> Reply {
         Reply {
             status: StatusCode::OK,
             body,
@@ -716,7 +816,7 @@ impl Reply {
         }
     }
 
-    fn error(status: StatusCode, code: &'static str, body: Value) -> Reply {
+    pub(super) fn error(status: StatusCode, code: &'static str, body: Value) -> Reply {
         Reply {
             status,
             body,
@@ -815,6 +915,12 @@ impl Reply {
     }
 
     fn into_response(self, request_id: &str) -> Response {
+        self.into_response_with(request_id, ERROR_INFO)
+    }
+
+    /// The response, with the shared headers, `RequestId`, and the error code in
+    /// `error_header`.
+    pub(super) fn into_response_with(self, request_id: &str, error_header: HeaderName) -> Response {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -839,7 +945,7 @@ impl Reply {
             headers.insert(REQUEST_ID, value);
         }
         if let Some(code) = self.error_code {
-            headers.insert(ERROR_INFO, HeaderValue::from_static(code));
+            headers.insert(error_header, HeaderValue::from_static(code));
         }
         if let Some((name, value)) = self.extra {
             headers.insert(name, value);
@@ -860,21 +966,6 @@ mod tests {
     const DATASET: &str = "cfafbeb1-0000-4d0c-896e-000000000003";
     const WORKSPACE: &str = "f089354e-0000-4e18-aea3-000000000005";
     const GCC_SCOPE: &str = "https://analysis.usgovcloudapi.net/powerbi/api/.default";
-
-    /// An access token from the simulator's v2 endpoint for `scope`.
-    async fn bearer(fixture: &Fixture, scope: &'static str) -> String {
-        let answer = post(
-            &fixture.http,
-            &v2_url(&fixture.sim, TENANT),
-            &with(v2_form(), "scope", scope),
-        )
-        .await;
-        assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.json()["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned()
-    }
 
     async fn get_groups(fixture: &Fixture, token: &str, query: &str) -> Answer {
         let url = format!("{}/v1.0/myorg/groups{query}", fixture.sim.powerbi_api());
@@ -1581,6 +1672,61 @@ mod tests {
             request["identities"] = json!([identity]);
             let answer = post_generate(&fixture, &token, &request).await;
             assert_eq!(answer.status, 400, "{identity}: {}", answer.body);
+        }
+    }
+
+    #[tokio::test]
+    async fn datasource_identities_need_a_blob_and_typed_datasources_with_details() {
+        let fixture = fixture().await;
+        let token = bearer(&fixture, POWER_BI_SCOPE).await;
+        let sql = json!({
+            "datasourceType": "Sql",
+            "connectionDetails": {
+                "server": "contoso.database.windows.net",
+                "database": "sales",
+            },
+        });
+        let with = |identity: Value| {
+            let mut request = embed_request(0);
+            request["datasourceIdentities"] = json!([identity]);
+            request
+        };
+        let good = with(json!({ "identityBlob": "eyJ0eXAi.eyJhdWQi.c2ln", "datasources": [sql] }));
+        let answer = post_generate(&fixture, &token, &good).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        // The largest blob Power BI takes passes; one byte more does not.
+        let largest =
+            with(json!({ "identityBlob": "b".repeat(MAX_IDENTITY_BLOB), "datasources": [sql] }));
+        assert_eq!(post_generate(&fixture, &token, &largest).await.status, 200);
+        let too_large = with(json!({
+            "identityBlob": "b".repeat(MAX_IDENTITY_BLOB + 1),
+            "datasources": [sql],
+        }));
+        let answer = post_generate(&fixture, &token, &too_large).await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert_powerbi_headers(&answer, Some("InvalidRequest"));
+        assert_eq!(
+            answer.json()["error"]["message"],
+            "Identity blob value size exceeds size limit of 10240 bytes"
+        );
+        for identity in [
+            json!({ "datasources": [sql] }),
+            json!({ "identityBlob": "", "datasources": [sql] }),
+            json!({ "identityBlob": 42, "datasources": [sql] }),
+            json!({ "identityBlob": "blob" }),
+            json!({ "identityBlob": "blob", "datasources": [] }),
+            json!({ "identityBlob": "blob", "datasources": {} }),
+            json!({ "identityBlob": "blob", "datasources": [{ "connectionDetails": { "server": "s" } }] }),
+            json!({ "identityBlob": "blob", "datasources": [{ "datasourceType": "Sql" }] }),
+            json!({ "identityBlob": "blob", "datasources": [{ "datasourceType": "Sql", "connectionDetails": {} }] }),
+            json!({ "identityBlob": "blob", "datasources": [{ "datasourceType": "", "connectionDetails": { "server": "s" } }] }),
+            json!({ "identityBlob": "blob", "datasources": [{ "datasourceType": "Sql", "connectionDetails": { "server": 1 } }] }),
+            json!("blob"),
+        ] {
+            let answer = post_generate(&fixture, &token, &with(identity.clone())).await;
+            assert_eq!(answer.status, 400, "{identity}: {}", answer.body);
+            assert_powerbi_headers(&answer, Some("InvalidRequest"));
+            assert!(answer.json()["error"]["message"].is_string());
         }
     }
 }

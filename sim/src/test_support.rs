@@ -39,6 +39,21 @@ pub(super) async fn fixture() -> Fixture {
     Fixture { sim, http }
 }
 
+/// An access token from the simulator's v2 endpoint for `scope`, for [`TENANT`] and [`APP`].
+pub(super) async fn bearer(fixture: &Fixture, scope: &'static str) -> String {
+    let answer = post(
+        &fixture.http,
+        &v2_url(&fixture.sim, TENANT),
+        &with(v2_form(), "scope", scope),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
 pub(super) fn v2_url(sim: &SimEntra, tenant: &str) -> String {
     format!("{}/{tenant}/oauth2/v2.0/token", sim.authority_host())
 }

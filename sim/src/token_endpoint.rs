@@ -274,8 +274,9 @@ fn check_credential(
     Ok(())
 }
 
-/// The resource the token is for (v2 `scope`, v1 `resource`): a Power BI resource whose service
-/// principal the tenant has, or a Key Vault resource.
+/// The resource the token is for (v2 `scope`, v1 `resource`): a Power BI or Fabric resource
+/// whose service principal the tenant has (Fabric's App ID URI belongs to the Power BI Service
+/// principal, so the two are present or missing together), or a Key Vault resource.
 fn check_resource(incoming: &Incoming, tenant: &SimTenant) -> Result<String, Rejection> {
     let resource = match incoming.version {
         ApiVersion::V2 => v2_resource(incoming)?,
@@ -286,11 +287,12 @@ fn check_resource(incoming: &Incoming, tenant: &SimTenant) -> Result<String, Rej
     };
     // Key Vault's service principal is in every tenant with an Azure subscription, so only
     // Power BI's can be missing.
-    let known = if SimCloud::is_power_bi_resource(&resource) {
-        tenant.power_bi_present
-    } else {
-        SimCloud::is_key_vault_resource(&resource)
-    };
+    let known =
+        if SimCloud::is_power_bi_resource(&resource) || SimCloud::is_fabric_resource(&resource) {
+            tenant.power_bi_present
+        } else {
+            SimCloud::is_key_vault_resource(&resource)
+        };
     if known {
         Ok(resource)
     } else {
@@ -670,6 +672,14 @@ mod tests {
         tenant.power_bi_present = false;
         sim.add_tenant(TENANT, tenant);
         let answer = post(&http, &v2_url(&sim, TENANT), &v2_form()).await;
+        assert_entra_error(&answer, 400, "invalid_resource", 500011);
+        // Fabric's App ID URI is the Power BI Service principal's too.
+        let fabric = with(
+            v2_form(),
+            "scope",
+            "https://api.fabric.microsoft.com/.default",
+        );
+        let answer = post(&http, &v2_url(&sim, TENANT), &fabric).await;
         assert_entra_error(&answer, 400, "invalid_resource", 500011);
     }
 

@@ -27,10 +27,11 @@ fn oauth2_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 4] {
 }
 
 /// Keys that only Entra uses.
-fn entra_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 8] {
+fn entra_only(raw: &RawTenant) -> [(&'static str, Option<usize>); 9] {
     [
         ("embed", set(&raw.embed)),
         ("powerbi_api", set(&raw.powerbi_api)),
+        ("fabric_api", set(&raw.fabric_api)),
         ("probe", set(&raw.probe)),
         ("cloud", set(&raw.cloud)),
         ("authority_host", set(&raw.authority_host)),

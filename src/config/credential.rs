@@ -112,41 +112,54 @@ impl Loader<'_> {
                 }
             },
         };
-        match secret.get_ref() {
-            RawSecret::Reference(source) => {
-                let source = match source {
-                    SecretSource::File(path) => SecretSource::File(self.resolve_path(path.clone())),
-                    SecretSource::KeyVault(url) => {
-                        let at = Some(secret.span().start);
-                        match check_key_vault_url(url) {
-                            Ok(url) if self.key_vault_section => SecretSource::KeyVault(url),
-                            Ok(_) => {
-                                self.problem(
-                                    at,
-                                    input.key("client_secret"),
-                                    "is in Key Vault; add a [key_vault] section naming the managed or workload identity that reads it".to_owned(),
-                                );
-                                return None;
-                            }
-                            Err(message) => {
-                                self.problem(at, input.key("client_secret.key_vault"), message);
-                                return None;
-                            }
-                        }
-                    }
-                    other => other.clone(),
-                };
-                Some(CredentialConfig::ClientSecret { source, expires_on })
-            }
+        let source = self.secret_source(
+            secret.get_ref(),
+            secret.span().start,
+            &input.key("client_secret"),
+        )?;
+        Some(CredentialConfig::ClientSecret { source, expires_on })
+    }
+
+    /// A secret reference as written (`{ env | file | systemd | key_vault }`) as it is read: a
+    /// file relative to the config file's directory, a Key Vault URL checked, and only with a
+    /// `[key_vault]` section to read it. A literal string is refused (its value was never kept).
+    /// `key` names the reference in messages; `at` is its offset.
+    pub(super) fn secret_source(
+        &mut self,
+        secret: &RawSecret,
+        at: usize,
+        key: &str,
+    ) -> Option<SecretSource> {
+        let source = match secret {
+            RawSecret::Reference(source) => source,
             RawSecret::Literal => {
                 self.problem(
-                    Some(secret.span().start),
-                    input.key("client_secret"),
+                    Some(at),
+                    key.to_owned(),
                     "secrets are not written in the config file; expected { env = \"VAR\" }, { file = \"/path\" } { systemd = \"name\" } or { key_vault = \"https://…/secrets/…\" }".to_owned(),
                 );
-                None
+                return None;
             }
-        }
+        };
+        Some(match source {
+            SecretSource::File(path) => SecretSource::File(self.resolve_path(path.clone())),
+            SecretSource::KeyVault(url) => match check_key_vault_url(url) {
+                Ok(url) if self.key_vault_section => SecretSource::KeyVault(url),
+                Ok(_) => {
+                    self.problem(
+                        Some(at),
+                        key.to_owned(),
+                        "is in Key Vault; add a [key_vault] section naming the managed or workload identity that reads it".to_owned(),
+                    );
+                    return None;
+                }
+                Err(message) => {
+                    self.problem(Some(at), format!("{key}.key_vault"), message);
+                    return None;
+                }
+            },
+            other => other.clone(),
+        })
     }
 
     /// `client_certificate = { cert, key, algorithm, send_x5c }`, paths relative to the file.

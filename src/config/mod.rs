@@ -29,7 +29,10 @@
 //!   identity, generic OAuth2 provider and sinks.
 //! * `key_vault.rs`: `[key_vault]` (the identity that reads Azure Key Vault), with the tenant
 //!   rules for its ids.
-//! * `powerbi.rs`: the tenant's use of the Power BI API (`powerbi_api`, `probe`).
+//! * `powerbi.rs`: the tenant's use of the Power BI API (`powerbi_api`, `probe`) and its embed
+//!   tokens (`[[tenant.embed]]`); `datasource_identity.rs` holds the rules of an embed's
+//!   `datasource_identities` (single sign-on), whose blobs are secret references like
+//!   `client_secret` (`credential.rs` reads those references for both).
 //! * `applicable.rs`: keys a tenant sets that its provider or credential never uses.
 //! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file or key).
 //! * `values.rs`: value syntax shared by several sections (URLs, Key Vault secret URLs, GUIDs,
@@ -40,6 +43,7 @@ mod credential;
 mod cross_tenant;
 mod daemon;
 mod hints;
+mod datasource_identity;
 mod key_vault;
 mod loader;
 mod managed_identity;

@@ -2,13 +2,17 @@
 //! root), the access probe (`probe`) and embed tokens (`[[tenant.embed]]`). The first two may be
 //! set in `[defaults]`; a tenant's own value replaces the default whole (`probe = false` turns an
 //! inherited probe off). Embed tokens belong to one tenant each.
+//!
+//! A tenant whose token is for Fabric (`resource = "fabric"`) uses the Fabric REST API instead:
+//! `fabric_api` is its root and the probe calls Fabric; embed tokens, made by Power BI's
+//! GenerateToken with a Power BI token, are not for it.
 
 use std::time::Duration;
 
 use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::{RawEmbed, RawIdentity};
 use super::types::{
-    AccessLevel, EffectiveIdentity, EmbedConfig, PowerBiConfig, ProbeConfig, SinkConfig,
+    AccessLevel, EffectiveIdentity, EmbedConfig, PowerBiConfig, ProbeConfig, RestApi, SinkConfig,
 };
 use super::values::{check_authority_host, is_guid};
 use crate::cloud::Cloud;
@@ -35,7 +39,7 @@ const IDENTITY_TEXT_MAX: usize = 256;
 const PROBE_PATH_MAX: usize = 512;
 
 impl Loader<'_> {
-    /// The tenant's Power BI settings: `Ok(None)` when it uses none.
+    /// The tenant's Power BI (or Fabric) settings: `Ok(None)` when it uses none.
     pub(super) fn powerbi(
         &mut self,
         input: &TenantInput<'_>,
@@ -43,30 +47,42 @@ impl Loader<'_> {
         cloud: Cloud,
         resource: Option<&str>,
     ) -> Result<Option<PowerBiConfig>, Reported> {
-        let api_root = self.powerbi_api(input, cloud);
-        let probe = self.probe(input, resource);
-        let embeds = self.embeds(input, name);
+        let api = rest_api(resource);
+        let api_root = self.api_root(input, cloud, api);
+        let probe = self.probe(input, resource, api);
+        let embeds = self.embeds(input, name, api);
         let (probe, embeds, api_root) =
             (probe?, embeds.ok_or(Reported)?, api_root.ok_or(Reported)?);
         if probe.is_none() && embeds.is_empty() {
             return Ok(None);
         }
         Ok(Some(PowerBiConfig {
+            api,
             api_root: self.shared(api_root),
             probe,
             embeds,
         }))
     }
 
-    /// Every `[[tenant.embed]]` of the tenant's own table (never inherited).
+    /// Every `[[tenant.embed]]` of the tenant's own table (never inherited). An embed token is
+    /// made with a Power BI token, so a tenant whose token is for Fabric has none.
     fn embeds(
         &mut self,
         input: &TenantInput<'_>,
         tenant: Option<&str>,
+        api: RestApi,
     ) -> Option<Vec<EmbedConfig>> {
         let Some(list) = &input.raw.embed else {
             return Some(Vec::new());
         };
+        if api == RestApi::Fabric {
+            self.problem(
+                Some(list.span().start),
+                input.key("embed"),
+                "embed tokens come from Power BI's GenerateToken, which takes a Power BI token, and this tenant's token is for Fabric (resource = \"fabric\"); keep the embeds on a tenant with the Power BI resource".to_owned(),
+            );
+            return None;
+        }
         let tenant = tenant.unwrap_or("");
         let mut embeds = Vec::new();
         let mut ok = true;
@@ -125,6 +141,8 @@ impl Loader<'_> {
         let access_level = self.embed_access_level(at, &key, raw);
         let lifetime = self.embed_lifetime(at, &key, raw);
         let identities = self.embed_identities(at, &key, raw);
+        let datasource_identities =
+            self.embed_datasource_identities(at, &key, &raw.datasource_identities);
         let xmla_read_only = self.embed_xmla(at, &key, raw);
         self.embed_workspace(at, &key, raw);
         let sinks = self.embed_sinks(at, &key, raw, tenant, &name);
@@ -141,6 +159,7 @@ impl Loader<'_> {
             xmla_read_only,
             identities,
             workspace: raw.workspace.clone(),
+            datasource_identities,
             sinks: sinks?,
         })
     }
@@ -393,30 +412,63 @@ impl Loader<'_> {
         )
     }
 
-    /// `powerbi_api`: the REST API root, under the same https-except-loopback rule as
-    /// `authority_host` (the token is a credential too).
-    fn powerbi_api(&mut self, input: &TenantInput<'_>, cloud: Cloud) -> Option<String> {
-        let Some(raw) = inherited!(input, powerbi_api) else {
-            return Some(cloud.power_bi_api().to_owned());
+    /// The root of the API the tenant's token is for: `powerbi_api` or `fabric_api`, else the
+    /// cloud's, under the same https-except-loopback rule as `authority_host` (the token is a
+    /// credential too). The other API's key in the tenant's own table is a mistake (one in
+    /// `[defaults]` serves other tenants).
+    fn api_root(&mut self, input: &TenantInput<'_>, cloud: Cloud, api: RestApi) -> Option<String> {
+        let (key, raw, other, default, example) = match api {
+            RestApi::PowerBi => (
+                "powerbi_api",
+                inherited!(input, powerbi_api),
+                ("fabric_api", &input.raw.fabric_api),
+                cloud.power_bi_api(),
+                "https://api.powerbi.com",
+            ),
+            RestApi::Fabric => (
+                "fabric_api",
+                inherited!(input, fabric_api),
+                ("powerbi_api", &input.raw.powerbi_api),
+                // Fabric exists in the public cloud only; another cloud was refused with
+                // `resource`, and this root is never used.
+                cloud.fabric_api().unwrap_or_default(),
+                "https://api.fabric.microsoft.com",
+            ),
+        };
+        if let (other, Some(value)) = other {
+            self.problem(
+                Some(value.span().start),
+                input.key(other),
+                format!(
+                    "{other} does not apply to this tenant, whose token is for the {} API{}",
+                    api.title(),
+                    match api {
+                        RestApi::PowerBi => "; fabric_api applies with resource = \"fabric\"",
+                        RestApi::Fabric => " (resource = \"fabric\"): its root is fabric_api",
+                    }
+                ),
+            );
+        }
+        let Some(raw) = raw else {
+            return Some(default.to_owned());
         };
         match check_authority_host(raw.get_ref()) {
             Ok(root) => Some(root),
             Err(message) => {
-                let message = message.replace(
-                    "https://login.microsoftonline.com",
-                    "https://api.powerbi.com",
-                );
-                self.problem(Some(raw.span().start), input.key("powerbi_api"), message);
+                let message = message.replace("https://login.microsoftonline.com", example);
+                self.problem(Some(raw.span().start), input.key(key), message);
                 None
             }
         }
     }
 
-    /// `probe`: `true`, `false`, or `{ interval = "15m", path = "/v1.0/…" }`.
+    /// `probe`: `true`, `false`, or `{ interval = "15m", path = "/v1.0/…" }`; the default path
+    /// is `api`'s.
     fn probe(
         &mut self,
         input: &TenantInput<'_>,
         resource: Option<&str>,
+        api: RestApi,
     ) -> Result<Option<ProbeConfig>, Reported> {
         let Some(raw) = inherited!(input, probe) else {
             return Ok(None);
@@ -427,9 +479,9 @@ impl Loader<'_> {
             toml::Value::Boolean(false) => return Ok(None),
             toml::Value::Boolean(true) => ProbeConfig {
                 interval: ProbeConfig::DEFAULT_INTERVAL,
-                path: ProbeConfig::DEFAULT_PATH.to_owned(),
+                path: api.default_probe_path().to_owned(),
             },
-            toml::Value::Table(table) => self.probe_table(at, &key, table)?,
+            toml::Value::Table(table) => self.probe_table(at, &key, table, api)?,
             other => {
                 let message = format!("{PROBE_EXPECTED}, got a {}", other.type_str());
                 self.problem(at, key, message);
@@ -447,10 +499,11 @@ impl Loader<'_> {
         at: Option<usize>,
         key: &str,
         table: &toml::Table,
+        api: RestApi,
     ) -> Result<ProbeConfig, Reported> {
         let mut probe = ProbeConfig {
             interval: ProbeConfig::DEFAULT_INTERVAL,
-            path: ProbeConfig::DEFAULT_PATH.to_owned(),
+            path: api.default_probe_path().to_owned(),
         };
         let mut ok = true;
         for (name, value) in table {
@@ -496,8 +549,8 @@ impl Loader<'_> {
         if ok { Ok(probe) } else { Err(Reported) }
     }
 
-    /// A token for another resource would be refused by Power BI whatever the tenant's
-    /// settings: the probe would only ever report a configuration mistake of ours.
+    /// A token for another resource would be refused by Power BI (and Fabric) whatever the
+    /// tenant's settings: the probe would only ever report a configuration mistake of ours.
     fn probe_resource(
         &mut self,
         at: Option<usize>,
@@ -508,17 +561,34 @@ impl Loader<'_> {
             && !Cloud::ALL
                 .iter()
                 .any(|cloud| cloud.power_bi_resource() == resource.trim_end_matches('/'))
+            && rest_api(Some(resource)) != RestApi::Fabric
         {
             self.problem(
                 at,
                 key,
                 format!(
-                    "the probe calls the Power BI API, but this tenant's token is for {resource:?}; remove probe or the resource override"
+                    "the probe calls the Power BI API (or Fabric's, with resource = \"fabric\"), but this tenant's token is for {resource:?}; remove probe or the resource override"
                 ),
             );
             return Err(Reported);
         }
         Ok(())
+    }
+}
+
+/// The API a token for `resource` is for: Fabric for a cloud's Fabric resource (written as
+/// `resource = "fabric"` or as its URI), else Power BI (another resource is the probe's
+/// problem, [`Loader::probe_resource`]).
+fn rest_api(resource: Option<&str>) -> RestApi {
+    let is_fabric = resource.is_some_and(|resource| {
+        Cloud::ALL
+            .iter()
+            .any(|cloud| cloud.fabric_resource() == Some(resource.trim_end_matches('/')))
+    });
+    if is_fabric {
+        RestApi::Fabric
+    } else {
+        RestApi::PowerBi
     }
 }
 

@@ -110,6 +110,7 @@ pub(super) struct RawTenant {
     pub(super) sinks: Option<Spanned<Vec<RawSink>>>,
     pub(super) schedule: Option<Spanned<String>>,
     pub(super) powerbi_api: Option<Spanned<String>>,
+    pub(super) fabric_api: Option<Spanned<String>>,
     pub(super) probe: Option<Spanned<toml::Value>>,
     pub(super) embed: Option<Spanned<Vec<Spanned<RawEmbed>>>>,
 }
@@ -131,7 +132,33 @@ pub(super) struct RawEmbed {
     pub(super) workspace: Option<String>,
     #[serde(default)]
     pub(super) identities: Vec<RawIdentity>,
+    #[serde(default)]
+    pub(super) datasource_identities: Vec<RawDatasourceIdentity>,
     pub(super) sinks: Option<Vec<RawSink>>,
+}
+
+/// One `datasource_identities` entry of an embed: where its identity blob is read from, and the
+/// data sources it applies to.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatasourceIdentity {
+    pub(super) identity_blob: Option<RawSecret>,
+    #[serde(default)]
+    pub(super) datasources: Vec<RawDatasource>,
+}
+
+/// One data source of a datasource identity: its type and connection details, the keys named
+/// as GenerateToken's `DatasourceConnectionDetails` fields in snake case.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatasource {
+    pub(super) datasource_type: Option<String>,
+    pub(super) server: Option<String>,
+    pub(super) database: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) path: Option<String>,
+    pub(super) extension_data_source_kind: Option<String>,
+    pub(super) extension_data_source_path: Option<String>,
 }
 
 /// One `identities` entry of an embed: the effective identity (row-level security) the embed

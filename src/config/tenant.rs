@@ -316,8 +316,9 @@ impl Loader<'_> {
         }
     }
 
-    /// `resource`: one App ID URI (the cloud's Power BI by default); for a generic OAuth2
-    /// server, what the request asks for.
+    /// `resource`: one App ID URI (the cloud's Power BI by default), or a preset naming the
+    /// cloud's: `"powerbi"`, or `"fabric"` where Fabric exists; for a generic OAuth2 server,
+    /// what the request asks for.
     fn resource(
         &mut self,
         input: &TenantInput<'_>,
@@ -343,13 +344,23 @@ impl Loader<'_> {
             return None;
         };
         let value = value.trim_end_matches('/');
-        let message = if value.ends_with("/.default") {
+        let message = if value == "powerbi" {
+            return Some(cloud.power_bi_resource().to_owned());
+        } else if value == "fabric" {
+            match cloud.fabric_resource() {
+                Some(fabric) => return Some(fabric.to_owned()),
+                None => format!(
+                    "\"fabric\" is not available in cloud {:?}: Microsoft Fabric runs in the public cloud only; expected cloud = \"public\", or resource = \"powerbi\" for this cloud's Power BI",
+                    cloud.as_str()
+                ),
+            }
+        } else if value.ends_with("/.default") {
             format!(
                 "{value:?} ends with /.default; give the App ID URI alone (the v2 scope adds /.default)"
             )
         } else if value.is_empty() || value.contains(char::is_whitespace) {
             format!(
-                "expected one App ID URI such as https://analysis.windows.net/powerbi/api, got {value:?}"
+                "expected \"powerbi\", \"fabric\" or one App ID URI such as https://analysis.windows.net/powerbi/api, got {value:?}"
             )
         } else {
             return Some(value.to_owned());

@@ -270,6 +270,19 @@ impl PartialEq for SecretSource {
 
 impl Eq for SecretSource {}
 
+/// Where the secret is, for messages: never what it is.
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(name) => write!(f, "the environment variable {name}"),
+            SecretSource::File(path) => write!(f, "the file {}", path.display()),
+            SecretSource::Systemd(name) => write!(f, "the systemd credential {name}"),
+            SecretSource::KeyVault(url) => write!(f, "the Key Vault secret {url}"),
+            SecretSource::Inline(_) => f.write_str("a value held in memory"),
+        }
+    }
+}
+
 /// How a tenant proves itself to Entra.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CredentialConfig {
@@ -535,11 +548,51 @@ impl KeyVaultConfig {
     pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 }
 
-/// A tenant's use of the Power BI REST API.
+/// Which REST API a tenant's token is for (its `resource`), and so which one its probe calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestApi {
+    /// The Power BI REST API, for a token for the cloud's Power BI resource (the default).
+    #[default]
+    PowerBi,
+    /// The Microsoft Fabric REST API, for a token for Fabric's resource (`resource = "fabric"`).
+    Fabric,
+}
+
+impl RestApi {
+    /// As shown in `/status` (`api_probe.api`) and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestApi::PowerBi => "powerbi",
+            RestApi::Fabric => "fabric",
+        }
+    }
+
+    /// As named in prose: log lines and messages.
+    pub fn title(self) -> &'static str {
+        match self {
+            RestApi::PowerBi => "Power BI",
+            RestApi::Fabric => "Fabric",
+        }
+    }
+
+    /// The probe's path when `probe.path` is not set.
+    pub fn default_probe_path(self) -> &'static str {
+        match self {
+            RestApi::PowerBi => ProbeConfig::DEFAULT_PATH,
+            RestApi::Fabric => ProbeConfig::FABRIC_DEFAULT_PATH,
+        }
+    }
+}
+
+/// A tenant's use of the Power BI REST API, or of the Fabric REST API for a tenant whose token
+/// is for Fabric.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PowerBiConfig {
-    /// The REST API root without a trailing slash: the cloud's (`https://api.powerbi.com` for
-    /// the public cloud), or `powerbi_api`.
+    /// The API the tenant's token is for: what the probe calls, and whether embed tokens can
+    /// be made (Power BI only).
+    pub api: RestApi,
+    /// The REST API root without a trailing slash: the cloud's (`https://api.powerbi.com`, or
+    /// `https://api.fabric.microsoft.com` for Fabric), or `powerbi_api` (`fabric_api`).
     pub api_root: Arc<str>,
     /// The access probe; `None` when off.
     pub probe: Option<ProbeConfig>,
@@ -573,8 +626,34 @@ pub struct EmbedConfig {
     /// Get Report In Group (`/groups/{workspace}/reports/{id}`); without it, with Get Report
     /// (`/reports/{id}`, "My workspace", which a service principal does not have).
     pub workspace: Option<String>,
+    /// The identities DirectQuery data sources with single sign-on are queried as
+    /// (GenerateToken's `datasourceIdentities`); empty for most embeds.
+    pub datasource_identities: Vec<DatasourceIdentity>,
     /// Where the embed token is written.
     pub sinks: Vec<SinkConfig>,
+}
+
+/// One `datasource_identities` entry: GenerateToken's `DatasourceIdentity`. Its blob is an
+/// OAuth token for the data source (Azure SQL's, for instance), a secret that expires and is
+/// replaced by whoever obtains it, so only where it is read from is configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasourceIdentity {
+    /// Where `identityBlob` is read from, again for every embed token made.
+    pub identity_blob: SecretSource,
+    /// The data sources the identity applies to (`datasources`).
+    pub datasources: Vec<DatasourceSelector>,
+}
+
+/// GenerateToken's `DatasourceSelector`: one data source by its type and connection details,
+/// as Power BI's Get Datasources APIs report them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatasourceSelector {
+    /// `datasourceType`, such as `Sql` or `Extension`.
+    pub datasource_type: String,
+    /// `connectionDetails`: the fields set, by their GenerateToken names (`server`,
+    /// `database`, `url`, `path`, `extensionDataSourceKind`, `extensionDataSourcePath`), in
+    /// that order.
+    pub connection_details: Vec<(&'static str, String)>,
 }
 
 /// One `identities` entry: GenerateToken's `EffectiveIdentity`, the user a dataset with
@@ -630,6 +709,10 @@ pub struct ProbeConfig {
 impl ProbeConfig {
     /// Lists at most one workspace: the cheapest call every service principal may make.
     pub const DEFAULT_PATH: &str = "/v1.0/myorg/groups?$top=1";
+    /// Fabric's List Workspaces: the workspaces the service principal can access, one page.
+    /// Fabric's list takes no page size, and the service principal of an embedding app is in a
+    /// handful of workspaces.
+    pub const FABRIC_DEFAULT_PATH: &str = "/v1/workspaces";
     /// Often enough to notice a revoked setting within the half hour the alert waits; rare
     /// enough to be noise next to the application's own calls.
     pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);

@@ -150,7 +150,8 @@ impl FleetMetrics {
     }
 }
 
-/// Power BI access probes of all tenants: latency, and failures by reason.
+/// Access probes (of the Power BI or the Fabric API) of all tenants: latency, and failures by
+/// reason.
 #[derive(Debug)]
 pub(super) struct ProbeMetrics {
     /// Probe latency.
@@ -167,7 +168,7 @@ impl ProbeMetrics {
             IntCounterVec::new(
                 Opts::new(
                     "powerbi_tokend_tenants_api_probe_failures_total",
-                    "Failed Power BI access probes of all tenants by reason; keeps counting when a tenant leaves the configuration.",
+                    "Failed access probes (Power BI or Fabric API) of all tenants by reason; keeps counting when a tenant leaves the configuration.",
                 ),
                 &["reason"],
             )?,
@@ -178,7 +179,7 @@ impl ProbeMetrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "powerbi_tokend_api_probe_duration_seconds",
-                        "Power BI access probe latency, all tenants.",
+                        "Access probe latency (Power BI or Fabric API), all tenants.",
                     )
                     .buckets(DURATION_BUCKETS.to_vec()),
                 )?,

@@ -64,7 +64,7 @@ pub struct Metrics {
     /// Embed token refreshes of all tenants, by result and by reason (in the order of
     /// [`Reason::EMBED`]).
     embeds: Outcomes<{ Reason::EMBED.len() }>,
-    /// Power BI access probes, all tenants.
+    /// Access probes (Power BI or Fabric API), all tenants.
     probe: ProbeMetrics,
     /// Reads of reports' embed URLs of all tenants, by result and by reason (in the order of
     /// [`Reason::API`]).
@@ -725,7 +725,7 @@ const FAMILIES: [Family; 12] = [
     Family {
         name: "powerbi_tokend_api_probe_success",
         kind: "gauge",
-        help: "1 if the last Power BI access probe with the tenant's token succeeded, else 0; absent for tenants without a probe.",
+        help: "1 if the last access probe (Power BI or Fabric API) with the tenant's token succeeded, else 0; absent for tenants without a probe.",
         samples: |out, name, tenant, row, _| {
             per_tenant(out, name, tenant, row.probe.map(|(_, ok, _)| u8::from(ok)));
         },
@@ -733,7 +733,7 @@ const FAMILIES: [Family; 12] = [
     Family {
         name: "powerbi_tokend_api_probe_last_timestamp_seconds",
         kind: "gauge",
-        help: "Unix time of the tenant's last Power BI access probe.",
+        help: "Unix time of the tenant's last access probe (Power BI or Fabric API).",
         samples: |out, name, tenant, row, _| {
             per_tenant(out, name, tenant, row.probe.map(|(last, _, _)| last));
         },
@@ -741,7 +741,7 @@ const FAMILIES: [Family; 12] = [
     Family {
         name: "powerbi_tokend_api_probe_failures_total",
         kind: "counter",
-        help: "Failed Power BI access probes by reason.",
+        help: "Failed access probes (Power BI or Fabric API) by reason.",
         samples: |out, name, tenant, row, _| {
             let Some((_, _, failures)) = row.probe else {
                 return;

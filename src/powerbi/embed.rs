@@ -6,10 +6,17 @@
 //! Entra token's remaining life), so it is made again after every Entra refresh, and when it
 //! reaches the tenant's `refresh_at` fraction of its own life. Its file holds
 //! `{"token", "token_id", "expiration", "expires_on", "issued_on", "tenant", "embed", "reports",
-//! "datasets", "access_level", "xmla_permissions", "identities"}`; the identity fields let a warm
-//! start reuse only a token made for the same tenant, embed, items, XMLA permission and effective
-//! identities (row-level security). `embed_urls.rs` adds `"workspace"`, `"embed_urls"` and
-//! `"embed_urls_read_at"`, the reports' embed URLs.
+//! "datasets", "access_level", "xmla_permissions", "identities", "datasource_identities"}`; the
+//! identity fields let a warm start reuse only a token made for the same tenant, embed, items,
+//! XMLA permission, effective identities (row-level security) and single sign-on data sources.
+//! `embed_urls.rs` adds `"workspace"`, `"embed_urls"` and `"embed_urls_read_at"`, the reports'
+//! embed URLs.
+//!
+//! A datasource identity's blob (an OAuth token for the data source) is a secret: it is read
+//! from its source for every embed token made ([`read_blobs`]), since whoever obtains it
+//! replaces it before it expires; it goes into the request body and nowhere else. The token
+//! file records only the data sources it was for, and a server that echoes a blob back has it
+//! cut from the failure's message like the access token.
 
 use std::time::{Duration, SystemTime};
 
@@ -20,12 +27,20 @@ use super::embed_urls::EmbedUrls;
 use super::probe::{classify, unanswered};
 use crate::client::TokenClient;
 use crate::clock;
-use crate::config::{AccessLevel, EmbedConfig, FileFormat, TenantConfig};
+use crate::config::{
+    AccessLevel, DatasourceSelector, EmbedConfig, FileFormat, SecretSource, TenantConfig,
+};
+use crate::credential::key_vault::KeyVault;
+use crate::credential::read_secret;
 use crate::error::{Reason, RefreshError};
 use crate::token::AccessToken;
 
 /// The longest embed token accepted: real ones are a few kilobytes.
 const MAX_EMBED_TOKEN: usize = 64 * 1024;
+
+/// The longest identity blob Power BI takes: it refuses a longer one with "Identity blob value
+/// size exceeds size limit of 10240 bytes".
+const MAX_IDENTITY_BLOB: usize = 10240;
 
 /// An embed token and when it stops working.
 #[derive(Clone, Debug)]
@@ -55,8 +70,9 @@ impl crate::refresh::Token for EmbedToken {
     }
 }
 
-/// The `GenerateToken` request body for `embed`.
-pub(crate) fn request_body(embed: &EmbedConfig) -> serde_json::Value {
+/// The `GenerateToken` request body for `embed`, with `blobs`, the identity blobs of its
+/// datasource identities in order ([`read_blobs`]).
+pub(crate) fn request_body(embed: &EmbedConfig, blobs: &[SecretString]) -> serde_json::Value {
     let allow_edit = embed.access_level != AccessLevel::View;
     let mut body = serde_json::json!({
         "reports": embed
@@ -87,7 +103,111 @@ pub(crate) fn request_body(embed: &EmbedConfig) -> serde_json::Value {
     if !embed.identities.is_empty() {
         body["identities"] = identities(embed);
     }
+    if !embed.datasource_identities.is_empty() {
+        body["datasourceIdentities"] = embed
+            .datasource_identities
+            .iter()
+            .zip(blobs)
+            .map(|(identity, blob)| {
+                serde_json::json!({
+                    "identityBlob": blob.expose_secret(),
+                    "datasources": identity.datasources.iter().map(selector).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+    }
     body
+}
+
+/// GenerateToken's `DatasourceSelector`.
+fn selector(datasource: &DatasourceSelector) -> serde_json::Value {
+    let details: serde_json::Map<String, serde_json::Value> = datasource
+        .connection_details
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), serde_json::json!(value)))
+        .collect();
+    serde_json::json!({
+        "datasourceType": datasource.datasource_type,
+        "connectionDetails": details,
+    })
+}
+
+/// The data sources of each of `embed`'s datasource identities, without their blobs (an empty
+/// array when it has none): what the token file records, so that a warm start reuses only a
+/// token made for the same single sign-on data sources.
+fn datasource_selectors(embed: &EmbedConfig) -> serde_json::Value {
+    embed
+        .datasource_identities
+        .iter()
+        .map(|identity| {
+            serde_json::json!({
+                "datasources": identity.datasources.iter().map(selector).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// The identity blobs of `embed`'s datasource identities, in order, read now from their
+/// sources: a file, variable or systemd credential at every call, a Key Vault secret through
+/// `key_vault` (cached for `[key_vault] refresh_interval`, as every Key Vault value is).
+///
+/// # Errors
+/// A blob that cannot be read, is empty, longer than Power BI takes, or not printable ASCII (an
+/// OAuth token is): reason `credential`, naming the embed and the source, never the blob.
+pub(crate) async fn read_blobs(
+    embed: &EmbedConfig,
+    client: &TokenClient,
+    key_vault: Option<&KeyVault>,
+) -> Result<Vec<SecretString>, RefreshError> {
+    let mut blobs = Vec::with_capacity(embed.datasource_identities.len());
+    for (index, identity) in embed.datasource_identities.iter().enumerate() {
+        let source = &identity.identity_blob;
+        let key = format!(
+            "embed {:?}: datasource_identities[{index}].identity_blob",
+            embed.name
+        );
+        let read = match (source, key_vault) {
+            (SecretSource::KeyVault(url), Some(key_vault)) => key_vault
+                .secret(client, url)
+                .await
+                .map(|secret| secret.value),
+            (source, _) => read_secret(source).await,
+        };
+        let blob = read.map_err(|err| {
+            let mut failure = RefreshError::from(err);
+            failure.message = format!("{key}: {}", failure.message);
+            failure
+        })?;
+        if let Err(problem) = check_blob(blob.expose_secret()) {
+            return Err(RefreshError::local(
+                crate::error::ErrorClass::Permanent,
+                Reason::Credential,
+                format!("{key}: the blob in {source} {problem}"),
+            ));
+        }
+        blobs.push(blob);
+    }
+    Ok(blobs)
+}
+
+/// What is wrong with a blob, in words that do not quote it; `Ok` for one Power BI takes.
+fn check_blob(blob: &str) -> Result<(), String> {
+    if blob.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if blob.len() > MAX_IDENTITY_BLOB {
+        return Err(format!(
+            "is {} bytes long; Power BI takes at most {MAX_IDENTITY_BLOB}",
+            blob.len()
+        ));
+    }
+    if !blob.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "is not printable ASCII without spaces, as an OAuth token is (is it the right file?)"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// GenerateToken's `identities` for `embed` (an empty array when it has none): the request's
@@ -180,22 +300,27 @@ pub fn parse_response(
     })
 }
 
-/// Makes an embed token with the tenant's Entra token; the outcome and how long it took.
+/// Makes an embed token with the tenant's Entra token and `blobs`, the identity blobs of its
+/// datasource identities ([`read_blobs`]); the outcome and how long it took.
 pub async fn generate(
     client: &TokenClient,
     api_root: &str,
     embed: &EmbedConfig,
     entra: &AccessToken,
+    blobs: &[SecretString],
 ) -> (Result<EmbedToken, RefreshError>, Duration) {
     let url = format!("{api_root}/v1.0/myorg/GenerateToken");
     let started = std::time::Instant::now();
     let answer = client
-        .api_post_json(&url, entra, &request_body(embed))
+        .api_post_json(&url, entra, &request_body(embed, blobs))
         .await;
     let took = started.elapsed();
-    let secret = entra.secret.expose_secret();
+    // Whatever the server sends back is cleaned of every secret the request carried.
+    let secrets: Vec<&str> = std::iter::once(entra.secret.expose_secret())
+        .chain(blobs.iter().map(ExposeSecret::expose_secret))
+        .collect();
     let outcome = match answer {
-        Ok(answer) => match classify(&answer, &[secret]) {
+        Ok(answer) => match classify(&answer, &secrets) {
             Ok(()) => parse_response(&answer.body, SystemTime::now(), entra.expires_on()).map_err(
                 |mut failure| {
                     failure.trace_id = answer.request_id.clone();
@@ -204,7 +329,7 @@ pub async fn generate(
             ),
             Err(failure) => Err(failure),
         },
-        Err(err) => Err(unanswered(&err.message, &[secret])),
+        Err(err) => Err(unanswered(&err.message, &secrets)),
     };
     (outcome, took)
 }
@@ -229,6 +354,7 @@ pub fn document(
         "access_level": embed.access_level.as_str(),
         "xmla_permissions": if embed.xmla_read_only { "ReadOnly" } else { "Off" },
         "identities": identities(embed),
+        "datasource_identities": datasource_selectors(embed),
     });
     urls.add_to(embed, &mut value);
     SecretString::from(value.to_string())
@@ -268,6 +394,9 @@ struct Stored {
     /// Absent in files written before it existed: off.
     #[serde(default)]
     xmla_permissions: Option<String>,
+    /// Absent in files written before datasource identities existed: made without any.
+    #[serde(default)]
+    datasource_identities: Option<serde_json::Value>,
 }
 
 /// A stored embed token made for this tenant, embed, items and access level; `None` otherwise.
@@ -283,6 +412,10 @@ pub fn parse_existing(
         && stored.datasets == embed.datasets
         && stored.access_level == embed.access_level.as_str()
         && stored.identities.unwrap_or_else(|| serde_json::json!([])) == identities(embed)
+        && stored
+            .datasource_identities
+            .unwrap_or_else(|| serde_json::json!([]))
+            == datasource_selectors(embed)
         && (stored.xmla_permissions.as_deref() == Some("ReadOnly")) == embed.xmla_read_only;
     (same
         && !stored.token.is_empty()
@@ -316,6 +449,7 @@ pub(super) mod tests {
             xmla_read_only: false,
             workspace: None,
             identities: Vec::new(),
+            datasource_identities: Vec::new(),
             sinks: vec![SinkConfig::File(FileSinkConfig {
                 path: PathBuf::from("/tmp/x.json"),
                 format: FileFormat::Json,
@@ -339,7 +473,7 @@ pub(super) mod tests {
     #[test]
     fn the_request_is_the_v2_multi_resource_body() {
         assert_eq!(
-            request_body(&embed(AccessLevel::View)),
+            request_body(&embed(AccessLevel::View), &[]),
             serde_json::json!({
                 "reports": [{ "id": REPORT, "allowEdit": false }],
                 "datasets": [{ "id": DATASET }],
@@ -349,7 +483,7 @@ pub(super) mod tests {
         let mut create = embed(AccessLevel::Create);
         create.lifetime = None;
         create.target_workspaces = vec!["f089354e-0000-4e18-aea3-000000000005".to_owned()];
-        let body = request_body(&create);
+        let body = request_body(&create, &[]);
         assert_eq!(body["reports"][0]["allowEdit"], true);
         assert_eq!(
             body["targetWorkspaces"],
@@ -388,7 +522,7 @@ pub(super) mod tests {
             },
         ];
         assert_eq!(
-            request_body(&rls)["identities"],
+            request_body(&rls, &[])["identities"],
             serde_json::json!([
                 { "username": "store-17@contoso.example", "roles": ["Store"], "datasets": [DATASET] },
                 { "username": "aas-user", "roles": [], "datasets": [DATASET], "reports": [REPORT],
@@ -396,7 +530,7 @@ pub(super) mod tests {
             ])
         );
         assert!(
-            request_body(&embed(AccessLevel::View))
+            request_body(&embed(AccessLevel::View), &[])
                 .get("identities")
                 .is_none()
         );
@@ -427,7 +561,7 @@ pub(super) mod tests {
         let mut xmla = embed(AccessLevel::View);
         xmla.xmla_read_only = true;
         assert_eq!(
-            request_body(&xmla)["datasets"],
+            request_body(&xmla, &[])["datasets"],
             serde_json::json!([{ "id": DATASET, "xmlaPermissions": "ReadOnly" }])
         );
         let tenant = tenant();
@@ -488,5 +622,127 @@ pub(super) mod tests {
         renamed.name = "fabrikam".to_owned();
         assert!(parse_existing(stored.expose_secret().as_bytes(), &renamed, &embed).is_none());
         assert!(!format!("{back:?}").contains("H4sIsecret"));
+    }
+
+    /// An embed with one datasource identity, its blob read from `source`.
+    fn sso(source: SecretSource) -> EmbedConfig {
+        let mut sso = embed(AccessLevel::View);
+        sso.datasource_identities = vec![crate::config::DatasourceIdentity {
+            identity_blob: source,
+            datasources: vec![DatasourceSelector {
+                datasource_type: "Sql".to_owned(),
+                connection_details: vec![
+                    ("server", "contoso.database.windows.net".to_owned()),
+                    ("database", "sales".to_owned()),
+                ],
+            }],
+        }];
+        sso
+    }
+
+    #[test]
+    fn datasource_identities_carry_the_blob_in_the_request_and_only_the_data_sources_in_the_file() {
+        let blob = "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJodHRwczovL2RhdGFiYXNlIn0.c2ln";
+        let sso = sso(SecretSource::Env("SQL_TOKEN".to_owned()));
+        let selectors = serde_json::json!([{
+            "datasourceType": "Sql",
+            "connectionDetails": { "server": "contoso.database.windows.net", "database": "sales" },
+        }]);
+        assert_eq!(
+            request_body(&sso, &[SecretString::from(blob)])["datasourceIdentities"],
+            serde_json::json!([{ "identityBlob": blob, "datasources": selectors }])
+        );
+        assert!(
+            request_body(&embed(AccessLevel::View), &[])
+                .get("datasourceIdentities")
+                .is_none()
+        );
+
+        let tenant = tenant();
+        let stored = document(&tenant, &sso, &stored_token(), &EmbedUrls::default());
+        let stored = stored.expose_secret();
+        assert!(!stored.contains(blob), "{stored}");
+        let doc: serde_json::Value = serde_json::from_str(stored).unwrap();
+        assert_eq!(
+            doc["datasource_identities"],
+            serde_json::json!([{ "datasources": selectors }])
+        );
+        // Reused for the same data sources, whatever the blob source; not for others, nor by
+        // an embed without single sign-on, nor the other way round.
+        let moved = self::sso(SecretSource::File("/run/secrets/sql".into()));
+        assert!(parse_existing(stored.as_bytes(), &tenant, &moved).is_some());
+        let mut other = sso.clone();
+        other.datasource_identities[0].datasources[0].connection_details[1].1 = "hr".to_owned();
+        assert!(parse_existing(stored.as_bytes(), &tenant, &other).is_none());
+        let plain = embed(AccessLevel::View);
+        assert!(parse_existing(stored.as_bytes(), &tenant, &plain).is_none());
+        let plain_file = document(&tenant, &plain, &stored_token(), &EmbedUrls::default());
+        assert!(parse_existing(plain_file.expose_secret().as_bytes(), &tenant, &sso).is_none());
+        // A file written before datasource identities existed holds a token made without any.
+        let mut old: serde_json::Value = serde_json::from_str(plain_file.expose_secret()).unwrap();
+        old.as_object_mut().unwrap().remove("datasource_identities");
+        assert!(parse_existing(old.to_string().as_bytes(), &tenant, &plain).is_some());
+        assert!(parse_existing(old.to_string().as_bytes(), &tenant, &sso).is_none());
+    }
+
+    #[tokio::test]
+    async fn blobs_are_read_again_for_every_token_and_refused_without_being_quoted() {
+        let client = TokenClient::new(&crate::config::DaemonConfig::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sql-token");
+        let sso = sso(SecretSource::File(path.clone()));
+        std::fs::write(&path, "first.blob.value\n").unwrap();
+        let blobs = read_blobs(&sso, &client, None).await.unwrap();
+        assert_eq!(blobs[0].expose_secret(), "first.blob.value");
+        std::fs::write(&path, "second.blob.value").unwrap();
+        let blobs = read_blobs(&sso, &client, None).await.unwrap();
+        assert_eq!(blobs[0].expose_secret(), "second.blob.value");
+
+        let oversized = "x".repeat(MAX_IDENTITY_BLOB + 1);
+        for (content, problem) in [
+            (
+                oversized.as_str(),
+                "is 10241 bytes long; Power BI takes at most 10240",
+            ),
+            ("two words", "is not printable ASCII without spaces"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let failure = read_blobs(&sso, &client, None).await.unwrap_err();
+            assert_eq!(failure.reason, Reason::Credential);
+            assert!(
+                failure.message.starts_with(&format!(
+                    "embed \"sales\": datasource_identities[0].identity_blob: the blob in the file {}",
+                    path.display()
+                )),
+                "{}",
+                failure.message
+            );
+            assert!(failure.message.contains(problem), "{}", failure.message);
+            assert!(!failure.message.contains(content), "{}", failure.message);
+        }
+        std::fs::write(&path, "x".repeat(MAX_IDENTITY_BLOB)).unwrap();
+        assert!(read_blobs(&sso, &client, None).await.is_ok());
+
+        std::fs::remove_file(&path).unwrap();
+        let failure = read_blobs(&sso, &client, None).await.unwrap_err();
+        assert_eq!(failure.reason, Reason::Credential);
+        assert!(
+            failure.message.starts_with(
+                "embed \"sales\": datasource_identities[0].identity_blob: cannot read"
+            ) && failure.message.contains(&path.display().to_string()),
+            "{}",
+            failure.message
+        );
+        let unset = self::sso(SecretSource::Env(
+            "POWERBI_TOKEND_TEST_UNSET_BLOB".to_owned(),
+        ));
+        let failure = read_blobs(&unset, &client, None).await.unwrap_err();
+        assert!(
+            failure
+                .message
+                .ends_with("environment variable POWERBI_TOKEND_TEST_UNSET_BLOB is not set"),
+            "{}",
+            failure.message
+        );
     }
 }

@@ -481,6 +481,7 @@ mod tests {
             lifetime: None,
             xmla_read_only: false,
             identities: Vec::new(),
+            datasource_identities: Vec::new(),
             workspace: Some(WORKSPACE.to_owned()),
             sinks: Vec::new(),
         }

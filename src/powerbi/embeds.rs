@@ -180,9 +180,22 @@ impl Embeds {
             self.embeds[index].refresher.plan_at(None);
             return Some(false);
         }
-        let permit = context.shared.api_turn(cancel).await?;
+        // Read before the turn is taken: a slow file or Key Vault must not hold a permit.
+        let shared = context.shared;
+        let blobs = embed::read_blobs(embed, &shared.client, shared.key_vault.as_deref()).await;
+        let blobs = match blobs {
+            Ok(blobs) => blobs,
+            Err(err) => {
+                // Like a refusal: the embed token in the sinks stays, and the failure is shown.
+                let report = context.report(embed, index);
+                self.embeds[index].refresher.request_failed(&err, &report, None);
+                return Some(false);
+            }
+        };
+        let permit = shared.api_turn(cancel).await?;
         let (made, _) =
-            embed::generate(&context.shared.client, &powerbi.api_root, embed, entra).await;
+            embed::generate(&shared.client, &powerbi.api_root, embed, entra, &blobs).await;
+        drop(blobs);
         // The permit is for the request: a slow sink (a hung Redis) must not hold it.
         drop(permit);
         match made {

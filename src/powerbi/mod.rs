@@ -4,7 +4,9 @@
 //! accepts the token. A customer's Fabric admin can leave "Service principals can use Fabric
 //! APIs" off, or the service principal can miss the allowed security group or the workspace, and
 //! every API call then fails with 401 `PowerBINotAuthorizedException` while the token refreshes
-//! happily. The probe makes that visible per tenant, before the application's users see it.
+//! happily. The probe makes that visible per tenant, before the application's users see it. A
+//! tenant whose token is for Microsoft Fabric (`resource = "fabric"`) is probed on the Fabric
+//! REST API instead (`GET /v1/workspaces`), whose answers are classified the same way.
 //!
 //! Embed tokens are what "app owns data" backends hand to browsers. They expire too, never later
 //! than the Entra token they were made with, so they are kept fresh here, next to it, and
@@ -14,7 +16,9 @@
 //!
 //! * `probe.rs`: the probe call and the classification of its answer (embed token failures are
 //!   classified the same way).
-//! * `embed.rs`: the embed token kind: the `GenerateToken` request, the answer, the document.
+//! * `embed.rs`: the embed token kind: the `GenerateToken` request (with the blobs of its
+//!   datasource identities, read from their secret sources for every token), the answer, the
+//!   document.
 //! * `embed_urls.rs`: the embed URLs of an embed's reports (Get Report, Get Report In Group),
 //!   read when an embed token is made and written with it.
 //! * `embeds.rs`: a tenant's embed tokens, one [`crate::refresh::Refresher`] each.

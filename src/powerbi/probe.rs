@@ -1,16 +1,22 @@
-//! The access probe: one cheap authenticated call (by default `GET /v1.0/myorg/groups?$top=1`)
-//! with the tenant's current token, classified the way an operator acts on it.
+//! The access probe: one cheap authenticated call with the tenant's current token, classified
+//! the way an operator acts on it. It calls the API the token is for: Power BI's (by default
+//! `GET /v1.0/myorg/groups?$top=1`), or Fabric's for a tenant with `resource = "fabric"` (by
+//! default `GET /v1/workspaces`).
 //!
 //! | answer | reason | what it means |
 //! |---|---|---|
-//! | 200 | (ok) | Power BI accepts the token |
-//! | 401 (`PowerBINotAuthorizedException`), 403 other than `TokenExpired` | `not_authorized` | the tenant's Power BI settings refuse the service principal |
-//! | 403 `TokenExpired` | `token_expired` | the token we hold has expired by Power BI's clock: skew, or a bug of ours |
-//! | 404 | `not_found` | the path or `powerbi_api` is wrong |
-//! | 429 | `throttled` | Power BI asks us to slow down; its `Retry-After` is honoured |
-//! | 5xx | `server_error` | Power BI is failing |
+//! | 200 | (ok) | the API accepts the token |
+//! | 401 (`PowerBINotAuthorizedException`; Fabric's `Unauthorized`, `InvalidToken`), 403 other than `TokenExpired` | `not_authorized` | the tenant's settings refuse the service principal |
+//! | 403 `TokenExpired` (Power BI), 401 `TokenExpired` (Fabric) | `token_expired` | the token we hold has expired by the API's clock: skew, or a bug of ours |
+//! | 404 | `not_found` | the path or `powerbi_api` (`fabric_api`) is wrong |
+//! | 429 | `throttled` | the API asks us to slow down; its `Retry-After` is honoured |
+//! | 5xx | `server_error` | the API is failing |
 //! | no answer | `network` | connect, TLS, timeout |
 //! | anything else | `unexpected` | an answer the probe does not know |
+//!
+//! Power BI's error body is `{"error":{"code","message","pbi.error":{…}}}` with the request id in
+//! the `RequestId` header; Fabric's is `{"requestId","errorCode","message",…}` (its
+//! `ErrorResponse`), with the same id in a `requestId` header. Both are read, whichever came.
 
 use std::time::{Duration, SystemTime};
 
@@ -18,17 +24,23 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::client::{ApiAnswer, TokenClient};
-use crate::config::ProbeConfig;
+use crate::config::{ProbeConfig, RestApi};
 use crate::error::{self, Reason, RefreshError};
 use crate::token::AccessToken;
 
 /// The longest error code kept: Power BI's are short identifiers.
 const MAX_CODE: usize = 96;
 
-/// Power BI's error envelope: `{"error":{"code":…,"message":…,"pbi.error":{"code":…}}}`.
+/// Power BI's error envelope, `{"error":{"code":…,"message":…,"pbi.error":{"code":…}}}`, or
+/// Fabric's, `{"requestId":…,"errorCode":…,"message":…}`.
 #[derive(Deserialize)]
 struct Envelope {
     error: Option<ErrorBody>,
+    #[serde(rename = "errorCode")]
+    error_code: Option<String>,
+    message: Option<String>,
+    #[serde(rename = "requestId")]
+    request_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -44,51 +56,65 @@ struct PbiError {
     code: Option<String>,
 }
 
-/// Classifies a Power BI answer: `Ok` for 200 (any 2xx), else why not, with Power BI's status,
-/// error code and `RequestId`. Pure, so every row of the table above is unit tested. Embed
-/// tokens are classified the same way.
+/// Classifies a Power BI or Fabric answer: `Ok` for 200 (any 2xx), else why not, with the
+/// status, the error code and the request id. Pure, so every row of the table above is unit
+/// tested. Embed tokens are classified the same way.
 pub fn classify(answer: &ApiAnswer, secrets: &[&str]) -> Result<(), RefreshError> {
     if (200..300).contains(&answer.status) {
         return Ok(());
     }
-    let envelope = serde_json::from_slice::<Envelope>(&answer.body)
-        .ok()
-        .and_then(|envelope| envelope.error);
-    let code = envelope
-        .as_ref()
-        .and_then(|error| {
+    let envelope = serde_json::from_slice::<Envelope>(&answer.body).ok();
+    let (body_code, body_message, body_request_id) = match envelope {
+        Some(Envelope {
+            error: Some(error), ..
+        }) => (
             error
                 .code
-                .clone()
-                .or_else(|| error.pbi_error.as_ref().and_then(|pbi| pbi.code.clone()))
-        })
+                .or_else(|| error.pbi_error.and_then(|pbi| pbi.code)),
+            error.message,
+            None,
+        ),
+        Some(fabric) => (fabric.error_code, fabric.message, fabric.request_id),
+        None => (None, None, None),
+    };
+    let code = body_code
         .or_else(|| answer.error_info.clone())
         .map(|code| error::sanitise(&code, secrets))
         .filter(|code| !code.is_empty() && code.chars().count() <= MAX_CODE);
     let reason = match answer.status {
-        403 if code.as_deref() == Some("TokenExpired") => Reason::TokenExpired,
+        401 | 403 if code.as_deref() == Some("TokenExpired") => Reason::TokenExpired,
         401 | 403 => Reason::NotAuthorized,
         404 => Reason::NotFound,
         429 => Reason::Throttled,
         500..=599 => Reason::ServerError,
         _ => Reason::Unexpected,
     };
-    let text = envelope
-        .and_then(|error| error.message)
+    let text = body_message
         .map(|message| error::sanitise(&message, secrets))
         .filter(|message| !message.is_empty());
     let message = match text {
         Some(text) => format!("HTTP {}: {text}", answer.status),
         None => format!("HTTP {}", answer.status),
     };
+    // The header is what both APIs send; Fabric repeats it in the body.
+    let request_id = answer
+        .request_id
+        .clone()
+        .or_else(|| body_request_id.filter(|id| is_request_id(id)));
     Err(RefreshError::api(
         reason,
         Some(answer.status),
         code,
-        answer.request_id.clone(),
+        request_id,
         message,
         answer.retry_after,
     ))
+}
+
+/// Whether a request id from a body looks like one (a GUID, as both APIs send): anything else
+/// is not shown.
+fn is_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
 /// A Power BI call that got no answer (connect, TLS, timeout, a body cut short).
@@ -121,7 +147,7 @@ pub async fn run(
     (outcome, took)
 }
 
-/// When to probe next after `outcome` at `now`: after the interval, or later if Power BI asked
+/// When to probe next after `outcome` at `now`: after the interval, or later if the API asked
 /// to wait longer.
 pub(crate) fn next_probe(
     now: SystemTime,
@@ -141,17 +167,20 @@ pub(crate) fn next_probe(
 /// before, if it failed.
 fn record(
     status: &mut crate::status::TenantStatus,
+    api: RestApi,
     now: SystemTime,
     outcome: &Result<(), RefreshError>,
 ) -> Option<Reason> {
     let probe_status = status.api_probe.get_or_insert_with(|| {
         Box::new(crate::status::ProbeStatus {
+            api,
             last: now,
             failure: None,
             failures_by_reason: [0; Reason::ALL.len()],
         })
     });
     let previous = probe_status.failure.as_ref().map(|failure| failure.reason);
+    probe_status.api = api;
     probe_status.last = now;
     if let Err(failure) = outcome {
         let count = &mut probe_status.failures_by_reason[failure.reason.index()];
@@ -165,32 +194,40 @@ fn record(
 /// next probe comes.
 fn log(
     tenant: &str,
+    api: RestApi,
     outcome: &Result<(), RefreshError>,
     previous: Option<Reason>,
     next: SystemTime,
 ) {
     let next = crate::clock::display_time(next);
+    let (name, title) = (api.as_str(), api.title());
     match outcome {
         Ok(()) if previous.is_some() => {
-            tracing::info!(tenant, "Power BI accepts the tenant's token again");
+            tracing::info!(
+                tenant,
+                api = name,
+                "{title} accepts the tenant's token again"
+            );
         }
-        Ok(()) => tracing::debug!(tenant, "Power BI access probe passed"),
+        Ok(()) => tracing::debug!(tenant, api = name, "{title} access probe passed"),
         Err(failure) if previous == Some(failure.reason) => tracing::debug!(
             tenant,
+            api = name,
             reason = failure.reason.as_str(),
             request_id = failure.trace_id.as_deref().unwrap_or("-"),
             next_probe = %next,
-            "Power BI access probe still failing"
+            "{title} access probe still failing"
         ),
         Err(failure) => tracing::warn!(
             tenant,
+            api = name,
             reason = failure.reason.as_str(),
             status = failure.status.unwrap_or(0),
             code = failure.oauth_error.as_deref().unwrap_or("-"),
             request_id = failure.trace_id.as_deref().unwrap_or("-"),
             error = %failure.message,
             next_probe = %next,
-            "Power BI access probe failed ({}): {}",
+            "{title} access probe failed ({}): {}",
             failure.reason.as_str(),
             failure.reason.advice().unwrap_or_default()
         ),
@@ -199,7 +236,7 @@ fn log(
 
 /// Probes with `token`, the tenant's access token, if it is still valid, through the request
 /// limiter and rate cap, and records and logs the outcome. Returns when to probe next (`None`:
-/// with the next access token) and whether Power BI said the token has expired; `None` when
+/// with the next access token) and whether the API said the token has expired; `None` when
 /// `cancel` fired while it waited for its turn.
 pub async fn check(
     context: &super::Context<'_>,
@@ -225,8 +262,9 @@ pub async fn check(
     if let Some(observer) = &context.shared.observer {
         observer.probe_finished(outcome.as_ref().map(|_| ()).map_err(|e| e.reason), took);
     }
-    let previous = record(&mut crate::status::lock(context.status), now, &outcome);
-    log(&context.config.name, &outcome, previous, next);
+    let api = powerbi.api;
+    let previous = record(&mut crate::status::lock(context.status), api, now, &outcome);
+    log(&context.config.name, api, &outcome, previous, next);
     let expired = matches!(&outcome, Err(failure) if failure.reason == Reason::TokenExpired);
     Some((Some(next), expired))
 }
@@ -313,5 +351,111 @@ mod tests {
         throttled.retry_after = Some(RetryAfter::capped(Duration::from_secs(5)));
         let failure = classify(&throttled, &[]);
         assert_eq!(next_probe(now, interval, &failure), now + interval);
+    }
+
+    /// A Fabric error body, as its `ErrorResponse` is documented.
+    fn fabric(code: &str, message: &str) -> String {
+        format!(
+            r#"{{"requestId":"8f49a868-987f-4716-80fd-600edd835419","errorCode":"{code}","message":"{message}"}}"#
+        )
+    }
+
+    #[test]
+    fn fabric_answers_get_the_same_reasons_with_fabrics_code_message_and_request_id() {
+        assert!(classify(&answer(200, r#"{"value":[]}"#), &[]).is_ok());
+        let cases = [
+            (
+                401,
+                "InvalidToken",
+                "Access token is invalid",
+                Reason::NotAuthorized,
+            ),
+            (
+                401,
+                "Unauthorized",
+                "The caller is not authorized",
+                Reason::NotAuthorized,
+            ),
+            (
+                401,
+                "TokenExpired",
+                "Access token has expired",
+                Reason::TokenExpired,
+            ),
+            (
+                403,
+                "InsufficientPrivileges",
+                "The caller does not have sufficient permissions to access the requested resource",
+                Reason::NotAuthorized,
+            ),
+            (
+                404,
+                "EntityNotFound",
+                "The entity could not be found",
+                Reason::NotFound,
+            ),
+            (
+                429,
+                "RequestBlocked",
+                "Request is blocked by the upstream service until: 2/6/2024 12:58:37 PM",
+                Reason::Throttled,
+            ),
+            (
+                500,
+                "UnknownError",
+                "An error occurred",
+                Reason::ServerError,
+            ),
+            (
+                400,
+                "InvalidParameter",
+                "Invalid workspace role",
+                Reason::Unexpected,
+            ),
+        ];
+        for (status, code, message, reason) in cases {
+            let failure =
+                classify(&answer(status, &fabric(code, message)), &[]).expect_err("a failure");
+            assert_eq!(failure.reason, reason, "HTTP {status} {code}");
+            assert_eq!(failure.status, Some(status));
+            assert_eq!(failure.oauth_error.as_deref(), Some(code));
+            assert_eq!(failure.message, format!("HTTP {status}: {message}"));
+            // The header's id, which Fabric repeats in the body.
+            assert_eq!(
+                failure.trace_id.as_deref(),
+                Some("6f1b9d8e-0000-4000-8000-000000000001")
+            );
+        }
+
+        // Without the header, the body's request id; a body id that is no id is not shown.
+        let mut headerless = answer(401, &fabric("InvalidToken", "Access token is invalid"));
+        headerless.request_id = None;
+        let failure = classify(&headerless, &[]).expect_err("denied");
+        assert_eq!(
+            failure.trace_id.as_deref(),
+            Some("8f49a868-987f-4716-80fd-600edd835419")
+        );
+        headerless.body = br#"{"requestId":"<script>","errorCode":"InvalidToken"}"#.to_vec();
+        assert_eq!(
+            classify(&headerless, &[]).expect_err("denied").trace_id,
+            None
+        );
+
+        // Without a body, the code from Fabric's x-ms-public-api-error-code header.
+        let mut bare = answer(401, "");
+        bare.error_info = Some("TokenExpired".to_owned());
+        assert_eq!(
+            classify(&bare, &[]).expect_err("expired").reason,
+            Reason::TokenExpired
+        );
+
+        // An echoed token is cut from a Fabric message and code too.
+        let token = "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl";
+        let echoed = fabric(token, &format!("bad token {token}"));
+        let shown = format!(
+            "{:?}",
+            classify(&answer(401, &echoed), &[token]).expect_err("denied")
+        );
+        assert!(!shown.contains(token), "{shown}");
     }
 }

@@ -107,6 +107,14 @@ pub async fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut()
     }
 }
 
+/// The value of the sample line `line` (labels included) in a metrics page.
+pub fn sample_value(metrics: &str, line: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map(|value| value.trim().to_owned())
+}
+
 /// The json token file, parsed, if it exists.
 pub fn read_json(path: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(path).ok()?;

@@ -299,3 +299,211 @@ fn the_workspace_of_an_embeds_reports_is_a_guid_and_needs_reports() {
     // The file and the line of the embed are named, as for its other keys.
     assert!(err.to_string().contains("config.toml:11: "), "{err}");
 }
+
+#[test]
+fn datasource_identities_read_their_blob_from_a_secret_source_and_name_their_data_sources() {
+    let config = parse_ok(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "finance"
+reports = ["{REPORT}"]
+datasets = ["{DATASET}"]
+datasource_identities = [
+  {{ identity_blob = {{ file = "secrets/sql-token" }},
+     datasources = [ {{ datasource_type = "Sql", server = "contoso.database.windows.net", database = "sales" }},
+                     {{ datasource_type = "Extension", extension_data_source_kind = "Databricks", extension_data_source_path = "adb-1.azuredatabricks.net" }} ] }},
+  {{ identity_blob = {{ env = "LAKE_TOKEN" }},
+     datasources = [ {{ datasource_type = "AzureDataLakeStorage", url = "https://lake.dfs.core.windows.net", path = "/sales" }} ] }},
+]
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+"#
+    ));
+    let embed = &config.tenants[0].powerbi.as_deref().expect("embeds").embeds[0];
+    assert_eq!(
+        embed.datasource_identities,
+        [
+            DatasourceIdentity {
+                // Relative to the config file, as every file a config names.
+                identity_blob: SecretSource::File(PathBuf::from(
+                    "/etc/powerbi-tokend/secrets/sql-token"
+                )),
+                datasources: vec![
+                    DatasourceSelector {
+                        datasource_type: "Sql".to_owned(),
+                        connection_details: vec![
+                            ("server", "contoso.database.windows.net".to_owned()),
+                            ("database", "sales".to_owned()),
+                        ],
+                    },
+                    DatasourceSelector {
+                        datasource_type: "Extension".to_owned(),
+                        connection_details: vec![
+                            ("extensionDataSourceKind", "Databricks".to_owned()),
+                            (
+                                "extensionDataSourcePath",
+                                "adb-1.azuredatabricks.net".to_owned()
+                            ),
+                        ],
+                    },
+                ],
+            },
+            DatasourceIdentity {
+                identity_blob: SecretSource::Env("LAKE_TOKEN".to_owned()),
+                datasources: vec![DatasourceSelector {
+                    datasource_type: "AzureDataLakeStorage".to_owned(),
+                    connection_details: vec![
+                        ("url", "https://lake.dfs.core.windows.net".to_owned()),
+                        ("path", "/sales".to_owned()),
+                    ],
+                }],
+            },
+        ]
+    );
+}
+
+#[test]
+fn datasource_identity_mistakes_name_the_entry_and_key() {
+    let err = parse_err(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "finance"
+reports = ["{REPORT}"]
+datasource_identities = [
+  {{ identity_blob = "eyJ0eXAiOiJKV1Qi.literal.token",
+     datasources = [ {{ datasource_type = "Sql", server = "contoso.database.windows.net" }},
+                     {{ datasource_type = "Sql", server = "bad\u0007server" }} ] }},
+  {{ datasources = [] }},
+  {{ identity_blob = {{ key_vault = "https://kv1.vault.azure.net/secrets/sql-token" }},
+     datasources = [ {{ server = "s" }}, {{ datasource_type = "S q l", url = "ftp://x" }}, {{ datasource_type = "Sql" }} ] }},
+]
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+"#
+    ));
+    let shown = err.to_string();
+    for expected in [
+        "tenant \"contoso\": embed \"finance\".datasource_identities[0].identity_blob: secrets are not written in the config file",
+        "embed \"finance\".datasource_identities[0].datasources[1].server: expected 1 to 1024 characters without control characters",
+        "embed \"finance\".datasource_identities[1].identity_blob: missing",
+        "embed \"finance\".datasource_identities[1].datasources: expected 1 to 50 data sources",
+        "embed \"finance\".datasource_identities[2].identity_blob: is in Key Vault; add a [key_vault] section",
+        "embed \"finance\".datasource_identities[2].datasources[0].datasource_type: expected the type Power BI reports",
+        "embed \"finance\".datasource_identities[2].datasources[1].datasource_type: expected the type Power BI reports for the data source, letters and digits such as \"Sql\", got \"S q l\"",
+        "embed \"finance\".datasource_identities[2].datasources[1].url: expected an http:// or https:// URL, got \"ftp://x\"",
+        "embed \"finance\".datasource_identities[2].datasources[2]: names no connection detail",
+    ] {
+        assert!(shown.contains(expected), "{expected}\n{shown}");
+    }
+    // The literal blob is refused without being repeated.
+    assert!(!shown.contains("literal.token"), "{shown}");
+
+    // Keys GenerateToken does not know are refused by name.
+    let err = parse_err(&format!(
+        r#"{MINIMAL}
+[[tenant.embed]]
+name = "finance"
+reports = ["{REPORT}"]
+datasource_identities = [ {{ identity_blob = {{ env = "T" }}, datasources = [ {{ datasource_type = "Sql", servr = "s" }} ] }} ]
+sinks = [ {{ type = "file", path = "/tmp/t/{{name}}.{{embed}}.embed.json" }} ]
+"#
+    ));
+    assert!(err.to_string().contains("servr"), "{err}");
+}
+
+#[test]
+fn the_fabric_preset_asks_for_fabrics_resource_and_probes_the_fabric_api() {
+    for (api, scope) in [
+        ("v2", Some("https://api.fabric.microsoft.com/.default")),
+        ("v1", None),
+    ] {
+        let config = parse_ok(&format!(
+            "{MINIMAL}resource = \"fabric\"\napi = \"{api}\"\nprobe = true\n"
+        ));
+        let tenant = &config.tenants[0];
+        // v1 sends the resource itself, v2 its scope.
+        assert_eq!(&*tenant.resource, "https://api.fabric.microsoft.com");
+        assert_eq!(tenant.requested_scope().as_deref(), scope);
+        let fabric = tenant.powerbi.as_deref().expect("a probe");
+        assert_eq!(fabric.api, RestApi::Fabric);
+        assert_eq!(&*fabric.api_root, "https://api.fabric.microsoft.com");
+        assert_eq!(
+            fabric.probe,
+            Some(ProbeConfig {
+                interval: Duration::from_secs(15 * 60),
+                path: "/v1/workspaces".to_owned(),
+            })
+        );
+    }
+    // The URI written out is the same as the preset; `fabric_api` moves the root (loopback may
+    // be http, for the simulator), `[defaults]`' powerbi_api is for other tenants.
+    let config = parse_ok(&format!(
+        "{MINIMAL}resource = \"https://api.fabric.microsoft.com/\"\nfabric_api = \"http://127.0.0.1:9/\"\nprobe = {{ interval = \"1m\", path = \"/v1/workspaces?roles=Admin\" }}\n\n[[tenant]]\nname = \"plain\"\ntenant_id = \"plain.example.com\"\nprobe = true\n"
+    ).replace("[defaults]", "[defaults]\npowerbi_api = \"https://api.powerbi.com\""));
+    let fabric = config.tenants[0].powerbi.as_deref().expect("a probe");
+    assert_eq!(fabric.api, RestApi::Fabric);
+    assert_eq!(&*fabric.api_root, "http://127.0.0.1:9");
+    assert_eq!(
+        fabric.probe.as_ref().map(|probe| probe.path.as_str()),
+        Some("/v1/workspaces?roles=Admin")
+    );
+    let plain = config.tenants[1].powerbi.as_deref().expect("a probe");
+    assert_eq!(plain.api, RestApi::PowerBi);
+    assert_eq!(&*plain.api_root, "https://api.powerbi.com");
+    assert_eq!(
+        plain.probe.as_ref().map(|probe| probe.path.as_str()),
+        Some(ProbeConfig::DEFAULT_PATH)
+    );
+
+    // "powerbi" names the cloud's Power BI resource.
+    let config = parse_ok(&format!(
+        "{MINIMAL}cloud = \"gcc\"\nresource = \"powerbi\"\n"
+    ));
+    assert_eq!(
+        &*config.tenants[0].resource,
+        "https://analysis.usgovcloudapi.net/powerbi/api"
+    );
+}
+
+#[test]
+fn fabric_mistakes_name_the_cloud_and_the_key() {
+    // Fabric exists in the public cloud only.
+    for cloud in ["gcc", "gcchigh", "dod", "china"] {
+        let err = parse_err(&format!(
+            "{MINIMAL}cloud = \"{cloud}\"\nresource = \"fabric\"\n"
+        ));
+        assert!(
+            err.to_string().contains(&format!(
+                "tenant \"contoso\": resource: \"fabric\" is not available in cloud \"{cloud}\""
+            )),
+            "{err}"
+        );
+    }
+    let err = parse_err(&format!(
+        "{MINIMAL}resource = \"fabric\"\nprobe = true\nfabric_api = \"http://api.example.com\"\npowerbi_api = \"https://api.powerbi.com\"\n\n[[tenant.embed]]\nname = \"sales\"\nreports = [\"{REPORT}\"]\nsinks = [ {{ type = \"file\", path = \"/tmp/t/{{name}}.{{embed}}.embed.json\" }} ]\n"
+    ));
+    let shown = err.to_string();
+    for expected in [
+        "tenant \"contoso\": fabric_api: \"http://api.example.com\" uses http",
+        "tenant \"contoso\": powerbi_api: powerbi_api does not apply to this tenant, whose token is for the Fabric API",
+        "tenant \"contoso\": embed: embed tokens come from Power BI's GenerateToken",
+    ] {
+        assert!(shown.contains(expected), "{expected}\n{shown}");
+    }
+    let err = parse_err(&format!(
+        "{MINIMAL}probe = true\nfabric_api = \"https://api.fabric.microsoft.com\"\n"
+    ));
+    assert!(
+        err.to_string().contains(
+            "tenant \"contoso\": fabric_api: fabric_api does not apply to this tenant, whose token is for the Power BI API; fabric_api applies with resource = \"fabric\""
+        ),
+        "{err}"
+    );
+    // A generic OAuth2 server has no Fabric API either.
+    let err = parse_err(
+        "[[tenant]]\nname = \"x\"\nprovider = \"oauth2\"\ntoken_url = \"https://id.example.com/token\"\nclient_id = \"c\"\nclient_secret = { env = \"S\" }\nfabric_api = \"https://api.fabric.microsoft.com\"\nsinks = [ { type = \"file\", path = \"/tmp/t/x.json\" } ]\n",
+    );
+    assert!(
+        err.to_string()
+            .contains("fabric_api does not apply to provider = \"oauth2\""),
+        "{err}"
+    );
+}
