@@ -188,7 +188,9 @@ impl Embeds {
             Err(err) => {
                 // Like a refusal: the embed token in the sinks stays, and the failure is shown.
                 let report = context.report(embed, index);
-                self.embeds[index].refresher.request_failed(&err, &report, None);
+                self.embeds[index]
+                    .refresher
+                    .request_failed(&err, &report, None);
                 return Some(false);
             }
         };
