@@ -42,6 +42,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::PerTenantMetrics;
 use crate::credential::{CredentialExpiry, CredentialKind};
 use crate::error::Reason;
+use crate::fleet::Kind;
 use crate::refresh::Observer;
 use crate::schedule::system_to_unix_f64;
 use crate::status::{self, TenantState, TenantStatus};
@@ -739,13 +740,19 @@ impl Observer for Metrics {
         self.daemon.task_panics.inc();
     }
 
-    fn fleet_token(&self, adopted: bool) {
+    fn fleet_job(&self, kind: Kind, adopted: bool) {
         let source = if adopted { "adopted" } else { "fetched" };
-        self.fleet.tokens.with_label_values(&[source]).inc();
+        self.fleet
+            .tokens
+            .with_label_values(&[kind.as_str(), source])
+            .inc();
     }
 
-    fn fleet_lease_busy(&self) {
-        self.fleet.lease_busy.inc();
+    fn fleet_lease_busy(&self, kind: Kind) {
+        self.fleet
+            .lease_busy
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     fn rate_limited(&self, waited: Duration) {
@@ -756,8 +763,10 @@ impl Observer for Metrics {
         self.embeds.record(result);
     }
 
-    fn probe_finished(&self, result: Result<(), Reason>, duration: Duration) {
-        self.probe.duration.observe(duration.as_secs_f64());
+    fn probe_finished(&self, result: Result<(), Reason>, duration: Option<Duration>) {
+        if let Some(duration) = duration {
+            self.probe.duration.observe(duration.as_secs_f64());
+        }
         if let Err(reason) = result
             && let Some(index) = Reason::API.iter().position(|r| *r == reason)
         {

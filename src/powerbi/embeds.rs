@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::embed::{self, EmbedToken};
+use super::jobs::{self, Turn};
 use crate::clock;
-use crate::config::TenantConfig;
+use crate::config::{EmbedConfig, SinkConfig, TenantConfig};
 use crate::error::Reason;
 use crate::refresh::{self, Refresher, Renderer, Which};
-use crate::sink::Owner;
+use crate::sink::{self, Owner, Rendered, Sink};
 use crate::status::{self, StatusHandle};
 use crate::token::AccessToken;
 
@@ -22,7 +23,32 @@ use crate::token::AccessToken;
 /// made lasts as long as the access token: the next access token refresh makes the next one).
 #[derive(Default)]
 pub(crate) struct Embeds {
-    refreshers: Box<[Refresher<EmbedToken>]>,
+    refreshers: Box<[Slot]>,
+}
+
+/// One embed token's refresher, and the token itself where a Redis sink may lose it.
+#[derive(Default)]
+struct Slot {
+    /// The token's schedule, backoff and writes.
+    refresher: Refresher<EmbedToken>,
+    /// The last token made, adopted or warm-started, kept only for embeds with a Redis sink:
+    /// what the presence check writes again when Redis lost it (a restart without
+    /// persistence, `FLUSHALL`), without asking Power BI for another.
+    current: Option<EmbedToken>,
+}
+
+impl std::ops::Deref for Slot {
+    type Target = Refresher<EmbedToken>;
+
+    fn deref(&self) -> &Refresher<EmbedToken> {
+        &self.refresher
+    }
+}
+
+impl std::ops::DerefMut for Slot {
+    fn deref_mut(&mut self) -> &mut Refresher<EmbedToken> {
+        &mut self.refresher
+    }
 }
 
 impl Embeds {
@@ -41,7 +67,7 @@ impl Embeds {
             })
             .collect();
         Embeds {
-            refreshers: configs.iter().map(|_| Refresher::default()).collect(),
+            refreshers: configs.iter().map(|_| Slot::default()).collect(),
         }
     }
 
@@ -54,7 +80,7 @@ impl Embeds {
 
     /// When the next embed token is to be made.
     pub(crate) fn next_request(&self) -> Option<SystemTime> {
-        self.refreshers.iter().filter_map(Refresher::next).min()
+        self.refreshers.iter().filter_map(|slot| slot.next()).min()
     }
 
     /// The embed token in hand written next, and when.
@@ -114,6 +140,7 @@ impl Embeds {
             if let Some(refresher) = self.refreshers.get_mut(index) {
                 refresher.plan_at(Some(point));
             }
+            self.keep(embed, index, &token);
         }
     }
 
@@ -157,11 +184,25 @@ impl Embeds {
             self.refreshers[index].plan_at(None);
             return Some(false);
         }
-        let permit = context.shared.api_turn(cancel).await?;
-        let (made, _) =
-            embed::generate(&context.shared.client, &powerbi.api_root, embed, entra).await;
-        // The permit is for the request: a slow sink (a hung Redis) must not hold it.
-        drop(permit);
+        let job = jobs::EmbedJob::new(context.config, embed, entra);
+        let (made, adopted_from, leased) = match jobs::turn(context, &job).await {
+            Turn::Make { leased } => {
+                let Some(permit) = context.shared.api_turn(cancel).await else {
+                    jobs::done(context, &job, None, leased).await;
+                    return None;
+                };
+                let (made, _) =
+                    embed::generate(&context.shared.client, &powerbi.api_root, embed, entra).await;
+                // The permit is for the request: a slow sink (a hung Redis) must not hold it.
+                drop(permit);
+                (made, None, leased)
+            }
+            Turn::Adopt { output, by } => (Ok(output.token), Some(by), false),
+            Turn::Later(at) => {
+                self.refreshers[index].plan_at(Some(at));
+                return Some(false);
+            }
+        };
         match made {
             Ok(token) => {
                 // An embed token capped at the access token's expiry is not made again before
@@ -169,14 +210,47 @@ impl Embeds {
                 // access token, it would expire at the same moment.
                 let capped = token.expires_on >= entra_expires_on;
                 let next = (!capped).then(|| token.refresh_point(context.config.refresh_at));
-                self.refreshers[index].fetched(token, next, None, embed.sinks.len());
+                let shared = (context.shared.fleet.is_some() && adopted_from.is_none())
+                    .then(|| job.made(&token));
+                self.keep(embed, index, &token);
+                let by = adopted_from.or_else(|| jobs::made_here(context));
+                self.refreshers[index].fetched(token, next, by, embed.sinks.len());
                 self.write(context, index, Which::Local).await;
+                jobs::done(context, &job, shared.as_ref(), leased).await;
                 Some(false)
             }
             Err(err) => {
+                jobs::done(context, &job, None, leased).await;
                 let report = context.report(embed, index);
                 self.refreshers[index].request_failed(&err, &report, None);
                 Some(err.reason == Reason::TokenExpired)
+            }
+        }
+    }
+
+    /// Keeps `token` as embed `index`'s current one, if a Redis sink may lose it.
+    fn keep(&mut self, embed: &EmbedConfig, index: usize, token: &EmbedToken) {
+        if let Some(slot) = self.refreshers.get_mut(index) {
+            slot.current = (!embed.sinks.iter().all(sink::is_local)).then(|| token.clone());
+        }
+    }
+
+    /// The presence check of the embed tokens: writes each one every sink should hold again to
+    /// its Redis sinks that lost it (a Redis restarted without persistence, a `FLUSHALL`, an
+    /// eviction), from the token kept, without asking Power BI for another. A token being
+    /// written or failing is left to its own writes; a sink that cannot say counts as holding
+    /// it, and a failed write is tried again at the next check.
+    pub(crate) async fn restore_lost(&self, context: &Context<'_>) {
+        let now = clock::unix_now();
+        for (index, slot) in self.refreshers.iter().enumerate() {
+            let (Some(embed), Some(token)) = (context.embed(index), &slot.current) else {
+                continue;
+            };
+            if slot.holds_unwritten() || slot.failing() || token.expires_on <= now {
+                continue;
+            }
+            for config in embed.sinks.iter().filter(|config| !sink::is_local(config)) {
+                restore(context, embed, config, token).await;
             }
         }
     }
@@ -212,7 +286,50 @@ impl Embeds {
             token_id = %token.token_id,
             expires_at = %clock::display_time(clock::unix_to_system(token.expires_on)),
             next_refresh = %next,
-            "embed token refreshed"
+            "{}",
+            if context.shared.adopted(written.refreshed_by.as_deref()) {
+                "embed token adopted from the fleet"
+            } else {
+                "embed token refreshed"
+            }
         );
+    }
+}
+
+/// Writes `token` again to the Redis sink `config` of `embed` if its key is gone.
+async fn restore(
+    context: &Context<'_>,
+    embed: &EmbedConfig,
+    config: &SinkConfig,
+    token: &EmbedToken,
+) {
+    let Some(sink) = Sink::from_config(config, context.shared.store.as_ref()) else {
+        return;
+    };
+    if sink.present().await != Some(false) {
+        return;
+    }
+    let owner = Owner {
+        tenant: &context.config.name,
+        embed: Some(&embed.name),
+    };
+    let document = Rendered {
+        contents: embed::render(sink::format_of(config), context.config, embed, token),
+        expires_on: token.expires_on,
+        owner,
+    };
+    match sink.write(&document).await {
+        Ok(()) => tracing::warn!(
+            tenant = %context.config.name,
+            embed = %embed.name,
+            token_id = %token.token_id,
+            "the embed token was gone from Redis (restarted without persistence, or flushed); written again"
+        ),
+        Err(err) => tracing::warn!(
+            tenant = %context.config.name,
+            embed = %embed.name,
+            error = %err.message,
+            "the embed token is gone from Redis and could not be written again; trying at the next check"
+        ),
     }
 }
