@@ -1031,6 +1031,29 @@ mod tests {
     }
 
     #[test]
+    fn fleet_counters_are_by_kind_of_job_from_zero() {
+        let metrics = Metrics::new().unwrap();
+        metrics.fleet_job(Kind::Probe, true);
+        metrics.fleet_job(Kind::Embed, false);
+        metrics.fleet_lease_busy(Kind::Embed);
+        // An adopted probe outcome counts its failure but adds no latency: no call was made.
+        metrics.probe_finished(Err(Reason::NotAuthorized), None);
+        let text = metrics.render(&status::Registry::new());
+        for line in [
+            "powerbi_tokend_fleet_tokens_total{kind=\"probe\",source=\"adopted\"} 1",
+            "powerbi_tokend_fleet_tokens_total{kind=\"probe\",source=\"fetched\"} 0",
+            "powerbi_tokend_fleet_tokens_total{kind=\"embed\",source=\"fetched\"} 1",
+            "powerbi_tokend_fleet_tokens_total{kind=\"token\",source=\"adopted\"} 0",
+            "powerbi_tokend_fleet_lease_busy_total{kind=\"embed\"} 1",
+            "powerbi_tokend_fleet_lease_busy_total{kind=\"token\"} 0",
+            "powerbi_tokend_tenants_api_probe_failures_total{reason=\"not_authorized\"} 1",
+            "powerbi_tokend_api_probe_duration_seconds_count 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
     fn needs_attention_follows_the_alerts() {
         let now = SystemTime::now();
         let now_unix = system_to_unix_f64(now);
