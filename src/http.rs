@@ -283,6 +283,10 @@ pub(crate) struct TenantView {
     /// Fleet mode: the replica that fetched the current token; absent outside fleet mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refreshed_by: Option<String>,
+    /// Fleet mode: whether the current token was adopted from that replica rather than fetched
+    /// here; absent outside fleet mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<bool>,
     /// The last access probe (Power BI or Fabric); absent for tenants without a probe or before
     /// the first.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,6 +313,13 @@ pub(crate) struct EmbedView {
     pub consecutive_failures: u32,
     /// Why the last attempt failed, as for the access token; `null` after a success.
     pub last_error: Option<ErrorView>,
+    /// Fleet mode: the replica that made the embed token in the sinks; absent outside fleet
+    /// mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refreshed_by: Option<String>,
+    /// Fleet mode: whether it was adopted from that replica rather than made here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<bool>,
     /// The embed URLs of its reports; absent for an embed without reports.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embed_urls: Option<EmbedUrlsView>,
@@ -345,6 +356,12 @@ pub(crate) struct ProbeView {
     /// What to do about the failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<&'static str>,
+    /// Fleet mode: the replica that ran the last probe; absent outside fleet mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probed_by: Option<String>,
+    /// Fleet mode: whether its outcome was adopted from that replica rather than probed here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<bool>,
 }
 
 /// A failure in `/status`: what Microsoft support asks for, never a secret.
@@ -409,7 +426,8 @@ pub(crate) fn view(name: String, status: &TenantStatus, now: SystemTime) -> Tena
             .and_then(|expiry| clock::rfc3339_unix(expiry.expires_on)),
         last_error: token.last_error.as_deref().map(ErrorView::of),
         task_panics: status.task_panics,
-        refreshed_by: status.refreshed_by.as_deref().map(str::to_owned),
+        refreshed_by: token.refreshed_by.as_deref().map(str::to_owned),
+        adopted: token.refreshed_by.as_ref().map(|_| token.adopted),
         api_probe: status.api_probe.as_ref().map(|probe| ProbeView {
             api: probe.api.as_str(),
             last_probe_at: clock::rfc3339(probe.last),
@@ -419,6 +437,8 @@ pub(crate) fn view(name: String, status: &TenantStatus, now: SystemTime) -> Tena
                 .failure
                 .as_ref()
                 .and_then(|failure| failure.reason.advice()),
+            probed_by: probe.probed_by.as_deref().map(str::to_owned),
+            adopted: probe.probed_by.as_ref().map(|_| probe.adopted),
         }),
         embeds: status
             .embeds
@@ -430,6 +450,12 @@ pub(crate) fn view(name: String, status: &TenantStatus, now: SystemTime) -> Tena
                 last_success_at: embed.token.last_success.and_then(clock::rfc3339),
                 consecutive_failures: embed.token.consecutive_failures,
                 last_error: embed.token.last_error.as_deref().map(ErrorView::of),
+                refreshed_by: embed.token.refreshed_by.as_deref().map(str::to_owned),
+                adopted: embed
+                    .token
+                    .refreshed_by
+                    .as_ref()
+                    .map(|_| embed.token.adopted),
                 embed_urls: embed.urls.as_deref().map(|urls| EmbedUrlsView {
                     count: urls.count,
                     missing: urls.missing.clone(),

@@ -18,7 +18,7 @@
 //! * `tenant`: a tenant is a small composition: the refresher of its access token
 //!   (`tenant/access.rs`: fetched through the request lanes, or adopted from the fleet), the
 //!   Power BI calls made with that token ([`powerbi`]: `calls.rs` holds the access probe and the
-//!   embed tokens' refreshers), and the check that its token is still in Redis.
+//!   embed tokens' refreshers), and the check that its tokens are still in Redis.
 //! * [`credential`]: how a tenant proves itself, one file per kind (secret, certificate,
 //!   federated token, managed identity, the Azure Key Vault reader) and the credential's expiry;
 //!   [`credential::Credential::fetch`] reads the secret, signs the assertion or reads Key Vault,
@@ -39,7 +39,11 @@
 //!   tenant shares (client, semaphores, store, observer).
 //! * [`schedule`]: pure functions deciding the next wake-up (refresh point, jitter, backoff,
 //!   write retries, `Retry-After`, cron, the minimum interval between attempts).
-//! * `fleet`: leases and adoption of tokens another replica fetched, through [`store`].
+//! * `fleet`: one claim, publish and release mechanism for every job a fleet of replicas does
+//!   once (a tenant's access token, each embed token, the access probe): a replica adopts what
+//!   another made, or does the job under a lease and shares it, through [`store`]. A job says
+//!   only what its shared result is called, how to read it back and when it is worth taking
+//!   (`tenant/access.rs` for the access token, `powerbi/jobs.rs` for the Power BI calls).
 //! * [`sink`]: token-agnostic: writes a rendered document (bytes, expiry, owner) atomically to a
 //!   file or to Redis ([`store`]: one multiplexed connection, newer-wins writes, notification).
 //! * [`status`], [`metrics`] and [`http`]: each tenant's state, Prometheus metrics and the admin

@@ -92,6 +92,10 @@ pub struct TokenStatus {
     /// The last attempt could not write a local (file) sink: what readiness counts. A Redis
     /// outage is not among them: no restart or new node fixes it.
     pub local_sink_failing: bool,
+    /// Fleet mode: the token in the sinks was made by another replica and adopted here.
+    pub adopted: bool,
+    /// Fleet mode: the replica that made the token in the sinks (this one or another).
+    pub refreshed_by: Option<Arc<str>>,
 }
 
 /// The mutable record of one tenant.
@@ -108,8 +112,6 @@ pub struct TenantStatus {
     /// When the credential itself expires (certificate notAfter, `client_secret_expires`), and
     /// the credential kind.
     pub credential_expiry: Option<crate::credential::CredentialExpiry>,
-    /// Fleet mode: the replica that fetched the current token (this one or another).
-    pub refreshed_by: Option<Arc<str>>,
     /// The access probe (of the Power BI or the Fabric API), for tenants that run one and
     /// have probed at least once. Boxed: opt-in.
     pub api_probe: Option<Box<ProbeStatus>>,
@@ -168,6 +170,10 @@ pub struct ProbeStatus {
     pub failure: Option<RefreshError>,
     /// Failed probes by reason, indexed by [`Reason::index`] (saturating, as the token's).
     pub failures_by_reason: [u32; Reason::ALL.len()],
+    /// Fleet mode: the replica that ran the last probe (this one or another).
+    pub probed_by: Option<Arc<str>>,
+    /// Fleet mode: the last probe's outcome was adopted from another replica.
+    pub adopted: bool,
 }
 
 impl TenantStatus {
@@ -503,6 +509,8 @@ mod tests {
             last: now,
             failure: None,
             failures_by_reason: [0; Reason::ALL.len()],
+            probed_by: None,
+            adopted: false,
         };
         s.api_probe = Some(Box::new(probe.clone()));
         assert_eq!(s.state(now), TenantState::Healthy);

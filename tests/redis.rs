@@ -1037,3 +1037,88 @@ sinks = [
     let log = daemon.log_text();
     assert!(!log.contains("NOPERM"), "{log}");
 }
+
+/// The presence check covers embed tokens: after a `FLUSHALL` (what a Redis restarted without
+/// persistence looks like), the embed token comes back to its Redis key from the one the daemon
+/// holds, the very same token, without another GenerateToken. The access token is kept in a
+/// file only here: a lost access token is fetched again, and a new access token brings new
+/// embed tokens by design.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(has_redis_server),
+    ignore = "skipped: needs redis-server (Debian package redis-server)"
+)]
+async fn an_embed_token_lost_from_redis_is_written_again_without_a_new_generate_token() {
+    use powerbi_tokend::config::{
+        AccessLevel, EmbedConfig, FileSinkConfig, PowerBiConfig, RestApi,
+    };
+    use powerbi_tokend_sim::PowerBiEndpoint;
+
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let server = RedisServer::start(&dir.path().join("redis"), &[]);
+    let key = "powerbi-tokend:{contoso}:embed:sales";
+    let mut tenant = tenant(&sim, "contoso", "contoso.example.com", dir.path());
+    tenant.powerbi = Some(Box::new(PowerBiConfig {
+        api: RestApi::PowerBi,
+        api_root: sim.powerbi_api().into(),
+        probe: None,
+        embeds: vec![EmbedConfig {
+            name: "sales".to_owned(),
+            reports: vec!["5b218778-0000-4b8a-9c7c-000000000004".to_owned()],
+            datasets: Vec::new(),
+            target_workspaces: Vec::new(),
+            access_level: AccessLevel::View,
+            lifetime: None,
+            xmla_read_only: false,
+            identities: Vec::new(),
+            datasource_identities: Vec::new(),
+            workspace: None,
+            sinks: vec![
+                SinkConfig::File(FileSinkConfig {
+                    path: dir.path().join("contoso.sales.embed.json"),
+                    format: FileFormat::Json,
+                    mode: 0o600,
+                }),
+                SinkConfig::Redis(RedisSinkConfig {
+                    key: key.to_owned(),
+                    format: FileFormat::Json,
+                }),
+            ],
+        }],
+    }));
+    let mut config = config(vec![tenant], fast_daemon());
+    config.redis = Some(redis_config(vec![server.url()]));
+    let daemon = start_daemon(config).await;
+    let mut conn = server.connection().await;
+    let before: serde_json::Value =
+        serde_json::from_str(&wait_for_key(&mut conn, key).await).unwrap();
+    let made = sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken);
+    assert_eq!(made, 1);
+
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let flushed = Instant::now();
+    let mut back = None;
+    while back.is_none() {
+        back = conn.get::<_, Option<String>>(key).await.unwrap();
+        assert!(
+            flushed.elapsed() < Duration::from_secs(10),
+            "the embed token did not come back to Redis (check_interval is 1 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back: serde_json::Value = serde_json::from_str(&back.unwrap()).unwrap();
+    assert_eq!(back["token_id"], before["token_id"], "the same embed token");
+    assert_eq!(back["token"], before["token"]);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the key expires with the token again ({ttl} ms)");
+    assert_eq!(
+        sim.powerbi_request_count("contoso.example.com", PowerBiEndpoint::GenerateToken),
+        made,
+        "no new GenerateToken"
+    );
+    daemon.stop().await;
+}

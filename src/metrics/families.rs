@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 use crate::error::Reason;
+use crate::fleet::Kind;
 
 /// The daemon's own families: reloads, panics, the build and the process.
 #[derive(Debug)]
@@ -117,35 +118,42 @@ impl TokenMetrics {
     }
 }
 
-/// Fleet mode: where this replica's tokens came from, and how often the lease was taken.
+/// Fleet mode: where this replica's job results came from (access tokens, embed tokens, probes),
+/// and how often a job's lease was taken. Labelled by the kind of job: three values.
 #[derive(Debug)]
 pub(super) struct FleetMetrics {
-    /// Tokens this replica fetched vs adopted from another replica.
+    /// Results this replica made vs adopted from another replica, by kind.
     pub(super) tokens: IntCounterVec,
-    /// Planned refreshes that found another replica holding the lease.
-    pub(super) lease_busy: IntCounter,
+    /// Jobs that found another replica holding their lease, by kind.
+    pub(super) lease_busy: IntCounterVec,
 }
 
 impl FleetMetrics {
-    /// Registers the fleet families, both sources of tokens starting at 0.
+    /// Registers the fleet families, every kind and source starting at 0.
     pub(super) fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let tokens = counters_from_zero(
+        let tokens = IntCounterVec::new(
             Opts::new(
                 "powerbi_tokend_fleet_tokens_total",
-                "Fleet mode: tokens this replica fetched from the token endpoint (source=\"fetched\") or took from another replica (source=\"adopted\").",
+                "Fleet mode: job results this replica made itself (source=\"fetched\": an access token from the token endpoint, an embed token from GenerateToken, a probe) or took from another replica (source=\"adopted\"), by kind of job (kind=\"token\"|\"embed\"|\"probe\").",
             ),
-            "source",
-            &["fetched", "adopted"],
+            &["kind", "source"],
         )?;
+        let lease_busy = IntCounterVec::new(
+            Opts::new(
+                "powerbi_tokend_fleet_lease_busy_total",
+                "Fleet mode: jobs due that found another replica holding their lease (contention), by kind of job.",
+            ),
+            &["kind"],
+        )?;
+        for kind in Kind::ALL {
+            lease_busy.with_label_values(&[kind.as_str()]);
+            for source in ["fetched", "adopted"] {
+                tokens.with_label_values(&[kind.as_str(), source]);
+            }
+        }
         Ok(FleetMetrics {
             tokens: registered(registry, tokens)?,
-            lease_busy: registered(
-                registry,
-                IntCounter::new(
-                    "powerbi_tokend_fleet_lease_busy_total",
-                    "Fleet mode: planned refreshes that found another replica holding the tenant's lease (contention).",
-                )?,
-            )?,
+            lease_busy: registered(registry, lease_busy)?,
         })
     }
 }

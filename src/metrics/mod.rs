@@ -42,6 +42,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::PerTenantMetrics;
 use crate::credential::{CredentialExpiry, CredentialKind};
 use crate::error::Reason;
+use crate::fleet::Kind;
 use crate::refresh::Observer;
 use crate::schedule::system_to_unix_f64;
 use crate::status::{self, TenantState, TenantStatus};
@@ -769,13 +770,19 @@ impl Observer for Metrics {
         self.daemon.task_panics.inc();
     }
 
-    fn fleet_token(&self, adopted: bool) {
+    fn fleet_job(&self, kind: Kind, adopted: bool) {
         let source = if adopted { "adopted" } else { "fetched" };
-        self.fleet.tokens.with_label_values(&[source]).inc();
+        self.fleet
+            .tokens
+            .with_label_values(&[kind.as_str(), source])
+            .inc();
     }
 
-    fn fleet_lease_busy(&self) {
-        self.fleet.lease_busy.inc();
+    fn fleet_lease_busy(&self, kind: Kind) {
+        self.fleet
+            .lease_busy
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     fn rate_limited(&self, waited: Duration) {
@@ -790,8 +797,10 @@ impl Observer for Metrics {
         self.embed_urls.record(result);
     }
 
-    fn probe_finished(&self, result: Result<(), Reason>, duration: Duration) {
-        self.probe.duration.observe(duration.as_secs_f64());
+    fn probe_finished(&self, result: Result<(), Reason>, duration: Option<Duration>) {
+        if let Some(duration) = duration {
+            self.probe.duration.observe(duration.as_secs_f64());
+        }
         if let Err(reason) = result
             && let Some(index) = Reason::API.iter().position(|r| *r == reason)
         {
@@ -1048,7 +1057,7 @@ mod tests {
         // Headers stay, so the families are known even while no tenant needs them.
         assert!(text.contains("# HELP powerbi_tokend_consecutive_failures "));
         // Independent of the fleet: the aggregates alone (a 3,000-tenant page would be 1.6 MB).
-        assert!(text.len() < 24 * 1024, "{} bytes", text.len());
+        assert!(text.len() < 32 * 1024, "{} bytes", text.len());
     }
 
     #[test]
@@ -1086,6 +1095,29 @@ mod tests {
             "powerbi_tokend_tenants_refresh_failures_total{reason=\"network\"} 0",
             "powerbi_tokend_tenants_refresh_total{result=\"failure\"} 1",
             "powerbi_tokend_tenants_refresh_total{result=\"success\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn fleet_counters_are_by_kind_of_job_from_zero() {
+        let metrics = Metrics::new().unwrap();
+        metrics.fleet_job(Kind::Probe, true);
+        metrics.fleet_job(Kind::Embed, false);
+        metrics.fleet_lease_busy(Kind::Embed);
+        // An adopted probe outcome counts its failure but adds no latency: no call was made.
+        metrics.probe_finished(Err(Reason::NotAuthorized), None);
+        let text = metrics.render(&status::Registry::new());
+        for line in [
+            "powerbi_tokend_fleet_tokens_total{kind=\"probe\",source=\"adopted\"} 1",
+            "powerbi_tokend_fleet_tokens_total{kind=\"probe\",source=\"fetched\"} 0",
+            "powerbi_tokend_fleet_tokens_total{kind=\"embed\",source=\"fetched\"} 1",
+            "powerbi_tokend_fleet_tokens_total{kind=\"token\",source=\"adopted\"} 0",
+            "powerbi_tokend_fleet_lease_busy_total{kind=\"embed\"} 1",
+            "powerbi_tokend_fleet_lease_busy_total{kind=\"token\"} 0",
+            "powerbi_tokend_tenants_api_probe_failures_total{reason=\"not_authorized\"} 1",
+            "powerbi_tokend_api_probe_duration_seconds_count 0",
         ] {
             assert!(text.contains(line), "{line} missing:\n{text}");
         }

@@ -100,6 +100,12 @@ impl Calls {
         Some(expired)
     }
 
+    /// Writes each embed token again to its Redis sinks that lost it (see
+    /// [`Embeds::restore_lost`]).
+    pub async fn restore_lost(&self, context: &Context<'_>) {
+        self.embeds.restore_lost(context).await;
+    }
+
     /// Reuses the embed tokens in the sinks that were made with the warm-started access token
     /// (`entra_expires_on`) or an earlier one and are not yet due.
     pub async fn warm_start(&mut self, context: &Context<'_>, entra_expires_on: i64) {

@@ -10,11 +10,12 @@ use tokio_util::sync::CancellationToken;
 use super::Context;
 use super::embed::{self, EmbedToken};
 use super::embed_urls::{self, EmbedUrls};
+use super::jobs::{self, Turn};
 use crate::clock;
-use crate::config::TenantConfig;
+use crate::config::{EmbedConfig, SinkConfig, TenantConfig};
 use crate::error::Reason;
 use crate::refresh::{self, Refresher, Renderer, Which};
-use crate::sink::Owner;
+use crate::sink::{self, Owner, Rendered, Sink};
 use crate::status::{self, StatusHandle};
 use crate::token::AccessToken;
 
@@ -35,6 +36,10 @@ struct Embed {
     refresher: Refresher<EmbedToken>,
     /// The embed URLs of its reports, read when a token is made and written with it.
     urls: EmbedUrls,
+    /// The last token made, adopted or warm-started, kept only for embeds with a Redis sink:
+    /// what the presence check writes again when Redis lost it (a restart without
+    /// persistence, `FLUSHALL`), without asking Power BI for another.
+    current: Option<EmbedToken>,
 }
 
 impl Embeds {
@@ -133,6 +138,7 @@ impl Embeds {
             if let Some(state) = self.embeds.get_mut(index) {
                 state.refresher.plan_at(Some(point));
             }
+            self.keep(embed, index, &token);
         }
     }
 
@@ -180,26 +186,43 @@ impl Embeds {
             self.embeds[index].refresher.plan_at(None);
             return Some(false);
         }
-        // Read before the turn is taken: a slow file or Key Vault must not hold a permit.
-        let shared = context.shared;
-        let blobs = embed::read_blobs(embed, &shared.client, shared.key_vault.as_deref()).await;
-        let blobs = match blobs {
-            Ok(blobs) => blobs,
-            Err(err) => {
-                // Like a refusal: the embed token in the sinks stays, and the failure is shown.
-                let report = context.report(embed, index);
-                self.embeds[index]
-                    .refresher
-                    .request_failed(&err, &report, None);
+        let job = jobs::EmbedJob::new(context.config, embed, entra);
+        let (made, adopted_from, leased) = match jobs::turn(context, &job).await {
+            Turn::Make { leased } => {
+                // Read before the turn is taken: a slow file or Key Vault must not hold a permit.
+                let shared = context.shared;
+                let blobs =
+                    embed::read_blobs(embed, &shared.client, shared.key_vault.as_deref()).await;
+                let blobs = match blobs {
+                    Ok(blobs) => blobs,
+                    Err(err) => {
+                        // Like a refusal: the embed token in the sinks stays, and the failure
+                        // is shown.
+                        jobs::done(context, &job, None, leased).await;
+                        let report = context.report(embed, index);
+                        self.embeds[index]
+                            .refresher
+                            .request_failed(&err, &report, None);
+                        return Some(false);
+                    }
+                };
+                let Some(permit) = shared.api_turn(cancel).await else {
+                    jobs::done(context, &job, None, leased).await;
+                    return None;
+                };
+                let (made, _) =
+                    embed::generate(&shared.client, &powerbi.api_root, embed, entra, &blobs).await;
+                drop(blobs);
+                // The permit is for the request: a slow sink (a hung Redis) must not hold it.
+                drop(permit);
+                (made, None, leased)
+            }
+            Turn::Adopt { output, by } => (Ok(output.token), Some(by), false),
+            Turn::Later(at) => {
+                self.embeds[index].refresher.plan_at(Some(at));
                 return Some(false);
             }
         };
-        let permit = shared.api_turn(cancel).await?;
-        let (made, _) =
-            embed::generate(&shared.client, &powerbi.api_root, embed, entra, &blobs).await;
-        drop(blobs);
-        // The permit is for the request: a slow sink (a hung Redis) must not hold it.
-        drop(permit);
         match made {
             Ok(token) => {
                 // The URLs due are read before the token is written, so it carries them.
@@ -211,13 +234,19 @@ impl Embeds {
                 // access token, it would expire at the same moment.
                 let capped = token.expires_on >= entra_expires_on;
                 let next = (!capped).then(|| token.refresh_point(context.config.refresh_at));
+                let shared = (context.shared.fleet.is_some() && adopted_from.is_none())
+                    .then(|| job.made(&token));
+                self.keep(embed, index, &token);
+                let by = adopted_from.or_else(|| jobs::made_here(context));
                 self.embeds[index]
                     .refresher
-                    .fetched(token, next, None, embed.sinks.len());
+                    .fetched(token, next, by, embed.sinks.len());
                 self.write(context, index, Which::Local).await;
+                jobs::done(context, &job, shared.as_ref(), leased).await;
                 Some(false)
             }
             Err(err) => {
+                jobs::done(context, &job, None, leased).await;
                 let report = context.report(embed, index);
                 self.embeds[index]
                     .refresher
@@ -227,10 +256,44 @@ impl Embeds {
         }
     }
 
+    /// Keeps `token` as embed `index`'s current one, if a Redis sink may lose it.
+    fn keep(&mut self, embed: &EmbedConfig, index: usize, token: &EmbedToken) {
+        if let Some(slot) = self.embeds.get_mut(index) {
+            slot.current = (!embed.sinks.iter().all(sink::is_local)).then(|| token.clone());
+        }
+    }
+
+    /// The presence check of the embed tokens: writes each one every sink should hold again to
+    /// its Redis sinks that lost it (a Redis restarted without persistence, a `FLUSHALL`, an
+    /// eviction), from the token kept, without asking Power BI for another. A token being
+    /// written or failing is left to its own writes; a sink that cannot say counts as holding
+    /// it, and a failed write is tried again at the next check.
+    pub(crate) async fn restore_lost(&self, context: &Context<'_>) {
+        let now = clock::unix_now();
+        for (index, slot) in self.embeds.iter().enumerate() {
+            let (Some(embed), Some(token)) = (context.embed(index), &slot.current) else {
+                continue;
+            };
+            if slot.refresher.holds_unwritten()
+                || slot.refresher.failing()
+                || token.expires_on <= now
+            {
+                continue;
+            }
+            for config in embed.sinks.iter().filter(|config| !sink::is_local(config)) {
+                restore(context, embed, config, token, &slot.urls).await;
+            }
+        }
+    }
+
     /// Writes embed token `index` in hand to `which` of its sinks, and acts on the outcome.
     pub async fn write(&mut self, context: &Context<'_>, index: usize, which: Which) {
-        let (Some(embed), Some(Embed { refresher, urls })) =
-            (context.embed(index), self.embeds.get_mut(index))
+        let (
+            Some(embed),
+            Some(Embed {
+                refresher, urls, ..
+            }),
+        ) = (context.embed(index), self.embeds.get_mut(index))
         else {
             return;
         };
@@ -260,7 +323,51 @@ impl Embeds {
             token_id = %token.token_id,
             expires_at = %clock::display_time(clock::unix_to_system(token.expires_on)),
             next_refresh = %next,
-            "embed token refreshed"
+            "{}",
+            if context.shared.adopted(written.refreshed_by.as_deref()) {
+                "embed token adopted from the fleet"
+            } else {
+                "embed token refreshed"
+            }
         );
+    }
+}
+
+/// Writes `token` again to the Redis sink `config` of `embed` if its key is gone.
+async fn restore(
+    context: &Context<'_>,
+    embed: &EmbedConfig,
+    config: &SinkConfig,
+    token: &EmbedToken,
+    urls: &EmbedUrls,
+) {
+    let Some(sink) = Sink::from_config(config, context.shared.store.as_ref()) else {
+        return;
+    };
+    if sink.present().await != Some(false) {
+        return;
+    }
+    let owner = Owner {
+        tenant: &context.config.name,
+        embed: Some(&embed.name),
+    };
+    let document = Rendered {
+        contents: embed::render(sink::format_of(config), context.config, embed, token, urls),
+        expires_on: token.expires_on,
+        owner,
+    };
+    match sink.write(&document).await {
+        Ok(()) => tracing::warn!(
+            tenant = %context.config.name,
+            embed = %embed.name,
+            token_id = %token.token_id,
+            "the embed token was gone from Redis (restarted without persistence, or flushed); written again"
+        ),
+        Err(err) => tracing::warn!(
+            tenant = %context.config.name,
+            embed = %embed.name,
+            error = %err.message,
+            "the embed token is gone from Redis and could not be written again; trying at the next check"
+        ),
     }
 }

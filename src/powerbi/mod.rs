@@ -24,11 +24,14 @@
 //! * `embeds.rs`: a tenant's embed tokens, one [`crate::refresh::Refresher`] each.
 //! * `calls.rs`: what a tenant keeps between its steps for these calls (the access token they
 //!   use, the probe's schedule, the embed tokens) and the steps themselves.
+//! * `jobs.rs`: the probe and each embed token as fleet jobs: made by one replica, adopted by
+//!   the others.
 
 pub mod calls;
 pub mod embed;
 pub mod embed_urls;
 pub mod embeds;
+mod jobs;
 pub mod probe;
 
 use std::sync::Arc;

@@ -18,6 +18,7 @@
 //! the `RequestId` header; Fabric's is `{"requestId","errorCode","message",…}` (its
 //! `ErrorResponse`), with the same id in a `requestId` header. Both are read, whichever came.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secrecy::ExposeSecret;
@@ -27,6 +28,8 @@ use crate::client::{ApiAnswer, TokenClient};
 use crate::config::{ProbeConfig, RestApi};
 use crate::error::{self, Reason, RefreshError};
 use crate::token::AccessToken;
+
+use super::jobs::{self, Turn};
 
 /// The longest error code kept: Power BI's are short identifiers.
 const MAX_CODE: usize = 96;
@@ -163,13 +166,15 @@ pub(crate) fn next_probe(
     crate::schedule::later(now, interval.max(asked))
 }
 
-/// Records a probe's outcome at `now` in the tenant's status; returns the reason of the probe
-/// before, if it failed.
+/// Records a probe's outcome at `now` in the tenant's status, made by replica `by` (fleet mode)
+/// and `adopted` from it or not; returns the reason of the probe before, if it failed.
 fn record(
     status: &mut crate::status::TenantStatus,
     api: RestApi,
     now: SystemTime,
     outcome: &Result<(), RefreshError>,
+    by: Option<Arc<str>>,
+    adopted: bool,
 ) -> Option<Reason> {
     let probe_status = status.api_probe.get_or_insert_with(|| {
         Box::new(crate::status::ProbeStatus {
@@ -177,6 +182,8 @@ fn record(
             last: now,
             failure: None,
             failures_by_reason: [0; Reason::ALL.len()],
+            probed_by: None,
+            adopted: false,
         })
     });
     let previous = probe_status.failure.as_ref().map(|failure| failure.reason);
@@ -187,32 +194,38 @@ fn record(
         *count = count.saturating_add(1);
     }
     probe_status.failure = outcome.as_ref().err().cloned();
+    probe_status.probed_by = by;
+    probe_status.adopted = adopted;
     previous
 }
 
 /// One log line per change of the probe's outcome (a repeat is at DEBUG); `next`: when the
-/// next probe comes.
+/// next probe comes; `by`: in fleet mode, the replica that probed.
 fn log(
     tenant: &str,
     api: RestApi,
     outcome: &Result<(), RefreshError>,
     previous: Option<Reason>,
     next: SystemTime,
+    by: Option<&str>,
 ) {
     let next = crate::clock::display_time(next);
     let (name, title) = (api.as_str(), api.title());
+    let probed_by = by.unwrap_or("-");
     match outcome {
         Ok(()) if previous.is_some() => {
             tracing::info!(
                 tenant,
                 api = name,
+                probed_by,
                 "{title} accepts the tenant's token again"
             );
         }
-        Ok(()) => tracing::debug!(tenant, api = name, "{title} access probe passed"),
+        Ok(()) => tracing::debug!(tenant, api = name, probed_by, "{title} access probe passed"),
         Err(failure) if previous == Some(failure.reason) => tracing::debug!(
             tenant,
             api = name,
+            probed_by,
             reason = failure.reason.as_str(),
             request_id = failure.trace_id.as_deref().unwrap_or("-"),
             next_probe = %next,
@@ -221,6 +234,7 @@ fn log(
         Err(failure) => tracing::warn!(
             tenant,
             api = name,
+            probed_by,
             reason = failure.reason.as_str(),
             status = failure.status.unwrap_or(0),
             code = failure.oauth_error.as_deref().unwrap_or("-"),
@@ -235,9 +249,10 @@ fn log(
 }
 
 /// Probes with `token`, the tenant's access token, if it is still valid, through the request
-/// limiter and rate cap, and records and logs the outcome. Returns when to probe next (`None`:
-/// with the next access token) and whether the API said the token has expired; `None` when
-/// `cancel` fired while it waited for its turn.
+/// limiter and rate cap, and records and logs the outcome; in fleet mode, adopts the outcome of
+/// another replica's probe instead when there is a fresh one (`jobs.rs`). Returns when to probe
+/// next (`None`: with the next access token) and whether the API said the token has expired;
+/// `None` when `cancel` fired while it waited for its turn.
 pub async fn check(
     context: &super::Context<'_>,
     token: &AccessToken,
@@ -254,19 +269,64 @@ pub async fn check(
         // probe.
         return Some((None, false));
     }
-    let permit = context.shared.api_turn(cancel).await?;
+    let job = jobs::ProbeJob::new(context.config, settings, token);
+    let leased = match jobs::turn(context, &job).await {
+        Turn::Make { leased } => leased,
+        Turn::Adopt { output, by } => return Some(settle(context, &output, Some(by), None)),
+        Turn::Later(at) => return Some((Some(at), false)),
+    };
+    let Some(permit) = context.shared.api_turn(cancel).await else {
+        jobs::done(context, &job, None, leased).await;
+        return None;
+    };
     let (outcome, took) = run(&context.shared.client, &powerbi.api_root, settings, token).await;
     drop(permit);
     let now = SystemTime::now();
-    let next = next_probe(now, settings.interval, &outcome);
+    let made = job.made(now, next_probe(now, settings.interval, &outcome), outcome);
+    let planned = settle(context, &made, jobs::made_here(context), Some(took));
+    jobs::done(context, &job, Some(&made), leased).await;
+    Some(planned)
+}
+
+/// Records, counts and logs a probe's outcome, run here (`took`: how long) or adopted from the
+/// replica `by`; returns when to probe next and whether Power BI said the token has expired.
+fn settle(
+    context: &super::Context<'_>,
+    made: &jobs::ProbeOutcome,
+    by: Option<Arc<str>>,
+    took: Option<Duration>,
+) -> (Option<SystemTime>, bool) {
+    let outcome = &made.outcome;
+    let adopted = context.shared.adopted(by.as_deref());
     if let Some(observer) = &context.shared.observer {
         observer.probe_finished(outcome.as_ref().map(|_| ()).map_err(|e| e.reason), took);
+        if context.shared.fleet.is_some() {
+            observer.fleet_job(crate::fleet::Kind::Probe, adopted);
+        }
     }
-    let api = powerbi.api;
-    let previous = record(&mut crate::status::lock(context.status), api, now, &outcome);
-    log(&context.config.name, api, &outcome, previous, next);
-    let expired = matches!(&outcome, Err(failure) if failure.reason == Reason::TokenExpired);
-    Some((Some(next), expired))
+    let api = context
+        .config
+        .powerbi
+        .as_deref()
+        .map_or(RestApi::default(), |powerbi| powerbi.api);
+    let previous = record(
+        &mut crate::status::lock(context.status),
+        api,
+        made.probed_at,
+        outcome,
+        by.clone(),
+        adopted,
+    );
+    log(
+        &context.config.name,
+        api,
+        outcome,
+        previous,
+        made.next_at,
+        by.as_deref(),
+    );
+    let expired = matches!(outcome, Err(failure) if failure.reason == Reason::TokenExpired);
+    (Some(made.next_at), expired)
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ struct Unwritten<T> {
 pub struct Written<T> {
     /// The token.
     pub token: T,
-    /// Fleet mode: the replica that fetched it.
+    /// Fleet mode: the replica that made it (this one, or another whose token was adopted).
     pub refreshed_by: Option<Arc<str>>,
     /// When to ask for the next one.
     pub refresh_point: Option<SystemTime>,
@@ -115,6 +115,14 @@ pub enum Record {
 }
 
 impl Record {
+    /// The kind of fleet job the token is.
+    fn kind(self) -> crate::fleet::Kind {
+        match self {
+            Record::Access => crate::fleet::Kind::Token,
+            Record::Embed(_) => crate::fleet::Kind::Embed,
+        }
+    }
+
     /// The token's record in a tenant's status.
     fn of(self, status: &mut TenantStatus) -> Option<&mut TokenStatus> {
         match self {
@@ -398,6 +406,7 @@ impl<T: Token> Refresher<T> {
     pub fn settle(&mut self, progress: Progress<T>, report: &Report<'_>) -> Option<Written<T>> {
         match progress {
             Progress::Written(written) => {
+                let adopted = report.shared.adopted(written.refreshed_by.as_deref());
                 {
                     let mut status = status::lock(report.status);
                     if report.record == Record::Access {
@@ -405,12 +414,17 @@ impl<T: Token> Refresher<T> {
                     }
                     if let Some(token) = report.record.of(&mut status) {
                         record_success(token, written.token.expires_on());
+                        token.refreshed_by.clone_from(&written.refreshed_by);
+                        token.adopted = adopted;
                         if report.record != Record::Access {
                             token.next_refresh = written.refresh_point;
                         }
                     }
                 }
                 report.count(Ok(()));
+                if let (Some(observer), Some(_)) = (&report.shared.observer, &report.shared.fleet) {
+                    observer.fleet_job(report.record.kind(), adopted);
+                }
                 Some(written)
             }
             Progress::Failed(err, local_failing) => {

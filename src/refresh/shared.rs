@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::TokenClient;
 use crate::config::DaemonConfig;
 use crate::error::Reason;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Kind};
 
 use super::lanes::SlowAfter;
 
@@ -64,6 +64,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Fleet mode: whether a result made by replica `by` was adopted from another replica;
+    /// `false` outside fleet mode or for a result of unknown origin.
+    pub fn adopted(&self, by: Option<&str>) -> bool {
+        match (&self.fleet, by) {
+            (Some(fleet), Some(by)) => fleet.adopted(by),
+            _ => false,
+        }
+    }
+
     /// A Power BI call's turn: a permit of the request limiter, then the rate cap, as token
     /// requests take theirs. `None` when `cancel` fires first; `Some(None)` when the limiter is
     /// closed (never: it lives as long as the daemon).
@@ -103,22 +112,25 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
         let _ = result;
     }
 
-    /// Fleet mode: a token was fetched by this replica (`adopted` false) or taken from the
-    /// fleet (`adopted` true).
-    fn fleet_token(&self, adopted: bool) {
-        let _ = adopted;
+    /// Fleet mode: a job of `kind` was done by this replica (`adopted` false) or its result
+    /// taken from another replica (`adopted` true).
+    fn fleet_job(&self, kind: Kind, adopted: bool) {
+        let _ = (kind, adopted);
     }
 
-    /// Fleet mode: another replica held the tenant's lease.
-    fn fleet_lease_busy(&self) {}
+    /// Fleet mode: another replica held the lease of a job of `kind`.
+    fn fleet_lease_busy(&self, kind: Kind) {
+        let _ = kind;
+    }
 
     /// A token request waited `waited` for `max_requests_per_second`.
     fn rate_limited(&self, waited: Duration) {
         let _ = waited;
     }
 
-    /// A Power BI access probe ended, after `duration`: `Ok`, or why it failed.
-    fn probe_finished(&self, result: Result<(), Reason>, duration: Duration) {
+    /// A Power BI access probe ended: `Ok`, or why it failed; `duration`, how long the call
+    /// took, `None` for a result adopted from another replica (no call was made).
+    fn probe_finished(&self, result: Result<(), Reason>, duration: Option<Duration>) {
         let _ = (result, duration);
     }
 

@@ -8,12 +8,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::Tenant;
 use crate::clock;
+use crate::config::TenantConfig;
 use crate::error::RefreshError;
-use crate::fleet::Claim;
+use crate::fleet::{self, Claim, Job, Kind};
 use crate::refresh::{Progress, Record, Renderer, Report, Which, Written, lanes};
 use crate::schedule;
 use crate::status;
 use crate::token::AccessToken;
+use crate::token::document::{Document, json_text};
 
 /// Where the access token's outcomes are reported: built from the tenant's fields one by one,
 /// so that its refresher can be borrowed mutably beside it. The credential's expiry is brought
@@ -31,9 +33,52 @@ macro_rules! access_report {
     }};
 }
 
-/// Fleet mode: how soon to look again when another replica holds the tenant's lease. Its token
-/// usually arrives within one request's time.
-const FLEET_BUSY_RETRY: Duration = Duration::from_secs(1);
+/// The access token as a fleet job: shared at `<prefix>:{<name>}:token` under the lease
+/// `<prefix>:{<name>}:lease` (the keys fleet mode has always used, so replicas of different
+/// versions share one lease).
+pub(super) struct AccessJob<'a> {
+    /// The tenant: a shared token is adopted only if it was fetched for the same request.
+    pub config: &'a TenantConfig,
+    /// `issued_on` of the token this replica holds: a shared token is adopted only if newer.
+    pub ours: Option<i64>,
+    /// The tenant's stable jitter offset, for the shared token's refresh point.
+    pub jitter: f64,
+}
+
+impl Job for AccessJob<'_> {
+    type Output = AccessToken;
+
+    fn kind(&self) -> Kind {
+        Kind::Token
+    }
+
+    fn name(&self) -> String {
+        "token".to_owned()
+    }
+
+    fn lease(&self) -> String {
+        "lease".to_owned()
+    }
+
+    fn read(&self, document: &str) -> Option<AccessToken> {
+        crate::token::document::parse_existing(document.as_bytes(), self.config)
+    }
+
+    /// Newer than the one this replica holds, and not yet due at the tenant's refresh point.
+    fn adoptable(&self, token: &AccessToken, now: SystemTime) -> bool {
+        self.ours.is_none_or(|ours| token.issued_on() > ours)
+            && now < schedule::refresh_point(token, self.config.refresh_at, self.jitter)
+    }
+
+    fn share(&self, token: &AccessToken, by: &str) -> (secrecy::SecretString, i64) {
+        let mut document = Document::new(self.config, token);
+        document.refreshed_by = Some(by);
+        (
+            secrecy::SecretString::from(json_text(&document)),
+            token.expires_on(),
+        )
+    }
+}
 
 impl Tenant {
     /// An attempt with its turn: in fleet mode the lease first (Redis, before any request
@@ -42,11 +87,7 @@ impl Tenant {
     /// meanwhile. `None` when `cancel` fired first.
     pub(super) async fn claim_and_attempt(&mut self, cancel: &CancellationToken) -> Option<()> {
         let claim = match self.shared.fleet.clone() {
-            Some(fleet) => Some(
-                fleet
-                    .claim(&self.config, self.current_issued_on, self.jitter_offset())
-                    .await,
-            ),
+            Some(fleet) => Some(fleet.claim(&self.config.name, &self.job()).await),
             None => None,
         };
         let permit = match &claim {
@@ -61,9 +102,7 @@ impl Tenant {
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => {
-                        if let (Some(Claim::Lease), Some(fleet)) = (&claim, &self.shared.fleet) {
-                            fleet.release(&self.config).await;
-                        }
+                        self.release_lease(matches!(claim, Some(Claim::Lease))).await;
                         return None;
                     }
                     permit = lane.clone().acquire_owned() => permit.ok(),
@@ -77,22 +116,23 @@ impl Tenant {
     /// One attempt: fetch (or adopt the fleet's token, as `claim` says), write the local sinks
     /// while holding `permit`, and leave the rest (Redis) to a step of their own that follows
     /// at once.
-    async fn attempt(&mut self, claim: Option<Claim>, permit: Option<OwnedSemaphorePermit>) {
+    async fn attempt(
+        &mut self,
+        claim: Option<Claim<AccessToken>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let now = SystemTime::now();
         self.last_attempt = Some(now);
         let mut request_duration = None;
         let mut permit = permit;
         let (fetched, adopted_from, leased) = match claim {
-            Some(Claim::Adopt {
-                token,
-                refreshed_by,
-            }) => (Ok(token), Some(refreshed_by), false),
+            Some(Claim::Adopt { output, by }) => (Ok(output), Some(by), false),
             Some(Claim::Busy) => {
                 if let Some(observer) = &self.shared.observer {
-                    observer.fleet_lease_busy();
+                    observer.fleet_lease_busy(Kind::Token);
                 }
                 self.access
-                    .plan_at(Some(schedule::later(now, FLEET_BUSY_RETRY)));
+                    .plan_at(Some(schedule::later(now, fleet::BUSY_RETRY)));
                 return;
             }
             claim => {
@@ -156,7 +196,7 @@ impl Tenant {
         let progress = self.write_access_to(Which::Local).await;
         drop(permit);
         if let (Some(fleet), Some(token)) = (&self.shared.fleet, &shared)
-            && let Err(err) = fleet.publish(&self.config, token).await
+            && let Err(err) = fleet.publish(&self.config.name, &self.job(), token).await
         {
             tracing::warn!(tenant = %self.config.name, error = %err, "fleet: cannot share the token");
         }
@@ -167,7 +207,16 @@ impl Tenant {
     /// Releases the fleet lease this attempt took, if it took one.
     async fn release_lease(&self, leased: bool) {
         if leased && let Some(fleet) = &self.shared.fleet {
-            fleet.release(&self.config).await;
+            fleet.release(&self.config.name, &self.job()).await;
+        }
+    }
+
+    /// The access token as the fleet shares it, judged against the token this tenant holds.
+    pub(super) fn job(&self) -> AccessJob<'_> {
+        AccessJob {
+            config: &self.config,
+            ours: self.current_issued_on,
+            jitter: self.jitter_offset(),
         }
     }
 
@@ -247,15 +296,8 @@ impl Tenant {
             return;
         };
         let point = refresh_point.unwrap_or_else(SystemTime::now);
-        let adopted = match (&refreshed_by, &self.shared.fleet) {
-            (Some(by), Some(fleet)) => by != fleet.replica_id(),
-            _ => false,
-        };
-        if let (Some(observer), true) = (&self.shared.observer, self.shared.fleet.is_some()) {
-            observer.fleet_token(adopted);
-        }
+        let adopted = self.shared.adopted(refreshed_by.as_deref());
         self.current_issued_on = Some(token.issued_on());
-        status::lock(&self.status).refreshed_by = refreshed_by;
         tracing::info!(
             tenant = %self.config.name,
             expires_at = %clock::display_time(schedule::unix_to_system(token.expires_on())),
