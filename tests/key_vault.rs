@@ -43,10 +43,7 @@ fn managed_identity_reader(sim: &SimEntra, refresh_interval: Duration) -> KeyVau
         source: ManagedIdentitySource::Imds,
         identity: ManagedIdentityId::System,
     });
-    KeyVaultConfig {
-        identity: Arc::new(identity),
-        refresh_interval,
-    }
+    KeyVaultConfig::new(Arc::new(identity), refresh_interval)
 }
 
 /// A tenant whose client secret is `url` in Key Vault.
@@ -227,10 +224,10 @@ async fn a_workload_identity_reads_secrets_and_certificates_too() {
         ],
         daemon_knobs(&sim),
     );
-    config.key_vault = Some(KeyVaultConfig {
-        identity: Arc::new(identity),
-        refresh_interval: Duration::from_secs(3600),
-    });
+    config.key_vault = Some(KeyVaultConfig::new(
+        Arc::new(identity),
+        Duration::from_secs(3600),
+    ));
     let daemon = start_daemon(config).await;
     wait_for("both tokens", Duration::from_secs(10), || {
         token_in(&dir.path().join("contoso.json")).is_some()
@@ -493,12 +490,12 @@ async fn every_key_vault_call_carries_a_fresh_client_request_id_and_a_failure_na
     daemon.stop().await;
     sim.set_key_vault_tenant("7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1908");
     let other = format!("{}/secrets/other", sim.key_vault_url());
-    let mut reader = managed_identity_reader(&sim, Duration::from_secs(3600));
-    reader.identity = Arc::new(TenantConfig {
-        name: "reader".to_owned(),
-        ..(*reader.identity).clone()
-    });
-    let key_vault = powerbi_tokend::credential::key_vault::KeyVault::new(&reader);
+    let reader = managed_identity_reader(&sim, Duration::from_secs(3600));
+    let key_vault = powerbi_tokend::credential::key_vault::KeyVault::new(
+        &reader.identities[0],
+        reader.refresh_interval,
+        None,
+    );
     let client = powerbi_tokend::client::TokenClient::new(&daemon_knobs(&sim)).unwrap();
     let err = key_vault.secret(&client, &other).await.unwrap_err();
     let refusal = err.to_string();

@@ -119,7 +119,9 @@ impl Loader<'_> {
                     SecretSource::KeyVault(url) => {
                         let at = Some(secret.span().start);
                         match check_key_vault_url(url) {
-                            Ok(url) if self.key_vault_section => SecretSource::KeyVault(url),
+                            Ok(url) if self.key_vault_names.is_some() => {
+                                SecretSource::KeyVault(url)
+                            }
                             Ok(_) => {
                                 self.problem(
                                     at,
@@ -173,7 +175,7 @@ impl Loader<'_> {
                     return None;
                 }
             };
-            if !self.key_vault_section {
+            if self.key_vault_names.is_none() {
                 self.problem(
                     at,
                     input.key("client_certificate"),

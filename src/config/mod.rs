@@ -65,6 +65,7 @@ use crate::safe_read::{self, Symlinks};
 pub(crate) use redis::DEFAULT_FLEET_PREFIX;
 pub(crate) use sink::MAX_FILE_NAME_BYTES;
 pub use types::*;
+pub(crate) use values::is_guid;
 pub use values::parse_cron;
 
 /// Default admin listen address: loopback, so metrics are not exposed by accident.
