@@ -19,7 +19,8 @@
 //!   Power BI calls made with that token ([`powerbi`]: `calls.rs` holds the access probe and the
 //!   embed tokens' refreshers), and the check that its token is still in Redis.
 //! * [`credential`]: how a tenant proves itself, one file per kind (secret, certificate,
-//!   federated token, managed identity, the Azure Key Vault reader) and the credential's expiry;
+//!   federated token, managed identity; `key_vault/`: the Azure Key Vault readers, one per
+//!   identity, with the challenges they follow) and the credential's expiry;
 //!   [`credential::Credential::fetch`] reads the secret, signs the assertion or reads Key Vault,
 //!   and sends the request through [`client`]. [`credential::verify`] is what `check` uses.
 //! * [`client`]: the daemon's HTTP client, one pool for every outbound call: the token protocols

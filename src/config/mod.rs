@@ -27,8 +27,9 @@
 //! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`,
 //!   `managed_identity.rs`, `oauth2.rs` and `sink.rs` hold the rules of its credential, managed
 //!   identity, generic OAuth2 provider and sinks.
-//! * `key_vault.rs`: `[key_vault]` (the identity that reads Azure Key Vault), with the tenant
-//!   rules for its ids.
+//! * `key_vault.rs`: `[key_vault]` and `[key_vault.identities.<name>]` (the identities that
+//!   read Azure Key Vault), with the tenant rules for their ids, and a tenant's
+//!   `key_vault_credential`.
 //! * `powerbi.rs`: the tenant's use of the Power BI API (`powerbi_api`, `probe`).
 //! * `applicable.rs`: keys a tenant sets that its provider or credential never uses.
 //! * `cross_tenant.rs`: rules that span tenants (unique names, one writer per file or key).

@@ -243,7 +243,7 @@ pub enum SecretSource {
     /// A systemd credential (`LoadCredential=name:…`), read from `$CREDENTIALS_DIRECTORY/name`.
     Systemd(String),
     /// A secret in Azure Key Vault: its URL (`https://<vault>.vault.azure.net/secrets/<name>`,
-    /// optionally `/<version>`), read with the `[key_vault]` identity and cached.
+    /// optionally `/<version>`), read with the tenant's Key Vault identity and cached.
     #[serde(rename = "key_vault")]
     KeyVault(String),
     /// A secret held in memory, for configurations built in code (`demo`, tests). A config file

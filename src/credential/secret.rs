@@ -124,19 +124,6 @@ pub enum KeyVaultReason {
 }
 
 impl KeyVaultReason {
-    /// Every reason, for metrics that show zero counts too.
-    pub const ALL: [KeyVaultReason; 9] = [
-        KeyVaultReason::TenantNotAllowed,
-        KeyVaultReason::Identity,
-        KeyVaultReason::Unauthorized,
-        KeyVaultReason::Forbidden,
-        KeyVaultReason::NotFound,
-        KeyVaultReason::Throttled,
-        KeyVaultReason::ServerError,
-        KeyVaultReason::Unreachable,
-        KeyVaultReason::BadSecret,
-    ];
-
     /// The label value, and the `reason` in `/status`.
     pub fn as_str(self) -> &'static str {
         match self {
