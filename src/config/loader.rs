@@ -143,7 +143,7 @@ pub(super) struct Reported;
 /// The Key Vault identities a tenant's `key_vault_credential` may name, known from the
 /// `[key_vault]` section as written, before (and whether or not) its rules pass: a tenant that
 /// names an identity with a problem of its own is not also blamed for naming an unknown one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct KeyVaultNames {
     /// `[key_vault]` sets identity keys of its own: the default identity exists.
     pub(super) default: bool,
@@ -166,7 +166,13 @@ impl KeyVaultNames {
                     .collect(),
                 complete: section.complete,
             },
-            Err(Reported) => KeyVaultNames::default(),
+            // Unreadable (and reported): assume an identity of its own and names unknown, so
+            // that no tenant is blamed for what [key_vault] could not say.
+            Err(Reported) => KeyVaultNames {
+                default: true,
+                named: Vec::new(),
+                complete: false,
+            },
         }
     }
 

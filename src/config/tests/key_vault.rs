@@ -461,6 +461,14 @@ fn named_identity_mistakes_are_named_by_their_table() {
             .any(|problem| problem.contains("is not a Key Vault identity")),
         "{found:?}"
     );
+    // A [key_vault] that is not a table is that one problem, not one per tenant as well.
+    let text = MINIMAL.replace(
+        "client_secret = { env = \"SECRET\" }",
+        "client_secret = { key_vault = \"https://kv1.vault.azure.net/secrets/s\" }",
+    );
+    let found = problems(&format!("key_vault = \"managed_identity\"\n{text}"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("1: key_vault: "), "{found:?}");
     let found = problems(&MINIMAL.replace(
         "[defaults]",
         "[key_vault]\ncredential = \"managed_identity\"\nmanaged_identity = \"system\"\nidentities = \"partner\"\n\n[defaults]",
