@@ -294,6 +294,29 @@ pub(crate) struct TenantView {
     /// The tenant's embed tokens; absent for tenants without any.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub embeds: Vec<EmbedView>,
+    /// For a credential kept in Azure Key Vault: the identity that reads it and how its last
+    /// read failed; absent for a credential kept elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_vault: Option<KeyVaultView>,
+}
+
+/// The Key Vault read of a tenant's credential in `/status`: names, never a value or a token.
+#[derive(Serialize)]
+pub(crate) struct KeyVaultView {
+    /// The Key Vault identity's name (`default` for `[key_vault]`'s own).
+    pub identity: String,
+    /// Why the last read of the vault failed; `null` once one succeeds.
+    pub last_error: Option<KeyVaultErrorView>,
+}
+
+/// Why a read of Key Vault failed.
+#[derive(Serialize)]
+pub(crate) struct KeyVaultErrorView {
+    /// `tenant_not_allowed`, `identity`, `unauthorized`, `forbidden`, `not_found`,
+    /// `throttled`, `server_error`, `unreachable` or `bad_secret` (the metric's `result`).
+    pub reason: &'static str,
+    /// Key Vault's words and ours, with the call's `x-ms-client-request-id`.
+    pub message: String,
 }
 
 /// One embed token in `/status`, in the shape of the access token's fields. Never the token
@@ -464,6 +487,13 @@ pub(crate) fn view(name: String, status: &TenantStatus, now: SystemTime) -> Tena
                 }),
             })
             .collect(),
+        key_vault: status.key_vault.as_ref().map(|key_vault| KeyVaultView {
+            identity: key_vault.identity.to_string(),
+            last_error: key_vault.failure.as_ref().map(|failure| KeyVaultErrorView {
+                reason: failure.reason.as_str(),
+                message: failure.message.clone(),
+            }),
+        }),
         name,
     }
 }

@@ -20,7 +20,8 @@
 //!   Power BI calls made with that token ([`powerbi`]: `calls.rs` holds the access probe and the
 //!   embed tokens' refreshers), and the check that its tokens are still in Redis.
 //! * [`credential`]: how a tenant proves itself, one file per kind (secret, certificate,
-//!   federated token, managed identity, the Azure Key Vault reader) and the credential's expiry;
+//!   federated token, managed identity; `key_vault/`: the Azure Key Vault readers, one per
+//!   identity, with the challenges they follow) and the credential's expiry;
 //!   [`credential::Credential::fetch`] reads the secret, signs the assertion or reads Key Vault,
 //!   and sends the request through [`client`]. [`credential::verify`] is what `check` uses.
 //! * [`client`]: the daemon's HTTP client, one pool for every outbound call: the token protocols
@@ -103,6 +104,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{ClientError, TokenClient};
 use crate::config::Config;
 use crate::credential::CredentialExpiry;
+use crate::credential::key_vault::{KeyVaultObserver, KeyVaults};
 use crate::fleet::Fleet;
 use crate::http::AdminState;
 use crate::metrics::Metrics;
@@ -139,17 +141,24 @@ pub enum RunError {
     Metrics(#[from] prometheus::Error),
 }
 
-fn shared_for(config: &Config, observer: Option<Arc<dyn Observer>>) -> Result<Shared, ClientError> {
+/// What every tenant shares, for `config`; `metrics` counts what it is told (the daemon's),
+/// `None` for `once`.
+fn shared_for(config: &Config, metrics: Option<&Arc<Metrics>>) -> Result<Shared, ClientError> {
+    let observer = metrics
+        .cloned()
+        .map(|metrics| -> Arc<dyn Observer> { metrics });
     let store = config
         .redis
         .as_ref()
         .map(|redis| Arc::new(Store::new(redis.clone(), config.daemon.ca_file.clone())));
     Ok(Shared {
         client: TokenClient::new(&config.daemon)?,
-        key_vault: config
-            .key_vault
-            .as_ref()
-            .map(|key_vault| Arc::new(credential::key_vault::KeyVault::new(key_vault))),
+        key_vaults: config.key_vault.as_ref().map(|key_vault| {
+            let observer = metrics
+                .cloned()
+                .map(|metrics| -> Arc<dyn KeyVaultObserver> { metrics });
+            Arc::new(KeyVaults::new(key_vault, observer))
+        }),
         limiter: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_lane: Arc::new(Semaphore::new(config.daemon.max_concurrent_requests)),
         slow_after: Arc::new(refresh::lanes::SlowAfter::new(
@@ -226,9 +235,8 @@ impl Daemon {
             admin_stop.clone(),
         ));
         tracing::info!(addr = %admin_addr, "admin server listening");
-        let observer: Arc<dyn Observer> = metrics.clone();
         let mut supervisor =
-            Supervisor::new(shared_for(&config, Some(observer))?, registry.clone());
+            Supervisor::new(shared_for(&config, Some(&metrics))?, registry.clone());
         let on_disk = sink::clean_up(&config.tenants).await;
         let started = supervisor
             .reconcile(&mut config.tenants, false, on_disk.as_ref())
@@ -360,8 +368,7 @@ impl Daemon {
             || new.fleet != self.config.fleet
             || new.key_vault != self.config.key_vault;
         if restart_all {
-            let observer: Arc<dyn Observer> = self.metrics.clone();
-            match shared_for(&new, Some(observer)) {
+            match shared_for(&new, Some(&self.metrics)) {
                 // Every task must pick up the new knobs, so all restart; warm start keeps healthy
                 // tenants from refetching.
                 Ok(shared) => self.supervisor.set_shared(shared),
@@ -635,14 +642,20 @@ pub fn expiry_warning(tenant: &str, expiry: CredentialExpiry, now: i64) -> Optio
     })
 }
 
-/// `check --online`: reads every Key Vault URL the tenants name, once each.
+/// `check --online`: reads every Key Vault URL the tenants name, once per identity that reads
+/// it, through the readers the daemon uses ([`KeyVaults`]): the same identity for each tenant,
+/// the same challenges followed (to another cloud's vault, or to an allowed tenant) and the
+/// same refusals. A problem is reported at the line of the tenant's credential key.
 async fn check_key_vault(
     config: &Config,
-    reader: &config::KeyVaultConfig,
+    credentials: &[config::TenantCredential],
     now: i64,
     problems: &mut Vec<config::Problem>,
     warnings: &mut Vec<String>,
 ) {
+    let Some(key_vault) = &config.key_vault else {
+        return;
+    };
     let client = match TokenClient::new(&config.daemon) {
         Ok(client) => client,
         Err(err) => {
@@ -655,22 +668,30 @@ async fn check_key_vault(
             return;
         }
     };
-    let key_vault = credential::key_vault::KeyVault::new(reader);
+    let key_vaults = KeyVaults::new(key_vault, None);
     let mut seen = std::collections::HashSet::new();
     for tenant in &config.tenants {
         let Some((url, key, certificate)) = key_vault_reference(tenant) else {
             continue;
         };
-        if !seen.insert(url.clone()) {
+        let Some(reader) = key_vaults.reader(tenant) else {
+            continue;
+        };
+        if !seen.insert((reader.name().clone(), url.clone())) {
             continue;
         }
+        let line = credentials
+            .iter()
+            .find(|credential| credential.tenant == tenant.name)
+            .and_then(|credential| credential.line)
+            .or(tenant.line);
         let problem = |message: String| config::Problem {
             column: None,
-            line: tenant.line,
+            line,
             key: Some(format!("tenant {:?}: {key}", tenant.name)),
             message,
         };
-        match key_vault_expiry(&key_vault, &client, url, certificate).await {
+        match key_vault_expiry(reader, &client, url, certificate).await {
             Err(message) => problems.push(problem(message)),
             Ok(Some(CredentialExpiry { expires_on, kind })) if expires_on <= now => {
                 problems.push(problem(format!(
@@ -753,8 +774,9 @@ pub struct Checked {
 /// Every problem found, in file order.
 ///
 /// With `online`, every secret and certificate kept in Azure Key Vault is read once with the
-/// `[key_vault]` identity: access problems (403, 404), expired secrets and certificates that are
-/// not PEM are problems; secrets expiring soon are warnings.
+/// Key Vault identity of its tenant, as the daemon reads it: access problems (403, 404, a
+/// challenge to a tenant the identity may not follow), expired secrets and certificates that
+/// are not PEM are problems; secrets expiring soon are warnings.
 pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, config::ConfigError> {
     let now = clock::unix_now();
     let (loaded, credentials) = config::load_for_check(path).await;
@@ -813,11 +835,8 @@ pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, conf
             }
         }
     }
-    if online
-        && let Some(config) = &config
-        && let Some(reader) = &config.key_vault
-    {
-        check_key_vault(config, reader, now, &mut err.problems, &mut warnings).await;
+    if online && let Some(config) = &config {
+        check_key_vault(config, &credentials, now, &mut err.problems, &mut warnings).await;
     }
     match config {
         Some(config) if err.problems.is_empty() => Ok(Checked { config, warnings }),

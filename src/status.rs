@@ -117,6 +117,20 @@ pub struct TenantStatus {
     pub api_probe: Option<Box<ProbeStatus>>,
     /// The tenant's embed tokens, in config order; empty for tenants without any.
     pub embeds: Box<[EmbedStatus]>,
+    /// For a credential kept in Azure Key Vault: the identity that reads it, and how its last
+    /// read failed. Boxed: most tenants keep their credential elsewhere.
+    pub key_vault: Option<Box<KeyVaultStatus>>,
+}
+
+/// Which Key Vault identity reads a tenant's credential, and how its last read of the vault
+/// ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyVaultStatus {
+    /// The identity's name (`default` for `[key_vault]`'s own).
+    pub identity: Arc<str>,
+    /// Why the last read failed; `None` once one succeeds. A failed re-read is shown too,
+    /// although the tenant goes on with the value read before.
+    pub failure: Option<crate::credential::key_vault::VaultFailure>,
 }
 
 /// One embed token of a tenant.

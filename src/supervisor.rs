@@ -981,7 +981,7 @@ mod tests {
         let daemon = crate::config::DaemonConfig::default();
         let shared = Shared {
             client: crate::client::TokenClient::new(&daemon).unwrap(),
-            key_vault: None,
+            key_vaults: None,
             limiter: Arc::new(tokio::sync::Semaphore::new(1)),
             slow_lane: Arc::new(tokio::sync::Semaphore::new(1)),
             slow_after: Arc::new(crate::refresh::lanes::SlowAfter::new(

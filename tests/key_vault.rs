@@ -43,10 +43,7 @@ fn managed_identity_reader(sim: &SimEntra, refresh_interval: Duration) -> KeyVau
         source: ManagedIdentitySource::Imds,
         identity: ManagedIdentityId::System,
     });
-    KeyVaultConfig {
-        identity: Arc::new(identity),
-        refresh_interval,
-    }
+    KeyVaultConfig::new(Arc::new(identity), refresh_interval)
 }
 
 /// A tenant whose client secret is `url` in Key Vault.
@@ -192,22 +189,7 @@ async fn a_workload_identity_reads_secrets_and_certificates_too() {
     // Kubernetes service account.
     let vault_tenant_id = sim.key_vault_tenant();
     register(&sim, &vault_tenant_id, Duration::from_secs(3600));
-    let (issuer, subject, audience) = (
-        "https://oidc.prod-aks.azure.com/0000/",
-        "system:serviceaccount:powerbi:tokend",
-        "api://AzureADTokenExchange",
-    );
-    sim.add_federated_credential(
-        &vault_tenant_id,
-        CLIENT_ID,
-        SimFederatedCredential {
-            issuer: issuer.to_owned(),
-            subject: subject.to_owned(),
-            audience: audience.to_owned(),
-        },
-    );
-    let token_file = dir.path().join("azure-identity-token");
-    std::fs::write(&token_file, federated_token(issuer, subject, audience)).unwrap();
+    let token_file = federate(&sim, CLIENT_ID, &[&vault_tenant_id], dir.path());
     sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
     let (pem, der) = rsa_certificate_pem();
     sim.add_certificate("fabrikam.example.com", CLIENT_ID, der);
@@ -227,10 +209,10 @@ async fn a_workload_identity_reads_secrets_and_certificates_too() {
         ],
         daemon_knobs(&sim),
     );
-    config.key_vault = Some(KeyVaultConfig {
-        identity: Arc::new(identity),
-        refresh_interval: Duration::from_secs(3600),
-    });
+    config.key_vault = Some(KeyVaultConfig::new(
+        Arc::new(identity),
+        Duration::from_secs(3600),
+    ));
     let daemon = start_daemon(config).await;
     wait_for("both tokens", Duration::from_secs(10), || {
         token_in(&dir.path().join("contoso.json")).is_some()
@@ -493,12 +475,12 @@ async fn every_key_vault_call_carries_a_fresh_client_request_id_and_a_failure_na
     daemon.stop().await;
     sim.set_key_vault_tenant("7e6d5c4b-3a29-4817-9f6e-5d4c3b2a1908");
     let other = format!("{}/secrets/other", sim.key_vault_url());
-    let mut reader = managed_identity_reader(&sim, Duration::from_secs(3600));
-    reader.identity = Arc::new(TenantConfig {
-        name: "reader".to_owned(),
-        ..(*reader.identity).clone()
-    });
-    let key_vault = powerbi_tokend::credential::key_vault::KeyVault::new(&reader);
+    let reader = managed_identity_reader(&sim, Duration::from_secs(3600));
+    let key_vault = powerbi_tokend::credential::key_vault::KeyVault::new(
+        &reader.identities[0],
+        reader.refresh_interval,
+        None,
+    );
     let client = powerbi_tokend::client::TokenClient::new(&daemon_knobs(&sim)).unwrap();
     let err = key_vault.secret(&client, &other).await.unwrap_err();
     let refusal = err.to_string();
@@ -805,4 +787,403 @@ async fn a_throttled_vault_is_a_transient_failure() {
     })
     .await;
     daemon.stop().await;
+}
+
+/// The app of the partner's workload identity (a multi-tenant app of its own).
+const PARTNER_APP: &str = "6e5d4c3b-2a19-4807-b6f5-e4d3c2b1a098";
+/// The partner's own directory, where its workload identity lives.
+const PARTNER_HOME: &str = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
+/// A customer's directory, whose vault the partner's identity may be allowed to read.
+const CUSTOMER: &str = "9f8e7d6c-5b4a-4392-a1b0-c9d8e7f6a5b4";
+
+/// Federates the app `client_id` in each of `tenants` with a Kubernetes service account, whose
+/// token it writes to a file in `dir`: its path.
+fn federate(sim: &SimEntra, client_id: &str, tenants: &[&str], dir: &Path) -> std::path::PathBuf {
+    let (issuer, subject, audience) = (
+        "https://oidc.prod-aks.azure.com/0000/",
+        "system:serviceaccount:powerbi:tokend",
+        "api://AzureADTokenExchange",
+    );
+    for tenant in tenants {
+        sim.add_federated_credential(
+            tenant,
+            client_id,
+            SimFederatedCredential {
+                issuer: issuer.to_owned(),
+                subject: subject.to_owned(),
+                audience: audience.to_owned(),
+            },
+        );
+    }
+    let token_file = dir.join("azure-identity-token");
+    std::fs::write(&token_file, federated_token(issuer, subject, audience)).unwrap();
+    token_file
+}
+
+/// [`PARTNER_APP`] in each of `tenants`, federated with a service account: its token file.
+fn partner_app(sim: &SimEntra, tenants: &[&str], dir: &Path) -> std::path::PathBuf {
+    for tenant in tenants {
+        sim.add_tenant(
+            tenant,
+            powerbi_tokend_sim::SimTenant::new(
+                powerbi_tokend_sim::SimApp::new(PARTNER_APP, "no-secret-is-used"),
+                Duration::from_secs(3600),
+            ),
+        );
+    }
+    federate(sim, PARTNER_APP, tenants, dir)
+}
+
+/// A config file in `dir`: `[key_vault]` reading with the simulator's managed identity, the
+/// workload identities `identities` (`(name, extra keys)`) of [`PARTNER_APP`] in
+/// [`PARTNER_HOME`], `[defaults]` naming `app-secret` in the first vault, and `tenants` (TOML,
+/// `{vault}` replaced by `vault`).
+fn write_identities_config(
+    sim: &SimEntra,
+    dir: &Path,
+    token_file: &Path,
+    identities: &[(&str, &str)],
+    (vault, tenants): (&str, &str),
+) -> std::path::PathBuf {
+    let named: String = identities
+        .iter()
+        .map(|(name, extra)| {
+            format!(
+                r#"
+[key_vault.identities.{name}]
+credential = "workload_identity"
+client_id = "{PARTNER_APP}"
+tenant_id = "{PARTNER_HOME}"
+federated_token_file = "{token_file}"
+authority_host = "{authority}"
+{extra}
+"#,
+                token_file = token_file.display(),
+                authority = sim.authority_host(),
+            )
+        })
+        .collect();
+    let config = dir.join("config.toml");
+    let text = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[daemon]
+imds_endpoint = "{imds}"
+
+[key_vault]
+credential = "managed_identity"
+managed_identity = "system"
+{named}
+[defaults]
+authority_host = "{authority}"
+client_id = "{CLIENT_ID}"
+client_secret = {{ key_vault = "{first}/secrets/app-secret" }}
+sinks = [ {{ type = "file", path = "{tokens}/{{name}}.json" }} ]
+{tenants}"#,
+        imds = sim.imds_endpoint(),
+        authority = sim.authority_host(),
+        first = sim.key_vault_url(),
+        tokens = dir.display(),
+        tenants = tenants.replace("{vault}", vault),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// The daemon, started from the config file at `path`.
+async fn start_from(path: &Path) -> Running {
+    start_daemon(powerbi_tokend::config::load(path).await.unwrap()).await
+}
+
+/// The `/status` entry of `tenant`.
+fn status_of<'s>(status: &'s serde_json::Value, tenant: &str) -> &'s serde_json::Value {
+    status["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["name"] == tenant)
+        .unwrap_or_else(|| panic!("{tenant} not in {status}"))
+}
+
+/// Runs `check --online` on `config`.
+async fn check_online(config: &Path) -> std::process::Output {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::process::BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .arg("--online")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Two identities, two vaults, four tenants: each vault is read once, by the identity its
+/// tenants name (each vault grants only that one, in its own directory), and each identity
+/// asks for one token, whatever the number of tenants it reads for.
+#[tokio::test]
+async fn each_tenant_reads_its_vault_with_the_identity_it_names_and_each_identity_one_token() {
+    let names = ["contoso", "fabrikam", "northwind", "wingtip"];
+    let ids: Vec<String> = names.iter().map(|n| format!("{n}.example.com")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let Fixture { sim, dir } = fixture(&ids, Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    sim.set_key_vault_secret("app-secret", SECRET, SimSecretAttributes::default());
+    sim.grant_key_vault_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let token_file = partner_app(&sim, &[PARTNER_HOME], dir.path());
+    let partner_vault = sim.start_key_vault().await.unwrap();
+    partner_vault.set_tenant(PARTNER_HOME);
+    partner_vault.set_secret("app-secret", SECRET, expiring());
+    partner_vault.grant_access(PARTNER_APP);
+    let config = write_identities_config(
+        &sim,
+        dir.path(),
+        &token_file,
+        &[("partner", "")],
+        (
+            &partner_vault.url(),
+            r#"
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.example.com"
+
+[[tenant]]
+name = "fabrikam"
+tenant_id = "fabrikam.example.com"
+
+[[tenant]]
+name = "northwind"
+tenant_id = "northwind.example.com"
+key_vault_credential = "partner"
+client_secret = { key_vault = "{vault}/secrets/app-secret" }
+
+[[tenant]]
+name = "wingtip"
+tenant_id = "wingtip.example.com"
+key_vault_credential = "partner"
+client_secret = { key_vault = "{vault}/secrets/app-secret" }
+"#,
+        ),
+    );
+    let daemon = start_from(&config).await;
+    wait_for("every tenant's token", Duration::from_secs(10), || {
+        names
+            .iter()
+            .all(|name| token_in(&dir.path().join(format!("{name}.json"))).is_some())
+    })
+    .await;
+    // Each vault saw its own identity, once.
+    assert_eq!(sim.key_vault_read_count("app-secret"), 1);
+    assert_eq!(
+        sim.last_key_vault_caller().as_deref(),
+        Some(SIM_SYSTEM_ASSIGNED_CLIENT_ID)
+    );
+    assert_eq!(partner_vault.read_count("app-secret"), 1);
+    assert_eq!(partner_vault.last_caller().as_deref(), Some(PARTNER_APP));
+    // One Key Vault token per identity: two tenants each, one request each.
+    assert_eq!(sim.managed_identity_issued_count(), 1);
+    assert_eq!(sim.issued_count(PARTNER_HOME), 1);
+    let (_, body) = daemon.get("/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for (tenant, identity) in [
+        ("contoso", "default"),
+        ("fabrikam", "default"),
+        ("northwind", "partner"),
+        ("wingtip", "partner"),
+    ] {
+        assert_eq!(
+            status_of(&status, tenant)["key_vault"],
+            serde_json::json!({"identity": identity, "last_error": null}),
+            "{tenant}"
+        );
+    }
+    // The partner vault's expiry is the partner tenants' credential expiry.
+    assert_eq!(
+        status_of(&status, "wingtip")["credential_expires_at"],
+        "2030-01-01T00:00:00Z"
+    );
+    let (_, metrics) = daemon.get("/metrics").await;
+    for identity in ["default", "partner"] {
+        assert!(
+            metrics.contains(&format!(
+                "powerbi_tokend_key_vault_reads_total{{identity=\"{identity}\",result=\"success\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    daemon.stop().await;
+}
+
+/// A customer's vault challenges the partner's identity to its own directory: an identity that
+/// lists the customer in key_vault_allowed_tenants follows (one token from there), one that
+/// does not refuses before asking, in words that name the tenant and the key, in `/status`
+/// and in `check --online`.
+#[tokio::test]
+async fn a_challenge_to_another_tenant_is_followed_only_when_allowed() {
+    let Fixture { sim, dir } = fixture(
+        &["followed.example.com", "refused.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    with_managed_identity(&sim);
+    let token_file = partner_app(&sim, &[PARTNER_HOME, CUSTOMER], dir.path());
+    let customer_vault = sim.start_key_vault().await.unwrap();
+    customer_vault.set_tenant(CUSTOMER);
+    customer_vault.set_secret("app-secret", SECRET, SimSecretAttributes::default());
+    customer_vault.grant_access(PARTNER_APP);
+    let vault = customer_vault.url();
+    let config = write_identities_config(
+        &sim,
+        dir.path(),
+        &token_file,
+        &[
+            (
+                "partner",
+                &format!("key_vault_allowed_tenants = [\"{CUSTOMER}\"]"),
+            ),
+            ("strict", ""),
+        ],
+        (
+            &vault,
+            r#"
+[[tenant]]
+name = "followed"
+tenant_id = "followed.example.com"
+key_vault_credential = "partner"
+client_secret = { key_vault = "{vault}/secrets/app-secret" }
+
+[[tenant]]
+name = "refused"
+tenant_id = "refused.example.com"
+key_vault_credential = "strict"
+client_secret = { key_vault = "{vault}/secrets/app-secret" }
+"#,
+        ),
+    );
+    let refusal = format!(
+        "Key Vault {vault} asks for a token from tenant {CUSTOMER}, not from the tenant of the workload identity with client ID {PARTNER_APP} in tenant {PARTNER_HOME} (Key Vault identity \"strict\"); add \"{CUSTOMER}\" to key_vault_allowed_tenants of Key Vault identity \"strict\" ([key_vault.identities.strict]) to allow it"
+    );
+    let daemon = start_from(&config).await;
+    let body = daemon
+        .wait_for_get("one token and one refusal", "/status", |_, body| {
+            body.contains("\"healthy\"") && body.contains("\"misconfigured\"")
+        })
+        .await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let followed = status_of(&status, "followed");
+    assert_eq!(followed["state"], "healthy", "{followed}");
+    assert_eq!(
+        followed["key_vault"],
+        serde_json::json!({"identity": "partner", "last_error": null})
+    );
+    let refused = status_of(&status, "refused");
+    assert_eq!(refused["last_error"]["reason"], "credential", "{refused}");
+    assert_eq!(refused["last_error"]["class"], "permanent", "{refused}");
+    let message = refused["last_error"]["message"].as_str().unwrap();
+    assert!(message.starts_with(&refusal), "{message}");
+    assert_eq!(refused["key_vault"]["identity"], "strict");
+    assert_eq!(
+        refused["key_vault"]["last_error"]["reason"],
+        "tenant_not_allowed"
+    );
+    assert!(
+        refused["key_vault"]["last_error"]["message"]
+            .as_str()
+            .is_some_and(|text| text.starts_with(&refusal)),
+        "{refused}"
+    );
+    // The customer's vault was read once, by the identity it let in, with a token from its
+    // own directory: each identity's first token came from home and was challenged; only the
+    // allowed one asked the customer's directory.
+    assert_eq!(customer_vault.read_count("app-secret"), 1);
+    assert_eq!(customer_vault.last_caller().as_deref(), Some(PARTNER_APP));
+    assert_eq!(sim.issued_count(CUSTOMER), 1);
+    assert_eq!(sim.issued_count(PARTNER_HOME), 2);
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "powerbi_tokend_key_vault_reads_total{identity=\"strict\",result=\"tenant_not_allowed\"}"
+        ),
+        "{metrics}"
+    );
+    daemon.stop().await;
+
+    // check --online reads through the same readers: the same refusal, at the line of the
+    // tenant's client_secret.
+    let checked = check_online(&config).await;
+    assert_eq!(checked.status.code(), Some(2), "{checked:?}");
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let refused_at = text.find("name = \"refused\"").unwrap();
+    let line = text[..refused_at].lines().count()
+        + text[refused_at..]
+            .lines()
+            .position(|line| line.starts_with("client_secret"))
+            .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!(
+            "config.toml:{line}: tenant \"refused\": client_secret: {refusal}"
+        )),
+        "line {line}: {stderr}"
+    );
+    assert!(!stderr.contains("tenant \"followed\""), "{stderr}");
+    assert_eq!(customer_vault.read_count("app-secret"), 2);
+    assert_eq!(sim.issued_count(CUSTOMER), 2);
+    for text in [&stderr, &String::from_utf8_lossy(&checked.stdout)] {
+        assert!(!text.contains(SECRET) && !text.contains("eyJ"), "{text}");
+    }
+}
+
+/// `check --online` follows a vault's challenge to another cloud as the daemon does: a vault
+/// of the China cloud read with a managed identity configured for none (the public cloud's
+/// resource first).
+#[tokio::test]
+async fn check_online_follows_a_challenge_to_another_clouds_vault() {
+    let Fixture { sim, dir } = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    with_managed_identity(&sim);
+    let china = sim.start_key_vault().await.unwrap();
+    china.set_cloud(powerbi_tokend_sim::SimCloud::China);
+    // Expiring in 10 days: the warning shows the value was read.
+    let soon = SystemTime::now() + Duration::from_secs(10 * 86_400);
+    china.set_secret(
+        "app-secret",
+        SECRET,
+        SimSecretAttributes {
+            exp: Some(soon),
+            ..SimSecretAttributes::default()
+        },
+    );
+    china.grant_access(SIM_SYSTEM_ASSIGNED_CLIENT_ID);
+    let tenants = format!(
+        r#"
+[[tenant]]
+name = "contoso"
+tenant_id = "contoso.example.com"
+client_secret = {{ key_vault = "{china}/secrets/app-secret" }}
+"#,
+        china = china.url()
+    );
+    let config = write_vault_config(&sim, dir.path(), "", &tenants);
+    let checked = check_online(&config).await;
+    assert!(checked.status.success(), "{checked:?}");
+    assert_eq!(china.read_count("app-secret"), 1);
+    assert_eq!(sim.key_vault_request_count(), 0);
+    let query = sim.last_managed_identity_request().unwrap().query;
+    assert!(
+        query
+            .iter()
+            .any(|(key, value)| key == "resource" && value == "https://vault.azure.cn"),
+        "{query:?}"
+    );
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        format!("{stdout}{stderr}").contains("tenant \"contoso\": the client secret expires on"),
+        "{stdout}{stderr}"
+    );
 }

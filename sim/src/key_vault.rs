@@ -72,7 +72,7 @@
 //! status, the error code and the caller's client id.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
@@ -85,6 +85,7 @@ use serde_json::{Map, Value, json};
 
 use super::Shared;
 use super::access_token::verify;
+use super::cloud::SimCloud;
 use super::managed_identity::{MANAGED_IDENTITY_SUBSCRIPTION, MANAGED_IDENTITY_TENANT};
 use super::wire::{JSON_CONTENT_TYPE, client_key, parse_form, random_guid, unix_now};
 
@@ -92,9 +93,10 @@ use super::wire::{JSON_CONTENT_TYPE, client_key, parse_form, random_guid, unix_n
 /// URI (its AKV10022 message names both).
 const KEY_VAULT_APP_ID: &str = "cfa8b339-82a2-471a-a3c9-0fc0be7a4093";
 
-/// The simulated vault's name, in RBAC refusals. Real vaults are `https://{name}.vault.azure.net`;
-/// the simulated one is the listener's address, so its name appears only in messages.
-const VAULT_NAME: &str = "sim-vault";
+/// The name of the vault on the simulator's own listener, in RBAC refusals. Real vaults are
+/// `https://{name}.vault.azure.net`; a simulated one is a listener's address, so its name
+/// appears only in messages.
+pub(super) const VAULT_NAME: &str = "sim-vault";
 
 /// The resource group of the simulated vault (and of the host's user-assigned identities).
 const VAULT_RESOURCE_GROUP: &str = "sim";
@@ -175,11 +177,18 @@ pub enum KeyVaultFault {
     ServerError,
 }
 
-/// The vault's side of [`Shared`]: its directory, grants, secrets, faults and counters.
+/// One vault: its address, name, directory, cloud, grants, secrets, faults and counters.
 pub(super) struct KeyVaultState {
+    /// `http://127.0.0.1:PORT` (or `https`): what secret ids begin with.
+    pub(super) url: String,
+    /// The vault's name, in RBAC refusals (real vaults are `https://{name}.vault.azure.net`).
+    name: String,
     /// The directory the vault belongs to: tokens must name it as `tid`, and the challenge
     /// sends clients to `{authority host}/{tenant}`.
     pub(super) tenant: String,
+    /// The cloud whose Key Vault resource tokens must be for; `None`: the cloud of the
+    /// simulated Power BI API ([`SimEntra::set_powerbi_cloud`](super::SimEntra::set_powerbi_cloud)).
+    pub(super) cloud: Option<SimCloud>,
     /// Client ids (lower case) that may read secrets.
     pub(super) readers: HashSet<String>,
     /// Per secret name (lower case: Key Vault names are case-insensitive).
@@ -197,10 +206,15 @@ pub(super) struct KeyVaultState {
     pub(super) last_caller: Option<String>,
 }
 
-impl Default for KeyVaultState {
-    fn default() -> Self {
+impl KeyVaultState {
+    /// A vault at `url` named `name`, in the managed identities' directory, with nothing in it
+    /// and nobody granted.
+    pub(super) fn new(url: String, name: String) -> Self {
         Self {
+            url,
+            name,
             tenant: MANAGED_IDENTITY_TENANT.to_owned(),
+            cloud: None,
             readers: HashSet::new(),
             secrets: HashMap::new(),
             faults: HashMap::new(),
@@ -285,8 +299,26 @@ pub(super) fn name_key(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
+/// What the handler of a vault's `/secrets/{*path}` works with: the simulator (its signing
+/// key, authority host and Power BI cloud) and the vault's own state.
+#[derive(Clone)]
+pub(super) struct VaultRoute {
+    /// The simulator the vault belongs to.
+    pub(super) shared: Arc<Shared>,
+    /// The vault.
+    pub(super) vault: Arc<Mutex<KeyVaultState>>,
+}
+
+impl VaultRoute {
+    /// The vault's state. Every update is a single assignment, insertion, push or increment,
+    /// so the state is consistent even after a panic.
+    pub(super) fn state(&self) -> MutexGuard<'_, KeyVaultState> {
+        self.vault.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The handler of `/secrets/{*path}`.
-pub(super) async fn secret(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+pub(super) async fn secret(State(route): State<VaultRoute>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
     // What support would trace the call by (azure-keyvault-secrets sends one per request).
     let client_request_id = parts
@@ -295,18 +327,19 @@ pub(super) async fn secret(State(shared): State<Arc<Shared>>, request: Request) 
         .filter(|id| id.len() <= MAX_CLIENT_REQUEST_ID_LEN)
         .and_then(|id| id.to_str().ok())
         .map(str::to_owned);
-    let vault = {
-        let mut state = shared.key_vault();
+    let (vault, cloud) = {
+        let mut state = route.state();
         state.requests += 1;
         if state.client_request_ids.len() == RECORDED_CLIENT_REQUEST_IDS {
             state.client_request_ids.pop_front();
         }
         state.client_request_ids.push_back(client_request_id);
-        state.tenant.clone()
+        (state.tenant.clone(), state.cloud)
     };
-    let resource = shared.powerbi().cloud.key_vault_resource();
+    let cloud = cloud.unwrap_or_else(|| route.shared.powerbi().cloud);
+    let resource = cloud.key_vault_resource();
     let mut record = Record::default();
-    let reply = answer_request(&shared, &parts, &vault, resource, &mut record);
+    let reply = answer_request(&route, &parts, &vault, resource, &mut record);
     let request_id = random_guid();
     tracing::debug!(
         secret = record.name.as_deref().unwrap_or("-"),
@@ -318,7 +351,7 @@ pub(super) async fn secret(State(shared): State<Arc<Shared>>, request: Request) 
     );
     let challenge = format!(
         "Bearer authorization=\"{}/{vault}\", resource=\"{resource}\"",
-        shared.authority_host
+        route.shared.authority_host
     );
     reply.into_response(&request_id, &parts.headers, &challenge)
 }
@@ -334,7 +367,7 @@ struct Record {
 
 /// The checks in the order of the module doc.
 fn answer_request(
-    shared: &Shared,
+    route: &VaultRoute,
     parts: &Parts,
     vault_tenant: &str,
     resource: &str,
@@ -359,12 +392,12 @@ fn answer_request(
         Err(reply) => return reply,
     };
     record.name = Some(name.to_owned());
-    let caller = match authenticate(shared, &parts.headers, vault_tenant, resource) {
+    let caller = match authenticate(&route.shared, &parts.headers, vault_tenant, resource) {
         Ok(caller) => caller,
         Err(reply) => return reply,
     };
     record.caller = Some(caller.appid.clone());
-    read_secret(shared, &caller, name, version)
+    read_secret(route, &caller, name, version)
 }
 
 /// `7.x` and its previews (what the SDKs send), or `2016-10-01`, which older clients still
@@ -484,12 +517,14 @@ fn authenticate(
 }
 
 /// The fault, the access check, the lookup and the answer, in one short critical section.
-fn read_secret(shared: &Shared, caller: &Caller, name: &str, version: Option<&str>) -> Reply {
+fn read_secret(route: &VaultRoute, caller: &Caller, name: &str, version: Option<&str>) -> Reply {
     let key = name_key(name);
-    let mut state = shared.key_vault();
+    let mut state = route.state();
     match state.faults.get(&key) {
         None => {}
-        Some(KeyVaultFault::Forbidden) => return Reply::forbidden_by_rbac(caller, name),
+        Some(KeyVaultFault::Forbidden) => {
+            return Reply::forbidden_by_rbac(&state.name, caller, name);
+        }
         Some(KeyVaultFault::NotFound) => return Reply::not_found(name, version),
         Some(KeyVaultFault::Throttled { retry_after_secs }) => {
             return Reply::throttled(*retry_after_secs);
@@ -497,7 +532,7 @@ fn read_secret(shared: &Shared, caller: &Caller, name: &str, version: Option<&st
         Some(KeyVaultFault::ServerError) => return Reply::server_error(),
     }
     if !state.readers.contains(&client_key(&caller.appid)) {
-        return Reply::forbidden_by_rbac(caller, name);
+        return Reply::forbidden_by_rbac(&state.name, caller, name);
     }
     state.last_caller = Some(caller.appid.clone());
     let Some(secret) = state.secrets.get(&key) else {
@@ -516,7 +551,7 @@ fn read_secret(shared: &Shared, caller: &Caller, name: &str, version: Option<&st
     if !stored.attributes.enabled {
         return Reply::disabled();
     }
-    let body = secret_bundle(&shared.authority_host, &secret.name, stored);
+    let body = secret_bundle(&state.url, &secret.name, stored);
     *state.reads.entry(key).or_default() += 1;
     Reply::ok(body)
 }
@@ -619,16 +654,16 @@ impl Reply {
         )
     }
 
-    fn forbidden_by_rbac(caller: &Caller, name: &str) -> Reply {
+    fn forbidden_by_rbac(vault: &str, caller: &Caller, name: &str) -> Reply {
         let message = format!(
             "Caller is not authorized to perform action on resource.\r\nIf role assignments, \
              deny assignments or role definitions were changed recently, please observe \
              propagation time.\r\nCaller: appid={appid};oid={oid};iss={issuer}\r\nAction: \
              '{GET_SECRET_ACTION}'\r\nResource: '/subscriptions/{MANAGED_IDENTITY_SUBSCRIPTION}/\
              resourcegroups/{VAULT_RESOURCE_GROUP}/providers/microsoft.keyvault/vaults/\
-             {VAULT_NAME}/secrets/{secret}'\r\nAssignment: (not found)\r\nDenyAssignmentId: \
+             {vault}/secrets/{secret}'\r\nAssignment: (not found)\r\nDenyAssignmentId: \
              null\r\nDecisionReason: 'DeniedWithNoValidRBAC' \r\nVault: \
-             {VAULT_NAME};location={VAULT_REGION}\r\n",
+             {vault};location={VAULT_REGION}\r\n",
             appid = caller.appid,
             oid = caller.oid,
             issuer = caller.issuer,
@@ -1463,6 +1498,118 @@ mod tests {
         assert_eq!(fixture.sim.key_vault_read_count(NAME), 1);
         assert_eq!(fixture.sim.key_vault_read_count("later"), 0);
         assert_eq!(fixture.sim.key_vault_request_count(), 11);
+    }
+
+    /// A client-secret v2 token for `scope` from `tenant`, where [`APP`] is registered.
+    async fn token_from(fixture: &Fixture, tenant: &str, scope: &'static str) -> String {
+        let reply = post(
+            &fixture.http,
+            &v2_url(&fixture.sim, tenant),
+            &with(v2_form(), "scope", scope),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_second_vault_has_its_own_directory_cloud_grants_and_secrets() {
+        const CHINA_VAULT_SCOPE: &str = "https://vault.azure.cn/.default";
+        let (fixture, _) = vault_fixture().await;
+        let customer = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
+        fixture.sim.add_tenant(
+            customer,
+            SimTenant::new(SimApp::new(APP, SECRET), Duration::from_secs(3599)),
+        );
+        let second = fixture.sim.start_key_vault().await.expect("a second vault");
+        assert_ne!(second.url(), fixture.sim.key_vault_url());
+        second.set_tenant(customer);
+        second.set_cloud(SimCloud::China);
+        second.set_secret(NAME, "second-vault-value", SimSecretAttributes::default());
+        let url = format!("{}/secrets/{NAME}?api-version=7.5", second.url());
+        let read = |token: &str| answer(fixture.http.get(&url).bearer_auth(token));
+
+        // The challenge names the vault's directory and cloud, at the simulated Entra ID.
+        let reply = answer(fixture.http.get(&url)).await;
+        assert_eq!(reply.status, 401, "{}", reply.body);
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some(
+                format!(
+                    "Bearer authorization=\"{}/{customer}\", resource=\"https://vault.azure.cn\"",
+                    fixture.sim.authority_host()
+                )
+                .as_str()
+            )
+        );
+        // From the first vault's directory: another issuer. From its own directory but for
+        // the public vault: another audience.
+        let home = token_from(&fixture, TENANT, CHINA_VAULT_SCOPE).await;
+        let reply = read(&home).await;
+        assert_eq!(reply.status, 401);
+        assert!(
+            reply.body.contains(&format!(
+                "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{customer}/"
+            )),
+            "{}",
+            reply.body
+        );
+        let public = token_from(&fixture, customer, VAULT_SCOPE).await;
+        let reply = read(&public).await;
+        assert_eq!(reply.status, 401);
+        assert!(
+            reply
+                .body
+                .contains("AKV10022: Invalid audience. Expected https://vault.azure.cn"),
+            "{}",
+            reply.body
+        );
+        // From its directory, for its cloud: read once granted, in this vault only.
+        let theirs = token_from(&fixture, customer, CHINA_VAULT_SCOPE).await;
+        let reply = read(&theirs).await;
+        assert_error(&reply, 403, "Forbidden", Some("ForbiddenByRbac"));
+        let vault_name = format!("sim-vault-{}", second.url().rsplit(':').next().unwrap());
+        assert!(
+            reply
+                .body
+                .contains(&format!("Vault: {vault_name};location=")),
+            "{}",
+            reply.body
+        );
+        second.grant_access(APP);
+        let reply = read(&theirs).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let body = reply.json();
+        assert_eq!(body["value"], "second-vault-value");
+        assert!(
+            body["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(&format!("{}/secrets/{NAME}/", second.url()))),
+            "{body}"
+        );
+        assert_eq!(second.read_count(NAME), 1);
+        assert_eq!(second.request_count(), 5);
+        assert_eq!(second.last_caller().as_deref(), Some(APP));
+        // The first vault saw none of it, and still answers for its own directory and cloud.
+        assert_eq!(fixture.sim.key_vault_request_count(), 0);
+        assert_eq!(fixture.sim.key_vault_read_count(NAME), 0);
+        let first = token_from(&fixture, TENANT, VAULT_SCOPE).await;
+        let reply = get(&fixture, Some(&first), &format!("secrets/{NAME}")).await;
+        assert_eq!(reply.json()["value"], VALUE);
+        // Dropping the simulator stops the second vault too.
+        let address = second.url().trim_start_matches("http://").to_owned();
+        drop(fixture);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&address).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{address} still answers"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

@@ -95,7 +95,10 @@
 //!   versions get 404 `SecretNotFound`, disabled ones 403 `SecretDisabled`. Every
 //!   [`SimEntra::set_key_vault_secret`] adds a version that becomes current; earlier ones stay
 //!   readable by id. Every answer carries `x-ms-request-id` and
-//!   `x-ms-keyvault-service-version`.
+//!   `x-ms-keyvault-service-version`. [`SimEntra::start_key_vault`] starts further vaults, each
+//!   on a listener of its own with its own directory, cloud, grants and secrets
+//!   ([`SimKeyVault`]), so a test can give tenants vaults in different directories, read by
+//!   different identities, and a challenge that names another tenant.
 //!
 //! * **TLS.** [`SimEntra::start`] speaks plain HTTP, which the daemon allows for loopback
 //!   authority hosts only; [`SimEntra::start_tls`] serves the same endpoints over HTTPS with a
@@ -142,6 +145,8 @@
 //!   behaviours in Fabric's words.
 //! * `key_vault.rs`: Azure Key Vault's secrets endpoint: bearer checks and the challenge,
 //!   access grants, secret versions, [`KeyVaultFault`]s.
+//! * `vaults.rs`: [`SimKeyVault`], the control handle of one vault, and further vaults on
+//!   listeners of their own.
 //! * `cloud.rs`: the sovereign clouds' Power BI, Fabric and Key Vault resources ([`SimCloud`]).
 //! * `tls.rs`: the HTTPS accept loop of [`SimEntra::start_tls`].
 //! * `wire.rs`: small helpers: form and Basic decoding, GUIDs, base64, the clock, JSON headers,
@@ -181,6 +186,7 @@ mod test_support;
 mod tls;
 mod token_endpoint;
 mod token_request;
+mod vaults;
 mod wire;
 
 pub use assertion::SimAssertion;
@@ -193,8 +199,9 @@ pub use managed_identity::{
     SimManagedIdentityRequest, managed_identity_object_id, managed_identity_resource_id,
 };
 pub use powerbi::{PowerBiBehavior, PowerBiEndpoint};
+pub use vaults::SimKeyVault;
 
-use key_vault::{KeyVaultState, name_key, secret};
+use key_vault::{KeyVaultState, VAULT_NAME, VaultRoute, secret};
 use managed_identity::{app_service_token, imds_token};
 use powerbi::{PowerBiState, generate_token, groups, report, report_in_group};
 use token_endpoint::{openid_configuration, token_v1, token_v2};
@@ -399,7 +406,10 @@ impl SimEntra {
             serial: AtomicU64::new(0),
             managed_identity: Mutex::new(ManagedIdentityState::default()),
             powerbi: Mutex::new(PowerBiState::default()),
-            key_vault: Mutex::new(KeyVaultState::default()),
+            key_vault: Arc::new(Mutex::new(KeyVaultState::new(
+                format!("{scheme}://{addr}"),
+                VAULT_NAME.to_owned(),
+            ))),
             shutdown: stopped.clone(),
         });
         tracing::debug!(%addr, scheme, "simulated Entra ID listening");
@@ -707,8 +717,8 @@ impl SimEntra {
     }
 }
 
-/// The simulated Azure Key Vault (`key_vault.rs`): its URL, directory, access grants, secrets,
-/// faults and counters.
+/// The simulated Azure Key Vault on the simulator's own listener (`key_vault.rs`), through
+/// [`SimEntra::key_vault`]: its URL, directory, access grants, secrets, faults and counters.
 impl SimEntra {
     /// `"http://127.0.0.1:PORT"` (or `https`, no trailing slash): the vault URL to give the
     /// daemon, which reads `{this}/secrets/{name}[/{version}]`. The vault shares the listener
@@ -718,103 +728,65 @@ impl SimEntra {
         self.shared.authority_host.clone()
     }
 
-    /// Sets the directory the vault belongs to: bearer tokens must name it as `tid` (matched
-    /// case-insensitively, so a token requested with a domain name in the path needs the same
-    /// domain here), and 401 challenges send clients to `{authority host}/{tenant_id}`. Until
-    /// then, the tenant of the simulated host's managed identities ([`SimEntra::key_vault_tenant`]).
+    /// [`SimKeyVault::set_tenant`] of the first vault; until then, the tenant of the simulated
+    /// host's managed identities ([`SimEntra::key_vault_tenant`]).
     pub fn set_key_vault_tenant(&self, tenant_id: &str) {
-        self.shared.key_vault().tenant = tenant_id.to_owned();
+        self.key_vault().set_tenant(tenant_id);
     }
 
-    /// The directory the vault belongs to (see [`SimEntra::set_key_vault_tenant`]).
+    /// The directory the first vault belongs to (see [`SimEntra::set_key_vault_tenant`]).
     pub fn key_vault_tenant(&self) -> String {
-        self.shared.key_vault().tenant.clone()
+        self.key_vault().tenant()
     }
 
-    /// Lets the app or managed identity with this client id (`appid` of its tokens, matched
-    /// case-insensitively) read secrets, as the "Key Vault Secrets User" role does. Nobody may
-    /// read until granted: other callers get 403 `ForbiddenByRbac`.
+    /// [`SimKeyVault::grant_access`] of the first vault.
     pub fn grant_key_vault_access(&self, principal: &str) {
-        self.shared
-            .key_vault()
-            .readers
-            .insert(client_key(principal));
+        self.key_vault().grant_access(principal);
     }
 
-    /// Takes a grant back (a role assignment removed); later reads get 403 `ForbiddenByRbac`.
+    /// [`SimKeyVault::revoke_access`] of the first vault.
     pub fn revoke_key_vault_access(&self, principal: &str) {
-        self.shared
-            .key_vault()
-            .readers
-            .remove(&client_key(principal));
+        self.key_vault().revoke_access(principal);
     }
 
-    /// Stores a new version of a secret (creating the secret if needed) and makes it the
-    /// current one, as setting a secret in Key Vault does; earlier versions stay readable by
-    /// id. Returns the new version's id: 32 lower-case hex digits. Names are matched
-    /// case-insensitively; the `id` in answers spells the name as it was first set. A name the
-    /// endpoint refuses (not 1-127 letters, digits and hyphens) is stored but can never be read.
+    /// [`SimKeyVault::set_secret`] of the first vault.
     pub fn set_key_vault_secret(
         &self,
         name: &str,
         value: &str,
         attributes: SimSecretAttributes,
     ) -> String {
-        self.shared.key_vault().set_secret(name, value, attributes)
+        self.key_vault().set_secret(name, value, attributes)
     }
 
-    /// Disables one version of a secret (it then gets 403 `SecretDisabled`; if it is the
-    /// current version, so do reads without a version). `false` when the secret or version is
-    /// unknown.
+    /// [`SimKeyVault::disable_secret_version`] of the first vault.
     pub fn disable_key_vault_secret_version(&self, name: &str, version: &str) -> bool {
-        self.shared.key_vault().disable_version(name, version)
+        self.key_vault().disable_secret_version(name, version)
     }
 
-    /// Injects a failure for every read of the secret (any version) by a caller whose token
-    /// verified, or with `None` removes it. May precede the secret.
+    /// [`SimKeyVault::set_fault`] of the first vault.
     pub fn set_key_vault_fault(&self, name: &str, fault: Option<KeyVaultFault>) {
-        let mut state = self.shared.key_vault();
-        match fault {
-            Some(fault) => {
-                state.faults.insert(name_key(name), fault);
-            }
-            None => {
-                state.faults.remove(&name_key(name));
-            }
-        }
+        self.key_vault().set_fault(name, fault);
     }
 
-    /// Successful reads (200 answers) of the secret, any version, by name case-insensitively:
-    /// how a test proves that many tenants sharing one credential cost one read.
+    /// [`SimKeyVault::read_count`] of the first vault.
     pub fn key_vault_read_count(&self, name: &str) -> u64 {
-        self.shared
-            .key_vault()
-            .reads
-            .get(&name_key(name))
-            .copied()
-            .unwrap_or(0)
+        self.key_vault().read_count(name)
     }
 
-    /// Every request to `/secrets/…`, whatever the answer, 401 challenges included.
+    /// [`SimKeyVault::request_count`] of the first vault.
     pub fn key_vault_request_count(&self) -> u64 {
-        self.shared.key_vault().requests
+        self.key_vault().request_count()
     }
 
-    /// The `x-ms-client-request-id` header of each request to `/secrets/…`, oldest first, the
-    /// latest 1024: `None` where a request had none. How a test proves every call can be traced.
+    /// [`SimKeyVault::client_request_ids`] of the first vault.
     pub fn key_vault_client_request_ids(&self) -> Vec<Option<String>> {
-        self.shared
-            .key_vault()
-            .client_request_ids
-            .iter()
-            .cloned()
-            .collect()
+        self.key_vault().client_request_ids()
     }
 
-    /// The client id (`appid`) of the latest caller that passed the vault's access check, as
-    /// its token spelled it: which identity read.
+    /// [`SimKeyVault::last_caller`] of the first vault.
     pub fn last_key_vault_caller(&self) -> Option<String> {
-        self.shared.key_vault().last_caller.clone()
+        self.key_vault().last_caller()
     }
 }
 
@@ -844,9 +816,9 @@ struct Shared {
     /// The Power BI API's cloud, per-tenant behaviours and records, under their own lock for
     /// the same reason.
     powerbi: Mutex<PowerBiState>,
-    /// The key vault's directory, grants, secrets, faults and counters, under their own lock
-    /// for the same reason.
-    key_vault: Mutex<KeyVaultState>,
+    /// The first vault's directory, grants, secrets, faults and counters, under their own lock
+    /// for the same reason; shared with its handler and its [`SimKeyVault`] handles.
+    key_vault: Arc<Mutex<KeyVaultState>>,
     /// Becomes `true` when the simulator is dropped; releases hung and slow handlers.
     shutdown: watch::Receiver<bool>,
 }
@@ -956,14 +928,6 @@ impl Shared {
         self.powerbi.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn key_vault(&self) -> MutexGuard<'_, KeyVaultState> {
-        // Every update is a single assignment, insertion, push or increment, so the state is
-        // consistent even after a panic.
-        self.key_vault
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Applies `change` to one app's credentials in one tenant, creating them if needed.
     fn update_credentials(
         &self,
@@ -999,7 +963,13 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1.0/myorg/reports/{report}", any(report))
         .route("/v1/workspaces", any(fabric::workspaces))
-        .route("/secrets/{*path}", any(secret))
+        .route(
+            "/secrets/{*path}",
+            any(secret).with_state(VaultRoute {
+                shared: Arc::clone(&shared),
+                vault: Arc::clone(&shared.key_vault),
+            }),
+        )
         .with_state(shared)
 }
 

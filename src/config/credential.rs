@@ -144,7 +144,7 @@ impl Loader<'_> {
         Some(match source {
             SecretSource::File(path) => SecretSource::File(self.resolve_path(path.clone())),
             SecretSource::KeyVault(url) => match check_key_vault_url(url) {
-                Ok(url) if self.key_vault_section => SecretSource::KeyVault(url),
+                Ok(url) if self.key_vault_names.is_some() => SecretSource::KeyVault(url),
                 Ok(_) => {
                     self.problem(
                         Some(at),
@@ -186,7 +186,7 @@ impl Loader<'_> {
                     return None;
                 }
             };
-            if !self.key_vault_section {
+            if self.key_vault_names.is_none() {
                 self.problem(
                     at,
                     input.key("client_certificate"),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
 
-use super::raw::{RawDaemon, RawFleet, RawRedis, RawServer, RawTenant};
+use super::raw::{RawDaemon, RawFleet, RawKeyVaultSection, RawRedis, RawServer, RawTenant};
 use super::types::Destination;
 use super::types::{Config, Provider, TenantConfig, TenantCredential};
 use super::{ConfigError, Problem};
@@ -67,7 +67,7 @@ fn parse_inner(
         defaults_broken: false,
         defaults_broken_keys: Vec::new(),
         seen: Vec::new(),
-        key_vault_section: false,
+        key_vault_names: None,
         resolved: Vec::new(),
         credentials: Vec::new(),
         collect_credentials,
@@ -103,9 +103,9 @@ pub(super) struct TenantInput<'r> {
     pub(super) label: String,
     /// Keys of the tenant's table removed as unreadable (already reported).
     pub(super) broken: &'r [String],
-    /// Set for a section that borrows the tenant rules (`[key_vault]`): problems are named
-    /// `key_vault.<key>`.
-    pub(super) section: Option<&'static str>,
+    /// Set for a section that borrows the tenant rules (`[key_vault]`,
+    /// `[key_vault.identities.<name>]`): problems are named `<section>.<key>`.
+    pub(super) section: Option<&'r str>,
 }
 
 impl TenantInput<'_> {
@@ -140,6 +140,65 @@ pub(super) use inherited;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Reported;
 
+/// The Key Vault identities a tenant's `key_vault_credential` may name, known from the
+/// `[key_vault]` section as written, before (and whether or not) its rules pass: a tenant that
+/// names an identity with a problem of its own is not also blamed for naming an unknown one.
+#[derive(Debug)]
+pub(super) struct KeyVaultNames {
+    /// `[key_vault]` sets identity keys of its own: the default identity exists.
+    pub(super) default: bool,
+    /// The `<name>` of every `[key_vault.identities.<name>]`, in name order.
+    pub(super) named: Vec<String>,
+    /// Every table was read: a name not among them is unknown rather than unreadable.
+    pub(super) complete: bool,
+}
+
+impl KeyVaultNames {
+    /// The names of a `[key_vault]` section as read.
+    fn of(section: &Result<RawKeyVaultSection, Reported>) -> KeyVaultNames {
+        match section {
+            Ok(section) => KeyVaultNames {
+                default: !section.identity.is_empty(),
+                named: section
+                    .identities
+                    .iter()
+                    .map(|named| named.name.get_ref().clone())
+                    .collect(),
+                complete: section.complete,
+            },
+            // Unreadable (and reported): assume an identity of its own and names unknown, so
+            // that no tenant is blamed for what [key_vault] could not say.
+            Err(Reported) => KeyVaultNames {
+                default: true,
+                named: Vec::new(),
+                complete: false,
+            },
+        }
+    }
+
+    /// Whether a tenant may name `name`.
+    pub(super) fn knows(&self, name: &str) -> bool {
+        (self.default && name == super::KeyVaultConfig::DEFAULT_IDENTITY)
+            || self.named.iter().any(|named| named == name)
+    }
+
+    /// The names in a message: `"default", "partner" or "eu"`.
+    pub(super) fn listed(&self) -> String {
+        let names: Vec<String> = self
+            .default
+            .then_some(super::KeyVaultConfig::DEFAULT_IDENTITY)
+            .into_iter()
+            .chain(self.named.iter().map(String::as_str))
+            .map(|name| format!("{name:?}"))
+            .collect();
+        match names.as_slice() {
+            [] => "none".to_owned(),
+            [one] => one.clone(),
+            [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+        }
+    }
+}
+
 /// The state of one parse: the text, where lines start, and every problem found so far.
 pub(super) struct Loader<'a> {
     /// The whole file.
@@ -159,8 +218,9 @@ pub(super) struct Loader<'a> {
     pub(super) defaults_broken_keys: Vec<String>,
     /// (name, line, sink paths) of every tenant read, valid or not, for cross-tenant rules.
     pub(super) seen: Vec<(String, Option<usize>, Vec<Destination>)>,
-    /// Whether the file has a `[key_vault]` section (a secret in Key Vault needs one).
-    pub(super) key_vault_section: bool,
+    /// The Key Vault identities tenants may name, when the file has a `[key_vault]` section (a
+    /// secret in Key Vault needs one).
+    pub(super) key_vault_names: Option<KeyVaultNames>,
     /// Tenants that passed every rule, in file order.
     pub(super) resolved: Vec<Arc<TenantConfig>>,
     /// Every credential that was well-formed, for `check`.
@@ -329,11 +389,12 @@ impl<'a> Loader<'a> {
                 daemon.as_ref().and_then(Option::as_ref),
             )
         });
+        self.key_vault_names = sections.key_vault.as_ref().map(KeyVaultNames::of);
         let key_vault = sections
             .key_vault
-            .map(|raw| raw.and_then(|(raw, offset)| self.key_vault(raw, offset).ok_or(Reported)));
-        self.key_vault_section = key_vault.is_some();
+            .map(|raw| raw.and_then(|raw| self.key_vault(raw).ok_or(Reported)));
         let defaults = sections.defaults.unwrap_or_default();
+        self.defaults_key_vault_credential(&defaults);
         for (index, (offset, raw, broken)) in sections.tenants.into_iter().enumerate() {
             self.resolve(index, offset, raw, &broken, &defaults);
         }
@@ -393,14 +454,7 @@ impl<'a> Loader<'a> {
                     sections.redis = Some(read.ok_or(Reported));
                 }
                 "fleet" => sections.fleet = self.section(value, "fleet").map(|(f, _)| f),
-                "key_vault" => {
-                    let offset = value.span().start;
-                    sections.key_vault = Some(
-                        self.section::<super::raw::RawKeyVault>(value, "key_vault")
-                            .map(|(raw, _)| (raw, offset))
-                            .ok_or(Reported),
-                    );
-                }
+                "key_vault" => sections.key_vault = Some(self.key_vault_section(value)),
                 "defaults" => sections.defaults = self.defaults(value),
                 "tenant" if in_split => return Err(SplitInDoubt),
                 "tenant" => {
@@ -770,8 +824,9 @@ struct Sections {
     daemon: Option<RawDaemon>,
     /// `[redis]`, when the file has one: an `Err` when it could not be read.
     redis: Option<Result<RawRedis, Reported>>,
-    /// `[key_vault]` and its offset, when the file has one: an `Err` when it could not be read.
-    key_vault: Option<Result<(super::raw::RawKeyVault, usize), Reported>>,
+    /// `[key_vault]` with its named identities, when the file has one: an `Err` when it could
+    /// not be read.
+    key_vault: Option<Result<RawKeyVaultSection, Reported>>,
     /// `[fleet]`.
     fleet: Option<RawFleet>,
     /// `[defaults]`.

@@ -27,8 +27,9 @@
 //! * `tenant.rs`: one `[[tenant]]` with `[defaults]` merged in; `credential.rs`,
 //!   `managed_identity.rs`, `oauth2.rs` and `sink.rs` hold the rules of its credential, managed
 //!   identity, generic OAuth2 provider and sinks.
-//! * `key_vault.rs`: `[key_vault]` (the identity that reads Azure Key Vault), with the tenant
-//!   rules for its ids.
+//! * `key_vault.rs`: `[key_vault]` and `[key_vault.identities.<name>]` (the identities that
+//!   read Azure Key Vault), with the tenant rules for their ids, and a tenant's
+//!   `key_vault_credential`.
 //! * `powerbi.rs`: the tenant's use of the Power BI API (`powerbi_api`, `probe`) and its embed
 //!   tokens (`[[tenant.embed]]`); `datasource_identity.rs` holds the rules of an embed's
 //!   `datasource_identities` (single sign-on), whose blobs are secret references like
@@ -70,6 +71,7 @@ use crate::safe_read::{self, Symlinks};
 pub(crate) use redis::DEFAULT_FLEET_PREFIX;
 pub(crate) use sink::MAX_FILE_NAME_BYTES;
 pub use types::*;
+pub(crate) use values::is_guid;
 pub(crate) use values::is_loopback_authority;
 pub use values::parse_cron;
 

@@ -60,7 +60,8 @@ pub(super) enum RawUrls {
     Many(Vec<String>),
 }
 
-/// `[key_vault]`: the identity keys of a tenant's managed or workload identity, and how often.
+/// `[key_vault]`: the identity keys of a tenant's managed or workload identity (its own
+/// identity, the default), how often, and the named identities.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKeyVault {
@@ -71,7 +72,88 @@ pub(super) struct RawKeyVault {
     pub(super) federated_token_file: Option<Spanned<PathBuf>>,
     pub(super) authority_host: Option<Spanned<String>>,
     pub(super) cloud: Option<Spanned<Cloud>>,
+    pub(super) key_vault_allowed_tenants: Option<Spanned<toml::Value>>,
     pub(super) refresh_interval: Option<Spanned<String>>,
+    /// `[key_vault.identities.<name>]`: taken out and read one identity at a time before this
+    /// table is read (see `loader.rs`), so always `None` here; named so that a misspelt key's
+    /// message lists it.
+    #[allow(dead_code)]
+    pub(super) identities: Option<serde::de::IgnoredAny>,
+}
+
+impl RawKeyVault {
+    /// The identity keys alone, and `refresh_interval`.
+    pub(super) fn into_identity(self) -> (RawKeyVaultIdentity, Option<Spanned<String>>) {
+        let identity = RawKeyVaultIdentity {
+            credential: self.credential,
+            managed_identity: self.managed_identity,
+            client_id: self.client_id,
+            tenant_id: self.tenant_id,
+            federated_token_file: self.federated_token_file,
+            authority_host: self.authority_host,
+            cloud: self.cloud,
+            key_vault_allowed_tenants: self.key_vault_allowed_tenants,
+        };
+        (identity, self.refresh_interval)
+    }
+}
+
+/// `[key_vault.identities.<name>]`: the identity keys of `[key_vault]`, for an identity that
+/// tenants choose by name.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKeyVaultIdentity {
+    pub(super) credential: Option<Spanned<String>>,
+    pub(super) managed_identity: Option<Spanned<toml::Value>>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) tenant_id: Option<Spanned<String>>,
+    pub(super) federated_token_file: Option<Spanned<PathBuf>>,
+    pub(super) authority_host: Option<Spanned<String>>,
+    pub(super) cloud: Option<Spanned<Cloud>>,
+    pub(super) key_vault_allowed_tenants: Option<Spanned<toml::Value>>,
+}
+
+impl RawKeyVaultIdentity {
+    /// Whether any key is set: `[key_vault]` may have none when only named identities read.
+    pub(super) fn is_empty(&self) -> bool {
+        self.credential.is_none()
+            && self.managed_identity.is_none()
+            && self.client_id.is_none()
+            && self.tenant_id.is_none()
+            && self.federated_token_file.is_none()
+            && self.authority_host.is_none()
+            && self.cloud.is_none()
+            && self.key_vault_allowed_tenants.is_none()
+    }
+}
+
+/// `[key_vault]` as read: its own identity keys, `refresh_interval`, and the named identities,
+/// each table read on its own so one mistake does not hide the others.
+pub(super) struct RawKeyVaultSection {
+    /// `[key_vault]`'s own identity keys (none when only named identities read).
+    pub(super) identity: RawKeyVaultIdentity,
+    /// `refresh_interval`.
+    pub(super) refresh_interval: Option<Spanned<String>>,
+    /// Byte offset of `[key_vault]`, for problems about missing keys.
+    pub(super) offset: usize,
+    /// Keys of `[key_vault]` removed as unreadable (already reported).
+    pub(super) broken: Vec<String>,
+    /// `[key_vault.identities.<name>]` that could be read, in name order.
+    pub(super) identities: Vec<RawNamedIdentity>,
+    /// Whether every named identity could be read.
+    pub(super) complete: bool,
+}
+
+/// One `[key_vault.identities.<name>]` as read.
+pub(super) struct RawNamedIdentity {
+    /// `<name>`, with the span of the key.
+    pub(super) name: Spanned<String>,
+    /// Byte offset of the table, for problems about missing keys.
+    pub(super) offset: usize,
+    /// Its keys.
+    pub(super) raw: RawKeyVaultIdentity,
+    /// Keys removed as unreadable (already reported).
+    pub(super) broken: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -113,6 +195,7 @@ pub(super) struct RawTenant {
     pub(super) fabric_api: Option<Spanned<String>>,
     pub(super) probe: Option<Spanned<toml::Value>>,
     pub(super) embed: Option<Spanned<Vec<Spanned<RawEmbed>>>>,
+    pub(super) key_vault_credential: Option<Spanned<String>>,
 }
 
 /// One `[[tenant.embed]]`: an embed token kept fresh for a set of reports and datasets.

@@ -44,6 +44,7 @@ impl Loader<'_> {
         };
         let provider = input.provider();
         let (credential, kind) = self.tenant_credential(&input);
+        let key_vault_credential = self.tenant_key_vault_credential(&input, credential.as_ref());
         let tenant_id = self.tenant_id(&input, provider, kind);
         let client_id = self.tenant_client_id(&input, &credential, kind);
         let cloud = inherited!(input, cloud).map_or_else(Cloud::default, |c| *c.get_ref());
@@ -78,6 +79,7 @@ impl Loader<'_> {
             sinks: sinks?,
             schedule: schedule.map(Box::new),
             powerbi: powerbi.ok()?.map(Box::new),
+            key_vault_credential: key_vault_credential.ok()?,
             line,
         })
     }

@@ -243,7 +243,7 @@ pub enum SecretSource {
     /// A systemd credential (`LoadCredential=name:…`), read from `$CREDENTIALS_DIRECTORY/name`.
     Systemd(String),
     /// A secret in Azure Key Vault: its URL (`https://<vault>.vault.azure.net/secrets/<name>`,
-    /// optionally `/<version>`), read with the `[key_vault]` identity and cached.
+    /// optionally `/<version>`), read with the tenant's Key Vault identity and cached.
     #[serde(rename = "key_vault")]
     KeyVault(String),
     /// A secret held in memory, for configurations built in code (`demo`, tests). A config file
@@ -312,6 +312,18 @@ impl CredentialConfig {
             CredentialConfig::Certificate(_) => "certificate",
             CredentialConfig::WorkloadIdentity { .. } => "workload_identity",
             CredentialConfig::ManagedIdentity(_) => "managed_identity",
+        }
+    }
+
+    /// The Key Vault secret URL the credential is read from, if it is kept in Key Vault.
+    pub fn key_vault_url(&self) -> Option<&str> {
+        match self {
+            CredentialConfig::ClientSecret {
+                source: SecretSource::KeyVault(url),
+                ..
+            } => Some(url),
+            CredentialConfig::Certificate(certificate) => certificate.key_vault.as_deref(),
+            _ => None,
         }
     }
 }
@@ -487,6 +499,11 @@ pub struct TenantConfig {
     /// What the daemon does with the Power BI API itself (the access probe); `None` when
     /// nothing. Boxed: opt-in, and a hundred thousand tenants carry the field.
     pub powerbi: Option<Box<PowerBiConfig>>,
+    /// For a credential kept in Azure Key Vault, the name of the Key Vault identity that reads
+    /// it (`key_vault_credential`; [`KeyVaultConfig::DEFAULT_IDENTITY`] for `[key_vault]`'s
+    /// own); `None` for a credential kept anywhere else. A configuration built in code may
+    /// leave it `None` for a Key Vault credential too: the default identity reads it then.
+    pub key_vault_credential: Option<Arc<str>>,
     /// Line of the `[[tenant]]` header, for messages that concern the whole tenant. Not a
     /// setting: equality ignores it.
     pub line: Option<usize>,
@@ -514,6 +531,7 @@ impl PartialEq for TenantConfig {
             sinks,
             schedule,
             powerbi,
+            key_vault_credential,
             line: _,
         } = self;
         *name == other.name
@@ -529,15 +547,17 @@ impl PartialEq for TenantConfig {
             && *sinks == other.sinks
             && *schedule == other.schedule
             && *powerbi == other.powerbi
+            && *key_vault_credential == other.key_vault_credential
     }
 }
 
-/// `[key_vault]`: the identity that reads secrets from Azure Key Vault, and how often.
+/// `[key_vault]`: the identities that read secrets from Azure Key Vault, and how often.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyVaultConfig {
-    /// The identity as a token request: a managed or workload identity asking for the Key Vault
-    /// resource of its cloud. Never written to a sink.
-    pub identity: Arc<TenantConfig>,
+    /// Every identity: `[key_vault]`'s own first (named [`KeyVaultConfig::DEFAULT_IDENTITY`]),
+    /// when it has one, then each `[key_vault.identities.<name>]` in name order. Each keeps its
+    /// own token cache and its own cache of values.
+    pub identities: Vec<KeyVaultIdentity>,
     /// How long a value read from Key Vault is used before it is read again (rotation).
     pub refresh_interval: Duration,
 }
@@ -546,6 +566,75 @@ impl KeyVaultConfig {
     /// An hour: a rotation is picked up within the hour anyway, and at once when Entra rejects
     /// the old value; Key Vault's limits are per vault, shared with everyone else reading it.
     pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+
+    /// The name of `[key_vault]`'s own identity, the one a tenant without
+    /// `key_vault_credential` uses; no `[key_vault.identities.<name>]` may take it.
+    pub const DEFAULT_IDENTITY: &str = "default";
+
+    /// One identity, `[key_vault]`'s own, that may follow no challenge to another tenant: for
+    /// configurations built in code (`demo`, tests).
+    pub fn new(identity: Arc<TenantConfig>, refresh_interval: Duration) -> KeyVaultConfig {
+        KeyVaultConfig {
+            identities: vec![KeyVaultIdentity {
+                name: KeyVaultConfig::DEFAULT_IDENTITY.to_owned(),
+                identity,
+                allowed_tenants: AllowedTenants::default(),
+            }],
+            refresh_interval,
+        }
+    }
+
+    /// The identity named `name` (`None`: the default one).
+    pub fn identity(&self, name: Option<&str>) -> Option<&KeyVaultIdentity> {
+        let name = name.unwrap_or(KeyVaultConfig::DEFAULT_IDENTITY);
+        self.identities
+            .iter()
+            .find(|identity| identity.name == name)
+    }
+}
+
+/// One identity that reads Key Vault: `[key_vault]`'s own, or a `[key_vault.identities.<name>]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyVaultIdentity {
+    /// [`KeyVaultConfig::DEFAULT_IDENTITY`], or the `<name>` of its table: what tenants name in
+    /// `key_vault_credential`, and what `/status` and the metrics show.
+    pub name: String,
+    /// The identity as a token request: a managed or workload identity asking for the Key Vault
+    /// resource of its cloud. Never written to a sink.
+    pub identity: Arc<TenantConfig>,
+    /// `key_vault_allowed_tenants`: the tenants other than its own a vault's challenge may send
+    /// it to for a token. Always empty for a managed identity, which has no other.
+    pub allowed_tenants: AllowedTenants,
+}
+
+/// `key_vault_allowed_tenants = ["<tenant GUID>", …]` or `["*"]`: which tenants, besides the
+/// identity's own, a vault's 401 challenge may name and be followed to, as azure-identity's
+/// `additionally_allowed_tenants`. A vault in another tenant is otherwise refused before any
+/// token is asked for there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedTenants {
+    /// These tenant IDs (lower case); empty: none but the identity's own.
+    Only(Vec<String>),
+    /// `["*"]`: any tenant.
+    Any,
+}
+
+impl Default for AllowedTenants {
+    fn default() -> Self {
+        AllowedTenants::Only(Vec::new())
+    }
+}
+
+impl AllowedTenants {
+    /// Whether a challenge naming `tenant` may be followed.
+    pub fn allows(&self, tenant: &str) -> bool {
+        match self {
+            AllowedTenants::Any => true,
+            AllowedTenants::Only(tenants) => tenants
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(tenant)),
+        }
+    }
 }
 
 /// Which REST API a tenant's token is for (its `resource`), and so which one its probe calls.
@@ -750,6 +839,7 @@ impl TenantConfig {
             })],
             schedule: None,
             powerbi: None,
+            key_vault_credential: None,
             line: None,
         }
     }

@@ -102,7 +102,7 @@ pub(crate) fn is_loopback_authority(authority: &str) -> bool {
 }
 
 /// `8-4-4-4-12` hex digits.
-pub(super) fn is_guid(text: &str) -> bool {
+pub(crate) fn is_guid(text: &str) -> bool {
     let groups: Vec<&str> = text.split('-').collect();
     groups.len() == 5
         && groups

@@ -5,7 +5,7 @@
 //! | kind | config | what is sent |
 //! |---|---|---|
 //! | client secret | `client_secret = { env / file / systemd }` | `client_secret`, read at every refresh |
-//! | … in Key Vault | `client_secret = { key_vault = "https://…/secrets/…" }` | `client_secret`, read with `[key_vault]`'s identity and cached ([`key_vault`]) |
+//! | … in Key Vault | `client_secret = { key_vault = "https://…/secrets/…" }` | `client_secret`, read with the tenant's Key Vault identity (`key_vault_credential`, else `[key_vault]`'s) and cached ([`key_vault`]) |
 //! | certificate | `client_certificate = { cert, key }` | a fresh signed JWT `client_assertion` |
 //! | workload identity | `credential = "workload_identity"` | the federated token file as `client_assertion` |
 //! | managed identity | `credential = "managed_identity"` | nothing: a GET to IMDS or App Service |
@@ -90,8 +90,8 @@ impl Credential {
     }
 
     /// Requests a token for `tenant` through `client`, proving it with this credential; a
-    /// secret or certificate kept in Azure Key Vault is read through `key_vault` (the
-    /// `[key_vault]` reader, shared by every tenant).
+    /// secret or certificate kept in Azure Key Vault is read through `key_vault` (the reader of
+    /// the tenant's Key Vault identity, shared by every tenant that names it).
     ///
     /// # Errors
     /// A classified [`RefreshError`]; never one that contains the secret.

@@ -61,6 +61,8 @@ pub enum CredentialError {
     /// a value.
     #[error("{message}")]
     KeyVault {
+        /// What kind of failure, for `/status` and the metrics.
+        reason: KeyVaultReason,
         /// What happened and what to do.
         message: String,
         /// Worth retrying soon (throttled, failing, unreachable) rather than after the permanent
@@ -78,6 +80,64 @@ pub enum CredentialError {
         "CREDENTIALS_DIRECTORY is not set; systemd credential {0:?} needs LoadCredential= in the unit (to check a config by hand, name the file the unit loads: check --load-credential {0}:/etc/credstore/powerbi-tokend.{0})"
     )]
     NoCredentialsDirectory(String),
+}
+
+impl CredentialError {
+    /// A failure to read from Key Vault: transient ones are retried with the refresh backoff.
+    pub(crate) fn key_vault(
+        reason: KeyVaultReason,
+        message: String,
+        transient: bool,
+        retry_after: Option<std::time::Duration>,
+    ) -> CredentialError {
+        CredentialError::KeyVault {
+            reason,
+            message,
+            transient,
+            retry_after,
+        }
+    }
+}
+
+/// Why a read from Key Vault failed: a small, fixed set, so it can be a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyVaultReason {
+    /// The vault's challenge names a tenant the identity may not get tokens from
+    /// (`key_vault_allowed_tenants`).
+    TenantNotAllowed,
+    /// The identity could not get a token for Key Vault (its own token request failed).
+    Identity,
+    /// 401 after the challenge was followed: the token is from another directory or cloud.
+    Unauthorized,
+    /// 403: no role assignment (or access policy), or the version is disabled.
+    Forbidden,
+    /// 404: no such secret or version.
+    NotFound,
+    /// 429.
+    Throttled,
+    /// 5xx, or another status Key Vault does not document for a read.
+    ServerError,
+    /// Key Vault could not be reached.
+    Unreachable,
+    /// The answer holds no usable value: empty, too large, PKCS#12, not a PEM certificate.
+    BadSecret,
+}
+
+impl KeyVaultReason {
+    /// The label value, and the `reason` in `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyVaultReason::TenantNotAllowed => "tenant_not_allowed",
+            KeyVaultReason::Identity => "identity",
+            KeyVaultReason::Unauthorized => "unauthorized",
+            KeyVaultReason::Forbidden => "forbidden",
+            KeyVaultReason::NotFound => "not_found",
+            KeyVaultReason::Throttled => "throttled",
+            KeyVaultReason::ServerError => "server_error",
+            KeyVaultReason::Unreachable => "unreachable",
+            KeyVaultReason::BadSecret => "bad_secret",
+        }
+    }
 }
 
 /// A credential that cannot be read is permanent until someone fixes the file or variable;

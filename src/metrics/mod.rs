@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::config::PerTenantMetrics;
+use crate::credential::key_vault::{KeyVaultObserver, KeyVaultReason};
 use crate::credential::{CredentialExpiry, CredentialKind};
 use crate::error::Reason;
 use crate::fleet::Kind;
@@ -70,6 +71,9 @@ pub struct Metrics {
     /// Reads of reports' embed URLs of all tenants, by result and by reason (in the order of
     /// [`Reason::API`]).
     embed_urls: Outcomes<{ Reason::API.len() }>,
+    /// `powerbi_tokend_key_vault_reads_total{identity,result}`: reads of Azure Key Vault by
+    /// identity (a configured name) and result (`success` or a [`KeyVaultReason`]).
+    key_vault_reads: prometheus::IntCounterVec,
     /// `powerbi_tokend_per_tenant_metrics{mode}`: 1 on the mode in effect, 0 on the others, so an
     /// alert can tell "no tenant has a problem" from "no tenant is named".
     per_tenant_mode: IntGaugeVec,
@@ -171,6 +175,16 @@ impl Metrics {
                     "Failed reads of reports' embed URLs of all tenants by reason; keeps counting when a tenant leaves the configuration.",
                 ),
                 Reason::API,
+            )?,
+            key_vault_reads: registered(
+                &registry,
+                prometheus::IntCounterVec::new(
+                    Opts::new(
+                        "powerbi_tokend_key_vault_reads_total",
+                        "Reads of Azure Key Vault (not of the daemon's cache) by Key Vault identity and result: success, or why the read failed.",
+                    ),
+                    &["identity", "result"],
+                )?,
             )?,
             per_tenant_mode: registered(&registry, per_tenant_mode)?,
             registry,
@@ -806,6 +820,16 @@ impl Observer for Metrics {
         {
             self.probe.failures[index].inc();
         }
+    }
+}
+
+/// Identities are configured names, and results a fixed set: the family stays bounded.
+impl KeyVaultObserver for Metrics {
+    fn key_vault_read(&self, identity: &str, result: Result<(), KeyVaultReason>) {
+        let result = result.err().map_or("success", KeyVaultReason::as_str);
+        self.key_vault_reads
+            .with_label_values(&[identity, result])
+            .inc();
     }
 }
 

@@ -191,8 +191,11 @@ impl Embeds {
             Turn::Make { leased } => {
                 // Read before the turn is taken: a slow file or Key Vault must not hold a permit.
                 let shared = context.shared;
-                let blobs =
-                    embed::read_blobs(embed, &shared.client, shared.key_vault.as_deref()).await;
+                let key_vault = shared
+                    .key_vaults
+                    .as_deref()
+                    .and_then(|key_vaults| key_vaults.reader(context.config));
+                let blobs = embed::read_blobs(embed, &shared.client, key_vault).await;
                 let blobs = match blobs {
                     Ok(blobs) => blobs,
                     Err(err) => {

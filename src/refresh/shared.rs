@@ -39,8 +39,9 @@ impl From<&DaemonConfig> for RetryPolicy {
 pub struct Shared {
     /// The HTTP client (shared pool).
     pub client: TokenClient,
-    /// Reads secrets and certificates kept in Azure Key Vault (`[key_vault]`), for every tenant.
-    pub key_vault: Option<Arc<crate::credential::key_vault::KeyVault>>,
+    /// Reads secrets and certificates kept in Azure Key Vault (`[key_vault]`): a reader per
+    /// identity, each tenant's chosen by its `key_vault_credential`.
+    pub key_vaults: Option<Arc<crate::credential::key_vault::KeyVaults>>,
     /// Caps token requests in flight across all tenants: the lane healthy tenants use.
     pub limiter: Arc<Semaphore>,
     /// The slow lane, as large again: requests still running after `slow_after`, and every

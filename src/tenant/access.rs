@@ -18,11 +18,16 @@ use crate::token::AccessToken;
 use crate::token::document::{Document, json_text};
 
 /// Where the access token's outcomes are reported: built from the tenant's fields one by one,
-/// so that its refresher can be borrowed mutably beside it. The credential's expiry is brought
-/// up to date first (a certificate or federated token may have been read again).
+/// so that its refresher can be borrowed mutably beside it. The credential's expiry and its Key
+/// Vault read are brought up to date first (a certificate or federated token may have been read
+/// again, a vault may have failed or recovered).
 macro_rules! access_report {
     ($tenant:ident) => {{
-        crate::status::lock(&$tenant.status).credential_expiry = $tenant.credential.expiry();
+        let key_vault = $tenant.key_vault_status();
+        let mut status = crate::status::lock(&$tenant.status);
+        status.credential_expiry = $tenant.credential.expiry();
+        status.key_vault = key_vault;
+        drop(status);
         Report {
             shared: &$tenant.shared,
             status: &$tenant.status,
@@ -236,13 +241,28 @@ impl Tenant {
         }
     }
 
+    /// The Key Vault identity that reads the tenant's credential and how its last read ended,
+    /// for `/status`; `None` for a credential kept elsewhere.
+    pub(super) fn key_vault_status(&self) -> Option<Box<status::KeyVaultStatus>> {
+        let url = self.config.credential.key_vault_url()?;
+        let reader = self.shared.key_vaults.as_deref()?.reader(&self.config)?;
+        Some(Box::new(status::KeyVaultStatus {
+            identity: Arc::clone(reader.name()),
+            failure: reader.failure(url),
+        }))
+    }
+
     /// Asks the token endpoint, in the main lane or the slow one (see [`lanes::request`]).
     async fn fetch_in_lanes(
         &mut self,
         permit: &mut Option<OwnedSemaphorePermit>,
         request_duration: &mut Option<Duration>,
     ) -> Result<AccessToken, RefreshError> {
-        let key_vault = self.shared.key_vault.as_deref();
+        let key_vault = self
+            .shared
+            .key_vaults
+            .as_deref()
+            .and_then(|key_vaults| key_vaults.reader(&self.config));
         let request = self
             .credential
             .fetch(&self.shared.client, key_vault, &self.config);

@@ -112,7 +112,7 @@ impl Tenant {
     pub fn new(config: Arc<TenantConfig>, shared: Arc<Shared>, status: StatusHandle) -> Self {
         let credential = Credential::new(&config.credential);
         status::lock(&status).credential_expiry = credential.expiry();
-        Tenant {
+        let tenant = Tenant {
             api: Calls::new(&config, &status),
             credential,
             config,
@@ -128,7 +128,10 @@ impl Tenant {
             wake: SystemTime::UNIX_EPOCH,
             next_check: None,
             due: Due::Attempt,
-        }
+        };
+        // Which identity reads the credential shows from the start, a warm start's too.
+        status::lock(&tenant.status).key_vault = tenant.key_vault_status();
+        tenant
     }
 
     /// Counts the tenant's first attempt in `pending` (its registry's count).

@@ -1,45 +1,52 @@
-//! Secrets read from Azure Key Vault with the daemon's own managed or workload identity.
+//! Secrets read from Azure Key Vault with the daemon's own identities: `[key_vault]`'s, and
+//! those a tenant names with `key_vault_credential` (`[key_vault.identities.<name>]`).
 //!
-//! One [`KeyVault`] serves every tenant: a value is read once and cached in memory (as a
-//! secret), shared by every tenant that names the same URL, and read again after
-//! `refresh_interval`, or at once when Entra rejects it (a rotation in Key Vault is then picked up
-//! within one retry). Concurrent readers of one URL wait for the one read in flight instead of
-//! each asking Key Vault. A failed re-read keeps the value already held: Key Vault being down or
-//! throttling must not take away a secret that still works.
+//! [`KeyVaults`] holds one [`KeyVault`] reader per identity, and gives each tenant the one its
+//! configuration names: the daemon and `check --online` both read through it, so both choose
+//! the identity, follow challenges and cache alike. A reader keeps its identity's tokens
+//! (`access.rs`) and its own values: a value is read once and cached in memory (as a secret),
+//! shared by every tenant that names the same URL with the same identity, and read again after
+//! `refresh_interval`, or at once when Entra rejects it (a rotation in Key Vault is then picked
+//! up within one retry). Concurrent readers of one URL wait for the one read in flight instead
+//! of each asking Key Vault. A failed re-read keeps the value already held: Key Vault being
+//! down or throttling must not take away a secret that still works. Two identities never share
+//! a value: a tenant whose identity may not read a vault does not get its secret from another
+//! tenant's read.
 //!
 //! Key Vault's answers (reference §10): a request without a valid token gets 401 with a
 //! `WWW-Authenticate: Bearer authorization="…", resource="…"` challenge, which is followed once
-//! (the token is fetched anew, for the challenge's resource when it belongs to a Key Vault
-//! cloud); 403 means the identity lacks the `Key Vault Secrets User` role (or a `get` access
-//! policy) and is permanent until someone grants it; 404 permanent; 429 (with `Retry-After`) and
-//! 5xx transient. Each failure quotes Key Vault's code and message (`AKV10032: Invalid issuer…`),
-//! which say what is wrong where our hint can only guess, and the `x-ms-client-request-id` the
-//! call carried (fresh for each, as the Azure SDKs send it), which Microsoft support traces a
-//! call by. `attributes.exp` becomes the credential's expiry.
+//! (`challenge.rs` says what of it may be followed, `access.rs` whether the identity may go to
+//! the tenant it names); 403 means the identity lacks the `Key Vault Secrets User` role (or a
+//! `get` access policy) and is permanent until someone grants it; 404 permanent; 429 (with
+//! `Retry-After`) and 5xx transient. Each failure quotes Key Vault's code and message
+//! (`AKV10032: Invalid issuer…`), which say what is wrong where our hint can only guess, and the
+//! `x-ms-client-request-id` the call carried (fresh for each, as the Azure SDKs send it), which
+//! Microsoft support traces a call by. `attributes.exp` becomes the credential's expiry. The
+//! last failure of each URL is kept, with its [`KeyVaultReason`], for `/status`.
 //!
 //! The calls go through [`TokenClient::key_vault_get`], and the identity's own tokens through
 //! the client's managed identity and Entra requests: this reader builds on the client, which
-//! knows nothing of it.
+//! knows nothing of it. The files depend one way: `challenge.rs` at the bottom, `access.rs` on
+//! it, this file on both.
+
+mod access;
+mod challenge;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::federated::FederatedCredential;
-use super::managed_identity;
 use super::secret::CredentialError;
+pub use super::secret::KeyVaultReason;
 use crate::client::{TokenClient, new_request_id};
-use crate::cloud::Cloud;
-use crate::config::{
-    CredentialConfig, KeyVaultConfig, ManagedIdentityConfig, ManagedIdentityId, TenantConfig,
-};
-use crate::error::{self, ErrorClass, Reason, RefreshError};
-use crate::schedule;
+use crate::config::{KeyVaultConfig, KeyVaultIdentity, TenantConfig};
+use crate::error;
 use crate::token::AccessToken;
+use access::Access;
 
 /// The Key Vault REST API version asked for.
 pub(crate) const API_VERSION: &str = "7.5";
@@ -73,14 +80,46 @@ impl VaultSecret {
         if !content_type.eq_ignore_ascii_case("application/x-pkcs12") {
             return Ok(());
         }
-        Err(CredentialError::KeyVault {
-            message: format!(
+        Err(CredentialError::key_vault(
+            KeyVaultReason::BadSecret,
+            format!(
                 "certificate {url} is kept as PKCS#12; only PEM is read: create or import it with content type application/x-pem-file (see README \"Credentials\")"
             ),
-            transient: false,
-            retry_after: None,
-        })
+            false,
+            None,
+        ))
     }
+}
+
+/// Why the last read of a URL failed: what `/status` shows beside the identity's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultFailure {
+    /// The kind of failure (a metric label).
+    pub reason: KeyVaultReason,
+    /// Key Vault's words and ours, as the refresh error carries them; never a value or a token.
+    pub message: String,
+}
+
+impl VaultFailure {
+    /// The failure a read ended with, if it is one of Key Vault's.
+    fn of(err: &CredentialError) -> Option<VaultFailure> {
+        match err {
+            CredentialError::KeyVault {
+                reason, message, ..
+            } => Some(VaultFailure {
+                reason: *reason,
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Told how every read of a vault ended, by identity name: the metrics. Not
+/// [`crate::refresh::Observer`], which builds on this module.
+pub trait KeyVaultObserver: Send + Sync + std::fmt::Debug {
+    /// A read of a vault (not of the cache) by the identity `identity` ended.
+    fn key_vault_read(&self, identity: &str, result: Result<(), KeyVaultReason>);
 }
 
 /// One cached URL.
@@ -90,66 +129,55 @@ struct Entry {
     cached: tokio::sync::Mutex<Option<(VaultSecret, Instant)>>,
     /// Entra rejected the value: read it again at the next use.
     stale: AtomicBool,
+    /// How the last read ended, when it failed (even if the value read before is still used).
+    failure: Mutex<Option<VaultFailure>>,
 }
 
-/// How the reader's identity gets its tokens. Validation allows these two only, and neither
-/// keeps anything in Key Vault: reading a secret never waits for another secret.
-enum Identity {
-    /// A managed identity: the host's endpoint.
-    Managed(Box<ManagedIdentityConfig>),
-    /// A workload identity: the federated token file, cached.
-    Workload(FederatedCredential),
+/// The readers of every Key Vault identity, and which one reads a tenant's credential.
+#[derive(Debug, Default)]
+pub struct KeyVaults {
+    /// One per identity, in the configuration's order (`[key_vault]`'s own first).
+    readers: Vec<KeyVault>,
 }
 
-impl Identity {
-    /// The identity a `[key_vault]` credential names; `None` for any other kind of credential,
-    /// which validation never lets through.
-    fn new(credential: &CredentialConfig) -> Option<Identity> {
-        match credential {
-            CredentialConfig::ManagedIdentity(managed) => {
-                Some(Identity::Managed(Box::new(managed.clone())))
-            }
-            CredentialConfig::WorkloadIdentity { token_file } => Some(Identity::Workload(
-                FederatedCredential::new(token_file.clone()),
-            )),
-            CredentialConfig::ClientSecret { .. } | CredentialConfig::Certificate(_) => None,
+impl KeyVaults {
+    /// A reader for each identity of `[key_vault]`, reporting its reads to `observer`.
+    pub fn new(config: &KeyVaultConfig, observer: Option<Arc<dyn KeyVaultObserver>>) -> Self {
+        KeyVaults {
+            readers: config
+                .identities
+                .iter()
+                .map(|identity| KeyVault::new(identity, config.refresh_interval, observer.clone()))
+                .collect(),
         }
     }
 
-    /// A token for `request` (the identity asking for a Key Vault resource).
-    async fn fetch(
-        &mut self,
-        client: &TokenClient,
-        request: &TenantConfig,
-    ) -> Result<AccessToken, RefreshError> {
-        match self {
-            Identity::Managed(managed) => managed_identity::fetch(client, request, managed).await,
-            Identity::Workload(federated) => federated.fetch(client, request).await,
-        }
+    /// The reader of the identity that reads `tenant`'s credential (`key_vault_credential`, or
+    /// `[key_vault]`'s own); `None` when there is no such identity, which validation rules out
+    /// for a configuration read from a file.
+    pub fn reader(&self, tenant: &TenantConfig) -> Option<&KeyVault> {
+        let name = tenant
+            .key_vault_credential
+            .as_deref()
+            .unwrap_or(KeyVaultConfig::DEFAULT_IDENTITY);
+        self.readers.iter().find(|reader| &*reader.name == name)
     }
 }
 
-/// The identity's token for Key Vault, and what fetching it needs.
-struct Access {
-    /// How the identity gets its tokens; `None` for a configuration built in code with another
-    /// kind of credential, whose every read then fails saying so.
-    credential: Option<Identity>,
-    /// The current token, if any.
-    token: Option<AccessToken>,
-    /// The identity as a token request; its resource follows a challenge that names another.
-    identity: Arc<TenantConfig>,
-}
-
-/// The daemon's Key Vault reader.
+/// The reader of one Key Vault identity.
 pub struct KeyVault {
-    /// Token for Key Vault; locked while one is fetched.
+    /// The identity's tokens for Key Vault; locked while one is fetched or a challenge taken.
     access: tokio::sync::Mutex<Access>,
+    /// The identity's name: in `/status` and the metrics.
+    name: Arc<str>,
     /// The identity in words, for messages: which identity lacks access.
     who: String,
     /// How long a value is used before it is read again.
     refresh_interval: Duration,
     /// Every URL read so far.
     entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Counts every read (the metrics); `None` in `check` and tests.
+    observer: Option<Arc<dyn KeyVaultObserver>>,
 }
 
 impl std::fmt::Debug for KeyVault {
@@ -158,26 +186,6 @@ impl std::fmt::Debug for KeyVault {
             .field("identity", &self.who)
             .field("refresh_interval", &self.refresh_interval)
             .finish_non_exhaustive()
-    }
-}
-
-/// The identity in words: `the system-assigned managed identity`, `the workload identity
-/// <client id> of tenant <id>`…
-fn describe(identity: &TenantConfig) -> String {
-    match &identity.credential {
-        CredentialConfig::ManagedIdentity(managed) => match &managed.identity {
-            ManagedIdentityId::System => "the system-assigned managed identity".to_owned(),
-            ManagedIdentityId::ClientId(id) => format!("the managed identity with client ID {id}"),
-            ManagedIdentityId::ObjectId(id) => format!("the managed identity with object ID {id}"),
-            ManagedIdentityId::ResourceId(id) => format!("the managed identity {id}"),
-        },
-        // Validation gives a workload identity both ids.
-        _ => match (&identity.client_id, &identity.tenant_id) {
-            (Some(client_id), Some(tenant_id)) => {
-                format!("the workload identity with client ID {client_id} in tenant {tenant_id}")
-            }
-            _ => "the workload identity".to_owned(),
-        },
     }
 }
 
@@ -253,64 +261,45 @@ fn vault_error(body: &[u8], secrets: &[&str]) -> String {
     }
 }
 
-/// The `resource` of a `WWW-Authenticate: Bearer …` challenge, if it is a Key Vault resource of a
-/// known cloud (a challenge naming anything else is not followed: the token would go elsewhere).
-fn challenged_resource(header: &str) -> Option<&'static str> {
-    let rest = header.trim().strip_prefix("Bearer")?;
-    let resource = rest.split(',').find_map(|part| {
-        let (key, value) = part.trim().split_once('=')?;
-        matches!(key.trim(), "resource" | "scope").then(|| {
-            value
-                .trim()
-                .trim_matches('"')
-                .trim_end_matches("/.default")
-                .trim_end_matches('/')
-        })
-    })?;
-    Cloud::ALL
-        .iter()
-        .map(|cloud| cloud.key_vault_resource())
-        .find(|known| known.eq_ignore_ascii_case(resource))
-}
-
 /// `err` naming the Key Vault call it came from by its `x-ms-client-request-id`.
 fn traced(err: CredentialError, request_id: &str) -> CredentialError {
     match err {
         CredentialError::KeyVault {
+            reason,
             message,
             transient,
             retry_after,
-        } => CredentialError::KeyVault {
-            message: format!("{message}; x-ms-client-request-id {request_id}"),
+        } => CredentialError::key_vault(
+            reason,
+            format!("{message}; x-ms-client-request-id {request_id}"),
             transient,
             retry_after,
-        },
+        ),
         other => other,
     }
 }
 
-/// A failure to read `url`: transient ones are retried with the refresh backoff.
-fn failure(message: String, transient: bool, retry_after: Option<Duration>) -> CredentialError {
-    CredentialError::KeyVault {
-        message,
-        transient,
-        retry_after,
-    }
-}
-
 impl KeyVault {
-    /// A reader with the `[key_vault]` identity.
-    pub fn new(config: &KeyVaultConfig) -> KeyVault {
+    /// The reader of `identity`, reading a value again after `refresh_interval`.
+    pub fn new(
+        identity: &KeyVaultIdentity,
+        refresh_interval: Duration,
+        observer: Option<Arc<dyn KeyVaultObserver>>,
+    ) -> KeyVault {
+        let access = Access::new(identity);
         KeyVault {
-            access: tokio::sync::Mutex::new(Access {
-                credential: Identity::new(&config.identity.credential),
-                token: None,
-                identity: Arc::clone(&config.identity),
-            }),
-            who: describe(&config.identity),
-            refresh_interval: config.refresh_interval,
+            who: access.who.clone(),
+            access: tokio::sync::Mutex::new(access),
+            name: identity.name.as_str().into(),
+            refresh_interval,
             entries: Mutex::new(HashMap::new()),
+            observer,
         }
+    }
+
+    /// The identity's name (`default` for `[key_vault]`'s own).
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
     }
 
     fn entry(&self, url: &str) -> Arc<Entry> {
@@ -321,13 +310,24 @@ impl KeyVault {
         Arc::clone(entries.entry(url.to_owned()).or_default())
     }
 
+    /// How the last read of `url` failed, if it did; `None` once a read succeeds.
+    pub fn failure(&self, url: &str) -> Option<VaultFailure> {
+        let entry = self.entry(url);
+        let failure = entry
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        failure.clone()
+    }
+
     /// The value at `url`: cached while younger than the refresh interval and not rejected,
     /// else read (one read for all concurrent callers). A failed re-read returns the value
     /// held, with a warning.
     ///
     /// # Errors
     /// The first read failed: the vault refuses the identity (403), the secret does not exist
-    /// (404), or Key Vault is throttling, failing or unreachable (transient).
+    /// (404), the vault's tenant is not one the identity may get tokens from, or Key Vault is
+    /// throttling, failing or unreachable (transient).
     pub async fn secret(
         &self,
         client: &TokenClient,
@@ -342,7 +342,13 @@ impl KeyVault {
         {
             return Ok(value.clone());
         }
-        match self.read(client, url).await {
+        let read = self.read(client, url).await;
+        *entry
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            read.as_ref().err().and_then(VaultFailure::of);
+        match read {
             Ok(value) => {
                 entry.stale.store(false, Ordering::Relaxed);
                 *cached = Some((value.clone(), Instant::now()));
@@ -352,6 +358,7 @@ impl KeyVault {
                 Some((value, read_at)) => {
                     tracing::warn!(
                         secret = %url,
+                        identity = %self.name,
                         error = %err,
                         "cannot read the secret from Key Vault again; keeping the value read before"
                     );
@@ -384,17 +391,43 @@ impl KeyVault {
         !fresh
     }
 
-    /// One read of `url`, following one 401 challenge.
+    /// One read of `url`, following one 401 challenge; its outcome is counted.
     async fn read(&self, client: &TokenClient, url: &str) -> Result<VaultSecret, CredentialError> {
+        let read = self.read_following(client, url).await;
+        if let Some(observer) = &self.observer {
+            let result = match &read {
+                Ok(_) => Ok(()),
+                Err(err) => {
+                    Err(VaultFailure::of(err).map_or(KeyVaultReason::Identity, |f| f.reason))
+                }
+            };
+            observer.key_vault_read(&self.name, result);
+        }
+        read
+    }
+
+    /// The calls of one read: again once after a challenge.
+    async fn read_following(
+        &self,
+        client: &TokenClient,
+        url: &str,
+    ) -> Result<VaultSecret, CredentialError> {
         let request = format!("{url}?api-version={API_VERSION}");
+        let (vault, _) = vault_and_name(url);
         let mut challenged = false;
         loop {
-            let token = self.token(client).await?;
+            let token = self.access.lock().await.token(client, vault).await?;
             // Fresh for every call, the one after a challenge too, as the Azure SDKs make them;
             // named in the call's failure, so Microsoft support can find it in Key Vault's logs.
             let request_id = new_request_id();
+            let call = Call {
+                url,
+                request: &request,
+                token: &token,
+                request_id: &request_id,
+            };
             let read = self
-                .call(client, url, &request, &token, &request_id, challenged)
+                .call(client, &call, challenged)
                 .await
                 .map_err(|err| traced(err, &request_id))?;
             match read {
@@ -405,120 +438,109 @@ impl KeyVault {
     }
 
     /// One call: the secret, or `None` when a first 401's challenge was taken (the token is
-    /// dropped, and its resource follows the challenge's), so the caller asks again.
+    /// dropped, and the next one is for what the challenge asks), so the caller asks again.
     async fn call(
         &self,
         client: &TokenClient,
-        url: &str,
-        request: &str,
-        token: &AccessToken,
-        request_id: &str,
+        call: &Call<'_>,
         challenged: bool,
     ) -> Result<Option<VaultSecret>, CredentialError> {
-        let (vault, name) = vault_and_name(url);
-        let sent = [token.secret.expose_secret()];
+        let (vault, name) = vault_and_name(call.url);
+        let sent = [call.token.secret.expose_secret()];
         let answer = client
-            .key_vault_get(request, token, request_id)
+            .key_vault_get(call.request, call.token, call.request_id)
             .await
             .map_err(|err| {
-                failure(
+                CredentialError::key_vault(
+                    KeyVaultReason::Unreachable,
                     format!("cannot reach Key Vault {vault}: {}", err.message),
                     true,
                     None,
                 )
             })?;
-        let message = match answer.status {
+        let said = || vault_error(&answer.body, &sent);
+        let (reason, message) = match answer.status {
             200 => return parse_bundle(&answer.body, vault, name).map(Some),
-            401 if !challenged => {
-                let resource = answer
+            401 => {
+                let challenge = answer
                     .www_authenticate
                     .as_deref()
-                    .and_then(challenged_resource);
+                    .map(|header| challenge::parse(header, vault))
+                    .unwrap_or_default();
                 let mut access = self.access.lock().await;
-                access.token = None;
-                if let Some(resource) = resource
-                    && *access.identity.resource != *resource
-                {
-                    let mut identity = (*access.identity).clone();
-                    identity.resource = resource.into();
-                    access.identity = Arc::new(identity);
+                if !challenged {
+                    access.follow(vault, &challenge)?;
+                    return Ok(None);
                 }
-                return Ok(None);
-            }
-            401 => format!(
-                "Key Vault {vault} does not accept the token of {}{}: is the vault in this identity's tenant and cloud?",
-                self.who,
-                vault_error(&answer.body, &sent)
-            ),
-            403 => format!(
-                "Key Vault {vault} refuses {} read access to secret {name:?}{}: grant it the \"Key Vault Secrets User\" role on the vault or the secret (or a get-secret access policy)",
-                self.who,
-                vault_error(&answer.body, &sent)
-            ),
-            404 => format!(
-                "Key Vault {vault} has no secret {name:?} (or not that version){}",
-                vault_error(&answer.body, &sent)
-            ),
-            status => {
-                let retry_after = answer.retry_after.map(|after| after.get());
-                return Err(failure(
+                let hint = access.refused_tenant_hint(vault, &challenge);
+                (
+                    KeyVaultReason::Unauthorized,
                     format!(
-                        "Key Vault {vault} answered HTTP {status}{} reading secret {name:?}",
-                        vault_error(&answer.body, &sent)
+                        "Key Vault {vault} does not accept the token of {}{}: is the vault in this identity's tenant and cloud?{hint}",
+                        self.who,
+                        said()
                     ),
-                    status == 429 || status >= 500,
-                    retry_after,
-                ));
+                )
             }
-        };
-        Err(failure(message, false, None))
-    }
-
-    /// The identity's token for Key Vault: the cached one until its refresh point, else a new
-    /// one from the managed identity endpoint or Entra. Never written anywhere.
-    async fn token(&self, client: &TokenClient) -> Result<AccessToken, CredentialError> {
-        let mut access = self.access.lock().await;
-        let now = SystemTime::now();
-        if let Some(token) = &access.token
-            && now < schedule::refresh_point(token, 0.5, 0.0)
-        {
-            return Ok(token.clone());
-        }
-        let Access {
-            credential,
-            identity,
-            ..
-        } = &mut *access;
-        let identity = Arc::clone(identity);
-        let fetched = match credential {
-            Some(credential) => credential.fetch(client, &identity).await,
-            None => Err(RefreshError::local(
-                ErrorClass::Permanent,
-                Reason::Credential,
-                "the [key_vault] identity is neither a managed nor a workload identity",
-            )),
-        };
-        match fetched {
-            Ok(token) => {
-                access.token = Some(token.clone());
-                Ok(token)
-            }
-            Err(err) => Err(failure(
+            403 => (
+                KeyVaultReason::Forbidden,
                 format!(
-                    "cannot get a token for Key Vault as {}: {}",
-                    self.who, err.message
+                    "Key Vault {vault} refuses {} read access to secret {name:?}{}: grant it the \"Key Vault Secrets User\" role on the vault or the secret (or a get-secret access policy)",
+                    self.who,
+                    said()
                 ),
-                err.class != ErrorClass::Permanent,
-                err.retry_after.map(|after| after.get()),
-            )),
-        }
+            ),
+            404 => (
+                KeyVaultReason::NotFound,
+                format!(
+                    "Key Vault {vault} has no secret {name:?} (or not that version){}",
+                    said()
+                ),
+            ),
+            status => return Err(unexpected_status(status, &answer, vault, name, &said())),
+        };
+        Err(CredentialError::key_vault(reason, message, false, None))
     }
+}
+
+/// The request of one call, and what names it.
+struct Call<'c> {
+    /// The secret URL, as configured.
+    url: &'c str,
+    /// The URL with `api-version`.
+    request: &'c str,
+    /// The identity's token for the vault.
+    token: &'c AccessToken,
+    /// The call's `x-ms-client-request-id`.
+    request_id: &'c str,
+}
+
+/// A status other than 200, 401, 403 and 404: throttled (with its `Retry-After`) and 5xx are
+/// transient, anything else permanent.
+fn unexpected_status(
+    status: u16,
+    answer: &crate::client::ApiAnswer,
+    vault: &str,
+    name: &str,
+    said: &str,
+) -> CredentialError {
+    let reason = match status {
+        429 => KeyVaultReason::Throttled,
+        _ => KeyVaultReason::ServerError,
+    };
+    CredentialError::key_vault(
+        reason,
+        format!("Key Vault {vault} answered HTTP {status}{said} reading secret {name:?}"),
+        status == 429 || status >= 500,
+        answer.retry_after.map(|after| after.get()),
+    )
 }
 
 /// Reads a 200 body: the value, `attributes.exp`, `contentType`.
 fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<VaultSecret, CredentialError> {
     let bundle: SecretBundle = serde_json::from_slice(body).map_err(|_| {
-        failure(
+        CredentialError::key_vault(
+            KeyVaultReason::BadSecret,
             format!("Key Vault {vault} answered 200 for secret {name:?} without a secret"),
             true,
             None,
@@ -528,7 +550,8 @@ fn parse_bundle(body: &[u8], vault: &str, name: &str) -> Result<VaultSecret, Cre
         .value
         .filter(|value| !value.is_empty() && value.len() <= MAX_VALUE_BYTES)
         .ok_or_else(|| {
-            failure(
+            CredentialError::key_vault(
+                KeyVaultReason::BadSecret,
                 format!("secret {name:?} in Key Vault {vault} is empty or larger than {MAX_VALUE_BYTES} bytes"),
                 false,
                 None,
@@ -565,27 +588,6 @@ mod tests {
             vault_and_name("http://127.0.0.1:9/secrets/s"),
             ("http://127.0.0.1:9", "s")
         );
-    }
-
-    #[test]
-    fn only_key_vault_challenges_are_followed() {
-        assert_eq!(
-            challenged_resource(
-                r#"Bearer authorization="https://login.microsoftonline.com/72f988bf", resource="https://vault.azure.net""#
-            ),
-            Some("https://vault.azure.net")
-        );
-        assert_eq!(
-            challenged_resource(
-                r#"Bearer authorization="https://login.microsoftonline.us/x", scope="https://vault.usgovcloudapi.net/.default""#
-            ),
-            Some("https://vault.usgovcloudapi.net")
-        );
-        assert_eq!(
-            challenged_resource(r#"Bearer authorization="x", resource="https://evil.example""#),
-            None
-        );
-        assert_eq!(challenged_resource("Basic realm=x"), None);
     }
 
     #[test]
