@@ -24,6 +24,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("setpriv", "has_setpriv"),
     ("unshare", "has_unshare"),
     ("kubernetes-validate", "has_kubernetes_validate"),
+    ("kubectl", "has_kubectl"),
     ("chromium", "has_chromium"),
     ("npm", "has_npm"),
 ];
