@@ -1,9 +1,11 @@
 # powerbi-tokend in a distroless image: no shell, no package manager, uid/gid 65532.
 #
-#   docker build -t powerbi-tokend .
-#   docker run --rm -v "$PWD/config.toml:/etc/powerbi-tokend/config.toml:ro" -p 9464:9464 powerbi-tokend
+#   docker build -t powerbi-tokend:0.1.0 .
+#   docker run --rm -v "$PWD/config.toml:/etc/powerbi-tokend/config.toml:ro" -p 9464:9464 powerbi-tokend:0.1.0
 #
-# (with `[server] listen = "0.0.0.0:9464"` in that config.toml for the port to be reachable).
+# (with `[server] listen = "0.0.0.0:9464"` in that config.toml for the port to be reachable). The
+# tag is the crate's version, which the Kubernetes manifests name (docs/kubernetes.md pushes it to
+# a registry).
 #
 # The binary has no `demo` subcommand and no simulated Entra ID (`--no-default-features`); it
 # links only glibc (libc, libm) and libgcc_s, which the distroless "cc" image carries;

@@ -209,3 +209,18 @@ pub async fn load_for_check(path: &Path) -> (Result<Config, ConfigError>, Vec<Te
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     loader::parse_with_env(text, path, &|key| std::env::var(key).ok())
 }
+
+/// Like [`parse`], with `env` in place of the process environment: what the file means where
+/// something else sets the variables it may rely on (the workload identity webhook's
+/// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID` and `AZURE_TENANT_ID` in a Kubernetes pod),
+/// which is how the shipped Kubernetes variants are checked.
+///
+/// # Errors
+/// Every problem found, with lines where known.
+pub fn parse_with_env(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    loader::parse_with_env(text, path, env)
+}
