@@ -7,6 +7,8 @@ use std::path::Path;
 
 use yaml_rust2::YamlLoader;
 
+mod markdown;
+
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The base of every runbook_url, documented in alerts.yml's header and the README's Alerts
 /// section.
@@ -39,18 +41,6 @@ fn alerts() -> Vec<(String, String)> {
     alerts
 }
 
-/// The anchor GitHub gives a Markdown heading: lower case, punctuation other than `-` and `_`
-/// dropped, spaces turned into hyphens.
-fn anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
-}
-
 /// The anchors of the runbook's headings, and the anchors its table of contents (everything
 /// before the first `##` heading) links to.
 fn runbook() -> (BTreeSet<String>, BTreeSet<String>) {
@@ -58,18 +48,10 @@ fn runbook() -> (BTreeSet<String>, BTreeSet<String>) {
     let mut headings = BTreeSet::new();
     let mut toc = BTreeSet::new();
     let mut in_toc = true;
-    let mut in_code = false;
-    for line in text.lines() {
-        if line.starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for (_, line) in markdown::prose_lines(&text) {
         if let Some(heading) = line.strip_prefix("## ") {
             in_toc = false;
-            headings.insert(anchor(heading));
+            headings.insert(markdown::slug(heading));
         } else if in_toc {
             for link in line.split("](#").skip(1) {
                 toc.insert(link.split(')').next().unwrap().to_owned());
