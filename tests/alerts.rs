@@ -102,7 +102,7 @@ fn runbook_contents_list_every_alert_and_lead_to_headings() {
 fn runbook_base_is_documented_where_it_is_changed() {
     for file in [
         "deploy/prometheus/alerts.yml",
-        "README.md",
+        "docs/monitoring.md",
         "docs/runbook.md",
     ] {
         assert!(

@@ -372,6 +372,15 @@ const SECTIONS: &[Section] = &[
         ),
     ),
     Section::listed(
+        "key_vault.identities",
+        "`[key_vault.identities.<name>]`",
+        concat!(
+            "[key_vault]\ncredential = \"managed_identity\"\n\
+             [key_vault.identities.partner]\ncredential = \"managed_identity\"\nzzzz_unknown = 1\n",
+            tenant!()
+        ),
+    ),
+    Section::listed(
         "defaults",
         "`[defaults]` and `[[tenant]]`",
         concat!("[defaults]\nzzzz_unknown = 1\n", tenant!()),
@@ -452,6 +461,25 @@ const SECTIONS: &[Section] = &[
         concat!(
             tenant!(),
             "[[tenant.embed]]\nname = \"sales\"\nzzzz_unknown = 1\n"
+        ),
+    ),
+    Section::listed(
+        "tenant.embed.datasource_identities",
+        "`datasource_identities`",
+        concat!(
+            tenant!(),
+            "[[tenant.embed]]\nname = \"sales\"\n\
+             datasource_identities = [ { identity_blob = { env = \"B\" }, zzzz_unknown = 1 } ]\n"
+        ),
+    ),
+    Section::listed(
+        "tenant.embed.datasource_identities.datasources",
+        "`datasources`",
+        concat!(
+            tenant!(),
+            "[[tenant.embed]]\nname = \"sales\"\n\
+             datasource_identities = [ { identity_blob = { env = \"B\" }, \
+             datasources = [ { datasource_type = \"Sql\", zzzz_unknown = 1 } ] } ]\n"
         ),
     ),
     Section::listed(

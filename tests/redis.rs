@@ -936,14 +936,14 @@ async fn a_hung_redis_times_out_and_a_rotated_password_is_read_at_reconnect() {
     daemon.stop().await;
 }
 
-/// The ACL rules README calls enough for the daemon, as written there.
+/// The ACL rules the fleet chapter (docs/fleet.md) calls enough for the daemon, as written there.
 fn readme_daemon_acl() -> Vec<String> {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fleet.md")).unwrap();
     let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");
     let (_, after) = flat
         .split_once("these ACL rules are enough for the daemon: `")
-        .expect("README states the daemon's ACL rules");
+        .expect("docs/fleet.md states the daemon's ACL rules");
     let (rules, _) = after.split_once('`').unwrap();
     rules.split(' ').map(str::to_owned).collect()
 }

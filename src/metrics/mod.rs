@@ -1,4 +1,4 @@
-//! Prometheus metrics. The names are a contract for dashboards and alerts (see README).
+//! Prometheus metrics. The names are a contract for dashboards and alerts (see docs/monitoring.md).
 //!
 //! Per-tenant series are written straight from the status registry at scrape time: time to
 //! expiry is computed at that instant (nothing ticks), a tenant that left the configuration is
