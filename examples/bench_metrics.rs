@@ -15,25 +15,17 @@
 //! This measures the rendering alone, in process; `bench_tenants` measures scrapes of the running
 //! daemon over HTTP.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use powerbi_tokend::config::PerTenantMetrics;
-use powerbi_tokend::credential::CredentialExpiry;
-use powerbi_tokend::error::{ErrorClass, Reason, RefreshError};
 use powerbi_tokend::metrics::Metrics;
-use powerbi_tokend::schedule::system_to_unix_f64;
-use powerbi_tokend::status::{self, Registry};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+#[path = "common/fleet.rs"]
+mod fleet;
+use fleet::{BoxError, fleet};
 
 fn main() -> Result<(), BoxError> {
-    let mut args = std::env::args().skip(1);
-    let tenants: usize = args
-        .next()
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(10_000);
-    let out_dir = args.next().map(std::path::PathBuf::from);
+    let (tenants, out_dir) = fleet::arguments(10_000)?;
     let registry = fleet(tenants);
     let metrics = Metrics::new()?;
     println!("tenants: {tenants}");
@@ -66,37 +58,4 @@ fn main() -> Result<(), BoxError> {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-/// The synthetic fleet described in the module documentation.
-fn fleet(tenants: usize) -> Registry {
-    let now = SystemTime::now();
-    let now_unix = system_to_unix_f64(now) as i64;
-    let registry = Registry::new();
-    for i in 1..=tenants {
-        let handle = registry.insert(&format!("tenant{i:06}"));
-        let mut status = status::lock(&handle);
-        let left = 1800 + (i as i64 * 7919) % 1800;
-        status.first_attempt_done = true;
-        status.token.expires_on = Some(now_unix + left);
-        status.token.next_refresh = Some(now + Duration::from_secs(left as u64 / 2));
-        status.token.last_success = Some(now - Duration::from_secs(600));
-        status.token.successes = 10;
-        status.credential_expiry = Some(CredentialExpiry::certificate(now_unix + 365 * 86_400));
-        if i % 200 == 0 {
-            status.credential_expiry =
-                Some(CredentialExpiry::client_secret(now_unix + 20 * 86_400));
-        }
-        if i % 100 == 0 {
-            status.token.consecutive_failures = 3;
-            status.token.failures = 3;
-            status.token.failures_by_reason[Reason::InvalidClient.index()] = 3;
-            status.token.last_error = Some(Box::new(RefreshError::local(
-                ErrorClass::Permanent,
-                Reason::InvalidClient,
-                "AADSTS7000215: Invalid client secret provided.",
-            )));
-        }
-    }
-    registry
 }

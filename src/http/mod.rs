@@ -1,5 +1,7 @@
 //! The admin HTTP server (`[server] listen`, default 127.0.0.1:9464).
 //!
+//! * `GET /` — the admin page ([`page`]): tenants by state, a filterable table of tenants with
+//!   the failing ones first, links to the other endpoints. HTML without script.
 //! * `GET /metrics` — Prometheus text exposition; per-tenant gauges are computed at scrape time,
 //!   for the tenants `[server] per_tenant_metrics` asks for, and aggregates over all tenants.
 //! * `GET /healthz` — 200 while the runtime answers; 503 once shutdown has begun. A tenant task
@@ -37,6 +39,8 @@ use crate::error::{ErrorClass, RefreshError};
 use crate::metrics::Metrics;
 use crate::schedule::system_to_unix_f64;
 use crate::status::{Registry, TenantState, TenantStatus};
+
+pub mod page;
 
 /// What the handlers read.
 #[derive(Clone, Debug)]
@@ -117,6 +121,7 @@ impl Renderer {
 /// The router; separate from serving so tests can drive it without a socket.
 pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(admin_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -192,6 +197,40 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /`: rendered on the blocking pool, since a pass over a hundred thousand tenants takes
+/// milliseconds of CPU that the refreshes on this worker should not wait for.
+async fn admin_page(
+    State(state): State<AdminState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let query = page::PageQuery::parse(query.as_deref());
+    let registry = state.registry.clone();
+    let rendered =
+        tokio::task::spawn_blocking(move || page::render(&registry, &query, SystemTime::now()))
+            .await;
+    let Ok(body) = rendered else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the page could not be rendered\n",
+        )
+            .into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                page::CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
         body,
     )
         .into_response()
