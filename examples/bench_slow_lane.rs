@@ -87,6 +87,8 @@ async fn run(
             watch_config: false,
             watch_interval: Duration::from_secs(5),
             per_tenant_metrics: Default::default(),
+            tls: None,
+            basic_auth: None,
         },
         daemon: DaemonConfig {
             request_timeout: Duration::from_secs(3),

@@ -260,6 +260,8 @@ pub fn demo_config(sim: &SimEntra, dir: PathBuf, listen: std::net::SocketAddr) -
             watch_config: false,
             watch_interval: Duration::from_secs(5),
             per_tenant_metrics: Default::default(),
+            tls: None,
+            basic_auth: None,
         },
         daemon: DaemonConfig {
             permanent_retry_interval: Duration::from_secs(60),

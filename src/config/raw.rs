@@ -19,6 +19,24 @@ pub(super) struct RawServer {
     pub(super) watch_config: Option<bool>,
     pub(super) watch_interval: Option<Spanned<String>>,
     pub(super) per_tenant_metrics: Option<PerTenantMetrics>,
+    pub(super) tls: Option<Spanned<RawServerTls>>,
+    pub(super) basic_auth: Option<Spanned<RawBasicAuth>>,
+}
+
+/// `[server.tls]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServerTls {
+    pub(super) cert_file: Option<Spanned<PathBuf>>,
+    pub(super) key_file: Option<Spanned<PathBuf>>,
+}
+
+/// `[server.basic_auth]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBasicAuth {
+    pub(super) users: Option<std::collections::BTreeMap<Spanned<String>, Spanned<String>>>,
+    pub(super) healthz_open: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

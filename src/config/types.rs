@@ -890,6 +890,41 @@ pub struct ServerConfig {
     /// Which tenants get per-tenant series in `/metrics`; a reload changes it for the next
     /// scrape.
     pub per_tenant_metrics: PerTenantMetrics,
+    /// `[server.tls]`: serve HTTPS instead of HTTP.
+    pub tls: Option<ServerTls>,
+    /// `[server.basic_auth]`: ask every request for a user and password.
+    pub basic_auth: Option<BasicAuthConfig>,
+}
+
+/// `[server.tls]`: the admin server's certificate and key, PEM files read at start and again
+/// whenever they change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Lines of `cert_file` and `key_file` in the config file, for `check`'s problems.
+    pub lines: [Option<usize>; 2],
+}
+
+/// `[server.basic_auth]`: who may read the admin endpoints. `Debug` names the users only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuthConfig {
+    /// User name → bcrypt hash of the password (`$2a$`, `$2b$` or `$2y$`, as htpasswd and
+    /// exporter-toolkit's `basic_auth_users` have them).
+    pub users: std::collections::BTreeMap<String, String>,
+    /// `/healthz` answers without credentials (kubelet and systemd probes carry none).
+    pub healthz_open: bool,
+}
+
+impl std::fmt::Debug for BasicAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuthConfig")
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("healthz_open", &self.healthz_open)
+            .finish()
+    }
 }
 
 /// Process-wide knobs.

@@ -70,6 +70,8 @@ pub fn config(tenants: Vec<TenantConfig>, daemon: DaemonConfig) -> Config {
             watch_config: false,
             watch_interval: Duration::from_secs(5),
             per_tenant_metrics: Default::default(),
+            tls: None,
+            basic_auth: None,
         },
         daemon,
         tenants: tenants.into_iter().map(Arc::new).collect(),

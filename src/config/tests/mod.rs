@@ -477,3 +477,59 @@ fn first_mistakes_get_hints() {
         "{missing}"
     );
 }
+
+#[test]
+fn server_tls_and_basic_auth_are_read_with_their_lines() {
+    let hash = "$2y$10$mDwo.lAisC94iLAyP81MCesa29IzH37oigHC/42V2pdJlUprsJPze";
+    let text = format!(
+        "[server]\nlisten = \"0.0.0.0:9464\"\n[server.tls]\ncert_file = \"admin.crt\"\nkey_file = \"/etc/keys/admin.key\"\n[server.basic_auth]\nusers = {{ prometheus = \"{hash}\" }}\nhealthz_open = true\n{MINIMAL}"
+    );
+    let config = parse_ok(&text);
+    let tls = config.server.tls.as_ref().unwrap();
+    assert_eq!(
+        tls.cert_file,
+        Path::new("/etc/powerbi-tokend/admin.crt"),
+        "relative to the config file"
+    );
+    assert_eq!(tls.key_file, Path::new("/etc/keys/admin.key"));
+    assert_eq!(tls.lines, [Some(4), Some(5)]);
+    let auth = config.server.basic_auth.as_ref().unwrap();
+    assert_eq!(auth.users["prometheus"], hash);
+    assert!(auth.healthz_open);
+    assert!(
+        !format!("{config:?}").contains(hash),
+        "Debug names users only"
+    );
+    assert!(config.server.warnings().is_empty(), "TLS is on");
+    assert_eq!(parse_ok(MINIMAL).server.tls, None);
+
+    let text = format!(
+        "[server]\nlisten = \"0.0.0.0:9464\"\n[server.basic_auth]\nusers = {{ prometheus = \"{hash}\" }}\n{MINIMAL}"
+    );
+    let config = parse_ok(&text);
+    assert!(!config.server.basic_auth.as_ref().unwrap().healthz_open);
+    let warnings = config.server.warnings();
+    assert!(warnings[0].contains("clear text"), "{warnings:?}");
+    let loopback = text.replace("0.0.0.0", "127.0.0.1");
+    assert!(parse_ok(&loopback).server.warnings().is_empty());
+
+    let text = format!(
+        "[server.tls]\ncert_file = \"admin.crt\"\n[server.basic_auth]\nusers = {{ prometheus = \"hunter2\", \"a:b\" = \"{hash}\" }}\n{MINIMAL}"
+    );
+    let shown = parse_err(&text).to_string();
+    for expected in [
+        ":1: server.tls.key_file: missing",
+        ":4: server.basic_auth.users.a:b: a user name cannot hold ':'",
+        ":4: server.basic_auth.users.prometheus: expected a bcrypt hash",
+    ] {
+        assert!(shown.contains(expected), "{expected} in:\n{shown}");
+    }
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let shown = parse_err(&format!("[server.basic_auth]\nusers = {{}}\n{MINIMAL}")).to_string();
+    assert!(
+        shown.contains(":1: server.basic_auth.users: missing"),
+        "{shown}"
+    );
+    let shown = parse_err(&format!("[server.tls]\ncert = \"x\"\n{MINIMAL}")).to_string();
+    assert!(shown.contains("unknown field `cert`"), "{shown}");
+}
