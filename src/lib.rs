@@ -139,6 +139,12 @@ pub enum RunError {
     /// The metrics could not be registered.
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The admin server's certificate or key cannot be used.
+    #[error("[server.tls] {}: {}", .0.key, .0)]
+    AdminTls(#[from] http::tls::TlsProblem),
+    /// The system's random generator failed.
+    #[error("cannot make a random key for [server.basic_auth]")]
+    Random,
 }
 
 /// What every tenant shares, for `config`; `metrics` counts what it is told (the daemon's),
@@ -201,6 +207,49 @@ pub struct Daemon {
     notifier: Arc<notify::Notifier>,
     /// Every tenant's status, for readiness and the `STATUS=` line.
     registry: Registry,
+    /// The admin server's basic auth, which a reload replaces.
+    admin_auth: Arc<http::auth::Guard>,
+}
+
+/// The admin server, started.
+struct Admin {
+    /// Where it listens.
+    addr: SocketAddr,
+    /// Its task.
+    task: tokio::task::JoinHandle<()>,
+    /// Its basic auth.
+    auth: Arc<http::auth::Guard>,
+}
+
+/// Binds the admin address, loads `[server.tls]` and starts serving until `admin_stop`.
+async fn start_admin(
+    config: &Config,
+    state: AdminState,
+    admin_stop: CancellationToken,
+) -> Result<Admin, RunError> {
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: listen,
+        source,
+    })?;
+    for warning in config.server.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let auth = state.auth.clone();
+    let task = tokio::spawn(http::serve(listener, state, admin_stop));
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, scheme, basic_auth = config.server.basic_auth.is_some(), "admin server listening");
+    Ok(Admin { addr, task, auth })
 }
 
 impl Daemon {
@@ -212,29 +261,26 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new()?);
         metrics.set_per_tenant_metrics(config.server.per_tenant_metrics);
         let registry = Registry::new();
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| RunError::Listen {
-                addr: config.server.listen,
-                source,
-            })?;
-        let admin_addr = listener.local_addr().map_err(|source| RunError::Listen {
-            addr: config.server.listen,
-            source,
-        })?;
         let stopping = CancellationToken::new();
         let admin_stop = CancellationToken::new();
-        let admin_task = tokio::spawn(http::serve(
-            listener,
-            AdminState {
-                registry: registry.clone(),
-                metrics: metrics.clone(),
-                stopping: stopping.clone(),
-                renderer: http::Renderer::start(metrics.clone(), registry.clone()),
-            },
-            admin_stop.clone(),
-        ));
-        tracing::info!(addr = %admin_addr, "admin server listening");
+        let tls = match &config.server.tls {
+            Some(files) => Some(http::tls::Reloading::start(files.clone()).await?),
+            None => None,
+        };
+        let auth = http::auth::Guard::new(
+            config.server.basic_auth.as_ref(),
+            metrics.admin_auth_failures(),
+        )
+        .map_err(|_| RunError::Random)?;
+        let state = AdminState {
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            stopping: stopping.clone(),
+            renderer: http::Renderer::start(metrics.clone(), registry.clone()),
+            auth: Arc::new(auth),
+            tls,
+        };
+        let admin = start_admin(&config, state, admin_stop.clone()).await?;
         let mut supervisor =
             Supervisor::new(shared_for(&config, Some(&metrics))?, registry.clone());
         let on_disk = sink::clean_up(&config.tenants).await;
@@ -257,10 +303,11 @@ impl Daemon {
             config,
             supervisor,
             metrics,
-            admin_addr,
+            admin_addr: admin.addr,
             stopping,
             admin_stop,
-            admin_task,
+            admin_task: admin.task,
+            admin_auth: admin.auth,
             config_hash,
             notifier: Arc::new(notify::Notifier::from_env()),
             registry,
@@ -363,6 +410,17 @@ impl Daemon {
         if new.server.listen != self.config.server.listen {
             tracing::warn!("[server] listen changes take effect after a restart");
         }
+        let files = |server: &config::ServerConfig| {
+            server
+                .tls
+                .as_ref()
+                .map(|tls| (tls.cert_file.clone(), tls.key_file.clone()))
+        };
+        if files(&new.server) != files(&self.config.server) {
+            tracing::warn!(
+                "[server.tls] changes take effect after a restart (a changed certificate file is reloaded without one)"
+            );
+        }
         let restart_all = new.daemon != self.config.daemon
             || new.redis != self.config.redis
             || new.fleet != self.config.fleet
@@ -385,9 +443,10 @@ impl Daemon {
             .reconcile(&mut new.tenants, restart_all, on_disk.as_ref())
             .await;
         drop(on_disk);
-        // The next scrape follows the new per-tenant metrics mode.
+        // The next scrape follows the new per-tenant metrics mode, the next request the users.
         self.metrics
             .set_per_tenant_metrics(new.server.per_tenant_metrics);
+        self.admin_auth.set(new.server.basic_auth.as_ref());
         self.metrics.reload(true);
         tracing::info!(
             trigger,
@@ -755,6 +814,24 @@ async fn key_vault_expiry(
     }
 }
 
+/// `check`: the admin server's certificate and key load and fit each other; the problem names
+/// the key of `[server.tls]` and its line.
+async fn check_admin_tls(server: &config::ServerConfig) -> Option<config::Problem> {
+    let tls = server.tls.as_ref()?;
+    let problem = http::tls::verify(tls).await.err()?;
+    let line = if problem.key == "key_file" {
+        tls.lines[1]
+    } else {
+        tls.lines[0]
+    };
+    Some(config::Problem {
+        line,
+        column: None,
+        key: Some(format!("server.tls.{}", problem.key)),
+        message: problem.message,
+    })
+}
+
 /// A configuration that passed `check`, with early warnings about expiring credentials.
 #[derive(Debug)]
 pub struct Checked {
@@ -810,6 +887,8 @@ pub async fn check(path: &std::path::Path, online: bool) -> Result<Checked, conf
             });
         }
         warnings.extend(local_warnings(config).await);
+        warnings.extend(config.server.warnings());
+        err.problems.extend(check_admin_tls(&config.server).await);
     }
     if let Some(config) = &config
         && let Some(redis) = &config.redis

@@ -19,6 +19,10 @@
 //!   code, trace and correlation IDs.
 //!   Never a secret or a token.
 //!
+//! With `[server.basic_auth]`, every route asks for a user and password ([`auth`]; `/healthz`
+//! may be left open); with `[server.tls]`, the server speaks HTTPS only, with a certificate
+//! reloaded when its files change ([`tls`]).
+//!
 //! At most [`MAX_CONNECTIONS`] connections are served at once (more are closed on accept), a
 //! request's headers must arrive within [`HEADER_READ_TIMEOUT`], and a connection lives at most
 //! [`CONNECTION_LIFETIME`]: slow or idle clients cannot hold the file descriptors that token
@@ -40,7 +44,9 @@ use crate::metrics::Metrics;
 use crate::schedule::system_to_unix_f64;
 use crate::status::{Registry, TenantState, TenantStatus};
 
+pub mod auth;
 pub mod page;
+pub mod tls;
 
 /// What the handlers read.
 #[derive(Clone, Debug)]
@@ -53,6 +59,10 @@ pub struct AdminState {
     pub stopping: CancellationToken,
     /// Renders `/metrics` off the async runtime.
     pub renderer: Renderer,
+    /// `[server.basic_auth]`, replaced on reload; lets everyone in when it is off.
+    pub auth: Arc<auth::Guard>,
+    /// `[server.tls]`: `None` serves plain HTTP.
+    pub tls: Option<Arc<tls::Reloading>>,
 }
 
 /// A request for one rendering of `/metrics`: where to send the text.
@@ -126,6 +136,10 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require,
+        ))
         .with_state(state)
 }
 
@@ -141,8 +155,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves until `stop` is cancelled: every connection under [`MAX_CONNECTIONS`], with
-/// [`HEADER_READ_TIMEOUT`] and [`CONNECTION_LIFETIME`].
+/// [`HEADER_READ_TIMEOUT`] (for the TLS handshake too) and [`CONNECTION_LIFETIME`].
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, stop: CancellationToken) {
+    let tls = state.tls.clone();
     let service = hyper_util::service::TowerToHyperService::new(router(state));
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let connections = tokio_util::task::TaskTracker::new();
@@ -166,21 +181,19 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, stop: C
         };
         let service = service.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let connection =
-                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
-                () = stop.cancelled() => {
-                    // Let a request in flight finish (a last scrape), then close.
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, connection).await;
+            match tls {
+                None => serve_connection(stream, service, stop).await,
+                Some(tls) => {
+                    let handshake = tls.accept(stream, HEADER_READ_TIMEOUT);
+                    let stream = tokio::select! {
+                        stream = handshake => stream,
+                        () = stop.cancelled() => None,
+                    };
+                    if let Some(stream) = stream {
+                        serve_connection(stream, service, stop).await;
+                    }
                 }
             }
             drop(slot);
@@ -188,6 +201,31 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, stop: C
     }
     connections.close();
     connections.wait().await;
+}
+
+/// The router as hyper serves it.
+type Service = hyper_util::service::TowerToHyperService<Router>;
+
+/// Serves one connection (plain or TLS) until it closes, its lifetime is over, or `stop`.
+async fn serve_connection<I>(io: I, service: Service, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+        () = stop.cancelled() => {
+            // Let a request in flight finish (a last scrape), then close.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, connection).await;
+        }
+    }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

@@ -21,6 +21,9 @@ pub(super) struct DaemonMetrics {
     /// Tenant tasks that panicked and were restarted: always a bug. Fleet-wide (the tenant is in
     /// the ERROR log line and in `/status`), so it costs one series, not one per tenant.
     pub(super) task_panics: IntCounter,
+    /// Admin requests refused by `[server.basic_auth]`, by reason (`missing`, `malformed`,
+    /// `wrong`); never by user, which would name whoever is guessing.
+    pub(super) admin_auth_failures: IntCounterVec,
 }
 
 impl DaemonMetrics {
@@ -55,7 +58,16 @@ impl DaemonMetrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let admin_auth_failures = counters_from_zero(
+            Opts::new(
+                "powerbi_tokend_admin_auth_failures_total",
+                "Admin requests refused by [server.basic_auth]: missing or malformed credentials, or a wrong user or password.",
+            ),
+            "reason",
+            &["missing", "malformed", "wrong"],
+        )?;
         Ok(DaemonMetrics {
+            admin_auth_failures: registered(registry, admin_auth_failures)?,
             config_reloads: registered(registry, config_reloads)?,
             last_reload_ok: registered(registry, last_reload_ok)?,
             task_panics: registered(

@@ -196,6 +196,12 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// The counter of admin requests refused by basic auth, by reason, for the admin server's
+    /// guard.
+    pub fn admin_auth_failures(&self) -> prometheus::IntCounterVec {
+        self.daemon.admin_auth_failures.clone()
+    }
+
     /// Records a configuration reload.
     pub fn reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
