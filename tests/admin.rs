@@ -676,3 +676,174 @@ async fn per_tenant_metrics_follow_reloads_at_the_next_scrape() {
     assert!(failures(&metrics) >= before, "{metrics}");
     daemon.stop().await;
 }
+
+/// The first cell (the tenant name) of each row of the admin page's table, in order; works on
+/// the page as served and on the DOM a browser dumps.
+fn page_rows(html: &str) -> Vec<String> {
+    let Some(body) = html.split("<tbody>").nth(1) else {
+        return Vec::new();
+    };
+    let body = body.split("</tbody>").next().unwrap_or_default();
+    body.split("<tr>")
+        .skip(1)
+        .map(|row| {
+            let cell = row.split("<td>").nth(1).unwrap_or_default();
+            cell.split("</td>").next().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// A daemon with three tenants, `bad` failing with AADSTS7000215, once every first attempt is
+/// over.
+async fn three_tenants_one_failing() -> (Fixture, Files, Running) {
+    let fixture = fixture(
+        &["good.example.com", "bad.example.com", "other.example.com"],
+        Duration::from_secs(3600),
+    )
+    .await;
+    reject_secret(&fixture.sim, "bad.example.com");
+    let files = Files::new(fixture.dir.path());
+    files.write(
+        &fixture.sim,
+        &[
+            ("good", "good.example.com", ""),
+            ("bad", "bad.example.com", ""),
+            ("other", "other.example.com", ""),
+        ],
+    );
+    let daemon = start(&files).await;
+    daemon
+        .wait_for_get("every first attempt", "/status", |_, body| {
+            body.contains("AADSTS7000215") && body.matches("\"expires_at\":\"").count() == 2
+        })
+        .await;
+    (fixture, files, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_page_lists_failing_tenants_first_and_filters_on_the_server() {
+    let (_fixture, files, daemon) = three_tenants_one_failing().await;
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/", daemon.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    assert_eq!(header("cache-control"), "no-store");
+    let policy = header("content-security-policy");
+    assert!(policy.starts_with("default-src 'none'"), "{policy}");
+    assert!(
+        !policy.contains("script-src"),
+        "no script is allowed: {policy}"
+    );
+    let page = response.text().await.unwrap();
+    let rows = page_rows(&page);
+    assert_eq!(rows[0], "bad", "{page}");
+    assert_eq!(rows.len(), 3);
+    assert!(
+        page.contains("<b class=\"bad\">invalid_client</b> AADSTS7000215"),
+        "{page}"
+    );
+    assert!(page.contains("3 tenants</a>"), "{page}");
+    assert!(!page.contains("<script"), "{page}");
+
+    let (_, filtered) = daemon.get("/?q=OTH&state=").await;
+    assert_eq!(page_rows(&filtered), ["other"], "{filtered}");
+    let (_, failing) = daemon.get("/?state=failing").await;
+    assert_eq!(page_rows(&failing), ["bad"], "{failing}");
+
+    let token = token_in(&files.token("good")).unwrap();
+    for page in [&page, &filtered] {
+        assert!(!page.contains(SECRET) && !page.contains(&token));
+    }
+    daemon.stop().await;
+}
+
+/// Runs `command` until it exits, for at most 30 s (then kills it); its stdout.
+async fn output_within_deadline(mut command: std::process::Command, stdout: &Path) -> String {
+    let mut child = command
+        .stdout(std::fs::File::create(stdout).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{command:?}: {status}");
+            return std::fs::read_to_string(stdout).unwrap();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium (Debian package chromium); `cargo test -- --include-ignored` runs it"]
+async fn admin_page_in_a_real_browser() {
+    let chromium = program("chromium", "chromium");
+    let (fixture, _files, daemon) = three_tenants_one_failing().await;
+    let profile = fixture.dir.path().join("chromium-profile");
+    let browser = |args: &[&str], path: &str| {
+        let mut command = std::process::Command::new(&chromium);
+        command
+            .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(args)
+            .arg(format!("http://{}{path}", daemon.addr));
+        command
+    };
+    let stdout = fixture.dir.path().join("chromium.out");
+
+    let dom = output_within_deadline(browser(&["--dump-dom"], "/"), &stdout).await;
+    let rows = page_rows(&dom);
+    assert_eq!(rows.len(), 3, "{dom}");
+    assert_eq!(rows[0], "bad", "the failing tenant first: {dom}");
+    let first_row = dom
+        .split("<tbody>")
+        .nth(1)
+        .unwrap()
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(first_row.contains("invalid_client"), "{first_row}");
+    assert!(first_row.contains("AADSTS7000215"), "{first_row}");
+    assert!(
+        dom.contains("href=\"metrics\"") && dom.contains("href=\"status\""),
+        "{dom}"
+    );
+    assert!(dom.contains("<form method=\"get\""), "{dom}");
+
+    let dom = output_within_deadline(browser(&["--dump-dom"], "/?q=goo"), &stdout).await;
+    assert_eq!(page_rows(&dom), ["good"], "{dom}");
+    assert!(
+        dom.contains("value=\"goo\""),
+        "the filter box keeps the query: {dom}"
+    );
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("admin-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let shot = format!("--screenshot={}", screenshot.display());
+    output_within_deadline(browser(&[&shot, "--window-size=1280,800"], "/"), &stdout).await;
+    println!("admin page screenshot: {}", screenshot.display());
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // IHDR: width and height, big-endian, at bytes 16..24.
+    assert_eq!(&png[16..24], &[0, 0, 5, 0, 0, 0, 3, 32], "1280 x 800");
+    assert!(png.len() > 10_000, "{} bytes: an empty page?", png.len());
+    daemon.stop().await;
+}

@@ -291,7 +291,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1rem 2rem;color:#222}\
 h1{font-size:1.3rem;margin:0 0 .5rem}\
 table{border-collapse:collapse;width:100%}\
 th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}\
-th{background:#f3f3f3}\
+th{background:#f3f3f3;white-space:nowrap}\
 td.num{white-space:nowrap}\
 .bad{color:#a00;font-weight:600}.warn{color:#a60}.ok{color:#070}\
 .msg{color:#555;font-size:.9em}\
