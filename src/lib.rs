@@ -48,7 +48,10 @@
 //! * [`sink`]: token-agnostic: writes a rendered document (bytes, expiry, owner) atomically to a
 //!   file or to Redis ([`store`]: one multiplexed connection, newer-wins writes, notification).
 //! * [`status`], [`metrics`] and [`http`]: each tenant's state, Prometheus metrics and the admin
-//!   server (`/metrics`, `/healthz`, `/readyz`, `/status`); `notify` speaks sd_notify.
+//!   server (`/metrics`, `/healthz`, `/readyz`, `/status`; the admin page `/` in `http/page.rs`,
+//!   `[server.tls]` in `http/tls.rs`, `[server.basic_auth]` in `http/auth.rs`, each needing only
+//!   `config`, `status`, `safe_read` and the crates, never the server's own module); `notify`
+//!   speaks sd_notify.
 //! * [`clock`], `safe_read` and `rate`: the wall clock, reading files others control (size caps,
 //!   regular-file checks, a deadline, off the async workers), and the request rate cap.
 //! * `demo` (feature `demo`, on by default): the self-contained demonstration, against the

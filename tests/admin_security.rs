@@ -399,3 +399,21 @@ async fn check_loads_the_admin_certificate_and_names_the_bad_file() {
         checked.warnings
     );
 }
+
+#[test]
+fn the_documented_hash_is_the_documented_password() {
+    // The monitoring chapter and config.toml show this hash of "the password" (the htpasswd
+    // command there).
+    const HASH: &str = "$2b$10$Jd8I.ZesW6x/yyvkD0XYG.JXnboa6ao4pFnV/frdSBqnZjZcGxlb6";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["docs/monitoring.md", "config.toml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            text.contains(&format!("users = {{ prometheus = \"{HASH}\" }}")),
+            "{file}"
+        );
+    }
+    let chapter = std::fs::read_to_string(root.join("docs/monitoring.md")).unwrap();
+    assert!(chapter.contains("htpasswd -nbBC 10 \"\" 'the password'"));
+    assert!(bcrypt::verify("the password", HASH).unwrap());
+}

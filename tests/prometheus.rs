@@ -186,6 +186,12 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(dir: &Path, target: std::net::SocketAddr) -> Prometheus {
+        Prometheus::start_with(dir, target, "")
+    }
+
+    /// [`Prometheus::start`] with `job` added to the scrape job (`scheme`, `tls_config`,
+    /// `basic_auth`…, indented as keys of the job).
+    fn start_with(dir: &Path, target: std::net::SocketAddr, job: &str) -> Prometheus {
         let prometheus = program("prometheus", "prometheus");
         // The scrape job has a name of its own: the rules select on metric names, not on the job.
         let rules = dir.join("alerts.yml");
@@ -194,7 +200,7 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: any-name\n    static_configs:\n      - targets: ['{target}']\n",
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: any-name\n    static_configs:\n      - targets: ['{target}']\n{job}",
                 rules.display(),
             ),
         )
@@ -440,5 +446,57 @@ async fn in_mode_none_the_alerts_fire_on_the_aggregates_and_the_dashboard_has_th
     assert_eq!(expiring[0]["value"][1], "1", "{expiring:?}");
     let shown = dashboard_tenants(&prometheus).await;
     assert!(shown.is_empty(), "{shown:?}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
+async fn prometheus_scrapes_over_https_with_basic_auth_as_the_monitoring_chapter_says() {
+    let Fixture { sim, dir } = fixture(&["good.example.com"], Duration::from_secs(3600)).await;
+    let made = pki::loopback_pki().unwrap();
+    let files = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let mut config = config(
+        vec![tenant(&sim, "good", "good.example.com", dir.path())],
+        fast_daemon(),
+    );
+    config.server.tls = Some(powerbi_tokend::config::ServerTls {
+        cert_file: files("admin.crt", &made.cert_pem),
+        key_file: files("admin.key", &made.key_pem),
+        lines: [None, None],
+    });
+    config.server.basic_auth = Some(powerbi_tokend::config::BasicAuthConfig {
+        users: [(
+            "prometheus".to_owned(),
+            bcrypt::hash("the password", 4).unwrap(),
+        )]
+        .into(),
+        healthz_open: false,
+    });
+    let daemon = start_daemon(config).await;
+    // The scrape job of docs/monitoring.md, "Admin endpoint security".
+    let job = format!(
+        "    scheme: https\n    tls_config:\n      ca_file: {}\n    basic_auth:\n      username: prometheus\n      password_file: {}\n",
+        files("ca.crt", &made.ca_pem).display(),
+        files("password", "the password\n").display(),
+    );
+    let prometheus = Prometheus::start_with(dir.path(), daemon.addr, &job);
+    prometheus
+        .wait_until("a scrape over HTTPS with basic auth", async || {
+            let up = prometheus.query("up{job=\"any-name\"} == 1").await;
+            let tenants = prometheus
+                .query("powerbi_tokend_tenants{state=\"healthy\"} == 1")
+                .await;
+            (!up.is_empty() && !tenants.is_empty()).then_some(())
+        })
+        .await;
+    // Every scrape was let in.
+    let refused = prometheus
+        .query("sum(powerbi_tokend_admin_auth_failures_total) > 0")
+        .await;
+    assert!(refused.is_empty(), "{refused:?}");
     daemon.stop().await;
 }

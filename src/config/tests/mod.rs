@@ -480,7 +480,7 @@ fn first_mistakes_get_hints() {
 
 #[test]
 fn server_tls_and_basic_auth_are_read_with_their_lines() {
-    let hash = "$2y$10$mDwo.lAisC94iLAyP81MCesa29IzH37oigHC/42V2pdJlUprsJPze";
+    let hash = "$2b$10$Jd8I.ZesW6x/yyvkD0XYG.JXnboa6ao4pFnV/frdSBqnZjZcGxlb6";
     let text = format!(
         "[server]\nlisten = \"0.0.0.0:9464\"\n[server.tls]\ncert_file = \"admin.crt\"\nkey_file = \"/etc/keys/admin.key\"\n[server.basic_auth]\nusers = {{ prometheus = \"{hash}\" }}\nhealthz_open = true\n{MINIMAL}"
     );
