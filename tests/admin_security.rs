@@ -186,6 +186,19 @@ async fn tls_and_basic_auth_guard_every_route() {
         let status = get_with_authorization(&client, &url, hostile).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
+    // Headers beyond hyper's buffer are refused before any handler runs.
+    let huge = format!("Basic {}", "QUFB".repeat(150_000));
+    let refused = client
+        .get(&url)
+        .header(reqwest::header::AUTHORIZATION, huge)
+        .send()
+        .await;
+    if let Ok(response) = refused {
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
     let (status, _, _) = get(&client, &url, right).await.unwrap();
     assert_eq!(status, StatusCode::OK);
 
@@ -416,4 +429,45 @@ fn the_documented_hash_is_the_documented_password() {
     let chapter = std::fs::read_to_string(root.join("docs/monitoring.md")).unwrap();
     assert!(chapter.contains("htpasswd -nbBC 10 \"\" 'the password'"));
     assert!(bcrypt::verify("the password", HASH).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_replaces_the_users() {
+    let fixture = fixture(&["contoso.example.com"], Duration::from_secs(3600)).await;
+    let dir = fixture.dir.path();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let path = dir.join("config.toml");
+    let write = |password: &str| {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[server.basic_auth]\nusers = {{ {USER} = \"{hash}\" }}\n\n[[tenant]]\nname = \"contoso\"\ntenant_id = \"contoso.example.com\"\nauthority_host = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"secret\" }}\nsinks = [ {{ type = \"file\", path = \"tokens/contoso.json\" }} ]\n",
+            fixture.sim.authority_host()
+        );
+        replace(&path, &text);
+    };
+    write("first password");
+    let daemon = start_daemon(powerbi_tokend::config::load(&path).await.unwrap()).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}/status", daemon.addr);
+    let status = async |password: &str| get(&client, &url, Some((USER, password))).await.unwrap().0;
+    assert_eq!(status("first password").await, StatusCode::OK);
+    assert_eq!(status("second password").await, StatusCode::UNAUTHORIZED);
+
+    write("second password");
+    daemon
+        .control
+        .send(powerbi_tokend::Control::Reload)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status("second password").await != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "the reload never took the new user"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old password is refused at once, though it was verified (and remembered) before.
+    assert_eq!(status("first password").await, StatusCode::UNAUTHORIZED);
+    daemon.stop().await;
 }

@@ -118,10 +118,20 @@ impl Guard {
     /// Replaces the users (a reload); `None` turns basic auth off.
     pub fn set(&self, config: Option<&BasicAuthConfig>) {
         let users = config.map(|config| {
-            Arc::new(Users {
+            let users = Arc::new(Users {
                 config: config.clone(),
                 decoy: OnceLock::new(),
-            })
+            });
+            // The decoy costs a bcrypt: made now, on a thread of its own, so that the first
+            // unknown user is not slower than a known one. If the thread cannot start, the
+            // first unknown user makes it.
+            let warm = users.clone();
+            let _ = std::thread::Builder::new()
+                .name("bcrypt-decoy".to_owned())
+                .spawn(move || {
+                    warm.decoy();
+                });
+            users
         });
         *self
             .users

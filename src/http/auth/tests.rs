@@ -124,3 +124,23 @@ fn the_cache_stays_bounded() {
     )));
     assert!(!guard.remembers(&guard.tag(b"u", "h2", b"0")));
 }
+
+#[tokio::test]
+async fn htpasswd_and_exporter_toolkit_hashes_verify() {
+    // htpasswd -B writes $2y$, other tools $2a$ or $2b$: the same algorithm.
+    let hash = bcrypt::hash("right", 4).unwrap();
+    for prefix in ["$2a$", "$2b$", "$2y$"] {
+        let config = BasicAuthConfig {
+            users: [("prometheus".to_owned(), hash.replacen("$2b$", prefix, 1))].into(),
+            healthz_open: false,
+        };
+        let guard = Guard::new(Some(&config), failures()).unwrap();
+        let password = SecretSlice::from(b"right".to_vec());
+        assert!(
+            guard
+                .verify(guard.users().unwrap(), b"prometheus", password)
+                .await,
+            "{prefix}"
+        );
+    }
+}
