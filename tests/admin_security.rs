@@ -471,3 +471,20 @@ async fn a_reload_replaces_the_users() {
     assert_eq!(status("first password").await, StatusCode::UNAUTHORIZED);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn the_daemon_does_not_start_without_a_usable_certificate() {
+    let (fixture, mut config) = two_tenants().await;
+    let tls = tls_files(fixture.dir.path());
+    std::fs::write(&tls.cert_file, Pki::new().cert_pem).unwrap();
+    config.server.tls = Some(tls);
+    let Err(err) = powerbi_tokend::Daemon::start(config).await else {
+        panic!("started without admin.key");
+    };
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with("[server.tls] key_file: cannot read"),
+        "{shown}"
+    );
+    assert!(shown.contains("admin.key"), "{shown}");
+}
