@@ -793,7 +793,10 @@ async fn output_within_deadline(mut command: std::process::Command, stdout: &Pat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs chromium (Debian package chromium); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_chromium),
+    ignore = "skipped: needs chromium (Debian package chromium)"
+)]
 async fn admin_page_in_a_real_browser() {
     let chromium = program("chromium", "chromium");
     let (fixture, _files, daemon) = three_tenants_one_failing().await;

@@ -346,6 +346,16 @@ const SECTIONS: &[Section] = &[
         concat!("[server]\nzzzz_unknown = 1\n", tenant!()),
     ),
     Section::listed(
+        "server.tls",
+        "`[server.tls]`",
+        concat!("[server.tls]\nzzzz_unknown = 1\n", tenant!()),
+    ),
+    Section::listed(
+        "server.basic_auth",
+        "`[server.basic_auth]`",
+        concat!("[server.basic_auth]\nzzzz_unknown = 1\n", tenant!()),
+    ),
+    Section::listed(
         "daemon",
         "`[daemon]`",
         concat!("[daemon]\nzzzz_unknown = 1\n", tenant!()),

@@ -450,7 +450,10 @@ async fn in_mode_none_the_alerts_fire_on_the_aggregates_and_the_dashboard_has_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs prometheus (Debian package prometheus); `cargo test -- --include-ignored` runs it"]
+#[cfg_attr(
+    not(has_prometheus),
+    ignore = "skipped: needs prometheus (Debian package prometheus)"
+)]
 async fn prometheus_scrapes_over_https_with_basic_auth_as_the_monitoring_chapter_says() {
     let Fixture { sim, dir } = fixture(&["good.example.com"], Duration::from_secs(3600)).await;
     let made = pki::loopback_pki().unwrap();
