@@ -805,6 +805,15 @@ async fn admin_page_in_a_real_browser() {
         let mut command = std::process::Command::new(&chromium);
         command
             .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            // No background traffic: on a closed network Chromium's own connections (updates,
+            // sync, QUIC probes) fail and slow it down.
+            .args([
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(args)
             .arg(format!("http://{}{path}", daemon.addr));
