@@ -2950,7 +2950,7 @@ fn check_embed_urls(
 
 fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violation> {
     use powerbi_tokend::client::ApiAnswer;
-    use powerbi_tokend::powerbi::{embed, probe};
+    use powerbi_tokend::powerbi::{answer as api_answer, embed};
     let answer = ApiAnswer {
         status: context.status,
         request_id: None,
@@ -2959,7 +2959,7 @@ fn check_powerbi(body: &[u8], context: &PowerBiContext) -> Result<String, Violat
         www_authenticate: None,
         body: body.to_vec(),
     };
-    let classified = probe::classify(&answer, &[&context.bearer]);
+    let classified = api_answer::classify(&answer, &[&context.bearer]);
     if let Err(failure) = &classified {
         let shown = format!("{} {:?}", failure.message, failure.oauth_error);
         if shown.contains(&context.bearer) {

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::answer::{classify, unanswered};
 use super::embed_urls::EmbedUrls;
-use super::probe::{classify, unanswered};
 use crate::client::TokenClient;
 use crate::clock;
 use crate::config::{

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use super::probe::{classify, unanswered};
+use super::answer::{classify, unanswered};
 use crate::client::TokenClient;
 use crate::clock;
 use crate::config::{EmbedConfig, TenantConfig, is_loopback_authority};

@@ -14,8 +14,9 @@
 //!
 //! # Files
 //!
-//! * `probe.rs`: the probe call and the classification of its answer (embed token failures are
-//!   classified the same way).
+//! * `answer.rs`: the classification of an API answer (the probe's, an embed token's, an embed
+//!   URL's).
+//! * `probe.rs`: the probe call.
 //! * `embed.rs`: the embed token kind: the `GenerateToken` request (with the blobs of its
 //!   datasource identities, read from their secret sources for every token), the answer, the
 //!   document.
@@ -27,6 +28,7 @@
 //! * `jobs.rs`: the probe and each embed token as fleet jobs: made by one replica, adopted by
 //!   the others.
 
+pub mod answer;
 pub mod calls;
 pub mod embed;
 pub mod embed_urls;
