@@ -361,6 +361,15 @@ async fn check_loads_the_admin_certificate_and_names_the_bad_file() {
     std::fs::write(dir.path().join("admin.key"), &pki.key_pem).unwrap();
     std::fs::write(dir.path().join("other.key"), Pki::new().key_pem).unwrap();
     std::fs::write(dir.path().join("garbage.crt"), "not a certificate").unwrap();
+    // A key whose line breaks became spaces (pasted from a variable): the parser's own error
+    // would print its bytes.
+    let flat_key = pki.key_pem.split_whitespace().collect::<Vec<_>>().join(" ");
+    std::fs::write(dir.path().join("flat.key"), &flat_key).unwrap();
+    let key_body: Vec<&str> = pki
+        .key_pem
+        .lines()
+        .filter(|line| !line.starts_with("-----") && line.len() > 8)
+        .collect();
     let hash = bcrypt::hash(PASSWORD, 4).unwrap();
     let auth = format!("[server.basic_auth]\nusers = {{ {USER} = \"{hash}\" }}\n");
 
@@ -390,6 +399,10 @@ async fn check_loads_the_admin_certificate_and_names_the_bad_file() {
             "cert_file = \"admin.crt\"\nkey_file = \"other.key\"",
             ":5: server.tls.key_file: ",
         ),
+        (
+            "cert_file = \"admin.crt\"\nkey_file = \"flat.key\"",
+            ":5: server.tls.key_file: ",
+        ),
     ] {
         let path = config_file(
             dir.path(),
@@ -399,6 +412,12 @@ async fn check_loads_the_admin_certificate_and_names_the_bad_file() {
         let shown = err.to_string();
         assert!(shown.contains(expected), "{expected} in:\n{shown}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        for line in &key_body {
+            assert!(!shown.contains(&line[..8]), "key content in:\n{shown}");
+        }
+        // Nor as the bytes' decimal values.
+        let bytes: Vec<String> = key_body[0].bytes().take(8).map(|b| b.to_string()).collect();
+        assert!(!shown.contains(&bytes.join(", ")), "key bytes in:\n{shown}");
     }
 
     // Basic auth in clear text on a network address is a warning.

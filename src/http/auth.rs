@@ -65,7 +65,7 @@ pub struct Guard {
     /// The HMAC key of `remembered`, random per process.
     key: hmac::Key,
     /// Bounds the bcrypt verifications in flight.
-    verifying: tokio::sync::Semaphore,
+    verifying: std::sync::Arc<tokio::sync::Semaphore>,
     /// `powerbi_tokend_admin_auth_failures_total`.
     failures: IntCounterVec,
 }
@@ -108,7 +108,7 @@ impl Guard {
             users: RwLock::new(None),
             remembered: Mutex::new(HashMap::new()),
             key,
-            verifying: tokio::sync::Semaphore::new(MAX_VERIFYING),
+            verifying: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_VERIFYING)),
             failures,
         };
         guard.set(config);
@@ -165,15 +165,20 @@ impl Guard {
         {
             return true;
         }
-        let Ok(_permit) = self.verifying.acquire().await else {
+        // The permit goes with the work: a client that hangs up while its password is checked
+        // frees its connection, not the bcrypt it started, so the cap must hold until that ends.
+        let Ok(permit) = std::sync::Arc::clone(&self.verifying).acquire_owned().await else {
             return false;
         };
-        let checked = tokio::task::spawn_blocking(move || match hash {
-            Some(hash) => bcrypt::verify(password.expose_secret(), &hash).unwrap_or(false),
-            None => {
-                let decoy = users.decoy();
-                let _ = bcrypt::verify(password.expose_secret(), decoy);
-                false
+        let checked = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            match hash {
+                Some(hash) => bcrypt::verify(password.expose_secret(), &hash).unwrap_or(false),
+                None => {
+                    let decoy = users.decoy();
+                    let _ = bcrypt::verify(password.expose_secret(), decoy);
+                    false
+                }
             }
         })
         .await

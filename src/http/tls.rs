@@ -111,9 +111,11 @@ pub fn load_blocking(files: &ServerTls) -> Result<Arc<rustls::ServerConfig>, Tls
             files.cert_file.display()
         ))
     })?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| {
+    // The parser's error is not quoted: for a key whose line breaks were lost it prints the
+    // bytes it could not read, which are the key.
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
         TlsProblem::key(format!(
-            "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1): {err}",
+            "{} holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1, each line of it on a line of its own); its content is not shown",
             files.key_file.display()
         ))
     })?;

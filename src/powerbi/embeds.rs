@@ -186,29 +186,15 @@ impl Embeds {
             self.embeds[index].refresher.plan_at(None);
             return Some(false);
         }
+        // Read before the fleet's lease and the request permit are taken: a slow file or Key
+        // Vault must hold neither.
+        let Some(blobs) = self.blobs(context, embed, index).await else {
+            return Some(false);
+        };
+        let shared = context.shared;
         let job = jobs::EmbedJob::new(context.config, embed, entra);
         let (made, adopted_from, leased) = match jobs::turn(context, &job).await {
             Turn::Make { leased } => {
-                // Read before the turn is taken: a slow file or Key Vault must not hold a permit.
-                let shared = context.shared;
-                let key_vault = shared
-                    .key_vaults
-                    .as_deref()
-                    .and_then(|key_vaults| key_vaults.reader(context.config));
-                let blobs = embed::read_blobs(embed, &shared.client, key_vault).await;
-                let blobs = match blobs {
-                    Ok(blobs) => blobs,
-                    Err(err) => {
-                        // Like a refusal: the embed token in the sinks stays, and the failure
-                        // is shown.
-                        jobs::done(context, &job, None, leased).await;
-                        let report = context.report(embed, index);
-                        self.embeds[index]
-                            .refresher
-                            .request_failed(&err, &report, None);
-                        return Some(false);
-                    }
-                };
                 let Some(permit) = shared.api_turn(cancel).await else {
                     jobs::done(context, &job, None, leased).await;
                     return None;
@@ -228,6 +214,11 @@ impl Embeds {
         };
         match made {
             Ok(token) => {
+                // Shared and the lease given back at once: the lease lasts one request, and
+                // what follows (embed URLs, sink writes) is this replica's own.
+                let shared = (context.shared.fleet.is_some() && adopted_from.is_none())
+                    .then(|| job.made(&token));
+                jobs::done(context, &job, shared.as_ref(), leased).await;
                 // The URLs due are read before the token is written, so it carries them.
                 if let Some(state) = self.embeds.get_mut(index) {
                     state.urls.read_due(context, index, entra, cancel).await;
@@ -237,15 +228,12 @@ impl Embeds {
                 // access token, it would expire at the same moment.
                 let capped = token.expires_on >= entra_expires_on;
                 let next = (!capped).then(|| token.refresh_point(context.config.refresh_at));
-                let shared = (context.shared.fleet.is_some() && adopted_from.is_none())
-                    .then(|| job.made(&token));
                 self.keep(embed, index, &token);
                 let by = adopted_from.or_else(|| jobs::made_here(context));
                 self.embeds[index]
                     .refresher
                     .fetched(token, next, by, embed.sinks.len());
                 self.write(context, index, Which::Local).await;
-                jobs::done(context, &job, shared.as_ref(), leased).await;
                 Some(false)
             }
             Err(err) => {
@@ -255,6 +243,31 @@ impl Embeds {
                     .refresher
                     .request_failed(&err, &report, None);
                 Some(err.reason == Reason::TokenExpired)
+            }
+        }
+    }
+
+    /// The identity blobs of embed `index`'s datasource identities, read now; `None` after a
+    /// failure, which is reported like a refusal: the embed token in the sinks stays.
+    async fn blobs(
+        &mut self,
+        context: &Context<'_>,
+        embed: &EmbedConfig,
+        index: usize,
+    ) -> Option<Vec<secrecy::SecretString>> {
+        let shared = context.shared;
+        let key_vault = shared
+            .key_vaults
+            .as_deref()
+            .and_then(|key_vaults| key_vaults.reader(context.config));
+        match embed::read_blobs(embed, &shared.client, key_vault).await {
+            Ok(blobs) => Some(blobs),
+            Err(err) => {
+                let report = context.report(embed, index);
+                self.embeds[index]
+                    .refresher
+                    .request_failed(&err, &report, None);
+                None
             }
         }
     }

@@ -350,8 +350,15 @@ impl Job for ProbeJob<'_> {
         };
         // Plain strings and numbers: serialising cannot fail.
         let text = serde_json::to_string(&document).unwrap_or_default();
-        // The key lasts until the next probe is due, rounded up to the whole second.
-        let expires_on = unix_ms(shared.next_at).saturating_add(999) / 1000;
+        // The key outlives the next probe by the same span for every outcome (one interval plus
+        // the longest Retry-After), so a later probe's document always expires later and wins
+        // the store's newer-wins write; one ending at `next_at`, after a throttled probe, would
+        // refuse every later one until then. Whether it is still worth adopting is `adoptable`'s
+        // question, not the key's.
+        let horizon = self.probe.interval.saturating_add(MAX_RETRY_AFTER);
+        let expires_at = clock::unix_seconds(shared.probed_at)
+            .saturating_add(i64::try_from(horizon.as_secs()).unwrap_or(i64::MAX));
+        let expires_on = expires_at.max(unix_ms(shared.next_at).saturating_add(999) / 1000);
         (SecretString::from(text), expires_on)
     }
 }
@@ -521,7 +528,17 @@ mod tests {
         );
         let made = job.made(now, now + Duration::from_secs(60), Err(failure));
         let (document, expires_on) = job.share(&made, "replica-1");
-        assert_eq!(expires_on, (unix_ms(made.next_at) + 999) / 1000);
+        // The key lives one interval and the longest Retry-After past the probe, whatever its
+        // outcome: a throttled probe's (next probe an hour away) expires before a later probe's.
+        let horizon = i64::try_from((probe.interval + MAX_RETRY_AFTER).as_secs()).unwrap();
+        assert_eq!(expires_on, clock::unix_seconds(now) + horizon);
+        let throttled = job.made(now, now + MAX_RETRY_AFTER, Ok(()));
+        let later = job.made(
+            now + Duration::from_secs(5),
+            now + Duration::from_secs(65),
+            Ok(()),
+        );
+        assert!(job.share(&later, "replica-2").1 > job.share(&throttled, "replica-1").1);
         let back = job.read(document.expose_secret()).expect("read back");
         let err = back.outcome.as_ref().expect_err("the failure");
         assert_eq!(err.reason, Reason::NotAuthorized);
