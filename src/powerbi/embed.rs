@@ -6,9 +6,10 @@
 //! Entra token's remaining life), so it is made again after every Entra refresh, and when it
 //! reaches the tenant's `refresh_at` fraction of its own life. Its file holds
 //! `{"token", "token_id", "expiration", "expires_on", "issued_on", "tenant", "embed", "reports",
-//! "datasets", "access_level", "xmla_permissions", "identities", "datasource_identities"}`; the
-//! identity fields let a warm start reuse only a token made for the same tenant, embed, items,
-//! XMLA permission, effective identities (row-level security) and single sign-on data sources.
+//! "datasets", "access_level", "target_workspaces", "xmla_permissions", "identities",
+//! "datasource_identities"}`; the identity fields let a warm start (and another replica of a
+//! fleet) reuse only a token made for the same tenant, embed, items, target workspaces, XMLA
+//! permission, effective identities (row-level security) and single sign-on data sources.
 //! `embed_urls.rs` adds `"workspace"`, `"embed_urls"` and `"embed_urls_read_at"`, the reports'
 //! embed URLs.
 //!
@@ -352,6 +353,7 @@ pub fn document(
         "reports": embed.reports,
         "datasets": embed.datasets,
         "access_level": embed.access_level.as_str(),
+        "target_workspaces": embed.target_workspaces,
         "xmla_permissions": if embed.xmla_read_only { "ReadOnly" } else { "Off" },
         "identities": identities(embed),
         "datasource_identities": datasource_selectors(embed),
@@ -388,6 +390,9 @@ struct Stored {
     reports: Vec<String>,
     datasets: Vec<String>,
     access_level: String,
+    /// Absent in files written before it was recorded: made without any.
+    #[serde(default)]
+    target_workspaces: Vec<String>,
     /// Absent in files written before identities existed: made without any.
     #[serde(default)]
     identities: Option<serde_json::Value>,
@@ -411,6 +416,7 @@ pub fn parse_existing(
         && stored.reports == embed.reports
         && stored.datasets == embed.datasets
         && stored.access_level == embed.access_level.as_str()
+        && stored.target_workspaces == embed.target_workspaces
         && stored.identities.unwrap_or_else(|| serde_json::json!([])) == identities(embed)
         && stored
             .datasource_identities
@@ -621,6 +627,15 @@ pub(super) mod tests {
         let mut renamed = tenant.clone();
         renamed.name = "fabrikam".to_owned();
         assert!(parse_existing(stored.expose_secret().as_bytes(), &renamed, &embed).is_none());
+        // Made for other target workspaces (where Create may save): not this embed's token, on
+        // a warm start nor when another replica shares it.
+        let mut create = self::embed(AccessLevel::Create);
+        create.target_workspaces = vec![DATASET.to_owned()];
+        let made = document(&tenant, &create, &token, &EmbedUrls::default());
+        assert!(parse_existing(made.expose_secret().as_bytes(), &tenant, &create).is_some());
+        let mut elsewhere = create.clone();
+        elsewhere.target_workspaces = vec![REPORT.to_owned()];
+        assert!(parse_existing(made.expose_secret().as_bytes(), &tenant, &elsewhere).is_none());
         assert!(!format!("{back:?}").contains("H4sIsecret"));
     }
 
