@@ -5,7 +5,7 @@ use toml::Spanned;
 
 use super::DEFAULT_IMDS_ENDPOINT;
 use super::loader::{Loader, Reported};
-use super::raw::RawDaemon;
+use super::raw::{RawDaemon, RawDuration};
 use super::types::DaemonConfig;
 
 impl Loader<'_> {
@@ -133,7 +133,7 @@ impl Loader<'_> {
     /// without a dot is a `[daemon]` key.
     pub(super) fn duration(
         &mut self,
-        raw: Option<Spanned<String>>,
+        raw: Option<Spanned<RawDuration>>,
         key: &str,
         default: Duration,
     ) -> Option<Duration> {

@@ -1,39 +1,16 @@
-//! Hints added to the parser's messages: the key a misspelt one was probably meant to be, and
-//! the form a duration takes.
+//! Hints added to the parser's messages: the key a misspelt one was probably meant to be. (A
+//! number where a duration goes is answered by the duration's own type, `raw::RawDuration`.)
 //!
 //! serde names an unknown key with the whole list of the section's keys (25 for a tenant); a
 //! user who typed `scheduel` wants to read `did you mean `schedule`?`, not to scan the list.
 
-/// Keys whose value is a duration written as a string with a unit (`"5s"`, `"10m"`, `"1h"`).
-const DURATION_KEYS: &[&str] = &[
-    "watch_interval",
-    "connect_timeout",
-    "request_timeout",
-    "command_timeout",
-    "permanent_retry_interval",
-    "shutdown_grace",
-    "check_interval",
-    "refresh_interval",
-    "lease_ttl",
-    "lifetime",
-    "interval",
-];
-
-/// `message`, the parser's complaint about `key`, with a hint where one helps: a close match
-/// for an unknown key or value, the form of a duration given as a number.
-pub(super) fn explain(key: &str, message: &str) -> String {
+/// `message`, the parser's complaint, with a close match for an unknown key or value.
+pub(super) fn explain(message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         return unknown(rest, "field", message);
     }
     if let Some(rest) = message.strip_prefix("unknown variant `") {
         return unknown(rest, "variant", message);
-    }
-    let number = message.starts_with("invalid type: integer")
-        || message.starts_with("invalid type: floating point");
-    if number && message.ends_with("expected a string") && DURATION_KEYS.contains(&key) {
-        return format!(
-            "{message}; a duration is a string with a unit, e.g. {key} = \"30s\", \"5m\" or \"1h\""
-        );
     }
     message.to_owned()
 }
@@ -103,12 +80,12 @@ mod tests {
         let message =
             "unknown field `scheduel`, expected one of `name`, `tenant_id`, `schedule`, `sinks`";
         assert_eq!(
-            explain("scheduel", message),
+            explain(message),
             "unknown key `scheduel`; did you mean `schedule`?"
         );
         let message = "unknown field `client_idd`, expected one of `client_id`, `client_secret`";
         assert_eq!(
-            explain("client_idd", message),
+            explain(message),
             "unknown key `client_idd`; did you mean `client_id`?"
         );
     }
@@ -116,31 +93,17 @@ mod tests {
     #[test]
     fn a_key_like_none_keeps_the_list() {
         let message = "unknown field `colour`, expected one of `name`, `tenant_id`, `schedule`";
-        assert_eq!(explain("colour", message), message);
+        assert_eq!(explain(message), message);
         let message = "unknown variant `failing`, expected one of `all`, `unhealthy`, `none`";
-        assert_eq!(explain("per_tenant_metrics", message), message);
+        assert_eq!(explain(message), message);
     }
 
     #[test]
     fn a_misspelt_value_keeps_the_list_and_gets_the_likely_one() {
         let message = "unknown variant `unhealty`, expected one of `all`, `unhealthy`, `none`";
         assert_eq!(
-            explain("per_tenant_metrics", message),
+            explain(message),
             format!("{message}; did you mean `unhealthy`?")
-        );
-    }
-
-    #[test]
-    fn a_number_for_a_duration_is_told_the_form() {
-        let hinted = explain(
-            "shutdown_grace",
-            "invalid type: integer `5`, expected a string",
-        );
-        assert!(hinted.contains("shutdown_grace = \"30s\""), "{hinted}");
-        // Other string keys keep the parser's words.
-        assert_eq!(
-            explain("client_id", "invalid type: integer `5`, expected a string"),
-            "invalid type: integer `5`, expected a string"
         );
     }
 

@@ -12,7 +12,7 @@ use toml::de::DeValue;
 
 use super::loader::{Loader, Reported, TenantInput, inherited};
 use super::raw::{
-    RawKeyVault, RawKeyVaultIdentity, RawKeyVaultSection, RawNamedIdentity, RawTenant,
+    RawDuration, RawKeyVault, RawKeyVaultIdentity, RawKeyVaultSection, RawNamedIdentity, RawTenant,
 };
 use super::tenant::is_valid_name;
 use super::types::{
@@ -165,7 +165,10 @@ impl Loader<'_> {
 
     /// `refresh_interval`: how long a secret read from the vault is used, at least
     /// [`REFRESH_INTERVAL_MIN`].
-    fn key_vault_refresh_interval(&mut self, raw: Option<&Spanned<String>>) -> Option<Duration> {
+    fn key_vault_refresh_interval(
+        &mut self,
+        raw: Option<&Spanned<RawDuration>>,
+    ) -> Option<Duration> {
         let Some(text) = raw else {
             return Some(KeyVaultConfig::DEFAULT_REFRESH_INTERVAL);
         };

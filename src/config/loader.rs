@@ -675,7 +675,7 @@ fn redacted_message(key: &str, message: &str) -> String {
     match key {
         "client_secret" => "expected { env = \"VAR\" }, { file = \"/path\" } { systemd = \"name\" } or { key_vault = \"https://…/secrets/…\" } (the value is not shown: it may be a secret)".to_owned(),
         "client_certificate" => "expected { cert = \"/path/app.crt\", key = \"/path/app.key\" } (the value is not shown: it may be a key)".to_owned(),
-        _ => super::hints::explain(key, message),
+        _ => super::hints::explain(message),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The schema serde reads. Everything is optional so that `[defaults]` can be merged and so that
 //! a missing key is reported by validation (with a line) rather than by serde (without one).
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
 use toml::Spanned;
 
@@ -12,12 +12,50 @@ use super::types::{
     SecretSource,
 };
 
+/// A duration as written: a string with a unit (`"30s"`, `"5m"`, `"1h 30m"`), parsed by
+/// validation. A type of its own so that every duration key, wherever it sits, answers a number
+/// with serde's "expected a duration: a string with a unit…" and no list of keys is needed.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct RawDuration(String);
+
+impl std::ops::Deref for RawDuration {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RawDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration: a string with a unit, such as \"30s\", \"5m\" or \"1h\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub(super) listen: Option<Spanned<String>>,
     pub(super) watch_config: Option<bool>,
-    pub(super) watch_interval: Option<Spanned<String>>,
+    pub(super) watch_interval: Option<Spanned<RawDuration>>,
     pub(super) per_tenant_metrics: Option<PerTenantMetrics>,
     pub(super) tls: Option<Spanned<RawServerTls>>,
     pub(super) basic_auth: Option<Spanned<RawBasicAuth>>,
@@ -44,12 +82,12 @@ pub(super) struct RawBasicAuth {
 pub(super) struct RawDaemon {
     pub(super) max_concurrent_requests: Option<Spanned<i64>>,
     pub(super) max_requests_per_second: Option<Spanned<i64>>,
-    pub(super) connect_timeout: Option<Spanned<String>>,
-    pub(super) request_timeout: Option<Spanned<String>>,
-    pub(super) backoff_min: Option<Spanned<String>>,
-    pub(super) backoff_max: Option<Spanned<String>>,
-    pub(super) permanent_retry_interval: Option<Spanned<String>>,
-    pub(super) shutdown_grace: Option<Spanned<String>>,
+    pub(super) connect_timeout: Option<Spanned<RawDuration>>,
+    pub(super) request_timeout: Option<Spanned<RawDuration>>,
+    pub(super) backoff_min: Option<Spanned<RawDuration>>,
+    pub(super) backoff_max: Option<Spanned<RawDuration>>,
+    pub(super) permanent_retry_interval: Option<Spanned<RawDuration>>,
+    pub(super) shutdown_grace: Option<Spanned<RawDuration>>,
     pub(super) ca_file: Option<Spanned<PathBuf>>,
     pub(super) imds_endpoint: Option<Spanned<String>>,
     pub(super) log_format: Option<LogFormat>,
@@ -62,10 +100,10 @@ pub(super) struct RawRedis {
     pub(super) cluster: Option<bool>,
     pub(super) username: Option<Spanned<String>>,
     pub(super) password: Option<Spanned<RawSecret>>,
-    pub(super) connect_timeout: Option<Spanned<String>>,
-    pub(super) command_timeout: Option<Spanned<String>>,
+    pub(super) connect_timeout: Option<Spanned<RawDuration>>,
+    pub(super) command_timeout: Option<Spanned<RawDuration>>,
     pub(super) channel: Option<Spanned<String>>,
-    pub(super) check_interval: Option<Spanned<String>>,
+    pub(super) check_interval: Option<Spanned<RawDuration>>,
 }
 
 /// `url = "redis://…"`, or for Redis Cluster a list of seed nodes.
@@ -91,7 +129,7 @@ pub(super) struct RawKeyVault {
     pub(super) authority_host: Option<Spanned<String>>,
     pub(super) cloud: Option<Spanned<Cloud>>,
     pub(super) key_vault_allowed_tenants: Option<Spanned<toml::Value>>,
-    pub(super) refresh_interval: Option<Spanned<String>>,
+    pub(super) refresh_interval: Option<Spanned<RawDuration>>,
     /// `[key_vault.identities.<name>]`: taken out and read one identity at a time before this
     /// table is read (see `loader.rs`), so always `None` here; named so that a misspelt key's
     /// message lists it.
@@ -101,7 +139,7 @@ pub(super) struct RawKeyVault {
 
 impl RawKeyVault {
     /// The identity keys alone, and `refresh_interval`.
-    pub(super) fn into_identity(self) -> (RawKeyVaultIdentity, Option<Spanned<String>>) {
+    pub(super) fn into_identity(self) -> (RawKeyVaultIdentity, Option<Spanned<RawDuration>>) {
         let identity = RawKeyVaultIdentity {
             credential: self.credential,
             managed_identity: self.managed_identity,
@@ -151,7 +189,7 @@ pub(super) struct RawKeyVaultSection {
     /// `[key_vault]`'s own identity keys (none when only named identities read).
     pub(super) identity: RawKeyVaultIdentity,
     /// `refresh_interval`.
-    pub(super) refresh_interval: Option<Spanned<String>>,
+    pub(super) refresh_interval: Option<Spanned<RawDuration>>,
     /// Byte offset of `[key_vault]`, for problems about missing keys.
     pub(super) offset: usize,
     /// Keys of `[key_vault]` removed as unreadable (already reported).
@@ -179,7 +217,7 @@ pub(super) struct RawNamedIdentity {
 pub(super) struct RawFleet {
     pub(super) enabled: Option<bool>,
     pub(super) key_prefix: Option<Spanned<String>>,
-    pub(super) lease_ttl: Option<Spanned<String>>,
+    pub(super) lease_ttl: Option<Spanned<RawDuration>>,
     pub(super) replica_id: Option<Spanned<String>>,
 }
 
@@ -228,7 +266,7 @@ pub(super) struct RawEmbed {
     #[serde(default)]
     pub(super) target_workspaces: Vec<String>,
     pub(super) access_level: Option<String>,
-    pub(super) lifetime: Option<String>,
+    pub(super) lifetime: Option<RawDuration>,
     pub(super) xmla_permissions: Option<String>,
     pub(super) workspace: Option<String>,
     #[serde(default)]

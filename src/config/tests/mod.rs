@@ -443,12 +443,13 @@ fn a_reload_reuses_the_running_copy_of_each_unchanged_tenant() {
 /// missing file what to do instead.
 #[test]
 fn first_mistakes_get_hints() {
-    let text = "[daemon]\nshutdown_grace = 5\n\n[defaults]\nrefresh_att = 0.5\n\n[servr]\n";
+    let text = "[daemon]\nshutdown_grace = 5\nbackoff_min = 1.5\n\n[defaults]\nrefresh_att = 0.5\n\n[servr]\n";
     let shown = parse_err(text).to_string();
     for expected in [
-        "config.toml:2: daemon.shutdown_grace: invalid type: integer `5`, expected a string; a duration is a string with a unit, e.g. shutdown_grace = \"30s\"",
-        "config.toml:5: defaults: unknown key `refresh_att`; did you mean `refresh_at`?",
-        "config.toml:7: servr: unknown section; did you mean [server]?",
+        "config.toml:2: daemon.shutdown_grace: invalid type: integer `5`, expected a duration: a string with a unit, such as \"30s\", \"5m\" or \"1h\"",
+        "config.toml:3: daemon.backoff_min: invalid type: floating point `1.5`, expected a duration: a string with a unit",
+        "config.toml:6: defaults: unknown key `refresh_att`; did you mean `refresh_at`?",
+        "config.toml:8: servr: unknown section; did you mean [server]?",
     ] {
         assert!(shown.contains(expected), "{expected:?} not in:\n{shown}");
     }
