@@ -444,7 +444,8 @@ pub(super) mod tests {
     const REPORT: &str = "5b218778-0000-4b8a-9c7c-000000000004";
     const DATASET: &str = "cfafbeb1-0000-4d0c-896e-000000000003";
 
-    fn embed(access_level: AccessLevel) -> EmbedConfig {
+    /// An embed `sales` of one report and one dataset (the embed job tests use it too).
+    pub(in crate::powerbi) fn embed(access_level: AccessLevel) -> EmbedConfig {
         EmbedConfig {
             name: "sales".to_owned(),
             reports: vec![REPORT.to_owned()],

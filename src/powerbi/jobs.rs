@@ -410,36 +410,14 @@ fn from_unix_ms(ms: i64) -> SystemTime {
 
 #[cfg(test)]
 mod tests {
+    use super::super::embed::tests::{embed as embed_fixture, tenant};
     use super::*;
-    use crate::config::{AccessLevel, SecretSource};
+    use crate::config::AccessLevel;
     use secrecy::ExposeSecret;
-    use std::path::PathBuf;
 
-    fn tenant() -> TenantConfig {
-        TenantConfig::entra(
-            "contoso",
-            "contoso.example.com",
-            "c",
-            SecretSource::Env("S".to_owned()),
-            "https://login.microsoftonline.com",
-            PathBuf::from("/tmp/contoso.json"),
-        )
-    }
-
+    /// The embed fixture of the embed token tests.
     fn sales() -> EmbedConfig {
-        EmbedConfig {
-            name: "sales".to_owned(),
-            reports: vec!["5b218778-0000-4b8a-9c7c-000000000004".to_owned()],
-            datasets: Vec::new(),
-            target_workspaces: Vec::new(),
-            access_level: AccessLevel::View,
-            lifetime: None,
-            xmla_read_only: false,
-            identities: Vec::new(),
-            datasource_identities: Vec::new(),
-            workspace: None,
-            sinks: Vec::new(),
-        }
+        embed_fixture(AccessLevel::View)
     }
 
     /// An access token received at `issued_on` (Unix seconds), valid for a day after it.
